@@ -82,6 +82,8 @@ def _to_gray(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
         return np.ascontiguousarray(rgb[..., 0])
     if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha (PNG "LA")
         return np.ascontiguousarray(arr[..., 0])
+    while arr.ndim > 2 and arr.shape[0] == 1:  # a one-page stack is a slice
+        arr = arr[0]
     return arr
 
 

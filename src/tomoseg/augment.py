@@ -1,0 +1,147 @@
+"""Training-time augmentation of (image, mask) crops, built from MONAI dictionary transforms.
+
+A sample is a dict ``{"image": float tensor (C, H, W), "mask": integer tensor (1, H, W)}``
+(other keys pass through untouched). Geometric transforms move the image and the mask together;
+the mask is only ever resampled with nearest neighbour, so it keeps its integer class ids.
+
+:func:`augment` seeds the whole transform from one integer before each call, so a draw is a pure
+function of that seed: a trainer that passes ``seed = f(base seed, epoch, sample index)`` gives
+each sample a fresh draw every epoch and resumes an interrupted run identically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandFlipd,
+    RandRotate90d,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+
+from tomoseg.errors import TomosegError
+
+ROTATIONS = ("none", "90", "any")
+KEYS = ("image", "mask")
+
+
+def _check_prob(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
+        raise TomosegError(f"{name} must be a probability between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def build_augmentation(
+    rotation: str = "90",
+    flip_prob: float = 0.5,
+    rotate_prob: float = 0.5,
+    intensity_jitter: float = 0.0,
+) -> Compose:
+    """Build the random augmentation applied to each training crop.
+
+    Args:
+        rotation: ``"90"``: with probability ``rotate_prob`` rotate by k x 90 degrees, k uniform
+            in 1..3 (exact, no interpolation; an odd k swaps H and W of a non-square crop);
+            ``"any"``: with probability ``rotate_prob`` rotate by an angle uniform in
+            [-pi, pi], keeping the size (image bilinear, mask nearest, corners filled by
+            reflection for both); ``"none"``: no rotation.
+        flip_prob: probability of a vertical flip (axis H) and, independently, of a horizontal
+            flip (axis W).
+        rotate_prob: probability of a rotation (ignored for ``"none"``).
+        intensity_jitter: j >= 0; if > 0, the image (never the mask) is, each with probability
+            0.5, scaled by ``1 + U(-j, j)`` and shifted by ``U(-j, j)``.
+
+    Returns:
+        A MONAI ``Compose`` of dictionary transforms, callable on a sample dict. Apply it with
+        :func:`augment` for seeded, reproducible draws.
+
+    Raises:
+        TomosegError: unknown rotation or out-of-range probabilities / jitter.
+    """
+    rot = str(rotation).strip().lower()
+    if rot not in ROTATIONS:
+        raise TomosegError(f"unknown rotation '{rotation}' (choose none, 90 or any)")
+    p_flip = _check_prob(flip_prob, "flip probability")
+    p_rot = _check_prob(rotate_prob, "rotation probability")
+    if (
+        isinstance(intensity_jitter, bool)
+        or not isinstance(intensity_jitter, Real)
+        or not math.isfinite(float(intensity_jitter))
+        or float(intensity_jitter) < 0
+    ):
+        raise TomosegError(f"intensity jitter must be a number >= 0, got {intensity_jitter!r}")
+    jitter = float(intensity_jitter)
+
+    transforms: list[Callable[..., Any]] = [
+        RandFlipd(keys=KEYS, prob=p_flip, spatial_axis=0),
+        RandFlipd(keys=KEYS, prob=p_flip, spatial_axis=1),
+    ]
+    if rot == "90":
+        transforms.append(RandRotate90d(keys=KEYS, prob=p_rot, max_k=3, spatial_axes=(0, 1)))
+    elif rot == "any":
+        transforms.append(
+            RandRotated(
+                keys=KEYS,
+                range_x=math.pi,
+                prob=p_rot,
+                keep_size=True,
+                mode=("bilinear", "nearest"),
+                padding_mode=("reflection", "reflection"),
+            )
+        )
+    if jitter > 0:
+        transforms.append(RandScaleIntensityd(keys="image", factors=jitter, prob=0.5))
+        transforms.append(RandShiftIntensityd(keys="image", offsets=jitter, prob=0.5))
+    return Compose(transforms)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A MetaTensor / array as a plain ``torch.Tensor``."""
+    if isinstance(x, torch.Tensor):
+        return x.as_tensor() if hasattr(x, "as_tensor") else x
+    return torch.as_tensor(np.asarray(x))
+
+
+def augment(sample: Mapping[Hashable, Any], transform: Compose, seed: int) -> dict[Hashable, Any]:
+    """Apply ``transform`` to a sample with its random state set from ``seed``.
+
+    Args:
+        sample: ``{"image": (C, H, W) float tensor, "mask": (1, H, W) integer tensor, ...}``;
+            it is not modified.
+        transform: from :func:`build_augmentation` (any MONAI ``Compose``).
+        seed: any non-negative integer; the same seed gives the same draw. Large seeds are
+            mixed down to 32 bits with ``numpy.random.SeedSequence``.
+
+    Returns:
+        A new dict with plain (non-Meta) tensors: ``image`` float32, ``mask`` int64; other keys
+        as given.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TomosegError(f"augmentation seed must be a non-negative integer, got {seed!r}")
+    for key in KEYS:
+        if key not in sample:
+            raise TomosegError(f"augmentation sample lacks '{key}'")
+    mask = _plain(sample["mask"])
+    if mask.is_floating_point() or mask.is_complex():
+        raise TomosegError(f"mask must hold integer class ids, got {mask.dtype}")
+    state = int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+    transform.set_random_state(seed=state)
+    data = dict(sample)
+    data["image"] = _plain(sample["image"]).to(torch.float32)
+    data["mask"] = mask
+    out = transform(data)
+    result = dict(out)
+    result["image"] = _plain(out["image"]).to(torch.float32).contiguous()
+    m = _plain(out["mask"])
+    if m.is_floating_point():  # resampled with nearest neighbour: already integral
+        m = torch.round(m)
+    result["mask"] = m.to(torch.int64).contiguous()
+    return result

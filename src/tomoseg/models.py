@@ -1,0 +1,354 @@
+"""Segmentation networks: SegNet (written here) and U-Net (from MONAI), padded to any input size.
+
+:func:`build_model` is the one entry point. It returns a :class:`PadToStride` wrapper that pads
+the input up to a multiple of the network's total stride, runs the network and crops the logits
+back, so that whole 2300x1920 slices (or any odd-sized crop) can be segmented in one pass. The
+wrapper carries ``arch``, ``stride`` and ``hparams_dict`` (enough to rebuild it with
+``build_model(**model.hparams_dict)``).
+
+:func:`load_encoder_weights` initialises the SegNet encoder from a *local* VGG16-BN state dict
+(torchvision layout); nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import Norm
+from monai.networks.nets import UNet
+from torch import nn
+
+from tomoseg.errors import TomosegError
+
+ARCHITECTURES = ("segnet", "unet")
+DEFAULT_WIDTH = {"segnet": 64, "unet": 32}
+
+# VGG16 layout: convolutions per block and channel multipliers of the base width.
+SEGNET_BLOCKS = (2, 2, 3, 3, 3)
+SEGNET_MULTIPLIERS = (1, 2, 4, 8, 8)
+SEGNET_STRIDE = 2 ** len(SEGNET_BLOCKS)
+
+# Indices of the 13 convolutions in torchvision's ``vgg16_bn().features``; each BatchNorm is at +1.
+VGG16_BN_CONV_INDICES = (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40)
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+# ----------------------------------------------------------------------------- SegNet
+
+
+class ConvBNReLU(nn.Sequential):
+    """3x3 convolution (padding 1) + BatchNorm + ReLU; children are named ``conv``, ``bn``, ``relu``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+
+class SegNet(nn.Module):
+    """SegNet (Badrinarayanan, Kendall & Cipolla, TPAMI 2017) for 2D images.
+
+    Written by hand because no maintained library ships SegNet (MONAI, torchvision and
+    segmentation-models-pytorch do not).
+
+    Encoder: the 13 convolutions of VGG16-BN in 5 blocks of [2, 2, 3, 3, 3] conv+BN+ReLU with
+    ``[w, 2w, 4w, 8w, 8w]`` channels, each block followed by a 2x2 max-pooling that keeps its
+    indices. Decoder: the mirror image; each block starts with a 2x2 max-unpooling driven by the
+    indices (and the size) of the matching encoder feature map, then the mirrored convolutions.
+    A 1x1 convolution maps the last ``w`` channels to ``num_classes`` logits.
+
+    Layer names: ``encoder[b][i]`` is the i-th :class:`ConvBNReLU` of encoder block b (so
+    ``encoder.0.0.conv.weight`` is VGG's ``features.0.weight``); likewise ``decoder[b][i]``,
+    where decoder block 0 is the deepest; ``head`` is the 1x1 classifier.
+
+    Args:
+        in_channels: channels of the input image (1 for grayscale).
+        num_classes: number of output classes K.
+        width: channels of the first block (64 = the paper / VGG16).
+
+    Input height and width must be multiples of 32 for an exact mirror; use
+    :func:`build_model` (which pads) for arbitrary sizes.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 64) -> None:
+        super().__init__()
+        chans = [width * m for m in SEGNET_MULTIPLIERS]
+        self.encoder = nn.ModuleList()
+        c_in = in_channels
+        for n_convs, c in zip(SEGNET_BLOCKS, chans, strict=True):
+            layers = []
+            for _ in range(n_convs):
+                layers.append(ConvBNReLU(c_in, c))
+                c_in = c
+            self.encoder.append(nn.Sequential(*layers))
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+        # Decoder block j mirrors encoder block (4 - j): same number of convs, the last one of
+        # the block reducing the channels to those of the next (shallower) block.
+        self.decoder = nn.ModuleList()
+        for b in reversed(range(len(SEGNET_BLOCKS))):
+            c = chans[b]
+            c_out = chans[b - 1] if b > 0 else chans[0]
+            layers = [ConvBNReLU(c, c) for _ in range(SEGNET_BLOCKS[b] - 1)]
+            layers.append(ConvBNReLU(c, c_out))
+            self.decoder.append(nn.Sequential(*layers))
+        self.head = nn.Conv2d(chans[0], num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, K, H, W) for an input (B, C, H, W)."""
+        indices: list[torch.Tensor] = []
+        sizes: list[torch.Size] = []
+        for block in self.encoder:
+            x = block(x)
+            sizes.append(x.shape[-2:])
+            x, idx = self.pool(x)
+            indices.append(idx)
+        for block, idx, size in zip(self.decoder, reversed(indices), reversed(sizes), strict=True):
+            x = self.unpool(x, idx, output_size=size)
+            x = block(x)
+        return self.head(x)
+
+    def encoder_layers(self) -> list[ConvBNReLU]:
+        """The 13 encoder conv+BN+ReLU units in forward order."""
+        return [unit for block in self.encoder for unit in block]
+
+
+# ----------------------------------------------------------------------------- padding wrapper
+
+
+def _pad_amount(size: int, stride: int) -> int:
+    return (-size) % stride
+
+
+class PadToStride(nn.Module):
+    """Run a network on any H, W by padding up to a multiple of its stride and cropping back.
+
+    Padding is added at the bottom and right (so the pixel grid stays aligned with the pooling
+    grid) in ``reflect`` mode, or ``replicate`` when the input is too small to reflect.
+
+    Attributes:
+        net: the wrapped network.
+        stride: total down-sampling factor of ``net``.
+        arch: architecture name (``"segnet"`` or ``"unet"``).
+        hparams_dict: keyword arguments of :func:`build_model` that rebuild this model.
+    """
+
+    def __init__(self, net: nn.Module, stride: int, arch: str, hparams: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.stride = int(stride)
+        self.arch = arch
+        self.hparams_dict = dict(hparams)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, K, H, W) for an input (B, C, H, W) of any H, W >= 1."""
+        if x.ndim != 4:
+            raise TomosegError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        ph, pw = _pad_amount(h, self.stride), _pad_amount(w, self.stride)
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out = self.net(x)
+        return out[..., :h, :w]
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TomosegError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def build_model(
+    name: str,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    width: int | None = None,
+    depth: int = 5,
+) -> PadToStride:
+    """Build a segmentation network that accepts any input size.
+
+    Args:
+        name: ``"segnet"`` or ``"unet"`` (case-insensitive).
+        in_channels: input channels (1 for grayscale).
+        num_classes: output classes K (>= 2); the network returns K logits per pixel.
+        width: channels of the first level; None = 64 for SegNet (the paper), 32 for U-Net.
+        depth: U-Net levels (channels ``w, 2w, ..., 2**(depth-1) w``, stride ``2**(depth-1)``).
+            SegNet has a fixed depth of 5 (stride 32); another value is refused.
+
+    Returns:
+        A :class:`PadToStride` module with attributes ``arch``, ``stride`` and ``hparams_dict``.
+
+    Raises:
+        TomosegError: unknown name or invalid sizes.
+    """
+    arch = str(name).strip().lower()
+    if arch not in ARCHITECTURES:
+        raise TomosegError(f"unknown model '{name}' (choose segnet or unet)")
+    _check_positive_int(in_channels, "in_channels")
+    _check_positive_int(num_classes, "num_classes", 2)
+    w = DEFAULT_WIDTH[arch] if width is None else _check_positive_int(width, "width")
+    _check_positive_int(depth, "depth", 2)
+    if arch == "segnet":
+        if depth != len(SEGNET_BLOCKS):
+            raise TomosegError(
+                f"segnet has a fixed depth of {len(SEGNET_BLOCKS)}, got depth={depth}"
+            )
+        net: nn.Module = SegNet(in_channels=in_channels, num_classes=num_classes, width=w)
+        stride = SEGNET_STRIDE
+    else:
+        net = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=num_classes,
+            channels=tuple(w * 2**i for i in range(depth)),
+            strides=(2,) * (depth - 1),
+            num_res_units=2,
+            norm=Norm.BATCH,
+        )
+        stride = 2 ** (depth - 1)
+    hparams = {
+        "name": arch,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "width": w,
+        "depth": depth,
+    }
+    return PadToStride(net, stride=stride, arch=arch, hparams=hparams)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters (trainable or not) of a module."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- encoder weights
+
+
+def _unwrap_segnet(model: nn.Module) -> SegNet:
+    net = model.net if isinstance(model, PadToStride) else model
+    if isinstance(net, SegNet):
+        return net
+    arch = getattr(model, "arch", type(net).__name__)
+    raise TomosegError(f"encoder initialisation is supported for segnet only, not {arch}")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a safetensors file or a ``torch.save`` file (``weights_only=True``)."""
+    if not path.is_file():
+        raise TomosegError(f"encoder weights file not found: {path}")
+    errors: list[str] = []
+    loaders = ["safetensors", "torch"]
+    if path.suffix.lower() != ".safetensors":
+        loaders.reverse()
+    for loader in loaders:
+        try:
+            if loader == "safetensors":
+                from safetensors.torch import load_file
+
+                obj: Any = load_file(str(path), device="cpu")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except Exception as exc:  # any parse failure is a problem with the user's file
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    else:
+        raise TomosegError(f"cannot read encoder weights {path} ({errors[0]})")
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # a Lightning-style checkpoint
+    if not isinstance(obj, Mapping):
+        raise TomosegError(f"encoder weights {path} do not hold a state dict")
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _vgg_sources(state: Mapping[str, torch.Tensor]) -> list[dict[str, str]] | None:
+    """Per encoder unit, map ``conv.weight`` etc. to the VGG16-BN key; None if not VGG layout."""
+    if "features.0.weight" not in state:
+        return None
+    units = []
+    for idx in VGG16_BN_CONV_INDICES:
+        unit = {"conv.weight": f"features.{idx}.weight", "conv.bias": f"features.{idx}.bias"}
+        unit.update({f"bn.{t}": f"features.{idx + 1}.{t}" for t in _BN_TENSORS})
+        units.append(unit)
+    return units
+
+
+def _own_sources(state: Mapping[str, torch.Tensor], net: SegNet) -> list[dict[str, str]]:
+    """Per encoder unit, map its tensor names to keys of one of our own (possibly prefixed) dicts."""
+    first = "encoder.0.0.conv.weight"
+    # Accept "encoder..." as well as wrapped names such as "net.encoder..." / "model.net.encoder...".
+    prefixes = [k[: -len(first)] for k in state if k == first or k.endswith("." + first)]
+    if not prefixes:
+        raise TomosegError(
+            "encoder weights hold neither a VGG16-BN state dict (features.0.weight, ...) "
+            "nor a SegNet one (encoder.0.0.conv.weight, ...)"
+        )
+    prefix = min(prefixes, key=len)
+    units = []
+    for b, i in _unit_positions(net):
+        unit = {f"conv.{t}": f"{prefix}encoder.{b}.{i}.conv.{t}" for t in ("weight", "bias")}
+        unit.update({f"bn.{t}": f"{prefix}encoder.{b}.{i}.bn.{t}" for t in _BN_TENSORS})
+        units.append(unit)
+    return units
+
+
+def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> int:
+    """Initialise the SegNet encoder from a local VGG16-BN (or SegNet) state dict.
+
+    Args:
+        model: a SegNet, or the :class:`PadToStride` wrapper of one (from :func:`build_model`).
+        path: a ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``)
+            holding either torchvision's ``vgg16_bn`` state dict (``features.0.weight``, ...;
+            the classifier is ignored) or a state dict of this SegNet (``encoder.0.0.conv.weight``,
+            optionally with a prefix such as ``net.``). For the first convolution, RGB weights
+            (3 input channels) are summed over the colour axis when the model takes 1 channel.
+
+    Returns:
+        The number of tensors copied into the model (up to 13 x 7).
+
+    Raises:
+        TomosegError: not a SegNet, unreadable file, missing keys or mismatching shapes.
+    """
+    net = _unwrap_segnet(model)
+    p = Path(path)
+    state = _read_state_dict(p)
+    sources = _vgg_sources(state)
+    hint = " (VGG16-BN weights need width=64)" if sources is not None else ""
+    if sources is None:
+        sources = _own_sources(state, net)
+    params = dict(net.named_parameters())
+    params.update(dict(net.named_buffers()))
+    loaded = 0
+    with torch.no_grad():
+        for u, (unit_src, (b, i)) in enumerate(zip(sources, _unit_positions(net), strict=True)):
+            for tensor_name, key in unit_src.items():
+                target_name = f"encoder.{b}.{i}.{tensor_name}"
+                if key not in state:
+                    if tensor_name.endswith("num_batches_tracked"):
+                        continue  # optional in older state dicts
+                    raise TomosegError(f"encoder weights {p} lack '{key}' (for {target_name})")
+                src = state[key]
+                dst = params[target_name]
+                if u == 0 and tensor_name == "conv.weight" and src.ndim == 4:
+                    if src.shape[1] == 3 and dst.shape[1] == 1:
+                        src = src.sum(dim=1, keepdim=True)
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise TomosegError(
+                        f"encoder layer {target_name} has shape {tuple(dst.shape)} but '{key}' in "
+                        f"{p} has {tuple(src.shape)}{hint}"
+                    )
+                dst.copy_(src.to(dtype=dst.dtype))
+                loaded += 1
+    return loaded
+
+
+def _unit_positions(net: SegNet) -> list[tuple[int, int]]:
+    return [(b, i) for b, block in enumerate(net.encoder) for i in range(len(block))]

@@ -1,0 +1,127 @@
+"""Score predicted masks against ground truth and write the score report.
+
+This is the one scoring path of tomoseg: ``tomoseg score`` (masks made anywhere) and
+``tomoseg evaluate`` (a trained network's predictions) both end in :func:`score_and_write`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tomoseg.errors import TomosegError
+from tomoseg.io import list_images, load_dataset, pair_files, prepare_output_dir, read_image, read_mask
+from tomoseg.metrics import ScoreSummary, score_image
+from tomoseg.report import class_index, write_overlays, write_score_files
+
+RESULT_NAMES = ("metrics.json", "per_image.csv")
+
+ScoreItem = tuple[str, np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def score_and_write(
+    items: Iterable[ScoreItem],
+    classes: list[str],
+    class_of_interest: str | None,
+    tolerance: float,
+    out: Path,
+) -> ScoreSummary:
+    """Score (id, truth, prediction, image-or-None) items one at a time and write the report.
+
+    Memory stays bounded by one item: each overlay is written as soon as its image is scored.
+
+    Args:
+        items: iterable of ``(id, truth, pred, image)``; ``image`` may be None.
+        classes: class names (K = len(classes)).
+        class_of_interest: name used for the overlays and the printed table (last class if None).
+        tolerance: BF1 tolerance in pixels (>= 0).
+        out: folder receiving ``metrics.json``, ``per_image.csv``, ``overlays/``, ``panels/``.
+
+    Returns:
+        The :class:`ScoreSummary`.
+    """
+    if tolerance < 0:
+        raise TomosegError(f"--tolerance must be >= 0, got {tolerance}")
+    k = class_index(classes, class_of_interest)
+    summary = ScoreSummary(list(classes), classes[k], float(tolerance))
+    for image_id, truth, pred, image in items:
+        summary.images.append(score_image(truth, pred, len(classes), tolerance, image_id))
+        write_overlays(out, image_id, truth, pred, k, len(classes), image)
+    if not summary.images:
+        raise TomosegError("nothing to score")
+    write_score_files(summary, out)
+    return summary
+
+
+def find_dataset_classes(folder: Path, levels: int = 3) -> tuple[list[str], str | None] | None:
+    """Classes from a ``dataset.json`` in ``folder`` or up to ``levels`` parents, if any."""
+    for d in [folder, *list(folder.resolve().parents)[:levels]]:
+        if (d / "dataset.json").is_file():
+            spec = load_dataset(d)
+            return spec.classes, spec.class_of_interest
+    return None
+
+
+def score_folders(
+    pred_dir: Path,
+    truth_dir: Path,
+    out: Path,
+    classes: list[str] | None = None,
+    class_of_interest: str | None = None,
+    tolerance: float = 2.0,
+    images_dir: Path | None = None,
+    overwrite: bool = False,
+) -> ScoreSummary:
+    """Score every prediction in a folder against the truth of the same file stem.
+
+    Args:
+        pred_dir: predicted masks (class ids).
+        truth_dir: true masks (class ids).
+        out: report folder (refused if it holds results, unless ``overwrite``).
+        classes: class names; if None, taken from a ``dataset.json`` above ``truth_dir``, else
+            ``"0".."K-1"`` with K = largest id in the truths + 1 (at least 2).
+        class_of_interest: for overlays and the table; default the dataset's, else the last class.
+        tolerance: BF1 tolerance in pixels.
+        images_dir: optional raw images (same stems) shown in the report panels.
+        overwrite: replace an earlier report.
+
+    Returns:
+        The :class:`ScoreSummary` (also written to ``out``).
+    """
+    if tolerance < 0:
+        raise TomosegError(f"--tolerance must be >= 0, got {tolerance}")
+    pairs = pair_files(pred_dir, truth_dir, what="prediction")
+    images = list_images(images_dir) if images_dir is not None else {}
+    if images_dir is not None:
+        missing = [p.id for p in pairs if p.id not in images]
+        if missing:
+            raise TomosegError(f"no image '{missing[0]}.*' in {images_dir}")
+    if classes is None:
+        found = find_dataset_classes(Path(truth_dir))
+        if found is not None:
+            classes, default_coi = found
+            class_of_interest = class_of_interest or default_coi
+        else:
+            kmax = max(int(read_mask(p.mask).max()) for p in pairs)
+            classes = [str(i) for i in range(max(kmax + 1, 2))]
+    class_index(classes, class_of_interest)  # unknown names fail before anything is written
+    out = prepare_output_dir(out, overwrite, RESULT_NAMES)
+
+    def items() -> Iterator[ScoreItem]:
+        for p in pairs:
+            truth = read_mask(p.mask, len(classes))
+            pred = read_mask(p.image, len(classes))
+            if truth.shape != pred.shape:
+                raise TomosegError(f"prediction {p.image} is {pred.shape} but its truth {p.mask} is {truth.shape}")
+            image = read_image(images[p.id]) if p.id in images else None
+            yield p.id, truth, pred, image
+
+    return score_and_write(items(), classes, class_of_interest, tolerance, out)
+
+
+def load_metrics(path: Path) -> dict:
+    """Read a ``metrics.json`` written by :func:`score_and_write`."""
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny datasets written in tmp folders, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset in ../shared/data, or skip the test with the reason."""
+    d = SHARED / name
+    if not (d / "dataset.json").is_file():
+        pytest.skip(f"real data {d} is absent (it lives beside the repo in ../shared/data)")
+    return d
+
+
+def write_png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make_dataset(
+    root: Path,
+    shape=(40, 48),
+    n: dict | None = None,
+    classes=("background", "fg"),
+    seed: int = 0,
+) -> Path:
+    """A small dataset folder: blobs of class 1 (and 2) with intensity = class + noise."""
+    rng = np.random.default_rng(seed)
+    n = n or {"train": 3, "val": 1, "test": 2}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps({"classes": list(classes)}))
+    k = len(classes)
+    for split, count in n.items():
+        for i in range(count):
+            mask = np.zeros(shape, np.uint8)
+            for c in range(1, k):
+                for _ in range(2):
+                    y, x = rng.integers(0, shape[0] - 8), rng.integers(0, shape[1] - 8)
+                    mask[y : y + rng.integers(3, 9), x : x + rng.integers(3, 9)] = c
+            img = (mask * 80 + rng.integers(0, 40, shape)).astype(np.uint8)
+            write_png(root / split / "images" / f"s{i:02d}.png", img)
+            write_png(root / split / "masks" / f"s{i:02d}.png", mask)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    from tomoseg.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run
+
+
+__all__ = ["make_dataset", "shared_dataset", "write_png", "tifffile"]
