@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
+from typer.exceptions import Abort, Exit, TyperException
 
 from tomoseg import __version__
 from tomoseg.errors import TomosegError
@@ -86,6 +86,118 @@ def phantom(
 
 
 @app.command()
+def crops(
+    data: Annotated[Path, typer.Option(help="Dataset folder with dataset.json.")],
+    size: Annotated[int, typer.Option(help="Crop side S in pixels (>= 16).")],
+    count: Annotated[int, typer.Option(help="Number of crops N.")],
+    out: Annotated[Path, typer.Option(help="Folder for images/, masks/ and crops.csv.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    focus_fraction: Annotated[float, typer.Option(help="Fraction centred on the class of interest.")] = 0.0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Export the N random SxS training crops as image/mask pairs for inspection."""
+    from tomoseg.crops import export_crops
+
+    paths = export_crops(data, size, count, seed, out, focus_fraction, overwrite)
+    console.print(f"{len(paths)} crops written to {out}")
+
+
+def _train_overrides(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset folder (train and val splits).")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    config: Annotated[Path | None, typer.Option(help="YAML config (or a bundled name: seed, default).")] = None,
+    model: Annotated[str | None, typer.Option(help="segnet or unet.")] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Crop side S (0 = whole images).")] = None,
+    crops: Annotated[int | None, typer.Option(help="Number of crops N.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
+    precision: Annotated[str | None, typer.Option(help="32 or bf16-mixed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loader workers.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    overwrite: Overwrite = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
+    from tomoseg.config import load_config
+    from tomoseg.train import train as run_train
+
+    cfg = load_config(
+        config,
+        _train_overrides(
+            model=model, crop_size=crop_size, crops=crops, epochs=epochs, batch_size=batch_size,
+            lr=lr, seed=seed, device=device, precision=precision, workers=workers,
+        ),
+    )
+    run_train(data, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet)
+    console.print(f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors")
+
+
+@app.command(name="lr-find")
+def lr_find(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for lr_find.png and lr_find.csv.")],
+    config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
+    min_lr: Annotated[float, typer.Option(help="Lowest learning rate tried.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option(help="Highest learning rate tried.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Number of steps.")] = 60,
+) -> None:
+    """Learning-rate range test: loss against learning rate, with a suggested rate."""
+    from tomoseg.config import load_config
+    from tomoseg.train import lr_range_test
+
+    suggestion = lr_range_test(data, out, load_config(config), min_lr, max_lr, steps)
+    console.print(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    out: Annotated[Path, typer.Option(help="Folder for the masks.")],
+    fmt: Annotated[str, typer.Option("--format", help="png or tif.")] = "png",
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    tile_size: Annotated[int | None, typer.Option(help="Tile side for sliding-window inference.")] = None,
+    tile_batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
+    no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
+    from tomoseg.infer import predict_paths
+
+    paths = predict_paths(
+        run, inputs, out, fmt, probabilities, device, overwrite, not no_tiling, tile_size, tile_batch, console
+    )
+    console.print(f"{len(paths)} masks written to {out}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Report folder (as tomoseg score writes).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays)."""
+    from tomoseg.infer import evaluate_run
+    from tomoseg.report import score_table
+
+    summary, sec = evaluate_run(run, data, out, split, device, overwrite)
+    console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
+    console.print(f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("tomoseg-demo"),
     overwrite: Overwrite = True,
@@ -102,23 +214,23 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="tomoseg", standalone_mode=False)
+        code = app(args=args, prog_name="tomoseg", standalone_mode=False)
     except TomosegError as exc:
         if debug:
             raise
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (Abort, KeyboardInterrupt):
         err_console.print("error: interrupted", markup=False)
         return 130
-    except click.ClickException as exc:
+    except TyperException as exc:
         if debug:
             raise
         msg = exc.format_message().replace("\n", " ")
         err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
-        return exc.exit_code
+        return exc.exit_code or 2
     except MemoryError:
         if debug:
             raise
@@ -130,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         err_console.print(f"error: {exc.strerror or exc}{where}", markup=False, highlight=False, soft_wrap=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install tomoseg with its test tools into .venv (CPU build of PyTorch) and run lint + tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q torch==2.13.0            # CPU build; see README for a GPU
+.venv/bin/pip install -q -e '.[test]'
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+.venv/bin/pytest "$@"
