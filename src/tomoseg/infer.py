@@ -8,6 +8,7 @@ the slice size, and tile seams do not show. Validation during training uses the 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -154,6 +155,32 @@ def load_run(run: Path, which: str = "best", device: torch.device | None = None)
     )
 
 
+def available_memory() -> int:
+    """Bytes of physical memory available now (Linux; a large number elsewhere)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_untiled_memory(shape: tuple[int, int], width: int, n_classes: int, available: int | None = None) -> None:
+    """Refuse whole-slice inference that would not fit in memory.
+
+    The estimate counts about 12 float32 feature maps of the first level's width kept alive at
+    full resolution (activations, skip connections, the padded input), plus the K logits.
+
+    Raises:
+        TomosegError: the estimate exceeds 80 % of the available memory.
+    """
+    need = shape[0] * shape[1] * 4 * (12 * width + 2 * n_classes)
+    avail = available_memory() if available is None else available
+    if need > 0.8 * avail:
+        raise TomosegError(
+            f"a {shape[1]}x{shape[0]} image is too large to segment without tiling "
+            f"(~{need / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available); drop --no-tiling"
+        )
+
+
 def segment(
     run: LoadedRun,
     image: np.ndarray,
@@ -170,6 +197,8 @@ def segment(
     """
     cfg = run.config
     dev = next(run.model.parameters()).device
+    if not tiling and dev.type == "cpu":
+        check_untiled_memory(image.shape, run.meta["model"]["width"] or 16, len(run.classes))
     x = torch.from_numpy(normalize(image, run.normalization))[None, None].to(dev)
     logits = infer_logits(
         run.model,

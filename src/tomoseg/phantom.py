@@ -37,7 +37,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,9 +79,8 @@ MIN_SLICES = 3
 _FULL_3D = np.ones((3, 3, 3), dtype=bool)
 
 # Independent random streams of one seed, so that adding a feature does not reshuffle the others.
-_STREAM_SOMAS, _STREAM_VESSELS, _STREAM_GLIA, _STREAM_TEXTURE, _STREAM_RINGS, _STREAM_SLICE = range(
-    1, 7
-)
+_STREAM_SOMAS, _STREAM_VESSELS, _STREAM_GLIA, _STREAM_TEXTURE, _STREAM_SHADING = 1, 2, 3, 4, 5
+_STREAM_RINGS, _STREAM_SLICE = 6, 7
 
 
 class PhantomParams(BaseModel):
@@ -122,18 +121,18 @@ class PhantomParams(BaseModel):
     level_jitter: float = Field(0.015, ge=0.0)
     """Standard deviation of the per-object brightness."""
     texture: float = Field(0.03, ge=0.0)
-    """RMS of the background tissue texture (a third of it shows inside objects)."""
+    """RMS of the tissue texture (60 % of it shows inside objects)."""
     shading: float = Field(0.02, ge=0.0)
     """RMS of the slow intensity variation over the whole volume."""
-    psf_sigma: float = Field(1.0, ge=0.0)
+    psf_sigma: float = Field(1.2, ge=0.0)
     """Gaussian point-spread function, in pixels."""
     phase_contrast: float = Field(0.5, ge=0.0)
     """Strength of the edge-enhancement fringe (unsharp mask of radius 2.5 px)."""
-    noise: float = Field(0.02, ge=0.0)
+    noise: float = Field(0.03, ge=0.0)
     """Standard deviation of the additive Gaussian noise."""
-    photon_noise: float = Field(0.03, ge=0.0)
+    photon_noise: float = Field(0.04, ge=0.0)
     """Poisson-like noise: its standard deviation is ``photon_noise * sqrt(intensity)``."""
-    rings: float = Field(0.015, ge=0.0)
+    rings: float = Field(0.03, ge=0.0)
     """Typical amplitude of the ring artefacts (0 = none)."""
     streaks: float = Field(1.0, ge=0.0)
     """Mean number of faint streaks per slice."""
@@ -200,7 +199,9 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return h, w
 
 
-def _check_args(shape: Any, slices: Any, seed: Any, n_somas: Any) -> tuple[tuple[int, int], int, int]:
+def _check_args(
+    shape: Any, slices: Any, seed: Any, n_somas: Any
+) -> tuple[tuple[int, int], int, int]:
     hw = _check_shape(shape)
     z = _as_int(slices)
     if z is None or z < MIN_SLICES:
@@ -267,7 +268,8 @@ class _Soma:
         rho = np.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2])
         inv = 1.0 / np.maximum(rho, 1e-12)
         g = np.zeros_like(rho)
-        for d, f, a, p in zip(self.lobe_dirs, self.lobe_freq, self.lobe_amp, self.lobe_phase):
+        lobes = zip(self.lobe_dirs, self.lobe_freq, self.lobe_amp, self.lobe_phase, strict=True)
+        for d, f, a, p in lobes:
             g += a * np.cos(f * (d[0] * u[0] + d[1] * u[1] + d[2] * u[2]) * inv + p)
         return rho < 1.0 + g
 
@@ -276,9 +278,7 @@ class _Soma:
         return (u[0] - off[0]) ** 2 + (u[1] - off[1]) ** 2 + (u[2] - off[2]) ** 2 < size * size
 
 
-def _make_soma(
-    rng: np.random.Generator, center: np.ndarray, a0: float, p: PhantomParams
-) -> _Soma:
+def _make_soma(rng: np.random.Generator, center: np.ndarray, a0: float, p: PhantomParams) -> _Soma:
     radii = a0 * np.concatenate([[1.0], rng.uniform(p.soma_aspect, 1.0, 2)])
     rng.shuffle(radii)
     rot = _random_rotation(rng)
@@ -312,36 +312,62 @@ def _make_soma(
     )
 
 
-class _Waves:
-    """A smooth 3D random field: a sum of plane waves, sliced with one matrix product."""
+def _bspline_weights(f: np.ndarray) -> np.ndarray:
+    """Cubic B-spline weights of the 4 neighbouring knots for fractional positions ``f``."""
+    f2, f3 = f * f, f * f * f
+    return (
+        np.stack([(1 - f) ** 3, 3 * f3 - 6 * f2 + 4, -3 * f3 + 3 * f2 + 3 * f + 1, f3], axis=-1)
+        / 6.0
+    )
+
+
+def _bspline_index(n: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """First knot index (n,) and float32 weights (n, 4) of pixels 0..n-1 for a knot spacing."""
+    t = np.arange(n) / spacing
+    i0 = np.floor(t).astype(np.int64)
+    return i0, _bspline_weights(t - i0).astype(np.float32)
+
+
+class _Noise3D:
+    """Smooth isotropic 3D noise (sum of octaves of B-spline-smoothed white noise).
+
+    The knot values of plane ``iz`` of an octave come from their own random stream, so any slice
+    is computed from 4 knot planes per octave: no volume is stored.
+    """
 
     def __init__(
-        self,
-        rng: np.random.Generator,
-        n: int,
-        wavelengths: tuple[float, float],
-        rms: float,
-        exponent: float,
-    ) -> None:
-        lam = np.exp(rng.uniform(np.log(wavelengths[0]), np.log(wavelengths[1]), n))
-        k = _unit(rng.standard_normal((n, 3))) * (2 * np.pi / lam)[:, None]
-        amp = lam**exponent * rng.uniform(0.5, 1.0, n)
-        amp *= rms / max(float(np.sqrt((amp**2).sum() / 2)), 1e-12)
-        self.k = k
-        self.amp = amp
-        self.phase = rng.uniform(0, 2 * np.pi, n)
-        self._x_cache: tuple[int, np.ndarray] | None = None
+        self, seed: int, stream: int, spacings: list[float], amps: list[float], rms: float
+    ):
+        self.seed, self.stream = seed, stream
+        self.spacings = [max(float(s), 2.0) for s in spacings]
+        a = np.asarray(amps, np.float64)
+        # A cubic B-spline of unit white knots has a variance of about 0.48 per dimension.
+        self.amps = a * rms / max(float(np.sqrt((a**2).sum())), 1e-12) / 0.48**1.5
+        self._index: dict[tuple[int, int, int], Any] = {}
 
     def slice(self, z: float, h: int, w: int) -> np.ndarray:
         """The field on the plane ``z`` as a float32 (h, w) array."""
-        if self.amp.size == 0 or not np.any(self.amp):
-            return np.zeros((h, w), np.float32)
-        if self._x_cache is None or self._x_cache[0] != w:
-            ax = np.outer(self.k[:, 2], np.arange(w))
-            self._x_cache = (w, np.concatenate([np.cos(ax), np.sin(ax)]).astype(np.float32))
-        ay = np.outer(np.arange(h), self.k[:, 1]) + (self.k[:, 0] * z + self.phase)[None, :]
-        left = np.concatenate([self.amp * np.cos(ay), -self.amp * np.sin(ay)], axis=1)
-        return left.astype(np.float32) @ self._x_cache[1]
+        out = np.zeros((h, w), np.float32)
+        for octave, (sp, amp) in enumerate(zip(self.spacings, self.amps, strict=True)):
+            if amp == 0:
+                continue
+            gh, gw = int(h / sp) + 5, int(w / sp) + 5
+            key = (octave, h, w)
+            if key not in self._index:
+                self._index[key] = (_bspline_index(h, sp), _bspline_index(w, sp))
+            (iy, wy), (ix, wx) = self._index[key]
+            t = z / sp
+            iz = math.floor(t)
+            wz = _bspline_weights(np.array(t - iz))
+            knots = np.zeros((gh, gw), np.float32)
+            for j in range(4):
+                rng = _rng(self.seed, self.stream, octave, iz + j + 2)
+                knots += np.float32(wz[j] * amp) * rng.standard_normal((gh, gw), dtype=np.float32)
+            # Separable cubic B-spline evaluation: 4 knots per pixel along x, then along y.
+            rows = sum(knots[:, ix + j] * wx[None, :, j] for j in range(4))
+            for j in range(4):
+                out += rows[iy + j] * wy[:, j, None]
+        return out
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, corr: float, dims: int) -> np.ndarray:
@@ -407,7 +433,9 @@ class PhantomScene:
         n_somas: int | None = None,
         params: PhantomParams | None = None,
     ) -> None:
-        (self.height, self.width), self.slices, self.seed = _check_args(shape, slices, seed, n_somas)
+        (self.height, self.width), self.slices, self.seed = _check_args(
+            shape, slices, seed, n_somas
+        )
         if params is None:
             params = PhantomParams()
         elif not isinstance(params, PhantomParams):
@@ -427,9 +455,11 @@ class PhantomScene:
         self.somas: list[_Soma] = self._place_somas(n_somas)
         self.n_vessels = 0
         self._spheres = self._make_spheres()
-        rng = _rng(self.seed, _STREAM_TEXTURE)
-        self._texture = _Waves(rng, 48, (0.03 * m, 0.25 * m), params.texture, 0.5)
-        self._shading = _Waves(rng, 8, (0.8 * m, 3.0 * m), params.shading, 0.0)
+        self._texture = _Noise3D(
+            self.seed, _STREAM_TEXTURE, [0.1 * m, 0.04 * m, 0.015 * m, 0.006 * m, 0.0025 * m],
+            [1.0, 0.8, 0.6, 0.5, 0.5], params.texture,
+        )  # fmt: skip
+        self._shading = _Noise3D(self.seed, _STREAM_SHADING, [0.6 * m], [1.0], params.shading)
         self._static: np.ndarray | None = None
 
     @property
@@ -447,8 +477,11 @@ class PhantomScene:
         gap = max(2.0, p.soma_gap * self.mean_soma_radius)
         grow = 1.0 + p.soma_roughness
         mean_vol = 4 / 3 * np.pi * self.mean_soma_radius**3 * ((1 + p.soma_aspect) / 2) ** 2
-        box_vol = (h + hi) * (w + hi) * (nz - 1 + 2 * hi * grow)
-        target = n_somas if n_somas is not None else int(round(p.soma_fraction * box_vol / mean_vol))
+        mean_b = self.mean_soma_radius * grow  # centres spread this far beyond the slab
+        box_vol = (h + mean_b) * (w + mean_b) * (nz - 1 + 2 * mean_b)
+        target = (
+            n_somas if n_somas is not None else int(round(p.soma_fraction * box_vol / mean_vol))
+        )
         centers = np.zeros((0, 3))
         bounds = np.zeros(0)
         placed: list[_Soma] = []
@@ -463,9 +496,7 @@ class PhantomScene:
                     rng.uniform(-0.5 * b, w - 1 + 0.5 * b),
                 ]
             )
-            if bounds.size and np.any(
-                np.linalg.norm(centers - c, axis=1) < bounds + b + gap
-            ):
+            if bounds.size and np.any(np.linalg.norm(centers - c, axis=1) < bounds + b + gap):
                 failures += 1
                 continue
             soma = _make_soma(rng, c, a0, p)
@@ -543,7 +574,7 @@ class PhantomScene:
                         [np.cos(tilt), np.sin(tilt) * np.cos(azim), np.sin(tilt) * np.sin(azim)]
                     )
                 else:
-                    elev = np.radians(rng.uniform(-25, 25))
+                    elev = np.radians(rng.uniform(-12, 12))
                     azim = rng.uniform(0, 2 * np.pi)
                     axis = np.array(
                         [np.sin(elev), np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim)]
@@ -553,7 +584,9 @@ class PhantomScene:
                 )
                 r0 = float(np.exp(rng.uniform(np.log(rlo), np.log(rhi))))
                 level = p.vessel_level + p.level_jitter * rng.standard_normal()
-                pos, rad = self._vessel_curve(rng, axis, seed_pt, n_half, ds, r0, m)
+                pos, rad = self._vessel_curve(
+                    rng, axis, seed_pt, n_half, ds, r0, m, family == "trans"
+                )
                 inside = np.all((pos >= box_lo) & (pos <= box_hi), axis=1)
                 out = np.flatnonzero(~inside)
                 left = out[out < n_half]
@@ -619,14 +652,25 @@ class PhantomScene:
         ds: float,
         r0: float,
         m: int,
+        flat: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """A smooth curve through ``seed_pt`` meandering around ``axis``, with its radii."""
         p = self.params
         n = 2 * n_half + 1
-        e1 = _unit(np.cross(axis, rng.standard_normal(3)))
-        e2 = np.cross(axis, e1)
+        if flat:  # in-plane vessel: wander mostly within the slice plane
+            e1 = _unit(np.array([0.0, -axis[2], axis[1]]))
+            e2 = np.cross(axis, e1)
+            gains = (1.0, 0.25)
+        else:
+            e1 = _unit(np.cross(axis, rng.standard_normal(3)))
+            e2 = np.cross(axis, e1)
+            gains = (1.0, 1.0)
         wob = _smooth_noise(rng, n, 0.12 * m / ds, 2) * p.vessel_meander
-        d = _unit(axis[None, :] + wob[:, :1] * e1[None, :] + wob[:, 1:] * e2[None, :])
+        d = _unit(
+            axis[None, :]
+            + gains[0] * wob[:, :1] * e1[None, :]
+            + gains[1] * wob[:, 1:] * e2[None, :]
+        )
         pos = np.cumsum(d * ds, axis=0)
         pos += seed_pt - pos[n_half]
         rlo, rhi = self.vessel_radius_range
@@ -648,7 +692,7 @@ class PhantomScene:
         rmax = math.hypot(max(cy, h - 1 - cy), max(cx, w - 1 - cx)) + 2
         grid = np.arange(0, rmax + 1, 0.25)
         prof = -p.cupping * (grid / rmax) ** 2 + p.cupping / 3
-        n_sharp = max(8, round(rmax / 30))
+        n_sharp = max(8, round(rmax / 20))
         for i in range(n_sharp + 3):
             broad = i >= n_sharp
             r_c = rng.uniform(2, rmax)
@@ -708,15 +752,12 @@ class PhantomScene:
             sel = np.abs(dz) < rr
             idx, dz, rr = idx[sel], dz[sel], rr[sel]
             rho = np.sqrt(rr * rr - dz * dz)
-            vessel = sp["vessel"][idx]
-            for kind in (False, True):  # glia first, vessels over them
-                j = np.flatnonzero(vessel == kind)
-                target = obj if kind else np.zeros((h, w), bool)
+            is_vessel = sp["vessel"][idx]
+            glia = np.zeros((h, w), bool)
+            for mask, j in ((glia, ~is_vessel), (obj, is_vessel)):  # glia first, vessels over them
                 _paint_discs(
-                    level, target, sp["y"][idx[j]], sp["x"][idx[j]], rho[j], sp["level"][idx[j]]
+                    level, mask, sp["y"][idx[j]], sp["x"][idx[j]], rho[j], sp["level"][idx[j]]
                 )
-                if not kind:
-                    glia = target
             vessels = obj.copy()
             obj |= glia
         else:
@@ -747,7 +788,7 @@ class PhantomScene:
         # Texture (damped inside objects), shading, blur, fringe.
         img = level
         tex = self._texture.slice(zi, h, w)
-        tex[obj] *= np.float32(0.35)
+        tex[obj] *= np.float32(0.6)
         img += tex
         img += self._shading.slice(zi, h, w)
         if p.psf_sigma > 0:
@@ -994,7 +1035,3 @@ def otsu_baseline(image: np.ndarray) -> np.ndarray:
     if arr.min() == arr.max():
         return np.zeros(arr.shape, np.uint8)
     return (arr > threshold_otsu(arr)).astype(np.uint8)
-
-
-def _unused(_: Sequence[Any]) -> None:  # pragma: no cover - keeps typing imports explicit
-    return None

@@ -1,0 +1,165 @@
+"""Training: class weights, per-epoch sampling, run folder, resume after kill -9, bad inputs."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset
+from safetensors.torch import load_file
+
+from tomoseg.config import load_config
+from tomoseg.errors import TomosegError
+from tomoseg.train import CropDataset, EpochSampler, class_weights, train
+
+TINY = {"crop_size": 32, "crops": 16, "epochs": 2, "batch_size": 4, "width": 4, "depth": 3, "tile_size": 64}
+
+
+def tiny_cfg(**kw):
+    return load_config(None, {**TINY, **kw})
+
+
+def test_class_weights():
+    c = np.array([900, 100])
+    w = class_weights(c, "inverse")
+    assert w[1] / w[0] == pytest.approx(9) and w.mean() == pytest.approx(1)
+    w3 = class_weights(np.array([700, 200, 100]), "median")
+    assert w3 / w3[1] == pytest.approx([200 / 700, 1, 2])
+    assert (class_weights(c, "none") == 1).all()
+    with pytest.raises(TomosegError, match="'fg' has no pixel"):
+        class_weights(np.array([10, 0]), "inverse", ["bg", "fg"])
+
+
+def test_epoch_sampler_and_fresh_augmentation():
+    s = EpochSampler(10, seed=3)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    assert sorted(e0) == list(range(10)) and sorted(e1) == list(range(10, 20))
+    assert [i % 10 for i in e0] != [i % 10 for i in e1]
+    s.set_epoch(0)
+    assert list(s) == e0
+    from tomoseg.crops import CropBox
+
+    rng = np.random.default_rng(0)
+    img = rng.random((40, 40)).astype(np.float32)
+    ds = CropDataset([img], [(img > 0.5).astype(np.uint8)], [CropBox(0, 0, 0, 32, 32)], tiny_cfg())
+    draws = [ds[e * 1][0] for e in range(12)]  # the same crop in epochs 0..11
+    assert torch.equal(ds[0][0], draws[0])  # deterministic
+    assert len({d.numpy().tobytes() for d in draws}) > 3  # a fresh draw most epochs
+    x, y = ds[5]
+    assert torch.equal((x[0] > 0.5).long(), y)  # mask moved exactly like the image
+
+
+def test_train_writes_complete_run(tmp_path):
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = train(data, tmp_path / "run", tiny_cfg())
+    for f in ("config.yaml", "run.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors"):
+        assert (run / f).is_file(), f
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for col in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_iou_fg", "val_iou_fg",
+                "val_bf1_fg", "seconds"):
+        assert rows[0][col] != "", col
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["class_weights"][1] > meta["class_weights"][0]
+    assert set(meta["normalization"]) >= {"lower", "upper"}
+    # checkpoints load without executing pickled code
+    ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck["epoch"] == 1 and len(ck["tomoseg_history"]) == 2
+    state = load_file(run / "last.safetensors")
+    assert any(k.endswith("weight") for k in state)
+    with pytest.raises(TomosegError, match="already holds a run"):
+        train(data, run, tiny_cfg())
+    with pytest.raises(TomosegError, match="changed config: lr"):
+        train(data, run, tiny_cfg(lr=0.1), resume=True)
+
+
+def _weights(run: Path) -> dict:
+    return load_file(run / "last.safetensors")
+
+
+def _metrics_without_timing(run: Path) -> list[dict]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [{k: v for k, v in r.items() if k not in ("seconds", "crops_per_second")} for r in rows]
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    kw = {**TINY, "crops": 160, "epochs": 4}
+    ref = train(data, tmp_path / "ref", load_config(None, kw))
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "tomoseg.cli", "train", "--data", str(data), "--out", str(run), "--quiet"]
+    cfg_file = tmp_path / "cfg.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(kw))
+    proc = subprocess.Popen([*args, "--config", str(cfg_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, f"training finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    before = list(csv.DictReader((run / "metrics.csv").open()))
+    done = len(before)
+    assert 2 <= done < 4
+    train(data, run, load_config(cfg_file), resume=True)
+    after = list(csv.DictReader((run / "metrics.csv").open()))
+    # finished epochs were not recomputed: their rows (timings included) are kept as they were
+    assert after[: done - 1] == before[: done - 1]
+    a, b = _weights(ref), _weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics_without_timing(ref) == _metrics_without_timing(run)
+
+
+def test_bad_training_inputs(tmp_path, run_cli):
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+
+    def err(*args):
+        code, _, e = run_cli("train", "--data", data, "--out", tmp_path / "r", *args)
+        lines = e.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), e
+        return lines[0]
+
+    assert "crop size" in err("--crop-size", "8")
+    assert "crops" in err("--crops", "0")
+    assert "model" in err("--model", "resnet")
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("learning_rate: 0.1\n")
+    assert "learning_rate" in err("--config", bad_cfg)
+    bad_cfg.write_text("epochs: many\n")
+    assert "epochs" in err("--config", bad_cfg)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in err("--device", "gpu")
+    no_val = make_dataset(tmp_path / "nv", shape=(48, 56), n={"train": 2, "test": 1})
+    code, _, e = run_cli("train", "--data", no_val, "--out", tmp_path / "r2")
+    assert code != 0 and "no 'val' split" in e
+    empty_fg = make_dataset(tmp_path / "bg", shape=(48, 56), classes=("background", "fg", "never"))
+    # class 'never' occurs in the generator; make a dataset whose last class never appears
+    (empty_fg / "dataset.json").write_text(json.dumps({"classes": ["background", "fg", "y", "never"]}))
+    code, _, e = run_cli("train", "--data", empty_fg, "--out", tmp_path / "r3", "--crop-size", "32")
+    assert code != 0 and "has no pixel" in e
+
+
+def test_untiled_memory_check():
+    from tomoseg.infer import check_untiled_memory
+
+    check_untiled_memory((100, 100), 16, 2, available=1 << 30)
+    with pytest.raises(TomosegError, match="without tiling"):
+        check_untiled_memory((20000, 20000), 16, 2, available=8 << 30)
