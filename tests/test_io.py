@@ -33,7 +33,13 @@ RNG = np.random.default_rng(0)
 
 @pytest.mark.parametrize(
     "suffix,dtype",
-    [(".png", np.uint8), (".png", np.uint16), (".tif", np.uint8), (".tif", np.uint16), (".tif", np.float32)],
+    [
+        (".png", np.uint8),
+        (".png", np.uint16),
+        (".tif", np.uint8),
+        (".tif", np.uint16),
+        (".tif", np.float32),
+    ],
 )
 def test_read_image_preserves_dtype(tmp_path, suffix, dtype):
     a = (RNG.random((13, 17)) * (200 if dtype == np.uint8 else 60000)).astype(dtype)
@@ -126,7 +132,9 @@ def test_dataset_json(tmp_path, tiny_dataset):
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(TomosegError, match="malformed"):
         load_dataset(tmp_path)
-    (tmp_path / "dataset.json").write_text(json.dumps({"classes": ["a", "b"], "class_of_interest": "c"}))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"classes": ["a", "b"], "class_of_interest": "c"})
+    )
     with pytest.raises(TomosegError, match="class_of_interest"):
         load_dataset(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"classes": ["a"]}))

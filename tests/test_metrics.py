@@ -136,6 +136,13 @@ def test_confusion_and_aggregation():
     np.testing.assert_allclose(summ.mean_iou, (a.iou + b.iou) / 2)
     np.testing.assert_allclose(summ.pooled_iou, iou_from_cm(a.cm + b.cm))
     d = summ.to_dict()
-    assert set(d) == {"classes", "class_of_interest", "tolerance_px", "per_image", "mean", "pooled_iou"}
+    assert set(d) == {
+        "classes",
+        "class_of_interest",
+        "tolerance_px",
+        "per_image",
+        "mean",
+        "pooled_iou",
+    }
     assert d["per_image"][1]["iou"]["x"] == 1.0
     assert set(d["per_image"][0]) == {"id", "accuracy", "iou", "bf1"}

@@ -36,12 +36,34 @@ def pred_truth(tmp_path):
 
 def test_score_writes_report_equal_to_reference(tmp_path, run_cli, pred_truth):
     pdir, tdir, truth, pred = pred_truth
-    code, out, err = run_cli("score", "--pred", pdir, "--truth", tdir, "--classes", "bg,x,y",
-                             "--class-of-interest", "x", "--out", tmp_path / "rep")
+    code, out, err = run_cli(
+        "score",
+        "--pred",
+        pdir,
+        "--truth",
+        tdir,
+        "--classes",
+        "bg,x,y",
+        "--class-of-interest",
+        "x",
+        "--out",
+        tmp_path / "rep",
+    )
     assert code == 0, err
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert set(m) == {"classes", "class_of_interest", "tolerance_px", "per_image", "mean", "pooled_iou"}
-    assert m["classes"] == ["bg", "x", "y"] and m["class_of_interest"] == "x" and m["tolerance_px"] == 2
+    assert set(m) == {
+        "classes",
+        "class_of_interest",
+        "tolerance_px",
+        "per_image",
+        "mean",
+        "pooled_iou",
+    }
+    assert (
+        m["classes"] == ["bg", "x", "y"]
+        and m["class_of_interest"] == "x"
+        and m["tolerance_px"] == 2
+    )
     for row in m["per_image"]:
         acc, iou, bf1 = ref_scores(truth[row["id"]], pred[row["id"]], 3, 2.0)
         assert row["accuracy"] == pytest.approx(acc, abs=1e-12)
@@ -62,7 +84,9 @@ def test_nan_written_as_null(tmp_path, run_cli):
     z = np.zeros((10, 10), np.uint8)
     pdir = _masks_dir(tmp_path, "p", {"a": z})
     tdir = _masks_dir(tmp_path, "t", {"a": z})
-    code, _, err = run_cli("score", "--pred", pdir, "--truth", tdir, "--classes", "bg,fg", "--out", tmp_path / "r")
+    code, _, err = run_cli(
+        "score", "--pred", pdir, "--truth", tdir, "--classes", "bg,fg", "--out", tmp_path / "r"
+    )
     assert code == 0, err
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["per_image"][0]["bf1"]["fg"] is None and m["pooled_iou"]["fg"] is None
@@ -81,12 +105,18 @@ def test_bad_inputs_give_one_error_line(tmp_path, run_cli, pred_truth):
     pdir, tdir, _, _ = pred_truth
     out = tmp_path / "rep"
     base = ["score", "--pred", pdir, "--truth", tdir, "--out", out]
-    _expect_error(run_cli, ["score", "--pred", tmp_path / "nope", "--truth", tdir, "--out", out], "nope")
+    _expect_error(
+        run_cli, ["score", "--pred", tmp_path / "nope", "--truth", tdir, "--out", out], "nope"
+    )
     _expect_error(run_cli, [*base, "--tolerance", "-1"], "tolerance")
-    _expect_error(run_cli, [*base, "--classes", "bg,x,y", "--class-of-interest", "z"], "unknown class 'z'")
+    _expect_error(
+        run_cli, [*base, "--classes", "bg,x,y", "--class-of-interest", "z"], "unknown class 'z'"
+    )
     _expect_error(run_cli, [*base, "--classes", "bg,x"], "outside 0..1")
     (tmp_path / "empty").mkdir()
-    _expect_error(run_cli, ["score", "--pred", tmp_path / "empty", "--truth", tdir, "--out", out], "no images")
+    _expect_error(
+        run_cli, ["score", "--pred", tmp_path / "empty", "--truth", tdir, "--out", out], "no images"
+    )
     # prediction without truth and the reverse
     extra = tmp_path / "pred2"
     shutil.copytree(pdir, extra)
@@ -107,7 +137,9 @@ def test_bad_inputs_give_one_error_line(tmp_path, run_cli, pred_truth):
     _expect_error(run_cli, ["score", "--pred", bad, "--truth", tdir, "--out", out], "integer")
     (bad / "a.tif").unlink()
     (bad / "a.png").write_bytes(b"not a png")
-    _expect_error(run_cli, ["score", "--pred", bad, "--truth", tdir, "--out", out], "not a readable image")
+    _expect_error(
+        run_cli, ["score", "--pred", bad, "--truth", tdir, "--out", out], "not a readable image"
+    )
     # output already holding results: refused, and the earlier report is untouched
     assert run_cli(*base, "--classes", "bg,x,y")[0] == 0
     before = (out / "metrics.json").read_bytes()
@@ -116,7 +148,11 @@ def test_bad_inputs_give_one_error_line(tmp_path, run_cli, pred_truth):
     assert run_cli(*base, "--classes", "bg,x,y", "--overwrite")[0] == 0
     # output folder not writable (a file stands where the folder must go)
     (tmp_path / "afile").write_text("")
-    _expect_error(run_cli, ["score", "--pred", pdir, "--truth", tdir, "--out", tmp_path / "afile" / "r"], "not writable")
+    _expect_error(
+        run_cli,
+        ["score", "--pred", pdir, "--truth", tdir, "--out", tmp_path / "afile" / "r"],
+        "not writable",
+    )
 
 
 @pytest.mark.realdata

@@ -19,7 +19,15 @@ from tomoseg.config import load_config
 from tomoseg.errors import TomosegError
 from tomoseg.train import CropDataset, EpochSampler, class_weights, train
 
-TINY = {"crop_size": 32, "crops": 16, "epochs": 2, "batch_size": 4, "width": 4, "depth": 3, "tile_size": 64}
+TINY = {
+    "crop_size": 32,
+    "crops": 16,
+    "epochs": 2,
+    "batch_size": 4,
+    "width": 4,
+    "depth": 3,
+    "tile_size": 64,
+}
 
 
 def tiny_cfg(**kw):
@@ -61,12 +69,27 @@ def test_epoch_sampler_and_fresh_augmentation():
 def test_train_writes_complete_run(tmp_path):
     data = make_dataset(tmp_path / "d", shape=(48, 56))
     run = train(data, tmp_path / "run", tiny_cfg())
-    for f in ("config.yaml", "run.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors"):
+    for f in (
+        "config.yaml",
+        "run.json",
+        "metrics.csv",
+        "curves.png",
+        "best.safetensors",
+        "last.safetensors",
+    ):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for col in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_iou_fg", "val_iou_fg",
-                "val_bf1_fg", "seconds"):
+    for col in (
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "train_iou_fg",
+        "val_iou_fg",
+        "val_bf1_fg",
+        "seconds",
+    ):
         assert rows[0][col] != "", col
     meta = json.loads((run / "run.json").read_text())
     assert meta["class_weights"][1] > meta["class_weights"][0]
@@ -96,15 +119,29 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     kw = {**TINY, "crops": 160, "epochs": 4}
     ref = train(data, tmp_path / "ref", load_config(None, kw))
     run = tmp_path / "killed"
-    args = [sys.executable, "-m", "tomoseg.cli", "train", "--data", str(data), "--out", str(run), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "tomoseg.cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     cfg_file = tmp_path / "cfg.yaml"
     import yaml
 
     cfg_file.write_text(yaml.safe_dump(kw))
-    proc = subprocess.Popen([*args, "--config", str(cfg_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*args, "--config", str(cfg_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
-        if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) >= 3:
+        if (run / "metrics.csv").is_file() and len(
+            (run / "metrics.csv").read_text().splitlines()
+        ) >= 3:
             break
         if proc.poll() is not None:
             break
@@ -113,7 +150,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     if killed:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert killed, f"training finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    assert killed, (
+        f"training finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    )
     before = list(csv.DictReader((run / "metrics.csv").open()))
     done = len(before)
     assert 2 <= done < 4
@@ -152,7 +191,9 @@ def test_bad_training_inputs(tmp_path, run_cli):
     assert code != 0 and "no 'val' split" in e
     empty_fg = make_dataset(tmp_path / "bg", shape=(48, 56), classes=("background", "fg", "never"))
     # class 'never' occurs in the generator; make a dataset whose last class never appears
-    (empty_fg / "dataset.json").write_text(json.dumps({"classes": ["background", "fg", "y", "never"]}))
+    (empty_fg / "dataset.json").write_text(
+        json.dumps({"classes": ["background", "fg", "y", "never"]})
+    )
     code, _, e = run_cli("train", "--data", empty_fg, "--out", tmp_path / "r3", "--crop-size", "32")
     assert code != 0 and "has no pixel" in e
 

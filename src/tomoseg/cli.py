@@ -40,7 +40,9 @@ def score(
     pred: Annotated[Path, typer.Option(help="Folder of predicted masks (class ids).")],
     truth: Annotated[Path, typer.Option(help="Folder of true masks, matched by file stem.")],
     out: Annotated[Path, typer.Option(help="Report folder.")],
-    classes: Annotated[str | None, typer.Option(help="Class names, e.g. 'background,soma'.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class names, e.g. 'background,soma'.")
+    ] = None,
     class_of_interest: Annotated[str | None, typer.Option(help="Class for overlays/table.")] = None,
     tolerance: Annotated[float, typer.Option(help="BF1 tolerance in pixels.")] = 2.0,
     images: Annotated[Path | None, typer.Option(help="Raw images to show in the panels.")] = None,
@@ -55,13 +57,17 @@ def score(
         pred, truth, out, resolve_classes(classes), class_of_interest, tolerance, images, overwrite
     )
     console.print(score_table(summary))
-    console.print(f"report: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/, {out}/panels/")
+    console.print(
+        f"report: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/, {out}/panels/"
+    )
 
 
 @app.command()
 def check(
     data: Annotated[Path | None, typer.Option(help="Dataset folder with dataset.json.")] = None,
-    images: Annotated[Path | None, typer.Option(help="Folder of images (instead of --data).")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of images (instead of --data).")
+    ] = None,
     masks: Annotated[Path | None, typer.Option(help="Folder of masks, matched by stem.")] = None,
 ) -> None:
     """Read every image/mask pair and report shapes, types and class frequencies."""
@@ -92,7 +98,9 @@ def crops(
     count: Annotated[int, typer.Option(help="Number of crops N.")],
     out: Annotated[Path, typer.Option(help="Folder for images/, masks/ and crops.csv.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    focus_fraction: Annotated[float, typer.Option(help="Fraction centred on the class of interest.")] = 0.0,
+    focus_fraction: Annotated[
+        float, typer.Option(help="Fraction centred on the class of interest.")
+    ] = 0.0,
     overwrite: Overwrite = False,
 ) -> None:
     """Export the N random SxS training crops as image/mask pairs for inspection."""
@@ -110,7 +118,9 @@ def _train_overrides(**kw) -> dict:
 def train(
     data: Annotated[Path, typer.Option(help="Dataset folder (train and val splits).")],
     out: Annotated[Path, typer.Option(help="Run folder.")],
-    config: Annotated[Path | None, typer.Option(help="YAML config (or a bundled name: seed, default).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (or a bundled name: seed, default).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="segnet or unet.")] = None,
     crop_size: Annotated[int | None, typer.Option(help="Crop side S (0 = whole images).")] = None,
     crops: Annotated[int | None, typer.Option(help="Number of crops N.")] = None,
@@ -132,12 +142,24 @@ def train(
     cfg = load_config(
         config,
         _train_overrides(
-            model=model, crop_size=crop_size, crops=crops, epochs=epochs, batch_size=batch_size,
-            lr=lr, seed=seed, device=device, precision=precision, workers=workers,
+            model=model,
+            crop_size=crop_size,
+            crops=crops,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            precision=precision,
+            workers=workers,
         ),
     )
-    run_train(data, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet)
-    console.print(f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors")
+    run_train(
+        data, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet
+    )
+    console.print(
+        f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
+    )
 
 
 @app.command(name="lr-find")
@@ -163,9 +185,13 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
     out: Annotated[Path, typer.Option(help="Folder for the masks.")],
     fmt: Annotated[str, typer.Option("--format", help="png or tif.")] = "png",
-    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write class probabilities.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
-    tile_size: Annotated[int | None, typer.Option(help="Tile side for sliding-window inference.")] = None,
+    tile_size: Annotated[
+        int | None, typer.Option(help="Tile side for sliding-window inference.")
+    ] = None,
     tile_batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
     overwrite: Overwrite = False,
@@ -174,7 +200,17 @@ def predict(
     from tomoseg.infer import predict_paths
 
     paths = predict_paths(
-        run, inputs, out, fmt, probabilities, device, overwrite, not no_tiling, tile_size, tile_batch, console
+        run,
+        inputs,
+        out,
+        fmt,
+        probabilities,
+        device,
+        overwrite,
+        not no_tiling,
+        tile_size,
+        tile_batch,
+        console,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -194,12 +230,16 @@ def evaluate(
 
     summary, sec = evaluate_run(run, data, out, split, device, overwrite)
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
-    console.print(f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/")
+    console.print(
+        f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("tomoseg-demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path(
+        "tomoseg-demo"
+    ),
     overwrite: Overwrite = True,
 ) -> None:
     """Run the whole job on an embedded synthetic phantom (no data needed)."""
@@ -234,13 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         if debug:
             raise
-        err_console.print("error: out of memory (try a smaller --batch-size or tile size)", markup=False)
+        err_console.print(
+            "error: out of memory (try a smaller --batch-size or tile size)", markup=False
+        )
         return 1
     except OSError as exc:
         if debug:
             raise
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        err_console.print(f"error: {exc.strerror or exc}{where}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"error: {exc.strerror or exc}{where}", markup=False, highlight=False, soft_wrap=True
+        )
         return 1
     return code if isinstance(code, int) else 0
 

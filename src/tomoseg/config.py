@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     workers: int = Field(default=0, ge=0)
     # validation / inference
-    tile_size: int = Field(default=512, ge=16)
+    tile_size: int = Field(default=256, ge=16)
     tile_overlap: float = Field(default=0.25, ge=0, lt=1)
     tile_batch: int = Field(default=4, ge=1)
     tolerance: float = Field(default=2.0, ge=0)
@@ -95,7 +95,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise TomosegError(f"config {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise TomosegError(
+                f"config {p} is not valid YAML: {str(exc).splitlines()[0]}"
+            ) from None
         if not isinstance(loaded, dict):
             raise TomosegError(f"config {p} must be a mapping of keys to values")
         data.update(loaded)

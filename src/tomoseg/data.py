@@ -77,8 +77,14 @@ def check_data(console, data: Path | None, images: Path | None, masks: Path | No
         lo = min(float(s.image.min()) for s in samples)
         hi = max(float(s.image.max()) for s in samples)
         names = classes or [str(i) for i in range(kk)]
-        frac = ", ".join(f"{n} {100 * c / counts.sum():.2f}%" for n, c in zip(names, counts, strict=True))
-        shape_txt = ", ".join("x".join(map(str, s)) for s in shapes[:3]) + (" ..." if len(shapes) > 3 else "")
-        table.add_row(split, str(len(samples)), shape_txt, ", ".join(dtypes), f"{lo:g}..{hi:g}", frac)
+        frac = ", ".join(
+            f"{n} {100 * c / counts.sum():.2f}%" for n, c in zip(names, counts, strict=True)
+        )
+        shape_txt = ", ".join("x".join(map(str, s)) for s in shapes[:3]) + (
+            " ..." if len(shapes) > 3 else ""
+        )
+        table.add_row(
+            split, str(len(samples)), shape_txt, ", ".join(dtypes), f"{lo:g}..{hi:g}", frac
+        )
     console.print(table)
     console.print("all pairs read and checked: ok")

@@ -55,9 +55,17 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
     spec = load_dataset(data)
     console.print("[2/4] Otsu threshold baseline on the test slices")
     otsu_pred = otsu_predictions(data, "test", out / "otsu" / "predictions")
-    otsu = score_folders(otsu_pred, data / "test" / "masks", out / "otsu", images_dir=data / "test" / "images", overwrite=True)
+    otsu = score_folders(
+        otsu_pred,
+        data / "test" / "masks",
+        out / "otsu",
+        images_dir=data / "test" / "images",
+        overwrite=True,
+    )
     cfg = demo_config(epochs).model_copy(update={"seed": seed})
-    console.print(f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px, {cfg.epochs} epochs")
+    console.print(
+        f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px, {cfg.epochs} epochs"
+    )
     run = train(data, out / "run", cfg, overwrite=overwrite, console=console, progress=False)
     console.print("[4/4] evaluating the network on the test slices")
     net, sec = evaluate_run(run, data, out / "evaluation", "test", cfg.device, overwrite=True)
@@ -67,11 +75,20 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
     for col in ("method", "accuracy", f"IoU {coi}", f"BF1 {coi} (2 px)"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for name, s in (("Otsu threshold", otsu), (f"{cfg.model} (tomoseg)", net)):
-        table.add_row(name, f"{100 * s.mean_accuracy:.1f}", f"{100 * s.mean_iou[k]:.1f}", f"{100 * s.mean_bf1[k]:.1f}")
+        table.add_row(
+            name,
+            f"{100 * s.mean_accuracy:.1f}",
+            f"{100 * s.mean_iou[k]:.1f}",
+            f"{100 * s.mean_bf1[k]:.1f}",
+        )
     console.print(table)
-    console.print(f"done in {time.perf_counter() - t_start:.0f} s ({sec:.2f} s per test slice). Outputs:")
+    console.print(
+        f"done in {time.perf_counter() - t_start:.0f} s ({sec:.2f} s per test slice). Outputs:"
+    )
     console.print(f"  training curves   {run}/curves.png  (per-epoch metrics: {run}/metrics.csv)")
-    console.print(f"  network report    {out}/evaluation/metrics.json, overlays in {out}/evaluation/panels/")
+    console.print(
+        f"  network report    {out}/evaluation/metrics.json, overlays in {out}/evaluation/panels/"
+    )
     console.print(f"  Otsu report       {out}/otsu/metrics.json, overlays in {out}/otsu/panels/")
     return {
         "otsu": {"iou": float(otsu.mean_iou[k]), "bf1": float(otsu.mean_bf1[k])},

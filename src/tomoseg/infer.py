@@ -142,7 +142,9 @@ def load_run(run: Path, which: str = "best", device: torch.device | None = None)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise TomosegError(f"checkpoint {wfile} does not fit its model: {str(exc).splitlines()[0]}") from None
+        raise TomosegError(
+            f"checkpoint {wfile} does not fit its model: {str(exc).splitlines()[0]}"
+        ) from None
     model.eval().to(device or torch.device("cpu"))
     return LoadedRun(
         path=run,
@@ -163,7 +165,9 @@ def available_memory() -> int:
         return 1 << 62
 
 
-def check_untiled_memory(shape: tuple[int, int], width: int, n_classes: int, available: int | None = None) -> None:
+def check_untiled_memory(
+    shape: tuple[int, int], width: int, n_classes: int, available: int | None = None
+) -> None:
     """Refuse whole-slice inference that would not fit in memory.
 
     The estimate counts about 12 float32 feature maps of the first level's width kept alive at
@@ -264,14 +268,18 @@ def predict_paths(
         if probabilities:
             write_image(out / "probabilities" / f"{image_id}.tif", prob.astype(np.float32))
         if console is not None:
-            console.print(f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in {time.perf_counter() - t0:.2f} s")
+            console.print(
+                f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in {time.perf_counter() - t0:.2f} s"
+            )
     return written
 
 
 def check_run_matches(run: LoadedRun, spec: DatasetSpec) -> None:
     """Refuse a dataset whose classes differ from the run's."""
     if list(spec.classes) != run.classes:
-        raise TomosegError(f"the run was trained on classes {run.classes} but the data has {spec.classes}")
+        raise TomosegError(
+            f"the run was trained on classes {run.classes} but the data has {spec.classes}"
+        )
 
 
 def evaluate_run(
@@ -302,12 +310,16 @@ def evaluate_run(
             image = read_image(p.image)
             truth = read_mask(p.mask, len(run.classes))
             if image.shape != truth.shape:
-                raise TomosegError(f"image {p.image} is {image.shape} but its mask is {truth.shape}")
+                raise TomosegError(
+                    f"image {p.image} is {image.shape} but its mask is {truth.shape}"
+                )
             t0 = time.perf_counter()
             labels, _ = segment(run, image)
             seconds.append(time.perf_counter() - t0)
             write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image
 
-    summary = score_and_write(items(), run.classes, run.class_of_interest, run.config.get("tolerance", 2.0), out)
+    summary = score_and_write(
+        items(), run.classes, run.class_of_interest, run.config.get("tolerance", 2.0), out
+    )
     return summary, float(np.mean(seconds))

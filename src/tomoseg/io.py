@@ -77,8 +77,12 @@ def _to_gray(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
                 f"mask is RGB, expected one channel of class ids: {path} "
                 "(save masks as single-channel integer images)"
             )
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise TomosegError(f"image is colour (its RGB channels differ), expected grayscale: {path}")
+        if not (
+            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        ):
+            raise TomosegError(
+                f"image is colour (its RGB channels differ), expected grayscale: {path}"
+            )
         return np.ascontiguousarray(rgb[..., 0])
     if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha (PNG "LA")
         return np.ascontiguousarray(arr[..., 0])
@@ -175,7 +179,9 @@ def list_images(folder: str | os.PathLike[str]) -> dict[str, Path]:
     for f in sorted(d.iterdir(), key=lambda q: _natural_key(q.name)):
         if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
             if f.stem in found:
-                raise TomosegError(f"two files share the id '{f.stem}' in {d}: {found[f.stem].name}, {f.name}")
+                raise TomosegError(
+                    f"two files share the id '{f.stem}' in {d}: {found[f.stem].name}, {f.name}"
+                )
             found[f.stem] = f
     if not found:
         raise TomosegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {d}")
@@ -210,9 +216,13 @@ def pair_files(
     only_img = [k for k in imgs if k not in masks]
     only_mask = [k for k in masks if k not in imgs]
     if only_img:
-        raise TomosegError(f"{what} without a mask: {imgs[only_img[0]]} (no '{only_img[0]}.*' in {masks_dir})")
+        raise TomosegError(
+            f"{what} without a mask: {imgs[only_img[0]]} (no '{only_img[0]}.*' in {masks_dir})"
+        )
     if only_mask:
-        raise TomosegError(f"mask without an {what}: {masks[only_mask[0]]} (no '{only_mask[0]}.*' in {images_dir})")
+        raise TomosegError(
+            f"mask without an {what}: {masks[only_mask[0]]} (no '{only_mask[0]}.*' in {images_dir})"
+        )
     return [Pair(id=k, image=imgs[k], mask=masks[k]) for k in imgs]
 
 
@@ -228,7 +238,9 @@ def read_pair(pair: Pair, n_classes: int | None = None) -> tuple[np.ndarray, np.
     img = read_image(pair.image)
     mask = read_mask(pair.mask, n_classes)
     if img.shape != mask.shape:
-        raise TomosegError(f"image {pair.image} is {img.shape} but its mask {pair.mask} is {mask.shape}")
+        raise TomosegError(
+            f"image {pair.image} is {img.shape} but its mask {pair.mask} is {mask.shape}"
+        )
     return img, mask
 
 
@@ -259,7 +271,9 @@ class DatasetSpec(BaseModel):
         if self.class_of_interest is None:
             self.class_of_interest = self.classes[-1]
         elif self.class_of_interest not in self.classes:
-            raise ValueError(f"class_of_interest '{self.class_of_interest}' is not one of {self.classes}")
+            raise ValueError(
+                f"class_of_interest '{self.class_of_interest}' is not one of {self.classes}"
+            )
         return self
 
     @property
@@ -319,7 +333,9 @@ def resolve_classes(classes: str | Sequence[str] | None, n_min: int = 2) -> list
         return None
     names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
     if len(names) < n_min or any(not n for n in names) or len(set(names)) != len(names):
-        raise TomosegError(f"--classes must name at least {n_min} distinct classes, got {classes!r}")
+        raise TomosegError(
+            f"--classes must name at least {n_min} distinct classes, got {classes!r}"
+        )
     return names
 
 
@@ -355,7 +371,9 @@ def fit_normalization(
         The fitted :class:`Normalization`; ``upper > lower`` is guaranteed.
     """
     if not 0 <= p_low < p_high <= 100:
-        raise TomosegError(f"percentiles must satisfy 0 <= low < high <= 100, got {p_low}, {p_high}")
+        raise TomosegError(
+            f"percentiles must satisfy 0 <= low < high <= 100, got {p_low}, {p_high}"
+        )
     rng = np.random.default_rng(seed)
     samples = []
     for img in images:
@@ -380,7 +398,9 @@ def normalize(img: np.ndarray, norm: Normalization) -> np.ndarray:
     Returns:
         float32 array in ``[0, 1]`` of the same shape.
     """
-    out = (np.asarray(img, dtype=np.float32) - np.float32(norm.lower)) / np.float32(norm.upper - norm.lower)
+    out = (np.asarray(img, dtype=np.float32) - np.float32(norm.lower)) / np.float32(
+        norm.upper - norm.lower
+    )
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -448,7 +468,9 @@ def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
     return write_image(path, m.astype(dtype, copy=False))
 
 
-def prepare_output_dir(out: str | os.PathLike[str], overwrite: bool, result_names: Iterable[str]) -> Path:
+def prepare_output_dir(
+    out: str | os.PathLike[str], overwrite: bool, result_names: Iterable[str]
+) -> Path:
     """Create an output folder, refusing one that already holds results unless ``overwrite``.
 
     Args:
@@ -465,7 +487,9 @@ def prepare_output_dir(out: str | os.PathLike[str], overwrite: bool, result_name
     if d.is_dir() and not overwrite:
         held = [n for n in result_names if (d / n).exists()]
         if held:
-            raise TomosegError(f"output folder {d} already holds results ({held[0]}); use --overwrite to replace them")
+            raise TomosegError(
+                f"output folder {d} already holds results ({held[0]}); use --overwrite to replace them"
+            )
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=d, prefix=".write-test-", delete=True)

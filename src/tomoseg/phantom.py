@@ -217,6 +217,17 @@ def _check_args(
     return hw, z, s
 
 
+def _resolve_params(params: PhantomParams | dict[str, Any] | None) -> PhantomParams:
+    if params is None:
+        return PhantomParams()
+    if isinstance(params, PhantomParams):
+        return params
+    try:
+        return PhantomParams.model_validate(params)
+    except ValidationError as exc:
+        raise TomosegError(f"invalid phantom parameters: {pydantic_message(exc)}") from None
+
+
 # ----------------------------------------------------------------------------- scene parts
 
 
@@ -422,7 +433,10 @@ class PhantomScene:
         seed: random seed (>= 0).
         n_somas: number of somas to place (default: from ``params.soma_fraction``); somas whose
             centres lie near the slab may not reach it, see :attr:`somas` for the visible ones.
-        params: generator knobs (:class:`PhantomParams`).
+        params: generator knobs (:class:`PhantomParams` or a dict of its fields).
+
+    Raises:
+        TomosegError: invalid arguments.
     """
 
     def __init__(
@@ -431,19 +445,12 @@ class PhantomScene:
         slices: int = 12,
         seed: int = 0,
         n_somas: int | None = None,
-        params: PhantomParams | None = None,
+        params: PhantomParams | dict[str, Any] | None = None,
     ) -> None:
         (self.height, self.width), self.slices, self.seed = _check_args(
             shape, slices, seed, n_somas
         )
-        if params is None:
-            params = PhantomParams()
-        elif not isinstance(params, PhantomParams):
-            try:
-                params = PhantomParams.model_validate(params)
-            except ValidationError as exc:
-                raise TomosegError(f"invalid phantom parameters: {pydantic_message(exc)}") from None
-        self.params = params
+        self.params = params = _resolve_params(params)
         m = min(self.height, self.width)
         lo, hi = (max(f * m, 3.0) for f in params.soma_radius)
         self.soma_radius_range = (lo, max(hi, lo))
@@ -535,10 +542,12 @@ class PhantomScene:
             return 0
         zz, yy, xx = (np.arange(s.start, s.stop, dtype=np.float64) for s in box)
         c = soma.center
-        u = soma.local(
-            (zz - c[0])[:, None, None], (yy - c[1])[None, :, None], (xx - c[2])[None, None, :]
-        )
-        inside = soma.inside(u)
+        inside = np.zeros((zz.size, yy.size, xx.size), bool)
+        step = max(1, 500_000 // (yy.size * xx.size))  # bound the float64 temporaries
+        for a in range(0, zz.size, step):
+            dz = (zz[a : a + step] - c[0])[:, None, None]
+            u = soma.local(dz, (yy - c[1])[None, :, None], (xx - c[2])[None, None, :])
+            inside[a : a + step] = soma.inside(u)
         if not inside.any():
             return 0
         return int(ndimage.label(inside, structure=_FULL_3D)[1])
@@ -728,6 +737,9 @@ class PhantomScene:
     def render(self, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render slice ``z`` with its vessel mask.
 
+        Args:
+            z: slice index in ``0..slices-1``.
+
         Returns:
             ``(image, labels, vessels)``: float32 intensities (about ``[0, 1]``), uint16 soma
             instance labels (0 = none, k = soma k, the index in :attr:`somas` plus one) and a bool
@@ -860,7 +872,15 @@ def split_slices(slices: int) -> dict[str, list[int]]:
 
 
 def slice_id(z: int, slices: int) -> str:
-    """File id of slice ``z``: ``z0000``, ``z0001``, ... (more digits beyond 10000 slices)."""
+    """File id of a slice.
+
+    Args:
+        z: slice index.
+        slices: number of slices of the dataset (ids get more digits beyond 10000 slices).
+
+    Returns:
+        ``z0000``, ``z0001``, ...
+    """
     return f"z{z:0{max(4, len(str(slices - 1)))}d}"
 
 
@@ -917,8 +937,10 @@ def generate_phantom(
         TomosegError: invalid arguments, or ``out`` already holds a dataset and not ``overwrite``.
     """
     t0 = time.perf_counter()
-    scene = PhantomScene(shape, slices, seed, n_somas=n_somas, params=params)  # type: ignore[arg-type]
+    _check_args(shape, slices, seed, n_somas)
+    params = _resolve_params(params)
     root = prepare_output_dir(out, overwrite, ["dataset.json"])
+    scene = PhantomScene(shape, slices, seed, n_somas=n_somas, params=params)
     (root / "dataset.json").unlink(missing_ok=True)  # an interrupted overwrite is incomplete
     h, w = scene.shape
     nz = scene.slices

@@ -51,7 +51,11 @@ def _to_display(img: np.ndarray) -> np.ndarray:
 
 def _labels_to_rgb(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Grey levels for class ids: 0 black, K-1 white."""
-    return np.repeat((labels.astype(np.float32) * (255 / max(n_classes - 1, 1))).astype(np.uint8)[..., None], 3, -1)
+    return np.repeat(
+        (labels.astype(np.float32) * (255 / max(n_classes - 1, 1))).astype(np.uint8)[..., None],
+        3,
+        -1,
+    )
 
 
 def panel(
@@ -77,7 +81,11 @@ def panel(
     tiles = []
     if image is not None:
         tiles.append(np.repeat(_to_display(image)[..., None], 3, -1))
-    tiles += [_labels_to_rgb(truth, n_classes), _labels_to_rgb(pred, n_classes), overlay(truth, pred, cls)]
+    tiles += [
+        _labels_to_rgb(truth, n_classes),
+        _labels_to_rgb(pred, n_classes),
+        overlay(truth, pred, cls),
+    ]
     step = max(1, math.ceil(len(tiles) * truth.shape[1] / max_width))
     tiles = [t[::step, ::step] for t in tiles]
     sep = np.full((tiles[0].shape[0], 4, 3), 128, np.uint8)
@@ -98,7 +106,14 @@ def per_image_csv(summary: ScoreSummary) -> str:
     """CSV text, one row per image: id, accuracy, iou_<class>..., bf1_<class>... (NaN empty)."""
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "accuracy", *[f"iou_{c}" for c in summary.classes], *[f"bf1_{c}" for c in summary.classes]])
+    w.writerow(
+        [
+            "id",
+            "accuracy",
+            *[f"iou_{c}" for c in summary.classes],
+            *[f"bf1_{c}" for c in summary.classes],
+        ]
+    )
 
     def cell(v: float) -> str:
         return "" if math.isnan(v) else repr(float(v))

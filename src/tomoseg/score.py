@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import list_images, load_dataset, pair_files, prepare_output_dir, read_image, read_mask
+from tomoseg.io import (
+    list_images,
+    load_dataset,
+    pair_files,
+    prepare_output_dir,
+    read_image,
+    read_mask,
+)
 from tomoseg.metrics import ScoreSummary, score_image
 from tomoseg.report import class_index, write_overlays, write_score_files
 
@@ -115,7 +122,9 @@ def score_folders(
             truth = read_mask(p.mask, len(classes))
             pred = read_mask(p.image, len(classes))
             if truth.shape != pred.shape:
-                raise TomosegError(f"prediction {p.image} is {pred.shape} but its truth {p.mask} is {truth.shape}")
+                raise TomosegError(
+                    f"prediction {p.image} is {pred.shape} but its truth {p.mask} is {truth.shape}"
+                )
             image = read_image(images[p.id]) if p.id in images else None
             yield p.id, truth, pred, image
 

@@ -58,7 +58,9 @@ RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
 # ----------------------------------------------------------------------------- class weights
 
 
-def class_weights(counts: np.ndarray, mode: str = "inverse", names: list[str] | None = None) -> np.ndarray:
+def class_weights(
+    counts: np.ndarray, mode: str = "inverse", names: list[str] | None = None
+) -> np.ndarray:
     """Loss weights from per-class pixel counts over the whole training set.
 
     Args:
@@ -121,9 +123,17 @@ class EpochSampler(Sampler[int]):
 class CropDataset(Dataset):
     """Crops cut on the fly from normalised full images, augmented per (epoch, index)."""
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], boxes: list[CropBox], cfg: TrainConfig):
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        masks: list[np.ndarray],
+        boxes: list[CropBox],
+        cfg: TrainConfig,
+    ):
         self.images, self.masks, self.boxes, self.seed = images, masks, boxes, cfg.seed
-        self.transform = build_augmentation(cfg.rotation, cfg.flip_prob, cfg.rotate_prob, cfg.intensity_jitter)
+        self.transform = build_augmentation(
+            cfg.rotation, cfg.flip_prob, cfg.rotate_prob, cfg.intensity_jitter
+        )
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -133,7 +143,10 @@ class CropDataset(Dataset):
         box = self.boxes[i]
         img = extract_crop(self.images[box.image], box)
         mask = extract_crop(self.masks[box.image], box)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(img))[None], "mask": torch.from_numpy(mask.astype(np.int64))[None]}
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(img))[None],
+            "mask": torch.from_numpy(mask.astype(np.int64))[None],
+        }
         out = augment(sample, self.transform, sample_seed(self.seed, epoch, i))
         return out["image"].contiguous(), out["mask"][0].contiguous()
 
@@ -149,7 +162,11 @@ class FullImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        return torch.from_numpy(normalize(s.image, self.norm))[None], torch.from_numpy(s.mask.astype(np.int64)), i
+        return (
+            torch.from_numpy(normalize(s.image, self.norm))[None],
+            torch.from_numpy(s.mask.astype(np.int64)),
+            i,
+        )
 
 
 def _collate_one(batch):
@@ -183,7 +200,9 @@ class SegDataModule(L.LightningDataModule):
         shapes = [s.image.shape for s in train]
         size = cfg.crop_size or max(max(s) for s in shapes)
         masks = [s.mask for s in train]
-        boxes = sample_crops(shapes, size, cfg.crops, cfg.seed, cfg.focus_fraction, masks, self.spec.coi_index)
+        boxes = sample_crops(
+            shapes, size, cfg.crops, cfg.seed, cfg.focus_fraction, masks, self.spec.coi_index
+        )
         self.prepared = PreparedData(self.spec, norm, counts, weights, boxes)
         self.train_images = [normalize(s.image, norm) for s in train]
         self.train_masks = masks
@@ -215,20 +234,26 @@ class SegDataModule(L.LightningDataModule):
 class SegModule(L.LightningModule):
     """Network + weighted loss + per-epoch metrics (train: pooled over crops; val: per image)."""
 
-    def __init__(self, config: dict, classes: list[str], class_of_interest: str, weights: list[float]):
+    def __init__(
+        self, config: dict, classes: list[str], class_of_interest: str, weights: list[float]
+    ):
         super().__init__()
         self.save_hyperparameters()  # primitives only, so checkpoints load with weights_only=True
         self.cfg = TrainConfig.model_validate(config)
         self.classes, self.coi = list(classes), classes.index(class_of_interest)
         k = len(classes)
-        self.net = build_model(self.cfg.model, 1, k, self.cfg.width, self.cfg.depth if self.cfg.model == "unet" else 5)
+        self.net = build_model(
+            self.cfg.model, 1, k, self.cfg.width, self.cfg.depth if self.cfg.model == "unet" else 5
+        )
         if self.cfg.encoder_weights is not None:
             load_encoder_weights(self.net, self.cfg.encoder_weights)
         self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
         if self.cfg.loss == "dice_ce":
             from monai.losses import DiceCELoss
 
-            self.loss_fn: nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, weight=self.class_w)
+            self.loss_fn: nn.Module = DiceCELoss(
+                to_onehot_y=True, softmax=True, weight=self.class_w
+            )
         else:
             self.loss_fn = nn.CrossEntropyLoss(weight=self.class_w)
         self.train_cm = torch.zeros(k, k, dtype=torch.long)
@@ -259,10 +284,19 @@ class SegModule(L.LightningModule):
         with torch.no_grad():
             k = len(self.classes)
             pred = logits.argmax(1)
-            self.train_cm += torch.bincount((y * k + pred).flatten().cpu(), minlength=k * k).reshape(k, k)
+            self.train_cm += torch.bincount(
+                (y * k + pred).flatten().cpu(), minlength=k * k
+            ).reshape(k, k)
             self.train_loss_sum += float(loss.detach()) * x.shape[0]
             self.train_n += x.shape[0]
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log(
+            "loss",
+            loss.detach(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=x.shape[0],
+        )
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -272,20 +306,33 @@ class SegModule(L.LightningModule):
         x, y, i = batch
         x, y = x[None].to(self.device), y.to(self.device)
         c = self.cfg
-        logits = infer_logits(self.net, x, c.tile_size, c.tile_overlap, c.tile_batch, autocast_bf16=c.precision == "bf16-mixed")
+        logits = infer_logits(
+            self.net,
+            x,
+            c.tile_size,
+            c.tile_overlap,
+            c.tile_batch,
+            autocast_bf16=c.precision == "bf16-mixed",
+        )
         self.val_loss_sum += float(self.loss(logits, y[None]))
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         truth = y.cpu().numpy().astype(np.uint8)
-        self.val_scores.append(score_image(truth, pred, len(self.classes), c.tolerance, str(i), [self.coi]))
+        self.val_scores.append(
+            score_image(truth, pred, len(self.classes), c.tolerance, str(i), [self.coi])
+        )
 
     def configure_optimizers(self):
         c = self.cfg
         if c.optimizer == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            opt = torch.optim.SGD(
+                self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+            )
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         if c.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs, eta_min=c.lr * 0.01)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=c.epochs, eta_min=c.lr * 0.01
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         return opt
 
@@ -307,9 +354,13 @@ class SegModule(L.LightningModule):
             ious = np.stack([s.iou for s in self.val_scores])
             for j, name in enumerate(self.classes):
                 col = ious[:, j]
-                row[f"val_iou_{name}"] = float(np.nanmean(col)) if (~np.isnan(col)).any() else float("nan")
+                row[f"val_iou_{name}"] = (
+                    float(np.nanmean(col)) if (~np.isnan(col)).any() else float("nan")
+                )
             bf1 = np.array([s.bf1[self.coi] for s in self.val_scores])
-            row[f"val_bf1_{self.classes[self.coi]}"] = float(np.nanmean(bf1)) if (~np.isnan(bf1)).any() else float("nan")
+            row[f"val_bf1_{self.classes[self.coi]}"] = (
+                float(np.nanmean(bf1)) if (~np.isnan(bf1)).any() else float("nan")
+            )
         return row
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -383,7 +434,10 @@ class RunRecorder(L.Callback):
         if trainer.is_global_zero:
             self._export(pl, "last", row)
             key = f"val_iou_{pl.classes[pl.coi]}"
-            best = max((r.get(key, -1.0) for r in pl.history[:-1] if not math.isnan(r.get(key, -1.0))), default=-1.0)
+            best = max(
+                (r.get(key, -1.0) for r in pl.history[:-1] if not math.isnan(r.get(key, -1.0))),
+                default=-1.0,
+            )
             val = row.get(key, float("nan"))
             if not (self.run / "best.safetensors").exists() or (not math.isnan(val) and val > best):
                 self._export(pl, "best", row)
@@ -403,7 +457,10 @@ class RunRecorder(L.Callback):
 
         meta = dict(self.meta, epoch=row["epoch"], which=which, metrics=row)
         state = {k: v.detach().cpu().contiguous() for k, v in pl.net.state_dict().items()}
-        atomic_write(self.run / f"{which}.safetensors", lambda t: save_file(state, str(t), metadata=weights_metadata(meta)))
+        atomic_write(
+            self.run / f"{which}.safetensors",
+            lambda t: save_file(state, str(t), metadata=weights_metadata(meta)),
+        )
 
 
 def _row_text(row: dict, coi: str) -> str:
@@ -432,13 +489,21 @@ def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool
             raise TomosegError(f"--resume: {run} holds no run to resume (no config.yaml)")
         old = yaml.safe_load((run / "config.yaml").read_text()) or {}
         new = cfg.model_dump(mode="json")
-        diff = [k for k in new if k not in ("epochs", "max_minutes", "workers", "device") and old.get(k) != new[k]]
+        diff = [
+            k
+            for k in new
+            if k not in ("epochs", "max_minutes", "workers", "device") and old.get(k) != new[k]
+        ]
         if diff:
             k = diff[0]
-            raise TomosegError(f"--resume with a changed config: {k} was {old.get(k)!r}, now {new[k]!r}")
+            raise TomosegError(
+                f"--resume with a changed config: {k} was {old.get(k)!r}, now {new[k]!r}"
+            )
         return ckpt if ckpt.is_file() else None
     if held and not overwrite:
-        raise TomosegError(f"run folder {run} already holds a run ({held[0]}); use --resume to continue it or --overwrite to replace it")
+        raise TomosegError(
+            f"run folder {run} already holds a run ({held[0]}); use --resume to continue it or --overwrite to replace it"
+        )
     if overwrite and ckpt.exists():
         ckpt.unlink()
     return None
@@ -531,7 +596,12 @@ def train(
 
 
 def lr_range_test(
-    data: Path, out: Path, cfg: TrainConfig, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 60
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    min_lr: float = 1e-6,
+    max_lr: float = 1.0,
+    steps: int = 60,
 ) -> float:
     """Learning-rate range test (Lightning's ``Tuner.lr_find``): the loss of a short run whose
     learning rate grows exponentially from ``min_lr`` to ``max_lr``.
@@ -552,7 +622,12 @@ def lr_range_test(
     dm = SegDataModule(data, cfg, need_val=False)
     spec = dm.prepared.spec
     L.seed_everything(cfg.seed, verbose=False)
-    module = SegModule(cfg.model_dump(mode="json"), spec.classes, spec.class_of_interest, dm.prepared.weights.tolist())
+    module = SegModule(
+        cfg.model_dump(mode="json"),
+        spec.classes,
+        spec.class_of_interest,
+        dm.prepared.weights.tolist(),
+    )
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -571,7 +646,11 @@ def lr_range_test(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res = finder.results
-    write_text(out / "lr_find.csv", "lr,loss\n" + "".join(f"{a!r},{b!r}\n" for a, b in zip(res["lr"], res["loss"], strict=True)))
+    write_text(
+        out / "lr_find.csv",
+        "lr,loss\n"
+        + "".join(f"{a!r},{b!r}\n" for a, b in zip(res["lr"], res["loss"], strict=True)),
+    )
     suggestion = finder.suggestion() or float("nan")
     fig = finder.plot(suggest=True)
     fig.axes[0].set_title(f"learning-rate range test (suggested {suggestion:.2e})")

@@ -1,0 +1,128 @@
+"""Seconds and peak memory to segment one 2300x1920 slice with the default model.
+
+Each variant runs in its own process (so peak RSS is its own); the baseline is naive
+whole-image fp32 eager inference of the same network, measured in the same run.
+
+    python bench/bench_infer.py            # CPU
+    python bench/bench_infer.py --gpu      # also on the GPU (ms per slice, SegNet too)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+SHAPE = (1920, 2300)
+
+
+def worker(spec: dict) -> dict:
+    """Run one variant; return seconds per slice (best of the timed repeats) and peak RSS."""
+    import resource
+
+    import torch
+
+    from tomoseg.config import TrainConfig
+    from tomoseg.infer import infer_logits
+    from tomoseg.models import build_model
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    name = spec.get("model", cfg.model)
+    width = spec.get("width", cfg.width if name == "unet" else 64)
+    model = build_model(name, 1, 2, width, cfg.depth if name == "unet" else 5).eval()
+    dev = torch.device("cuda" if spec.get("gpu") else "cpu")
+    model.to(dev)
+    x = torch.rand(1, 1, *SHAPE, device=dev)
+    if spec.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    kw = {
+        "tile_size": spec.get("tile", cfg.tile_size),
+        "tile_batch": spec.get("batch", cfg.tile_batch),
+        "overlap": cfg.tile_overlap,
+        "tiling": spec["tiling"],
+        "autocast_bf16": spec.get("bf16", False),
+    }
+    times = []
+    for _ in range(spec.get("repeats", 3)):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        infer_logits(model, x, **kw).argmax(1).cpu()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    out = {
+        "seconds": min(times[1:] or times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run(spec: dict) -> dict:
+    res = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
+    )
+    if res.returncode:
+        raise SystemExit(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    from tomoseg.config import TrainConfig
+
+    cfg = TrainConfig()
+    gpu = "--gpu" in sys.argv
+    variants = [
+        ("baseline: whole image, fp32, eager", {"tiling": False}),
+        (f"tomoseg default: tiles {cfg.tile_size}, batch {cfg.tile_batch}", {"tiling": True}),
+        ("tiles 512, batch 4", {"tiling": True, "tile": 512, "batch": 4}),
+        ("default + channels-last", {"tiling": True, "channels_last": True}),
+        ("default + bf16 autocast", {"tiling": True, "bf16": True}),
+    ]
+    if gpu:
+        variants = [(f"GPU {n}", {**s, "gpu": True, "repeats": 6}) for n, s in variants[:2]]
+        variants += [
+            (
+                "GPU tiles 1024, batch 8, bf16",
+                {"tiling": True, "tile": 1024, "batch": 8, "bf16": True, "gpu": True, "repeats": 6},
+            ),
+            (
+                "GPU SegNet whole image fp32",
+                {"model": "segnet", "tiling": False, "gpu": True, "repeats": 6},
+            ),
+            (
+                "GPU SegNet tiles 1024, batch 8, bf16",
+                {
+                    "model": "segnet",
+                    "tiling": True,
+                    "tile": 1024,
+                    "batch": 8,
+                    "bf16": True,
+                    "gpu": True,
+                    "repeats": 6,
+                },
+            ),
+        ]
+    print(
+        f"one {SHAPE[1]}x{SHAPE[0]} slice, default model {cfg.model} width {cfg.width} depth {cfg.depth}"
+    )
+    base = None
+    for name, spec in variants:
+        r = run(spec)
+        base = base or r["seconds"]
+        extra = f", GPU peak {r['peak_gpu_mb']:.0f} MB on {r['gpu']}" if "gpu" in r else ""
+        print(
+            f"{name:45s} {r['seconds'] * 1000:8.0f} ms  peak RSS {r['peak_rss_mb']:6.0f} MB  speed-up vs baseline {base / r['seconds']:.2f}x{extra}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    else:
+        main()
