@@ -24,7 +24,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from tomoseg.config import TrainConfig
-    from tomoseg.infer import infer_logits
+    from tomoseg.infer import infer_logits, resolve_precision
     from tomoseg.models import build_model
 
     cfg = TrainConfig()
@@ -42,7 +42,11 @@ def worker(spec: dict) -> dict:
         "tile_batch": spec.get("batch", cfg.tile_batch),
         "overlap": cfg.tile_overlap,
         "tiling": spec["tiling"],
-        "autocast_bf16": spec.get("bf16", False),
+        "autocast_bf16": spec.get("bf16", False)
+        or (
+            spec.get("auto_precision", False)
+            and resolve_precision(cfg.precision, dev) == "bf16-mixed"
+        ),
     }
     times = []
     for _ in range(spec.get("repeats", 3)):
@@ -79,10 +83,13 @@ def main() -> None:
     gpu = "--gpu" in sys.argv
     variants = [
         ("baseline: whole image, fp32, eager", {"tiling": False}),
-        (f"tomoseg default: tiles {cfg.tile_size}, batch {cfg.tile_batch}", {"tiling": True}),
-        ("tiles 512, batch 4", {"tiling": True, "tile": 512, "batch": 4}),
-        ("default + channels-last", {"tiling": True, "channels_last": True}),
-        ("default + bf16 autocast", {"tiling": True, "bf16": True}),
+        (
+            f"tomoseg default: tiles {cfg.tile_size}x{cfg.tile_batch}, precision {cfg.precision}",
+            {"tiling": True, "auto_precision": True},
+        ),
+        ("tiles only (fp32)", {"tiling": True}),
+        ("tiles 512, batch 4, fp32", {"tiling": True, "tile": 512, "batch": 4}),
+        ("tiles + channels-last, fp32", {"tiling": True, "channels_last": True}),
     ]
     if gpu:
         variants = [(f"GPU {n}", {**s, "gpu": True, "repeats": 6}) for n, s in variants[:2]]

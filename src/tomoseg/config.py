@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
     intensity_jitter: float = Field(default=0.0, ge=0)
     # optimisation
     epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=16, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(default=2e-3, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -51,10 +51,14 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     max_minutes: float | None = Field(default=None, gt=0, description="stop after this wall time")
     # hardware
-    precision: Literal["32", "bf16-mixed"] = "32"
+    precision: Literal["auto", "32", "bf16-mixed"] = Field(
+        default="auto", description="auto = bf16-mixed where the CPU/GPU computes bf16 natively"
+    )
+    channels_last: bool = True
     device: Literal["auto", "cpu", "gpu"] = "auto"
     workers: int = Field(default=0, ge=0)
     # validation / inference
+    val_every: int = Field(default=1, ge=1, description="validate every N epochs (and the last)")
     tile_size: int = Field(default=256, ge=16)
     tile_overlap: float = Field(default=0.25, ge=0, lt=1)
     tile_batch: int = Field(default=4, ge=1)

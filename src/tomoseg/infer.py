@@ -51,6 +51,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16-mixed`` on a bf16-capable GPU or CPU, else ``32``."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32"
+    return "bf16-mixed" if cpu_has_bf16() else "32"
+
+
 @torch.no_grad()
 def infer_logits(
     model: torch.nn.Module,
@@ -192,15 +210,20 @@ def segment(
     tile_batch: int | None = None,
     overlap: float | None = None,
     tiling: bool = True,
-    bf16: bool = False,
+    bf16: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment one raw 2D image.
+
+    ``bf16=None`` follows the run's precision setting on this device (``auto``: bf16 autocast
+    where the CPU or GPU computes bf16 natively).
 
     Returns:
         ``(labels (H, W) uint8, probabilities (K, H, W) float32)``.
     """
     cfg = run.config
     dev = next(run.model.parameters()).device
+    if bf16 is None:
+        bf16 = resolve_precision(cfg.get("precision", "32"), dev) == "bf16-mixed"
     if not tiling and dev.type == "cpu":
         check_untiled_memory(image.shape, run.meta["model"]["width"] or 16, len(run.classes))
     x = torch.from_numpy(normalize(image, run.normalization))[None, None].to(dev)

@@ -39,7 +39,13 @@ from tomoseg.config import TrainConfig, config_to_yaml
 from tomoseg.crops import CropBox, extract_crop, sample_crops
 from tomoseg.data import Sample, class_counts, load_split
 from tomoseg.errors import TomosegError
-from tomoseg.infer import RUN_FILE, infer_logits, resolve_device, weights_metadata
+from tomoseg.infer import (
+    RUN_FILE,
+    infer_logits,
+    resolve_device,
+    resolve_precision,
+    weights_metadata,
+)
 from tomoseg.io import (
     DatasetSpec,
     Normalization,
@@ -219,7 +225,7 @@ class SegDataModule(L.LightningDataModule):
             batch_size=bs,
             sampler=EpochSampler(len(ds), self.cfg.seed),
             num_workers=self.cfg.workers,
-            persistent_workers=False,
+            persistent_workers=self.cfg.workers > 0,
             drop_last=False,
         )
 
@@ -247,6 +253,8 @@ class SegModule(L.LightningModule):
         )
         if self.cfg.encoder_weights is not None:
             load_encoder_weights(self.net, self.cfg.encoder_weights)
+        if self.cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
         if self.cfg.loss == "dice_ce":
             from monai.losses import DiceCELoss
@@ -262,6 +270,7 @@ class SegModule(L.LightningModule):
         self.val_loss_sum = 0.0
         self.history: list[dict[str, Any]] = []
         self.epoch_lr = float("nan")
+        self.bf16 = False  # set by train() from the resolved precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -274,11 +283,14 @@ class SegModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.val_scores = []  # filled only in epochs that validate
         self.train_cm.zero_()
         self.train_loss_sum, self.train_n = 0.0, 0
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self(x)
         loss = self.loss(logits, y)
         with torch.no_grad():
@@ -312,7 +324,7 @@ class SegModule(L.LightningModule):
             c.tile_size,
             c.tile_overlap,
             c.tile_batch,
-            autocast_bf16=c.precision == "bf16-mixed",
+            autocast_bf16=self.bf16,
         )
         self.val_loss_sum += float(self.loss(logits, y[None]))
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
@@ -422,14 +434,22 @@ class RunRecorder(L.Callback):
     def __init__(self, run: Path, meta: dict, console=None):
         self.run, self.meta, self.console = run, meta, console
         self.t0 = 0.0
+        self.t_val: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.t0 = time.perf_counter()
+        self.t_val = None
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.training or self.t_val is None:
+            self.t_val = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl: SegModule) -> None:
         row = pl.epoch_row()
-        row["seconds"] = time.perf_counter() - self.t0
-        row["crops_per_second"] = pl.train_n / max(row["seconds"], 1e-9)
+        now = time.perf_counter()
+        row["seconds"] = now - self.t0
+        row["train_seconds"] = (self.t_val or now) - self.t0
+        row["crops_per_second"] = pl.train_n / max(row["train_seconds"], 1e-9)
         pl.history.append(row)
         if trainer.is_global_zero:
             self._export(pl, "last", row)
@@ -519,6 +539,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*weights_only.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
     os.environ.setdefault("LITLOGGER_TIP", "0")
 
 
@@ -571,25 +592,31 @@ def train(
         "config": cfg.model_dump(mode="json"),
         "data": str(Path(data).resolve()),
     }
+    precision = resolve_precision(cfg.precision, device)
+    meta["precision"] = precision
     write_json(run / RUN_FILE, meta)
     if console is not None:
         w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
         console.print(f"class weights ({cfg.class_weights}): {w}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
+    module.bf16 = precision == "bf16-mixed"
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
-        precision=cfg.precision if device.type == "cuda" or cfg.precision == "32" else "bf16-mixed",
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=cfg.val_every,
         callbacks=[RunRecorder(run, meta, console)],
-        deterministic=device.type == "cpu",
+        # "warn": SegNet's max-unpooling has no certified-deterministic kernel (it is in
+        # practice on CPU: each output gets at most one input), so warn instead of failing.
+        deterministic="warn" if device.type == "cpu" else False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
     return run
