@@ -236,6 +236,78 @@ def evaluate(
 
 
 @app.command()
+def sweep(
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (train, val, test).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder.")] = None,
+    sizes: Annotated[
+        str, typer.Option(help="Crop sizes, 'full' = whole images.")
+    ] = "100,224,400,800,full",
+    counts: Annotated[str, typer.Option(help="Crop counts.")] = "250,500,1000,2000",
+    repeats: Annotated[int, typer.Option(help="Seeds per cell (mean ± std).")] = 1,
+    config: Annotated[Path | None, typer.Option(help="Base YAML config for every case.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per case.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-time limit per case.")] = None,
+    jobs: Annotated[int, typer.Option(help="Cases run at once (cores or GPUs split).")] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and a time estimate.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Rerun failed cases.")
+    ] = False,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new folder if --out holds another sweep.")
+    ] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")
+    ] = False,
+) -> None:
+    """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
+    from tomoseg.config import load_config
+    from tomoseg.sweep import (
+        estimate_seconds,
+        new_sweep_folder,
+        parse_counts,
+        parse_sizes,
+        plan_cases,
+        run_sweep,
+        size_label,
+    )
+
+    if demo:
+        from tomoseg.demo import sweep_demo_setup
+
+        data, out, sizes, counts, config_over = sweep_demo_setup(out, console)
+    else:
+        config_over = {}
+        if data is None or out is None:
+            raise TomosegError("give --data DIR and --out DIR (or --demo)")
+    size_list, count_list = parse_sizes(sizes), parse_counts(counts)
+    if repeats < 1:
+        raise TomosegError(f"--repeats must be at least 1, got {repeats}")
+    cfg = load_config(config, {**config_over, "epochs": epochs, "max_minutes": max_minutes})
+    if new:
+        out = new_sweep_folder(out)
+    if dry_run:
+        cases = plan_cases(size_list, count_list, repeats, cfg.seed)
+        console.print(
+            f"plan: {len(cases)} cases ({len(size_list)} sizes x {len(count_list)} counts x {repeats} repeats), {cfg.epochs} epochs each, into {out}"
+        )
+        total, per_case = estimate_seconds(data, cfg, size_list, count_list, repeats)
+        for c in cases:
+            console.print(
+                f"  {c.id:22s} size {size_label(c.size):>5s}  count {c.count:5d}  seed {c.seed}  ~{per_case[c.id] / 60:.1f} min"
+            )
+        console.print(
+            f"estimated total: {total / 3600:.2f} h with --jobs 1 (about {total / 3600 / max(jobs, 1):.2f} h with --jobs {jobs} if cores allow)"
+        )
+        return
+    run_sweep(data, out, cfg, size_list, count_list, repeats, jobs, retry_failed, console)
+    console.print(
+        f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path(
         "tomoseg-demo"

@@ -1,0 +1,647 @@
+"""The crop sweep: one network per (crop size, crop count, repeat) case, then a table, heatmaps
+and a self-contained HTML report.
+
+Each case is an independent job made of the two ordinary commands, ``tomoseg train`` and
+``tomoseg evaluate``, run as subprocesses in the case's own folder (``cases/<id>/run`` and
+``cases/<id>/eval``) and recorded in ``cases/<id>/case.json`` when it ends. That makes the sweep:
+
+* resumable: a finished case is never rerun; an interrupted one resumes its training from its
+  last checkpoint (``tomoseg train --resume``); ``results.csv`` and ``report.html`` are rebuilt
+  from the case records and written atomically;
+* robust: a crashing case is recorded as failed with its error line, and the others go on;
+* parallel: ``--jobs K`` runs K cases at once, splitting the CPU cores (or the GPUs) between them;
+  the same case command can be sent to a cluster scheduler unchanged.
+
+The grid logic is the project's own (no library plans crop-size x count experiments).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tomoseg.config import TrainConfig
+from tomoseg.errors import TomosegError
+from tomoseg.io import load_dataset, split_pairs, write_json, write_text
+
+SWEEP_FILE = "sweep.json"
+SWEPT = ("crop_size", "crops", "seed", "epochs", "max_minutes", "device", "workers")
+FULL = 0  # crop_size 0 = whole images
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def parse_sizes(text: str) -> list[int]:
+    """Parse ``"100,224,full"`` into crop sizes (``full`` -> 0 = whole images).
+
+    Raises:
+        TomosegError: empty or malformed list, a size below 16, a duplicate.
+    """
+    items = [t.strip().lower() for t in str(text).split(",")]
+    if not items or any(not t for t in items):
+        raise TomosegError(
+            f"--sizes must be a comma-separated list like 100,224,full, got {text!r}"
+        )
+    sizes = []
+    for t in items:
+        if t == "full":
+            sizes.append(FULL)
+            continue
+        try:
+            v = int(t)
+        except ValueError:
+            raise TomosegError(f"--sizes: '{t}' is not an integer or 'full'") from None
+        if v < 16:
+            raise TomosegError(f"--sizes: crop size {v} is below 16")
+        sizes.append(v)
+    if len(set(sizes)) != len(sizes):
+        raise TomosegError(f"--sizes lists a size twice: {text!r}")
+    return sizes
+
+
+def parse_counts(text: str) -> list[int]:
+    """Parse ``"250,500,1000"`` into crop counts (each >= 1)."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not items or any(not t for t in items):
+        raise TomosegError(f"--counts must be a comma-separated list like 250,500, got {text!r}")
+    counts = []
+    for t in items:
+        try:
+            v = int(t)
+        except ValueError:
+            raise TomosegError(f"--counts: '{t}' is not an integer") from None
+        if v < 1:
+            raise TomosegError(f"--counts: a crop count must be at least 1, got {v}")
+        counts.append(v)
+    if len(set(counts)) != len(counts):
+        raise TomosegError(f"--counts lists a count twice: {text!r}")
+    return counts
+
+
+def size_label(size: int) -> str:
+    """``"full"`` for whole images, else the size."""
+    return "full" if size == FULL else str(size)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell repeat of the grid."""
+
+    size: int
+    count: int
+    repeat: int
+    seed: int
+
+    @property
+    def id(self) -> str:
+        """Folder name, e.g. ``s224_n1000_r0``."""
+        return f"s{size_label(self.size)}_n{self.count}_r{self.repeat}"
+
+
+def plan_cases(sizes: list[int], counts: list[int], repeats: int, base_seed: int) -> list[Case]:
+    """All cases, repeat-major (every cell's first repeat before any second repeat), so an
+    interrupted sweep already covers the whole grid once. Repeat r uses seed ``base_seed + r``."""
+    if repeats < 1:
+        raise TomosegError(f"--repeats must be at least 1, got {repeats}")
+    return [
+        Case(s, n, r, base_seed + r) for r, s, n in itertools.product(range(repeats), sizes, counts)
+    ]
+
+
+def base_config_dict(cfg: TrainConfig) -> dict:
+    """The part of the config shared by every case (what must not change within a sweep)."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in SWEPT}
+
+
+# ----------------------------------------------------------------------------- running a case
+
+
+def case_commands(
+    case: Case, data: Path, folder: Path, cfg_file: Path, resume: bool
+) -> list[list[str]]:
+    """The two ordinary commands that make a case: train (or resume), then evaluate."""
+    exe = [sys.executable, "-m", "tomoseg.cli"]
+    train = [
+        *exe,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(folder / "run"),
+        "--config",
+        str(cfg_file),
+    ]
+    train += [
+        "--crop-size",
+        str(case.size),
+        "--crops",
+        str(case.count),
+        "--seed",
+        str(case.seed),
+        "--quiet",
+    ]
+    train.append("--resume" if resume else "--overwrite")
+    evaluate = [
+        *exe,
+        "evaluate",
+        str(folder / "run"),
+        "--data",
+        str(data),
+        "--out",
+        str(folder / "eval"),
+        "--overwrite",
+    ]
+    return [train, evaluate]
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ln.startswith("error:")]
+    return (errs or lines or ["crashed without a message"])[-1][:300]
+
+
+def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, str]) -> dict:
+    """Run one case to completion (resuming its training if it was interrupted) and record it.
+
+    Returns:
+        The case record written to ``cases/<id>/case.json``.
+    """
+    folder = out / "cases" / case.id
+    folder.mkdir(parents=True, exist_ok=True)
+    resume = (folder / "run" / "checkpoints" / "last.ckpt").is_file()
+    t0 = time.time()
+    record: dict = {
+        "id": case.id,
+        "size": case.size,
+        "count": case.count,
+        "repeat": case.repeat,
+        "seed": case.seed,
+    }
+    for cmd in case_commands(case, data, folder, cfg_file, resume):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        write_text(folder / f"{cmd[3]}.log", proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            record.update(status="failed", error=_last_error_line(proc.stderr or proc.stdout))
+            write_json(folder / "case.json", record)
+            return record
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    rows = list(csv.DictReader((folder / "run" / "metrics.csv").open()))
+    train_s = sum(float(r["seconds"]) for r in rows)
+    record.update(
+        status="done",
+        accuracy=metrics["mean"]["accuracy"],
+        iou=metrics["mean"]["iou"],
+        bf1=metrics["mean"]["bf1"],
+        class_of_interest=metrics["class_of_interest"],
+        epochs=len(rows),
+        train_seconds=train_s,
+        seconds_per_epoch=train_s / max(len(rows), 1),
+        wall_seconds=time.time() - t0,
+    )
+    write_json(folder / "case.json", record)
+    return record
+
+
+def load_record(out: Path, case: Case) -> dict | None:
+    """The finished record of a case, or None if it has not finished."""
+    f = out / "cases" / case.id / "case.json"
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def job_envs(jobs: int) -> list[dict[str, str]]:
+    """One environment per parallel slot: a share of the CPU cores, or one GPU each."""
+    import torch
+
+    envs = []
+    gpus = torch.cuda.device_count()
+    cores = os.cpu_count() or 1
+    for j in range(jobs):
+        env = dict(os.environ)
+        threads = max(1, cores // jobs)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(j % gpus)
+        envs.append(env)
+    return envs
+
+
+def clamp_jobs(jobs: int, warn: Callable[[str], None]) -> int:
+    """Clamp ``--jobs`` to the GPUs (if any) or CPU cores available, with a warning."""
+    import torch
+
+    if jobs < 1:
+        raise TomosegError(f"--jobs must be at least 1, got {jobs}")
+    limit = torch.cuda.device_count() or os.cpu_count() or 1
+    if jobs > limit:
+        warn(
+            f"warning: --jobs {jobs} is more than the {limit} {'GPUs' if torch.cuda.device_count() else 'CPU cores'} here; using {limit}"
+        )
+        return limit
+    return jobs
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def prepare_sweep(
+    out: Path, data: Path, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
+) -> Path:
+    """Create or reopen a sweep folder; refuse one made with another base config or dataset.
+
+    Returns:
+        The path of the case config file (the base config, written once).
+    """
+    spec = load_dataset(data)
+    split_pairs(data, "test")  # a sweep evaluates every case on the test split
+    split_pairs(data, "val")
+    base = base_config_dict(cfg)
+    sweep_file = out / SWEEP_FILE
+    if sweep_file.is_file():
+        old = json.loads(sweep_file.read_text())
+        if old.get("base_config") != base:
+            diff = [k for k in base if old.get("base_config", {}).get(k) != base[k]]
+            k = diff[0] if diff else "?"
+            raise TomosegError(
+                f"{out} holds a sweep with another base config ({k}: {old.get('base_config', {}).get(k)!r} "
+                f"there, {base.get(k)!r} now); use another --out or --new"
+            )
+        if old.get("data") != str(Path(data).resolve()):
+            raise TomosegError(
+                f"{out} holds a sweep of another dataset ({old.get('data')}); use another --out"
+            )
+        grid = old["grid"]
+        grid["sizes"] = list(dict.fromkeys([*grid["sizes"], *sizes]))
+        grid["counts"] = list(dict.fromkeys([*grid["counts"], *counts]))
+        grid["repeats"] = max(grid["repeats"], repeats)
+    else:
+        grid = {"sizes": sizes, "counts": counts, "repeats": repeats}
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "data": str(Path(data).resolve()),
+        "classes": spec.classes,
+        "class_of_interest": spec.class_of_interest,
+        "base_config": base,
+        "epochs": cfg.epochs,
+        "max_minutes": cfg.max_minutes,
+        "seed": cfg.seed,
+        "grid": grid,
+    }
+    write_json(sweep_file, record)
+    cfg_file = out / "base_config.yaml"
+    import yaml
+
+    write_text(cfg_file, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return cfg_file
+
+
+def new_sweep_folder(out: Path) -> Path:
+    """``out``, or ``out-2``, ``out-3``... : the first that holds no sweep."""
+    if not (out / SWEEP_FILE).exists():
+        return out
+    for i in itertools.count(2):
+        cand = out.with_name(f"{out.name}-{i}")
+        if not (cand / SWEEP_FILE).exists():
+            return cand
+    raise AssertionError("unreachable")
+
+
+def run_sweep(
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    sizes: list[int],
+    counts: list[int],
+    repeats: int = 1,
+    jobs: int = 1,
+    retry_failed: bool = False,
+    console=None,
+) -> list[dict]:
+    """Run (or resume) a sweep and write ``results.csv``, heatmaps and ``report.html``.
+
+    Returns:
+        The case records of the whole grid (finished and failed).
+    """
+    say = console.print if console is not None else (lambda *a, **k: None)
+    jobs = clamp_jobs(jobs, say)
+    cfg_file = prepare_sweep(out, data, cfg, sizes, counts, repeats)
+    grid = json.loads((out / SWEEP_FILE).read_text())["grid"]
+    cases = plan_cases(grid["sizes"], grid["counts"], grid["repeats"], cfg.seed)
+    todo = []
+    for c in cases:
+        rec = load_record(out, c)
+        if rec is None or (retry_failed and rec.get("status") == "failed"):
+            todo.append(c)
+    say(
+        f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run, {jobs} at a time"
+    )
+    envs = job_envs(jobs)
+    free = list(range(jobs))
+    running: dict[Future, tuple[Case, int]] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        queue = list(todo)
+        while queue or running:
+            while queue and free:
+                slot = free.pop()
+                case = queue.pop(0)
+                say(f"  start {case.id}")
+                running[pool.submit(run_case, case, data, out, cfg_file, envs[slot])] = (case, slot)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                case, slot = running.pop(fut)
+                free.append(slot)
+                rec = fut.result()
+                if rec["status"] == "done":
+                    coi = rec["class_of_interest"]
+                    say(
+                        f"  done  {case.id}: IoU {coi} {rec['iou'][coi]:.3f}, BF1 {rec['bf1'][coi]:.3f} ({rec['wall_seconds']:.0f} s)"
+                    )
+                else:
+                    say(f"  FAILED {case.id}: {rec['error']}")
+                write_outputs(out, cases)
+    records = write_outputs(out, cases)
+    return records
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def collect(out: Path, cases: list[Case]) -> list[dict]:
+    """Records of every case of the grid; unfinished ones as ``status: pending``."""
+    recs = []
+    for c in cases:
+        rec = load_record(out, c) or {
+            "id": c.id,
+            "size": c.size,
+            "count": c.count,
+            "repeat": c.repeat,
+            "seed": c.seed,
+            "status": "pending",
+        }
+        recs.append(rec)
+    return recs
+
+
+def results_csv(records: list[dict], classes: list[str], coi: str) -> str:
+    """``results.csv`` text: one row per case."""
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        [
+            "size",
+            "count",
+            "repeat",
+            "seed",
+            "status",
+            "accuracy",
+            *[f"iou_{c}" for c in classes],
+            f"bf1_{coi}",
+            "epochs",
+            "train_seconds",
+            "seconds_per_epoch",
+            "error",
+        ]
+    )
+    for r in records:
+        done = r["status"] == "done"
+
+        def g(v):
+            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+        w.writerow([
+            size_label(r["size"]), r["count"], r["repeat"], r["seed"], r["status"],
+            g(r.get("accuracy")) if done else "",
+            *[g(r["iou"].get(c)) if done else "" for c in classes],
+            g(r["bf1"].get(coi)) if done else "",
+            r.get("epochs", ""), g(r.get("train_seconds", "")), g(r.get("seconds_per_epoch", "")),
+            r.get("error", ""),
+        ])  # fmt: skip
+    return buf.getvalue()
+
+
+@dataclass
+class CellStats:
+    """Mean and standard deviation over the finished repeats of one (size, count) cell."""
+
+    size: int
+    count: int
+    n: int
+    failed: int
+    iou_mean: float
+    iou_std: float
+    bf1_mean: float
+    bf1_std: float
+
+
+def cell_stats(
+    records: list[dict], sizes: list[int], counts: list[int], coi: str
+) -> list[CellStats]:
+    """Aggregate the repeats of each cell (NaN where no repeat finished)."""
+    out = []
+    for s in sizes:
+        for n in counts:
+            rs = [r for r in records if r["size"] == s and r["count"] == n]
+            done = [r for r in rs if r["status"] == "done"]
+            iou = np.array(
+                [r["iou"][coi] if r["iou"][coi] is not None else np.nan for r in done], float
+            )
+            bf1 = np.array(
+                [r["bf1"][coi] if r["bf1"][coi] is not None else np.nan for r in done], float
+            )
+
+            def m(a):
+                return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else float("nan")
+
+            def sd(a):
+                a = a[~np.isnan(a)]
+                return float(np.std(a, ddof=1)) if a.size > 1 else float("nan")
+
+            out.append(
+                CellStats(
+                    s,
+                    n,
+                    len(done),
+                    sum(r["status"] == "failed" for r in rs),
+                    m(iou),
+                    sd(iou),
+                    m(bf1),
+                    sd(bf1),
+                )
+            )
+    return out
+
+
+def noise_verdicts(
+    stats: list[CellStats], key: str = "iou"
+) -> tuple[CellStats | None, list[tuple[CellStats, bool]]]:
+    """The best cell by mean and, for every other cell, whether its difference from the best lies
+    within the noise: ``|difference| <= 2 x sqrt(se_best^2 + se_cell^2)`` with se = std / sqrt(n)
+    (about a 95 % interval). Cells with a single repeat have no noise estimate (verdict False)."""
+    ok = [c for c in stats if not math.isnan(getattr(c, f"{key}_mean"))]
+    if not ok:
+        return None, []
+    best = max(ok, key=lambda c: getattr(c, f"{key}_mean"))
+
+    def se(c):
+        s = getattr(c, f"{key}_std")
+        return s / math.sqrt(c.n) if c.n > 1 and not math.isnan(s) else float("nan")
+
+    verdicts = []
+    for c in ok:
+        if c is best:
+            continue
+        d = getattr(best, f"{key}_mean") - getattr(c, f"{key}_mean")
+        tol = 2 * math.sqrt(se(best) ** 2 + se(c) ** 2)
+        verdicts.append((c, not math.isnan(tol) and abs(d) <= tol))
+    return best, verdicts
+
+
+def plot_heatmap(
+    stats: list[CellStats], sizes: list[int], counts: list[int], key: str, title: str, path: Path
+) -> None:
+    """Heatmap over size (rows) x count (columns), mean (± std) in each cell; failed/pending marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tomoseg.io import atomic_write
+
+    grid = np.full((len(sizes), len(counts)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.6 * len(counts) + 2.5, 0.9 * len(sizes) + 1.8))
+    for c in stats:
+        i, j = sizes.index(c.size), counts.index(c.count)
+        grid[i, j] = getattr(c, f"{key}_mean")
+    im = ax.imshow(
+        grid * 100,
+        cmap="viridis",
+        vmin=np.nanmin(grid * 100) if np.isfinite(grid).any() else 0,
+        aspect="auto",
+    )
+    for c in stats:
+        i, j = sizes.index(c.size), counts.index(c.count)
+        mean, sd = getattr(c, f"{key}_mean"), getattr(c, f"{key}_std")
+        if math.isnan(mean):
+            txt = "failed" if c.failed else "pending"
+        else:
+            txt = f"{100 * mean:.1f}" + (f"\n± {100 * sd:.1f}" if not math.isnan(sd) else "")
+        ax.text(
+            j,
+            i,
+            txt,
+            ha="center",
+            va="center",
+            color="white" if math.isnan(mean) or mean < np.nanmean(grid) else "black",
+            fontsize=9,
+        )
+    ax.set_xticks(range(len(counts)), [str(n) for n in counts])
+    ax.set_yticks(range(len(sizes)), [size_label(s) for s in sizes])
+    ax.set_xlabel("crop count N")
+    ax.set_ylabel("crop size S (px)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="%")
+    fig.tight_layout()
+    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
+    """Rebuild ``results.csv``, the heatmaps and ``report.html`` from the case records."""
+    from tomoseg.sweep_report import write_report
+
+    meta = json.loads((out / SWEEP_FILE).read_text())
+    classes, coi = meta["classes"], meta["class_of_interest"]
+    grid = meta["grid"]
+    records = collect(out, cases)
+    write_text(out / "results.csv", results_csv(records, classes, coi))
+    stats = cell_stats(records, grid["sizes"], grid["counts"], coi)
+    plot_heatmap(
+        stats,
+        grid["sizes"],
+        grid["counts"],
+        "iou",
+        f"IoU {coi} (test, mean over images)",
+        out / "heatmap_iou.png",
+    )
+    plot_heatmap(
+        stats,
+        grid["sizes"],
+        grid["counts"],
+        "bf1",
+        f"BF1 {coi} at 2 px (test)",
+        out / "heatmap_bf1.png",
+    )
+    write_report(out, meta, records, stats)
+    return records
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+def estimate_seconds(
+    data: Path, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
+) -> tuple[float, dict]:
+    """Estimate the sweep's total time from a timing probe of its fastest and slowest case.
+
+    The probe trains one short epoch (``tomoseg train`` in a temporary folder) at the smallest
+    and at the largest crop size, measures seconds per crop and seconds of validation, and
+    interpolates seconds per crop linearly in crop area for the sizes between.
+
+    Returns:
+        ``(total seconds, {case id: seconds})`` for one pass over ``--jobs 1``.
+    """
+    import tempfile
+
+    from tomoseg.data import load_split
+    from tomoseg.train import train
+
+    shapes = [s.image.shape for s in load_split(data, "train")]
+    full_area = float(np.mean([h * w for h, w in shapes]))
+
+    def area(s: int) -> float:
+        return full_area if s == FULL else float(min(s * s, full_area))
+
+    probe_sizes = sorted({min(sizes, key=area), max(sizes, key=area)}, key=area)
+    per_crop, val_s = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in probe_sizes:
+            n = max(2 * cfg.batch_size, 16)
+            pcfg = cfg.model_copy(
+                update={"crop_size": s, "crops": n, "epochs": 2, "max_minutes": None}
+            )
+            run = train(data, Path(tmp) / f"probe{s}", pcfg, progress=False)
+            row = list(csv.DictReader((run / "metrics.csv").open()))[-1]
+            per_crop[s] = float(row["train_seconds"]) / n
+            val_s.append(float(row["seconds"]) - float(row["train_seconds"]))
+    t_start = time.perf_counter()  # each case starts two processes (train, evaluate)
+    subprocess.run([sys.executable, "-c", "import tomoseg.train, tomoseg.infer"], check=False)
+    startup = 2 * (time.perf_counter() - t_start)
+    a0, a1 = area(probe_sizes[0]), area(probe_sizes[-1])
+    t0, t1 = per_crop[probe_sizes[0]], per_crop[probe_sizes[-1]]
+    val = float(np.mean(val_s))
+    plan = {}
+    for c in plan_cases(sizes, counts, repeats, cfg.seed):
+        a = area(c.size)
+        t = t0 if a1 == a0 else t0 + (t1 - t0) * (a - a0) / (a1 - a0)
+        plan[c.id] = startup + cfg.epochs * (c.count * t + val)
+        if cfg.max_minutes:
+            plan[c.id] = min(plan[c.id], cfg.max_minutes * 60)
+    return float(sum(plan.values())), plan
