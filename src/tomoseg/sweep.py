@@ -191,15 +191,25 @@ def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, s
         "repeat": case.repeat,
         "seed": case.seed,
     }
-    for cmd in case_commands(case, data, folder, cfg_file, resume):
+    steps = zip(
+        ("train", "evaluate"), case_commands(case, data, folder, cfg_file, resume), strict=False
+    )
+    for step, cmd in steps:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        write_text(folder / f"{cmd[3]}.log", proc.stdout + proc.stderr)
+        write_text(folder / f"{step}.log", proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            record.update(status="failed", error=_last_error_line(proc.stderr or proc.stdout))
+            record.update(
+                status="failed", error=f"{step}: " + _last_error_line(proc.stderr or proc.stdout)
+            )
             write_json(folder / "case.json", record)
             return record
-    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
-    rows = list(csv.DictReader((folder / "run" / "metrics.csv").open()))
+    try:
+        metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        rows = list(csv.DictReader((folder / "run" / "metrics.csv").open()))
+    except (OSError, json.JSONDecodeError) as exc:
+        record.update(status="failed", error=f"results unreadable: {exc}")
+        write_json(folder / "case.json", record)
+        return record
     train_s = sum(float(r["seconds"]) for r in rows)
     record.update(
         status="done",

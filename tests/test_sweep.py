@@ -1,0 +1,195 @@
+"""The crop sweep: grid parsing, failed cases, resume after kill -9, grid extension, report."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import make_dataset
+
+from tomoseg import sweep as sw
+from tomoseg.config import load_config
+from tomoseg.errors import TomosegError
+
+BASE = {"width": 4, "depth": 3, "epochs": 2, "batch_size": 4, "tile_size": 64}
+TIMING = ("train_seconds", "seconds_per_epoch")
+
+
+def test_parse_grid():
+    assert sw.parse_sizes("64, 224,full") == [64, 224, 0]
+    assert sw.parse_counts("250,500") == [250, 500]
+    for bad in ("", "64,,128", "abc", "8", "64,64"):
+        with pytest.raises(TomosegError):
+            sw.parse_sizes(bad)
+    for bad in ("", "0", "-5", "x", "1,1"):
+        with pytest.raises(TomosegError):
+            sw.parse_counts(bad)
+    with pytest.raises(TomosegError, match="repeats"):
+        sw.plan_cases([64], [10], 0, 0)
+    cases = sw.plan_cases([64, 0], [10, 20], 2, 5)
+    assert len(cases) == 8 and cases[0].id == "s64_n10_r0" and cases[-1].id == "sfull_n20_r1"
+    assert {c.seed for c in cases if c.repeat == 1} == {6}
+    assert [c.repeat for c in cases[:4]] == [0, 0, 0, 0]  # repeat-major
+
+
+def test_noise_verdicts():
+    mk = sw.CellStats
+    stats = [
+        mk(64, 10, 3, 0, 0.80, 0.01, 0.5, 0.01),
+        mk(128, 10, 3, 0, 0.79, 0.01, 0.5, 0.01),
+        mk(256, 10, 3, 0, 0.60, 0.01, 0.4, 0.01),
+    ]
+    best, verdicts = sw.noise_verdicts(stats)
+    assert best.size == 64
+    assert dict((c.size, v) for c, v in verdicts) == {128: True, 256: False}
+
+
+def _table(out):
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture
+def sweep_data(tmp_path):
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    cfg_file = tmp_path / "base.yaml"
+    cfg_file.write_text(yaml.safe_dump(BASE))
+    return data, cfg_file
+
+
+def test_failed_case_recorded_and_others_go_on(tmp_path, sweep_data, monkeypatch):
+    data, cfg_file = sweep_data
+    real = sw.case_commands
+
+    def commands(case, *a, **k):
+        if case.size == 32:
+            return [
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; sys.exit('error: simulated crash in this case')",
+                ]
+            ]
+        return real(case, *a, **k)
+
+    monkeypatch.setattr(sw, "case_commands", commands)
+    out = tmp_path / "sw"
+    recs = sw.run_sweep(data, out, load_config(cfg_file), [16, 32], [8], 1, 1)
+    status = {r["id"]: r["status"] for r in recs}
+    assert status == {"s16_n8_r0": "done", "s32_n8_r0": "failed"}
+    rows = _table(out)
+    assert rows[1]["status"] == "failed" and "simulated crash" in rows[1]["error"]
+    html = (out / "report.html").read_text()
+    assert "simulated crash" in html and "data:image/png;base64," in html
+    # a finished case is not rerun; --retry-failed reruns the failed one (now succeeding)
+    monkeypatch.setattr(sw, "case_commands", real)
+    before = (out / "cases" / "s16_n8_r0" / "case.json").read_text()
+    recs = sw.run_sweep(data, out, load_config(cfg_file), [16, 32], [8], 1, 1, retry_failed=True)
+    assert all(r["status"] == "done" for r in recs)
+    assert (out / "cases" / "s16_n8_r0" / "case.json").read_text() == before
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, sweep_data):
+    data, cfg_file = sweep_data
+    args = ["--data", str(data), "--sizes", "16,full", "--counts", "8", "--config", str(cfg_file)]
+    ref = tmp_path / "ref"
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "tomoseg.cli", "sweep", "--out", str(ref), *args],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tomoseg.cli", "sweep", "--out", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("cases/*/case.json")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # the second case is now training
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name for p in out.glob("cases/*/case.json")}
+    assert finished and len(finished) < 2, finished
+    first = (out / "cases" / sorted(finished)[0] / "case.json").read_text()
+    res = subprocess.run(
+        [sys.executable, "-m", "tomoseg.cli", "sweep", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "1 already finished" in res.stdout
+    assert (
+        out / "cases" / sorted(finished)[0] / "case.json"
+    ).read_text() == first  # not recomputed
+    assert _table(out) == _table(ref)
+
+
+def test_extension_and_changed_config(tmp_path, sweep_data, run_cli):
+    data, cfg_file = sweep_data
+    out = tmp_path / "sw"
+    sw.run_sweep(data, out, load_config(cfg_file), [16], [8], 1, 1)
+    sw.run_sweep(data, out, load_config(cfg_file), [16], [8, 12], 1, 1)  # grid extended
+    assert [r["count"] for r in _table(out)] == ["8", "12"]
+    assert json.loads((out / "sweep.json").read_text())["grid"]["counts"] == [8, 12]
+    cfg2 = tmp_path / "b2.yaml"
+    cfg2.write_text(yaml.safe_dump({**BASE, "lr": 0.01}))
+    code, _, err = run_cli(
+        "sweep", "--data", data, "--out", out, "--sizes", "16", "--counts", "8", "--config", cfg2
+    )
+    assert code == 1 and err.startswith("error:") and "another base config (lr" in err
+    code, outp, err = run_cli(
+        "sweep",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--sizes",
+        "16",
+        "--counts",
+        "8",
+        "--config",
+        cfg2,
+        "--new",
+        "--dry-run",
+    )
+    assert code == 0 and "sw-2" in outp and "estimated total" in outp
+
+
+def test_bad_sweep_inputs(tmp_path, sweep_data, run_cli):
+    data, cfg_file = sweep_data
+
+    def err(*extra):
+        code, _, e = run_cli(
+            "sweep", "--data", data, "--out", tmp_path / "o", "--config", cfg_file, *extra
+        )
+        lines = e.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), e
+        return lines[0]
+
+    assert "--sizes" in err("--sizes", "")
+    assert "below 16" in err("--sizes", "8", "--counts", "8")
+    assert "at least 1" in err("--sizes", "16", "--counts", "0")
+    assert "repeats" in err("--sizes", "16", "--counts", "8", "--repeats", "0")
+    no_test = make_dataset(tmp_path / "nt", shape=(48, 56), n={"train": 2, "val": 1})
+    code, _, e = run_cli(
+        "sweep", "--data", no_test, "--out", tmp_path / "o2", "--sizes", "16", "--counts", "8"
+    )
+    assert code != 0 and "no 'test' split" in e
+
+
+def test_jobs_clamped_with_warning():
+    msgs = []
+    n = sw.clamp_jobs(10_000, msgs.append)
+    assert n >= 1 and msgs and "warning" in msgs[0]
+    with pytest.raises(TomosegError):
+        sw.clamp_jobs(0, msgs.append)
