@@ -131,6 +131,9 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
     precision: Annotated[str | None, typer.Option(help="32 or bf16-mixed.")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loader workers.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop training after this wall time.")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Overwrite = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -152,6 +155,7 @@ def train(
             device=device,
             precision=precision,
             workers=workers,
+            max_minutes=max_minutes,
         ),
     )
     run_train(

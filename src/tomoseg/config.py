@@ -25,11 +25,11 @@ class TrainConfig(BaseModel):
 
     # network
     model: Literal["segnet", "unet"] = "unet"
-    width: int | None = Field(default=16, ge=1, description="channels of the first level")
-    depth: int = Field(default=4, ge=2, le=7, description="U-Net levels (SegNet: fixed 5)")
+    width: int | None = Field(default=32, ge=1, description="channels of the first level")
+    depth: int = Field(default=5, ge=2, le=7, description="U-Net levels (SegNet: fixed 5)")
     encoder_weights: Path | None = None
     # training set: N random SxS crops (crop_size 0 = whole images)
-    crop_size: int = Field(default=128, description="crop side S in px; 0 = whole images")
+    crop_size: int = Field(default=256, description="crop side S in px; 0 = whole images")
     crops: int = Field(default=500, ge=1)
     focus_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     # loss
@@ -41,7 +41,7 @@ class TrainConfig(BaseModel):
     rotate_prob: float = Field(default=0.5, ge=0, le=1)
     intensity_jitter: float = Field(default=0.0, ge=0)
     # optimisation
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=24, ge=1)
     batch_size: int = Field(default=16, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(default=2e-3, gt=0)
@@ -59,10 +59,17 @@ class TrainConfig(BaseModel):
     workers: int = Field(default=0, ge=0)
     # validation / inference
     val_every: int = Field(default=1, ge=1, description="validate every N epochs (and the last)")
-    tile_size: int = Field(default=256, ge=16)
+    tile_size: int = Field(default=0, ge=0, description="0 = auto: 256 on CPU, 1024 on GPU")
     tile_overlap: float = Field(default=0.25, ge=0, lt=1)
-    tile_batch: int = Field(default=4, ge=1)
+    tile_batch: int = Field(default=0, ge=0, description="0 = auto: 4 on CPU, 8 on GPU")
     tolerance: float = Field(default=2.0, ge=0)
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile(cls, v: int) -> int:
+        if v != 0 and v < 16:
+            raise ValueError("tile size must be >= 16 (or 0 for automatic)")
+        return v
 
     @field_validator("crop_size")
     @classmethod

@@ -69,13 +69,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32"
 
 
+def auto_tiles(tile_size: int, tile_batch: int, device: torch.device) -> tuple[int, int]:
+    """Resolve 0 (automatic) tile settings for a device: small tiles suit CPU caches (256 px,
+    4 per pass: fastest measured on a 2-core CPU), large batches of large tiles suit a GPU
+    (1024 px, 8 per pass: as fast as whole-image inference on an H100, with bounded memory)."""
+    gpu = device.type == "cuda"
+    return tile_size or (1024 if gpu else 256), tile_batch or (8 if gpu else 4)
+
+
 @torch.no_grad()
 def infer_logits(
     model: torch.nn.Module,
     image: torch.Tensor,
-    tile_size: int = 512,
+    tile_size: int = 0,
     overlap: float = 0.25,
-    tile_batch: int = 4,
+    tile_batch: int = 0,
     tiling: bool = True,
     autocast_bf16: bool = False,
 ) -> torch.Tensor:
@@ -94,6 +102,7 @@ def infer_logits(
         (B, K, H, W) float32 logits (blended).
     """
     dev_type = image.device.type
+    tile_size, tile_batch = auto_tiles(tile_size, tile_batch, image.device)
     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast_bf16):
         if not tiling:
             return model(image).float()
@@ -230,9 +239,9 @@ def segment(
     logits = infer_logits(
         run.model,
         x,
-        tile_size or cfg.get("tile_size", 512),
+        tile_size or cfg.get("tile_size", 0),
         cfg.get("tile_overlap", 0.25) if overlap is None else overlap,
-        tile_batch or cfg.get("tile_batch", 4),
+        tile_batch or cfg.get("tile_batch", 0),
         tiling=tiling,
         autocast_bf16=bf16,
     )
