@@ -204,3 +204,36 @@ def test_untiled_memory_check():
     check_untiled_memory((100, 100), 16, 2, available=1 << 30)
     with pytest.raises(TomosegError, match="without tiling"):
         check_untiled_memory((20000, 20000), 16, 2, available=8 << 30)
+
+
+def test_bad_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+
+    from tomoseg.infer import load_run
+    from tomoseg.models import build_model
+
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = train(data, tmp_path / "run", tiny_cfg(epochs=1))
+    assert load_run(run).classes == ["background", "fg"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((run / "best.safetensors").read_bytes()[:200])
+    with pytest.raises(TomosegError, match="corrupted checkpoint"):
+        load_run(bad)
+    # weights of another architecture under this run's metadata
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    other = build_model("unet", 1, 2, 8, 3).state_dict()
+    save_file(
+        {k: v.contiguous() for k, v in other.items()},
+        str(tmp_path / "other.safetensors"),
+        metadata=meta,
+    )
+    with pytest.raises(TomosegError, match="does not fit"):
+        load_run(tmp_path / "other.safetensors")
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(TomosegError, match="not a tomoseg checkpoint"):
+        load_run(tmp_path / "plain.safetensors")
+    with pytest.raises(TomosegError, match="no trained weights"):
+        load_run(tmp_path)

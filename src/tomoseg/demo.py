@@ -110,4 +110,4 @@ def sweep_demo_setup(out: Path | None, console) -> tuple[Path, Path, str, str, d
     if not (data / "dataset.json").is_file():
         console.print(f"writing the demo phantom to {data}")
         generate_phantom(data, DEMO_SHAPE, DEMO_SLICES, 0)
-    return data, out, "64,128,full", "64,256", {"epochs": 6}
+    return data, out, "64,128,full", "64,256", {"epochs": 6, "width": 16, "depth": 4}

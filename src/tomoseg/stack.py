@@ -1,0 +1,790 @@
+"""Segment a whole stack of slices into a 3D label volume, resumably, with bounded memory.
+
+``segment_stack`` reads slices in a reader thread, runs the model (``infer.segment``, the same
+inference path as ``tomoseg predict``) in the calling thread and writes the class ids in a writer
+thread. The threads talk through bounded queues, so memory stays at a few slices whatever the
+stack length, and reading/writing overlap with the network.
+
+Inputs (shape (Z, Y, X)):
+
+* a folder of 2D slices, in natural sort order of their file names (``z2`` before ``z10``);
+* a multi-page TIFF, read page by page (never the whole stack at once);
+* a Zarr array, or a Zarr / OME-Zarr group (its first multiscale level, else its first array).
+
+Outputs (in the folder ``out``):
+
+* ``stack.json``: the run (path and weights hash), the input (path, slice ids, shape), the
+  format and voxel size; a second call with the same run and input resumes, with another one it
+  is refused unless ``overwrite``;
+* ``labels.zarr`` (default): a Zarr v2 group in OME-NGFF 0.4 layout (``multiscales`` with axes
+  z, y, x, their unit and the voxel size as a scale transform, plus ``image-label``) holding the
+  uint8 class ids at path ``0``, chunked (1, <=1024, <=1024); napari (napari-ome-zarr) and Fiji
+  (N5 / OME-Zarr readers) open it; or ``labels/<slice id>.tif`` (``fmt="tiff"``);
+* ``progress/<index>``: an empty marker file per finished slice, created only after the slice's
+  data is written. After ``kill -9`` the same call computes the slices without a marker, and the
+  result equals an uninterrupted run (each slice owns its own chunks, so a half-written slice is
+  simply rewritten). Markers protect against a killed process, not against a power cut.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+
+from tomoseg.errors import TomosegError
+from tomoseg.infer import LoadedRun, infer_logits, load_run, resolve_device, resolve_precision
+from tomoseg.infer import segment as segment_slice
+from tomoseg.io import (
+    TIFF_SUFFIXES,
+    atomic_write,
+    list_images,
+    normalize,
+    prepare_output_dir,
+    read_image,
+    write_json,
+)
+
+__all__ = [
+    "STACK_FILE",
+    "StackSource",
+    "open_source",
+    "parse_voxel_size",
+    "read_stack_info",
+    "segment_stack",
+    "write_ngff_attrs",
+]
+
+STACK_FILE = "stack.json"
+ZARR_NAME = "labels.zarr"
+TIFF_DIR = "labels"
+PROGRESS_DIR = "progress"
+QUEUE_SIZE = 4
+MAX_CHUNK = 1024
+_DONE = object()
+
+# ----------------------------------------------------------------------------- voxel size
+
+
+def parse_voxel_size(value: Any) -> tuple[float, float, float] | None:
+    """Validate a voxel size: three positive finite numbers (z, y, x), or ``"z,y,x"``; None passes.
+
+    Raises:
+        TomosegError: anything else.
+    """
+    if value is None:
+        return None
+    raw = value
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\sx]+", value.strip()) if v]
+    try:
+        vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
+        raise TomosegError(f"voxel size must be three positive numbers (z, y, x), got {raw!r}")
+    return vals  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class StackSource:
+    """A (Z, Y, X) stack read one slice at a time."""
+
+    kind: str  # "folder", "tiff" or "zarr"
+    path: Path
+    ids: list[str]
+    shape: tuple[int, int]
+    dtype: str
+    voxel_size: tuple[float, float, float] | None = None
+    unit: str | None = None
+    files: list[Path] = field(default_factory=list)
+    array_path: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @contextmanager
+    def reader(self) -> Iterator[Callable[[int], np.ndarray]]:
+        """Context giving ``read(i) -> (Y, X) array``; raises TomosegError naming the slice."""
+        if self.kind == "folder":
+
+            def read(i: int) -> np.ndarray:
+                return read_image(self.files[i])
+
+            yield read
+        elif self.kind == "tiff":
+            try:
+                tf = tifffile.TiffFile(self.path)
+            except (OSError, tifffile.TiffFileError, ValueError) as exc:
+                raise TomosegError(f"cannot open {self.path}: {_first_line(exc)}") from None
+            with tf:
+
+                def read_page(i: int) -> np.ndarray:
+                    try:
+                        arr = tf.pages[i].asarray()
+                    except Exception as exc:  # tifffile raises many types for broken pages
+                        raise TomosegError(
+                            f"page {i} ({self.ids[i]}) of {self.path} is unreadable: "
+                            f"{_first_line(exc)}"
+                        ) from None
+                    return _squeeze2d(arr, f"page {i} of {self.path}")
+
+                yield read_page
+        else:
+            arr = _open_zarr_array(self.path)[0]
+
+            def read_zarr(i: int) -> np.ndarray:
+                try:
+                    a = np.asarray(arr[(0,) * (arr.ndim - 3) + (i,)])
+                except Exception as exc:  # corrupt chunk: zarr/numcodecs raise various types
+                    raise TomosegError(
+                        f"slice {i} of {self.path} is unreadable: {_first_line(exc)}"
+                    ) from None
+                return a
+
+            yield read_zarr
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path.resolve()),
+            "kind": self.kind,
+            "slices": self.n,
+            "shape": [self.n, *self.shape],
+            "dtype": self.dtype,
+            "ids": self.ids,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _squeeze2d(arr: np.ndarray, what: str) -> np.ndarray:
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise TomosegError(f"{what} is not a 2D grayscale slice (shape {arr.shape})")
+    return arr
+
+
+def _is_zarr(p: Path) -> bool:
+    return p.is_dir() and any((p / n).is_file() for n in (".zgroup", ".zarray", "zarr.json"))
+
+
+def _open_zarr_array(path: Path):
+    """(array, array path inside the store, voxel size or None, unit or None) of a Zarr input."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise TomosegError(f"cannot open Zarr {path}: {_first_line(exc)}") from None
+    voxel, unit, sub = None, None, None
+    if isinstance(node, zarr.Array):
+        arr = node
+    else:
+        attrs = dict(node.attrs)
+        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+        if ms:
+            try:
+                sub = ms[0]["datasets"][0]["path"]
+                voxel, unit = _ngff_scale(ms[0])
+            except (KeyError, IndexError, TypeError):
+                sub = None
+        if sub is None:
+            keys = sorted(node.array_keys())
+            if not keys:
+                raise TomosegError(f"Zarr group {path} holds no array")
+            sub = keys[0]
+        try:
+            arr = node[sub]
+        except KeyError:
+            raise TomosegError(f"Zarr group {path} has no array '{sub}'") from None
+        if not isinstance(arr, zarr.Array):
+            raise TomosegError(f"'{sub}' in Zarr group {path} is not an array")
+    shape = arr.shape
+    if len(shape) < 3 or any(s != 1 for s in shape[:-3]):
+        raise TomosegError(f"Zarr array in {path} has shape {shape}; expected (Z, Y, X)")
+    return arr, sub, voxel, unit
+
+
+def _ngff_scale(ms: dict) -> tuple[tuple[float, float, float] | None, str | None]:
+    """Voxel size (z, y, x) and unit from an NGFF multiscale's first dataset (None if absent)."""
+    scale = None
+    for t in ms["datasets"][0].get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            scale = t.get("scale")
+    for t in ms.get("coordinateTransformations", []) or []:
+        if t.get("type") == "scale" and scale is not None:
+            scale = [a * b for a, b in zip(scale, t["scale"], strict=False)]
+    voxel = None
+    if scale is not None and len(scale) >= 3:
+        try:
+            voxel = parse_voxel_size(scale[-3:])
+        except TomosegError:
+            voxel = None
+    axes = ms.get("axes") or []
+    unit = None
+    if axes and isinstance(axes[-1], dict):
+        unit = axes[-1].get("unit")
+    return voxel, unit
+
+
+def _tiff_voxel(tf: tifffile.TiffFile) -> tuple[tuple[float, float, float] | None, str | None]:
+    """Voxel size from ImageJ metadata (spacing, unit) and the resolution tags, if present."""
+    ij = tf.imagej_metadata or {}
+    page = tf.pages[0]
+
+    def pixel(tag: str) -> float | None:
+        t = page.tags.get(tag)
+        if t is None:
+            return None
+        num, den = t.value if isinstance(t.value, tuple) else (t.value, 1)
+        return den / num if num else None
+
+    z = ij.get("spacing")
+    unit = ij.get("unit")
+    unit = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "um": "micrometer"}.get(
+        unit, unit
+    )
+    y, x = pixel("YResolution"), pixel("XResolution")
+    if not ij:  # plain TIFF resolution tags are usually 1 or a print DPI: ignore them
+        return None, None
+    try:
+        return parse_voxel_size([z or 1.0, y or 1.0, x or 1.0]), unit
+    except TomosegError:
+        return None, None
+
+
+def _check_gaps(ids: list[str], folder: Path) -> None:
+    """Refuse numbered slice names with a hole (``z0004``, ``z0006``: ``z0005`` is missing)."""
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", i) for i in ids]
+    if len(ids) < 2 or not all(parts):
+        return
+    if len({(m.group(1), m.group(3)) for m in parts}) != 1:  # type: ignore[union-attr]
+        return
+    nums = [int(m.group(2)) for m in parts]  # type: ignore[union-attr]
+    for a, b, ida in zip(nums, nums[1:], ids, strict=False):
+        if b != a + 1:
+            m = parts[0]
+            width = len(m.group(2)) if m.group(2).startswith("0") else 0  # type: ignore[union-attr]
+            missing = f"{m.group(1)}{a + 1:0{width}d}{m.group(3)}"  # type: ignore[union-attr]
+            raise TomosegError(
+                f"slice {missing} is missing from {folder} (the slice after {ida}); "
+                "restore it, or pass allow_gaps=True if the slices are not consecutive"
+            )
+
+
+def open_source(input: str | os.PathLike[str], allow_gaps: bool = False) -> StackSource:
+    """Inspect a stack input without reading it all (the first slice is read for its shape).
+
+    Raises:
+        TomosegError: missing or empty input, unknown kind, not a (Z, Y, X) stack.
+    """
+    p = Path(input)
+    if not p.exists():
+        raise TomosegError(f"input not found: {p}")
+    if _is_zarr(p):
+        arr, sub, voxel, unit = _open_zarr_array(p)
+        nz, h, w = arr.shape[-3:]
+        if nz == 0:
+            raise TomosegError(f"Zarr array in {p} holds no slice")
+        return StackSource(
+            "zarr", p, _ids(nz), (h, w), str(arr.dtype), voxel, unit, array_path=sub
+        )
+    if p.is_dir():
+        files = list_images(p)  # natural order; raises on an empty folder
+        ids = list(files)
+        if not allow_gaps:
+            _check_gaps(ids, p)
+        first = read_image(files[ids[0]])
+        return StackSource("folder", p, ids, first.shape, str(first.dtype), files=list(files.values()))
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            with tifffile.TiffFile(p) as tf:
+                n = len(tf.pages)
+                if n == 0:
+                    raise TomosegError(f"TIFF {p} holds no page")
+                page = tf.pages[0]
+                shape = tuple(int(s) for s in page.shape)
+                dtype = str(page.dtype)
+                voxel, unit = _tiff_voxel(tf)
+        except (OSError, tifffile.TiffFileError, ValueError) as exc:
+            raise TomosegError(f"not a readable TIFF: {p} ({_first_line(exc)})") from None
+        while len(shape) > 2 and shape[0] == 1:
+            shape = shape[1:]
+        if len(shape) != 2:
+            raise TomosegError(f"pages of {p} are not 2D grayscale slices (shape {shape})")
+        return StackSource("tiff", p, _ids(n), shape, dtype, voxel, unit)  # type: ignore[arg-type]
+    raise TomosegError(
+        f"input {p} is not a folder of slices, a multi-page TIFF or a Zarr array/group"
+    )
+
+
+def _ids(n: int) -> list[str]:
+    return [f"z{z:0{max(4, len(str(n - 1)))}d}" for z in range(n)]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_ngff_attrs(
+    group: Any,
+    name: str,
+    voxel_size: Sequence[float],
+    unit: str | None,
+    classes: Sequence[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write OME-NGFF 0.4 ``multiscales`` (one level at path ``0``) and ``image-label`` attrs."""
+    axes = [{"name": a, "type": "space"} for a in "zyx"]
+    if unit:
+        for a in axes:
+            a["unit"] = unit
+    attrs: dict[str, Any] = {
+        "multiscales": [
+            {
+                "version": "0.4",
+                "name": name,
+                "axes": axes,
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(v) for v in voxel_size]}
+                        ],
+                    }
+                ],
+                "type": "none",
+                "metadata": {"method": "tomoseg"},
+            }
+        ],
+    }
+    if classes is not None:
+        attrs["image-label"] = {
+            "version": "0.4",
+            "colors": [
+                {"label-value": k, "rgba": list(_color(k))} for k in range(1, len(classes))
+            ],
+            "properties": [{"label-value": k, "class": c} for k, c in enumerate(classes)],
+        }
+    if extra:
+        attrs.update(extra)
+    group.attrs.update(attrs)
+
+
+def _color(k: int) -> tuple[int, int, int, int]:
+    palette = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
+    r, g, b = palette[(k - 1) % len(palette)]
+    return r, g, b, 255
+
+
+def _chunks(shape: tuple[int, int]) -> tuple[int, int, int]:
+    return 1, min(shape[0], MAX_CHUNK), min(shape[1], MAX_CHUNK)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _Sink:
+    """Writes one slice of class ids; only the writer thread calls ``write``."""
+
+    def __init__(self, out: Path, fmt: str, ids: list[str]):
+        self.out, self.fmt, self.ids = out, fmt, ids
+        self.array = None
+        if fmt == "zarr":
+            import zarr
+
+            self.array = zarr.open_array(str(out / ZARR_NAME / "0"), mode="r+")
+
+    def write(self, i: int, labels: np.ndarray) -> None:
+        if self.fmt == "zarr":
+            self.array[i] = labels  # type: ignore[index]
+        else:
+            atomic_write(
+                self.out / TIFF_DIR / f"{self.ids[i]}.tif",
+                lambda t: tifffile.imwrite(t, labels, compression="zlib"),
+            )
+
+
+def _create_volume(
+    out: Path, fmt: str, src: StackSource, voxel: Sequence[float], unit: str | None, run: LoadedRun
+) -> None:
+    if fmt == "tiff":
+        (out / TIFF_DIR).mkdir(parents=True, exist_ok=True)
+        return
+    import zarr
+
+    g = zarr.open_group(str(out / ZARR_NAME), mode="w", zarr_format=2)
+    g.create_array(
+        "0",
+        shape=(src.n, *src.shape),
+        chunks=_chunks(src.shape),
+        dtype="uint8",
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    write_ngff_attrs(
+        g,
+        f"{src.path.name} segmented",
+        voxel,
+        unit,
+        run.classes,
+        {"tomoseg": {"classes": run.classes, "class_of_interest": run.class_of_interest}},
+    )
+
+
+def _volume_ok(out: Path, fmt: str, src: StackSource) -> bool:
+    if fmt == "tiff":
+        return (out / TIFF_DIR).is_dir()
+    try:
+        import zarr
+
+        a = zarr.open_array(str(out / ZARR_NAME / "0"), mode="r")
+    except Exception:
+        return False
+    return tuple(a.shape) == (src.n, *src.shape) and a.dtype == np.uint8
+
+
+def _remove_outputs(out: Path) -> None:
+    for name in (ZARR_NAME, TIFF_DIR, PROGRESS_DIR):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+    (out / STACK_FILE).unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_stack_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``stack.json`` of a ``segment_stack`` output folder (None when there is none)."""
+    f = Path(path) / STACK_FILE
+    if not f.is_file():
+        return None
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TomosegError(f"malformed {f}: {_first_line(exc)}") from None
+    if not isinstance(info, dict):
+        raise TomosegError(f"malformed {f}: expected a JSON object")
+    return info
+
+
+def _mismatch(old: dict, new: dict) -> str | None:
+    """Why an existing stack.json belongs to another job (None if it is the same job)."""
+    if old.get("run", {}).get("sha256") != new["run"]["sha256"]:
+        return f"another model ({old.get('run', {}).get('path')})"
+    o, n = old.get("input", {}), new["input"]
+    if o.get("path") != n["path"] or o.get("kind") != n["kind"]:
+        return f"another input ({o.get('path')})"
+    if o.get("shape") != n["shape"] or o.get("ids") != n["ids"]:
+        return f"another version of the input ({o.get('slices')} slices of shape {o.get('shape')})"
+    if old.get("format") != new["format"]:
+        return f"another format ({old.get('format')})"
+    return None
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def _put(q: queue.Queue, item: Any, alive: Callable[[], bool]) -> bool:
+    """Put with a timeout loop so a dead consumer/producer never blocks us forever."""
+    while True:
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if not alive():
+                return False
+
+
+def _segment_many(run: LoadedRun, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Class ids of several slices: ``infer.segment`` one by one, or one batched
+    ``infer_logits`` call (same settings as ``infer.segment``) when given several."""
+    if len(images) == 1:
+        return [segment_slice(run, images[0])[0]]
+    cfg = run.config
+    dev = next(run.model.parameters()).device
+    bf16 = resolve_precision(cfg.get("precision", "32"), dev) == "bf16-mixed"
+    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
+    logits = infer_logits(
+        run.model,
+        x.to(dev),
+        cfg.get("tile_size", 0),
+        cfg.get("tile_overlap", 0.25),
+        cfg.get("tile_batch", 0),
+        autocast_bf16=bf16,
+    )
+    labels = torch.softmax(logits, 1).argmax(1).to(torch.uint8).cpu().numpy()
+    return list(labels)
+
+
+def segment_stack(
+    run_dir: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    fmt: str = "zarr",
+    voxel_size: Sequence[float] | str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    batch_slices: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    unit: str | None = None,
+    allow_gaps: bool = False,
+    which: str = "best",
+) -> dict[str, Any]:
+    """Segment every slice of a stack into a 3D class-id volume (resumable).
+
+    Args:
+        run_dir: trained run folder (or ``.safetensors`` file).
+        input: folder of 2D slices, multi-page TIFF, or Zarr array / (OME-)Zarr group, (Z, Y, X).
+        out: output folder (``stack.json``, ``labels.zarr`` or ``labels/``, ``progress/``).
+        fmt: ``zarr`` (OME-NGFF 0.4 label volume) or ``tiff`` (one TIFF per slice).
+        voxel_size: (z, y, x) voxel size; default: the input's metadata, else 1, 1, 1.
+        device: ``auto``, ``cpu`` or ``gpu``.
+        overwrite: discard an earlier output in ``out`` (otherwise the same job resumes and
+            another one is refused).
+        batch_slices: slices per forward pass (1 = ``infer.segment`` per slice).
+        progress: called as ``progress(finished, total)`` in the calling thread as slices are
+            finished (written and recorded).
+        unit: unit of the voxel size (default: the input's, else ``micrometer``).
+        allow_gaps: accept numbered slice files with holes in the numbering.
+        which: ``best`` or ``last`` weights.
+
+    Returns:
+        ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
+        earlier), ``seconds``, ``slices_per_second``, ``voxel_size``, ``unit``.
+
+    Raises:
+        TomosegError: bad input, a slice of another shape or unreadable (named; the slices before
+            it are finished), an output of another job, a full disk.
+    """
+    t0 = time.perf_counter()
+    if fmt not in ("zarr", "tiff"):
+        raise TomosegError(f"format must be zarr or tiff, got {fmt!r}")
+    if int(batch_slices) < 1:
+        raise TomosegError(f"batch_slices must be >= 1, got {batch_slices}")
+    voxel = parse_voxel_size(voxel_size)
+    src = open_source(input, allow_gaps)
+    run = load_run(Path(run_dir), which, device=resolve_device(device))
+    rpath = Path(run_dir)
+    wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
+    voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
+    unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
+    out = Path(out)
+    info = {
+        "tomoseg": "segment-stack",
+        "run": {"path": str(rpath.resolve()), "weights": wfile.name, "sha256": _sha256(wfile)},
+        "classes": run.classes,
+        "class_of_interest": run.class_of_interest,
+        "input": src.describe(),
+        "format": fmt,
+        "volume": ZARR_NAME if fmt == "zarr" else TIFF_DIR,
+        "voxel_size": list(voxel),
+        "unit": unit,
+        "complete": False,
+    }
+    old = read_stack_info(out) if out.is_dir() else None
+    resume = False
+    if old is not None:
+        why = _mismatch(old, info)
+        if why is not None and not overwrite:
+            raise TomosegError(
+                f"output {out} holds a segmentation by {why}; use overwrite to replace it"
+            )
+        if overwrite:
+            _remove_outputs(out)
+        else:
+            resume = _volume_ok(out, fmt, src)
+    else:
+        prepare_output_dir(out, overwrite, [ZARR_NAME, TIFF_DIR, PROGRESS_DIR])
+        _remove_outputs(out)
+    marks = out / PROGRESS_DIR
+    if not resume:
+        if marks.is_dir():
+            shutil.rmtree(marks)
+        write_json(out / STACK_FILE, info)
+        _create_volume(out, fmt, src, voxel, unit, run)
+    else:
+        write_json(out / STACK_FILE, info)
+        if fmt == "zarr":  # a new voxel size or unit only changes metadata
+            import zarr
+
+            write_ngff_attrs(
+                zarr.open_group(str(out / ZARR_NAME), mode="r+"),
+                f"{src.path.name} segmented",
+                voxel,
+                unit,
+                run.classes,
+            )
+    marks.mkdir(parents=True, exist_ok=True)
+    done = {int(f.name) for f in marks.iterdir() if f.name.isdigit()}
+    todo = [i for i in range(src.n) if i not in done]
+    finished = len(done & set(range(src.n)))
+    computed = _run_pipeline(run, src, out, fmt, todo, int(batch_slices), progress, finished)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "out": str(out),
+        "volume": str(out / info["volume"]),
+        "format": fmt,
+        "slices": src.n,
+        "computed": computed,
+        "skipped": src.n - len(todo),
+        "seconds": round(seconds, 3),
+        "slices_per_second": round(computed / seconds, 4) if seconds > 0 else None,
+        "voxel_size": list(voxel),
+        "unit": unit,
+    }
+    write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
+    return summary
+
+
+def _run_pipeline(
+    run: LoadedRun,
+    src: StackSource,
+    out: Path,
+    fmt: str,
+    todo: list[int],
+    batch: int,
+    progress: Callable[[int, int], None] | None,
+    finished: int,
+) -> int:
+    """Reader thread -> model (this thread) -> writer thread; returns the slices computed."""
+    if not todo:
+        return 0
+    size = max(QUEUE_SIZE, batch)
+    q_in: queue.Queue = queue.Queue(size)
+    q_out: queue.Queue = queue.Queue(size)
+    done_q: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    writer_errors: list[BaseException] = []
+    sink = _Sink(out, fmt, src.ids)
+    marks = out / PROGRESS_DIR
+
+    def reader() -> None:
+        try:
+            with src.reader() as read:
+                for i in todo:
+                    if stop.is_set():
+                        return
+                    img = read(i)
+                    if img.shape != src.shape:
+                        raise TomosegError(
+                            f"slice {src.ids[i]} has shape {img.shape} but the stack's slices "
+                            f"have {src.shape} (as {src.ids[0]})"
+                        )
+                    if not _put(q_in, (i, img), lambda: not stop.is_set()):
+                        return
+        except BaseException as exc:  # handed to the main thread, raised there
+            _put(q_in, exc, lambda: not stop.is_set())
+            return
+        _put(q_in, _DONE, lambda: not stop.is_set())
+
+    def writer() -> None:
+        while True:
+            item = q_out.get()
+            if item is _DONE:
+                return
+            i, labels = item
+            try:
+                sink.write(i, labels)
+                (marks / f"{i:06d}").touch()
+            except BaseException as exc:
+                if _disk_full(exc):
+                    exc = TomosegError(
+                        f"disk full while writing slice {src.ids[i]}; free space and rerun to resume"
+                    )
+                elif isinstance(exc, OSError):
+                    exc = TomosegError(
+                        f"cannot write slice {src.ids[i]} in {out}: {exc.strerror or exc}"
+                    )
+                writer_errors.append(exc)
+                stop.set()
+                return
+            done_q.put(i)
+
+    t_read = threading.Thread(target=reader, name="tomoseg-reader", daemon=True)
+    t_write = threading.Thread(target=writer, name="tomoseg-writer", daemon=True)
+    t_read.start()
+    t_write.start()
+    computed = 0
+    total = src.n
+
+    def report() -> None:
+        nonlocal finished
+        while True:
+            try:
+                done_q.get_nowait()
+            except queue.Empty:
+                return
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+
+    try:
+        ended = False
+        while not ended and not writer_errors:
+            items: list[tuple[int, np.ndarray]] = []
+            while len(items) < batch:
+                try:
+                    item = q_in.get(timeout=0.1)
+                except queue.Empty:
+                    if writer_errors:
+                        break
+                    continue
+                if item is _DONE:
+                    ended = True
+                    break
+                if isinstance(item, BaseException):
+                    if items:  # finish the good slices read before the bad one
+                        for (i, _), lab in zip(items, _segment_many(run, [im for _, im in items]), strict=True):
+                            _put(q_out, (i, lab), t_write.is_alive)
+                    raise item
+                items.append(item)
+            if items and not writer_errors:
+                labels = _segment_many(run, [im for _, im in items])
+                for (i, _), lab in zip(items, labels, strict=True):
+                    _put(q_out, (i, lab), t_write.is_alive)
+                computed += len(items)
+            report()
+    finally:
+        stop.set()
+        _put(q_out, _DONE, t_write.is_alive)
+        t_write.join()
+        t_read.join()
+    if writer_errors:
+        raise writer_errors[0]
+    report()
+    return computed
