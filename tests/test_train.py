@@ -111,7 +111,10 @@ def _weights(run: Path) -> dict:
 
 def _metrics_without_timing(run: Path) -> list[dict]:
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    return [{k: v for k, v in r.items() if k not in ("seconds", "crops_per_second")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "crops_per_second")}
+        for r in rows
+    ]
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):

@@ -134,6 +134,8 @@ def train(
     max_minutes: Annotated[
         float | None, typer.Option(help="Stop training after this wall time.")
     ] = None,
+    loss: Annotated[str | None, typer.Option(help="ce or dice_ce.")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="inverse, median or none.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Overwrite = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -156,6 +158,8 @@ def train(
             precision=precision,
             workers=workers,
             max_minutes=max_minutes,
+            loss=loss,
+            class_weights=class_weights,
         ),
     )
     run_train(

@@ -35,6 +35,11 @@ class TrainConfig(BaseModel):
     # loss
     loss: Literal["ce", "dice_ce"] = "ce"
     class_weights: Literal["inverse", "median", "none"] = "inverse"
+    decision: Literal["calibrated", "weighted"] = Field(
+        default="calibrated",
+        description="calibrated: subtract log(class weight) from the logits before argmax, "
+        "undoing the prior shift of the weighted loss; weighted: plain argmax (the seed)",
+    )
     # augmentation (drawn fresh for every sample in every epoch)
     rotation: Literal["90", "any", "none"] = "90"
     flip_prob: float = Field(default=0.5, ge=0, le=1)

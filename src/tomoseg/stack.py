@@ -264,9 +264,12 @@ def _tiff_voxel(tf: tifffile.TiffFile) -> tuple[tuple[float, float, float] | Non
 
     z = ij.get("spacing")
     unit = ij.get("unit")
-    unit = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "um": "micrometer"}.get(
-        unit, unit
-    )
+    unit = {
+        "micron": "micrometer",
+        "\\u00B5m": "micrometer",
+        "µm": "micrometer",
+        "um": "micrometer",
+    }.get(unit, unit)
     y, x = pixel("YResolution"), pixel("XResolution")
     if not ij:  # plain TIFF resolution tags are usually 1 or a print DPI: ignore them
         return None, None
@@ -309,16 +312,16 @@ def open_source(input: str | os.PathLike[str], allow_gaps: bool = False) -> Stac
         nz, h, w = arr.shape[-3:]
         if nz == 0:
             raise TomosegError(f"Zarr array in {p} holds no slice")
-        return StackSource(
-            "zarr", p, _ids(nz), (h, w), str(arr.dtype), voxel, unit, array_path=sub
-        )
+        return StackSource("zarr", p, _ids(nz), (h, w), str(arr.dtype), voxel, unit, array_path=sub)
     if p.is_dir():
         files = list_images(p)  # natural order; raises on an empty folder
         ids = list(files)
         if not allow_gaps:
             _check_gaps(ids, p)
         first = read_image(files[ids[0]])
-        return StackSource("folder", p, ids, first.shape, str(first.dtype), files=list(files.values()))
+        return StackSource(
+            "folder", p, ids, first.shape, str(first.dtype), files=list(files.values())
+        )
     if p.suffix.lower() in TIFF_SUFFIXES:
         try:
             with tifffile.TiffFile(p) as tf:
@@ -383,9 +386,7 @@ def write_ngff_attrs(
     if classes is not None:
         attrs["image-label"] = {
             "version": "0.4",
-            "colors": [
-                {"label-value": k, "rgba": list(_color(k))} for k in range(1, len(classes))
-            ],
+            "colors": [{"label-value": k, "rgba": list(_color(k))} for k in range(1, len(classes))],
             "properties": [{"label-value": k, "class": c} for k, c in enumerate(classes)],
         }
     if extra:
@@ -769,7 +770,9 @@ def _run_pipeline(
                     break
                 if isinstance(item, BaseException):
                     if items:  # finish the good slices read before the bad one
-                        for (i, _), lab in zip(items, _segment_many(run, [im for _, im in items]), strict=True):
+                        for (i, _), lab in zip(
+                            items, _segment_many(run, [im for _, im in items]), strict=True
+                        ):
                             _put(q_out, (i, lab), t_write.is_alive)
                     raise item
                 items.append(item)

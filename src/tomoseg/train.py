@@ -41,6 +41,7 @@ from tomoseg.data import Sample, class_counts, load_split
 from tomoseg.errors import TomosegError
 from tomoseg.infer import (
     RUN_FILE,
+    decision_bias,
     infer_logits,
     resolve_device,
     resolve_precision,
@@ -256,6 +257,8 @@ class SegModule(L.LightningModule):
         if self.cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
+        bias = decision_bias(weights, self.cfg.decision)
+        self.register_buffer("logit_bias", torch.zeros(k) if bias is None else bias)
         if self.cfg.loss == "dice_ce":
             from monai.losses import DiceCELoss
 
@@ -327,6 +330,7 @@ class SegModule(L.LightningModule):
             autocast_bf16=self.bf16,
         )
         self.val_loss_sum += float(self.loss(logits, y[None]))
+        logits = logits + self.logit_bias[None, :, None, None]  # the decision, not the loss
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         truth = y.cpu().numpy().astype(np.uint8)
         self.val_scores.append(

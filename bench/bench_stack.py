@@ -1,0 +1,162 @@
+"""Seconds per slice and peak memory: ``segment_stack`` (reader/writer threads around the model)
+versus the serial ``tomoseg predict`` path (read, ``infer.segment``, write, one slice at a time).
+
+Each variant runs in its own process so that its peak RSS is its own. The model is the default
+configuration's network with random weights (speed does not depend on the weights).
+
+    python bench/bench_stack.py                       # N = 10 and 40 slices of 2300x1920
+    python bench/bench_stack.py --n 100 400 --gpu     # the issue's targets, on a GPU
+    python bench/bench_stack.py --n 2 --shape 512x512 --width 8   # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_run(path: Path, width: int) -> Path:
+    """A run folder holding the default network with random weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tomoseg.config import TrainConfig
+    from tomoseg.infer import RUN_FILE, weights_metadata
+    from tomoseg.io import write_json
+    from tomoseg.models import build_model
+
+    cfg = TrainConfig(width=width)
+    torch.manual_seed(0)
+    spec = {
+        "name": cfg.model,
+        "in_channels": 1,
+        "num_classes": 2,
+        "width": width,
+        "depth": cfg.depth,
+    }
+    model = build_model(**spec)
+    meta = {
+        "model": spec,
+        "classes": ["background", "fg"],
+        "class_of_interest": "fg",
+        "normalization": {"lower": 0.0, "upper": 65535.0},
+        "config": cfg.model_dump(mode="json"),
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "best.safetensors"), metadata=weights_metadata(meta))
+    write_json(path / RUN_FILE, meta)
+    return path
+
+
+def make_slices(folder: Path, n: int, shape: tuple[int, int]) -> Path:
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(shape) * 20000 + 20000).astype(np.uint16)
+    folder.mkdir(parents=True, exist_ok=True)
+    for z in range(n):
+        tifffile.imwrite(folder / f"z{z:05d}.tif", np.roll(base, 7 * z, axis=1))
+    return folder
+
+
+def worker(spec: dict) -> dict:
+    """Run one variant in this process; return seconds and peak RSS."""
+    import resource
+
+    import torch
+
+    from tomoseg.infer import predict_paths
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = "gpu" if spec["gpu"] else "cpu"
+    t0 = time.perf_counter()
+    if spec["variant"] == "stack":
+        from tomoseg.stack import segment_stack
+
+        segment_stack(spec["run"], spec["input"], spec["out"], device=device, overwrite=True)
+    else:
+        predict_paths(
+            Path(spec["run"]),
+            [Path(spec["input"])],
+            Path(spec["out"]),
+            "tif",
+            device=device,
+            overwrite=True,
+        )
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    return {"seconds": seconds, "peak_mib": peak}
+
+
+def run_variant(spec: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec['variant']} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[10, 40], help="slice counts")
+    ap.add_argument("--shape", default="1920x2300", help="slice HxW")
+    ap.add_argument("--width", type=int, default=32, help="network width (default config: 32)")
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    h, w = (int(v) for v in args.shape.lower().split("x"))
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp)
+        run = make_run(root / "run", args.width)
+        results = []
+        for n in args.n:
+            src = make_slices(root / f"in{n}", n, (h, w))
+            row: dict = {"slices": n, "shape": [h, w]}
+            for variant in ("predict", "stack"):
+                r = run_variant(
+                    {
+                        "variant": variant,
+                        "run": str(run),
+                        "input": str(src),
+                        "out": str(root / f"out_{variant}{n}"),
+                        "gpu": args.gpu,
+                        "threads": args.threads,
+                    }
+                )
+                row[variant] = {
+                    "s_per_slice": round(r["seconds"] / n, 4),
+                    "peak_mib": round(r["peak_mib"], 1),
+                }
+            p, s = row["predict"], row["stack"]
+            row["speedup"] = round(p["s_per_slice"] / s["s_per_slice"], 3)
+            row["memory_ratio"] = round(s["peak_mib"] / p["peak_mib"], 3)
+            results.append(row)
+            print(
+                f"N={n} {w}x{h}: predict {p['s_per_slice']:.3f} s/slice, {p['peak_mib']:.0f} MiB | "
+                f"segment_stack {s['s_per_slice']:.3f} s/slice, {s['peak_mib']:.0f} MiB | "
+                f"speed x{row['speedup']:.2f}, memory x{row['memory_ratio']:.2f}",
+                flush=True,
+            )
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,773 @@
+"""3D objects of a segmented stack: connected components, measurements, meshes, truth check.
+
+``analyze_objects`` reads a class-id volume written by :func:`tomoseg.stack.segment_stack` (the
+output folder, its ``labels.zarr``, its ``labels/`` folder of TIFFs, or any (Z, Y, X) stack that
+``segment_stack`` accepts as input), takes one class, labels its 3D connected components with
+``cc3d`` and measures them.
+
+Larger than memory: with ``chunk_slices`` the volume is labelled slab by slab (slabs of that many
+slices along z); labels that touch across the face between two slabs are merged with a
+union-find over the touching pairs (for 6-connectivity only the voxel straight across, for 18 and
+26 also its 4 / 8 in-plane neighbours). Final labels are numbered in raster order (z, y, x) of
+each object's first voxel, after removing objects under ``min_volume`` voxels, so the chunked
+result is the same array as labelling the whole volume at once.
+
+Shape measures (``objects.csv``), all in physical units of the voxel size:
+
+* ``axis_major``, ``axis_middle``, ``axis_minor``: full axis lengths of the ellipsoid with the
+  object's second moments (``2 sqrt(5 lambda)`` for the eigenvalues ``lambda`` of its covariance,
+  each voxel counted as a uniform cube), ``elongation = axis_major / axis_minor`` (about 1-2 for a
+  soma, large for a vessel segment);
+* ``extent``: voxels / bounding-box voxels; ``ellipsoid_fill``: volume / that ellipsoid's volume;
+* ``surface_area`` and ``sphericity = pi^(1/3) (6 V)^(2/3) / A`` (1 for a ball) from the
+  marching-cubes mesh, for the meshed (largest) objects only.
+
+Truth check (``truth``, a multi-page TIFF of instance labels such as the phantom's
+``truth3d/labels.tif``): a predicted object matches a true object when their voxel IoU is at
+least 0.5 (``match="iou"``, the default) or when it covers at least half of the true object
+(``match="coverage"``); matching is one-to-one, greedy by decreasing score. True objects under
+``min_volume`` voxels are left out (they could not be detected by construction); both counts are
+reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cc3d
+import numpy as np
+
+from tomoseg.errors import TomosegError
+from tomoseg.io import prepare_output_dir, write_json, write_text
+from tomoseg.stack import (
+    STACK_FILE,
+    StackSource,
+    open_source,
+    parse_voxel_size,
+    read_stack_info,
+    write_ngff_attrs,
+)
+
+__all__ = [
+    "CONNECTIVITIES",
+    "analyze_objects",
+    "canonical_partition",
+    "detection_scores",
+    "label_objects",
+]
+
+CONNECTIVITIES = (6, 18, 26)
+_MOMENTS = ("z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx")
+COLUMNS = (
+    "label",
+    "voxels",
+    "volume",
+    "centroid_z",
+    "centroid_y",
+    "centroid_x",
+    "bbox_z0",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_z1",
+    "bbox_y1",
+    "bbox_x1",
+    "equivalent_diameter",
+    "axis_major",
+    "axis_middle",
+    "axis_minor",
+    "elongation",
+    "extent",
+    "ellipsoid_fill",
+    "touches_border",
+    "surface_area",
+    "sphericity",
+)
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Volume:
+    src: StackSource
+    classes: list[str] | None
+    class_of_interest: str | None
+    voxel_size: tuple[float, float, float]
+    unit: str | None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.src.n, *self.src.shape)
+
+
+def _open_volume(path: Path, voxel_size: Any) -> _Volume:
+    path = Path(path)
+    if not path.exists():
+        raise TomosegError(f"label volume not found: {path}")
+    info = None
+    target = path
+    if path.is_dir() and (path / STACK_FILE).is_file():
+        info = read_stack_info(path)
+        target = path / info.get("volume", "labels.zarr")  # type: ignore[union-attr]
+    elif (path.parent / STACK_FILE).is_file():
+        info = read_stack_info(path.parent)
+    src = open_source(target, allow_gaps=True)
+    if info and src.kind == "folder":  # order the slice files as the input was ordered
+        ids = info.get("input", {}).get("ids")
+        by_id = dict(zip(src.ids, src.files, strict=True))
+        if ids and set(ids) == set(by_id):
+            src.ids, src.files = list(ids), [by_id[i] for i in ids]
+    classes = coi = None
+    if info:
+        classes, coi = info.get("classes"), info.get("class_of_interest")
+    elif src.kind == "zarr":
+        import zarr
+
+        try:
+            meta = dict(zarr.open_group(str(target), mode="r").attrs).get("tomoseg", {})
+            classes, coi = meta.get("classes"), meta.get("class_of_interest")
+        except Exception:
+            pass
+    voxel = parse_voxel_size(voxel_size)
+    unit = (info or {}).get("unit") or src.unit
+    if voxel is None and info and info.get("voxel_size"):
+        voxel = parse_voxel_size(info["voxel_size"])
+    voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
+    return _Volume(src, classes, coi, voxel, unit)
+
+
+def _class_value(vol: _Volume, class_name: str | None) -> tuple[int | None, str]:
+    """(label value, name) of the class to analyse; None value = any non-zero label."""
+    if vol.classes:
+        name = class_name or vol.class_of_interest or vol.classes[-1]
+        if name not in vol.classes:
+            raise TomosegError(f"unknown class '{name}': the volume's classes are {vol.classes}")
+        return vol.classes.index(name), name
+    if class_name is None:
+        return None, "foreground"
+    if str(class_name).isdigit():
+        return int(class_name), str(class_name)
+    raise TomosegError(
+        f"unknown class '{class_name}': the volume has no class names (give a class id)"
+    )
+
+
+def _slab_reader(src: StackSource) -> Callable[[Any, int, int], np.ndarray]:
+    def read(reader: Any, z0: int, z1: int) -> np.ndarray:
+        return np.stack([reader(z) for z in range(z0, z1)])
+
+    return read
+
+
+# ----------------------------------------------------------------------------- labelling
+
+
+class _UnionFind:
+    """Union-find over provisional ids; the root of a set is its smallest id."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        root = a
+        while p.get(root, root) != root:
+            root = p[root]
+        while p.get(a, a) != root:
+            p[a], a = root, p[a]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = min(ra, rb), max(ra, rb)
+            self.parent[hi] = lo
+
+
+def _face_pairs(prev: np.ndarray, cur: np.ndarray, connectivity: int) -> np.ndarray:
+    """Unique (a, b) label pairs touching across a z face: ``prev`` below, ``cur`` above."""
+    if connectivity == 6:
+        offsets = [(0, 0)]
+    elif connectivity == 18:
+        offsets = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    else:
+        offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    h, w = cur.shape
+    found = []
+    for dy, dx in offsets:
+        # cur[y, x] touches prev[y + dy, x + dx]
+        cy = slice(max(0, -dy), h - max(0, dy))
+        cx = slice(max(0, -dx), w - max(0, dx))
+        py = slice(max(0, dy), h - max(0, -dy))
+        px = slice(max(0, dx), w - max(0, -dx))
+        a, b = prev[py, px], cur[cy, cx]
+        m = (a > 0) & (b > 0)
+        if m.any():
+            found.append(np.stack([a[m], b[m]], 1).astype(np.int64))
+    if not found:
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def _slab_stats(lab: np.ndarray, n: int, z0: int) -> dict[str, np.ndarray]:
+    """Per-label (1..n) voxel counts, first and second coordinate moments, bounding boxes."""
+    st = cc3d.statistics(lab, no_slice_conversion=True)
+    counts = np.asarray(st["voxel_counts"], np.int64)[1 : n + 1]
+    bb = np.asarray(st["bounding_boxes"], np.int64)[1 : n + 1]
+    idx = np.flatnonzero(lab)
+    ids = lab.ravel()[idx].astype(np.int64)
+    z, y, x = (c.astype(np.float64) for c in np.unravel_index(idx, lab.shape))
+    z += z0
+    coords = {"z": z, "y": y, "x": x}
+    out = {"count": counts}
+    for m in _MOMENTS:
+        w = coords[m[0]] if len(m) == 1 else coords[m[0]] * coords[m[1]]
+        out[m] = np.bincount(ids, weights=w, minlength=n + 1)[1:]
+    out["lo"] = np.stack([bb[:, 0] + z0, bb[:, 2], bb[:, 4]], 1)
+    out["hi"] = np.stack([bb[:, 1] + z0, bb[:, 3], bb[:, 5]], 1) + 1  # half-open
+    return out
+
+
+@dataclass
+class _Labelling:
+    final_of: np.ndarray  # provisional id -> final label (0 = removed)
+    stats: dict[str, np.ndarray]  # per final object (index 0 = label 1)
+    single: np.ndarray | None  # final labels when the volume was one slab (in memory)
+    slabs: list[tuple[int, int]]
+    offsets: list[int]  # provisional id offset of each slab
+
+
+def _label(
+    vol: _Volume, value: int | None, connectivity: int, min_volume: int, chunk: int
+) -> _Labelling:
+    nz = vol.shape[0]
+    slabs = [(z, min(z + chunk, nz)) for z in range(0, nz, chunk)]
+    read = _slab_reader(vol.src)
+    uf = _UnionFind()
+    parts: list[dict[str, np.ndarray]] = []
+    offset = 0
+    prev_face = None
+    single = None
+    offsets: list[int] = []
+    with vol.src.reader() as reader:
+        for z0, z1 in slabs:
+            binary = _binary(read(reader, z0, z1), value)
+            lab, n = cc3d.connected_components(
+                binary, connectivity=connectivity, return_N=True, out_dtype=np.uint32
+            )
+            del binary
+            offsets.append(offset)
+            parts.append(_slab_stats(lab, n, z0) if n else _empty_stats())
+            glob = lab.astype(np.int64)
+            glob[lab > 0] += offset
+            if prev_face is not None:
+                for a, b in _face_pairs(prev_face, glob[0], connectivity):
+                    uf.union(int(a), int(b))
+            prev_face = glob[-1].copy()
+            if len(slabs) == 1:
+                single = lab
+            offset += n
+    total = offset
+    roots = np.arange(total + 1, dtype=np.int64)
+    for a in list(uf.parent):
+        roots[a] = uf.find(a)
+    prov = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    if total == 0:
+        return _Labelling(np.zeros(1, np.uint32), _empty_stats(), single, slabs, offsets)
+    r = roots[1:]  # root of provisional ids 1..total
+    uniq, inv = np.unique(r, return_inverse=True)  # ascending root = raster order of first voxel
+    merged = {}
+    for k in ("count", *_MOMENTS):
+        merged[k] = np.bincount(inv, weights=prov[k], minlength=len(uniq))
+    merged["count"] = merged["count"].round().astype(np.int64)
+    lo = np.full((len(uniq), 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.zeros((len(uniq), 3), np.int64)
+    np.minimum.at(lo, inv, prov["lo"])
+    np.maximum.at(hi, inv, prov["hi"])
+    merged["lo"], merged["hi"] = lo, hi
+    keep = merged["count"] >= max(min_volume, 1)
+    new_id = np.zeros(len(uniq), np.int64)
+    new_id[keep] = np.arange(1, int(keep.sum()) + 1)
+    final_of = np.zeros(total + 1, np.uint32)
+    final_of[1:] = new_id[inv]
+    stats = {k: v[keep] for k, v in merged.items()}
+    if single is not None:
+        single = final_of[single]
+    return _Labelling(final_of, stats, single, slabs, offsets)
+
+
+def _binary(slab: np.ndarray, value: int | None) -> np.ndarray:
+    return slab != 0 if value is None else slab == value
+
+
+def _empty_stats() -> dict[str, np.ndarray]:
+    out = {k: np.zeros(0, np.float64) for k in _MOMENTS}
+    out["count"] = np.zeros(0, np.int64)
+    out["lo"] = np.zeros((0, 3), np.int64)
+    out["hi"] = np.zeros((0, 3), np.int64)
+    return out
+
+
+def label_objects(
+    volume: np.ndarray,
+    connectivity: int = 26,
+    min_volume: int = 0,
+    chunk_slices: int | None = None,
+    value: int | None = None,
+) -> np.ndarray:
+    """Label the 3D connected components of an in-memory (Z, Y, X) array (testing helper).
+
+    The same code path as :func:`analyze_objects`: ``chunk_slices`` labels slab by slab and
+    merges across slab faces. Foreground is ``volume == value`` (non-zero when None).
+
+    Returns:
+        uint32 labels numbered in raster order of each object's first voxel.
+    """
+    _check_connectivity(connectivity)
+    arr = np.asarray(volume)
+    src = _ArraySource(arr)
+    vol = _Volume(src, None, None, (1.0, 1.0, 1.0), None)  # type: ignore[arg-type]
+    chunk = int(chunk_slices or arr.shape[0])
+    lab = _label(vol, value, connectivity, min_volume, chunk)
+    if lab.single is not None:
+        return lab.single.astype(np.uint32)
+    out = np.zeros(arr.shape, np.uint32)
+    with src.reader() as reader:
+        for k, (z0, z1) in enumerate(lab.slabs):
+            binary = _binary(np.stack([reader(z) for z in range(z0, z1)]), value)
+            s = cc3d.connected_components(binary, connectivity=connectivity, out_dtype=np.uint32)
+            out[z0:z1] = _relabel_slab(s, lab, k)
+    return out
+
+
+class _ArraySource:
+    """Minimal in-memory stand-in for :class:`StackSource`."""
+
+    def __init__(self, arr: np.ndarray):
+        self.arr = arr
+        self.n = arr.shape[0]
+        self.shape = arr.shape[1:]
+
+    def reader(self):
+        from contextlib import nullcontext
+
+        return nullcontext(lambda z: self.arr[z])
+
+
+def _relabel_slab(s: np.ndarray, lab: _Labelling, k: int) -> np.ndarray:
+    """Map slab ``k``'s cc3d labels (recomputed: cc3d is deterministic) to final labels."""
+    g = s.astype(np.int64)
+    g[s > 0] += lab.offsets[k]
+    return lab.final_of[g]
+
+
+def canonical_partition(labels: np.ndarray) -> np.ndarray:
+    """Relabel so that equal partitions give equal arrays (raster order of first voxel)."""
+    flat = np.asarray(labels).ravel()
+    u, first = np.unique(flat, return_index=True)
+    fg = u != 0
+    order = np.argsort(first[fg])
+    mapping = np.zeros(len(u), np.uint32)
+    mapping[np.flatnonzero(fg)[order]] = np.arange(1, fg.sum() + 1)
+    return mapping[np.searchsorted(u, flat)].reshape(np.shape(labels))
+
+
+def _check_connectivity(c: int) -> None:
+    if c not in CONNECTIVITIES:
+        raise TomosegError(f"connectivity must be 6, 18 or 26, got {c}")
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _measure(stats: dict[str, np.ndarray], voxel: tuple[float, float, float], shape) -> list[dict]:
+    """One row of measurements per object (labels 1..N in order)."""
+    v = np.asarray(voxel, np.float64)
+    vox_vol = float(np.prod(v))
+    rows = []
+    for k in range(len(stats["count"])):
+        n = float(stats["count"][k])
+        m = np.array([float(stats[a][k]) for a in "zyx"]) / n
+        cov = np.empty((3, 3))
+        for i, a in enumerate("zyx"):
+            for j, b in enumerate("zyx"):
+                key = a + b if a + b in stats else b + a
+                cov[i, j] = (stats[key][k] / n - m[i] * m[j]) * v[i] * v[j]
+        cov += np.diag(v**2 / 12.0)  # each voxel is a uniform cube, not a point
+        lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 1e-12, None))[::-1]
+        axes = 2.0 * np.sqrt(5.0 * lam)
+        volume = n * vox_vol
+        lo, hi = stats["lo"][k], stats["hi"][k]
+        box = float(np.prod(hi - lo))
+        touches = bool((lo == 0).any() or (hi == np.asarray(shape)).any())
+        rows.append(
+            {
+                "label": k + 1,
+                "voxels": int(n),
+                "volume": volume,
+                "centroid_z": m[0],
+                "centroid_y": m[1],
+                "centroid_x": m[2],
+                "bbox_z0": int(lo[0]),
+                "bbox_y0": int(lo[1]),
+                "bbox_x0": int(lo[2]),
+                "bbox_z1": int(hi[0]),
+                "bbox_y1": int(hi[1]),
+                "bbox_x1": int(hi[2]),
+                "equivalent_diameter": (6.0 * volume / math.pi) ** (1 / 3),
+                "axis_major": axes[0],
+                "axis_middle": axes[1],
+                "axis_minor": axes[2],
+                "elongation": axes[0] / axes[2],
+                "extent": n / box,
+                "ellipsoid_fill": volume / (math.pi / 6.0 * float(np.prod(axes))),
+                "touches_border": touches,
+                "surface_area": None,
+                "sphericity": None,
+            }
+        )
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow([_cell(r[c]) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def _summary_stats(volumes: np.ndarray) -> dict[str, Any]:
+    if len(volumes) == 0:
+        return {"count": 0, "total_volume": 0.0, "mean_volume": None, "median_volume": None}
+    q = [5, 25, 50, 75, 95]
+    return {
+        "count": int(len(volumes)),
+        "total_volume": float(volumes.sum()),
+        "mean_volume": float(volumes.mean()),
+        "median_volume": float(np.median(volumes)),
+        "min_volume": float(volumes.min()),
+        "max_volume": float(volumes.max()),
+        "volume_quantiles": {
+            f"p{p}": float(v) for p, v in zip(q, np.percentile(volumes, q), strict=True)
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- meshes, figures
+
+
+def _object_mask(arr, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Binary mask of one object on its bbox padded by one voxel, and the mask's origin (voxels)."""
+    lo = np.array([row["bbox_z0"], row["bbox_y0"], row["bbox_x0"]])
+    hi = np.array([row["bbox_z1"], row["bbox_y1"], row["bbox_x1"]])
+    crop = np.asarray(arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+    return np.pad(crop == row["label"], 1), lo - 1
+
+
+def _mesh(mask: np.ndarray, origin: np.ndarray, voxel, step: int = 1):
+    """Marching-cubes surface of a padded mask, in physical (x, y, z) coordinates."""
+    import trimesh
+    from skimage.measure import marching_cubes
+
+    verts, faces, _, _ = marching_cubes(
+        mask.astype(np.float32), 0.5, spacing=tuple(voxel), step_size=step
+    )
+    verts = verts + origin * np.asarray(voxel)
+    # (z, y, x) -> (x, y, z) mirrors the axes: reverse the faces to keep the normals outward
+    return trimesh.Trimesh(verts[:, ::-1], faces[:, ::-1], process=False)
+
+
+def _histogram(volumes: np.ndarray, unit: str | None, path: Path, what: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if len(volumes):
+        ax.hist(volumes, bins=min(50, max(5, len(volumes) // 3)), color="#3a7bd5")
+    ax.set_xlabel(f"volume ({unit}^3)" if unit else "volume (voxels x voxel size)")
+    ax.set_ylabel("objects")
+    ax.set_title(f"{what}: {len(volumes)} objects")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from tomoseg.io import atomic_write
+
+    atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
+
+
+def _preview(meshes: list[tuple[int, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    fig = plt.figure(figsize=(6, 6), dpi=100)
+    ax = fig.add_subplot(projection="3d")
+    cmap = plt.get_cmap("tab20")
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for i, (_, m) in enumerate(meshes):
+        tri = m.vertices[m.faces]
+        ax.add_collection3d(
+            Poly3DCollection(tri, facecolor=cmap(i % 20), edgecolor="none", alpha=0.9)
+        )
+        lo, hi = np.minimum(lo, m.vertices.min(0)), np.maximum(hi, m.vertices.max(0))
+    if meshes:
+        c, r = (lo + hi) / 2, float((hi - lo).max()) / 2 or 1.0
+        ax.set_xlim(c[0] - r, c[0] + r)
+        ax.set_ylim(c[1] - r, c[1] + r)
+        ax.set_zlim(c[2] - r, c[2] + r)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.set_title(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from tomoseg.io import atomic_write
+
+    atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
+
+
+# ----------------------------------------------------------------------------- truth
+
+
+def detection_scores(
+    pairs: dict[tuple[int, int], int],
+    pred_sizes: dict[int, int],
+    true_sizes: dict[int, int],
+    match: str = "iou",
+) -> dict[str, Any]:
+    """Object-level precision / recall from voxel overlaps (one-to-one, greedy by score).
+
+    Args:
+        pairs: (predicted label, true label) -> overlapping voxels.
+        pred_sizes: predicted label -> voxels (the objects that count).
+        true_sizes: true label -> voxels (the objects that count).
+        match: ``iou`` (IoU >= 0.5) or ``coverage`` (covers >= 50 % of the true object).
+    """
+    cands = []
+    for (p, t), inter in pairs.items():
+        if p not in pred_sizes or t not in true_sizes:
+            continue
+        if match == "iou":
+            score = inter / (pred_sizes[p] + true_sizes[t] - inter)
+        else:
+            score = inter / true_sizes[t]
+        if score >= 0.5:
+            cands.append((score, p, t))
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    used_p, used_t = set(), set()
+    for _, p, t in cands:
+        if p not in used_p and t not in used_t:
+            used_p.add(p)
+            used_t.add(t)
+    tp, n_pred, n_true = len(used_p), len(pred_sizes), len(true_sizes)
+    return {
+        "match": match,
+        "true_objects": n_true,
+        "predicted_objects": n_pred,
+        "matched": tp,
+        "precision": tp / n_pred if n_pred else None,
+        "recall": tp / n_true if n_true else None,
+        "count_relative_error": (n_pred - n_true) / n_true if n_true else None,
+    }
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def analyze_objects(
+    volume_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    class_name: str | None = None,
+    connectivity: int = 26,
+    min_volume: int = 0,
+    truth: str | os.PathLike[str] | None = None,
+    chunk_slices: int | None = None,
+    n_meshes: int = 20,
+    mesh_format: str = "ply",
+    voxel_size: Any = None,
+    match: str = "iou",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Label, measure and mesh the 3D objects of one class of a segmented stack.
+
+    Args:
+        volume_path: ``segment_stack`` output folder, its ``labels.zarr`` / ``labels``, or any
+            (Z, Y, X) class-id stack (Zarr, multi-page TIFF, folder of slices).
+        out: output folder: ``objects.csv``, ``summary.json``, ``volume_histogram.png``,
+            ``objects.zarr`` (uint32 object labels, OME-NGFF 0.4), ``meshes/object_<label>.ply``,
+            ``preview.png``.
+        class_name: class to analyse (default: the run's class of interest).
+        connectivity: 6, 18 or 26.
+        min_volume: objects with fewer voxels are removed.
+        truth: multi-page TIFF of true instance labels (e.g. the phantom's truth3d/labels.tif).
+        chunk_slices: label slab by slab (this many slices each) to bound memory.
+        n_meshes: surface meshes for this many of the largest objects.
+        mesh_format: ``ply`` or ``stl``.
+        voxel_size: (z, y, x); default: from ``stack.json`` / the volume's metadata, else 1.
+        match: truth matching rule, ``iou`` or ``coverage`` (see the module doc).
+        overwrite: replace earlier results in ``out``.
+
+    Returns:
+        The summary (also written to ``summary.json``), with ``detection`` when ``truth`` is given.
+    """
+    t0 = time.perf_counter()
+    _check_connectivity(connectivity)
+    if int(min_volume) < 0:
+        raise TomosegError(f"min_volume must be >= 0, got {min_volume}")
+    if chunk_slices is not None and int(chunk_slices) < 1:
+        raise TomosegError(f"chunk_slices must be >= 1, got {chunk_slices}")
+    if mesh_format not in ("ply", "stl"):
+        raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
+    if match not in ("iou", "coverage"):
+        raise TomosegError(f"match must be iou or coverage, got {match!r}")
+    vol = _open_volume(Path(volume_path), voxel_size)
+    value, name = _class_value(vol, class_name)
+    tsrc = None
+    if truth is not None:
+        tsrc = open_source(truth, allow_gaps=True)
+        if (tsrc.n, *tsrc.shape) != vol.shape:
+            raise TomosegError(
+                f"truth {truth} has shape {(tsrc.n, *tsrc.shape)} but the volume has {vol.shape}"
+            )
+    out = prepare_output_dir(out, overwrite, ["objects.csv", "summary.json"])
+    nz = vol.shape[0]
+    chunk = int(chunk_slices or nz)
+    lab = _label(vol, value, connectivity, int(min_volume), chunk)
+    rows = _measure(lab.stats, vol.voxel_size, vol.shape)
+
+    # label volume for napari (uint32), written slab by slab; truth overlaps on the way
+    import shutil
+
+    import zarr
+
+    zpath = out / "objects.zarr"
+    if zpath.exists():
+        shutil.rmtree(zpath)
+    g = zarr.open_group(str(zpath), mode="w", zarr_format=2)
+    arr = g.create_array(
+        "0",
+        shape=vol.shape,
+        chunks=(1, min(vol.shape[1], 1024), min(vol.shape[2], 1024)),
+        dtype="uint32",
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    write_ngff_attrs(g, f"{name} objects", vol.voxel_size, vol.unit)
+    g.attrs["image-label"] = {"version": "0.4"}
+    overlaps: dict[tuple[int, int], int] = {}
+    true_sizes: dict[int, int] = {}
+    read = _slab_reader(vol.src)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        reader = stack.enter_context(vol.src.reader()) if lab.single is None else None
+        treader = stack.enter_context(tsrc.reader()) if tsrc is not None else None
+        for k, (z0, z1) in enumerate(lab.slabs):
+            if lab.single is not None:
+                final = lab.single
+            else:
+                s = cc3d.connected_components(
+                    _binary(read(reader, z0, z1), value),
+                    connectivity=connectivity,
+                    out_dtype=np.uint32,
+                )
+                final = _relabel_slab(s, lab, k)
+            arr[z0:z1] = final
+            if treader is not None:
+                tl = read(treader, z0, z1).astype(np.int64)
+                _accumulate_truth(final, tl, overlaps, true_sizes)
+            del final
+
+    volumes = np.array([r["volume"] for r in rows], np.float64)
+    summary: dict[str, Any] = {
+        "volume": str(volume_path),
+        "class": name,
+        "connectivity": connectivity,
+        "min_volume_voxels": int(min_volume),
+        "chunk_slices": chunk_slices,
+        "shape": list(vol.shape),
+        "voxel_size": list(vol.voxel_size),
+        "unit": vol.unit,
+        **_summary_stats(volumes),
+        "touching_border": int(sum(r["touches_border"] for r in rows)),
+    }
+
+    # meshes of the largest objects, and a 3D preview
+    order = sorted(rows, key=lambda r: (-r["voxels"], r["label"]))[: max(0, int(n_meshes))]
+    previews = []
+    if order:
+        (out / "meshes").mkdir(exist_ok=True)
+    for r in order:
+        mask, origin = _object_mask(arr, r)
+        m = _mesh(mask, origin, vol.voxel_size)
+        path = out / "meshes" / f"object_{r['label']:06d}.{mesh_format}"
+        from tomoseg.io import atomic_write
+
+        atomic_write(path, lambda t, m=m: m.export(t, file_type=mesh_format))
+        area, mvol = float(m.area), abs(float(m.volume))
+        r["surface_area"] = area
+        r["sphericity"] = math.pi ** (1 / 3) * (6 * mvol) ** (2 / 3) / area if area else None
+        step = max(1, int(max(mask.shape)) // 24)
+        previews.append((r["label"], _mesh(mask, origin, vol.voxel_size, step) if step > 1 else m))
+    summary["meshes"] = len(order)
+    write_text(out / "objects.csv", _csv_text(rows))
+    _histogram(volumes, vol.unit, out / "volume_histogram.png", name)
+    _preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")
+
+    if tsrc is not None:
+        pred_sizes = {r["label"]: r["voxels"] for r in rows}
+        kept_true = {t: n for t, n in true_sizes.items() if n >= max(int(min_volume), 1)}
+        det = detection_scores(overlaps, pred_sizes, kept_true, match)
+        det["true_objects_all"] = len(true_sizes)
+        det["truth"] = str(truth)
+        det["match_rule"] = (
+            "IoU >= 0.5" if match == "iou" else "covers >= 50 % of the true object"
+        ) + ", one-to-one (greedy by decreasing score); true objects under min_volume ignored"
+        summary["detection"] = det
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _accumulate_truth(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    overlaps: dict[tuple[int, int], int],
+    true_sizes: dict[int, int],
+) -> None:
+    t_ids, t_counts = np.unique(truth[truth > 0], return_counts=True)
+    for t, c in zip(t_ids.tolist(), t_counts.tolist(), strict=True):
+        true_sizes[t] = true_sizes.get(t, 0) + c
+    both = (pred > 0) & (truth > 0)
+    if not both.any():
+        return
+    keys = (pred[both].astype(np.int64) << 32) | truth[both]
+    u, c = np.unique(keys, return_counts=True)
+    for key, n in zip(u.tolist(), c.tolist(), strict=True):
+        pair = (key >> 32, key & 0xFFFFFFFF)
+        overlaps[pair] = overlaps.get(pair, 0) + n
