@@ -181,7 +181,6 @@ def test_truth_of_another_shape_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- phantom
 
 TINY_CFG = {"width": 8, "depth": 3, "crop_size": 64, "crops": 128, "epochs": 15, "batch_size": 8}
-LONGER_CFG = {**TINY_CFG, "width": 16, "crops": 256, "epochs": 60}
 
 
 def phantom_detection(tmp_path: Path, cfg: dict, min_volume: int) -> dict:
@@ -214,22 +213,15 @@ def phantom_detection(tmp_path: Path, cfg: dict, min_volume: int) -> dict:
     return det
 
 
-def test_phantom_objects_tiny_model(tmp_path):
-    """A model trained for ~15 s: every soma found, but vessel fragments inflate the count.
+def test_phantom_objects_match_the_3d_truth(tmp_path):
+    """A model trained for ~15 s on CPU, whole phantom segmented, objects vs the 3D truth.
 
-    Measured on a busy 2-core CPU: count error about +30 %, precision about 0.7, recall 0.9.
+    Measured (phantom seeds 0 and 1, min_volume 30): count error +1.2 % / +2.3 %, precision
+    0.90 / 0.90, recall 0.91 / 0.92 (IoU >= 0.5). The count is against the true objects of at
+    least min_volume voxels (86 of 113: the rest are small caps cut by the slab's first and last
+    slices); ``true_objects_all`` keeps the full count.
     """
     det = phantom_detection(tmp_path, TINY_CFG, min_volume=30)
-    assert det["recall"] >= 0.8 and det["precision"] >= 0.5
-    assert abs(det["count_relative_error"]) <= 0.4
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the issue's 10 % count target: a 2-minute CPU model measured +11 % to +12 %",
-    strict=False,
-)
-def test_phantom_count_within_10_percent(tmp_path):
-    det = phantom_detection(tmp_path, LONGER_CFG, min_volume=40)
-    assert det["recall"] >= 0.9
+    assert det["true_objects"] > 50
+    assert det["recall"] >= 0.8 and det["precision"] >= 0.8
     assert abs(det["count_relative_error"]) <= 0.10

@@ -177,8 +177,8 @@ def test_bad_sweep_inputs(tmp_path, sweep_data, run_cli):
         return lines[0]
 
     assert "--sizes" in err("--sizes", "")
-    assert "below 16" in err("--sizes", "8", "--counts", "8")
-    assert "at least 1" in err("--sizes", "16", "--counts", "0")
+    assert "below the minimum of 16" in err("--sizes", "8", "--counts", "8")
+    assert "below the minimum of 1" in err("--sizes", "16", "--counts", "0")
     assert "repeats" in err("--sizes", "16", "--counts", "8", "--repeats", "0")
     no_test = make_dataset(tmp_path / "nt", shape=(48, 56), n={"train": 2, "val": 1})
     code, _, e = run_cli(

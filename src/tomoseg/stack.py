@@ -47,6 +47,7 @@ import numpy as np
 import tifffile
 import torch
 
+from tomoseg import infer as infer_mod
 from tomoseg.errors import TomosegError
 from tomoseg.infer import LoadedRun, infer_logits, load_run, resolve_device, resolve_precision
 from tomoseg.infer import segment as segment_slice
@@ -532,8 +533,9 @@ def _put(q: queue.Queue, item: Any, alive: Callable[[], bool]) -> bool:
 
 
 def _segment_many(run: LoadedRun, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Class ids of several slices: ``infer.segment`` one by one, or one batched
-    ``infer_logits`` call (same settings as ``infer.segment``) when given several."""
+    """Class ids of several slices: ``infer.segment`` for one slice; for several, one batched
+    ``infer_logits`` call with ``infer.segment``'s settings and decision rule (a test checks
+    that both give the same labels)."""
     if len(images) == 1:
         return [segment_slice(run, images[0])[0]]
     cfg = run.config
@@ -548,6 +550,12 @@ def _segment_many(run: LoadedRun, images: list[np.ndarray]) -> list[np.ndarray]:
         cfg.get("tile_batch", 0),
         autocast_bf16=bf16,
     )
+    bias_fn = getattr(infer_mod, "decision_bias", None)
+    bias = (
+        bias_fn(run.meta.get("class_weights"), cfg.get("decision", "weighted")) if bias_fn else None
+    )
+    if bias is not None:
+        logits = logits + bias.to(logits.device)[None, :, None, None]
     labels = torch.softmax(logits, 1).argmax(1).to(torch.uint8).cpu().numpy()
     return list(labels)
 

@@ -45,51 +45,43 @@ FULL = 0  # crop_size 0 = whole images
 # ----------------------------------------------------------------------------- the grid
 
 
-def parse_sizes(text: str) -> list[int]:
-    """Parse ``"100,224,full"`` into crop sizes (``full`` -> 0 = whole images).
+def _parse_int_list(
+    text: str, option: str, example: str, minimum: int, words: dict[str, int]
+) -> list[int]:
+    """Parse a comma-separated list of integers >= ``minimum`` (or the given words) for an option.
 
     Raises:
-        TomosegError: empty or malformed list, a size below 16, a duplicate.
+        TomosegError: empty or malformed list, a value below the minimum, a duplicate.
     """
     items = [t.strip().lower() for t in str(text).split(",")]
-    if not items or any(not t for t in items):
-        raise TomosegError(
-            f"--sizes must be a comma-separated list like 100,224,full, got {text!r}"
-        )
-    sizes = []
+    if any(not t for t in items):
+        raise TomosegError(f"{option} must be a comma-separated list like {example}, got {text!r}")
+    values = []
     for t in items:
-        if t == "full":
-            sizes.append(FULL)
+        if t in words:
+            values.append(words[t])
             continue
         try:
             v = int(t)
         except ValueError:
-            raise TomosegError(f"--sizes: '{t}' is not an integer or 'full'") from None
-        if v < 16:
-            raise TomosegError(f"--sizes: crop size {v} is below 16")
-        sizes.append(v)
-    if len(set(sizes)) != len(sizes):
-        raise TomosegError(f"--sizes lists a size twice: {text!r}")
-    return sizes
+            alt = "".join(f" or '{w}'" for w in words)
+            raise TomosegError(f"{option}: '{t}' is not an integer{alt}") from None
+        if v < minimum:
+            raise TomosegError(f"{option}: {v} is below the minimum of {minimum}")
+        values.append(v)
+    if len(set(values)) != len(values):
+        raise TomosegError(f"{option} lists a value twice: {text!r}")
+    return values
+
+
+def parse_sizes(text: str) -> list[int]:
+    """Parse ``"100,224,full"`` into crop sizes (each >= 16; ``full`` -> 0 = whole images)."""
+    return _parse_int_list(text, "--sizes", "100,224,full", 16, {"full": FULL})
 
 
 def parse_counts(text: str) -> list[int]:
     """Parse ``"250,500,1000"`` into crop counts (each >= 1)."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not items or any(not t for t in items):
-        raise TomosegError(f"--counts must be a comma-separated list like 250,500, got {text!r}")
-    counts = []
-    for t in items:
-        try:
-            v = int(t)
-        except ValueError:
-            raise TomosegError(f"--counts: '{t}' is not an integer") from None
-        if v < 1:
-            raise TomosegError(f"--counts: a crop count must be at least 1, got {v}")
-        counts.append(v)
-    if len(set(counts)) != len(counts):
-        raise TomosegError(f"--counts lists a count twice: {text!r}")
-    return counts
+    return _parse_int_list(text, "--counts", "250,500", 1, {})
 
 
 def size_label(size: int) -> str:

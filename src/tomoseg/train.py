@@ -547,6 +547,23 @@ def quiet_lightning() -> None:
     os.environ.setdefault("LITLOGGER_TIP", "0")
 
 
+def make_trainer(device: torch.device, precision: str, **kwargs: Any) -> L.Trainer:
+    """A Lightning Trainer on one device with tomoseg's own logging and checkpointing (so
+    Lightning's are off), plus ``kwargs``."""
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        # "warn": SegNet's max-unpooling has no certified-deterministic kernel (it is in
+        # practice on CPU: each output gets at most one input), so warn instead of failing.
+        deterministic="warn" if device.type == "cpu" else False,
+        **kwargs,
+    )
+
+
 def train(
     data: Path,
     run: Path,
@@ -605,22 +622,15 @@ def train(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
     module.bf16 = precision == "bf16-mixed"
-    trainer = L.Trainer(
+    trainer = make_trainer(
+        device,
+        precision,
         max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
         enable_progress_bar=progress,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.val_every,
         callbacks=[RunRecorder(run, meta, console)],
-        # "warn": SegNet's max-unpooling has no certified-deterministic kernel (it is in
-        # practice on CPU: each output gets at most one input), so warn instead of failing.
-        deterministic="warn" if device.type == "cpu" else False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
     return run
@@ -659,12 +669,9 @@ def lr_range_test(
         spec.class_of_interest,
         dm.prepared.weights.tolist(),
     )
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+    trainer = make_trainer(
+        device,
+        resolve_precision(cfg.precision, device),
         enable_progress_bar=False,
         limit_val_batches=0,
         default_root_dir=str(out),
