@@ -168,6 +168,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(p, boom)
     assert json.loads(p.read_text()) == {"x": None}
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.json"]
+    assert p.stat().st_mode & 0o044 == 0o044  # readable by others, like a plain write
     write_mask(tmp_path / "k.png", np.array([[0, 300]]))
     assert read_mask(tmp_path / "k.png").max() == 300
 

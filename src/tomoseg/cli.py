@@ -184,7 +184,10 @@ def lr_find(
     from tomoseg.train import lr_range_test
 
     suggestion = lr_range_test(data, out, load_config(config), min_lr, max_lr, steps)
-    console.print(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")
+    if suggestion == suggestion:  # not NaN
+        console.print(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")
+    else:
+        console.print(f"no clear suggestion (try more --steps); see {out}/lr_find.png")
 
 
 @app.command()
