@@ -318,17 +318,135 @@ def sweep(
     )
 
 
+@app.command(name="segment-stack")
+def segment_stack_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")],
+    input: Annotated[
+        Path, typer.Argument(help="Folder of slices, multi-page TIFF or Zarr volume.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")],
+    fmt: Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")] = "ome-zarr",
+    voxel_size: Annotated[
+        str | None, typer.Option(help="z,y,x voxel size (default: input's).")
+    ] = None,
+    unit: Annotated[
+        str | None, typer.Option(help="Unit of the voxel size, e.g. micrometer.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment a whole stack with bounded memory; rerun the same command to resume."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tomoseg.stack import segment_stack
+
+    if fmt not in ("ome-zarr", "zarr", "tiff"):
+        raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
+    cols = (
+        TextColumn("slices"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*cols, console=console, transient=False) as bar:
+        task = bar.add_task("segment", total=None, rate="")
+        t0 = [0.0, 0]
+
+        def progress(done: int, total: int) -> None:
+            import time
+
+            now = time.perf_counter()
+            if not t0[0]:
+                t0[0], t0[1] = now, done
+            rate = (done - t0[1]) / (now - t0[0]) if now > t0[0] else 0.0
+            bar.update(task, completed=done, total=total, rate=f"{rate:.2f} slices/s")
+
+        info = segment_stack(
+            run,
+            input,
+            out,
+            "tiff" if fmt == "tiff" else "zarr",
+            voxel_size,
+            device,
+            overwrite,
+            batch_slices,
+            progress,
+            unit,
+        )
+    console.print(
+        f"{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "
+        f"{info['seconds']:.1f} s, {info['slices_per_second']:.2f} slices/s -> {info['volume']}"
+    )
+
+
+@app.command()
+def objects(
+    volume: Annotated[Path, typer.Argument(help="Output folder of segment-stack (or its volume).")],
+    out: Annotated[Path, typer.Option(help="Folder for objects.csv, summary, meshes, preview.")],
+    class_name: Annotated[str | None, typer.Option("--class", help="Class to analyse.")] = None,
+    connectivity: Annotated[int, typer.Option(help="6, 18 or 26.")] = 26,
+    min_volume: Annotated[int, typer.Option(help="Remove objects below this many voxels.")] = 0,
+    truth: Annotated[
+        Path | None, typer.Option(help="3D truth labels (e.g. phantom truth3d/labels.tif).")
+    ] = None,
+    chunk_slices: Annotated[
+        int | None, typer.Option(help="Label slab by slab (bounded memory).")
+    ] = None,
+    meshes: Annotated[int, typer.Option(help="Meshes for the N largest objects.")] = 20,
+    overwrite: Overwrite = False,
+) -> None:
+    """3D objects of a class: counts, volumes, shapes, meshes, preview (and detection scores)."""
+    from tomoseg.objects import analyze_objects
+
+    if connectivity not in (6, 18, 26):
+        raise TomosegError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
+    s = analyze_objects(
+        volume,
+        out,
+        class_name,
+        connectivity,
+        min_volume,
+        truth,
+        chunk_slices,
+        meshes,
+        overwrite=overwrite,
+    )
+    console.print(
+        f"{s['count']} objects; table {out}/objects.csv, summary {out}/summary.json, meshes {out}/meshes/"
+    )
+    det = s.get("detection")
+    if det:
+        console.print(
+            "vs truth: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in det.items()
+            )
+        )
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path(
         "tomoseg-demo"
     ),
     overwrite: Overwrite = True,
+    stack: Annotated[
+        bool, typer.Option("--stack", help="Whole-stack segmentation and 3D objects.")
+    ] = False,
 ) -> None:
     """Run the whole job on an embedded synthetic phantom (no data needed)."""
-    from tomoseg.demo import run_demo
+    from tomoseg.demo import run_demo, run_stack_demo
 
-    run_demo(out, console, overwrite=overwrite)
+    if stack:
+        run_stack_demo(
+            out if out != Path("tomoseg-demo") else Path("tomoseg-stack-demo"),
+            console,
+            overwrite=overwrite,
+        )
+    else:
+        run_demo(out, console, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
