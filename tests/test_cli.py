@@ -83,3 +83,48 @@ def test_demo_network_beats_threshold(tmp_path):
 def test_help_and_version(run_cli, arg):
     code, out, _ = run_cli(arg)
     assert code == 0 and out
+
+
+def test_stack_and_objects_cli(tmp_path, run_cli):
+    import tifffile
+
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = tmp_path / "run"
+    args = ["--crop-size", "32", "--crops", "8", "--epochs", "1", "--quiet"]
+    assert run_cli("train", "--data", data, "--out", run, *args)[0] == 0
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(
+        tmp_path / "stack.tif",
+        rng.integers(0, 255, (4, 48, 56), dtype=np.uint8),
+        photometric="minisblack",
+    )
+    code, out, err = run_cli(
+        "segment-stack", run, tmp_path / "stack.tif", "--out", tmp_path / "seg"
+    )
+    assert code == 0, err
+    assert "4 slices" in out
+    code, out, err = run_cli(
+        "segment-stack", run, tmp_path / "stack.tif", "--out", tmp_path / "seg"
+    )
+    assert code == 0 and "0 computed, 4 already done" in out, out + err
+    code, _, err = run_cli(
+        "segment-stack",
+        run,
+        tmp_path / "stack.tif",
+        "--out",
+        tmp_path / "s2",
+        "--voxel-size",
+        "1,-2,3",
+    )
+    assert code == 1 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("objects", tmp_path / "seg", "--out", tmp_path / "obj")
+    assert code == 0, err
+    assert (tmp_path / "obj" / "objects.csv").is_file()
+    code, _, err = run_cli(
+        "objects", tmp_path / "seg", "--out", tmp_path / "obj2", "--class", "nope"
+    )
+    assert code == 1 and "nope" in err
+    code, _, err = run_cli(
+        "objects", tmp_path / "seg", "--out", tmp_path / "obj3", "--connectivity", "5"
+    )
+    assert code == 1 and "connectivity" in err
