@@ -84,7 +84,7 @@ def main() -> None:
     variants = [
         ("baseline: whole image, fp32, eager", {"tiling": False}),
         (
-            f"tomoseg default: tiles {cfg.tile_size}x{cfg.tile_batch}, precision {cfg.precision}",
+            f"tomoseg default: tiles {cfg.tile_size or 'auto'}, precision {cfg.precision}",
             {"tiling": True, "auto_precision": True},
         ),
         ("tiles only (fp32)", {"tiling": True}),
