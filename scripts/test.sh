@@ -7,4 +7,5 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
-.venv/bin/pytest "$@"
+.venv/bin/pytest "$@"                      # the default suite (not slow)
+.venv/bin/pytest -m slow "$@"              # slow real-data checks (skip without ../shared/data)
