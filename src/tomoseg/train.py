@@ -298,7 +298,7 @@ class SegModule(L.LightningModule):
         loss = self.loss(logits, y)
         with torch.no_grad():
             k = len(self.classes)
-            pred = logits.argmax(1)
+            pred = (logits.detach() + self.logit_bias[None, :, None, None]).argmax(1)
             self.train_cm += torch.bincount(
                 (y * k + pred).flatten().cpu(), minlength=k * k
             ).reshape(k, k)
