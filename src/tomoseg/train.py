@@ -18,6 +18,7 @@ interrupted run resumed from its last checkpoint ends, on CPU, exactly like an u
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import math
@@ -547,6 +548,18 @@ def quiet_lightning() -> None:
     os.environ.setdefault("LITLOGGER_TIP", "0")
 
 
+@contextlib.contextmanager
+def restored_determinism():
+    """Lightning's ``deterministic`` flag sets torch's process-wide deterministic mode and leaves
+    it set; restore the caller's setting afterwards so training has no lasting side effect."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def make_trainer(device: torch.device, precision: str, **kwargs: Any) -> L.Trainer:
     """A Lightning Trainer on one device with tomoseg's own logging and checkpointing (so
     Lightning's are off), plus ``kwargs``."""
@@ -622,17 +635,18 @@ def train(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
     module.bf16 = precision == "bf16-mixed"
-    trainer = make_trainer(
-        device,
-        precision,
-        max_epochs=cfg.epochs,
-        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=cfg.val_every,
-        callbacks=[RunRecorder(run, meta, console)],
-    )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+    with restored_determinism():
+        trainer = make_trainer(
+            device,
+            precision,
+            max_epochs=cfg.epochs,
+            max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+            enable_progress_bar=progress,
+            num_sanity_val_steps=0,
+            check_val_every_n_epoch=cfg.val_every,
+            callbacks=[RunRecorder(run, meta, console)],
+        )
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
     return run
 
 
@@ -669,16 +683,22 @@ def lr_range_test(
         spec.class_of_interest,
         dm.prepared.weights.tolist(),
     )
-    trainer = make_trainer(
-        device,
-        resolve_precision(cfg.precision, device),
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=str(out),
-    )
-    finder = Tuner(trainer).lr_find(
-        module, datamodule=dm, min_lr=min_lr, max_lr=max_lr, num_training=steps, update_attr=False
-    )
+    with restored_determinism():
+        trainer = make_trainer(
+            device,
+            resolve_precision(cfg.precision, device),
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            default_root_dir=str(out),
+        )
+        finder = Tuner(trainer).lr_find(
+            module,
+            datamodule=dm,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_training=steps,
+            update_attr=False,
+        )
     if finder is None:
         raise TomosegError("the learning-rate range test produced no result")
     out = Path(out)
