@@ -69,6 +69,7 @@ def test_epoch_sampler_and_fresh_augmentation():
 def test_train_writes_complete_run(tmp_path):
     data = make_dataset(tmp_path / "d", shape=(48, 56))
     run = train(data, tmp_path / "run", tiny_cfg())
+    assert not torch.are_deterministic_algorithms_enabled()  # no lasting global side effect
     for f in (
         "config.yaml",
         "run.json",
