@@ -53,6 +53,28 @@ def make_dataset(
     return root
 
 
+METRICS_JSON_KEYS = {
+    "classes",
+    "class_of_interest",
+    "tolerance_px",
+    "per_image",
+    "mean",
+    "pooled_iou",
+}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny models on a busy 2-core machine run far faster
+    (no spinning threads); the setting is restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")

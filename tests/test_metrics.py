@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import METRICS_JSON_KEYS
 from reference import ref_boundary, ref_scores
 from scipy import ndimage as ndi
 
@@ -136,13 +137,6 @@ def test_confusion_and_aggregation():
     np.testing.assert_allclose(summ.mean_iou, (a.iou + b.iou) / 2)
     np.testing.assert_allclose(summ.pooled_iou, iou_from_cm(a.cm + b.cm))
     d = summ.to_dict()
-    assert set(d) == {
-        "classes",
-        "class_of_interest",
-        "tolerance_px",
-        "per_image",
-        "mean",
-        "pooled_iou",
-    }
+    assert set(d) == METRICS_JSON_KEYS
     assert d["per_image"][1]["iou"]["x"] == 1.0
     assert set(d["per_image"][0]) == {"id", "accuracy", "iou", "bf1"}

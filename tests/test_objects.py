@@ -10,7 +10,6 @@ import cc3d
 import numpy as np
 import pytest
 import tifffile
-import torch
 import trimesh
 import zarr
 
@@ -21,13 +20,7 @@ from tomoseg.phantom import generate_phantom
 from tomoseg.stack import segment_stack, write_ngff_attrs
 from tomoseg.train import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_volume(rng, shape, p):

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import shared_dataset, write_png
+from conftest import METRICS_JSON_KEYS, shared_dataset, write_png
 from PIL import Image
 from reference import ref_scores
 
@@ -51,14 +51,7 @@ def test_score_writes_report_equal_to_reference(tmp_path, run_cli, pred_truth):
     )
     assert code == 0, err
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert set(m) == {
-        "classes",
-        "class_of_interest",
-        "tolerance_px",
-        "per_image",
-        "mean",
-        "pooled_iou",
-    }
+    assert set(m) == METRICS_JSON_KEYS
     assert (
         m["classes"] == ["bg", "x", "y"]
         and m["class_of_interest"] == "x"

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 from conftest import make_dataset, write_png
 
@@ -26,13 +25,7 @@ TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, 
 TINY["precision"] = "32"  # an untrained net has near-tied logits: bf16 rounding would flip them
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny models on a busy 2-core machine are far faster (and no spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
