@@ -312,6 +312,7 @@ def sweep(
             f"estimated total: {total / 3600:.2f} h with --jobs 1 (about {total / 3600 / max(jobs, 1):.2f} h with --jobs {jobs} if cores allow)"
         )
         return
+    console.print(f"report: {out}/report.html (rebuilt after every case; open it any time)")
     run_sweep(data, out, cfg, size_list, count_list, repeats, jobs, retry_failed, console)
     console.print(
         f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"
