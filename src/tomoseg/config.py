@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from tomoseg.errors import TomosegError
 from tomoseg.io import pydantic_message
@@ -69,18 +76,13 @@ class TrainConfig(BaseModel):
     tile_batch: int = Field(default=0, ge=0, description="0 = auto: 4 on CPU, 8 on GPU")
     tolerance: float = Field(default=2.0, ge=0)
 
-    @field_validator("tile_size")
+    @field_validator("crop_size", "tile_size")
     @classmethod
-    def _tile(cls, v: int) -> int:
+    def _zero_or_at_least_16(cls, v: int, info: ValidationInfo) -> int:
         if v != 0 and v < 16:
-            raise ValueError("tile size must be >= 16 (or 0 for automatic)")
-        return v
-
-    @field_validator("crop_size")
-    @classmethod
-    def _crop(cls, v: int) -> int:
-        if v != 0 and v < 16:
-            raise ValueError("crop size must be an integer >= 16 (or 0 for whole images)")
+            zero = "whole images" if info.field_name == "crop_size" else "automatic"
+            what = info.field_name.replace("_", " ")
+            raise ValueError(f"{what} must be an integer >= 16 (or 0 for {zero})")
         return v
 
 
