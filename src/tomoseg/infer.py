@@ -229,33 +229,39 @@ def check_untiled_memory(
         )
 
 
-def segment(
+def segment_batch(
     run: LoadedRun,
-    image: np.ndarray,
+    images: Sequence[np.ndarray],
     tile_size: int | None = None,
     tile_batch: int | None = None,
     overlap: float | None = None,
     tiling: bool = True,
     bf16: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Segment one raw 2D image.
+    probabilities: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
 
     ``bf16=None`` follows the run's precision setting on this device (``auto``: bf16 autocast
-    where the CPU or GPU computes bf16 natively).
+    where the CPU or GPU computes bf16 natively). The decision applies the run's class-weight
+    correction (:func:`decision_bias`).
 
     Returns:
-        ``(labels (H, W) uint8, probabilities (K, H, W) float32)``.
+        ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32)``; the probabilities are
+        None (neither computed nor copied off the device) when ``probabilities`` is False.
     """
     cfg = run.config
     dev = next(run.model.parameters()).device
     if bf16 is None:
         bf16 = resolve_precision(cfg.get("precision", "32"), dev) == "bf16-mixed"
     if not tiling and dev.type == "cpu":
-        check_untiled_memory(image.shape, run.meta["model"]["width"] or 16, len(run.classes))
-    x = torch.from_numpy(normalize(image, run.normalization))[None, None].to(dev)
+        h, w = images[0].shape
+        check_untiled_memory(
+            (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
+        )
+    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
     logits = infer_logits(
         run.model,
-        x,
+        x.to(dev),
         tile_size or cfg.get("tile_size", 0),
         cfg.get("tile_overlap", 0.25) if overlap is None else overlap,
         tile_batch or cfg.get("tile_batch", 0),
@@ -265,8 +271,18 @@ def segment(
     bias = decision_bias(run.meta.get("class_weights"), cfg.get("decision", "weighted"))
     if bias is not None:
         logits = logits + bias.to(logits.device)[None, :, None, None]
-    prob = torch.softmax(logits, 1)[0]
-    return prob.argmax(0).to(torch.uint8).cpu().numpy(), prob.cpu().numpy()
+    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
+    return labels, torch.softmax(logits, 1).cpu().numpy() if probabilities else None
+
+
+def segment(run: LoadedRun, image: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment one raw 2D image (see :func:`segment_batch` for the options).
+
+    Returns:
+        ``(labels (H, W) uint8, probabilities (K, H, W) float32 or None)``.
+    """
+    labels, prob = segment_batch(run, [image], **kwargs)
+    return labels[0], None if prob is None else prob[0]
 
 
 def _inputs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
@@ -315,7 +331,14 @@ def predict_paths(
     written = []
     for image_id, path in items:
         t0 = time.perf_counter()
-        labels, prob = segment(run, read_image(path), tile_size, tile_batch, tiling=tiling)
+        labels, prob = segment(
+            run,
+            read_image(path),
+            tile_size=tile_size,
+            tile_batch=tile_batch,
+            tiling=tiling,
+            probabilities=probabilities,
+        )
         written.append(write_mask(out / f"{image_id}.{fmt}", labels))
         if probabilities:
             write_image(out / "probabilities" / f"{image_id}.tif", prob.astype(np.float32))
@@ -366,7 +389,7 @@ def evaluate_run(
                     f"image {p.image} is {image.shape} but its mask is {truth.shape}"
                 )
             t0 = time.perf_counter()
-            labels, _ = segment(run, image)
+            labels, _ = segment(run, image, probabilities=False)
             seconds.append(time.perf_counter() - t0)
             write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image

@@ -45,17 +45,13 @@ from typing import Any
 
 import numpy as np
 import tifffile
-import torch
 
-from tomoseg import infer as infer_mod
 from tomoseg.errors import TomosegError
-from tomoseg.infer import LoadedRun, infer_logits, load_run, resolve_device, resolve_precision
-from tomoseg.infer import segment as segment_slice
+from tomoseg.infer import LoadedRun, load_run, resolve_device, segment_batch
 from tomoseg.io import (
     TIFF_SUFFIXES,
     atomic_write,
     list_images,
-    normalize,
     prepare_output_dir,
     read_image,
     write_json,
@@ -533,31 +529,8 @@ def _put(q: queue.Queue, item: Any, alive: Callable[[], bool]) -> bool:
 
 
 def _segment_many(run: LoadedRun, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Class ids of several slices: ``infer.segment`` for one slice; for several, one batched
-    ``infer_logits`` call with ``infer.segment``'s settings and decision rule (a test checks
-    that both give the same labels)."""
-    if len(images) == 1:
-        return [segment_slice(run, images[0])[0]]
-    cfg = run.config
-    dev = next(run.model.parameters()).device
-    bf16 = resolve_precision(cfg.get("precision", "32"), dev) == "bf16-mixed"
-    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
-    logits = infer_logits(
-        run.model,
-        x.to(dev),
-        cfg.get("tile_size", 0),
-        cfg.get("tile_overlap", 0.25),
-        cfg.get("tile_batch", 0),
-        autocast_bf16=bf16,
-    )
-    bias_fn = getattr(infer_mod, "decision_bias", None)
-    bias = (
-        bias_fn(run.meta.get("class_weights"), cfg.get("decision", "weighted")) if bias_fn else None
-    )
-    if bias is not None:
-        logits = logits + bias.to(logits.device)[None, :, None, None]
-    labels = torch.softmax(logits, 1).argmax(1).to(torch.uint8).cpu().numpy()
-    return list(labels)
+    """Class ids of several slices of one shape, in one :func:`tomoseg.infer.segment_batch`."""
+    return list(segment_batch(run, images, probabilities=False)[0])
 
 
 def segment_stack(
