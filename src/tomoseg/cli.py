@@ -110,10 +110,6 @@ def crops(
     console.print(f"{len(paths)} crops written to {out}")
 
 
-def _train_overrides(**kw) -> dict:
-    return {k: v for k, v in kw.items() if v is not None}
-
-
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Dataset folder (train and val splits).")],
@@ -146,7 +142,7 @@ def train(
 
     cfg = load_config(
         config,
-        _train_overrides(
+        dict(  # options left out (None) keep the config's values
             model=model,
             crop_size=crop_size,
             crops=crops,
