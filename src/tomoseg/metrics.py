@@ -163,18 +163,6 @@ def bf1_binary(truth: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> f
     return 2 * precision * recall / (precision + recall)
 
 
-def bf1_per_class(
-    truth: np.ndarray, pred: np.ndarray, n_classes: int, tolerance: float = 2.0
-) -> np.ndarray:
-    """BF1 of every class (see :func:`bf1_binary`).
-
-    Returns:
-        (K,) float64 array, NaN for classes absent from the truth.
-    """
-    _check_pair(truth, pred, n_classes)
-    return np.array([bf1_binary(truth == k, pred == k, tolerance) for k in range(n_classes)])
-
-
 @dataclass
 class ImageScore:
     """Metrics of one image: confusion matrix, global accuracy, per-class IoU and BF1."""
@@ -217,8 +205,12 @@ def score_image(
     return ImageScore(image_id, cm, accuracy_from_cm(cm), iou_from_cm(cm), bf1)
 
 
-def _nanmean(values: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Mean ignoring NaN, NaN (without a warning) where every value is NaN."""
+def nanmean(values, axis: int = 0) -> np.ndarray:
+    """Mean ignoring NaN; NaN (without a warning) where every value is NaN or there is none.
+
+    Returns:
+        The means along ``axis`` (a 0-d array for 1-D input; ``float()`` it for a number).
+    """
     v = np.asarray(values, dtype=np.float64)
     n = np.sum(~np.isnan(v), axis=axis)
     s = np.nansum(v, axis=axis)
@@ -238,17 +230,17 @@ class ScoreSummary:
     @property
     def mean_accuracy(self) -> float:
         """Mean over images of the global accuracy."""
-        return float(_nanmean(np.array([s.accuracy for s in self.images])))
+        return float(nanmean(np.array([s.accuracy for s in self.images])))
 
     @property
     def mean_iou(self) -> np.ndarray:
         """(K,) mean over images of each class's IoU (NaN-ignoring)."""
-        return _nanmean(np.stack([s.iou for s in self.images]))
+        return nanmean(np.stack([s.iou for s in self.images]))
 
     @property
     def mean_bf1(self) -> np.ndarray:
         """(K,) mean over images of each class's BF1 (NaN-ignoring)."""
-        return _nanmean(np.stack([s.bf1 for s in self.images]))
+        return nanmean(np.stack([s.bf1 for s in self.images]))
 
     @property
     def pooled_cm(self) -> np.ndarray:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tomoseg.errors import TomosegError
 from tomoseg.io import write_image, write_json, write_text
-from tomoseg.metrics import ScoreSummary
+from tomoseg.metrics import ScoreSummary, nanmean
 
 TP_COLOUR = (255, 255, 255)  # white
 TN_COLOUR = (0, 0, 0)  # black
@@ -156,26 +157,24 @@ def score_table(summary: ScoreSummary, title: str = "scores (%)"):
     t.add_column(f"IoU {coi}", justify="right")
     t.add_column(f"BF1 {coi} ({summary.tolerance_px:g} px)", justify="right")
     for s in summary.images:
-        miou = float(np.nanmean(s.iou)) if not np.isnan(s.iou).all() else float("nan")
+        miou = float(nanmean(s.iou))
         t.add_row(s.id, fmt(s.accuracy), fmt(miou), fmt(s.iou[k]), fmt(s.bf1[k]))
     miou = summary.mean_iou
     t.add_section()
     t.add_row(
         "mean over images",
         fmt(summary.mean_accuracy),
-        fmt(float(np.nanmean(miou)) if not np.isnan(miou).all() else float("nan")),
+        fmt(float(nanmean(miou))),
         fmt(miou[k]),
         fmt(summary.mean_bf1[k]),
     )
     pooled = summary.pooled_iou
-    t.add_row("pooled (summed confusion)", "", fmt(float(np.nanmean(pooled))), fmt(pooled[k]), "")
+    t.add_row("pooled (summed confusion)", "", fmt(float(nanmean(pooled))), fmt(pooled[k]), "")
     return t
 
 
 def class_index(classes: Sequence[str], name: str | None) -> int:
     """Index of a class name; the last class when ``name`` is None."""
-    from tomoseg.errors import TomosegError
-
     if name is None:
         return len(classes) - 1
     if name not in classes:

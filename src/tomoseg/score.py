@@ -6,7 +6,6 @@ This is the one scoring path of tomoseg: ``tomoseg score`` (masks made anywhere)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -129,8 +128,3 @@ def score_folders(
             yield p.id, truth, pred, image
 
     return score_and_write(items(), classes, class_of_interest, tolerance, out)
-
-
-def load_metrics(path: Path) -> dict:
-    """Read a ``metrics.json`` written by :func:`score_and_write`."""
-    return json.loads(Path(path).read_text())

@@ -36,6 +36,7 @@ import numpy as np
 from tomoseg.config import TrainConfig
 from tomoseg.errors import TomosegError
 from tomoseg.io import load_dataset, split_pairs, write_json, write_text
+from tomoseg.metrics import nanmean
 
 SWEEP_FILE = "sweep.json"
 SWEPT = ("crop_size", "crops", "seed", "epochs", "max_minutes", "device", "workers")
@@ -469,9 +470,6 @@ def cell_stats(
                 [r["bf1"][coi] if r["bf1"][coi] is not None else np.nan for r in done], float
             )
 
-            def m(a):
-                return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else float("nan")
-
             def sd(a):
                 a = a[~np.isnan(a)]
                 return float(np.std(a, ddof=1)) if a.size > 1 else float("nan")
@@ -482,9 +480,9 @@ def cell_stats(
                     n,
                     len(done),
                     sum(r["status"] == "failed" for r in rs),
-                    m(iou),
+                    float(nanmean(iou)),
                     sd(iou),
-                    m(bf1),
+                    float(nanmean(bf1)),
                     sd(bf1),
                 )
             )

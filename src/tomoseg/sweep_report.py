@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from tomoseg.io import write_text
+from tomoseg.report import fmt
 
 
 def _img(path: Path, width: str = "100%") -> str:
@@ -17,10 +18,6 @@ def _img(path: Path, width: str = "100%") -> str:
         return f"<p><em>missing: {html.escape(path.name)}</em></p>"
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" style="max-width:{width}">'
-
-
-def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
 def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Path:
@@ -47,9 +44,9 @@ def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Pat
     if best_cell is not None:
         parts.append(
             f"<h2>Best</h2><p>Best cell by mean test IoU of {html.escape(coi)}: <b>{size_label(best_cell.size)} px x "
-            f"{best_cell.count} crops</b>: IoU {_pct(best_cell.iou_mean)} %"
-            + (f" ± {_pct(best_cell.iou_std)}" if not math.isnan(best_cell.iou_std) else "")
-            + f", BF1 {_pct(best_cell.bf1_mean)} % (over {best_cell.n} repeat(s)).</p>"
+            f"{best_cell.count} crops</b>: IoU {fmt(best_cell.iou_mean)} %"
+            + (f" ± {fmt(best_cell.iou_std)}" if not math.isnan(best_cell.iou_std) else "")
+            + f", BF1 {fmt(best_cell.bf1_mean)} % (over {best_cell.n} repeat(s)).</p>"
         )
         same = [c for c, within in verdicts if within]
         if any(c.n > 1 for c in stats):
@@ -72,8 +69,8 @@ def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Pat
         ok = r["status"] == "done"
         parts.append(
             f"<tr class='{'' if ok else 'failed'}'><td>{r['id']}</td><td>{size_label(r['size'])}</td><td>{r['count']}</td>"
-            f"<td>{r['repeat']}</td><td>{r['seed']}</td><td>{_pct(r.get('accuracy')) if ok else ''}</td>"
-            f"<td>{_pct(r['iou'][coi]) if ok else ''}</td><td>{_pct(r['bf1'][coi]) if ok else ''}</td>"
+            f"<td>{r['repeat']}</td><td>{r['seed']}</td><td>{fmt(r.get('accuracy')) if ok else ''}</td>"
+            f"<td>{fmt(r['iou'][coi]) if ok else ''}</td><td>{fmt(r['bf1'][coi]) if ok else ''}</td>"
             f"<td>{r.get('epochs', '')}</td><td>{format(r['seconds_per_epoch'], '.1f') if ok else ''}</td>"
             f"<td>{html.escape(r['status'] + (': ' + r['error'] if r.get('error') else ''))}</td></tr>"
         )
@@ -83,7 +80,7 @@ def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Pat
             continue
         panels = sorted((out / "cases" / case["id"] / "eval" / "panels").glob("*.png"))
         parts.append(
-            f"<h2>{title}: {case['id']} (IoU {_pct(case['iou'][coi])} %)</h2>"
+            f"<h2>{title}: {case['id']} (IoU {fmt(case['iou'][coi])} %)</h2>"
             "<p>image | truth | prediction | overlay (true positive white, true negative black, false negative pink, false positive green)</p>"
         )
         parts.append(_img(panels[0]) if panels else "<p><em>no overlay</em></p>")

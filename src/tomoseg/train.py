@@ -58,7 +58,7 @@ from tomoseg.io import (
     write_json,
     write_text,
 )
-from tomoseg.metrics import accuracy_from_cm, iou_from_cm, score_image
+from tomoseg.metrics import ScoreSummary, accuracy_from_cm, iou_from_cm, score_image
 from tomoseg.models import build_model, load_encoder_weights
 
 RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
@@ -364,20 +364,14 @@ class SegModule(L.LightningModule):
         }
         for name, v in zip(self.classes, iou_from_cm(cm), strict=True):
             row[f"train_iou_{name}"] = float(v)
-        if self.val_scores:
-            n = len(self.val_scores)
-            row["val_loss"] = self.val_loss_sum / n
-            row["val_accuracy"] = float(np.mean([s.accuracy for s in self.val_scores]))
-            ious = np.stack([s.iou for s in self.val_scores])
-            for j, name in enumerate(self.classes):
-                col = ious[:, j]
-                row[f"val_iou_{name}"] = (
-                    float(np.nanmean(col)) if (~np.isnan(col)).any() else float("nan")
-                )
-            bf1 = np.array([s.bf1[self.coi] for s in self.val_scores])
-            row[f"val_bf1_{self.classes[self.coi]}"] = (
-                float(np.nanmean(bf1)) if (~np.isnan(bf1)).any() else float("nan")
-            )
+        if self.val_scores:  # averaged over images, as tomoseg evaluate does
+            coi = self.classes[self.coi]
+            val = ScoreSummary(self.classes, coi, self.cfg.tolerance, self.val_scores)
+            row["val_loss"] = self.val_loss_sum / len(self.val_scores)
+            row["val_accuracy"] = val.mean_accuracy
+            for name, v in zip(self.classes, val.mean_iou, strict=True):
+                row[f"val_iou_{name}"] = float(v)
+            row[f"val_bf1_{coi}"] = float(val.mean_bf1[self.coi])
         return row
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
