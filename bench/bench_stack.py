@@ -5,14 +5,20 @@ Each variant runs in its own process so that its peak RSS is its own. The model 
 configuration's network with random weights (speed does not depend on the weights).
 
     python bench/bench_stack.py                       # N = 10 and 40 slices of 2300x1920
-    python bench/bench_stack.py --n 100 400 --gpu     # the issue's targets, on a GPU
+    python bench/bench_stack.py --n 100 400 --predict-n 20   # the issue's CPU targets
+    python bench/bench_stack.py --n 100 400 --gpu     # on a GPU
     python bench/bench_stack.py --n 2 --shape 512x512 --width 8   # a smoke test
+
+``--predict-n K`` times the serial baseline on the first K slices only (its seconds per slice do
+not depend on N). ``--io`` adds the pipeline with the network replaced by a threshold: the
+reading + writing ceiling in slices per second, which bounds a GPU run on this machine's CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,14 +84,26 @@ def worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     device = "gpu" if spec["gpu"] else "cpu"
     t0 = time.perf_counter()
-    if spec["variant"] == "stack":
+    if spec["variant"] == "io":
+        import numpy as np
+
+        from tomoseg import stack
+
+        def threshold(run, images):  # no network: what reading and writing alone cost
+            return [(im > np.median(im[::16, ::16])).astype(np.uint8) for im in images]
+
+        stack._segment_many = threshold
+        stack.segment_stack(spec["run"], spec["input"], spec["out"], device="cpu", overwrite=True)
+    elif spec["variant"] == "stack":
         from tomoseg.stack import segment_stack
 
         segment_stack(spec["run"], spec["input"], spec["out"], device=device, overwrite=True)
     else:
+        src = Path(spec["input"])
+        files = sorted(src.iterdir())[: spec["limit"]]
         predict_paths(
             Path(spec["run"]),
-            [Path(spec["input"])],
+            files,
             Path(spec["out"]),
             "tif",
             device=device,
@@ -114,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="1920x2300", help="slice HxW")
     ap.add_argument("--width", type=int, default=32, help="network width (default config: 32)")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--predict-n", type=int, default=0, help="baseline on this many slices (0: N)")
+    ap.add_argument("--io", action="store_true", help="also time reading + writing alone")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -129,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.n:
             src = make_slices(root / f"in{n}", n, (h, w))
             row: dict = {"slices": n, "shape": [h, w]}
-            for variant in ("predict", "stack"):
+            variants = ["predict", "stack"] + (["io"] if args.io else [])
+            for variant in variants:
+                k = min(n, args.predict_n or n) if variant == "predict" else n
                 r = run_variant(
                     {
                         "variant": variant,
@@ -138,20 +160,32 @@ def main(argv: list[str] | None = None) -> int:
                         "out": str(root / f"out_{variant}{n}"),
                         "gpu": args.gpu,
                         "threads": args.threads,
+                        "limit": k,
                     }
                 )
                 row[variant] = {
-                    "s_per_slice": round(r["seconds"] / n, 4),
+                    "slices": k,
+                    "s_per_slice": round(r["seconds"] / k, 4),
                     "peak_mib": round(r["peak_mib"], 1),
                 }
+                shutil.rmtree(root / f"out_{variant}{n}", ignore_errors=True)
+            shutil.rmtree(src)
             p, s = row["predict"], row["stack"]
             row["speedup"] = round(p["s_per_slice"] / s["s_per_slice"], 3)
-            row["memory_ratio"] = round(s["peak_mib"] / p["peak_mib"], 3)
             results.append(row)
+            io = f" | io alone {1 / row['io']['s_per_slice']:.1f} slices/s" if args.io else ""
             print(
-                f"N={n} {w}x{h}: predict {p['s_per_slice']:.3f} s/slice, {p['peak_mib']:.0f} MiB | "
-                f"segment_stack {s['s_per_slice']:.3f} s/slice, {s['peak_mib']:.0f} MiB | "
-                f"speed x{row['speedup']:.2f}, memory x{row['memory_ratio']:.2f}",
+                f"N={n} {w}x{h}: predict ({p['slices']} slices) {p['s_per_slice']:.3f} s/slice, "
+                f"{p['peak_mib']:.0f} MiB | segment_stack {s['s_per_slice']:.3f} s/slice, "
+                f"{s['peak_mib']:.0f} MiB | stack x{row['speedup']:.2f} faster{io}",
+                flush=True,
+            )
+        if len(results) > 1:
+            a, b = results[0], results[-1]
+            print(
+                f"N {a['slices']} -> {b['slices']}: segment_stack seconds per slice "
+                f"x{b['stack']['s_per_slice'] / a['stack']['s_per_slice']:.3f}, peak memory "
+                f"x{b['stack']['peak_mib'] / a['stack']['peak_mib']:.3f}",
                 flush=True,
             )
     print(json.dumps(results, indent=2))

@@ -266,3 +266,43 @@ def test_read_image_agrees_with_folder_order(tmp_path):
     s = stack_mod.open_source(src, allow_gaps=True)
     assert s.ids == ["z1", "z2", "z10"] and s.shape == SHAPE
     assert np.array_equal(read_image(s.files[0]), read_image(src / "z1.png"))
+
+
+def test_sigkill_then_same_command_resumes_identically(tmp_path, runs):
+    """A real ``kill -9`` of ``tomoseg segment-stack`` mid-stack, then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 120
+    rng = np.random.default_rng(7)
+    big = [rng.integers(0, 120, (160, 192)).astype(np.uint8) for _ in range(n)]
+    src = folder(tmp_path / "in", big)
+    segment_stack(runs[0], src, tmp_path / "full", device="cpu")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tomoseg.cli", "segment-stack", str(runs[0]), str(src)]
+    cmd += ["--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    marks = out / "progress"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if marks.is_dir() and len(os.listdir(marks)) >= 3:
+            break
+        time.sleep(0.005)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, f"finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    done_before = len(os.listdir(marks))
+    assert 3 <= done_before < n
+    assert not json.loads((out / "stack.json").read_text())["complete"]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-500:]
+    meta = json.loads((out / "stack.json").read_text())
+    assert meta["complete"] and meta["summary"]["skipped"] >= done_before
+    assert meta["summary"]["computed"] + meta["summary"]["skipped"] == n
+    assert np.array_equal(volume(out), volume(tmp_path / "full"))
