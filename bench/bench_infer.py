@@ -10,16 +10,16 @@ whole-image fp32 eager inference of the same network, measured in the same run.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
+
+from _worker import in_subprocess, peak_rss_mib
 
 SHAPE = (1920, 2300)
 
 
 def worker(spec: dict) -> dict:
     """Run one variant; return seconds per slice (best of the timed repeats) and peak RSS."""
-    import resource
 
     import torch
 
@@ -59,21 +59,12 @@ def worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     out = {
         "seconds": min(times[1:] or times),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mib(),
     }
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
-
-
-def run(spec: dict) -> dict:
-    res = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
-    )
-    if res.returncode:
-        raise SystemExit(res.stderr[-2000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -120,7 +111,7 @@ def main() -> None:
     )
     base = None
     for name, spec in variants:
-        r = run(spec)
+        r = in_subprocess(__file__, spec)
         base = base or r["seconds"]
         extra = f", GPU peak {r['peak_gpu_mb']:.0f} MB on {r['gpu']}" if "gpu" in r else ""
         print(

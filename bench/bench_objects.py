@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _worker import in_subprocess, peak_rss_mib
 
 
 def _objects(nz: int, h: int, w: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -79,8 +78,6 @@ def make_volume(path: Path, nz: int, shape: tuple[int, int], seed: int = 0) -> P
 
 def worker(spec: dict) -> dict:
     """Label one volume in this process; return seconds, peak RSS and the object count."""
-    import resource
-
     from tomoseg.objects import analyze_objects
 
     t0 = time.perf_counter()
@@ -93,20 +90,7 @@ def worker(spec: dict) -> dict:
         overwrite=True,
     )
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
-    return {"seconds": seconds, "peak_mib": peak, "objects": summary["count"]}
-
-
-def run_worker(spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"labelling failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_mib": peak_rss_mib(), "objects": summary["count"]}
 
 
 def same_result(a: Path, b: Path) -> bool:
@@ -141,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         for k, nz in enumerate(args.z):
             vol = make_volume(root / f"vol{nz}.zarr", nz, (h, w))
-            r = run_worker({"volume": str(vol), "out": str(root / "chunked"), "chunk": args.chunk})
+            r = in_subprocess(
+                __file__, {"volume": str(vol), "out": str(root / "chunked"), "chunk": args.chunk}
+            )
             row = {
                 "slices": nz,
                 "shape": [h, w],
@@ -151,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_mib": round(r["peak_mib"], 1),
             }
             if k == 0:  # the equality check, on the smallest volume (it must fit in memory)
-                m = run_worker({"volume": str(vol), "out": str(root / "memory"), "chunk": None})
+                m = in_subprocess(
+                    __file__, {"volume": str(vol), "out": str(root / "memory"), "chunk": None}
+                )
                 row["in_memory"] = {
                     "s_per_slice": round(m["seconds"] / nz, 4),
                     "peak_mib": round(m["peak_mib"], 1),

@@ -9,6 +9,8 @@ configuration's network with random weights (speed does not depend on the weight
     python bench/bench_stack.py --n 100 400 --gpu     # on a GPU
     python bench/bench_stack.py --n 2 --shape 512x512 --width 8   # a smoke test
 
+``--cli-n K`` also times K separate ``tomoseg predict`` commands, one slice each (what a user
+scripting the CLI slice by slice pays: a process, imports and a model load per slice).
 ``--predict-n K`` times the serial baseline on the first K slices only (its seconds per slice do
 not depend on N). ``--io`` adds the pipeline with the network replaced by a threshold: the
 reading + writing ceiling in slices per second, which bounds a GPU run on this machine's CPU.
@@ -24,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _worker import in_subprocess, peak_rss_mib
 
 
 def make_run(path: Path, width: int) -> Path:
@@ -74,8 +78,6 @@ def make_slices(folder: Path, n: int, shape: tuple[int, int]) -> Path:
 
 def worker(spec: dict) -> dict:
     """Run one variant in this process; return seconds and peak RSS."""
-    import resource
-
     import torch
 
     from tomoseg.infer import predict_paths
@@ -110,20 +112,22 @@ def worker(spec: dict) -> dict:
             overwrite=True,
         )
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
-    return {"seconds": seconds, "peak_mib": peak}
+    return {"seconds": seconds, "peak_mib": peak_rss_mib()}
 
 
-def run_variant(spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{spec['variant']} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def cli_per_slice(run: Path, src: Path, out: Path, k: int, gpu: bool) -> float:
+    """Seconds per slice of ``tomoseg predict RUN SLICE`` run as its own command, slice by slice."""
+    files = sorted(src.iterdir())[:k]
+    t0 = time.perf_counter()
+    for f in files:
+        cmd = [sys.executable, "-m", "tomoseg.cli", "predict", str(run), str(f)]
+        cmd += ["--out", str(out), "--format", "tif", "--device", "gpu" if gpu else "cpu"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"tomoseg predict failed: {proc.stderr[-2000:]}")
+    seconds = (time.perf_counter() - t0) / len(files)
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=32, help="network width (default config: 32)")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--predict-n", type=int, default=0, help="baseline on this many slices (0: N)")
+    ap.add_argument("--cli-n", type=int, default=0, help="also time K one-slice CLI calls")
     ap.add_argument("--io", action="store_true", help="also time reading + writing alone")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             variants = ["predict", "stack"] + (["io"] if args.io else [])
             for variant in variants:
                 k = min(n, args.predict_n or n) if variant == "predict" else n
-                r = run_variant(
+                r = in_subprocess(
+                    __file__,
                     {
                         "variant": variant,
                         "run": str(run),
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         "gpu": args.gpu,
                         "threads": args.threads,
                         "limit": k,
-                    }
+                    },
                 )
                 row[variant] = {
                     "slices": k,
@@ -169,10 +175,23 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_mib": round(r["peak_mib"], 1),
                 }
                 shutil.rmtree(root / f"out_{variant}{n}", ignore_errors=True)
+            if args.cli_n:
+                row["cli"] = {"slices": min(n, args.cli_n)}
+                row["cli"]["s_per_slice"] = round(
+                    cli_per_slice(run, src, root / "out_cli", row["cli"]["slices"], args.gpu), 4
+                )
             shutil.rmtree(src)
             p, s = row["predict"], row["stack"]
             row["speedup"] = round(p["s_per_slice"] / s["s_per_slice"], 3)
             results.append(row)
+            if args.cli_n:
+                row["speedup_vs_cli"] = round(row["cli"]["s_per_slice"] / s["s_per_slice"], 3)
+                print(
+                    f"N={n}: one `tomoseg predict` per slice ({row['cli']['slices']} calls) "
+                    f"{row['cli']['s_per_slice']:.3f} s/slice | segment_stack "
+                    f"x{row['speedup_vs_cli']:.2f} faster",
+                    flush=True,
+                )
             io = f" | io alone {1 / row['io']['s_per_slice']:.1f} slices/s" if args.io else ""
             print(
                 f"N={n} {w}x{h}: predict ({p['slices']} slices) {p['s_per_slice']:.3f} s/slice, "

@@ -21,6 +21,30 @@ def shared_dataset(name: str) -> Path:
     return d
 
 
+def sigkill_when(proc, ready, timeout: float = 120.0, poll: float = 0.005) -> str:
+    """SIGKILL a running subprocess as soon as ``ready()`` is true (a real ``kill -9``).
+
+    Fails the test when the process ended on its own first (nothing was interrupted).
+
+    Returns:
+        The process's stderr (empty when it was not piped).
+    """
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(poll)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+    assert killed, f"finished before it could be killed: {err}"
+    return err
+
+
 def write_png(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)

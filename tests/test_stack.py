@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import make_dataset, write_png
+from conftest import make_dataset, sigkill_when, write_png
 
 from tomoseg import stack as stack_mod
 from tomoseg.config import load_config
@@ -271,10 +271,8 @@ def test_read_image_agrees_with_folder_order(tmp_path):
 def test_sigkill_then_same_command_resumes_identically(tmp_path, runs):
     """A real ``kill -9`` of ``tomoseg segment-stack`` mid-stack, then the same command again."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     n = 120
     rng = np.random.default_rng(7)
@@ -287,16 +285,7 @@ def test_sigkill_then_same_command_resumes_identically(tmp_path, runs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     marks = out / "progress"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if marks.is_dir() and len(os.listdir(marks)) >= 3:
-            break
-        time.sleep(0.005)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed, f"finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    sigkill_when(proc, lambda: marks.is_dir() and len(os.listdir(marks)) >= 3)
     done_before = len(os.listdir(marks))
     assert 3 <= done_before < n
     assert not json.loads((out / "stack.json").read_text())["complete"]

@@ -2,17 +2,14 @@
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, sigkill_when
 from safetensors.torch import load_file
 
 from tomoseg.config import load_config
@@ -141,22 +138,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen(
         [*args, "--config", str(cfg_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (run / "metrics.csv").is_file() and len(
-            (run / "metrics.csv").read_text().splitlines()
-        ) >= 3:
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed, (
-        f"training finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
-    )
+    metrics = run / "metrics.csv"
+    sigkill_when(proc, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3)
     before = list(csv.DictReader((run / "metrics.csv").open()))
     done = len(before)
     assert 2 <= done < 4

@@ -1,0 +1,40 @@
+"""What the benchmarks share: run one measurement in a fresh process, so that its peak memory is
+its own, and read that peak.
+
+A benchmark script calls ``in_subprocess(__file__, spec)``; the child runs
+``python SCRIPT --worker JSON`` and prints its result as the last line of JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+
+def in_subprocess(script: str, spec: dict) -> dict:
+    """Run ``script --worker JSON(spec)`` in a new Python process.
+
+    Args:
+        script: the benchmark file (its ``__file__``).
+        spec: what to measure, as JSON-serialisable values.
+
+    Returns:
+        The dict the worker printed as its last stdout line; exits with the worker's stderr tail
+        when it failed.
+    """
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec.get('variant', 'worker')} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
