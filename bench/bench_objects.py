@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _worker import in_subprocess, peak_rss_mib
+from _worker import in_subprocess, parse_or_serve, peak_rss_mib
 
 
 def _objects(nz: int, h: int, w: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -110,16 +110,12 @@ def same_result(a: Path, b: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--z", type=int, nargs="+", default=[32, 128], help="slice counts")
-    ap.add_argument("--shape", default="1920x2300", help="slice HxW")
     ap.add_argument("--chunk", type=int, default=32, help="slices per slab")
     ap.add_argument("--project", type=int, default=1800, help="project to this many slices")
-    ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    args = parse_or_serve(ap, argv, worker)
+    if args is None:
         return 0
-    h, w = (int(v) for v in args.shape.lower().split("x"))
+    h, w = args.hw
     rows = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)

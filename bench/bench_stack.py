@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _worker import in_subprocess, peak_rss_mib
+from _worker import in_subprocess, parse_or_serve, peak_rss_mib
 
 
 def make_run(path: Path, width: int) -> Path:
@@ -133,20 +133,16 @@ def cli_per_slice(run: Path, src: Path, out: Path, k: int, gpu: bool) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[10, 40], help="slice counts")
-    ap.add_argument("--shape", default="1920x2300", help="slice HxW")
     ap.add_argument("--width", type=int, default=32, help="network width (default config: 32)")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--predict-n", type=int, default=0, help="baseline on this many slices (0: N)")
     ap.add_argument("--cli-n", type=int, default=0, help="also time K one-slice CLI calls")
     ap.add_argument("--io", action="store_true", help="also time reading + writing alone")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    args = parse_or_serve(ap, argv, worker)
+    if args is None:
         return 0
-    h, w = (int(v) for v in args.shape.lower().split("x"))
+    h, w = args.hw
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         run = make_run(root / "run", args.width)
