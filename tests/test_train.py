@@ -140,7 +140,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     )
     metrics = run / "metrics.csv"
     sigkill_when(proc, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3)
-    before = list(csv.DictReader((run / "metrics.csv").open()))
+    before = list(csv.DictReader(metrics.open()))
     done = len(before)
     assert 2 <= done < 4
     train(data, run, load_config(cfg_file), resume=True)
