@@ -54,7 +54,7 @@ def parse_or_serve(ap: argparse.ArgumentParser, argv: list[str] | None, worker) 
     Returns:
         The parsed arguments, with ``args.hw`` = (H, W) from ``--shape``; None in a worker.
     """
-    from tomoseg.phantom import parse_shape
+    from tomoseg.synthetic.phantom import parse_shape
 
     ap.add_argument("--shape", default="1920x2300", help="slice HxW")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")

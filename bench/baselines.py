@@ -16,9 +16,11 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
-from tomoseg.data import load_split
-from tomoseg.io import load_dataset, read_image, split_pairs, write_mask
-from tomoseg.score import score_folders
+from tomoseg.data.samples import load_split
+from tomoseg.evaluation.score import score_folders
+from tomoseg.io.datasets import load_dataset, split_pairs
+from tomoseg.io.images import read_image
+from tomoseg.io.writers import write_mask
 
 
 def class_order(data: Path, k: int) -> np.ndarray:

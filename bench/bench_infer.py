@@ -23,9 +23,10 @@ def worker(spec: dict) -> dict:
 
     import torch
 
-    from tomoseg.config import TrainConfig
-    from tomoseg.infer import infer_logits, resolve_precision
-    from tomoseg.models import build_model
+    from tomoseg.config.schema import TrainConfig
+    from tomoseg.inference.sliding_window import infer_logits
+    from tomoseg.models.registry import build_model
+    from tomoseg.runtime.device import resolve_precision
 
     cfg = TrainConfig()
     torch.manual_seed(0)
@@ -68,7 +69,7 @@ def worker(spec: dict) -> dict:
 
 
 def main() -> None:
-    from tomoseg.config import TrainConfig
+    from tomoseg.config.schema import TrainConfig
 
     cfg = TrainConfig()
     gpu = "--gpu" in sys.argv

@@ -13,7 +13,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from tomoseg.metrics import boundary, score_image
+from tomoseg.metrics.segmentation import boundary, score_image
 
 
 def blobs(seed: int, shape=(1920, 2300), frac: float = 0.1) -> np.ndarray:

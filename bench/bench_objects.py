@@ -79,7 +79,7 @@ def make_volume(path: Path, nz: int, shape: tuple[int, int], seed: int = 0) -> P
 
 def worker(spec: dict) -> dict:
     """Label one volume in this process; return seconds, peak RSS and the object count."""
-    from tomoseg.objects import analyze_objects
+    from tomoseg.evaluation.objects import analyze_objects
 
     t0 = time.perf_counter()
     summary = analyze_objects(

@@ -35,10 +35,10 @@ def make_run(path: Path, width: int) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from tomoseg.config import TrainConfig
-    from tomoseg.infer import RUN_FILE, weights_metadata
-    from tomoseg.io import write_json
-    from tomoseg.models import build_model
+    from tomoseg.config.schema import TrainConfig
+    from tomoseg.io.writers import write_json
+    from tomoseg.models.registry import build_model
+    from tomoseg.runtime.checkpoint import RUN_FILE, weights_metadata
 
     cfg = TrainConfig(width=width)
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def worker(spec: dict) -> dict:
     """Run one variant in this process; return seconds and peak RSS."""
     import torch
 
-    from tomoseg.infer import predict_paths
+    from tomoseg.inference.predict import predict_paths
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -89,7 +89,7 @@ def worker(spec: dict) -> dict:
     if spec["variant"] == "io":
         import numpy as np
 
-        from tomoseg import stack
+        from tomoseg.inference import stack
 
         def threshold(run, images):  # no network: what reading and writing alone cost
             return [(im > np.median(im[::16, ::16])).astype(np.uint8) for im in images]
@@ -97,7 +97,7 @@ def worker(spec: dict) -> dict:
         stack._segment_many = threshold
         stack.segment_stack(spec["run"], spec["input"], spec["out"], device="cpu", overwrite=True)
     elif spec["variant"] == "stack":
-        from tomoseg.stack import segment_stack
+        from tomoseg.inference.stack import segment_stack
 
         segment_stack(spec["run"], spec["input"], spec["out"], device=device, overwrite=True)
     else:

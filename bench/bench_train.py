@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tomoseg.config import load_config
-from tomoseg.train import SegDataModule, SegModule, train
+from tomoseg.config.schema import load_config
+from tomoseg.data.datamodule import SegDataModule
+from tomoseg.training.module import SegModule
+from tomoseg.training.trainer import train
 
 
 def matseg_loop(dm: SegDataModule, module: SegModule, steps: int, device: torch.device) -> float:
@@ -58,7 +60,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     data = args.data
     if data is None:
-        from tomoseg.phantom import generate_phantom
+        from tomoseg.synthetic.phantom import generate_phantom
 
         data = tmp / "phantom"
         generate_phantom(data, (512, 512), 12, 0)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tomoseg.config import load_config
+from tomoseg.config.schema import load_config
 
 # Each candidate: overrides of TrainConfig. Epoch counts are sized so that a run fits about
 # 25 minutes on the 2-core CPU (measured throughputs in docs/training.md).
@@ -60,8 +60,8 @@ CANDIDATES: dict[str, dict] = {
 
 
 def main() -> None:
-    from tomoseg.infer import evaluate_run
-    from tomoseg.train import train
+    from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.training.trainer import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-root", type=Path, required=True)

@@ -11,7 +11,7 @@ fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 PY=${PY:-python3}
 nvidia-smi -L 2>/dev/null | tee "$OUT/gpu.txt"
-$PY -c "import tomoseg.train, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+$PY -c "import tomoseg.training.trainer, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 G=--gpu; DEV=gpu; W=12; PLAN="em-vnc-mito:d5,dice,noweight,wide,c128,base xct-dendrite:d5,dice stem-pt:d5,dice"; DL=300; MM=1.3; C1=1024; C2=512
 if [ -n "${SMALL:-}" ]; then G=; DEV=cpu; W=0; PLAN="xct-dendrite:tiny"; DL=5; MM=0.2; C1=32; C2=16; fi
 timeout 150 $PY bench/bench_infer.py $G 2>&1 | tee "$OUT/bench_infer_gpu.txt"

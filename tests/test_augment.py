@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tomoseg.augment import augment, build_augmentation
+from tomoseg.data.augment import augment, build_augmentation
 from tomoseg.errors import TomosegError
 
 

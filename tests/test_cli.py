@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-from tomoseg.io import read_mask
+from tomoseg.io.images import read_mask
 
 
 def test_phantom_check_and_crops(tmp_path, run_cli):
@@ -66,7 +66,7 @@ def test_train_evaluate_predict_cli(tmp_path, run_cli):
 def test_demo_network_beats_threshold(tmp_path):
     from rich.console import Console
 
-    from tomoseg.demo import run_demo
+    from tomoseg.experiments.demo import run_demo
 
     res = run_demo(tmp_path / "demo", Console(quiet=True), epochs=3)
     assert res["network"]["iou"] > res["otsu"]["iou"] + 0.1

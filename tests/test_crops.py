@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tomoseg.crops import (
+from tomoseg.data.crops import (
     CropBox,
     class_fraction_in_crops,
     export_crops,

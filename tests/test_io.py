@@ -9,24 +9,11 @@ import tifffile
 from conftest import write_png
 from PIL import Image
 
+from tomoseg.data.normalization import Normalization, fit_normalization, normalize
 from tomoseg.errors import TomosegError
-from tomoseg.io import (
-    Normalization,
-    atomic_write,
-    fit_normalization,
-    list_images,
-    load_dataset,
-    normalize,
-    pair_files,
-    prepare_output_dir,
-    read_image,
-    read_mask,
-    read_pair,
-    read_stack,
-    split_pairs,
-    write_json,
-    write_mask,
-)
+from tomoseg.io.datasets import load_dataset, pair_files, read_pair, split_pairs
+from tomoseg.io.images import list_images, read_image, read_mask, read_stack
+from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_mask
 
 RNG = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ from reference import ref_boundary, ref_scores
 from scipy import ndimage as ndi
 
 from tomoseg.errors import TomosegError
-from tomoseg.metrics import (
+from tomoseg.metrics.segmentation import (
     ScoreSummary,
     accuracy_from_cm,
     bf1_binary,

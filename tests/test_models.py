@@ -8,14 +8,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tomoseg.errors import TomosegError
-from tomoseg.models import (
-    VGG16_BN_CONV_INDICES,
-    PadToStride,
-    SegNet,
-    build_model,
-    count_parameters,
-    load_encoder_weights,
-)
+from tomoseg.models.layers import PadToStride
+from tomoseg.models.registry import build_model, count_parameters
+from tomoseg.models.segnet import VGG16_BN_CONV_INDICES, SegNet, load_encoder_weights
 
 VGG_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 

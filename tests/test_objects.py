@@ -13,12 +13,18 @@ import tifffile
 import trimesh
 import zarr
 
-from tomoseg.config import load_config
+from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
-from tomoseg.objects import analyze_objects, canonical_partition, detection_scores, label_objects
-from tomoseg.phantom import generate_phantom
-from tomoseg.stack import segment_stack, write_ngff_attrs
-from tomoseg.train import train
+from tomoseg.evaluation.objects import (
+    analyze_objects,
+    canonical_partition,
+    detection_scores,
+    label_objects,
+)
+from tomoseg.inference.stack import segment_stack
+from tomoseg.io.ome_zarr import write_ngff_attrs
+from tomoseg.synthetic.phantom import generate_phantom
+from tomoseg.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

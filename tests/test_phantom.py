@@ -12,8 +12,9 @@ import tifffile
 from scipy import ndimage
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import load_dataset, read_image, read_mask, read_pair, split_pairs
-from tomoseg.phantom import (
+from tomoseg.io.datasets import load_dataset, read_pair, split_pairs
+from tomoseg.io.images import read_image, read_mask
+from tomoseg.synthetic.phantom import (
     PhantomScene,
     generate_phantom,
     otsu_baseline,

@@ -10,7 +10,7 @@ from conftest import METRICS_JSON_KEYS, shared_dataset, write_png
 from PIL import Image
 from reference import ref_scores
 
-from tomoseg.io import list_images, read_mask
+from tomoseg.io.images import list_images, read_mask
 
 
 def _masks_dir(tmp_path, name, arrays):
@@ -162,7 +162,7 @@ def test_real_data_self_and_reference(tmp_path, run_cli):
     # another prediction: a threshold of the image, against the KD-tree reference to 1e-9
     from skimage.filters import threshold_otsu
 
-    from tomoseg.io import read_image
+    from tomoseg.io.images import read_image
 
     pdir = tmp_path / "otsu"
     preds = {}

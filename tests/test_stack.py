@@ -12,13 +12,16 @@ import tifffile
 import zarr
 from conftest import make_dataset, sigkill_when, write_png
 
-from tomoseg import stack as stack_mod
-from tomoseg.config import load_config
+from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
-from tomoseg.infer import load_run, segment
-from tomoseg.io import read_image
-from tomoseg.stack import parse_voxel_size, segment_stack, write_ngff_attrs
-from tomoseg.train import train
+from tomoseg.inference import stack as stack_mod
+from tomoseg.inference.predictor import segment
+from tomoseg.inference.stack import segment_stack
+from tomoseg.io.images import read_image
+from tomoseg.io.ome_zarr import write_ngff_attrs
+from tomoseg.io.volumes import parse_voxel_size
+from tomoseg.runtime.checkpoint import load_run
+from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)
 TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, "depth": 3}

@@ -12,39 +12,40 @@ import pytest
 import yaml
 from conftest import make_dataset
 
-from tomoseg import sweep as sw
-from tomoseg.config import load_config
+from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
+from tomoseg.experiments import cells
+from tomoseg.experiments import sweep as sw
 
 BASE = {"width": 4, "depth": 3, "epochs": 2, "batch_size": 4, "tile_size": 64}
 TIMING = ("train_seconds", "seconds_per_epoch")
 
 
 def test_parse_grid():
-    assert sw.parse_sizes("64, 224,full") == [64, 224, 0]
-    assert sw.parse_counts("250,500") == [250, 500]
+    assert cells.parse_sizes("64, 224,full") == [64, 224, 0]
+    assert cells.parse_counts("250,500") == [250, 500]
     for bad in ("", "64,,128", "abc", "8", "64,64"):
         with pytest.raises(TomosegError):
-            sw.parse_sizes(bad)
+            cells.parse_sizes(bad)
     for bad in ("", "0", "-5", "x", "1,1"):
         with pytest.raises(TomosegError):
-            sw.parse_counts(bad)
+            cells.parse_counts(bad)
     with pytest.raises(TomosegError, match="repeats"):
-        sw.plan_cases([64], [10], 0, 0)
-    cases = sw.plan_cases([64, 0], [10, 20], 2, 5)
+        cells.plan_cases([64], [10], 0, 0)
+    cases = cells.plan_cases([64, 0], [10, 20], 2, 5)
     assert len(cases) == 8 and cases[0].id == "s64_n10_r0" and cases[-1].id == "sfull_n20_r1"
     assert {c.seed for c in cases if c.repeat == 1} == {6}
     assert [c.repeat for c in cases[:4]] == [0, 0, 0, 0]  # repeat-major
 
 
 def test_noise_verdicts():
-    mk = sw.CellStats
+    mk = cells.CellStats
     stats = [
         mk(64, 10, 3, 0, 0.80, 0.01, 0.5, 0.01),
         mk(128, 10, 3, 0, 0.79, 0.01, 0.5, 0.01),
         mk(256, 10, 3, 0, 0.60, 0.01, 0.4, 0.01),
     ]
-    best, verdicts = sw.noise_verdicts(stats)
+    best, verdicts = cells.noise_verdicts(stats)
     assert best.size == 64
     assert dict((c.size, v) for c, v in verdicts) == {128: True, 256: False}
 

@@ -12,9 +12,11 @@ import torch
 from conftest import make_dataset, sigkill_when
 from safetensors.torch import load_file
 
-from tomoseg.config import load_config
+from tomoseg.config.schema import load_config
+from tomoseg.data.datamodule import CropDataset, EpochSampler
+from tomoseg.data.statistics import class_weights
 from tomoseg.errors import TomosegError
-from tomoseg.train import CropDataset, EpochSampler, class_weights, train
+from tomoseg.training.trainer import train
 
 TINY = {
     "crop_size": 32,
@@ -51,7 +53,7 @@ def test_epoch_sampler_and_fresh_augmentation():
     assert [i % 10 for i in e0] != [i % 10 for i in e1]
     s.set_epoch(0)
     assert list(s) == e0
-    from tomoseg.crops import CropBox
+    from tomoseg.data.crops import CropBox
 
     rng = np.random.default_rng(0)
     img = rng.random((40, 40)).astype(np.float32)
@@ -186,7 +188,7 @@ def test_bad_training_inputs(tmp_path, run_cli):
 
 
 def test_untiled_memory_check():
-    from tomoseg.infer import check_untiled_memory
+    from tomoseg.inference.sliding_window import check_untiled_memory
 
     check_untiled_memory((100, 100), 16, 2, available=1 << 30)
     with pytest.raises(TomosegError, match="without tiling"):
@@ -196,8 +198,8 @@ def test_untiled_memory_check():
 def test_bad_checkpoints(tmp_path):
     from safetensors.torch import save_file
 
-    from tomoseg.infer import load_run
-    from tomoseg.models import build_model
+    from tomoseg.models.registry import build_model
+    from tomoseg.runtime.checkpoint import load_run
 
     data = make_dataset(tmp_path / "d", shape=(48, 56))
     run = train(data, tmp_path / "run", tiny_cfg(epochs=1))

@@ -16,9 +16,9 @@ from pydantic import (
 )
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import pydantic_message
+from tomoseg.utils.format import pydantic_message
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class TrainConfig(BaseModel):

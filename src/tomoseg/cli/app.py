@@ -49,9 +49,9 @@ def score(
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted masks against true masks: accuracy, IoU, BF1, overlays."""
-    from tomoseg.io import resolve_classes
-    from tomoseg.report import score_table
-    from tomoseg.score import score_folders
+    from tomoseg.evaluation.score import score_folders
+    from tomoseg.io.datasets import resolve_classes
+    from tomoseg.reporting.scores import score_table
 
     summary = score_folders(
         pred, truth, out, resolve_classes(classes), class_of_interest, tolerance, images, overwrite
@@ -71,7 +71,7 @@ def check(
     masks: Annotated[Path | None, typer.Option(help="Folder of masks, matched by stem.")] = None,
 ) -> None:
     """Read every image/mask pair and report shapes, types and class frequencies."""
-    from tomoseg.data import check_data
+    from tomoseg.data.check import check_data
 
     check_data(console, data, images, masks)
 
@@ -85,7 +85,7 @@ def phantom(
     overwrite: Overwrite = False,
 ) -> None:
     """Write a synthetic tomography dataset: somas (class 1) among look-alike vessels."""
-    from tomoseg.phantom import generate_phantom, parse_shape
+    from tomoseg.synthetic.phantom import generate_phantom, parse_shape
 
     info = generate_phantom(out, parse_shape(shape), slices, seed, overwrite=overwrite)
     console.print(f"phantom written to {out}: {info}")
@@ -104,7 +104,7 @@ def crops(
     overwrite: Overwrite = False,
 ) -> None:
     """Export the N random SxS training crops as image/mask pairs for inspection."""
-    from tomoseg.crops import export_crops
+    from tomoseg.data.crops import export_crops
 
     paths = export_crops(data, size, count, seed, out, focus_fraction, overwrite)
     console.print(f"{len(paths)} crops written to {out}")
@@ -137,8 +137,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
-    from tomoseg.config import load_config
-    from tomoseg.train import train as run_train
+    from tomoseg.config.schema import load_config
+    from tomoseg.training.trainer import train as run_train
 
     cfg = load_config(
         config,
@@ -176,8 +176,8 @@ def lr_find(
     steps: Annotated[int, typer.Option(help="Number of steps.")] = 60,
 ) -> None:
     """Learning-rate range test: loss against learning rate, with a suggested rate."""
-    from tomoseg.config import load_config
-    from tomoseg.train import lr_range_test
+    from tomoseg.config.schema import load_config
+    from tomoseg.training.lr_find import lr_range_test
 
     suggestion = lr_range_test(data, out, load_config(config), min_lr, max_lr, steps)
     if suggestion == suggestion:  # not NaN
@@ -204,7 +204,7 @@ def predict(
     overwrite: Overwrite = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
-    from tomoseg.infer import predict_paths
+    from tomoseg.inference.predict import predict_paths
 
     paths = predict_paths(
         run,
@@ -232,8 +232,8 @@ def evaluate(
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays)."""
-    from tomoseg.infer import evaluate_run
-    from tomoseg.report import score_table
+    from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.reporting.scores import score_table
 
     summary, sec = evaluate_run(run, data, out, split, device, overwrite)
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
@@ -269,19 +269,12 @@ def sweep(
     ] = False,
 ) -> None:
     """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
-    from tomoseg.config import load_config
-    from tomoseg.sweep import (
-        estimate_seconds,
-        new_sweep_folder,
-        parse_counts,
-        parse_sizes,
-        plan_cases,
-        run_sweep,
-        size_label,
-    )
+    from tomoseg.config.schema import load_config
+    from tomoseg.experiments.cells import parse_counts, parse_sizes, plan_cases, size_label
+    from tomoseg.experiments.sweep import estimate_seconds, new_sweep_folder, run_sweep
 
     if demo:
-        from tomoseg.demo import sweep_demo_setup
+        from tomoseg.experiments.demo import sweep_demo_setup
 
         data, out, sizes, counts, config_over = sweep_demo_setup(out, console)
     else:
@@ -336,7 +329,7 @@ def segment_stack_cmd(
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tomoseg.stack import segment_stack
+    from tomoseg.inference.stack import segment_stack
 
     if fmt not in ("ome-zarr", "zarr", "tiff"):
         raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
@@ -395,7 +388,7 @@ def objects(
     overwrite: Overwrite = False,
 ) -> None:
     """3D objects of a class: counts, volumes, shapes, meshes, preview (and detection scores)."""
-    from tomoseg.objects import analyze_objects
+    from tomoseg.evaluation.objects import analyze_objects
 
     if connectivity not in (6, 18, 26):
         raise TomosegError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
@@ -434,7 +427,7 @@ def demo(
     ] = False,
 ) -> None:
     """Run the whole job on an embedded synthetic phantom (no data needed)."""
-    from tomoseg.demo import run_demo, run_stack_demo
+    from tomoseg.experiments.demo import run_demo, run_stack_demo
 
     if stack:
         run_stack_demo(

@@ -9,8 +9,8 @@ import html
 import math
 from pathlib import Path
 
-from tomoseg.io import write_text
-from tomoseg.report import fmt
+from tomoseg.io.writers import write_text
+from tomoseg.reporting.scores import fmt
 
 
 def _img(path: Path, width: str = "100%") -> str:
@@ -22,7 +22,7 @@ def _img(path: Path, width: str = "100%") -> str:
 
 def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Path:
     """Write ``out/report.html`` atomically and return its path."""
-    from tomoseg.sweep import noise_verdicts, size_label
+    from tomoseg.experiments.cells import noise_verdicts, size_label
 
     coi = meta["class_of_interest"]
     done = [r for r in records if r["status"] == "done"]

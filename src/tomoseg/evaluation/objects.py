@@ -46,15 +46,10 @@ import cc3d
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import prepare_output_dir, write_json, write_text
-from tomoseg.stack import (
-    STACK_FILE,
-    StackSource,
-    open_source,
-    parse_voxel_size,
-    read_stack_info,
-    write_ngff_attrs,
-)
+from tomoseg.inference.stack import STACK_FILE, read_stack_info
+from tomoseg.io.ome_zarr import write_ngff_attrs
+from tomoseg.io.volumes import StackSource, open_source, parse_voxel_size
+from tomoseg.io.writers import prepare_output_dir, write_json, write_text
 
 __all__ = [
     "CONNECTIVITIES",
@@ -512,7 +507,7 @@ def _histogram(volumes: np.ndarray, unit: str | None, path: Path, what: str) -> 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    from tomoseg.io import atomic_write
+    from tomoseg.io.writers import atomic_write
 
     atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
 
@@ -546,7 +541,7 @@ def _preview(meshes: list[tuple[int, Any]], path: Path, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    from tomoseg.io import atomic_write
+    from tomoseg.io.writers import atomic_write
 
     atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
 
@@ -726,7 +721,7 @@ def analyze_objects(
         mask, origin = _object_mask(arr, r)
         m = _mesh(mask, origin, vol.voxel_size)
         path = out / "meshes" / f"object_{r['label']:06d}.{mesh_format}"
-        from tomoseg.io import atomic_write
+        from tomoseg.io.writers import atomic_write
 
         atomic_write(path, lambda t, m=m: m.export(t, file_type=mesh_format))
         area, mvol = float(m.area), abs(float(m.volume))

@@ -1,45 +1,13 @@
-"""Datasets in memory: loading splits, checking them, class statistics.
-
-(The Lightning DataModule that feeds training lives in :mod:`tomoseg.train`.)
-"""
+"""``tomoseg check``: read every pair of a dataset and summarise it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from tomoseg.data.samples import load_pairs
+from tomoseg.data.statistics import class_counts
 from tomoseg.errors import TomosegError
-from tomoseg.io import DatasetSpec, Pair, load_dataset, pair_files, read_pair, split_pairs
-
-
-@dataclass
-class Sample:
-    """One full-size image with its mask."""
-
-    id: str
-    image: np.ndarray
-    mask: np.ndarray
-
-
-def load_pairs(pairs: list[Pair], n_classes: int | None) -> list[Sample]:
-    """Read and check every pair (see :func:`tomoseg.io.read_pair`)."""
-    return [Sample(p.id, *read_pair(p, n_classes)) for p in pairs]
-
-
-def load_split(root: Path, split: str, spec: DatasetSpec | None = None) -> list[Sample]:
-    """Read one split of a dataset folder, checking ids, shapes and class ids."""
-    spec = spec or load_dataset(root)
-    return load_pairs(split_pairs(root, split), len(spec.classes))
-
-
-def class_counts(masks: list[np.ndarray], n_classes: int) -> np.ndarray:
-    """Pixels of each class summed over masks: (K,) int64."""
-    total = np.zeros(n_classes, np.int64)
-    for m in masks:
-        total += np.bincount(m.ravel(), minlength=n_classes)[:n_classes]
-    return total
+from tomoseg.io.datasets import Pair, load_dataset, pair_files, split_pairs
 
 
 def check_data(console, data: Path | None, images: Path | None, masks: Path | None) -> None:

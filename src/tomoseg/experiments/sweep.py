@@ -1,19 +1,4 @@
-"""The crop sweep: one network per (crop size, crop count, repeat) case, then a table, heatmaps
-and a self-contained HTML report.
-
-Each case is an independent job made of the two ordinary commands, ``tomoseg train`` and
-``tomoseg evaluate``, run as subprocesses in the case's own folder (``cases/<id>/run`` and
-``cases/<id>/eval``) and recorded in ``cases/<id>/case.json`` when it ends. That makes the sweep:
-
-* resumable: a finished case is never rerun; an interrupted one resumes its training from its
-  last checkpoint (``tomoseg train --resume``); ``results.csv`` and ``report.html`` are rebuilt
-  from the case records and written atomically;
-* robust: a crashing case is recorded as failed with its error line, and the others go on;
-* parallel: ``--jobs K`` runs K cases at once, splitting the CPU cores (or the GPUs) between them;
-  the same case command can be sent to a cluster scheduler unchanged.
-
-The grid logic is the project's own (no library plans crop-size x count experiments).
-"""
+"""The crop sweep: one network per (crop size, crop count, repeat) case, then a table, heatmaps"""
 
 from __future__ import annotations
 
@@ -28,91 +13,24 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tomoseg.config import TrainConfig
+from tomoseg.config.schema import TrainConfig
 from tomoseg.errors import TomosegError
-from tomoseg.io import load_dataset, split_pairs, write_json, write_text
-from tomoseg.metrics import nanmean
-
-SWEEP_FILE = "sweep.json"
-SWEPT = ("crop_size", "crops", "seed", "epochs", "max_minutes", "device", "workers")
-FULL = 0  # crop_size 0 = whole images
-
-
-# ----------------------------------------------------------------------------- the grid
-
-
-def _parse_int_list(
-    text: str, option: str, example: str, minimum: int, words: dict[str, int]
-) -> list[int]:
-    """Parse a comma-separated list of integers >= ``minimum`` (or the given words) for an option.
-
-    Raises:
-        TomosegError: empty or malformed list, a value below the minimum, a duplicate.
-    """
-    items = [t.strip().lower() for t in str(text).split(",")]
-    if any(not t for t in items):
-        raise TomosegError(f"{option} must be a comma-separated list like {example}, got {text!r}")
-    values = []
-    for t in items:
-        if t in words:
-            values.append(words[t])
-            continue
-        try:
-            v = int(t)
-        except ValueError:
-            alt = "".join(f" or '{w}'" for w in words)
-            raise TomosegError(f"{option}: '{t}' is not an integer{alt}") from None
-        if v < minimum:
-            raise TomosegError(f"{option}: {v} is below the minimum of {minimum}")
-        values.append(v)
-    if len(set(values)) != len(values):
-        raise TomosegError(f"{option} lists a value twice: {text!r}")
-    return values
-
-
-def parse_sizes(text: str) -> list[int]:
-    """Parse ``"100,224,full"`` into crop sizes (each >= 16; ``full`` -> 0 = whole images)."""
-    return _parse_int_list(text, "--sizes", "100,224,full", 16, {"full": FULL})
-
-
-def parse_counts(text: str) -> list[int]:
-    """Parse ``"250,500,1000"`` into crop counts (each >= 1)."""
-    return _parse_int_list(text, "--counts", "250,500", 1, {})
-
-
-def size_label(size: int) -> str:
-    """``"full"`` for whole images, else the size."""
-    return "full" if size == FULL else str(size)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One cell repeat of the grid."""
-
-    size: int
-    count: int
-    repeat: int
-    seed: int
-
-    @property
-    def id(self) -> str:
-        """Folder name, e.g. ``s224_n1000_r0``."""
-        return f"s{size_label(self.size)}_n{self.count}_r{self.repeat}"
-
-
-def plan_cases(sizes: list[int], counts: list[int], repeats: int, base_seed: int) -> list[Case]:
-    """All cases, repeat-major (every cell's first repeat before any second repeat), so an
-    interrupted sweep already covers the whole grid once. Repeat r uses seed ``base_seed + r``."""
-    if repeats < 1:
-        raise TomosegError(f"--repeats must be at least 1, got {repeats}")
-    return [
-        Case(s, n, r, base_seed + r) for r, s, n in itertools.product(range(repeats), sizes, counts)
-    ]
+from tomoseg.experiments.cells import (
+    FULL,
+    SWEEP_FILE,
+    SWEPT,
+    Case,
+    CellStats,
+    cell_stats,
+    plan_cases,
+    size_label,
+)
+from tomoseg.io.datasets import load_dataset, split_pairs
+from tomoseg.io.writers import write_json, write_text
 
 
 def base_config_dict(cfg: TrainConfig) -> dict:
@@ -440,80 +358,6 @@ def results_csv(records: list[dict], classes: list[str], coi: str) -> str:
     return buf.getvalue()
 
 
-@dataclass
-class CellStats:
-    """Mean and standard deviation over the finished repeats of one (size, count) cell."""
-
-    size: int
-    count: int
-    n: int
-    failed: int
-    iou_mean: float
-    iou_std: float
-    bf1_mean: float
-    bf1_std: float
-
-
-def cell_stats(
-    records: list[dict], sizes: list[int], counts: list[int], coi: str
-) -> list[CellStats]:
-    """Aggregate the repeats of each cell (NaN where no repeat finished)."""
-    out = []
-    for s in sizes:
-        for n in counts:
-            rs = [r for r in records if r["size"] == s and r["count"] == n]
-            done = [r for r in rs if r["status"] == "done"]
-            iou = np.array(
-                [r["iou"][coi] if r["iou"][coi] is not None else np.nan for r in done], float
-            )
-            bf1 = np.array(
-                [r["bf1"][coi] if r["bf1"][coi] is not None else np.nan for r in done], float
-            )
-
-            def sd(a):
-                a = a[~np.isnan(a)]
-                return float(np.std(a, ddof=1)) if a.size > 1 else float("nan")
-
-            out.append(
-                CellStats(
-                    s,
-                    n,
-                    len(done),
-                    sum(r["status"] == "failed" for r in rs),
-                    float(nanmean(iou)),
-                    sd(iou),
-                    float(nanmean(bf1)),
-                    sd(bf1),
-                )
-            )
-    return out
-
-
-def noise_verdicts(
-    stats: list[CellStats], key: str = "iou"
-) -> tuple[CellStats | None, list[tuple[CellStats, bool]]]:
-    """The best cell by mean and, for every other cell, whether its difference from the best lies
-    within the noise: ``|difference| <= 2 x sqrt(se_best^2 + se_cell^2)`` with se = std / sqrt(n)
-    (about a 95 % interval). Cells with a single repeat have no noise estimate (verdict False)."""
-    ok = [c for c in stats if not math.isnan(getattr(c, f"{key}_mean"))]
-    if not ok:
-        return None, []
-    best = max(ok, key=lambda c: getattr(c, f"{key}_mean"))
-
-    def se(c):
-        s = getattr(c, f"{key}_std")
-        return s / math.sqrt(c.n) if c.n > 1 and not math.isnan(s) else float("nan")
-
-    verdicts = []
-    for c in ok:
-        if c is best:
-            continue
-        d = getattr(best, f"{key}_mean") - getattr(c, f"{key}_mean")
-        tol = 2 * math.sqrt(se(best) ** 2 + se(c) ** 2)
-        verdicts.append((c, not math.isnan(tol) and abs(d) <= tol))
-    return best, verdicts
-
-
 def plot_heatmap(
     stats: list[CellStats], sizes: list[int], counts: list[int], key: str, title: str, path: Path
 ) -> None:
@@ -523,7 +367,7 @@ def plot_heatmap(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tomoseg.io import atomic_write
+    from tomoseg.io.writers import atomic_write
 
     grid = np.full((len(sizes), len(counts)), np.nan)
     fig, ax = plt.subplots(figsize=(1.6 * len(counts) + 2.5, 0.9 * len(sizes) + 1.8))
@@ -565,7 +409,7 @@ def plot_heatmap(
 
 def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
     """Rebuild ``results.csv``, the heatmaps and ``report.html`` from the case records."""
-    from tomoseg.sweep_report import write_report
+    from tomoseg.experiments.report import write_report
 
     meta = json.loads((out / SWEEP_FILE).read_text())
     classes, coi = meta["classes"], meta["class_of_interest"]
@@ -610,8 +454,8 @@ def estimate_seconds(
     """
     import tempfile
 
-    from tomoseg.data import load_split
-    from tomoseg.train import train
+    from tomoseg.data.samples import load_split
+    from tomoseg.training.trainer import train
 
     shapes = [s.image.shape for s in load_split(data, "train")]
     full_area = float(np.mean([h * w for h, w in shapes]))
@@ -632,7 +476,7 @@ def estimate_seconds(
             per_crop[s] = float(row["train_seconds"]) / n
             val_s.append(float(row["seconds"]) - float(row["train_seconds"]))
     t_start = time.perf_counter()  # each case starts two processes (train, evaluate)
-    subprocess.run([sys.executable, "-c", "import tomoseg.train, tomoseg.infer"], check=False)
+    subprocess.run([sys.executable, "-c", "import tomoseg.training.trainer, tomoseg.inference.predictor"], check=False)
     startup = 2 * (time.perf_counter() - t_start)
     a0, a1 = area(probe_sizes[0]), area(probe_sizes[-1])
     t0, t1 = per_crop[probe_sizes[0]], per_crop[probe_sizes[-1]]

@@ -12,16 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import (
-    list_images,
-    load_dataset,
-    pair_files,
-    prepare_output_dir,
-    read_image,
-    read_mask,
-)
-from tomoseg.metrics import ScoreSummary, score_image
-from tomoseg.report import class_index, write_overlays, write_score_files
+from tomoseg.io.datasets import load_dataset, pair_files
+from tomoseg.io.images import list_images, read_image, read_mask
+from tomoseg.io.writers import prepare_output_dir
+from tomoseg.metrics.segmentation import ScoreSummary, score_image
+from tomoseg.reporting.scores import class_index, write_overlays, write_score_files
 
 RESULT_NAMES = ("metrics.json", "per_image.csv")
 

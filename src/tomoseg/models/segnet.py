@@ -1,14 +1,4 @@
-"""Segmentation networks: SegNet (written here) and U-Net (from MONAI), padded to any input size.
-
-:func:`build_model` is the one entry point. It returns a :class:`PadToStride` wrapper that pads
-the input up to a multiple of the network's total stride, runs the network and crops the logits
-back, so that whole 2300x1920 slices (or any odd-sized crop) can be segmented in one pass. The
-wrapper carries ``arch``, ``stride`` and ``hparams_dict`` (enough to rebuild it with
-``build_model(**model.hparams_dict)``).
-
-:func:`load_encoder_weights` initialises the SegNet encoder from a *local* VGG16-BN state dict
-(torchvision layout); nothing is ever downloaded.
-"""
+"""Segmentation networks: SegNet (written here) and U-Net (from MONAI), padded to any input size."""
 
 from __future__ import annotations
 
@@ -18,15 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from monai.networks.layers import Norm
-from monai.networks.nets import UNet
 from torch import nn
 
 from tomoseg.errors import TomosegError
-
-ARCHITECTURES = ("segnet", "unet")
-DEFAULT_WIDTH = {"segnet": 64, "unet": 32}
+from tomoseg.models.layers import ConvBNReLU, PadToStride
 
 # VGG16 layout: convolutions per block and channel multipliers of the base width.
 SEGNET_BLOCKS = (2, 2, 3, 3, 3)
@@ -36,18 +21,6 @@ SEGNET_STRIDE = 2 ** len(SEGNET_BLOCKS)
 # Indices of the 13 convolutions in torchvision's ``vgg16_bn().features``; each BatchNorm is at +1.
 VGG16_BN_CONV_INDICES = (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40)
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-# ----------------------------------------------------------------------------- SegNet
-
-
-class ConvBNReLU(nn.Sequential):
-    """3x3 convolution (padding 1) + BatchNorm + ReLU; children are named ``conv``, ``bn``, ``relu``."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
 
 
 class SegNet(nn.Module):
@@ -116,118 +89,6 @@ class SegNet(nn.Module):
     def encoder_layers(self) -> list[ConvBNReLU]:
         """The 13 encoder conv+BN+ReLU units in forward order."""
         return [unit for block in self.encoder for unit in block]
-
-
-# ----------------------------------------------------------------------------- padding wrapper
-
-
-def _pad_amount(size: int, stride: int) -> int:
-    return (-size) % stride
-
-
-class PadToStride(nn.Module):
-    """Run a network on any H, W by padding up to a multiple of its stride and cropping back.
-
-    Padding is added at the bottom and right (so the pixel grid stays aligned with the pooling
-    grid) in ``reflect`` mode, or ``replicate`` when the input is too small to reflect.
-
-    Attributes:
-        net: the wrapped network.
-        stride: total down-sampling factor of ``net``.
-        arch: architecture name (``"segnet"`` or ``"unet"``).
-        hparams_dict: keyword arguments of :func:`build_model` that rebuild this model.
-    """
-
-    def __init__(self, net: nn.Module, stride: int, arch: str, hparams: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.net = net
-        self.stride = int(stride)
-        self.arch = arch
-        self.hparams_dict = dict(hparams)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits (B, K, H, W) for an input (B, C, H, W) of any H, W >= 1."""
-        if x.ndim != 4:
-            raise TomosegError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        ph, pw = _pad_amount(h, self.stride), _pad_amount(w, self.stride)
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.net(x)
-        return out[..., :h, :w]
-
-
-# ----------------------------------------------------------------------------- factory
-
-
-def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TomosegError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def build_model(
-    name: str,
-    in_channels: int = 1,
-    num_classes: int = 2,
-    width: int | None = None,
-    depth: int = 5,
-) -> PadToStride:
-    """Build a segmentation network that accepts any input size.
-
-    Args:
-        name: ``"segnet"`` or ``"unet"`` (case-insensitive).
-        in_channels: input channels (1 for grayscale).
-        num_classes: output classes K (>= 2); the network returns K logits per pixel.
-        width: channels of the first level; None = 64 for SegNet (the paper), 32 for U-Net.
-        depth: U-Net levels (channels ``w, 2w, ..., 2**(depth-1) w``, stride ``2**(depth-1)``).
-            SegNet has a fixed depth of 5 (stride 32); another value is refused.
-
-    Returns:
-        A :class:`PadToStride` module with attributes ``arch``, ``stride`` and ``hparams_dict``.
-
-    Raises:
-        TomosegError: unknown name or invalid sizes.
-    """
-    arch = str(name).strip().lower()
-    if arch not in ARCHITECTURES:
-        raise TomosegError(f"unknown model '{name}' (choose segnet or unet)")
-    _check_positive_int(in_channels, "in_channels")
-    _check_positive_int(num_classes, "num_classes", 2)
-    w = DEFAULT_WIDTH[arch] if width is None else _check_positive_int(width, "width")
-    _check_positive_int(depth, "depth", 2)
-    if arch == "segnet":
-        if depth != len(SEGNET_BLOCKS):
-            raise TomosegError(
-                f"segnet has a fixed depth of {len(SEGNET_BLOCKS)}, got depth={depth}"
-            )
-        net: nn.Module = SegNet(in_channels=in_channels, num_classes=num_classes, width=w)
-        stride = SEGNET_STRIDE
-    else:
-        net = UNet(
-            spatial_dims=2,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            channels=tuple(w * 2**i for i in range(depth)),
-            strides=(2,) * (depth - 1),
-            num_res_units=2,
-            norm=Norm.BATCH,
-        )
-        stride = 2 ** (depth - 1)
-    hparams = {
-        "name": arch,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "width": w,
-        "depth": depth,
-    }
-    return PadToStride(net, stride=stride, arch=arch, hparams=hparams)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of scalar parameters (trainable or not) of a module."""
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- encoder weights

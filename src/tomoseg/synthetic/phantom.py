@@ -49,15 +49,9 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import (
-    SPLITS,
-    atomic_write,
-    prepare_output_dir,
-    pydantic_message,
-    write_image,
-    write_json,
-    write_mask,
-)
+from tomoseg.io.datasets import SPLITS
+from tomoseg.io.writers import atomic_write, prepare_output_dir, write_image, write_json, write_mask
+from tomoseg.utils.format import pydantic_message
 
 __all__ = [
     "CLASSES",

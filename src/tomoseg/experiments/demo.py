@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tomoseg.config import TrainConfig, load_config
-from tomoseg.io import load_dataset, read_image, split_pairs, write_mask
-from tomoseg.phantom import generate_phantom, otsu_baseline
-from tomoseg.score import score_folders
+from tomoseg.config.schema import TrainConfig, load_config
+from tomoseg.evaluation.score import score_folders
+from tomoseg.io.datasets import load_dataset, split_pairs
+from tomoseg.io.images import read_image
+from tomoseg.io.writers import write_mask
+from tomoseg.synthetic.phantom import generate_phantom, otsu_baseline
 
 DEMO_SHAPE = (384, 384)
 DEMO_SLICES = 20
@@ -47,8 +49,8 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
     """
     from rich.table import Table
 
-    from tomoseg.infer import evaluate_run
-    from tomoseg.train import train
+    from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.training.trainer import train
 
     out = Path(out)
     t_start = time.perf_counter()
@@ -119,7 +121,7 @@ def phantom_stack(data: Path, path: Path) -> Path:
 
     import tifffile
 
-    from tomoseg.io import atomic_write
+    from tomoseg.io.writers import atomic_write
 
     spec = json.loads((Path(data) / "dataset.json").read_text())
     slices = sorted((i, split) for split, ids in spec["splits"].items() for i in ids)
@@ -143,9 +145,9 @@ def run_stack_demo(
     Returns:
         The objects summary (with the detection scores against the truth).
     """
-    from tomoseg.objects import analyze_objects
-    from tomoseg.stack import segment_stack
-    from tomoseg.train import train
+    from tomoseg.evaluation.objects import analyze_objects
+    from tomoseg.inference.stack import segment_stack
+    from tomoseg.training.trainer import train
 
     out = Path(out)
     data = out / "phantom"

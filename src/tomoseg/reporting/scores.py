@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io import write_image, write_json, write_text
-from tomoseg.metrics import ScoreSummary, nanmean
+from tomoseg.io.writers import write_image, write_json, write_text
+from tomoseg.metrics.segmentation import ScoreSummary, nanmean
 
 TP_COLOUR = (255, 255, 255)  # white
 TN_COLOUR = (0, 0, 0)  # black

@@ -1,0 +1,7 @@
+"""``python -m tomoseg.cli``: the same as the ``tomoseg`` command."""
+
+import sys
+
+from tomoseg.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""Training data: normalisation, random crops, augmentation (MONAI), class statistics, the Lightning DataModule.
+
+Modules importing torch (``augment``, ``datamodule``) are imported only where needed."""

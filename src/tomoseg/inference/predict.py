@@ -1,0 +1,80 @@
+"""``tomoseg predict``: segment image files into mask files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tomoseg.errors import TomosegError
+from tomoseg.inference.predictor import segment
+from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
+from tomoseg.io.writers import prepare_output_dir, write_image, write_mask
+from tomoseg.runtime.checkpoint import load_run
+from tomoseg.runtime.device import resolve_device
+
+
+def _inputs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
+    """Expand files and folders into (id, path) in natural order; ids must be unique."""
+    out: list[tuple[str, Path]] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out += list(list_images(p).items())
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise TomosegError(f"not an image file ({', '.join(IMAGE_SUFFIXES)}): {p}")
+            out.append((p.stem, p))
+        else:
+            raise TomosegError(f"file not found: {p}")
+    ids = [i for i, _ in out]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise TomosegError(f"two inputs share the id '{sorted(dup)[0]}'")
+    return out
+
+
+def predict_paths(
+    run_dir: Path,
+    inputs: Sequence[Path],
+    out: Path,
+    fmt: str = "png",
+    probabilities: bool = False,
+    device: str = "auto",
+    overwrite: bool = False,
+    tiling: bool = True,
+    tile_size: int | None = None,
+    tile_batch: int | None = None,
+    console=None,
+) -> list[Path]:
+    """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
+
+    Returns:
+        The written mask paths.
+    """
+    if fmt not in ("png", "tif"):
+        raise TomosegError(f"--format must be png or tif, got {fmt!r}")
+    items = _inputs(inputs)
+    run = load_run(run_dir, device=resolve_device(device))
+    out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
+    written = []
+    for image_id, path in items:
+        t0 = time.perf_counter()
+        labels, prob = segment(
+            run,
+            read_image(path),
+            tile_size=tile_size,
+            tile_batch=tile_batch,
+            tiling=tiling,
+            probabilities=probabilities,
+        )
+        written.append(write_mask(out / f"{image_id}.{fmt}", labels))
+        if probabilities:
+            write_image(out / "probabilities" / f"{image_id}.tif", prob.astype(np.float32))
+        if console is not None:
+            console.print(
+                f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in {time.perf_counter() - t0:.2f} s"
+            )
+    return written

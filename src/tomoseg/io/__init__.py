@@ -1,0 +1,65 @@
+"""Reading and writing: 2D images and masks, dataset folders, stacks (folders, multi-page TIFF, Zarr/OME-Zarr), OME-NGFF metadata, atomic writers.
+
+No torch here: everything is numpy, tifffile, Pillow and zarr."""
+
+from tomoseg.io.datasets import (
+    SPLITS,
+    DatasetSpec,
+    Pair,
+    load_dataset,
+    pair_files,
+    read_pair,
+    resolve_classes,
+    split_pairs,
+)
+from tomoseg.io.images import (
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    list_images,
+    read_image,
+    read_mask,
+    read_stack,
+)
+from tomoseg.io.ome_zarr import (
+    write_ngff_attrs,
+)
+from tomoseg.io.volumes import (
+    StackSource,
+    open_source,
+    parse_voxel_size,
+)
+from tomoseg.io.writers import (
+    atomic_write,
+    prepare_output_dir,
+    write_image,
+    write_json,
+    write_mask,
+    write_text,
+)
+
+__all__ = [
+    "DatasetSpec",
+    "IMAGE_SUFFIXES",
+    "Pair",
+    "SPLITS",
+    "StackSource",
+    "TIFF_SUFFIXES",
+    "atomic_write",
+    "list_images",
+    "load_dataset",
+    "open_source",
+    "pair_files",
+    "parse_voxel_size",
+    "prepare_output_dir",
+    "read_image",
+    "read_mask",
+    "read_pair",
+    "read_stack",
+    "resolve_classes",
+    "split_pairs",
+    "write_image",
+    "write_json",
+    "write_mask",
+    "write_ngff_attrs",
+    "write_text",
+]

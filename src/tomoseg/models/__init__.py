@@ -1,0 +1,1 @@
+"""Segmentation networks: a registry of architectures, one file per network."""

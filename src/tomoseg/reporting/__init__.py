@@ -1,0 +1,1 @@
+"""Human-readable outputs: overlays, panels, tables, training curves."""

@@ -1,0 +1,1 @@
+"""What training and inference share: devices and precision, the checkpoint format, the decision rule."""

@@ -1,0 +1,88 @@
+"""The run's weights on disk: safetensors with tomoseg metadata (no pickle), and loading them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from tomoseg.data.normalization import Normalization
+from tomoseg.errors import TomosegError
+from tomoseg.models.registry import build_model
+
+RUN_FILE = "run.json"
+
+
+# ----------------------------------------------------------------------------- runs on disk
+
+
+def weights_metadata(meta: dict) -> dict[str, str]:
+    """Metadata stored inside a safetensors file (strings only)."""
+    return {"tomoseg": json.dumps(meta)}
+
+
+@dataclass
+class LoadedRun:
+    """A trained network ready for inference, with what it needs to read new data."""
+
+    path: Path
+    model: torch.nn.Module
+    classes: list[str]
+    class_of_interest: str
+    normalization: Normalization
+    config: dict
+    meta: dict
+
+    @property
+    def coi_index(self) -> int:
+        """Index of the class of interest."""
+        return self.classes.index(self.class_of_interest)
+
+
+def load_run(run: Path, which: str = "best", device: torch.device | None = None) -> LoadedRun:
+    """Load a run folder written by ``tomoseg train`` (weights via safetensors: no pickle).
+
+    Args:
+        run: run folder (holding ``run.json`` and ``<which>.safetensors``), or a
+            ``.safetensors`` file.
+        which: ``best`` (by validation IoU of the class of interest) or ``last``.
+        device: where to put the model (CPU by default).
+
+    Raises:
+        TomosegError: missing or corrupted files, or weights that do not fit the recorded model.
+    """
+    run = Path(run)
+    wfile = run if run.suffix == ".safetensors" else run / f"{which}.safetensors"
+    if not wfile.is_file():
+        raise TomosegError(f"no trained weights at {wfile} (is {run} a tomoseg run folder?)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(wfile), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("tomoseg", "null"))
+        state = load_file(str(wfile))
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise TomosegError(f"corrupted checkpoint {wfile}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise TomosegError(f"{wfile} is not a tomoseg checkpoint (no tomoseg metadata)")
+    model = build_model(**meta["model"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TomosegError(
+            f"checkpoint {wfile} does not fit its model: {str(exc).splitlines()[0]}"
+        ) from None
+    model.eval().to(device or torch.device("cpu"))
+    return LoadedRun(
+        path=run,
+        model=model,
+        classes=list(meta["classes"]),
+        class_of_interest=meta["class_of_interest"],
+        normalization=Normalization.model_validate(meta["normalization"]),
+        config=meta.get("config", {}),
+        meta=meta,
+    )

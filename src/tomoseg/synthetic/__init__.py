@@ -1,0 +1,1 @@
+"""Synthetic data made by tomoseg itself: the tomography phantom and its baselines."""

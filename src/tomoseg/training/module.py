@@ -1,0 +1,161 @@
+"""The LightningModule: network, class-weighted loss, per-epoch metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from tomoseg.config.schema import TrainConfig
+from tomoseg.inference.sliding_window import infer_logits
+from tomoseg.metrics.segmentation import ScoreSummary, accuracy_from_cm, iou_from_cm, score_image
+from tomoseg.models.registry import build_model
+from tomoseg.models.segnet import load_encoder_weights
+from tomoseg.runtime.logit_adjustment import decision_bias
+
+# ----------------------------------------------------------------------------- model
+
+
+class SegModule(L.LightningModule):
+    """Network + weighted loss + per-epoch metrics (train: pooled over crops; val: per image)."""
+
+    def __init__(
+        self, config: dict, classes: list[str], class_of_interest: str, weights: list[float]
+    ):
+        super().__init__()
+        self.save_hyperparameters()  # primitives only, so checkpoints load with weights_only=True
+        self.cfg = TrainConfig.model_validate(config)
+        self.classes, self.coi = list(classes), classes.index(class_of_interest)
+        k = len(classes)
+        self.net = build_model(
+            self.cfg.model, 1, k, self.cfg.width, self.cfg.depth if self.cfg.model == "unet" else 5
+        )
+        if self.cfg.encoder_weights is not None:
+            load_encoder_weights(self.net, self.cfg.encoder_weights)
+        if self.cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("class_w", torch.tensor(weights, dtype=torch.float32))
+        bias = decision_bias(weights, self.cfg.decision)
+        self.register_buffer("logit_bias", torch.zeros(k) if bias is None else bias)
+        if self.cfg.loss == "dice_ce":
+            from monai.losses import DiceCELoss
+
+            self.loss_fn: nn.Module = DiceCELoss(
+                to_onehot_y=True, softmax=True, weight=self.class_w
+            )
+        else:
+            self.loss_fn = nn.CrossEntropyLoss(weight=self.class_w)
+        self.train_cm = torch.zeros(k, k, dtype=torch.long)
+        self.train_loss_sum, self.train_n = 0.0, 0
+        self.val_scores: list = []
+        self.val_loss_sum = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.epoch_lr = float("nan")
+        self.bf16 = False  # set by train() from the resolved precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted loss of logits (B, K, H, W) against class ids (B, H, W)."""
+        if self.cfg.loss == "dice_ce":
+            return self.loss_fn(logits.float(), target[:, None])
+        return self.loss_fn(logits.float(), target)
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.val_scores = []  # filled only in epochs that validate
+        self.train_cm.zero_()
+        self.train_loss_sum, self.train_n = 0.0, 0
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self(x)
+        loss = self.loss(logits, y)
+        with torch.no_grad():
+            k = len(self.classes)
+            pred = (logits.detach() + self.logit_bias[None, :, None, None]).argmax(1)
+            self.train_cm += torch.bincount(
+                (y * k + pred).flatten().cpu(), minlength=k * k
+            ).reshape(k, k)
+            self.train_loss_sum += float(loss.detach()) * x.shape[0]
+            self.train_n += x.shape[0]
+        self.log(
+            "loss",
+            loss.detach(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=x.shape[0],
+        )
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_scores, self.val_loss_sum = [], 0.0
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y, i = batch
+        x, y = x[None].to(self.device), y.to(self.device)
+        c = self.cfg
+        logits = infer_logits(
+            self.net,
+            x,
+            c.tile_size,
+            c.tile_overlap,
+            c.tile_batch,
+            autocast_bf16=self.bf16,
+        )
+        self.val_loss_sum += float(self.loss(logits, y[None]))
+        logits = logits + self.logit_bias[None, :, None, None]  # the decision, not the loss
+        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        truth = y.cpu().numpy().astype(np.uint8)
+        self.val_scores.append(
+            score_image(truth, pred, len(self.classes), c.tolerance, str(i), [self.coi])
+        )
+
+    def configure_optimizers(self):
+        c = self.cfg
+        if c.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        if c.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=c.epochs, eta_min=c.lr * 0.01
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return opt
+
+    def epoch_row(self) -> dict[str, Any]:
+        """Metrics of the epoch just finished (train pooled over crops; val averaged over images)."""
+        cm = self.train_cm.numpy()
+        row: dict[str, Any] = {
+            "epoch": self.current_epoch + 1,
+            "lr": self.epoch_lr,
+            "train_loss": self.train_loss_sum / max(self.train_n, 1),
+            "train_accuracy": accuracy_from_cm(cm),
+        }
+        for name, v in zip(self.classes, iou_from_cm(cm), strict=True):
+            row[f"train_iou_{name}"] = float(v)
+        if self.val_scores:  # averaged over images, as tomoseg evaluate does
+            coi = self.classes[self.coi]
+            val = ScoreSummary(self.classes, coi, self.cfg.tolerance, self.val_scores)
+            row["val_loss"] = self.val_loss_sum / len(self.val_scores)
+            row["val_accuracy"] = val.mean_accuracy
+            for name, v in zip(self.classes, val.mean_iou, strict=True):
+                row[f"val_iou_{name}"] = float(v)
+            row[f"val_bf1_{coi}"] = float(val.mean_bf1[self.coi])
+        return row
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tomoseg_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("tomoseg_history", []))

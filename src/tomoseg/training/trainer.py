@@ -1,0 +1,172 @@
+"""``tomoseg train``: the run folder, the Lightning Trainer, the entry point."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from tomoseg import __version__
+from tomoseg.config.schema import TrainConfig, config_to_yaml
+from tomoseg.data.datamodule import SegDataModule
+from tomoseg.errors import TomosegError
+from tomoseg.io.writers import write_json, write_text
+from tomoseg.runtime.checkpoint import RUN_FILE
+from tomoseg.runtime.device import resolve_device, resolve_precision
+from tomoseg.training.module import SegModule
+from tomoseg.training.recording import RunRecorder
+
+RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to clobber a run; on resume, check the config and return the checkpoint."""
+    import yaml
+
+    held = [n for n in RUN_RESULTS if (run / n).exists()]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if resume:
+        if not (run / "config.yaml").is_file():
+            raise TomosegError(f"--resume: {run} holds no run to resume (no config.yaml)")
+        old = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        new = cfg.model_dump(mode="json")
+        diff = [
+            k
+            for k in new
+            if k not in ("epochs", "max_minutes", "workers", "device") and old.get(k) != new[k]
+        ]
+        if diff:
+            k = diff[0]
+            raise TomosegError(
+                f"--resume with a changed config: {k} was {old.get(k)!r}, now {new[k]!r}"
+            )
+        return ckpt if ckpt.is_file() else None
+    if held and not overwrite:
+        raise TomosegError(
+            f"run folder {run} already holds a run ({held[0]}); use --resume to continue it or --overwrite to replace it"
+        )
+    if overwrite and ckpt.exists():
+        ckpt.unlink()
+    return None
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up chatter (GPU/TPU lines, tips); warnings and errors remain."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*weights_only.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+    os.environ.setdefault("LITLOGGER_TIP", "0")
+
+
+@contextlib.contextmanager
+def restored_determinism():
+    """Lightning's ``deterministic`` flag sets torch's process-wide deterministic mode and leaves
+    it set; restore the caller's setting afterwards so training has no lasting side effect."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def make_trainer(device: torch.device, precision: str, **kwargs: Any) -> L.Trainer:
+    """A Lightning Trainer on one device with tomoseg's own logging and checkpointing (so
+    Lightning's are off), plus ``kwargs``."""
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        # "warn": SegNet's max-unpooling has no certified-deterministic kernel (it is in
+        # practice on CPU: each output gets at most one input), so warn instead of failing.
+        deterministic="warn" if device.type == "cpu" else False,
+        **kwargs,
+    )
+
+
+def train(
+    data: Path,
+    run: Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    console=None,
+    progress: bool = True,
+) -> Path:
+    """``tomoseg train``: train a network and leave a complete run folder.
+
+    Args:
+        data: dataset folder (needs ``train`` and ``val`` splits).
+        run: run folder.
+        cfg: validated configuration.
+        resume: continue an interrupted run from ``checkpoints/last.ckpt``.
+        overwrite: replace an existing run.
+        console: rich console for per-epoch lines (None = silent).
+        progress: show Lightning's progress bar.
+
+    Returns:
+        The run folder.
+    """
+    run = Path(run)
+    quiet_lightning()
+    device = resolve_device(cfg.device)
+    ckpt = _check_run_folder(run, cfg, resume, overwrite)
+    dm = SegDataModule(data, cfg)
+    prep = dm.prepared
+    classes, coi = prep.spec.classes, prep.spec.class_of_interest
+    run.mkdir(parents=True, exist_ok=True)
+    write_text(run / "config.yaml", config_to_yaml(cfg))
+    meta = {
+        "tomoseg_version": __version__,
+        "model": {
+            "name": cfg.model,
+            "in_channels": 1,
+            "num_classes": len(classes),
+            "width": cfg.width,
+            "depth": cfg.depth if cfg.model == "unet" else 5,
+        },
+        "classes": classes,
+        "class_of_interest": coi,
+        "normalization": prep.norm.model_dump(),
+        "class_counts": prep.counts.tolist(),
+        "class_weights": prep.weights.tolist(),
+        "config": cfg.model_dump(mode="json"),
+        "data": str(Path(data).resolve()),
+    }
+    precision = resolve_precision(cfg.precision, device)
+    meta["precision"] = precision
+    write_json(run / RUN_FILE, meta)
+    if console is not None:
+        w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
+        console.print(f"class weights ({cfg.class_weights}): {w}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
+    module.bf16 = precision == "bf16-mixed"
+    with restored_determinism():
+        trainer = make_trainer(
+            device,
+            precision,
+            max_epochs=cfg.epochs,
+            max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+            enable_progress_bar=progress,
+            num_sanity_val_steps=0,
+            check_val_every_n_epoch=cfg.val_every,
+            callbacks=[RunRecorder(run, meta, console)],
+        )
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+    return run

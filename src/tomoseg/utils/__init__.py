@@ -1,0 +1,1 @@
+"""Small helpers used by every layer (no tomoseg imports, no torch)."""
