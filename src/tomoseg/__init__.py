@@ -1,10 +1,66 @@
-"""tomoseg: segment very large grayscale scientific images with CNNs."""
+"""tomoseg: segment very large grayscale scientific images with CNNs.
 
+The Python API (see ``docs/api.md``)::
+
+    import tomoseg
+
+    run = tomoseg.train("data/xct", "runs/xct", epochs=8)
+    labels = tomoseg.Predictor.from_run(run.path).predict(image)
+    tomoseg.score(truth, labels)
+    tomoseg.measure_objects(volume, class_id=1, spacing=(2.0, 0.65, 0.65))
+
+Names are imported lazily (PEP 562, as scikit-image does), so ``import tomoseg`` and
+``tomoseg.score`` never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from tomoseg.errors import TomosegError
 
 try:
     __version__ = version("tomoseg")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "Run": "tomoseg.api",
+    "train": "tomoseg.api",
+    "segment_stack": "tomoseg.api",
+    "score": "tomoseg.api",
+    "score_folders": "tomoseg.api",
+    "measure_objects": "tomoseg.api",
+    "Predictor": "tomoseg.inference.predictor",
+    "TrainConfig": "tomoseg.config.schema",
+}
+
+__all__ = [
+    "Predictor",
+    "Run",
+    "TomosegError",
+    "TrainConfig",
+    "__version__",
+    "measure_objects",
+    "score",
+    "score_folders",
+    "segment_stack",
+    "train",
+]
+
+if TYPE_CHECKING:
+    from tomoseg.api import Run, measure_objects, score, score_folders, segment_stack, train
+    from tomoseg.config.schema import TrainConfig
+    from tomoseg.inference.predictor import Predictor
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tomoseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

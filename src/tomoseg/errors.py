@@ -1,9 +1,11 @@
 """The one exception type that the command line turns into a one-line ``error:`` message."""
 
 
-class TomosegError(Exception):
+class TomosegError(ValueError):
     """A problem with the user's input or environment, explained in one line.
 
-    The CLI catches it, prints ``error: <message>`` on stderr and exits with status 1, without a
-    traceback (unless ``--debug``). Library callers get an ordinary exception.
+    A ``ValueError`` subclass, so library callers can catch it as the bad-value error it is.
+    Library messages name the Python parameter (``tile_size``); the CLI rewrites those names
+    into its option names (``--tile-size``) before printing ``error: <message>`` on stderr and
+    exiting with status 1, without a traceback (unless ``--debug``).
     """

@@ -46,9 +46,14 @@ import cc3d
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack import STACK_FILE, read_stack_info
 from tomoseg.io.ome_zarr import write_ngff_attrs
-from tomoseg.io.volumes import StackSource, open_source, parse_voxel_size
+from tomoseg.io.volumes import (
+    STACK_FILE,
+    StackSource,
+    open_source,
+    parse_voxel_size,
+    read_stack_info,
+)
 from tomoseg.io.writers import prepare_output_dir, write_json, write_text
 
 __all__ = [
@@ -766,3 +771,85 @@ def _accumulate_truth(
     for key, n in zip(u.tolist(), c.tolist(), strict=True):
         pair = (key >> 32, key & 0xFFFFFFFF)
         overlaps[pair] = overlaps.get(pair, 0) + n
+
+
+# ----------------------------------------------------------------------------- in memory
+
+REGIONPROPS = (
+    "label",
+    "area",
+    "centroid",
+    "bbox",
+    "axis_major_length",
+    "axis_minor_length",
+    "equivalent_diameter_area",
+    "extent",
+)
+
+
+def measure_objects(
+    labels: np.ndarray,
+    *,
+    class_id: int = 1,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    connectivity: int = 26,
+    min_volume: int = 0,
+) -> dict[str, np.ndarray]:
+    """Label the 3D objects of one class of an in-memory class-id volume and measure them.
+
+    Objects are the ``connectivity``-connected components of ``labels == class_id`` (cc3d, the
+    same labelling as :func:`analyze_objects`), numbered in raster order of their first voxel;
+    measurements are ``skimage.measure.regionprops_table``'s, with its column names.
+
+    Args:
+        labels: (Z, Y, X) integer class ids (a ``segment_stack`` volume read into memory).
+        class_id: the class whose objects are measured.
+        spacing: (z, y, x) voxel size in physical units.
+        connectivity: 6, 18 or 26.
+        min_volume: objects with fewer voxels are dropped (before numbering).
+
+    Returns:
+        Dict of equal-length 1-D arrays, one entry per object: ``label``, ``num_pixels``
+        (voxels), ``area`` (physical volume: voxels x voxel volume, as regionprops with
+        ``spacing``), ``centroid-0..2`` (physical), ``bbox-0..5`` (voxel indices, end exclusive),
+        ``axis_major_length``, ``axis_minor_length``, ``equivalent_diameter_area``, ``extent``.
+
+    Raises:
+        TomosegError: not a 3D integer array, a bad connectivity, spacing or min_volume.
+    """
+    from skimage.measure import regionprops_table
+
+    arr = np.asarray(labels)
+    if arr.ndim != 3:
+        raise TomosegError(f"labels must be a (Z, Y, X) array, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise TomosegError(f"labels must hold integer class ids, got {arr.dtype}")
+    _check_connectivity(connectivity)
+    spacing = parse_voxel_size(spacing)  # type: ignore[assignment]
+    if (
+        isinstance(min_volume, bool)
+        or not isinstance(min_volume, (int, np.integer))
+        or min_volume < 0
+    ):
+        raise TomosegError(f"min_volume must be an integer >= 0, got {min_volume!r}")
+    objects = label_objects(arr, connectivity, int(min_volume), value=int(class_id))
+    table = regionprops_table(objects, properties=("label", "num_pixels"))
+    if len(table["label"]):
+        table = regionprops_table(objects, properties=REGIONPROPS, spacing=spacing)
+        table["num_pixels"] = regionprops_table(objects, properties=("num_pixels",))["num_pixels"]
+    else:  # regionprops_table gives no columns at all for an empty volume
+        table = {"label": np.zeros(0, np.int64), "num_pixels": np.zeros(0, np.int64)}
+        for name in (
+            "area",
+            "axis_major_length",
+            "axis_minor_length",
+            "equivalent_diameter_area",
+            "extent",
+        ):
+            table[name] = np.zeros(0)
+        for i in range(3):
+            table[f"centroid-{i}"] = np.zeros(0)
+        for i in range(6):
+            table[f"bbox-{i}"] = np.zeros(0, np.int64)
+    order = ["label", "num_pixels", "area"]
+    return {k: np.asarray(table[k]) for k in order + [k for k in table if k not in order]}

@@ -476,7 +476,10 @@ def estimate_seconds(
             per_crop[s] = float(row["train_seconds"]) / n
             val_s.append(float(row["seconds"]) - float(row["train_seconds"]))
     t_start = time.perf_counter()  # each case starts two processes (train, evaluate)
-    subprocess.run([sys.executable, "-c", "import tomoseg.training.trainer, tomoseg.inference.predictor"], check=False)
+    subprocess.run(
+        [sys.executable, "-c", "import tomoseg.training.trainer, tomoseg.inference.predictor"],
+        check=False,
+    )
     startup = 2 * (time.perf_counter() - t_start)
     a0, a1 = area(probe_sizes[0]), area(probe_sizes[-1])
     t0, t1 = per_crop[probe_sizes[0]], per_crop[probe_sizes[-1]]

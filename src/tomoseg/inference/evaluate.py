@@ -63,6 +63,6 @@ def evaluate_run(
             yield p.id, truth, labels, image
 
     summary = score_and_write(
-        items(), run.classes, run.class_of_interest, run.config.get("tolerance", 2.0), out
+        items(), run.classes, run.class_of_interest, run.config.tolerance, out
     )
     return summary, float(np.mean(seconds))

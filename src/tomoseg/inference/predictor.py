@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from tomoseg.data.normalization import normalize
+from tomoseg.errors import TomosegError
 from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
-from tomoseg.runtime.checkpoint import LoadedRun
-from tomoseg.runtime.device import resolve_precision
+from tomoseg.runtime.checkpoint import LoadedRun, load_run
+from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.runtime.logit_adjustment import decision_bias
 
 
@@ -37,7 +40,7 @@ def segment_batch(
     cfg = run.config
     dev = next(run.model.parameters()).device
     if bf16 is None:
-        bf16 = resolve_precision(cfg.get("precision", "32"), dev) == "bf16-mixed"
+        bf16 = resolve_precision(cfg.precision, dev) == "bf16-mixed"
     if not tiling and dev.type == "cpu":
         h, w = images[0].shape
         check_untiled_memory(
@@ -47,13 +50,13 @@ def segment_batch(
     logits = infer_logits(
         run.model,
         x.to(dev),
-        tile_size or cfg.get("tile_size", 0),
-        cfg.get("tile_overlap", 0.25) if overlap is None else overlap,
-        tile_batch or cfg.get("tile_batch", 0),
+        tile_size or cfg.tile_size,
+        cfg.tile_overlap if overlap is None else overlap,
+        tile_batch or cfg.tile_batch,
         tiling=tiling,
         autocast_bf16=bf16,
     )
-    bias = decision_bias(run.meta.get("class_weights"), cfg.get("decision", "weighted"))
+    bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
     if bias is not None:
         logits = logits + bias.to(logits.device)[None, :, None, None]
     labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
@@ -68,3 +71,121 @@ def segment(run: LoadedRun, image: np.ndarray, **kwargs) -> tuple[np.ndarray, np
     """
     labels, prob = segment_batch(run, [image], **kwargs)
     return labels[0], None if prob is None else prob[0]
+
+
+def as_image(image: object, name: str = "image") -> np.ndarray:
+    """Check an array given to the API: a 2D grayscale image of integers or floats.
+
+    Raises:
+        TomosegError: not 2D (after dropping leading length-1 axes), or not numeric.
+    """
+    arr = np.asarray(image)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise TomosegError(f"{name} must be a 2D (H, W) array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TomosegError(f"{name} must hold integers or floats, got {arr.dtype}")
+    if min(arr.shape) < 1:
+        raise TomosegError(f"{name} is empty (shape {arr.shape})")
+    return arr
+
+
+class Predictor:
+    """Segment 2D arrays with a trained run: ``tomoseg``'s inference for notebooks and scripts.
+
+    The same path as ``tomoseg predict``, ``evaluate`` and ``segment-stack``: the run's intensity
+    normalisation, overlapping tiles blended by MONAI's ``sliding_window_inference`` (memory
+    bounded whatever the image size), the run's precision and decision rule.
+
+    Example::
+
+        p = Predictor.from_run("runs/xct")
+        labels = p.predict(image)          # (H, W) uint8 class ids
+        prob = p.predict_proba(image)      # (K, H, W) float32, sums to 1 over K
+
+    Attributes:
+        model: the ``torch.nn.Module`` (in eval mode, on the chosen device).
+        classes: class names; ``labels == k`` is ``classes[k]``.
+        class_of_interest: the run's class of interest.
+        run: the underlying :class:`~tomoseg.runtime.checkpoint.LoadedRun`.
+    """
+
+    def __init__(
+        self, run: LoadedRun, *, tile_size: int | None = None, tile_batch: int | None = None
+    ):
+        self.run = run
+        self.tile_size, self.tile_batch = tile_size, tile_batch
+
+    @classmethod
+    def from_run(
+        cls,
+        run: str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        which: str = "best",
+        tile_size: int | None = None,
+        tile_batch: int | None = None,
+    ) -> Predictor:
+        """Load a run folder written by ``tomoseg train`` (or one of its ``.safetensors`` files).
+
+        Args:
+            run: run folder or weights file.
+            device: ``auto`` (CUDA when available), ``cpu`` or ``gpu``.
+            which: ``best`` (by validation IoU of the class of interest) or ``last``.
+            tile_size: tile side in px (default: the run's setting; 0 = automatic).
+            tile_batch: tiles per forward pass (default: the run's setting).
+
+        Raises:
+            TomosegError: not a run, corrupted weights, ``which`` or ``device`` unknown.
+        """
+        if which not in ("best", "last"):
+            raise TomosegError(f"which must be 'best' or 'last', got {which!r}")
+        loaded = load_run(Path(run), which, device=resolve_device(device))
+        return cls(loaded, tile_size=tile_size, tile_batch=tile_batch)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.run.classes)
+
+    @property
+    def class_of_interest(self) -> str:
+        return self.run.class_of_interest
+
+    def _segment(self, image: object, probabilities: bool):
+        return segment(
+            self.run,
+            as_image(image),
+            tile_size=self.tile_size,
+            tile_batch=self.tile_batch,
+            probabilities=probabilities,
+        )
+
+    def predict(self, image: object) -> np.ndarray:
+        """Class ids of one image.
+
+        Args:
+            image: (H, W) array, any size, integer or float dtype (raw intensities, as read from
+                the files the run was trained on).
+
+        Returns:
+            (H, W) uint8 class ids.
+        """
+        return self._segment(image, False)[0]
+
+    def predict_proba(self, image: object) -> np.ndarray:
+        """Class probabilities of one image after the run's decision rule (softmax of the
+        adjusted logits, so ``predict`` is their argmax).
+
+        Returns:
+            (K, H, W) float32.
+        """
+        prob = self._segment(image, True)[1]
+        assert prob is not None
+        return prob

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import queue
 import shutil
@@ -47,14 +46,19 @@ import tifffile
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment_batch
 from tomoseg.io.ome_zarr import write_ngff_attrs
-from tomoseg.io.volumes import StackSource, _first_line, open_source, parse_voxel_size
+from tomoseg.io.volumes import (
+    STACK_FILE,
+    TIFF_DIR,
+    ZARR_NAME,
+    StackSource,
+    open_source,
+    parse_voxel_size,
+    read_stack_info,
+)
 from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device
 
-STACK_FILE = "stack.json"
-ZARR_NAME = "labels.zarr"
-TIFF_DIR = "labels"
 PROGRESS_DIR = "progress"
 QUEUE_SIZE = 4
 MAX_CHUNK = 1024
@@ -148,20 +152,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def read_stack_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``stack.json`` of a ``segment_stack`` output folder (None when there is none)."""
-    f = Path(path) / STACK_FILE
-    if not f.is_file():
-        return None
-    try:
-        info = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TomosegError(f"malformed {f}: {_first_line(exc)}") from None
-    if not isinstance(info, dict):
-        raise TomosegError(f"malformed {f}: expected a JSON object")
-    return info
 
 
 def _mismatch(old: dict, new: dict) -> str | None:

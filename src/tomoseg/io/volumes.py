@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -15,6 +16,11 @@ import tifffile
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.images import TIFF_SUFFIXES, list_images, read_image
+
+#: files of a ``segment_stack`` output folder (written by :mod:`tomoseg.inference.stack`)
+STACK_FILE = "stack.json"
+ZARR_NAME = "labels.zarr"
+TIFF_DIR = "labels"
 
 # ----------------------------------------------------------------------------- voxel size
 
@@ -284,3 +290,17 @@ def open_source(input: str | os.PathLike[str], allow_gaps: bool = False) -> Stac
 
 def _ids(n: int) -> list[str]:
     return [f"z{z:0{max(4, len(str(n - 1)))}d}" for z in range(n)]
+
+
+def read_stack_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``stack.json`` of a ``segment_stack`` output folder (None when there is none)."""
+    f = Path(path) / STACK_FILE
+    if not f.is_file():
+        return None
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TomosegError(f"malformed {f}: {_first_line(exc)}") from None
+    if not isinstance(info, dict):
+        raise TomosegError(f"malformed {f}: expected a JSON object")
+    return info

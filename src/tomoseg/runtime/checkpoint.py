@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from tomoseg.config.schema import TrainConfig
 from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.models.registry import build_model
@@ -34,13 +35,23 @@ class LoadedRun:
     classes: list[str]
     class_of_interest: str
     normalization: Normalization
-    config: dict
+    config: TrainConfig
     meta: dict
 
     @property
     def coi_index(self) -> int:
         """Index of the class of interest."""
         return self.classes.index(self.class_of_interest)
+
+
+def run_config(meta: dict) -> TrainConfig:
+    """The run's resolved training configuration: the one source of inference settings (tile
+    size, overlap, precision, decision rule). A run written before a setting existed gets the
+    value that run was trained with (``decision: weighted`` before the calibrated decision)."""
+    cfg = dict(meta.get("config") or {})
+    cfg.setdefault("decision", "weighted")
+    known = TrainConfig.model_fields
+    return TrainConfig.model_validate({k: v for k, v in cfg.items() if k in known})
 
 
 def load_run(run: Path, which: str = "best", device: torch.device | None = None) -> LoadedRun:
@@ -83,6 +94,6 @@ def load_run(run: Path, which: str = "best", device: torch.device | None = None)
         classes=list(meta["classes"]),
         class_of_interest=meta["class_of_interest"],
         normalization=Normalization.model_validate(meta["normalization"]),
-        config=meta.get("config", {}),
+        config=run_config(meta),
         meta=meta,
     )

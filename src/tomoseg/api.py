@@ -1,0 +1,214 @@
+"""tomoseg's Python API: the same jobs as the command line, on arrays and paths.
+
+Everything here is re-exported by ``tomoseg`` (``tomoseg.train``, ``tomoseg.Predictor``, ...).
+Options after the first arguments are keyword-only. ``score`` and ``measure_objects`` never
+import torch, so they start in well under a second; the rest import it when called.
+
+Errors are :class:`tomoseg.TomosegError` (a ``ValueError``) with a one-line message naming the
+parameter.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tomoseg.errors import TomosegError
+
+if TYPE_CHECKING:
+    from tomoseg.inference.predictor import Predictor
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished (or interrupted) training run folder.
+
+    Attributes:
+        path: the run folder (``config.yaml``, ``run.json``, ``metrics.csv``, ``best.safetensors``,
+            ``last.safetensors``, ``curves.png``, ``checkpoints/``).
+    """
+
+    path: Path
+
+    @cached_property
+    def metrics(self) -> list[dict[str, float]]:
+        """Per-epoch rows of ``metrics.csv`` (numbers as float, empty cells as NaN)."""
+        f = self.path / "metrics.csv"
+        if not f.is_file():
+            raise TomosegError(f"run {self.path} has no metrics.csv")
+        with open(f, newline="") as fh:
+            return [
+                {k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(fh)
+            ]
+
+    def predictor(self, *, device: str = "auto", which: str = "best") -> Predictor:
+        """A :class:`~tomoseg.Predictor` of this run."""
+        from tomoseg.inference.predictor import Predictor
+
+        return Predictor.from_run(self.path, device=device, which=which)
+
+
+def train(
+    data: PathLike,
+    out: PathLike,
+    *,
+    config: PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> Run:
+    """Train a network on N random SxS crops (``tomoseg train``).
+
+    Args:
+        data: dataset folder (``dataset.json``, ``train/`` and ``val/`` splits).
+        out: run folder.
+        config: YAML config, or a bundled name (``default``, ``seed``); default: the defaults.
+        resume: continue an interrupted run from its last checkpoint.
+        overwrite: replace an existing run in ``out``.
+        progress: show Lightning's progress bar.
+        **options: any :class:`tomoseg.config.TrainConfig` field (``model``, ``crop_size``,
+            ``crops``, ``epochs``, ``lr``, ``seed``, ``device``, ...), overriding ``config``.
+
+    Returns:
+        The :class:`Run`.
+
+    Raises:
+        TomosegError: bad data, options or run folder.
+    """
+    from tomoseg.config.schema import load_config
+    from tomoseg.training.trainer import train as run_train
+
+    cfg = load_config(config, options)
+    return Run(
+        run_train(Path(data), Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
+    )
+
+
+def segment_stack(run: PathLike, input: PathLike, out: PathLike, **options: Any) -> dict[str, Any]:
+    """Segment a whole stack into an OME-Zarr label volume (``tomoseg segment-stack``).
+
+    See :func:`tomoseg.inference.stack.segment_stack` for the options (keyword-only here).
+
+    Returns:
+        The summary (``slices``, ``computed``, ``seconds``, ``volume``, ...).
+    """
+    from tomoseg.inference.stack import segment_stack as _segment_stack
+
+    return _segment_stack(run, input, out, **options)
+
+
+def score(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    *,
+    classes: Sequence[str] | None = None,
+    class_of_interest: str | None = None,
+    tolerance: float = 2.0,
+) -> dict[str, Any]:
+    """Accuracy, per-class IoU and MATLAB-``bfscore`` boundary F1 of one predicted label image.
+
+    Args:
+        truth: (H, W) integer class ids.
+        pred: (H, W) integer class ids.
+        classes: class names (K = len); default ``"0".."K-1"`` with K = the largest id in truth
+            and prediction together + 1 (at least 2).
+        class_of_interest: recorded in the result; default the last class.
+        tolerance: BF1 distance tolerance in pixels (>= 0).
+
+    Returns:
+        The ``metrics.json`` content for this one image: ``classes``, ``class_of_interest``,
+        ``tolerance_px``, ``per_image`` (one entry), ``mean`` and ``pooled_iou`` (per-class dicts;
+        NaN where a class is absent from both).
+
+    Raises:
+        TomosegError: shapes differ, ids out of range or not integers.
+    """
+    from tomoseg.metrics.segmentation import ScoreSummary, score_image
+
+    t, p = _label_image(truth, "truth"), _label_image(pred, "pred")
+    if classes is None:
+        k = max(int(t.max(initial=0)), int(p.max(initial=0))) + 1
+        classes = [str(i) for i in range(max(k, 2))]
+    classes = list(classes)
+    coi = class_of_interest or classes[-1]
+    if coi not in classes:
+        raise TomosegError(f"class_of_interest {coi!r} is not one of {classes}")
+    summary = ScoreSummary(classes, coi, float(tolerance))
+    summary.images.append(score_image(t, p, len(classes), tolerance, "image"))
+    return summary.to_dict()
+
+
+def _label_image(a: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise TomosegError(
+            f"{name} must be a 2D integer array, got {arr.dtype} of shape {arr.shape}"
+        )
+    if arr.size and int(arr.min()) < 0:
+        raise TomosegError(f"{name} holds negative class ids")
+    return arr
+
+
+def score_folders(
+    pred: PathLike,
+    truth: PathLike,
+    out: PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    class_of_interest: str | None = None,
+    tolerance: float = 2.0,
+    images: PathLike | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Score every predicted mask in a folder against the truth of the same file stem and write
+    the report (``tomoseg score``: ``metrics.json``, ``per_image.csv``, overlays, panels).
+
+    Returns:
+        The ``metrics.json`` content.
+    """
+    from tomoseg.evaluation.score import score_folders as _score_folders
+
+    summary = _score_folders(
+        Path(pred),
+        Path(truth),
+        Path(out),
+        list(classes) if classes else None,
+        class_of_interest,
+        tolerance,
+        Path(images) if images else None,
+        overwrite,
+    )
+    return summary.to_dict()
+
+
+def measure_objects(
+    labels: np.ndarray,
+    *,
+    class_id: int = 1,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    connectivity: int = 26,
+    min_volume: int = 0,
+) -> dict[str, np.ndarray]:
+    """3D objects of one class of a (Z, Y, X) class-id volume, measured as
+    ``skimage.measure.regionprops_table`` measures them (dict of columns).
+
+    See :func:`tomoseg.evaluation.objects.measure_objects`.
+    """
+    from tomoseg.evaluation.objects import measure_objects as _measure
+
+    return _measure(
+        labels, class_id=class_id, spacing=spacing, connectivity=connectivity, min_volume=min_volume
+    )

@@ -1,0 +1,126 @@
+"""The layout's rules: no module imports a package above its own layer, no import cycles, and
+``import tomoseg`` + ``score`` / ``measure_objects`` never import torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tomoseg"
+
+#: layer of each top-level part of the package: a module may import only from a lower layer or
+#: from its own package. README's "Layout" section draws the same order.
+LAYERS = {
+    "errors": 0,
+    "utils": 0,
+    "io": 1,
+    "metrics": 1,
+    "config": 1,
+    "data": 2,
+    "models": 2,
+    "reporting": 2,
+    "evaluation": 3,
+    "synthetic": 3,
+    "runtime": 4,
+    "inference": 5,
+    "training": 6,
+    "experiments": 7,
+    "cluster": 7,
+    "api": 8,
+    "cli": 9,
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in SRC.rglob("*.py"):
+        parts = p.relative_to(SRC).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(("tomoseg", *parts))] = p
+    return out
+
+
+def _imports(path: Path) -> set[str]:
+    """Every tomoseg module imported anywhere in a file (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tomoseg"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("tomoseg"))
+    return found
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_part_has_a_layer():
+    parts = {_part(m) for m in _modules()} - {""}
+    assert parts <= set(LAYERS), f"give these a layer: {sorted(parts - set(LAYERS))}"
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    mods = _modules()
+    bad = []
+    for mod, path in mods.items():
+        if mod == "tomoseg":
+            continue
+        mine = LAYERS[_part(mod)]
+        for imp in _imports(path):
+            if imp not in mods or imp == "tomoseg":
+                continue  # a name imported from a module, or the top-level package
+            theirs = _part(imp)
+            if theirs != _part(mod) and LAYERS[theirs] >= mine:
+                bad.append(f"{mod} -> {imp}")
+    assert not bad, "imports that reach up or sideways:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {
+        m: {i for i in _imports(p) if i in mods and i != m and i != "tomoseg"}
+        for m, p in mods.items()
+    }
+    # a package's __init__ re-exporting its own modules is not a cycle back into it
+    for m in graph:
+        graph[m] = {i for i in graph[m] if not m.startswith(i + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycle = stack[stack.index(n) :] + [n]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_scoring_and_objects_do_not_import_torch():
+    code = (
+        "import sys, numpy as np, tomoseg\n"
+        "t = np.zeros((8, 8), np.uint8); t[2:5, 2:5] = 1\n"
+        "assert tomoseg.score(t, t)['mean']['iou']['1'] == 1.0\n"
+        "v = np.zeros((4, 8, 8), np.uint8); v[1:3, 2:5, 2:5] = 1\n"
+        "assert list(tomoseg.measure_objects(v)['num_pixels']) == [18]\n"
+        "import tomoseg.evaluation.score, tomoseg.evaluation.objects, tomoseg.io\n"
+        "heavy = [m for m in ('torch', 'monai', 'lightning') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
