@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from tomoseg.io.writers import write_text
-from tomoseg.reporting.scores import fmt
+from tomoseg.utils.format import fmt
 
 
 def _img(path: Path, width: str = "100%") -> str:

@@ -1,1 +1,2 @@
-"""Segmentation networks: a registry of architectures, one file per network."""
+"""Segmentation networks: a registry of architectures (:mod:`tomoseg.models.registry`), one file
+per network (``segnet``, ``unet``), shared layers (``layers``: the any-size padding wrapper)."""

@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from monai.networks.layers import Norm
-from monai.networks.nets import UNet
 from torch import nn
 
 from tomoseg.errors import TomosegError
 from tomoseg.models.layers import PadToStride
-from tomoseg.models.segnet import SEGNET_BLOCKS, SEGNET_STRIDE, SegNet
+from tomoseg.models.segnet import build_segnet
+from tomoseg.models.unet import build_unet
 
-ARCHITECTURES = ("segnet", "unet")
-DEFAULT_WIDTH = {"segnet": 64, "unet": 32}
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered network: how to build it and its defaults.
+
+    Attributes:
+        name: registry key (``--model``).
+        build: ``build(in_channels, num_classes, width, depth) -> (module, stride)``; the module
+            maps (B, C, H, W) to (B, K, H, W) logits for H, W multiples of ``stride``.
+        default_width: channels of the first level when none is given.
+        default_depth: levels when the config does not choose (a fixed-depth network refuses
+            another value in ``build``).
+        source: the paper or library it comes from.
+    """
+
+    name: str
+    build: Callable[[int, int, int, int], tuple[nn.Module, int]]
+    default_width: int
+    default_depth: int
+    source: str
+
+
+#: The registry. A new network is one file in this package plus one line here; it then has to
+#: pass the contract in tests/models/test_contract.py (any input size, padding back to size,
+#: channels-last, bf16 autocast, K outputs).
+REGISTRY: dict[str, Architecture] = {
+    "segnet": Architecture("segnet", build_segnet, 64, 5, "Badrinarayanan et al., TPAMI 2017"),
+    "unet": Architecture("unet", build_unet, 32, 5, "Ronneberger et al., MICCAI 2015; MONAI"),
+}
+ARCHITECTURES = tuple(REGISTRY)
 
 # ----------------------------------------------------------------------------- factory
 
@@ -24,62 +53,57 @@ def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture called ``name`` (case-insensitive).
+
+    Raises:
+        TomosegError: no such network (the message lists the registered ones).
+    """
+    arch = str(name).strip().lower()
+    if arch not in REGISTRY:
+        raise TomosegError(f"unknown model '{name}' (choose {' or '.join(ARCHITECTURES)})")
+    return REGISTRY[arch]
+
+
 def build_model(
     name: str,
     in_channels: int = 1,
     num_classes: int = 2,
     width: int | None = None,
-    depth: int = 5,
+    depth: int | None = None,
 ) -> PadToStride:
-    """Build a segmentation network that accepts any input size.
+    """Build a registered segmentation network that accepts any input size.
 
     Args:
-        name: ``"segnet"`` or ``"unet"`` (case-insensitive).
+        name: a key of :data:`REGISTRY` (``"segnet"``, ``"unet"``; case-insensitive).
         in_channels: input channels (1 for grayscale).
         num_classes: output classes K (>= 2); the network returns K logits per pixel.
-        width: channels of the first level; None = 64 for SegNet (the paper), 32 for U-Net.
-        depth: U-Net levels (channels ``w, 2w, ..., 2**(depth-1) w``, stride ``2**(depth-1)``).
-            SegNet has a fixed depth of 5 (stride 32); another value is refused.
+        width: channels of the first level; None = the architecture's default (SegNet 64, as in
+            the paper; U-Net 32).
+        depth: levels (U-Net: channels ``w, 2w, ..., 2**(depth-1) w``, stride ``2**(depth-1)``);
+            None = the architecture's default. SegNet has a fixed depth of 5 (stride 32).
 
     Returns:
-        A :class:`PadToStride` module with attributes ``arch``, ``stride`` and ``hparams_dict``.
+        A :class:`PadToStride` module with attributes ``arch``, ``stride`` and ``hparams_dict``
+        (``build_model(**model.hparams_dict)`` rebuilds it).
 
     Raises:
         TomosegError: unknown name or invalid sizes.
     """
-    arch = str(name).strip().lower()
-    if arch not in ARCHITECTURES:
-        raise TomosegError(f"unknown model '{name}' (choose segnet or unet)")
+    spec = get_architecture(name)
     _check_positive_int(in_channels, "in_channels")
     _check_positive_int(num_classes, "num_classes", 2)
-    w = DEFAULT_WIDTH[arch] if width is None else _check_positive_int(width, "width")
-    _check_positive_int(depth, "depth", 2)
-    if arch == "segnet":
-        if depth != len(SEGNET_BLOCKS):
-            raise TomosegError(
-                f"segnet has a fixed depth of {len(SEGNET_BLOCKS)}, got depth={depth}"
-            )
-        net: nn.Module = SegNet(in_channels=in_channels, num_classes=num_classes, width=w)
-        stride = SEGNET_STRIDE
-    else:
-        net = UNet(
-            spatial_dims=2,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            channels=tuple(w * 2**i for i in range(depth)),
-            strides=(2,) * (depth - 1),
-            num_res_units=2,
-            norm=Norm.BATCH,
-        )
-        stride = 2 ** (depth - 1)
+    w = spec.default_width if width is None else _check_positive_int(width, "width")
+    d = spec.default_depth if depth is None else _check_positive_int(depth, "depth", 2)
+    net, stride = spec.build(in_channels, num_classes, w, d)
     hparams = {
-        "name": arch,
+        "name": spec.name,
         "in_channels": in_channels,
         "num_classes": num_classes,
         "width": w,
-        "depth": depth,
+        "depth": d,
     }
-    return PadToStride(net, stride=stride, arch=arch, hparams=hparams)
+    return PadToStride(net, stride=stride, arch=spec.name, hparams=hparams)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -213,3 +213,12 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> int:
 
 def _unit_positions(net: SegNet) -> list[tuple[int, int]]:
     return [(b, i) for b, block in enumerate(net.encoder) for i in range(len(block))]
+
+
+def build_segnet(
+    in_channels: int, num_classes: int, width: int, depth: int
+) -> tuple[nn.Module, int]:
+    """A SegNet and its total stride (32); SegNet's depth is fixed at 5 (VGG16's five blocks)."""
+    if depth != len(SEGNET_BLOCKS):
+        raise TomosegError(f"segnet has a fixed depth of {len(SEGNET_BLOCKS)}, got depth={depth}")
+    return SegNet(in_channels=in_channels, num_classes=num_classes, width=width), SEGNET_STRIDE

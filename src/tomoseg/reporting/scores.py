@@ -17,6 +17,7 @@ import numpy as np
 from tomoseg.errors import TomosegError
 from tomoseg.io.writers import write_image, write_json, write_text
 from tomoseg.metrics.segmentation import ScoreSummary, nanmean
+from tomoseg.utils.format import cell, fmt
 
 TP_COLOUR = (255, 255, 255)  # white
 TN_COLOUR = (0, 0, 0)  # black
@@ -96,13 +97,6 @@ def panel(
     return np.concatenate(parts[:-1], axis=1)
 
 
-def fmt(v: float, pct: bool = True) -> str:
-    """Format a metric for a table: a percentage with one decimal, '-' for NaN."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{100 * v:.1f}" if pct else f"{v:.4f}"
-
-
 def per_image_csv(summary: ScoreSummary) -> str:
     """CSV text, one row per image: id, accuracy, iou_<class>..., bf1_<class>... (NaN empty)."""
     buf = _io.StringIO()
@@ -115,9 +109,6 @@ def per_image_csv(summary: ScoreSummary) -> str:
             *[f"bf1_{c}" for c in summary.classes],
         ]
     )
-
-    def cell(v: float) -> str:
-        return "" if math.isnan(v) else repr(float(v))
 
     for s in summary.images:
         w.writerow([s.id, cell(s.accuracy), *map(cell, s.iou), *map(cell, s.bf1)])

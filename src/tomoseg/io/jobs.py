@@ -1,0 +1,94 @@
+"""The one check of "does this output folder hold the same job": used by ``train`` (config.yaml),
+``sweep`` (sweep.json) and ``segment-stack`` (stack.json), so a rerun resumes its own job and never
+silently mixes results of another one into the folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from tomoseg.errors import TomosegError
+from tomoseg.utils.format import first_line
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def job_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first setting (dotted key, in ``new``'s order) whose value differs, as
+    ``(key, old value, new value)``; None when every setting of ``new`` equals ``old``'s."""
+    flat_old = dict(_flatten(old))
+    for key, value in _flatten(new):
+        if flat_old.get(key) != value:
+            return key, flat_old.get(key), value
+    return None
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """A job record (JSON, or YAML for ``.yaml``/``.yml``) as a dict; None when the file is absent.
+
+    Raises:
+        TomosegError: unreadable or not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml/json/decoding errors of many types
+        raise TomosegError(f"malformed {p}: {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise TomosegError(f"malformed {p}: expected a mapping")
+    return data
+
+
+def check_same_job(
+    folder: str | Path,
+    record: str,
+    identity: Mapping[str, Any],
+    *,
+    what: str,
+    remedy: str,
+    part: str | None = None,
+) -> dict[str, Any] | None:
+    """Refuse a folder whose job record describes another job.
+
+    Args:
+        folder: the output folder.
+        record: file name of the job record inside it (``config.yaml``, ``sweep.json``, ...).
+        identity: the settings that define the job (nested mappings compare key by key).
+        what: the job's name in the message (``"a run"``, ``"a sweep"``, ...).
+        remedy: what the user can do, naming real options (``"use --overwrite to replace it"``).
+        part: the key of the record that holds the identity (None: the whole record).
+
+    Returns:
+        The old record, or None when the folder holds none (a new job).
+
+    Raises:
+        TomosegError: the record differs, naming the first differing setting and both values.
+    """
+    old = read_record(Path(folder) / record)
+    if old is None:
+        return None
+    held = old.get(part, {}) if part else old
+    diff = job_difference(held if isinstance(held, Mapping) else {}, identity)
+    if diff is not None:
+        key, was, now = diff
+        raise TomosegError(
+            f"{folder} holds {what} with another {key} ({was!r} there, {now!r} now); {remedy}"
+        )
+    return old
