@@ -6,6 +6,7 @@ Every user-facing problem becomes one ``error: ...`` line on stderr and a non-ze
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -439,6 +440,40 @@ def demo(
         run_demo(out, console, overwrite=overwrite)
 
 
+def cli_options() -> dict[str, str]:
+    """Python parameter name -> command-line option (``tile_size`` -> ``--tile-size``), over
+    every command of the app."""
+    import typer.main
+
+    names: dict[str, str] = {}
+    group = typer.main.get_command(app)
+    for cmd in getattr(group, "commands", {}).values():
+        for param in cmd.params:
+            opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+            if param.name and opts:
+                names.setdefault(param.name, opts[0])
+    return names
+
+
+_PARAM = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(=True\b)?")
+
+
+def option_names(message: str) -> str:
+    """Rewrite the parameter names of a library message into the CLI's option names:
+    ``overwrite=True`` -> ``--overwrite`` and ``tile_size`` -> ``--tile-size`` (names with an
+    underscore only, so plain words stay words). Library messages name parameters; the command
+    line speaks of options."""
+    names = cli_options()
+
+    def sub(m: re.Match) -> str:
+        word, flag = m.group(1), m.group(2)
+        if word in names and (flag or "_" in word):
+            return names[word]
+        return m.group(0)
+
+    return _PARAM.sub(sub, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning expected failures into one ``error:`` line."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -449,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     except TomosegError as exc:
         if debug:
             raise
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        msg = option_names(str(exc))
+        err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except Exit as exc:
         return exc.exit_code

@@ -55,7 +55,7 @@ def predict_paths(
         The written mask paths.
     """
     if fmt not in ("png", "tif"):
-        raise TomosegError(f"--format must be png or tif, got {fmt!r}")
+        raise TomosegError(f"fmt (the format) must be png or tif, got {fmt!r}")
     items = _inputs(inputs)
     run = load_run(run_dir, device=resolve_device(device))
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])

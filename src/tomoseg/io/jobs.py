@@ -72,7 +72,7 @@ def check_same_job(
         record: file name of the job record inside it (``config.yaml``, ``sweep.json``, ...).
         identity: the settings that define the job (nested mappings compare key by key).
         what: the job's name in the message (``"a run"``, ``"a sweep"``, ...).
-        remedy: what the user can do, naming real options (``"use --overwrite to replace it"``).
+        remedy: what the user can do, naming real options (``"use overwrite=True to replace it"``; the CLI shows ``--overwrite``).
         part: the key of the record that holds the identity (None: the whole record).
 
     Returns:

@@ -97,7 +97,7 @@ def prepare_output_dir(
         held = [n for n in result_names if (d / n).exists()]
         if held:
             raise TomosegError(
-                f"output folder {d} already holds results ({held[0]}); use --overwrite to replace them"
+                f"output folder {d} already holds results ({held[0]}); use overwrite=True to replace them"
             )
     try:
         d.mkdir(parents=True, exist_ok=True)
