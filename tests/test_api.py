@@ -4,6 +4,7 @@ keyword-only options, ValueError subclasses."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,23 @@ def test_measure_objects_matches_regionprops_names_and_values():
         set(empty) >= {"label", "num_pixels", "area", "centroid-0", "bbox-5"}
         and len(empty["label"]) == 0
     )
+
+
+def _readme_example() -> str:  # noqa: D103
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_api_example_runs_as_written(tmp_path):
+    import subprocess
+    import sys
+
+    code = _readme_example()
+    assert "tomoseg.train(" in code and "Predictor.from_run" in code
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "validation IoU per epoch" in out.stdout and "somas; voxels" in out.stdout
