@@ -13,7 +13,9 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``gpu`` without a GPU is an error."""
     if device == "gpu":
         if not torch.cuda.is_available():
-            raise TomosegError("device='gpu' was asked for but no CUDA GPU is available (use device='auto' or 'cpu')")
+            raise TomosegError(
+                "device='gpu' was asked for but no CUDA GPU is available (use device='auto' or 'cpu')"
+            )
         return torch.device("cuda")
     if device == "cpu":
         return torch.device("cpu")
