@@ -21,6 +21,7 @@ from tomoseg.io.images import (
     read_stack,
 )
 from tomoseg.io.ome_zarr import (
+    create_label_array,
     write_ngff_attrs,
 )
 from tomoseg.io.volumes import (
@@ -45,6 +46,7 @@ __all__ = [
     "StackSource",
     "TIFF_SUFFIXES",
     "atomic_write",
+    "create_label_array",
     "list_images",
     "load_dataset",
     "open_source",
