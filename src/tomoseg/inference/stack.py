@@ -40,9 +40,9 @@ import os
 import queue
 import shutil
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -260,7 +260,7 @@ def segment_stack(
             hyperstack with C or T > 1 and no ``channel`` / ``time``, an output of another job, a
             full disk.
     """
-    t0 = time.perf_counter()
+    t0 = perf_counter()
     if fmt not in ("zarr", "tiff"):
         raise TomosegError(f"format must be zarr or tiff, got {fmt!r}")
     if int(batch_slices) < 1:
@@ -326,7 +326,7 @@ def segment_stack(
     computed = _run_pipeline(
         run, src, out, fmt, todo, int(batch_slices), progress, finished, nonfinite
     )
-    seconds = time.perf_counter() - t0
+    seconds = perf_counter() - t0
     summary = {
         "out": str(out),
         "volume": str(out / info["volume"]),

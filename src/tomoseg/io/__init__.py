@@ -14,11 +14,15 @@ from tomoseg.io.datasets import (
 )
 from tomoseg.io.images import (
     IMAGE_SUFFIXES,
+    LOSSY_SUFFIXES,
     TIFF_SUFFIXES,
+    ClassIds,
     list_images,
     read_image,
     read_mask,
     read_stack,
+    resolve_class_ids,
+    unique_ids,
 )
 from tomoseg.io.ome_zarr import (
     create_label_array,
@@ -39,6 +43,8 @@ from tomoseg.io.writers import (
 )
 
 __all__ = [
+    "ClassIds",
+    "LOSSY_SUFFIXES",
     "DatasetSpec",
     "IMAGE_SUFFIXES",
     "Pair",
@@ -57,8 +63,10 @@ __all__ = [
     "read_mask",
     "read_pair",
     "read_stack",
+    "resolve_class_ids",
     "resolve_classes",
     "split_pairs",
+    "unique_ids",
     "write_image",
     "write_json",
     "write_mask",

@@ -61,6 +61,7 @@ def create_label_array(
         g.attrs["image-label"] = {"version": "0.4"}
     return arr
 
+
 # ----------------------------------------------------------------------------- outputs
 
 

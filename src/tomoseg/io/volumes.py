@@ -196,9 +196,7 @@ def _plan_axes(
             picked[name] = None
         elif value is None:
             if n > 1:
-                raise TomosegError(
-                    f"{where} has {desc}: choose one with {name}=0..{n - 1}"
-                )
+                raise TomosegError(f"{where} has {desc}: choose one with {name}=0..{n - 1}")
             picked[name] = 0
         elif value >= n:
             raise TomosegError(
