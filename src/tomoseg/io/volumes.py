@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.images import TIFF_SUFFIXES, list_images, read_image
 
 #: files of a ``segment_stack`` output folder (written by :mod:`tomoseg.inference.stack`)
@@ -432,6 +433,7 @@ def open_source(
                 axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
                 dtype = str(series.dtype)
                 voxel, unit = _tiff_voxel(tf)
+                ij = tf.imagej_metadata if tf.is_imagej else None
                 npages = len(series.pages)
                 if len(tf.pages) > npages and not (tf.is_imagej or tf.is_ome):
                     other = tf.pages[npages]
@@ -448,6 +450,16 @@ def open_source(
             )
         if axes.endswith("S"):  # one sample per pixel
             axes, shape = axes[:-1], shape[:-1]
+        if axes == "CYX" and shape[0] > 1 and channel is None and _plain_imagej_stack(ij):
+            n = shape[0]
+            warnings.warn(
+                f"{p} declares {n} ImageJ channels and no other axis, as tifffile writes a plain "
+                f"3D array (imagej=True): read as {n} Z slices; pass channel=0..{n - 1} to read "
+                "one channel instead",
+                TomosegWarning,
+                stacklevel=2,
+            )
+            axes = "ZYX"
         axes, nz, ch, tm = _plan_axes(axes, shape, channel, time, str(p))
         if int(np.prod(shape[:-2])) != npages:
             raise TomosegError(
@@ -460,6 +472,19 @@ def open_source(
         )  # fmt: skip
     raise TomosegError(
         f"input {p} is not a folder of slices, a multi-page TIFF or a Zarr array/group"
+    )
+
+
+def _plain_imagej_stack(ij: dict | None) -> bool:
+    """ImageJ metadata as tifffile writes it for a plain 3D array: ``channels`` = ``images``,
+    no ``slices`` or ``frames``, grayscale display (a real multi-channel image is composite)."""
+    if not ij:
+        return False
+    return (
+        ij.get("channels") == ij.get("images")
+        and "slices" not in ij
+        and "frames" not in ij
+        and ij.get("mode", "grayscale") == "grayscale"
     )
 
 
