@@ -188,7 +188,7 @@ def _plan_axes(
     ):
         n = sizes.get(letter)
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
-            raise TomosegError(f"{name} must be an integer >= 0, got {value!r}")
+            raise TomosegError(f"{name}={value!r} is not an index (an integer >= 0)")
         if n is None:
             if value not in (None, 0):
                 raise TomosegError(
