@@ -6,17 +6,19 @@ This is the one scoring path of tomoseg: ``tomoseg score`` (masks made anywhere)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.datasets import load_dataset, pair_files
 from tomoseg.io.images import list_images, read_image, read_mask, resolve_class_ids, unique_ids
 from tomoseg.io.writers import prepare_output_dir
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import class_index, write_overlays, write_score_files
+from tomoseg.utils.format import first_line
 
 RESULT_NAMES = ("metrics.json", "per_image.csv")
 
@@ -50,7 +52,14 @@ def score_and_write(
     summary = ScoreSummary(list(classes), classes[k], float(tolerance))
     for image_id, truth, pred, image in items:
         summary.images.append(score_image(truth, pred, len(classes), tolerance, image_id))
-        write_overlays(out, image_id, truth, pred, k, len(classes), image)
+        try:  # optional: a failing picture never costs the scores
+            write_overlays(out, image_id, truth, pred, k, len(classes), image)
+        except Exception as exc:
+            warnings.warn(
+                f"no overlay or panel for {image_id}: {first_line(exc)}",
+                TomosegWarning,
+                stacklevel=2,
+            )
     if not summary.images:
         raise TomosegError("nothing to score")
     write_score_files(summary, out)
