@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from tomoseg.cli import main
-from tomoseg.cli.app import cli_options, option_names
+from tomoseg.cli.app import cli_message, cli_options
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tomoseg"
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
@@ -42,10 +42,10 @@ def test_every_option_named_in_the_source_exists():
     assert not missing, f"options named in the source but absent from the CLI: {missing}"
 
 
-def test_parameter_names_become_option_names():
-    assert option_names("use overwrite=True to replace them") == "use --overwrite to replace them"
-    assert option_names("tile_size must be >= 16") == "--tile-size must be >= 16"
-    assert option_names("the data has classes") == "the data has classes"  # plain words stay
+def test_parameter_names_become_cli_message():
+    assert cli_message("use overwrite=True to replace them") == "use --overwrite to replace them"
+    assert cli_message("tile_size must be >= 16") == "--tile-size must be >= 16"
+    assert cli_message("the data has classes") == "the data has classes"  # plain words stay
 
 
 def test_cli_error_speaks_of_options(tmp_path, capsys):

@@ -102,20 +102,23 @@ def test_objects_table_summary_meshes(tmp_path):
     assert s["class"] == "soma" and s["count"] == 2  # the speck is removed
     rows = list(csv.DictReader((out / "objects.csv").open()))
     ball, rod = rows  # raster order of the first voxel: the ball starts at z=3, the rod at z=7
-    assert int(ball["voxels"]) == int(((np.mgrid[:11, :11, :11] - 5) ** 2).sum(0).__le__(25).sum())
-    assert float(ball["volume"]) == pytest.approx(int(ball["voxels"]) * 0.25)
-    assert float(ball["centroid_z"]) == pytest.approx(8) and float(ball["centroid_x"]) == 10
-    assert (ball["bbox_z0"], ball["bbox_z1"]) == ("3", "14")
+    assert int(ball["num_pixels"]) == int(
+        ((np.mgrid[:11, :11, :11] - 5) ** 2).sum(0).__le__(25).sum()
+    )
+    assert float(ball["area"]) == pytest.approx(int(ball["num_pixels"]) * 0.25)
+    # centroids are physical (voxel index x voxel size), as regionprops_table with spacing
+    assert float(ball["centroid-0"]) == pytest.approx(8) and float(ball["centroid-2"]) == 5
+    assert (ball["bbox-0"], ball["bbox-3"]) == ("3", "14")
     # a voxel ball with voxels of 1 x 0.5 x 0.5 is an oblate 2:1 ellipsoid in physical space
     assert float(ball["elongation"]) == pytest.approx(2, rel=0.05)
     assert float(rod["elongation"]) > 8
     assert float(ball["sphericity"]) > float(rod["sphericity"])
     assert float(ball["sphericity"]) > 0.7 and float(ball["extent"]) > 0.35
     assert float(rod["extent"]) == 1
-    assert int(rod["voxels"]) == 2 * 2 * 32 and rod["touches_border"] == "false"
+    assert int(rod["num_pixels"]) == 2 * 2 * 32 and rod["touches_border"] == "false"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["count"] == 2 and summary["voxel_size"] == [1.0, 0.5, 0.5]
-    assert summary["total_volume"] == pytest.approx((int(ball["voxels"]) + 128) * 0.25)
+    assert summary["total_volume"] == pytest.approx((int(ball["num_pixels"]) + 128) * 0.25)
     assert {"median_volume", "mean_volume", "volume_quantiles"} <= set(summary)
     meshes = sorted((out / "meshes").glob("*.ply"))
     assert len(meshes) == 2
@@ -224,3 +227,25 @@ def test_phantom_objects_match_the_3d_truth(tmp_path):
     assert det["true_objects"] > 50
     assert det["recall"] >= 0.8 and det["precision"] >= 0.8
     assert abs(det["count_relative_error"]) <= 0.10
+
+
+def test_chunked_table_agrees_with_measure_objects(tmp_path):
+    """objects.csv (chunked analyze_objects) and measure_objects (regionprops_table) agree on
+    every column they share, with an anisotropic voxel size."""
+    from tomoseg.evaluation.objects import measure_objects
+
+    vol = shapes_volume()
+    voxel = (2.0, 0.5, 0.25)
+    src = write_classes_zarr(tmp_path / "v.zarr", vol, voxel=voxel)
+    analyze_objects(src, tmp_path / "out", chunk_slices=4, n_meshes=0)
+    rows = list(csv.DictReader((tmp_path / "out" / "objects.csv").open()))
+    ref = measure_objects(vol, class_id=1, spacing=voxel)
+    shared = [c for c in rows[0] if c in ref]
+    assert {"label", "num_pixels", "area", "centroid-0", "bbox-5", "axis_major_length"} <= set(
+        shared
+    )
+    assert {"axis_minor_length", "equivalent_diameter_area", "extent"} <= set(shared)
+    assert len(rows) == len(ref["label"]) == 3
+    for c in shared:
+        got = np.array([float(r[c]) for r in rows])
+        np.testing.assert_allclose(got, ref[c].astype(float), rtol=1e-4, atol=1e-6, err_msg=c)

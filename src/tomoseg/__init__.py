@@ -19,7 +19,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 
 try:
     __version__ = version("tomoseg")
@@ -41,6 +41,7 @@ __all__ = [
     "Predictor",
     "Run",
     "TomosegError",
+    "TomosegWarning",
     "TrainConfig",
     "__version__",
     "measure_objects",

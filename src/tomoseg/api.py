@@ -122,7 +122,9 @@ def score(
         truth: (H, W) integer class ids.
         pred: (H, W) integer class ids.
         classes: class names (K = len); default ``"0".."K-1"`` with K = the largest id in truth
-            and prediction together + 1 (at least 2).
+            and prediction together + 1 (at least 2). A binary mask stored as 0/255 is read as
+            0/1 (with a :class:`~tomoseg.TomosegWarning`), by the rule of ``tomoseg score``
+            (:func:`tomoseg.io.images.resolve_class_ids`).
         class_of_interest: recorded in the result; default the last class.
         tolerance: BF1 distance tolerance in pixels (>= 0).
 
@@ -134,12 +136,17 @@ def score(
     Raises:
         TomosegError: shapes differ, ids out of range or not integers.
     """
+    from tomoseg.io.images import resolve_class_ids, unique_ids
     from tomoseg.metrics.segmentation import ScoreSummary, score_image
 
     t, p = _label_image(truth, "truth"), _label_image(pred, "pred")
+    ids = resolve_class_ids(
+        {"truth": unique_ids([t]), "pred": unique_ids([p])},
+        len(classes) if classes is not None else None,
+    )
+    t, p = ids.apply("truth", t), ids.apply("pred", p)
     if classes is None:
-        k = max(int(t.max(initial=0)), int(p.max(initial=0))) + 1
-        classes = [str(i) for i in range(max(k, 2))]
+        classes = [str(i) for i in range(ids.n_classes)]
     classes = list(classes)
     coi = class_of_interest or classes[-1]
     if coi not in classes:

@@ -9,3 +9,11 @@ class TomosegError(ValueError):
     into its option names (``--tile-size``) before printing ``error: <message>`` on stderr and
     exiting with status 1, without a traceback (unless ``--debug``).
     """
+
+
+class TomosegWarning(UserWarning):
+    """A note to the user about their input or an optional product that was skipped (one line).
+
+    Library callers see it through :mod:`warnings`; the CLI prints ``warning: <message>`` on
+    stderr and carries on.
+    """

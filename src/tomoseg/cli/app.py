@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from typer.exceptions import Abort, Exit, TyperException
 
 from tomoseg import __version__
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +29,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
+Nonfinite = Annotated[
+    str,
+    typer.Option(
+        help="NaN/infinite pixels: 'background' (outside the field of view: class 0) or 'error'."
+    ),
+]
 
 
 @app.command()
@@ -202,6 +209,7 @@ def predict(
     ] = None,
     tile_batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
+    nonfinite: Nonfinite = "background",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
@@ -219,6 +227,7 @@ def predict(
         tile_size,
         tile_batch,
         console,
+        nonfinite=nonfinite,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -230,13 +239,14 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Report folder (as tomoseg score writes).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    nonfinite: Nonfinite = "background",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays)."""
     from tomoseg.inference.evaluate import evaluate_run
     from tomoseg.reporting.scores import score_table
 
-    summary, sec = evaluate_run(run, data, out, split, device, overwrite)
+    summary, sec = evaluate_run(run, data, out, split, device, overwrite, nonfinite=nonfinite)
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
         f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
@@ -325,6 +335,17 @@ def segment_stack_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
+    allow_gaps: Annotated[
+        bool,
+        typer.Option("--allow-gaps", help="Accept numbered slice files with holes (sub-sampled)."),
+    ] = False,
+    channel: Annotated[
+        int | None, typer.Option(help="Channel of a hyperstack / OME file with C > 1 (from 0).")
+    ] = None,
+    time: Annotated[
+        int | None, typer.Option(help="Time point of a file with T > 1 (from 0).")
+    ] = None,
+    nonfinite: Nonfinite = "background",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -365,11 +386,23 @@ def segment_stack_cmd(
             batch_slices,
             progress,
             unit,
+            allow_gaps,
+            nonfinite=nonfinite,
+            channel=channel,
+            time=time,
         )
+    rate = info["slices_per_second"]
     console.print(
         f"{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "
-        f"{info['seconds']:.1f} s, {info['slices_per_second']:.2f} slices/s -> {info['volume']}"
+        f"{info['seconds']:.1f} s, {rate or 0:.2f} slices/s -> {info['volume']}"
     )
+    bad = info["nonfinite"]
+    if bad["pixels"]:
+        console.print(
+            f"{bad['pixels']} non-finite (NaN or infinite) pixels in {bad['slices']} of "
+            f"{info['slices']} slices labelled background (outside the field of view); "
+            "per slice in stack.json"
+        )
 
 
 @app.command()
@@ -455,23 +488,39 @@ def cli_options() -> dict[str, str]:
     return names
 
 
-_PARAM = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(=True\b)?")
+_ASSIGN = re.compile(r"\b([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
+_UNDERSCORED = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b")
 
 
-def option_names(message: str) -> str:
-    """Rewrite the parameter names of a library message into the CLI's option names:
-    ``overwrite=True`` -> ``--overwrite`` and ``tile_size`` -> ``--tile-size`` (names with an
-    underscore only, so plain words stay words). Library messages name parameters; the command
-    line speaks of options."""
+def cli_message(message: str) -> str:
+    """A library message in the CLI's terms. Library messages name parameters; the command line
+    speaks of options: ``overwrite=True`` -> ``--overwrite``, ``nonfinite='error'`` ->
+    ``--nonfinite error``, ``tile_size`` -> ``--tile-size`` (only names with an underscore, so
+    plain words stay words), ``use overwrite`` -> ``use --overwrite``."""
     names = cli_options()
 
-    def sub(m: re.Match) -> str:
-        word, flag = m.group(1), m.group(2)
-        if word in names and (flag or "_" in word):
-            return names[word]
-        return m.group(0)
+    def assign(m: re.Match) -> str:
+        word, value = m.group(1), m.group(2).strip("'\"")
+        if word not in names:
+            return m.group(0)
+        return names[word] if value == "True" else f"{names[word]} {value}"
 
-    return _PARAM.sub(sub, message)
+    message = _ASSIGN.sub(assign, message)
+    message = _UNDERSCORED.sub(lambda m: names.get(m.group(1), m.group(0)), message)
+    return re.sub(r"\buse overwrite\b", "use --overwrite", message)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for the user (TomosegWarning) as one ``warning:`` line; others as usual."""
+    if issubclass(category, TomosegWarning):
+        err_console.print(
+            f"warning: {cli_message(str(message))}", markup=False, highlight=False, soft_wrap=True
+        )
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,13 +528,21 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TomosegWarning)
+        warnings.showwarning = _show_warning
+        return _main(args, debug)
+
+
+def _main(args: list[str], debug: bool) -> int:
     try:
         code = app(args=args, prog_name="tomoseg", standalone_mode=False)
     except TomosegError as exc:
         if debug:
             raise
-        msg = option_names(str(exc))
-        err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"error: {cli_message(str(exc))}", markup=False, highlight=False, soft_wrap=True
+        )
         return 1
     except Exit as exc:
         return exc.exit_code

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from tomoseg.data.normalization import count_nonfinite
 from tomoseg.data.samples import load_pairs
 from tomoseg.data.statistics import class_counts
 from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import Pair, load_dataset, pair_files, split_pairs
+from tomoseg.io.images import resolve_class_ids, unique_ids
 
 
 def check_data(console, data: Path | None, images: Path | None, masks: Path | None) -> None:
@@ -33,17 +37,30 @@ def check_data(console, data: Path | None, images: Path | None, masks: Path | No
     else:
         groups["pairs"] = pair_files(images, masks)  # type: ignore[arg-type]
     k = len(classes) if classes else None
+    notes: list[str] = []
     table = Table(title=f"data check: {data or images}")
     for col in ("split", "pairs", "shapes", "image dtype", "intensity range", "class fractions"):
         table.add_column(col)
     for split, pairs in groups.items():
-        samples = load_pairs(pairs, k)
-        kk = k or max(int(s.mask.max()) for s in samples) + 1
-        counts = class_counts([s.mask for s in samples], kk)
+        samples = load_pairs(pairs, None)
+        folder = pairs[0].mask.parent
+        ids = resolve_class_ids(  # the one class-id rule (0/255 binary masks read as 0/1)
+            {split: unique_ids(s.mask for s in samples)}, k, where={split: f"masks folder {folder}"}
+        )
+        kk = ids.n_classes
+        masks = [ids.apply(split, s.mask, p.mask) for s, p in zip(samples, pairs, strict=True)]
+        counts = class_counts(masks, kk)
         shapes = sorted({s.image.shape for s in samples})
         dtypes = sorted({str(s.image.dtype) for s in samples})
-        lo = min(float(s.image.min()) for s in samples)
-        hi = max(float(s.image.max()) for s in samples)
+        finite = [s.image[np.isfinite(s.image)] for s in samples]
+        lo = min((float(f.min()) for f in finite if f.size), default=float("nan"))
+        hi = max((float(f.max()) for f in finite if f.size), default=float("nan"))
+        bad = sum(count_nonfinite(s.image) for s in samples)
+        if bad:
+            notes.append(
+                f"{split}: {bad} non-finite (NaN or infinite) image pixels, treated as outside "
+                "the field of view"
+            )
         names = classes or [str(i) for i in range(kk)]
         frac = ", ".join(
             f"{n} {100 * c / counts.sum():.2f}%" for n, c in zip(names, counts, strict=True)
@@ -55,4 +72,6 @@ def check_data(console, data: Path | None, images: Path | None, masks: Path | No
             split, str(len(samples)), shape_txt, ", ".join(dtypes), f"{lo:g}..{hi:g}", frac
         )
     console.print(table)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     console.print("all pairs read and checked: ok")

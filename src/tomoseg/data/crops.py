@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg import io
+from tomoseg.data.samples import load_split
 from tomoseg.errors import TomosegError
 
 MIN_CROP_SIZE = 16
@@ -281,10 +282,9 @@ def export_crops(
     _check_count(count)
     _check_fraction(focus_fraction)
     spec = io.load_dataset(data_dir)
-    pairs = io.split_pairs(data_dir, "train")
-    data = [io.read_pair(p, len(spec.classes)) for p in pairs]
-    images = [d[0] for d in data]
-    masks = [d[1] for d in data]
+    samples = load_split(data_dir, "train", spec)  # the one class-id rule, as training reads
+    images = [s.image for s in samples]
+    masks = [s.mask for s in samples]
     boxes = sample_crops(
         [im.shape for im in images],
         size,
@@ -304,7 +304,7 @@ def export_crops(
         io.write_mask(root / "masks" / f"{stem}.png", extract_crop(masks[b.image], b))
         written.append(img_path)
         keep.update({f"{stem}.tif", f"{stem}.png"})
-        lines.append(f"{k},{_csv_field(pairs[b.image].id)},{b.y},{b.x},{b.h},{b.w}")
+        lines.append(f"{k},{_csv_field(samples[b.image].id)},{b.y},{b.x},{b.h},{b.w}")
     for sub in ("images", "masks"):
         for f in (root / sub).iterdir():
             if _CROP_FILE.match(f.name) and f.name not in keep:

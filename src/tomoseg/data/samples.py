@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, read_pair, split_pairs
+from tomoseg.io.images import resolve_class_ids, unique_ids
 
 
 @dataclass
@@ -25,6 +26,20 @@ def load_pairs(pairs: list[Pair], n_classes: int | None) -> list[Sample]:
 
 
 def load_split(root: Path, split: str, spec: DatasetSpec | None = None) -> list[Sample]:
-    """Read one split of a dataset folder, checking ids, shapes and class ids."""
+    """Read one split of a dataset folder, checking ids, shapes and class ids.
+
+    Class ids follow the one rule of :func:`tomoseg.io.images.resolve_class_ids` (masks stored
+    as 0/255 for two classes are read as 0/1, with a warning; ids must lie in 0..K-1).
+    """
     spec = spec or load_dataset(root)
-    return load_pairs(split_pairs(root, split), len(spec.classes))
+    pairs = split_pairs(root, split)
+    samples = load_pairs(pairs, None)
+    ids = resolve_class_ids(
+        {split: unique_ids(s.mask for s in samples)},
+        len(spec.classes),
+        where={split: f"masks folder {Path(root) / split / 'masks'}"},
+    )
+    return [
+        Sample(s.id, s.image, ids.apply(split, s.mask, p.mask))
+        for s, p in zip(samples, pairs, strict=True)
+    ]

@@ -12,15 +12,22 @@ union-find over the touching pairs (for 6-connectivity only the voxel straight a
 each object's first voxel, after removing objects under ``min_volume`` voxels, so the chunked
 result is the same array as labelling the whole volume at once.
 
-Shape measures (``objects.csv``), all in physical units of the voxel size:
+Measurements (``objects.csv``) carry ``skimage.measure.regionprops_table``'s names and
+definitions (with ``spacing`` = the voxel size), so the table agrees with
+:func:`measure_objects` (which calls regionprops on an in-memory volume): ``label``,
+``num_pixels`` (voxels), ``area`` (physical volume), ``centroid-0..2`` (z, y, x, physical),
+``bbox-0..5`` (voxel indices, end exclusive), ``axis_major_length`` / ``axis_minor_length`` (full
+axis lengths of the ellipsoid with the object's second moments, ``2 sqrt(5 lambda)`` for the
+eigenvalues ``lambda`` of its covariance), ``equivalent_diameter_area``, ``extent`` (voxels /
+bounding-box voxels). Extra columns: ``axis_middle_length``, ``elongation = major / minor`` (about
+1-2 for a soma, large for a vessel segment; empty when the minor axis is 0, e.g. a 1-voxel-thick
+sheet), ``ellipsoid_fill`` (volume / that ellipsoid's volume), ``touches_border``, and
+``surface_area`` and ``sphericity = pi^(1/3) (6 V)^(2/3) / A`` (1 for a ball) from the
+marching-cubes mesh, for the meshed (largest) objects only.
 
-* ``axis_major``, ``axis_middle``, ``axis_minor``: full axis lengths of the ellipsoid with the
-  object's second moments (``2 sqrt(5 lambda)`` for the eigenvalues ``lambda`` of its covariance,
-  each voxel counted as a uniform cube), ``elongation = axis_major / axis_minor`` (about 1-2 for a
-  soma, large for a vessel segment);
-* ``extent``: voxels / bounding-box voxels; ``ellipsoid_fill``: volume / that ellipsoid's volume;
-* ``surface_area`` and ``sphericity = pi^(1/3) (6 V)^(2/3) / A`` (1 for a ball) from the
-  marching-cubes mesh, for the meshed (largest) objects only.
+The table and ``summary.json`` are written before the optional products (meshes, histogram,
+preview): a mesh that cannot be made (e.g. of a 1-voxel-thick sheet) is skipped with a
+:class:`~tomoseg.errors.TomosegWarning` naming the object, never at the cost of the table.
 
 Truth check (``truth``, a multi-page TIFF of instance labels such as the phantom's
 ``truth3d/labels.tif``): a predicted object matches a true object when their voxel IoU is at
@@ -37,6 +44,7 @@ import io
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +53,8 @@ from typing import Any
 import cc3d
 import numpy as np
 
-from tomoseg.errors import TomosegError
-from tomoseg.io.ome_zarr import write_ngff_attrs
+from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.io.ome_zarr import create_label_array
 from tomoseg.io.volumes import (
     STACK_FILE,
     StackSource,
@@ -54,7 +62,8 @@ from tomoseg.io.volumes import (
     parse_voxel_size,
     read_stack_info,
 )
-from tomoseg.io.writers import prepare_output_dir, write_json, write_text
+from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_text
+from tomoseg.utils.format import first_line
 
 __all__ = [
     "CONNECTIVITIES",
@@ -68,21 +77,21 @@ CONNECTIVITIES = (6, 18, 26)
 _MOMENTS = ("z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx")
 COLUMNS = (
     "label",
-    "voxels",
-    "volume",
-    "centroid_z",
-    "centroid_y",
-    "centroid_x",
-    "bbox_z0",
-    "bbox_y0",
-    "bbox_x0",
-    "bbox_z1",
-    "bbox_y1",
-    "bbox_x1",
-    "equivalent_diameter",
-    "axis_major",
-    "axis_middle",
-    "axis_minor",
+    "num_pixels",
+    "area",
+    "centroid-0",
+    "centroid-1",
+    "centroid-2",
+    "bbox-0",
+    "bbox-1",
+    "bbox-2",
+    "bbox-3",
+    "bbox-4",
+    "bbox-5",
+    "equivalent_diameter_area",
+    "axis_major_length",
+    "axis_middle_length",
+    "axis_minor_length",
     "elongation",
     "extent",
     "ellipsoid_fill",
@@ -400,34 +409,34 @@ def _measure(stats: dict[str, np.ndarray], voxel: tuple[float, float, float], sh
             for j, b in enumerate("zyx"):
                 key = a + b if a + b in stats else b + a
                 cov[i, j] = (stats[key][k] / n - m[i] * m[j]) * v[i] * v[j]
-        cov += np.diag(v**2 / 12.0)  # each voxel is a uniform cube, not a point
-        lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 1e-12, None))[::-1]
-        axes = 2.0 * np.sqrt(5.0 * lam)
+        lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 0.0, None))[::-1]
+        axes = 2.0 * np.sqrt(5.0 * lam)  # as regionprops: no voxel-cube correction
         volume = n * vox_vol
         lo, hi = stats["lo"][k], stats["hi"][k]
         box = float(np.prod(hi - lo))
         touches = bool((lo == 0).any() or (hi == np.asarray(shape)).any())
+        ell = math.pi / 6.0 * float(np.prod(axes))
         rows.append(
             {
                 "label": k + 1,
-                "voxels": int(n),
-                "volume": volume,
-                "centroid_z": m[0],
-                "centroid_y": m[1],
-                "centroid_x": m[2],
-                "bbox_z0": int(lo[0]),
-                "bbox_y0": int(lo[1]),
-                "bbox_x0": int(lo[2]),
-                "bbox_z1": int(hi[0]),
-                "bbox_y1": int(hi[1]),
-                "bbox_x1": int(hi[2]),
-                "equivalent_diameter": (6.0 * volume / math.pi) ** (1 / 3),
-                "axis_major": axes[0],
-                "axis_middle": axes[1],
-                "axis_minor": axes[2],
-                "elongation": axes[0] / axes[2],
+                "num_pixels": int(n),
+                "area": volume,
+                "centroid-0": m[0] * v[0],
+                "centroid-1": m[1] * v[1],
+                "centroid-2": m[2] * v[2],
+                "bbox-0": int(lo[0]),
+                "bbox-1": int(lo[1]),
+                "bbox-2": int(lo[2]),
+                "bbox-3": int(hi[0]),
+                "bbox-4": int(hi[1]),
+                "bbox-5": int(hi[2]),
+                "equivalent_diameter_area": (6.0 * volume / math.pi) ** (1 / 3),
+                "axis_major_length": axes[0],
+                "axis_middle_length": axes[1],
+                "axis_minor_length": axes[2],
+                "elongation": axes[0] / axes[2] if axes[2] > 1e-9 else None,
                 "extent": n / box,
-                "ellipsoid_fill": volume / (math.pi / 6.0 * float(np.prod(axes))),
+                "ellipsoid_fill": volume / ell if ell > 1e-12 else None,
                 "touches_border": touches,
                 "surface_area": None,
                 "sphericity": None,
@@ -477,8 +486,8 @@ def _summary_stats(volumes: np.ndarray) -> dict[str, Any]:
 
 def _object_mask(arr, row: dict) -> tuple[np.ndarray, np.ndarray]:
     """Binary mask of one object on its bbox padded by one voxel, and the mask's origin (voxels)."""
-    lo = np.array([row["bbox_z0"], row["bbox_y0"], row["bbox_x0"]])
-    hi = np.array([row["bbox_z1"], row["bbox_y1"], row["bbox_x1"]])
+    lo = np.array([row["bbox-0"], row["bbox-1"], row["bbox-2"]])
+    hi = np.array([row["bbox-3"], row["bbox-4"], row["bbox-5"]])
     crop = np.asarray(arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
     return np.pad(crop == row["label"], 1), lo - 1
 
@@ -512,8 +521,6 @@ def _histogram(volumes: np.ndarray, unit: str | None, path: Path, what: str) -> 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    from tomoseg.io.writers import atomic_write
-
     atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
 
 
@@ -546,8 +553,6 @@ def _preview(meshes: list[tuple[int, Any]], path: Path, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    from tomoseg.io.writers import atomic_write
-
     atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
 
 
@@ -661,24 +666,15 @@ def analyze_objects(
     rows = _measure(lab.stats, vol.voxel_size, vol.shape)
 
     # label volume for napari (uint32), written slab by slab; truth overlaps on the way
-    import shutil
-
-    import zarr
-
-    zpath = out / "objects.zarr"
-    if zpath.exists():
-        shutil.rmtree(zpath)
-    g = zarr.open_group(str(zpath), mode="w", zarr_format=2)
-    arr = g.create_array(
-        "0",
-        shape=vol.shape,
-        chunks=(1, min(vol.shape[1], 1024), min(vol.shape[2], 1024)),
-        dtype="uint32",
-        fill_value=0,
-        chunk_key_encoding={"name": "v2", "separator": "/"},
+    arr = create_label_array(
+        out / "objects.zarr",
+        vol.shape,
+        "uint32",
+        (1, min(vol.shape[1], 1024), min(vol.shape[2], 1024)),
+        vol.voxel_size,
+        vol.unit,
+        name=f"{name} objects",
     )
-    write_ngff_attrs(g, f"{name} objects", vol.voxel_size, vol.unit)
-    g.attrs["image-label"] = {"version": "0.4"}
     overlaps: dict[tuple[int, int], int] = {}
     true_sizes: dict[int, int] = {}
     read = _slab_reader(vol.src)
@@ -703,7 +699,7 @@ def analyze_objects(
                 _accumulate_truth(final, tl, overlaps, true_sizes)
             del final
 
-    volumes = np.array([r["volume"] for r in rows], np.float64)
+    volumes = np.array([r["area"] for r in rows], np.float64)
     summary: dict[str, Any] = {
         "volume": str(volume_path),
         "class": name,
@@ -716,31 +712,8 @@ def analyze_objects(
         **_summary_stats(volumes),
         "touching_border": int(sum(r["touches_border"] for r in rows)),
     }
-
-    # meshes of the largest objects, and a 3D preview
-    order = sorted(rows, key=lambda r: (-r["voxels"], r["label"]))[: max(0, int(n_meshes))]
-    previews = []
-    if order:
-        (out / "meshes").mkdir(exist_ok=True)
-    for r in order:
-        mask, origin = _object_mask(arr, r)
-        m = _mesh(mask, origin, vol.voxel_size)
-        path = out / "meshes" / f"object_{r['label']:06d}.{mesh_format}"
-        from tomoseg.io.writers import atomic_write
-
-        atomic_write(path, lambda t, m=m: m.export(t, file_type=mesh_format))
-        area, mvol = float(m.area), abs(float(m.volume))
-        r["surface_area"] = area
-        r["sphericity"] = math.pi ** (1 / 3) * (6 * mvol) ** (2 / 3) / area if area else None
-        step = max(1, int(max(mask.shape)) // 24)
-        previews.append((r["label"], _mesh(mask, origin, vol.voxel_size, step) if step > 1 else m))
-    summary["meshes"] = len(order)
-    write_text(out / "objects.csv", _csv_text(rows))
-    _histogram(volumes, vol.unit, out / "volume_histogram.png", name)
-    _preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")
-
     if tsrc is not None:
-        pred_sizes = {r["label"]: r["voxels"] for r in rows}
+        pred_sizes = {r["label"]: r["num_pixels"] for r in rows}
         kept_true = {t: n for t, n in true_sizes.items() if n >= max(int(min_volume), 1)}
         det = detection_scores(overlaps, pred_sizes, kept_true, match)
         det["true_objects_all"] = len(true_sizes)
@@ -749,9 +722,57 @@ def analyze_objects(
             "IoU >= 0.5" if match == "iou" else "covers >= 50 % of the true object"
         ) + ", one-to-one (greedy by decreasing score); true objects under min_volume ignored"
         summary["detection"] = det
+    # the main products first: nothing optional below can cost them
+    summary["meshes"] = 0
+    write_text(out / "objects.csv", _csv_text(rows))
+    write_json(out / "summary.json", summary)
+
+    # optional: meshes of the largest objects, a 3D preview, the volume histogram
+    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(n_meshes))]
+    previews = []
+    skipped: list[int] = []
+    if order:
+        (out / "meshes").mkdir(exist_ok=True)
+    for r in order:
+        try:
+            mask, origin = _object_mask(arr, r)
+            m = _mesh(mask, origin, vol.voxel_size)
+            path = out / "meshes" / f"object_{r['label']:06d}.{mesh_format}"
+            atomic_write(path, lambda t, m=m: m.export(t, file_type=mesh_format))
+        except Exception as exc:  # marching cubes fails on degenerate shapes
+            skipped.append(r["label"])
+            _warn(f"no mesh for object {r['label']} ({r['num_pixels']} voxels): {first_line(exc)}")
+            continue
+        area, mvol = float(m.area), abs(float(m.volume))
+        r["surface_area"] = area
+        r["sphericity"] = math.pi ** (1 / 3) * (6 * mvol) ** (2 / 3) / area if area else None
+        step = max(1, int(max(mask.shape)) // 24)
+        coarse = m
+        if step > 1:
+            try:
+                coarse = _mesh(mask, origin, vol.voxel_size, step)
+            except Exception:  # too thin for the coarse step: show the full mesh
+                coarse = m
+        previews.append((r["label"], coarse))
+    summary["meshes"] = len(order) - len(skipped)
+    if skipped:
+        summary["meshes_skipped"] = skipped
+    for what, make in (
+        ("volume_histogram.png", lambda: _histogram(volumes, vol.unit, out / "volume_histogram.png", name)),
+        ("preview.png", lambda: _preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")),
+    ):  # fmt: skip
+        try:
+            make()
+        except Exception as exc:
+            _warn(f"{what} was not written: {first_line(exc)}")
     summary["seconds"] = round(time.perf_counter() - t0, 3)
+    write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, TomosegWarning, stacklevel=3)
 
 
 def _accumulate_truth(

@@ -6,17 +6,19 @@ This is the one scoring path of tomoseg: ``tomoseg score`` (masks made anywhere)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.datasets import load_dataset, pair_files
-from tomoseg.io.images import list_images, read_image, read_mask
+from tomoseg.io.images import list_images, read_image, read_mask, resolve_class_ids, unique_ids
 from tomoseg.io.writers import prepare_output_dir
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import class_index, write_overlays, write_score_files
+from tomoseg.utils.format import first_line
 
 RESULT_NAMES = ("metrics.json", "per_image.csv")
 
@@ -50,7 +52,14 @@ def score_and_write(
     summary = ScoreSummary(list(classes), classes[k], float(tolerance))
     for image_id, truth, pred, image in items:
         summary.images.append(score_image(truth, pred, len(classes), tolerance, image_id))
-        write_overlays(out, image_id, truth, pred, k, len(classes), image)
+        try:  # optional: a failing picture never costs the scores
+            write_overlays(out, image_id, truth, pred, k, len(classes), image)
+        except Exception as exc:
+            warnings.warn(
+                f"no overlay or panel for {image_id}: {first_line(exc)}",
+                TomosegWarning,
+                stacklevel=2,
+            )
     if not summary.images:
         raise TomosegError("nothing to score")
     write_score_files(summary, out)
@@ -83,7 +92,9 @@ def score_folders(
         truth_dir: true masks (class ids).
         out: report folder (refused if it holds results, unless ``overwrite``).
         classes: class names; if None, taken from a ``dataset.json`` above ``truth_dir``, else
-            ``"0".."K-1"`` with K = largest id in the truths + 1 (at least 2).
+            ``"0".."K-1"`` with K = largest id in the truths and predictions together + 1 (at
+            least 2). A folder of binary masks stored as 0/255 is read as 0/1 (with a warning);
+            see :func:`tomoseg.io.images.resolve_class_ids`.
         class_of_interest: for overlays and the table; default the dataset's, else the last class.
         tolerance: BF1 tolerance in pixels.
         images_dir: optional raw images (same stems) shown in the report panels.
@@ -105,16 +116,24 @@ def score_folders(
         if found is not None:
             classes, default_coi = found
             class_of_interest = class_of_interest or default_coi
-        else:
-            kmax = max(int(read_mask(p.mask).max()) for p in pairs)
-            classes = [str(i) for i in range(max(kmax + 1, 2))]
+    # the ids of truths and predictions together decide K and a 0/255 storage (one pass)
+    ids = resolve_class_ids(
+        {
+            "truth": unique_ids(read_mask(p.mask) for p in pairs),
+            "prediction": unique_ids(read_mask(p.image) for p in pairs),
+        },
+        len(classes) if classes is not None else None,
+        where={"truth": f"truth folder {truth_dir}", "prediction": f"prediction folder {pred_dir}"},
+    )
+    if classes is None:
+        classes = [str(i) for i in range(ids.n_classes)]
     class_index(classes, class_of_interest)  # unknown names fail before anything is written
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
 
     def items() -> Iterator[ScoreItem]:
         for p in pairs:
-            truth = read_mask(p.mask, len(classes))
-            pred = read_mask(p.image, len(classes))
+            truth = ids.read("truth", p.mask)
+            pred = ids.read("prediction", p.image)
             if truth.shape != pred.shape:
                 raise TomosegError(
                     f"prediction {p.image} is {pred.shape} but its truth {p.mask} is {truth.shape}"

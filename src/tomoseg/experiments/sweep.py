@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.config.schema import TrainConfig
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.experiments.cells import (
     FULL,
     SWEEP_FILE,
@@ -31,6 +32,7 @@ from tomoseg.experiments.cells import (
 )
 from tomoseg.io.datasets import load_dataset, split_pairs
 from tomoseg.io.writers import write_json, write_text
+from tomoseg.utils.format import first_line
 
 
 def base_config_dict(cfg: TrainConfig) -> dict:
@@ -417,23 +419,24 @@ def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
     records = collect(out, cases)
     write_text(out / "results.csv", results_csv(records, classes, coi))
     stats = cell_stats(records, grid["sizes"], grid["counts"], coi)
-    plot_heatmap(
-        stats,
-        grid["sizes"],
-        grid["counts"],
-        "iou",
-        f"IoU {coi} (test, mean over images)",
-        out / "heatmap_iou.png",
-    )
-    plot_heatmap(
-        stats,
-        grid["sizes"],
-        grid["counts"],
-        "bf1",
-        f"BF1 {coi} at 2 px (test)",
-        out / "heatmap_bf1.png",
-    )
-    write_report(out, meta, records, stats)
+    # optional products: a failing plot costs neither results.csv nor the other products
+    for what, make in (
+        ("heatmap_iou.png", lambda: plot_heatmap(
+            stats, grid["sizes"], grid["counts"], "iou",
+            f"IoU {coi} (test, mean over images)", out / "heatmap_iou.png",
+        )),
+        ("heatmap_bf1.png", lambda: plot_heatmap(
+            stats, grid["sizes"], grid["counts"], "bf1",
+            f"BF1 {coi} at 2 px (test)", out / "heatmap_bf1.png",
+        )),
+        ("report.html", lambda: write_report(out, meta, records, stats)),
+    ):  # fmt: skip
+        try:
+            make()
+        except Exception as exc:  # any plotting failure is reported, not raised
+            warnings.warn(
+                f"{what} was not written: {first_line(exc)}", TomosegWarning, stacklevel=2
+            )
     return records
 
 

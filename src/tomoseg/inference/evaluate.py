@@ -11,7 +11,7 @@ import numpy as np
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment
 from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
-from tomoseg.io.images import read_image, read_mask
+from tomoseg.io.images import read_image, read_mask, resolve_class_ids, unique_ids
 from tomoseg.io.writers import prepare_output_dir, write_mask
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device
@@ -33,8 +33,14 @@ def evaluate_run(
     device: str = "auto",
     overwrite: bool = False,
     console=None,
+    *,
+    nonfinite: str = "background",
 ):
     """``tomoseg evaluate``: segment a split's full-size images and write ``tomoseg score``'s report.
+
+    The truths are read by the one class-id rule (:func:`~tomoseg.io.images.resolve_class_ids`:
+    0/255 binary masks read as 0/1, ids checked against the run's classes); non-finite image
+    pixels follow ``nonfinite`` (see :func:`~tomoseg.inference.predictor.segment_batch`).
 
     Returns:
         ``(ScoreSummary, seconds per slice)``.
@@ -45,19 +51,27 @@ def evaluate_run(
     pairs = split_pairs(data, split)
     run = load_run(run_dir, device=resolve_device(device))
     check_run_matches(run, spec)
+    masks_dir = Path(data) / split / "masks"
+    ids = resolve_class_ids(
+        {"truth": unique_ids(read_mask(p.mask) for p in pairs)},
+        len(run.classes),
+        where={"truth": f"truth folder {masks_dir}"},
+    )
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
     seconds: list[float] = []
 
     def items() -> Iterator:
         for p in pairs:
             image = read_image(p.image)
-            truth = read_mask(p.mask, len(run.classes))
+            truth = ids.read("truth", p.mask)
             if image.shape != truth.shape:
                 raise TomosegError(
                     f"image {p.image} is {image.shape} but its mask is {truth.shape}"
                 )
             t0 = time.perf_counter()
-            labels, _ = segment(run, image, probabilities=False)
+            labels, _ = segment(
+                run, image, probabilities=False, nonfinite=nonfinite, names=[str(p.image)]
+            )
             seconds.append(time.perf_counter() - t0)
             write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image

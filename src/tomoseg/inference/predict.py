@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
@@ -48,33 +49,44 @@ def predict_paths(
     tile_size: int | None = None,
     tile_batch: int | None = None,
     console=None,
+    *,
+    nonfinite: str = "background",
 ) -> list[Path]:
     """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
+
+    NaN / infinite pixels are labelled background (class 0) with ``nonfinite="background"``, or
+    refused (``error``): the rule of :func:`~tomoseg.inference.predictor.segment_batch`.
 
     Returns:
         The written mask paths.
     """
     if fmt not in ("png", "tif"):
         raise TomosegError(f"fmt (the format) must be png or tif, got {fmt!r}")
+    check_nonfinite_rule(nonfinite)
     items = _inputs(inputs)
     run = load_run(run_dir, device=resolve_device(device))
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
     written = []
     for image_id, path in items:
         t0 = time.perf_counter()
+        image = read_image(path)
         labels, prob = segment(
             run,
-            read_image(path),
+            image,
             tile_size=tile_size,
             tile_batch=tile_batch,
             tiling=tiling,
             probabilities=probabilities,
+            nonfinite=nonfinite,
+            names=[str(path)],
         )
+        bad = count_nonfinite(image)
         written.append(write_mask(out / f"{image_id}.{fmt}", labels))
         if probabilities:
             write_image(out / "probabilities" / f"{image_id}.tif", prob.astype(np.float32))
         if console is not None:
             console.print(
                 f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in {time.perf_counter() - t0:.2f} s"
+                + (f" ({bad} non-finite pixels labelled background)" if bad else "")
             )
     return written

@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tomoseg.data.normalization import normalize
+from tomoseg.data.normalization import (
+    check_nonfinite_rule,
+    nonfinite_mask,
+    normalize,
+    refuse_nonfinite,
+)
 from tomoseg.errors import TomosegError
 from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
@@ -26,6 +31,9 @@ def segment_batch(
     tiling: bool = True,
     bf16: bool | None = None,
     probabilities: bool = True,
+    *,
+    nonfinite: str = "background",
+    names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
 
@@ -33,10 +41,25 @@ def segment_batch(
     where the CPU or GPU computes bf16 natively). The decision applies the run's class-weight
     correction (:func:`decision_bias`).
 
+    Non-finite pixels (NaN, +-inf: outside the field of view) are the one rule of every command
+    and the API: the network sees them filled with the normalisation's lower bound
+    (:func:`~tomoseg.data.normalization.normalize`) and they are labelled background (class 0,
+    probability 1 for class 0); ``nonfinite="error"`` refuses such an image instead.
+
+    Args:
+        names: the images' names for error messages (default ``image <index>``).
+
     Returns:
         ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32)``; the probabilities are
         None (neither computed nor copied off the device) when ``probabilities`` is False.
+
+    Raises:
+        TomosegError: ``nonfinite="error"`` and an image holds NaN or infinite pixels.
     """
+    check_nonfinite_rule(nonfinite)
+    if nonfinite == "error":
+        for k, im in enumerate(images):
+            refuse_nonfinite(im, names[k] if names is not None else f"image {k}")
     cfg = run.config
     dev = next(run.model.parameters()).device
     if bf16 is None:
@@ -60,7 +83,15 @@ def segment_batch(
     if bias is not None:
         logits = logits + bias.to(logits.device)[None, :, None, None]
     labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
-    return labels, torch.softmax(logits, 1).cpu().numpy() if probabilities else None
+    prob = torch.softmax(logits, 1).cpu().numpy() if probabilities else None
+    for k, im in enumerate(images):  # outside the field of view: background
+        bad = nonfinite_mask(im)
+        if bad is not None:
+            labels[k][bad] = 0
+            if prob is not None:
+                prob[k][:, bad] = 0.0
+                prob[k][0][bad] = 1.0
+    return labels, prob
 
 
 def segment(run: LoadedRun, image: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
@@ -114,10 +145,16 @@ class Predictor:
     """
 
     def __init__(
-        self, run: LoadedRun, *, tile_size: int | None = None, tile_batch: int | None = None
+        self,
+        run: LoadedRun,
+        *,
+        tile_size: int | None = None,
+        tile_batch: int | None = None,
+        nonfinite: str = "background",
     ):
         self.run = run
         self.tile_size, self.tile_batch = tile_size, tile_batch
+        self.nonfinite = check_nonfinite_rule(nonfinite)
 
     @classmethod
     def from_run(
@@ -128,6 +165,7 @@ class Predictor:
         which: str = "best",
         tile_size: int | None = None,
         tile_batch: int | None = None,
+        nonfinite: str = "background",
     ) -> Predictor:
         """Load a run folder written by ``tomoseg train`` (or one of its ``.safetensors`` files).
 
@@ -137,6 +175,8 @@ class Predictor:
             which: ``best`` (by validation IoU of the class of interest) or ``last``.
             tile_size: tile side in px (default: the run's setting; 0 = automatic).
             tile_batch: tiles per forward pass (default: the run's setting).
+            nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network
+                sees the normalisation's lower bound there), or refused (``error``).
 
         Raises:
             TomosegError: not a run, corrupted weights, ``which`` or ``device`` unknown.
@@ -144,7 +184,7 @@ class Predictor:
         if which not in ("best", "last"):
             raise TomosegError(f"which must be 'best' or 'last', got {which!r}")
         loaded = load_run(Path(run), which, device=resolve_device(device))
-        return cls(loaded, tile_size=tile_size, tile_batch=tile_batch)
+        return cls(loaded, tile_size=tile_size, tile_batch=tile_batch, nonfinite=nonfinite)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -165,6 +205,8 @@ class Predictor:
             tile_size=self.tile_size,
             tile_batch=self.tile_batch,
             probabilities=probabilities,
+            nonfinite=self.nonfinite,
+            names=["image"],
         )
 
     def predict(self, image: object) -> np.ndarray:
@@ -172,10 +214,13 @@ class Predictor:
 
         Args:
             image: (H, W) array, any size, integer or float dtype (raw intensities, as read from
-                the files the run was trained on).
+                the files the run was trained on). NaN / infinite pixels are labelled 0.
 
         Returns:
             (H, W) uint8 class ids.
+
+        Raises:
+            TomosegError: not a 2D numeric array; non-finite pixels with ``nonfinite="error"``.
         """
         return self._segment(image, False)[0]
 

@@ -11,6 +11,11 @@ Inputs (shape (Z, Y, X)):
 * a multi-page TIFF, read page by page (never the whole stack at once);
 * a Zarr array, or a Zarr / OME-Zarr group (its first multiscale level, else its first array).
 
+Non-finite pixels (NaN, +-inf: outside the reconstructed field of view) are labelled background
+(class 0) by the one rule of :func:`tomoseg.inference.predictor.segment_batch`; the summary counts
+them per slice (``nonfinite``). ``nonfinite="error"`` refuses the first such slice instead, naming
+it and its count (the slices before it stay finished).
+
 Outputs (in the folder ``out``):
 
 * ``stack.json``: the run (path and weights hash), the input (path, slice ids, shape), the
@@ -20,8 +25,8 @@ Outputs (in the folder ``out``):
   z, y, x, their unit and the voxel size as a scale transform, plus ``image-label``) holding the
   uint8 class ids at path ``0``, chunked (1, <=1024, <=1024); napari (napari-ome-zarr) and Fiji
   (N5 / OME-Zarr readers) open it; or ``labels/<slice id>.tif`` (``fmt="tiff"``);
-* ``progress/<index>``: an empty marker file per finished slice, created only after the slice's
-  data is written. After ``kill -9`` the same call computes the slices without a marker, and the
+* ``progress/<index>``: a marker file per finished slice, created only after the slice's
+  data is written (empty, or holding the slice's count of non-finite pixels when it has some). After ``kill -9`` the same call computes the slices without a marker, and the
   result equals an uninterrupted run (each slice owns its own chunks, so a half-written slice is
   simply rewritten). Markers protect against a killed process, not against a power cut.
 
@@ -35,17 +40,18 @@ import os
 import queue
 import shutil
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
 import tifffile
 
+from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite, refuse_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment_batch
-from tomoseg.io.ome_zarr import write_ngff_attrs
+from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.volumes import (
     STACK_FILE,
     TIFF_DIR,
@@ -55,7 +61,7 @@ from tomoseg.io.volumes import (
     parse_voxel_size,
     read_stack_info,
 )
-from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json
+from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_text
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device
 
@@ -105,24 +111,16 @@ def _create_volume(
     if fmt == "tiff":
         (out / TIFF_DIR).mkdir(parents=True, exist_ok=True)
         return
-    import zarr
-
-    g = zarr.open_group(str(out / ZARR_NAME), mode="w", zarr_format=2)
-    g.create_array(
-        "0",
-        shape=(src.n, *src.shape),
-        chunks=_chunks(src.shape),
-        dtype="uint8",
-        fill_value=0,
-        chunk_key_encoding={"name": "v2", "separator": "/"},
-    )
-    write_ngff_attrs(
-        g,
-        f"{src.path.name} segmented",
+    create_label_array(
+        out / ZARR_NAME,
+        (src.n, *src.shape),
+        "uint8",
+        _chunks(src.shape),
         voxel,
         unit,
-        run.classes,
-        {"tomoseg": {"classes": run.classes, "class_of_interest": run.class_of_interest}},
+        name=f"{src.path.name} segmented",
+        classes=run.classes,
+        extra={"tomoseg": {"classes": run.classes, "class_of_interest": run.class_of_interest}},
     )
 
 
@@ -161,6 +159,8 @@ def _mismatch(old: dict, new: dict) -> str | None:
     o, n = old.get("input", {}), new["input"]
     if o.get("path") != n["path"] or o.get("kind") != n["kind"]:
         return f"another input ({o.get('path')})"
+    if (o.get("channel"), o.get("time")) != (n.get("channel"), n.get("time")):
+        return f"another channel or time point of the input ({o.get('channel')}, {o.get('time')})"
     if o.get("shape") != n["shape"] or o.get("ids") != n["ids"]:
         return f"another version of the input ({o.get('slices')} slices of shape {o.get('shape')})"
     if old.get("format") != new["format"]:
@@ -183,8 +183,28 @@ def _put(q: queue.Queue, item: Any, alive: Callable[[], bool]) -> bool:
 
 
 def _segment_many(run: LoadedRun, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Class ids of several slices of one shape, in one :func:`tomoseg.infer.segment_batch`."""
+    """Class ids of several slices of one shape, in one :func:`segment_batch` (non-finite pixels
+    were counted, or refused, by the reader; here they become background)."""
     return list(segment_batch(run, images, probabilities=False)[0])
+
+
+def _nonfinite_summary(marks: Path, ids: list[str]) -> dict[str, Any]:
+    """Non-finite pixels per slice, from the progress markers (a count in the file, else 0)."""
+    per: dict[str, int] = {}
+    for f in sorted(marks.iterdir()) if marks.is_dir() else []:
+        if f.name.isdigit() and int(f.name) < len(ids) and f.stat().st_size:
+            try:
+                n = int(f.read_text().strip() or 0)
+            except (OSError, ValueError):
+                continue
+            if n:
+                per[ids[int(f.name)]] = n
+    return {
+        "rule": "background (class 0): outside the field of view",
+        "pixels": sum(per.values()),
+        "slices": len(per),
+        "per_slice": per,
+    }
 
 
 def segment_stack(
@@ -200,6 +220,10 @@ def segment_stack(
     unit: str | None = None,
     allow_gaps: bool = False,
     which: str = "best",
+    *,
+    nonfinite: str = "background",
+    channel: int | None = None,
+    time: int | None = None,
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -218,22 +242,32 @@ def segment_stack(
         unit: unit of the voxel size (default: the input's, else ``micrometer``).
         allow_gaps: accept numbered slice files with holes in the numbering.
         which: ``best`` or ``last`` weights.
+        nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network sees
+            the normalisation's lower bound there) and counted, or refused (``error``).
+        channel: channel index of an input with a C axis (ImageJ hyperstack, OME-TIFF,
+            OME-Zarr); required when it has more than one channel.
+        time: time-point index of an input with a T axis; required when it has more than one.
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
-        earlier), ``seconds``, ``slices_per_second``, ``voxel_size``, ``unit``.
+        earlier), ``seconds``, ``slices_per_second``, ``voxel_size``, ``unit``, ``nonfinite``
+        (``pixels`` and ``slices`` in all, ``per_slice``: slice id -> count of non-finite pixels,
+        slices without any left out).
 
     Raises:
         TomosegError: bad input, a slice of another shape or unreadable (named; the slices before
-            it are finished), an output of another job, a full disk.
+            it are finished), non-finite pixels with ``nonfinite="error"`` (named likewise), a
+            hyperstack with C or T > 1 and no ``channel`` / ``time``, an output of another job, a
+            full disk.
     """
-    t0 = time.perf_counter()
+    t0 = perf_counter()
     if fmt not in ("zarr", "tiff"):
         raise TomosegError(f"format must be zarr or tiff, got {fmt!r}")
     if int(batch_slices) < 1:
         raise TomosegError(f"batch_slices must be >= 1, got {batch_slices}")
+    check_nonfinite_rule(nonfinite)
     voxel = parse_voxel_size(voxel_size)
-    src = open_source(input, allow_gaps)
+    src = open_source(input, allow_gaps, channel=channel, time=time)
     run = load_run(Path(run_dir), which, device=resolve_device(device))
     rpath = Path(run_dir)
     wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
@@ -289,8 +323,10 @@ def segment_stack(
     done = {int(f.name) for f in marks.iterdir() if f.name.isdigit()}
     todo = [i for i in range(src.n) if i not in done]
     finished = len(done & set(range(src.n)))
-    computed = _run_pipeline(run, src, out, fmt, todo, int(batch_slices), progress, finished)
-    seconds = time.perf_counter() - t0
+    computed = _run_pipeline(
+        run, src, out, fmt, todo, int(batch_slices), progress, finished, nonfinite
+    )
+    seconds = perf_counter() - t0
     summary = {
         "out": str(out),
         "volume": str(out / info["volume"]),
@@ -302,6 +338,7 @@ def segment_stack(
         "slices_per_second": round(computed / seconds, 4) if seconds > 0 else None,
         "voxel_size": list(voxel),
         "unit": unit,
+        "nonfinite": _nonfinite_summary(marks, src.ids),
     }
     write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
     return summary
@@ -316,6 +353,7 @@ def _run_pipeline(
     batch: int,
     progress: Callable[[int, int], None] | None,
     finished: int,
+    nonfinite: str = "background",
 ) -> int:
     """Reader thread -> model (this thread) -> writer thread; returns the slices computed."""
     if not todo:
@@ -341,7 +379,10 @@ def _run_pipeline(
                             f"slice {src.ids[i]} has shape {img.shape} but the stack's slices "
                             f"have {src.shape} (as {src.ids[0]})"
                         )
-                    if not _put(q_in, (i, img), lambda: not stop.is_set()):
+                    if nonfinite == "error":
+                        refuse_nonfinite(img, f"slice {src.ids[i]} of {src.path}")
+                    bad = count_nonfinite(img)
+                    if not _put(q_in, (i, img, bad), lambda: not stop.is_set()):
                         return
         except BaseException as exc:  # handed to the main thread, raised there
             _put(q_in, exc, lambda: not stop.is_set())
@@ -353,10 +394,13 @@ def _run_pipeline(
             item = q_out.get()
             if item is _DONE:
                 return
-            i, labels = item
+            i, labels, bad = item
             try:
                 sink.write(i, labels)
-                (marks / f"{i:06d}").touch()
+                if bad:  # the count survives a resume (written whole, then renamed)
+                    write_text(marks / f"{i:06d}", f"{bad}\n")
+                else:
+                    (marks / f"{i:06d}").touch()
             except BaseException as exc:
                 if _disk_full(exc):
                     exc = TomosegError(
@@ -392,7 +436,7 @@ def _run_pipeline(
     try:
         ended = False
         while not ended and not writer_errors:
-            items: list[tuple[int, np.ndarray]] = []
+            items: list[tuple[int, np.ndarray, int]] = []
             while len(items) < batch:
                 try:
                     item = q_in.get(timeout=0.1)
@@ -405,16 +449,16 @@ def _run_pipeline(
                     break
                 if isinstance(item, BaseException):
                     if items:  # finish the good slices read before the bad one
-                        for (i, _), lab in zip(
-                            items, _segment_many(run, [im for _, im in items]), strict=True
+                        for (i, _, bad), lab in zip(
+                            items, _segment_many(run, [im for _, im, _ in items]), strict=True
                         ):
-                            _put(q_out, (i, lab), t_write.is_alive)
+                            _put(q_out, (i, lab, bad), t_write.is_alive)
                     raise item
                 items.append(item)
             if items and not writer_errors:
-                labels = _segment_many(run, [im for _, im in items])
-                for (i, _), lab in zip(items, labels, strict=True):
-                    _put(q_out, (i, lab), t_write.is_alive)
+                labels = _segment_many(run, [im for _, im, _ in items])
+                for (i, _, bad), lab in zip(items, labels, strict=True):
+                    _put(q_out, (i, lab, bad), t_write.is_alive)
                 computed += len(items)
             report()
     finally:

@@ -14,13 +14,18 @@ from tomoseg.io.datasets import (
 )
 from tomoseg.io.images import (
     IMAGE_SUFFIXES,
+    LOSSY_SUFFIXES,
     TIFF_SUFFIXES,
+    ClassIds,
     list_images,
     read_image,
     read_mask,
     read_stack,
+    resolve_class_ids,
+    unique_ids,
 )
 from tomoseg.io.ome_zarr import (
+    create_label_array,
     write_ngff_attrs,
 )
 from tomoseg.io.volumes import (
@@ -38,6 +43,8 @@ from tomoseg.io.writers import (
 )
 
 __all__ = [
+    "ClassIds",
+    "LOSSY_SUFFIXES",
     "DatasetSpec",
     "IMAGE_SUFFIXES",
     "Pair",
@@ -45,6 +52,7 @@ __all__ = [
     "StackSource",
     "TIFF_SUFFIXES",
     "atomic_write",
+    "create_label_array",
     "list_images",
     "load_dataset",
     "open_source",
@@ -55,8 +63,10 @@ __all__ = [
     "read_mask",
     "read_pair",
     "read_stack",
+    "resolve_class_ids",
     "resolve_classes",
     "split_pairs",
+    "unique_ids",
     "write_image",
     "write_json",
     "write_mask",

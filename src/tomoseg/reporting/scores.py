@@ -47,6 +47,9 @@ def overlay(truth: np.ndarray, pred: np.ndarray, cls: int) -> np.ndarray:
 def _to_display(img: np.ndarray) -> np.ndarray:
     """Scale a grayscale image to uint8 by its 0.5-99.5 percentiles for display."""
     a = np.asarray(img, np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():  # outside the field of view: shown black
+        a = np.where(finite, a, np.nanmin(a[finite]) if finite.any() else 0.0)
     lo, hi = np.percentile(a, [0.5, 99.5])
     return (np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
 
