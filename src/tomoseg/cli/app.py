@@ -439,6 +439,60 @@ def demo(
         run_demo(out, console, overwrite=overwrite)
 
 
+@app.command(name="cluster-script")
+def cluster_script(
+    scheduler: Annotated[str, typer.Argument(help="slurm or pbs.")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The tomoseg command to run, after -- (e.g. -- tomoseg train ...)."),
+    ] = None,
+    nodes: Annotated[int, typer.Option(help="Nodes M.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs G per node (0: CPU nodes).")] = 1,
+    time: Annotated[str, typer.Option(help="Wall time HH:MM:SS or D-HH:MM:SS.")] = "01:00:00",
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    queue: Annotated[str | None, typer.Option(help="PBS queue.")] = None,
+    account: Annotated[str | None, typer.Option(help="Account to charge.")] = None,
+    env: Annotated[
+        str | None, typer.Option(help="Shell line that activates the environment.")
+    ] = None,
+    array: Annotated[
+        int | None, typer.Option(help="segment-stack: a job array of N parts (--part I/N).")
+    ] = None,
+    job_name: Annotated[str | None, typer.Option(help="Job name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the script here (else print it).")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="Submit it with sbatch / qsub.")] = False,
+) -> None:
+    """Print (or write) a Slurm / PBS job script that runs a tomoseg command on M nodes x G GPUs."""
+    from tomoseg.cluster.jobscript import JobSpec, job_script
+    from tomoseg.cluster.jobscript import submit as submit_script
+    from tomoseg.io.writers import write_text
+
+    if partition and queue:
+        raise TomosegError("give --partition (Slurm) or --queue (PBS), not both")
+    spec = JobSpec(
+        scheduler=scheduler.lower(),
+        command=list(command or []),
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        time=time,
+        partition=partition or queue,
+        account=account,
+        env=env,
+        array=array,
+        job_name=job_name,
+    )
+    text = job_script(spec)
+    if out is not None:
+        write_text(out, text)
+        out.chmod(0o755)
+        err_console.print(f"job script written to {out}", highlight=False)
+    elif not submit:
+        sys.stdout.write(text)
+    if submit:
+        answer = submit_script(spec.scheduler, text, out)
+        console.print(answer, markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning expected failures into one ``error:`` line."""
     args = list(sys.argv[1:] if argv is None else argv)
