@@ -324,6 +324,13 @@ def segment_stack_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
+    part: Annotated[
+        str | None,
+        typer.Option(help="I/N: only part I of N (job arrays), into the same --out."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -364,11 +371,27 @@ def segment_stack_cmd(
             batch_slices,
             progress,
             unit,
+            part=part,
+            verify=verify,
         )
+    if verify:
+        console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")
+        return
+    rate = info["slices_per_second"] or 0.0
+    where = ""
+    if info.get("part"):
+        span = f"{info['first']}-{info['last']}" if info["slices"] else "none"
+        where = f"part {info['part']} (slices {span} of {info['stack_slices']}): "
     console.print(
-        f"{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "
-        f"{info['seconds']:.1f} s, {info['slices_per_second']:.2f} slices/s -> {info['volume']}"
+        f"{where}{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "
+        f"{info['seconds']:.1f} s, {rate:.2f} slices/s -> {info['volume']}"
     )
+    if info.get("part"):
+        console.print(
+            "the whole stack is complete"
+            if info["complete"]
+            else f"{info['missing']} slices of the stack still missing (other parts)"
+        )
 
 
 @app.command()
