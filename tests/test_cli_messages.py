@@ -1,5 +1,4 @@
-"""Every ``--option`` that tomoseg's source names (error messages, hints, subprocess commands,
-docstrings) exists on the command line, and library messages' parameter names reach the user as
+"""Every ``--option`` that tomoseg's error and warning messages name exists on the command line, and library messages' parameter names reach the user as
 option names."""
 
 from __future__ import annotations
@@ -17,9 +16,18 @@ NOT_OURS = {"debug", "help", "version"}  # handled by main() / click itself
 
 
 def _strings(tree: ast.AST):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            yield node.value
+    """String pieces of the messages a user reads: arguments of ``...Error(...)``,
+    ``...Warning(...)`` and ``warn(...)`` calls (f-strings included)."""
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
+            continue
+        f = call.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        if not (name.endswith(("Error", "Warning")) or name == "warn"):
+            continue
+        for node in ast.walk(call):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                yield node.value
 
 
 def test_every_option_named_in_the_source_exists():

@@ -346,6 +346,13 @@ def segment_stack_cmd(
         int | None, typer.Option(help="Time point of a file with T > 1 (from 0).")
     ] = None,
     nonfinite: Nonfinite = "background",
+    part: Annotated[
+        str | None,
+        typer.Option(help="I/N: only part I of N (job arrays), into the same --out."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -390,14 +397,29 @@ def segment_stack_cmd(
             nonfinite=nonfinite,
             channel=channel,
             time=time,
+            part=part,
+            verify=verify,
         )
-    rate = info["slices_per_second"]
+    if verify:
+        console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")
+        return
+    rate = info["slices_per_second"] or 0.0
+    where = ""
+    if info.get("part"):
+        span = f"{info['first']}-{info['last']}" if info["slices"] else "none"
+        where = f"part {info['part']} (slices {span} of {info['stack_slices']}): "
     console.print(
-        f"{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "
-        f"{info['seconds']:.1f} s, {rate or 0:.2f} slices/s -> {info['volume']}"
+        f"{where}{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "
+        f"{info['seconds']:.1f} s, {rate:.2f} slices/s -> {info['volume']}"
     )
-    bad = info["nonfinite"]
-    if bad["pixels"]:
+    if info.get("part"):
+        console.print(
+            "the whole stack is complete"
+            if info["complete"]
+            else f"{info['missing']} slices of the stack still missing (other parts)"
+        )
+    bad = info.get("nonfinite") or {}
+    if bad.get("pixels"):
         console.print(
             f"{bad['pixels']} non-finite (NaN or infinite) pixels in {bad['slices']} of "
             f"{info['slices']} slices labelled background (outside the field of view); "
@@ -471,6 +493,60 @@ def demo(
         )
     else:
         run_demo(out, console, overwrite=overwrite)
+
+
+@app.command(name="cluster-script")
+def cluster_script(
+    scheduler: Annotated[str, typer.Argument(help="slurm or pbs.")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The tomoseg command to run, after -- (e.g. -- tomoseg train ...)."),
+    ] = None,
+    nodes: Annotated[int, typer.Option(help="Nodes M.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs G per node (0: CPU nodes).")] = 1,
+    time: Annotated[str, typer.Option(help="Wall time HH:MM:SS or D-HH:MM:SS.")] = "01:00:00",
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    queue: Annotated[str | None, typer.Option(help="PBS queue.")] = None,
+    account: Annotated[str | None, typer.Option(help="Account to charge.")] = None,
+    env: Annotated[
+        str | None, typer.Option(help="Shell line that activates the environment.")
+    ] = None,
+    array: Annotated[
+        int | None, typer.Option(help="segment-stack: a job array of N parts (--part I/N).")
+    ] = None,
+    job_name: Annotated[str | None, typer.Option(help="Job name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the script here (else print it).")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="Submit it with sbatch / qsub.")] = False,
+) -> None:
+    """Print (or write) a Slurm / PBS job script that runs a tomoseg command on M nodes x G GPUs."""
+    from tomoseg.cluster.jobscript import JobSpec, job_script
+    from tomoseg.cluster.jobscript import submit as submit_script
+    from tomoseg.io.writers import write_text
+
+    if partition and queue:
+        raise TomosegError("give --partition (Slurm) or --queue (PBS), not both")
+    spec = JobSpec(
+        scheduler=scheduler.lower(),
+        command=list(command or []),
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        time=time,
+        partition=partition or queue,
+        account=account,
+        env=env,
+        array=array,
+        job_name=job_name,
+    )
+    text = job_script(spec)
+    if out is not None:
+        write_text(out, text)
+        out.chmod(0o755)
+        err_console.print(f"job script written to {out}", highlight=False)
+    elif not submit:
+        sys.stdout.write(text)
+    if submit:
+        answer = submit_script(spec.scheduler, text, out)
+        console.print(answer, markup=False, highlight=False)
 
 
 def cli_options() -> dict[str, str]:

@@ -224,6 +224,9 @@ def segment_stack(
     nonfinite: str = "background",
     channel: int | None = None,
     time: int | None = None,
+    part: str | tuple[int, int] | None = None,
+    verify: bool = False,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -247,6 +250,14 @@ def segment_stack(
         channel: channel index of an input with a C axis (ImageJ hyperstack, OME-TIFF,
             OME-Zarr); required when it has more than one channel.
         time: time-point index of an input with a T axis; required when it has more than one.
+        part: ``"I/N"`` or ``(I, N)``: compute only part I of N (1-based), a contiguous z range
+            aligned to the volume's z-chunks, into an output shared with the other parts
+            (created race-free by whichever part comes first; see :func:`part_range`).
+        verify: compute nothing; check that every slice is finished (marks the output
+            complete) or raise naming the missing slices.
+        runner: computes and writes the slices ``todo`` with their markers (default: the
+            reader -> model -> writer threads here; :mod:`tomoseg.inference.ray_backend`
+            passes a Ray Data pipeline).
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
@@ -286,6 +297,21 @@ def segment_stack(
         "unit": unit,
         "complete": False,
     }
+    if part is not None or verify:
+        return _segment_shared(
+            run,
+            src,
+            out,
+            info,
+            part,
+            verify,
+            overwrite,
+            int(batch_slices),
+            progress,
+            t0,
+            runner,
+            nonfinite,
+        )
     old = read_stack_info(out) if out.is_dir() else None
     resume = False
     if old is not None:
@@ -323,7 +349,7 @@ def segment_stack(
     done = {int(f.name) for f in marks.iterdir() if f.name.isdigit()}
     todo = [i for i in range(src.n) if i not in done]
     finished = len(done & set(range(src.n)))
-    computed = _run_pipeline(
+    computed = (runner or _run_pipeline)(
         run, src, out, fmt, todo, int(batch_slices), progress, finished, nonfinite
     )
     seconds = perf_counter() - t0
@@ -342,6 +368,24 @@ def segment_stack(
     }
     write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
     return summary
+
+
+#: ``runner(run, src, out, fmt, todo, batch_slices, progress, finished, nonfinite) -> slices
+#: computed``
+Runner = Callable[
+    [
+        LoadedRun,
+        StackSource,
+        Path,
+        str,
+        list[int],
+        int,
+        Callable[[int, int], None] | None,
+        int,
+        str,
+    ],
+    int,
+]
 
 
 def _run_pipeline(
@@ -470,3 +514,193 @@ def _run_pipeline(
         raise writer_errors[0]
     report()
     return computed
+
+
+# ----------------------------------------------------------------------------- parts (job arrays)
+
+
+def parse_part(value: str | tuple[int, int]) -> tuple[int, int]:
+    """``"I/N"`` (or ``(I, N)``) as ``(I, N)`` with ``1 <= I <= N``.
+
+    Raises:
+        TomosegError: anything else (``0/2``, ``3/2``, ``a/b``).
+    """
+    bits = value.strip().split("/") if isinstance(value, str) else list(value)
+    try:
+        i, n = (int(b) for b in bits) if len(bits) == 2 else (0, 0)
+    except (TypeError, ValueError):
+        i = n = 0
+    if not 1 <= i <= n:
+        raise TomosegError(
+            f"--part must be I/N with 1 <= I <= N (e.g. 1/4 for the first of four), got {value!r}"
+        )
+    return i, n
+
+
+def part_range(slices: int, i: int, n: int, z_chunk: int = 1) -> range:
+    """The slices of part ``i`` of ``n``: whole z-chunks, contiguous, as even as chunks allow.
+
+    Parts never share a chunk, so they never write the same file; the ``n`` ranges cover
+    ``range(slices)`` exactly (parts beyond the number of chunks are empty).
+    """
+    chunks = -(-slices // max(z_chunk, 1))
+    a, b = (i - 1) * chunks // n, i * chunks // n
+    return range(min(a * z_chunk, slices), min(b * z_chunk, slices))
+
+
+def _z_chunk(out: Path, fmt: str) -> int:
+    if fmt != "zarr":
+        return 1
+    import zarr
+
+    return int(zarr.open_array(str(out / ZARR_NAME / "0"), mode="r").chunks[0])
+
+
+def _publish_once(path: Path, obj: Any) -> bool:
+    """Write JSON to ``path`` only if it does not exist, atomically (a hard link of a finished
+    temporary file: readers never see half a file). Returns whether this call wrote it."""
+    tmp = write_json(path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new"), obj)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_volume_once(
+    out: Path, fmt: str, src: StackSource, voxel: Sequence[float], unit: str | None, run: LoadedRun
+) -> None:
+    """Create the label volume unless it exists: built under a temporary name, then renamed into
+    place; when parts race, the first rename wins and the others drop theirs (same content)."""
+    if fmt == "tiff":
+        (out / TIFF_DIR).mkdir(parents=True, exist_ok=True)
+        return
+    if _volume_ok(out, fmt, src):
+        return
+    tmp = out / f".{ZARR_NAME}.{os.getpid()}.{threading.get_ident()}.new"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        _create_volume(tmp, fmt, src, voxel, unit, run)  # writes tmp/labels.zarr
+        try:
+            os.rename(tmp / ZARR_NAME, out / ZARR_NAME)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not _volume_ok(out, fmt, src):
+        raise TomosegError(
+            f"{out / ZARR_NAME} exists but is not this stack's volume (damaged?); "
+            "rerun once without --part and with --overwrite"
+        )
+
+
+def _ranges(idx: list[int], ids: list[str]) -> str:
+    """``z0003-z0005 (3-5), z0010 (10)``: runs of consecutive indices, at most 10 of them."""
+    runs: list[tuple[int, int]] = []
+    for i in idx:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    text = [f"{ids[a]} ({a})" if a == b else f"{ids[a]}-{ids[b]} ({a}-{b})" for a, b in runs[:10]]
+    return ", ".join(text) + (f" and {len(runs) - 10} more runs" if len(runs) > 10 else "")
+
+
+def missing_slices(out: str | os.PathLike[str], slices: int) -> list[int]:
+    """Indices in ``range(slices)`` without a progress marker in ``out``."""
+    marks = Path(out) / PROGRESS_DIR
+    done = {int(f.name) for f in marks.iterdir() if f.name.isdigit()} if marks.is_dir() else set()
+    return [i for i in range(slices) if i not in done]
+
+
+def _segment_shared(
+    run: LoadedRun,
+    src: StackSource,
+    out: Path,
+    info: dict[str, Any],
+    part: str | tuple[int, int] | None,
+    verify: bool,
+    overwrite: bool,
+    batch: int,
+    progress: Callable[[int, int], None] | None,
+    t0: float,
+    runner: Runner | None,
+    nonfinite: str = "background",
+) -> dict[str, Any]:
+    """``segment_stack`` with ``part`` or ``verify``: an output shared by concurrent parts."""
+    fmt = info["format"]
+    if overwrite:
+        raise TomosegError(
+            "--overwrite with --part or --verify would erase the other parts' slices; "
+            "clear the output once without --part (or use another --out)"
+        )
+    i_n = parse_part(part) if part is not None else None
+    old = read_stack_info(out) if out.is_dir() else None
+    if verify and old is None:
+        raise TomosegError(f"--verify: {out} holds no segmentation (no {STACK_FILE})")
+    if old is None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not _publish_once(out / STACK_FILE, info):
+            old = read_stack_info(out)
+    if old is not None:
+        why = _mismatch(old, info)
+        if why is not None:
+            raise TomosegError(
+                f"output {out} holds a segmentation by {why}; parts write only into an output "
+                "of the same model and input (use another --out)"
+            )
+    voxel, unit = info["voxel_size"], info["unit"]
+    if verify:
+        if not _volume_ok(out, fmt, src):
+            raise TomosegError(f"--verify: {out} holds no label volume of this stack")
+    else:
+        _create_volume_once(out, fmt, src, voxel, unit, run)
+    (out / PROGRESS_DIR).mkdir(exist_ok=True)
+    rng = range(src.n)
+    if i_n is not None:
+        rng = part_range(src.n, *i_n, _z_chunk(out, fmt))
+    computed = 0
+    todo: list[int] = []
+    if not verify:
+        missing_here = set(missing_slices(out, src.n)) & set(rng)
+        todo = [i for i in rng if i in missing_here]
+        if todo:
+            shown = (lambda d, _t: progress(d, len(rng))) if progress is not None else None
+            computed = (runner or _run_pipeline)(
+                run, src, out, fmt, todo, batch, shown, len(rng) - len(todo), nonfinite
+            )
+    missing = missing_slices(out, src.n)
+    seconds = perf_counter() - t0
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "volume": str(out / info["volume"]),
+        "format": fmt,
+        "slices": len(rng),
+        "first": rng.start if len(rng) else None,
+        "last": rng.stop - 1 if len(rng) else None,
+        "part": f"{i_n[0]}/{i_n[1]}" if i_n else None,
+        "computed": computed,
+        "skipped": len(rng) - len(todo),
+        "seconds": round(seconds, 3),
+        "slices_per_second": round(computed / seconds, 4) if seconds > 0 else None,
+        "voxel_size": list(voxel),
+        "unit": unit,
+        "stack_slices": src.n,
+        "missing": len(missing),
+        "complete": not missing,
+    }
+    if not missing:  # the last part to finish (or a verify) marks the whole output complete
+        final = read_stack_info(out) or info
+        if not final.get("complete"):
+            write_json(out / STACK_FILE, {**final, "complete": True, "summary": summary})
+    elif verify:
+        raise TomosegError(
+            f"{len(missing)} of {src.n} slices are missing in {out}: "
+            f"{_ranges(missing, src.ids)}; rerun the parts that hold them (or once without --part)"
+        )
+    return summary

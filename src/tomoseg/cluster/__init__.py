@@ -1,0 +1,1 @@
+"""Running tomoseg on clusters: Slurm / PBS job scripts and the Ray backends' shared helpers."""
