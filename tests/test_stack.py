@@ -13,7 +13,7 @@ import zarr
 from conftest import make_dataset, sigkill_when, write_png
 
 from tomoseg.config.schema import load_config
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.inference import stack as stack_mod
 from tomoseg.inference.predictor import segment
 from tomoseg.inference.stack import segment_stack
@@ -112,7 +112,9 @@ def test_multipage_tiff_and_zarr_inputs(tmp_path, runs, monkeypatch):
 
     monkeypatch.setattr(tifffile, "imread", whole)
     monkeypatch.setattr(tifffile.TiffFile, "asarray", whole)
-    info = segment_stack(runs[0], tif, tmp_path / "o1", device="cpu")
+    # tifffile's imagej=True declares a plain 3D array's slices as channels: read as Z, said so
+    with pytest.warns(TomosegWarning, match="read as 3 Z slices"):
+        info = segment_stack(runs[0], tif, tmp_path / "o1", device="cpu")
     monkeypatch.undo()
     assert np.array_equal(volume(tmp_path / "o1"), ref)
     assert info["voxel_size"][0] == 4.0 and info["unit"] == "micrometer"
