@@ -171,3 +171,16 @@ def test_prepare_output_dir(tmp_path):
         prepare_output_dir(tmp_path / "file", False, [])
     with pytest.raises(TomosegError, match="not writable"):  # a file where a folder must go
         prepare_output_dir(tmp_path / "file" / "x", False, [])
+
+
+def test_ome_tiff_voxel_size_is_read_from_physical_sizes(tmp_path):
+    from tomoseg.io.volumes import open_source
+
+    f = tmp_path / "scan.ome.tif"
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(f, np.zeros((4, 16, 16), np.uint16), ome=True, metadata=meta)
+    src = open_source(f)
+    assert src.voxel_size == (2.0, 0.65, 0.65) and src.unit == "micrometer" and src.n == 4
+    g = tmp_path / "plain.ome.tif"
+    tifffile.imwrite(g, np.zeros((3, 16, 16), np.uint16), ome=True, metadata={"axes": "ZYX"})
+    assert open_source(g).voxel_size is None

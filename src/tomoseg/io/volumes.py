@@ -328,8 +328,44 @@ def _ngff_scale(
     return voxel, unit
 
 
+_UNITS = {
+    "micron": "micrometer",
+    "\\u00B5m": "micrometer",
+    "µm": "micrometer",
+    "um": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+}
+
+
+def _ome_voxel(xml: str) -> tuple[tuple[float, float, float] | None, str | None]:
+    """Voxel size (z, y, x) and unit from OME-XML ``Pixels`` PhysicalSize{Z,Y,X}[Unit] (OME
+    default unit: micrometer); None where the file gives no physical size."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, None
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
+    if pixels is None or not any(f"PhysicalSize{a}" in pixels.attrib for a in "XYZ"):
+        return None, None
+    try:
+        zyx = [float(pixels.attrib.get(f"PhysicalSize{a}", 1.0)) for a in "ZYX"]
+        voxel = parse_voxel_size(zyx)
+    except (TomosegError, ValueError):
+        return None, None
+    unit = pixels.attrib.get("PhysicalSizeXUnit", "µm")
+    return voxel, _UNITS.get(unit, unit)
+
+
 def _tiff_voxel(tf: tifffile.TiffFile) -> tuple[tuple[float, float, float] | None, str | None]:
-    """Voxel size from ImageJ metadata (spacing, unit) and the resolution tags, if present."""
+    """Voxel size from OME-XML (PhysicalSize*), else ImageJ metadata (spacing, unit) and the
+    resolution tags, if present."""
+    if tf.is_ome and tf.ome_metadata:
+        voxel, unit = _ome_voxel(tf.ome_metadata)
+        if voxel is not None:
+            return voxel, unit
     ij = tf.imagej_metadata or {}
     page = tf.pages[0]
 
@@ -342,12 +378,7 @@ def _tiff_voxel(tf: tifffile.TiffFile) -> tuple[tuple[float, float, float] | Non
 
     z = ij.get("spacing")
     unit = ij.get("unit")
-    unit = {
-        "micron": "micrometer",
-        "\\u00B5m": "micrometer",
-        "µm": "micrometer",
-        "um": "micrometer",
-    }.get(unit, unit)
+    unit = _UNITS.get(unit, unit)
     y, x = pixel("YResolution"), pixel("XResolution")
     if not ij:  # plain TIFF resolution tags are usually 1 or a print DPI: ignore them
         return None, None
