@@ -29,6 +29,8 @@ def score_and_write(
     class_of_interest: str | None,
     tolerance: float,
     out: Path,
+    *,
+    ignore_label: int | None = None,
 ) -> ScoreSummary:
     """Score (id, truth, prediction, image-or-None) items one at a time and write the report.
 
@@ -40,6 +42,8 @@ def score_and_write(
         class_of_interest: name used for the overlays and the printed table (last class if None).
         tolerance: BF1 tolerance in pixels (>= 0).
         out: folder receiving ``metrics.json``, ``per_image.csv``, ``overlays/``, ``panels/``.
+        ignore_label: truth value of unannotated pixels; they count for nothing (see
+            :mod:`tomoseg.metrics.segmentation`).
 
     Returns:
         The :class:`ScoreSummary`.
@@ -49,7 +53,9 @@ def score_and_write(
     k = class_index(classes, class_of_interest)
     summary = ScoreSummary(list(classes), classes[k], float(tolerance))
     for image_id, truth, pred, image in items:
-        summary.images.append(score_image(truth, pred, len(classes), tolerance, image_id))
+        summary.images.append(
+            score_image(truth, pred, len(classes), tolerance, image_id, ignore_label=ignore_label)
+        )
         write_overlays(out, image_id, truth, pred, k, len(classes), image)
     if not summary.images:
         raise TomosegError("nothing to score")
@@ -66,6 +72,15 @@ def find_dataset_classes(folder: Path, levels: int = 3) -> tuple[list[str], str 
     return None
 
 
+def find_dataset_ignore_label(folder: Path, levels: int = 3) -> int | None:
+    """``ignore_label`` of a ``dataset.json`` in ``folder`` or up to ``levels`` parents, if any."""
+    for d in [folder, *list(folder.resolve().parents)[:levels]]:
+        if (d / "dataset.json").is_file():
+            v = (load_dataset(d).model_extra or {}).get("ignore_label")
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return None
+
+
 def score_folders(
     pred_dir: Path,
     truth_dir: Path,
@@ -75,6 +90,8 @@ def score_folders(
     tolerance: float = 2.0,
     images_dir: Path | None = None,
     overwrite: bool = False,
+    *,
+    ignore_label: int | None = None,
 ) -> ScoreSummary:
     """Score every prediction in a folder against the truth of the same file stem.
 
@@ -88,6 +105,8 @@ def score_folders(
         tolerance: BF1 tolerance in pixels.
         images_dir: optional raw images (same stems) shown in the report panels.
         overwrite: replace an earlier report.
+        ignore_label: truth value of unannotated pixels (not a class id), left out of every
+            metric; default the ``ignore_label`` of a ``dataset.json`` above ``truth_dir``.
 
     Returns:
         The :class:`ScoreSummary` (also written to ``out``).
@@ -100,20 +119,22 @@ def score_folders(
         missing = [p.id for p in pairs if p.id not in images]
         if missing:
             raise TomosegError(f"no image '{missing[0]}.*' in {images_dir}")
+    if ignore_label is None:
+        ignore_label = find_dataset_ignore_label(Path(truth_dir))
     if classes is None:
         found = find_dataset_classes(Path(truth_dir))
         if found is not None:
             classes, default_coi = found
             class_of_interest = class_of_interest or default_coi
         else:
-            kmax = max(int(read_mask(p.mask).max()) for p in pairs)
+            kmax = max(_max_id(read_mask(p.mask), ignore_label) for p in pairs)
             classes = [str(i) for i in range(max(kmax + 1, 2))]
     class_index(classes, class_of_interest)  # unknown names fail before anything is written
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
 
     def items() -> Iterator[ScoreItem]:
         for p in pairs:
-            truth = read_mask(p.mask, len(classes))
+            truth = read_mask(p.mask, None if ignore_label is not None else len(classes))
             pred = read_mask(p.image, len(classes))
             if truth.shape != pred.shape:
                 raise TomosegError(
@@ -122,4 +143,12 @@ def score_folders(
             image = read_image(images[p.id]) if p.id in images else None
             yield p.id, truth, pred, image
 
-    return score_and_write(items(), classes, class_of_interest, tolerance, out)
+    return score_and_write(
+        items(), classes, class_of_interest, tolerance, out, ignore_label=ignore_label
+    )
+
+
+def _max_id(mask: np.ndarray, ignore_label: int | None) -> int:
+    if ignore_label is not None:
+        mask = mask[mask != ignore_label]
+    return int(mask.max()) if mask.size else 0
