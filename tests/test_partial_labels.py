@@ -270,6 +270,19 @@ def test_train_from_images_and_masks_folders(tmp_path, run_cli, one_thread):
     src = DataSource.of(images=data / "train" / "images", masks=data / "train" / "masks")
     prep = prepare_training_data(src, tiny_cfg())
     assert prep.spec.classes == ["0", "1"]
+    # the Python API
+    import tomoseg
+
+    run = tomoseg.train(
+        images=data / "train" / "images",
+        masks=data / "train" / "masks",
+        out=tmp_path / "api",
+        **{**TINY, "crops": 4},
+    )
+    assert run.metrics[0]["epoch"] == 1
+    assert json.loads((run.path / "run.json").read_text())["classes"] == ["0", "1"]
+    with pytest.raises(TomosegError, match="--masks"):
+        tomoseg.train(images=data / "train" / "images", out=tmp_path / "api2")
 
 
 def test_bad_data_inputs(tmp_path, run_cli):

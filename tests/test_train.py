@@ -324,3 +324,28 @@ def test_curves_failure_only_warns(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="curves.png not drawn"):
         run = train(data, tmp_path / "run", tiny_cfg(epochs=1))
     assert (run / "best.safetensors").is_file() and (run / "metrics.csv").is_file()
+
+
+def test_resume_reexports_weights_missing_after_a_kill(tmp_path):
+    """A kill between a checkpoint and its safetensors export: resuming writes them again."""
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = train(data, tmp_path / "run", tiny_cfg(epochs=1))
+    last = load_file(run / "last.safetensors")
+    best_ckpt = list((run / "checkpoints").glob("best-epoch=*.ckpt"))
+    assert len(best_ckpt) == 1
+    (run / "last.safetensors").unlink()
+    (run / "best.safetensors").unlink()
+    train(data, run, tiny_cfg(epochs=1), resume=True)
+    again = load_file(run / "last.safetensors")
+    assert all(torch.equal(last[k], again[k]) for k in last)
+    from tomoseg.runtime.checkpoint import load_run
+
+    assert load_run(run, "best").meta["checkpoint"] == best_ckpt[0].name
+
+
+def test_sweep_accepts_a_dataset_without_val_split(tmp_path):
+    from tomoseg.experiments.sweep import prepare_sweep
+
+    data = make_dataset(tmp_path / "d", shape=(48, 56), n={"train": 3, "test": 1})
+    cfg_file = prepare_sweep(tmp_path / "sw", data, tiny_cfg(val_fraction=0.34), [32], [8], 1)
+    assert "val_fraction: 0.34" in cfg_file.read_text()

@@ -207,9 +207,9 @@ def _masks_classes(pairs: list[Pair], ignore_label: int | None) -> list[str]:
 def load_training_samples(
     source: DataSource,
     *,
-    ignore_label: int | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
+    ignore_label: int | None,
+    val_fraction: float,
+    seed: int,
     need_val: bool = True,
 ) -> LoadedSamples:
     """Read the training (and validation) samples of a source.
@@ -220,6 +220,8 @@ def load_training_samples(
             ``ignore_label`` in ``dataset.json`` wins; a different value here is an error).
         val_fraction: share held out for validation when there is no ``val`` split.
         seed: seed of the hold-out.
+        (These three come from the run's :class:`~tomoseg.config.TrainConfig`, which holds
+        their defaults.)
         need_val: False: validation is not read or held out (``lr-find``).
 
     Returns:

@@ -42,10 +42,14 @@ def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool
             raise TomosegError(f"--resume: {run} holds no run to resume (no config.yaml)")
         old = yaml.safe_load((run / "config.yaml").read_text()) or {}
         new = cfg.model_dump(mode="json")
+        fields = TrainConfig.model_fields
         diff = [
             k
             for k in new
-            if k not in ("epochs", "max_minutes", "workers", "device") and old.get(k) != new[k]
+            if k not in ("epochs", "max_minutes", "workers", "device")
+            and old.get(k) != new[k]
+            # a setting added after the run was made, left at its default, changes nothing
+            and not (k not in old and fields[k].default == cfg.model_dump()[k])
         ]
         if diff:
             k = diff[0]
