@@ -78,11 +78,13 @@ def main() -> None:
     cfg = load_config(None, over)
     device = torch.device("cuda" if args.gpu else "cpu")
     dm = SegDataModule(data, cfg)
+    dm.setup("fit")
+    assert dm.prepared is not None
     torch.manual_seed(0)
     module = SegModule(
         cfg.model_dump(mode="json"),
-        dm.spec.classes,
-        dm.spec.class_of_interest,
+        dm.prepared.spec.classes,
+        dm.prepared.spec.class_of_interest,
         dm.prepared.weights.tolist(),
     )
     base = matseg_loop(dm, module, min(args.crops, 96 if not args.gpu else 300), device)

@@ -175,9 +175,13 @@ def test_bad_training_inputs(tmp_path, run_cli):
     assert "epochs" in err("--config", bad_cfg)
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in err("--device", "gpu")
-    no_val = make_dataset(tmp_path / "nv", shape=(48, 56), n={"train": 2, "test": 1})
-    code, _, e = run_cli("train", "--data", no_val, "--out", tmp_path / "r2")
-    assert code != 0 and "no 'val' split" in e
+    assert "val_fraction" in err("--val-fraction", "1.5")
+    assert "val_fraction" in err("--val-fraction", "0")
+    one = make_dataset(tmp_path / "one", shape=(48, 56), n={"train": 2})
+    assert "leaves no training image" in err("--data", one, "--val-fraction", "0.9")
+    assert "not both" in err(
+        "--images", data / "train" / "images", "--masks", data / "train" / "masks"
+    )
     empty_fg = make_dataset(tmp_path / "bg", shape=(48, 56), classes=("background", "fg", "never"))
     # class 'never' occurs in the generator; make a dataset whose last class never appears
     (empty_fg / "dataset.json").write_text(
@@ -226,3 +230,122 @@ def test_bad_checkpoints(tmp_path):
         load_run(tmp_path / "plain.safetensors")
     with pytest.raises(TomosegError, match="no trained weights"):
         load_run(tmp_path)
+
+
+def test_validation_metrics_reduce_over_two_ranks_like_one_process():
+    """Validation images split over two (simulated) processes: summing the metric states, as
+    DDP's reduction does, gives exactly the single-process numbers (and ScoreSummary's)."""
+    from tomoseg.metrics.segmentation import ScoreSummary, score_image
+    from tomoseg.training.epoch_metrics import TrainScores, ValidationScores
+
+    rng = np.random.default_rng(3)
+    scores, losses = [], []
+    for i in range(5):
+        truth = (rng.random((24, 30)) < 0.3).astype(np.int16)
+        truth[:, :4] = -1  # unannotated band
+        pred = np.where(rng.random((24, 30)) < 0.8, np.clip(truth, 0, 1), 1 - np.clip(truth, 0, 1))
+        if i == 2:
+            truth[truth == 1] = 0  # a class absent from one image: NaN IoU/BF1 left out
+        scores.append(score_image(truth, pred.astype(np.uint8), 2, 2.0, str(i), ignore_label=-1))
+        losses.append(float(rng.random()))
+    one = ValidationScores(2)
+    for s, loss in zip(scores, losses, strict=True):
+        one.update(s, loss)
+    ranks = [ValidationScores(2), ValidationScores(2)]
+    for j, (s, loss) in enumerate(zip(scores, losses, strict=True)):
+        ranks[j % 2].update(s, loss)  # DistributedSampler-style interleaving
+    ranks[0].merge_state(ranks[1])  # the "sum" reduction of every state
+    a, b = one.compute(), ranks[0].compute()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(torch.isnan(a[k]), torch.isnan(b[k])), k
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-14, atol=0, equal_nan=True), k
+    assert torch.equal(a["cm"], b["cm"])
+    ref = ScoreSummary(["bg", "fg"], "fg", 2.0, scores)
+    assert np.allclose(a["iou"].numpy(), ref.mean_iou, rtol=1e-14, equal_nan=True)
+    assert np.allclose(a["bf1"].numpy(), ref.mean_bf1, rtol=1e-14, equal_nan=True)
+    assert float(a["accuracy"]) == pytest.approx(ref.mean_accuracy, rel=1e-14)
+    assert np.array_equal(a["cm"].numpy(), ref.pooled_cm)
+    # training states likewise (the ignore index is left out of the confusion matrix)
+    y = torch.from_numpy(rng.integers(-1, 2, (4, 8, 8)))
+    p = torch.from_numpy(rng.integers(0, 2, (4, 8, 8)))
+    t1, t2a, t2b = TrainScores(2), TrainScores(2), TrainScores(2)
+    t1.update(y, p, 0.5)
+    t2a.update(y[:2], p[:2], 0.5)
+    t2b.update(y[2:], p[2:], 0.5)
+    t2a.merge_state(t2b)
+    for k, v in t1.compute().items():
+        assert torch.equal(v, t2a.compute()[k]), k
+    assert int(t1.compute()["cm"].sum()) == int((y >= 0).sum())
+
+
+def test_resume_refuses_a_damaged_checkpoint_in_one_line(tmp_path, run_cli):
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = tmp_path / "run"
+    kw = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in TINY.items()
+        if k not in ("width", "depth", "tile_size")
+    ]
+    cfg_file = tmp_path / "c.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump({**TINY, "epochs": 1}))
+    code, _, e = run_cli("train", "--data", data, "--out", run, "--config", cfg_file, "--quiet")
+    assert code == 0, e
+    ckpt = run / "checkpoints" / "last.ckpt"
+    good = ckpt.read_bytes()
+    for bad in (good[: len(good) // 2], b"not a checkpoint at all"):
+        ckpt.write_bytes(bad)
+        code, _, e = run_cli(
+            "train", "--data", data, "--out", run, "--config", cfg_file, "--resume", "--quiet"
+        )
+        lines = e.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), e
+        assert str(ckpt) in lines[0] and "--overwrite" in lines[0]
+    # tampered: a valid file holding another network's weights
+    ck = torch.load(__import__("io").BytesIO(good), weights_only=True)
+    ck["state_dict"] = {k: v[..., :1] if v.ndim else v for k, v in ck["state_dict"].items()}
+    torch.save(ck, ckpt)
+    code, _, e = run_cli("train", "--data", data, "--out", run, "--config", cfg_file, "--resume")
+    lines = e.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "does not hold this run's network" in lines[0], e
+    del kw
+
+
+def test_curves_failure_only_warns(tmp_path, monkeypatch):
+    import tomoseg.training.recording as rec
+
+    def boom(*a, **k):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(rec, "plot_curves", boom)
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    with pytest.warns(RuntimeWarning, match="curves.png not drawn"):
+        run = train(data, tmp_path / "run", tiny_cfg(epochs=1))
+    assert (run / "best.safetensors").is_file() and (run / "metrics.csv").is_file()
+
+
+def test_resume_reexports_weights_missing_after_a_kill(tmp_path):
+    """A kill between a checkpoint and its safetensors export: resuming writes them again."""
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = train(data, tmp_path / "run", tiny_cfg(epochs=1))
+    last = load_file(run / "last.safetensors")
+    best_ckpt = list((run / "checkpoints").glob("best-epoch=*.ckpt"))
+    assert len(best_ckpt) == 1
+    (run / "last.safetensors").unlink()
+    (run / "best.safetensors").unlink()
+    train(data, run, tiny_cfg(epochs=1), resume=True)
+    again = load_file(run / "last.safetensors")
+    assert all(torch.equal(last[k], again[k]) for k in last)
+    from tomoseg.runtime.checkpoint import load_run
+
+    assert load_run(run, "best").meta["checkpoint"] == best_ckpt[0].name
+
+
+def test_sweep_accepts_a_dataset_without_val_split(tmp_path):
+    from tomoseg.experiments.sweep import prepare_sweep
+
+    data = make_dataset(tmp_path / "d", shape=(48, 56), n={"train": 3, "test": 1})
+    cfg_file = prepare_sweep(tmp_path / "sw", data, tiny_cfg(val_fraction=0.34), [32], [8], 1)
+    assert "val_fraction: 0.34" in cfg_file.read_text()

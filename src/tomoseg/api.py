@@ -59,9 +59,12 @@ class Run:
 
 
 def train(
-    data: PathLike,
-    out: PathLike,
+    data: PathLike | None = None,
+    out: PathLike | None = None,
     *,
+    images: PathLike | None = None,
+    masks: PathLike | None = None,
+    classes: Sequence[str] | str | None = None,
     config: PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -71,14 +74,19 @@ def train(
     """Train a network on N random SxS crops (``tomoseg train``).
 
     Args:
-        data: dataset folder (``dataset.json``, ``train/`` and ``val/`` splits).
-        out: run folder.
+        data: dataset folder (``dataset.json``, ``train/``; ``val/`` optional: without it a
+            seeded ``val_fraction`` of the training images is held out, see ``run.json``).
+        out: run folder (required).
+        images: folder of training images, instead of ``data`` (with ``masks``).
+        masks: folder of their masks (class ids), matched by file stem.
+        classes: class names for ``images``/``masks`` (default ``"0".."K-1"`` from the masks).
         config: YAML config, or a bundled name (``default``, ``seed``); default: the defaults.
         resume: continue an interrupted run from its last checkpoint.
         overwrite: replace an existing run in ``out``.
         progress: show Lightning's progress bar.
         **options: any :class:`tomoseg.config.TrainConfig` field (``model``, ``crop_size``,
-            ``crops``, ``epochs``, ``lr``, ``seed``, ``device``, ...), overriding ``config``.
+            ``crops``, ``epochs``, ``lr``, ``seed``, ``device``, ``ignore_label``,
+            ``val_fraction``, ...), overriding ``config``.
 
     Returns:
         The :class:`Run`.
@@ -87,11 +95,15 @@ def train(
         TomosegError: bad data, options or run folder.
     """
     from tomoseg.config.schema import load_config
+    from tomoseg.data.sources import DataSource
     from tomoseg.training.trainer import train as run_train
 
+    if out is None:
+        raise TomosegError("out: give the run folder to write")
+    source = DataSource.of(data, images=images, masks=masks, classes=classes)
     cfg = load_config(config, options)
     return Run(
-        run_train(Path(data), Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
+        run_train(source, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
     )
 
 
@@ -115,6 +127,7 @@ def score(
     classes: Sequence[str] | None = None,
     class_of_interest: str | None = None,
     tolerance: float = 2.0,
+    ignore_label: int | None = None,
 ) -> dict[str, Any]:
     """Accuracy, per-class IoU and MATLAB-``bfscore`` boundary F1 of one predicted label image.
 
@@ -127,6 +140,8 @@ def score(
             (:func:`tomoseg.io.images.resolve_class_ids`).
         class_of_interest: recorded in the result; default the last class.
         tolerance: BF1 distance tolerance in pixels (>= 0).
+        ignore_label: truth value of unannotated pixels (e.g. 255; not a class id): they count
+            for nothing, so a prediction differing from the truth only there scores 1.
 
     Returns:
         The ``metrics.json`` content for this one image: ``classes``, ``class_of_interest``,
@@ -134,7 +149,8 @@ def score(
         NaN where a class is absent from both).
 
     Raises:
-        TomosegError: shapes differ, ids out of range or not integers.
+        TomosegError: shapes differ, ids out of range or not integers, ``ignore_label`` a
+            class id.
     """
     from tomoseg.io.images import resolve_class_ids, unique_ids
     from tomoseg.metrics.segmentation import ScoreSummary, score_image
@@ -143,6 +159,7 @@ def score(
     ids = resolve_class_ids(
         {"truth": unique_ids([t]), "pred": unique_ids([p])},
         len(classes) if classes is not None else None,
+        ignore_label=ignore_label,
     )
     t, p = ids.apply("truth", t), ids.apply("pred", p)
     if classes is None:
@@ -152,7 +169,9 @@ def score(
     if coi not in classes:
         raise TomosegError(f"class_of_interest {coi!r} is not one of {classes}")
     summary = ScoreSummary(classes, coi, float(tolerance))
-    summary.images.append(score_image(t, p, len(classes), tolerance, "image"))
+    summary.images.append(
+        score_image(t, p, len(classes), tolerance, "image", ignore_label=ignore_label)
+    )
     return summary.to_dict()
 
 
@@ -179,9 +198,13 @@ def score_folders(
     tolerance: float = 2.0,
     images: PathLike | None = None,
     overwrite: bool = False,
+    ignore_label: int | None = None,
 ) -> dict[str, Any]:
     """Score every predicted mask in a folder against the truth of the same file stem and write
     the report (``tomoseg score``: ``metrics.json``, ``per_image.csv``, overlays, panels).
+
+    ``ignore_label``: truth value of unannotated pixels, left out of every metric (default:
+    the ``ignore_label`` of a ``dataset.json`` above ``truth``).
 
     Returns:
         The ``metrics.json`` content.
@@ -197,6 +220,7 @@ def score_folders(
         tolerance,
         Path(images) if images else None,
         overwrite,
+        ignore_label=ignore_label,
     )
     return summary.to_dict()
 

@@ -54,6 +54,10 @@ def score(
     class_of_interest: Annotated[str | None, typer.Option(help="Class for overlays/table.")] = None,
     tolerance: Annotated[float, typer.Option(help="BF1 tolerance in pixels.")] = 2.0,
     images: Annotated[Path | None, typer.Option(help="Raw images to show in the panels.")] = None,
+    ignore_label: Annotated[
+        int | None,
+        typer.Option(help="Truth value of unannotated pixels (e.g. 255): left out of scores."),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted masks against true masks: accuracy, IoU, BF1, overlays."""
@@ -62,7 +66,15 @@ def score(
     from tomoseg.reporting.scores import score_table
 
     summary = score_folders(
-        pred, truth, out, resolve_classes(classes), class_of_interest, tolerance, images, overwrite
+        pred,
+        truth,
+        out,
+        resolve_classes(classes),
+        class_of_interest,
+        tolerance,
+        images,
+        overwrite,
+        ignore_label=ignore_label,
     )
     console.print(score_table(summary))
     console.print(
@@ -77,11 +89,14 @@ def check(
         Path | None, typer.Option(help="Folder of images (instead of --data).")
     ] = None,
     masks: Annotated[Path | None, typer.Option(help="Folder of masks, matched by stem.")] = None,
+    ignore_label: Annotated[
+        int | None, typer.Option(help="Mask value of unannotated pixels (dataset.json's wins).")
+    ] = None,
 ) -> None:
-    """Read every image/mask pair and report shapes, types and class frequencies."""
+    """Read every image/mask pair; report shapes, types, class and annotated fractions."""
     from tomoseg.data.check import check_data
 
-    check_data(console, data, images, masks)
+    check_data(console, data, images, masks, ignore_label=ignore_label)
 
 
 @app.command()
@@ -120,8 +135,25 @@ def crops(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Dataset folder (train and val splits).")],
     out: Annotated[Path, typer.Option(help="Run folder.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (train split; val split optional).")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of training images (instead of --data).")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="Folder of their masks, by stem.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class names for --images/--masks, e.g. 'bg,cell'.")
+    ] = None,
+    ignore_label: Annotated[
+        int | None,
+        typer.Option(help="Mask value of unannotated pixels (where no dataset.json says)."),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of training images held out without a val split (0.2)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML config (or a bundled name: seed, default).")
     ] = None,
@@ -146,8 +178,10 @@ def train(
 ) -> None:
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
     from tomoseg.config.schema import load_config
+    from tomoseg.data.sources import DataSource
     from tomoseg.training.trainer import train as run_train
 
+    source = DataSource.of(data, images=images, masks=masks, classes=classes)
     cfg = load_config(
         config,
         dict(  # options left out (None) keep the config's values
@@ -164,10 +198,12 @@ def train(
             max_minutes=max_minutes,
             loss=loss,
             class_weights=class_weights,
+            ignore_label=ignore_label,
+            val_fraction=val_fraction,
         ),
     )
     run_train(
-        data, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet
+        source, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet
     )
     console.print(
         f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"

@@ -35,6 +35,19 @@ class TrainConfig(BaseModel):
     width: int | None = Field(default=32, ge=1, description="channels of the first level")
     depth: int = Field(default=5, ge=2, le=7, description="U-Net levels (SegNet: fixed 5)")
     encoder_weights: Path | None = None
+    # data
+    ignore_label: int | None = Field(
+        default=None,
+        ge=0,
+        description="mask value of unannotated pixels, where no dataset.json declares one",
+    )
+    val_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of the training images held out for validation when there is no "
+        "val split (one image: that share of its rows)",
+    )
     # training set: N random SxS crops (crop_size 0 = whole images)
     crop_size: int = Field(default=256, description="crop side S in px; 0 = whole images")
     crops: int = Field(default=500, ge=1)

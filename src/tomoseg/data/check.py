@@ -8,14 +8,25 @@ import numpy as np
 
 from tomoseg.data.normalization import count_nonfinite
 from tomoseg.data.samples import load_pairs
+from tomoseg.data.sources import annotated_fraction, check_ignore_label, dataset_ignore_label
 from tomoseg.data.statistics import class_counts
 from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import Pair, load_dataset, pair_files, split_pairs
-from tomoseg.io.images import resolve_class_ids, unique_ids
 
 
-def check_data(console, data: Path | None, images: Path | None, masks: Path | None) -> None:
+def check_data(
+    console,
+    data: Path | None,
+    images: Path | None,
+    masks: Path | None,
+    *,
+    ignore_label: int | None = None,
+) -> None:
     """Read every pair of a dataset (or an images/masks folder pair) and print a summary table.
+
+    With an ignore label (``dataset.json``'s ``ignore_label``, else ``ignore_label``) or NaN
+    image pixels, the table gives the annotated fraction of the pixels (lowest and mean per
+    image) and a line per split lists each image's annotated fraction.
 
     Raises:
         TomosegError: on the first bad file, naming it.
@@ -29,6 +40,9 @@ def check_data(console, data: Path | None, images: Path | None, masks: Path | No
     if data is not None:
         spec = load_dataset(data)
         classes = spec.classes
+        declared = dataset_ignore_label(spec, Path(data) / "dataset.json")
+        if declared is not None:
+            ignore_label = declared
         for split in ("train", "val", "test"):
             if (Path(data) / split).is_dir():
                 groups[split] = split_pairs(data, split)
@@ -37,19 +51,23 @@ def check_data(console, data: Path | None, images: Path | None, masks: Path | No
     else:
         groups["pairs"] = pair_files(images, masks)  # type: ignore[arg-type]
     k = len(classes) if classes else None
+    check_ignore_label(ignore_label, k)
     notes: list[str] = []
     table = Table(title=f"data check: {data or images}")
-    for col in ("split", "pairs", "shapes", "image dtype", "intensity range", "class fractions"):
+    cols = ("split", "pairs", "shapes", "image dtype", "intensity range", "class fractions")
+    for col in (*cols, "annotated (min/mean per image)"):
         table.add_column(col)
+    per_image: list[str] = []
     for split, pairs in groups.items():
-        samples = load_pairs(pairs, None)
-        folder = pairs[0].mask.parent
-        ids = resolve_class_ids(  # the one class-id rule (0/255 binary masks read as 0/1)
-            {split: unique_ids(s.mask for s in samples)}, k, where={split: f"masks folder {folder}"}
-        )
-        kk = ids.n_classes
-        masks = [ids.apply(split, s.mask, p.mask) for s, p in zip(samples, pairs, strict=True)]
-        counts = class_counts(masks, kk)
+        samples = load_pairs(pairs, k, ignore_label=ignore_label)  # the one class-id rule
+        kk = k or max(_top_id(s.mask, ignore_label) for s in samples) + 1
+        counts = class_counts([s.mask for s in samples], kk, ignore_label=ignore_label)
+        ann = [annotated_fraction(s.mask, s.image, ignore_label) for s in samples]
+        if min(ann) < 1:
+            per_image.append(
+                f"annotated fraction per image [{split}]: "
+                + ", ".join(f"{s.id} {100 * a:.1f}%" for s, a in zip(samples, ann, strict=True))
+            )
         shapes = sorted({s.image.shape for s in samples})
         dtypes = sorted({str(s.image.dtype) for s in samples})
         finite = [s.image[np.isfinite(s.image)] for s in samples]
@@ -69,9 +87,23 @@ def check_data(console, data: Path | None, images: Path | None, masks: Path | No
             " ..." if len(shapes) > 3 else ""
         )
         table.add_row(
-            split, str(len(samples)), shape_txt, ", ".join(dtypes), f"{lo:g}..{hi:g}", frac
+            split,
+            str(len(samples)),
+            shape_txt,
+            ", ".join(dtypes),
+            f"{lo:g}..{hi:g}",
+            frac,
+            f"{100 * min(ann):.1f}% / {100 * sum(ann) / len(ann):.1f}%",
         )
     console.print(table)
+    for line in per_image:
+        console.print(line, markup=False)
     for note in notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print("all pairs read and checked: ok")
+
+
+def _top_id(mask: np.ndarray, ignore_label: int | None) -> int:
+    if ignore_label is not None:
+        mask = mask[mask != ignore_label]
+    return int(mask.max()) if mask.size else 0

@@ -9,6 +9,9 @@ training images. :func:`sample_crops` draws them:
 * **Whole extent**: when S is at or above an image's height (width), the crop spans the whole
   height (width), ``h = min(S, H)``, ``w = min(S, W)``; with S at or above both, the crop is
   the whole image (the "full" case) and the image has exactly one valid position.
+* **Annotated only** (optional, for partially labelled masks): given the annotated-pixel masks,
+  a uniform crop holding no annotated pixel is redrawn (same rule, images without any annotated
+  pixel excluded), so every crop teaches something.
 * **Focus** (optional): a fraction ``focus_fraction`` of the crops is instead centred on a pixel
   drawn uniformly among all pixels of ``focus_class`` (over all images), shifted as little as
   needed to stay inside the image. This raises the share of a rare class in the crops; use
@@ -99,13 +102,19 @@ def valid_positions(shape: tuple[int, int], size: int) -> int:
 
 
 def _uniform_boxes(
-    shapes: np.ndarray, size: int, n: int, rng: np.random.Generator
+    shapes: np.ndarray,
+    size: int,
+    n: int,
+    rng: np.random.Generator,
+    allowed: np.ndarray | None = None,
 ) -> list[CropBox]:
     hs = np.minimum(size, shapes[:, 0])
     ws = np.minimum(size, shapes[:, 1])
     ny = shapes[:, 0] - hs + 1
     nx = shapes[:, 1] - ws + 1
     weights = (ny * nx).astype(np.float64)
+    if allowed is not None:
+        weights = weights * allowed
     images = rng.choice(len(shapes), size=n, p=weights / weights.sum())
     ys = rng.integers(0, ny[images])
     xs = rng.integers(0, nx[images])
@@ -149,6 +158,8 @@ def sample_crops(
     focus_fraction: float = 0.0,
     masks: Sequence[np.ndarray] | None = None,
     focus_class: int | None = None,
+    *,
+    annotated: Sequence[np.ndarray] | None = None,
 ) -> list[CropBox]:
     """Draw ``count`` random ``size`` x ``size`` crops from images of the given shapes.
 
@@ -163,13 +174,17 @@ def sample_crops(
             are interleaved at random positions of the returned list.
         masks: masks of the images (same shapes), needed when ``focus_fraction > 0``.
         focus_class: class id to focus on, needed when ``focus_fraction > 0``.
+        annotated: (H, W) boolean masks of the annotated pixels of each image; uniform crops
+            without any annotated pixel are redrawn. None: every pixel is annotated (and the
+            draw is unchanged).
 
     Returns:
         ``count`` crop boxes, each inside its image.
 
     Raises:
         TomosegError: size not an integer >= 16, count <= 0, focus fraction outside [0, 1],
-            focus requested without masks / class or with a class absent from all masks.
+            focus requested without masks / class or with a class absent from all masks, no
+            annotated pixel at all.
     """
     size = _check_size(size)
     count = _check_count(count)
@@ -180,6 +195,8 @@ def sample_crops(
     if fraction > 0:
         masks, focus_class = _check_focus(shape_arr, masks, focus_class)
     uniform = _uniform_boxes(shape_arr, size, count - n_focus, rng) if count > n_focus else []
+    if annotated is not None:
+        uniform = _redraw_unannotated(uniform, shape_arr, size, rng, annotated)
     if n_focus == 0:
         return uniform
     assert masks is not None and focus_class is not None
@@ -188,6 +205,50 @@ def sample_crops(
     is_focus[rng.permutation(count)[:n_focus]] = True
     it_uniform, it_focus = iter(uniform), iter(focused)
     return [next(it_focus) if f else next(it_uniform) for f in is_focus]
+
+
+def _redraw_unannotated(
+    boxes: list[CropBox],
+    shapes: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    annotated: Sequence[np.ndarray],
+    rounds: int = 200,
+) -> list[CropBox]:
+    """Replace the boxes holding no annotated pixel by fresh uniform draws (seeded by ``rng``)."""
+    if len(annotated) != len(shapes):
+        raise TomosegError(f"got {len(annotated)} annotation masks for {len(shapes)} images")
+    # integral images: annotated pixels in a box in O(1)
+    integ = []
+    for i, a in enumerate(annotated):
+        a = np.asarray(a, bool)
+        if a.shape != tuple(int(v) for v in shapes[i]):
+            raise TomosegError(
+                f"annotation mask {i} has shape {a.shape}, its image {tuple(shapes[i])}"
+            )
+        c = np.zeros((a.shape[0] + 1, a.shape[1] + 1), np.int64)
+        c[1:, 1:] = a.cumsum(0).cumsum(1)
+        integ.append(c)
+    allowed = np.array([c[-1, -1] > 0 for c in integ])
+    if not allowed.any():
+        raise TomosegError("no annotated pixel in the training masks: nothing to learn from")
+
+    def ok(b: CropBox) -> bool:
+        c = integ[b.image]
+        return bool(c[b.y + b.h, b.x + b.w] - c[b.y, b.x + b.w] - c[b.y + b.h, b.x] + c[b.y, b.x])
+
+    out = list(boxes)
+    bad = [i for i, b in enumerate(out) if not ok(b)]
+    for _ in range(rounds):
+        if not bad:
+            return out
+        for i, b in zip(bad, _uniform_boxes(shapes, size, len(bad), rng, allowed), strict=True):
+            out[i] = b
+        bad = [i for i in bad if not ok(out[i])]
+    raise TomosegError(
+        f"could not draw {size}px crops holding annotated pixels ({len(bad)} of {len(out)} "
+        f"still empty after {rounds} redraws); annotate more, or use a larger crop size"
+    )
 
 
 def _check_focus(

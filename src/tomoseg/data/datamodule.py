@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -14,9 +15,14 @@ from tomoseg.config.schema import TrainConfig
 from tomoseg.data.augment import augment, build_augmentation
 from tomoseg.data.crops import CropBox, extract_crop, sample_crops
 from tomoseg.data.normalization import Normalization, fit_normalization, normalize
-from tomoseg.data.samples import Sample, load_split
+from tomoseg.data.sources import (
+    IGNORE_INDEX,
+    DataSource,
+    load_training_samples,
+    training_mask,
+)
 from tomoseg.data.statistics import class_counts, class_weights
-from tomoseg.io.datasets import DatasetSpec, load_dataset
+from tomoseg.io.datasets import DatasetSpec
 
 # ----------------------------------------------------------------------------- data
 
@@ -78,19 +84,19 @@ class CropDataset(Dataset):
 
 
 class FullImageDataset(Dataset):
-    """Whole normalised images with their masks, for validation."""
+    """Whole normalised images with their int16 training masks (unannotated pixels hold
+    :data:`~tomoseg.data.sources.IGNORE_INDEX`), for validation."""
 
-    def __init__(self, samples: list[Sample], norm: Normalization):
-        self.samples, self.norm = samples, norm
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], ids: list[str]):
+        self.images, self.masks, self.ids = images, masks, ids
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.images)
 
     def __getitem__(self, i: int):
-        s = self.samples[i]
         return (
-            torch.from_numpy(normalize(s.image, self.norm))[None],
-            torch.from_numpy(s.mask.astype(np.int64)),
+            torch.from_numpy(self.images[i])[None],
+            torch.from_numpy(self.masks[i].astype(np.int64)),
             i,
         )
 
@@ -101,41 +107,146 @@ def _collate_one(batch):
 
 @dataclass
 class PreparedData:
-    """What the data module computed from the training set (saved with the run)."""
+    """What the data module computed from the training set (saved with the run).
+
+    Attributes:
+        spec: classes and class of interest.
+        ignore_label: mask value of unannotated pixels in the files (None: none declared).
+        norm: intensity normalisation fitted on the finite training pixels.
+        counts: (K,) annotated pixels per class in the training masks.
+        weights: (K,) loss weights.
+        boxes: the N training crops.
+        train_images, train_masks: normalised float32 images and int16 training masks (class
+            ids, :data:`IGNORE_INDEX` on unannotated or non-finite pixels).
+        val_images, val_masks, val_ids: the same for validation.
+        validation: where validation comes from (``run.json``'s ``validation``).
+        annotated: annotated fraction of the training pixels.
+    """
 
     spec: DatasetSpec
+    ignore_label: int | None
     norm: Normalization
     counts: np.ndarray
     weights: np.ndarray
     boxes: list[CropBox]
+    train_images: list[np.ndarray] = field(default_factory=list)
+    train_masks: list[np.ndarray] = field(default_factory=list)
+    val_images: list[np.ndarray] = field(default_factory=list)
+    val_masks: list[np.ndarray] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)
+    annotated: float = 1.0
+
+    @property
+    def has_ignored(self) -> bool:
+        """Whether any training or validation pixel is unannotated."""
+        return any((m == IGNORE_INDEX).any() for m in self.train_masks + self.val_masks)
+
+
+def _normalized(img: np.ndarray, norm: Normalization) -> np.ndarray:
+    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+        img = np.where(np.isfinite(img), img, norm.lower)
+    return normalize(img, norm)
+
+
+def _finite(img: np.ndarray) -> np.ndarray:
+    if np.issubdtype(img.dtype, np.floating):
+        return img[np.isfinite(img)]
+    return img
+
+
+def prepare_training_data(
+    source: DataSource | Path | str, cfg: TrainConfig, *, need_val: bool = True
+) -> PreparedData:
+    """Read a source and compute everything training needs (what ``train()`` records in
+    ``run.json`` before fitting, and what :class:`SegDataModule` serves).
+
+    Args:
+        source: a :class:`DataSource` or a dataset folder.
+        cfg: the run's configuration (``ignore_label``, ``val_fraction``, crops, weights, seed).
+        need_val: False: no validation images (``lr-find``).
+
+    Raises:
+        TomosegError: bad data (see :func:`~tomoseg.data.sources.load_training_samples`), a
+            class without annotated pixels (weights), no annotated pixel to crop.
+    """
+    if not isinstance(source, DataSource):
+        source = DataSource.of(source)
+    loaded = load_training_samples(
+        source,
+        ignore_label=cfg.ignore_label,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        need_val=need_val,
+    )
+    spec, ignore = loaded.spec, loaded.ignore_label
+    k = len(spec.classes)
+    masks = [training_mask(s, ignore) for s in loaded.train]
+    counts = class_counts(masks, k)
+    weights = class_weights(counts, cfg.class_weights, spec.classes)
+    norm = fit_normalization([_finite(s.image) for s in loaded.train], seed=cfg.seed)
+    shapes = [s.image.shape for s in loaded.train]
+    size = cfg.crop_size or max(max(s) for s in shapes)
+    annotated = [m != IGNORE_INDEX for m in masks]
+    partial = not all(a.all() for a in annotated)
+    boxes = sample_crops(
+        shapes,
+        size,
+        cfg.crops,
+        cfg.seed,
+        cfg.focus_fraction,
+        masks,
+        spec.coi_index,
+        annotated=annotated if partial else None,
+    )
+    n_px = sum(a.size for a in annotated)
+    return PreparedData(
+        spec=spec,
+        ignore_label=ignore,
+        norm=norm,
+        counts=counts,
+        weights=weights,
+        boxes=boxes,
+        train_images=[_normalized(s.image, norm) for s in loaded.train],
+        train_masks=masks,
+        val_images=[_normalized(s.image, norm) for s in loaded.val],
+        val_masks=[training_mask(s, ignore) for s in loaded.val],
+        val_ids=[s.id for s in loaded.val],
+        validation=loaded.validation,
+        annotated=float(sum(int(a.sum()) for a in annotated) / max(n_px, 1)),
+    )
 
 
 class SegDataModule(L.LightningDataModule):
-    """Training crops and full-size validation images of a dataset folder."""
+    """Training crops and full-size validation images of a data source.
 
-    def __init__(self, data: Path, cfg: TrainConfig, need_val: bool = True):
+    Nothing is read in ``__init__``: :meth:`setup` reads and prepares the data (once; later
+    calls keep it), so callers that need the classes or weights before fitting call
+    ``setup("fit")`` themselves and read :attr:`prepared`.
+    """
+
+    def __init__(
+        self, source: DataSource | Path | str, cfg: TrainConfig, need_val: bool = True
+    ) -> None:
         super().__init__()
-        self.root, self.cfg, self.need_val = Path(data), cfg, need_val
-        self.spec = load_dataset(self.root)
-        train = load_split(self.root, "train", self.spec)
-        self.val = load_split(self.root, "val", self.spec) if need_val else []
-        k = len(self.spec.classes)
-        counts = class_counts([s.mask for s in train], k)
-        weights = class_weights(counts, cfg.class_weights, self.spec.classes)
-        norm = fit_normalization([s.image for s in train], seed=cfg.seed)
-        shapes = [s.image.shape for s in train]
-        size = cfg.crop_size or max(max(s) for s in shapes)
-        masks = [s.mask for s in train]
-        boxes = sample_crops(
-            shapes, size, cfg.crops, cfg.seed, cfg.focus_fraction, masks, self.spec.coi_index
-        )
-        self.prepared = PreparedData(self.spec, norm, counts, weights, boxes)
-        self.train_images = [normalize(s.image, norm) for s in train]
-        self.train_masks = masks
+        self.source, self.cfg, self.need_val = source, cfg, need_val
+        self.prepared: PreparedData | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the data and compute normalisation, class weights and crops (idempotent)."""
+        if self.prepared is None:
+            self.prepared = prepare_training_data(self.source, self.cfg, need_val=self.need_val)
+
+    def _data(self) -> PreparedData:
+        if self.prepared is None:
+            self.setup("fit")
+        assert self.prepared is not None
+        return self.prepared
 
     def train_dataloader(self) -> DataLoader:
-        ds = CropDataset(self.train_images, self.train_masks, self.prepared.boxes, self.cfg)
-        shapes = {(b.h, b.w) for b in self.prepared.boxes}
+        prep = self._data()
+        ds = CropDataset(prep.train_images, prep.train_masks, prep.boxes, self.cfg)
+        shapes = {(b.h, b.w) for b in prep.boxes}
         (h, w), *others = shapes
         # whole images of several sizes, or non-square crops that a 90-degree turn reshapes
         square = not others and (h == w or self.cfg.rotation == "none")
@@ -150,5 +261,6 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        ds = FullImageDataset(self.val, self.prepared.norm)
+        prep = self._data()
+        ds = FullImageDataset(prep.val_images, prep.val_masks, prep.val_ids)
         return DataLoader(ds, batch_size=1, collate_fn=_collate_one, num_workers=0)

@@ -34,8 +34,9 @@ def class_weights(
     if (counts == 0).any():
         k = int(np.flatnonzero(counts == 0)[0])
         name = names[k] if names else str(k)
+        kind = "median-frequency" if mode == "median" else "inverse-frequency"
         raise TomosegError(
-            f"class '{name}' has no pixel in the training set, so its inverse-frequency weight "
+            f"class '{name}' has no pixel in the training set (annotated pixels), so its {kind} weight "
             "would be infinite (add examples, or use --class-weights none)"
         )
     freq = counts / counts.sum()
@@ -43,9 +44,25 @@ def class_weights(
     return w / w.mean()
 
 
-def class_counts(masks: list[np.ndarray], n_classes: int) -> np.ndarray:
-    """Pixels of each class summed over masks: (K,) int64."""
+def class_counts(
+    masks: list[np.ndarray], n_classes: int, *, ignore_label: int | None = None
+) -> np.ndarray:
+    """Annotated pixels of each class summed over masks: (K,) int64.
+
+    Only values ``0..K-1`` are counted: unannotated pixels (``ignore_label``, or the negative
+    internal ignore index of training masks) count for nothing. With ``ignore_label`` given,
+    any other value outside ``0..K-1`` is an error.
+    """
     total = np.zeros(n_classes, np.int64)
     for m in masks:
-        total += np.bincount(m.ravel(), minlength=n_classes)[:n_classes]
+        v = m.ravel()
+        if ignore_label is not None:
+            v = v[v != ignore_label]
+            if v.size and (int(v.min()) < 0 or int(v.max()) >= n_classes):
+                raise TomosegError(
+                    f"mask values {int(v.min())}..{int(v.max())} outside 0..{n_classes - 1}"
+                )
+        if v.size and int(v.min()) < 0:
+            v = v[v >= 0]
+        total += np.bincount(v, minlength=n_classes)[:n_classes]
     return total

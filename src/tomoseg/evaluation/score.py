@@ -31,6 +31,8 @@ def score_and_write(
     class_of_interest: str | None,
     tolerance: float,
     out: Path,
+    *,
+    ignore_label: int | None = None,
 ) -> ScoreSummary:
     """Score (id, truth, prediction, image-or-None) items one at a time and write the report.
 
@@ -42,6 +44,8 @@ def score_and_write(
         class_of_interest: name used for the overlays and the printed table (last class if None).
         tolerance: BF1 tolerance in pixels (>= 0).
         out: folder receiving ``metrics.json``, ``per_image.csv``, ``overlays/``, ``panels/``.
+        ignore_label: truth value of unannotated pixels; they count for nothing (see
+            :mod:`tomoseg.metrics.segmentation`).
 
     Returns:
         The :class:`ScoreSummary`.
@@ -51,7 +55,9 @@ def score_and_write(
     k = class_index(classes, class_of_interest)
     summary = ScoreSummary(list(classes), classes[k], float(tolerance))
     for image_id, truth, pred, image in items:
-        summary.images.append(score_image(truth, pred, len(classes), tolerance, image_id))
+        summary.images.append(
+            score_image(truth, pred, len(classes), tolerance, image_id, ignore_label=ignore_label)
+        )
         try:  # optional: a failing picture never costs the scores
             write_overlays(out, image_id, truth, pred, k, len(classes), image)
         except Exception as exc:
@@ -75,6 +81,15 @@ def find_dataset_classes(folder: Path, levels: int = 3) -> tuple[list[str], str 
     return None
 
 
+def find_dataset_ignore_label(folder: Path, levels: int = 3) -> int | None:
+    """``ignore_label`` of a ``dataset.json`` in ``folder`` or up to ``levels`` parents, if any."""
+    for d in [folder, *list(folder.resolve().parents)[:levels]]:
+        if (d / "dataset.json").is_file():
+            v = (load_dataset(d).model_extra or {}).get("ignore_label")
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return None
+
+
 def score_folders(
     pred_dir: Path,
     truth_dir: Path,
@@ -84,6 +99,8 @@ def score_folders(
     tolerance: float = 2.0,
     images_dir: Path | None = None,
     overwrite: bool = False,
+    *,
+    ignore_label: int | None = None,
 ) -> ScoreSummary:
     """Score every prediction in a folder against the truth of the same file stem.
 
@@ -99,6 +116,8 @@ def score_folders(
         tolerance: BF1 tolerance in pixels.
         images_dir: optional raw images (same stems) shown in the report panels.
         overwrite: replace an earlier report.
+        ignore_label: truth value of unannotated pixels (not a class id), left out of every
+            metric; default the ``ignore_label`` of a ``dataset.json`` above ``truth_dir``.
 
     Returns:
         The :class:`ScoreSummary` (also written to ``out``).
@@ -111,6 +130,8 @@ def score_folders(
         missing = [p.id for p in pairs if p.id not in images]
         if missing:
             raise TomosegError(f"no image '{missing[0]}.*' in {images_dir}")
+    if ignore_label is None:
+        ignore_label = find_dataset_ignore_label(Path(truth_dir))
     if classes is None:
         found = find_dataset_classes(Path(truth_dir))
         if found is not None:
@@ -123,6 +144,7 @@ def score_folders(
             "prediction": unique_ids(read_mask(p.image) for p in pairs),
         },
         len(classes) if classes is not None else None,
+        ignore_label=ignore_label,
         where={"truth": f"truth folder {truth_dir}", "prediction": f"prediction folder {pred_dir}"},
     )
     if classes is None:
@@ -141,4 +163,12 @@ def score_folders(
             image = read_image(images[p.id]) if p.id in images else None
             yield p.id, truth, pred, image
 
-    return score_and_write(items(), classes, class_of_interest, tolerance, out)
+    return score_and_write(
+        items(), classes, class_of_interest, tolerance, out, ignore_label=ignore_label
+    )
+
+
+def _max_id(mask: np.ndarray, ignore_label: int | None) -> int:
+    if ignore_label is not None:
+        mask = mask[mask != ignore_label]
+    return int(mask.max()) if mask.size else 0

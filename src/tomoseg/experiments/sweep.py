@@ -195,7 +195,7 @@ def prepare_sweep(
     """
     spec = load_dataset(data)
     split_pairs(data, "test")  # a sweep evaluates every case on the test split
-    split_pairs(data, "val")
+    # no val split: each case holds out the base config's val_fraction of train (run.json)
     base = base_config_dict(cfg)
     sweep_file = out / SWEEP_FILE
     if sweep_file.is_file():

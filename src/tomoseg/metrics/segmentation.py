@@ -16,6 +16,12 @@ Conventions (every number tomoseg prints follows them)
   only coincident pixels). Precision = matched fraction of the predicted boundary, recall =
   matched fraction of the true boundary, BF1 = 2PR / (P + R) (0 when P + R = 0). BF1 is NaN when
   the class is absent from the truth, and 0 when it is in the truth but not in the prediction.
+* **Unannotated pixels** (``ignore_label``: a mask value that is not a class id, e.g. 255 in
+  sparsely annotated masks): the confusion matrix (hence accuracy and IoU) counts annotated
+  pixels only. For BF1, ignored pixels first take the predicted label (so an unannotated region
+  never makes a boundary of its own), then boundary pixels lying on ignored pixels are left out
+  of both boundaries. A prediction that differs from the truth only on ignored pixels therefore
+  scores exactly 1.
 * **Aggregation over images**: metrics are computed per image, then averaged over images
   ("mean", ignoring NaN, as the seed averaged over its test images). "pooled" IoU is computed once
   from the confusion matrix summed over all images. Every output names which one it is.
@@ -39,33 +45,60 @@ from tomoseg.errors import TomosegError
 DILATION_MAX_TOLERANCE = 6.0  # above it, within_tolerance uses the distance transform
 
 
-def _check_pair(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> None:
+def _check_ignore_label(ignore_label: int | None, n_classes: int) -> None:
+    if ignore_label is None:
+        return
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, (int, np.integer)):
+        raise TomosegError(f"ignore_label must be an integer mask value, got {ignore_label!r}")
+    if 0 <= int(ignore_label) < n_classes:
+        raise TomosegError(
+            f"ignore_label {ignore_label} is a class id (classes are 0..{n_classes - 1}); "
+            "choose a mask value that no class uses, e.g. 255"
+        )
+
+
+def _check_pair(
+    truth: np.ndarray, pred: np.ndarray, n_classes: int, ignore_label: int | None = None
+) -> None:
     if truth.shape != pred.shape:
         raise TomosegError(f"truth shape {truth.shape} differs from prediction shape {pred.shape}")
     if truth.ndim != 2:
         raise TomosegError(f"expected 2D label arrays, got shape {truth.shape}")
+    _check_ignore_label(ignore_label, n_classes)
     for name, a in (("truth", truth), ("prediction", pred)):
         if not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
             raise TomosegError(f"{name} must hold integer class ids, found {a.dtype}")
+        if name == "truth" and ignore_label is not None:
+            a = a[a != ignore_label]
         if a.size and (int(a.min()) < 0 or int(a.max()) >= n_classes):
             raise TomosegError(
                 f"{name} holds class ids {int(a.min())}..{int(a.max())} outside 0..{n_classes - 1}"
             )
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+def confusion_matrix(
+    truth: np.ndarray, pred: np.ndarray, n_classes: int, *, ignore_label: int | None = None
+) -> np.ndarray:
     """Pixel confusion matrix.
 
     Args:
         truth: (H, W) integer class ids.
         pred: (H, W) integer class ids.
         n_classes: number of classes K.
+        ignore_label: truth value of unannotated pixels (not a class id): they are not counted.
 
     Returns:
         (K, K) int64 array, ``cm[t, p]`` = pixels of true class t predicted as p.
+
+    Raises:
+        TomosegError: shapes differ, ids outside ``0..K-1``, ``ignore_label`` a class id.
     """
-    _check_pair(truth, pred, n_classes)
-    idx = truth.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel()
+    _check_pair(truth, pred, n_classes, ignore_label)
+    t, p = truth.ravel(), pred.ravel()
+    if ignore_label is not None:
+        keep = t != ignore_label
+        t, p = t[keep], p[keep]
+    idx = t.astype(np.int64) * n_classes + p.astype(np.int64)
     return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
@@ -136,7 +169,13 @@ def within_tolerance(dst: np.ndarray, tolerance: float) -> np.ndarray:
     return out
 
 
-def bf1_binary(truth: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> float:
+def bf1_binary(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    tolerance: float = 2.0,
+    *,
+    ignore: np.ndarray | None = None,
+) -> float:
     """Boundary F1 of one binary mask against the true one (MATLAB ``bfscore`` semantics).
 
     Args:
@@ -144,18 +183,32 @@ def bf1_binary(truth: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> f
         pred: (H, W) boolean predicted mask of the same class.
         tolerance: distance in pixels; a boundary pixel is matched when the other boundary lies
             strictly closer than this.
+        ignore: (H, W) boolean, True on unannotated pixels: there the truth takes the predicted
+            value before boundaries are traced, and boundary pixels on them are left out of both
+            boundaries (see the module docstring).
 
     Returns:
-        BF1 in [0, 1]; NaN if the truth is empty; 0 if the prediction is empty.
+        BF1 in [0, 1]; NaN if the (annotated) truth is empty; 0 if the prediction is empty.
     """
     if tolerance < 0:
         raise TomosegError(f"tolerance must be >= 0, got {tolerance}")
     t, p = np.asarray(truth, bool), np.asarray(pred, bool)
-    if not t.any():
-        return float("nan")
-    if not p.any():
-        return 0.0
-    bt, bp = boundary(t), boundary(p)
+    if ignore is not None:
+        ign = np.asarray(ignore, bool)
+        if not (t & ~ign).any():
+            return float("nan")
+        if not p.any():
+            return 0.0
+        t = np.where(ign, p, t)
+        bt, bp = boundary(t) & ~ign, boundary(p) & ~ign
+        if not bt.any() or not bp.any():
+            return 1.0 if not bt.any() and not bp.any() else 0.0
+    else:
+        if not t.any():
+            return float("nan")
+        if not p.any():
+            return 0.0
+        bt, bp = boundary(t), boundary(p)
     precision = np.count_nonzero(bp & within_tolerance(bt, tolerance)) / np.count_nonzero(bp)
     recall = np.count_nonzero(bt & within_tolerance(bp, tolerance)) / np.count_nonzero(bt)
     if precision + recall == 0:
@@ -181,27 +234,39 @@ def score_image(
     tolerance: float = 2.0,
     image_id: str = "",
     classes_for_bf1: Sequence[int] | None = None,
+    *,
+    ignore_label: int | None = None,
 ) -> ImageScore:
     """Score one predicted label image against its truth.
 
     Args:
-        truth: (H, W) class ids.
+        truth: (H, W) class ids (and ``ignore_label`` on unannotated pixels).
         pred: (H, W) class ids.
         n_classes: K.
         tolerance: BF1 tolerance in pixels.
         image_id: name carried into the result.
         classes_for_bf1: compute BF1 only for these classes (others NaN); all by default.
+        ignore_label: truth value of unannotated pixels (not a class id); they count for
+            nothing (see the module docstring). None: every pixel is annotated.
 
     Returns:
-        An :class:`ImageScore`.
+        An :class:`ImageScore` (accuracy and IoU NaN when no pixel is annotated).
+
+    Raises:
+        TomosegError: bad shapes or ids, negative tolerance, ``ignore_label`` a class id.
     """
     if tolerance < 0:
         raise TomosegError(f"tolerance must be >= 0, got {tolerance}")
-    cm = confusion_matrix(truth, pred, n_classes)
+    cm = confusion_matrix(truth, pred, n_classes, ignore_label=ignore_label)
+    ign = None
+    if ignore_label is not None:
+        ign = truth == ignore_label
+        if not ign.any():
+            ign = None
     ks = range(n_classes) if classes_for_bf1 is None else classes_for_bf1
     bf1 = np.full(n_classes, np.nan)
     for k in ks:
-        bf1[k] = bf1_binary(truth == k, pred == k, tolerance)
+        bf1[k] = bf1_binary(truth == k, pred == k, tolerance, ignore=ign)
     return ImageScore(image_id, cm, accuracy_from_cm(cm), iou_from_cm(cm), bf1)
 
 

@@ -40,6 +40,8 @@ def lr_range_test(
     quiet_lightning()
     device = resolve_device(cfg.device)
     dm = SegDataModule(data, cfg, need_val=False)
+    dm.setup("fit")
+    assert dm.prepared is not None
     spec = dm.prepared.spec
     L.seed_everything(cfg.seed, verbose=False)
     module = SegModule(

@@ -10,17 +10,31 @@ import torch
 from torch import nn
 
 from tomoseg.config.schema import TrainConfig
+from tomoseg.data.sources import IGNORE_INDEX
+from tomoseg.errors import TomosegError
 from tomoseg.inference.sliding_window import infer_logits
-from tomoseg.metrics.segmentation import ScoreSummary, accuracy_from_cm, iou_from_cm, score_image
+from tomoseg.metrics.segmentation import accuracy_from_cm, iou_from_cm, score_image
 from tomoseg.models.registry import build_model
 from tomoseg.models.segnet import load_encoder_weights
 from tomoseg.runtime.logit_adjustment import decision_bias
+from tomoseg.training.epoch_metrics import TrainScores, ValidationScores
+
+DICE_IGNORE_MESSAGE = (
+    "--loss dice_ce cannot leave out unannotated pixels (ignore label or NaN image pixels): "
+    "MONAI's DiceCELoss has no ignore index; use --loss ce"
+)
 
 # ----------------------------------------------------------------------------- model
 
 
 class SegModule(L.LightningModule):
-    """Network + weighted loss + per-epoch metrics (train: pooled over crops; val: per image)."""
+    """Network + weighted loss + per-epoch metrics (train: pooled over crops; val: per image).
+
+    Targets equal to :data:`~tomoseg.data.sources.IGNORE_INDEX` (unannotated pixels) count for
+    nothing: the cross-entropy ignores them, the confusion matrices and BF1 leave them out.
+    Epoch metrics are torchmetrics sum states (:mod:`tomoseg.training.epoch_metrics`), so they
+    are reduced correctly when batches or validation images are spread over processes.
+    """
 
     def __init__(
         self, config: dict, classes: list[str], class_of_interest: str, weights: list[float]
@@ -47,11 +61,10 @@ class SegModule(L.LightningModule):
                 to_onehot_y=True, softmax=True, weight=self.class_w
             )
         else:
-            self.loss_fn = nn.CrossEntropyLoss(weight=self.class_w)
-        self.train_cm = torch.zeros(k, k, dtype=torch.long)
-        self.train_loss_sum, self.train_n = 0.0, 0
-        self.val_scores: list = []
-        self.val_loss_sum = 0.0
+            self.loss_fn = nn.CrossEntropyLoss(weight=self.class_w, ignore_index=IGNORE_INDEX)
+        self.train_scores = TrainScores(k)
+        self.val_scores = ValidationScores(k)
+        self.val_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.epoch_lr = float("nan")
         self.bf16 = False  # set by train() from the resolved precision
@@ -62,14 +75,15 @@ class SegModule(L.LightningModule):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Weighted loss of logits (B, K, H, W) against class ids (B, H, W)."""
         if self.cfg.loss == "dice_ce":
+            if bool((target == IGNORE_INDEX).any()):
+                raise TomosegError(DICE_IGNORE_MESSAGE)
             return self.loss_fn(logits.float(), target[:, None])
         return self.loss_fn(logits.float(), target)
 
     def on_train_epoch_start(self) -> None:
         self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.val_scores = []  # filled only in epochs that validate
-        self.train_cm.zero_()
-        self.train_loss_sum, self.train_n = 0.0, 0
+        self.val_result = None  # set only in epochs that validate
+        self.train_scores.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -78,13 +92,8 @@ class SegModule(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, y)
         with torch.no_grad():
-            k = len(self.classes)
             pred = (logits.detach() + self.logit_bias[None, :, None, None]).argmax(1)
-            self.train_cm += torch.bincount(
-                (y * k + pred).flatten().cpu(), minlength=k * k
-            ).reshape(k, k)
-            self.train_loss_sum += float(loss.detach()) * x.shape[0]
-            self.train_n += x.shape[0]
+            self.train_scores.update(y, pred, float(loss.detach()))
         self.log(
             "loss",
             loss.detach(),
@@ -92,11 +101,12 @@ class SegModule(L.LightningModule):
             on_step=True,
             on_epoch=False,
             batch_size=x.shape[0],
+            logger=False,
         )
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self.val_scores, self.val_loss_sum = [], 0.0
+        self.val_scores.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, i = batch
@@ -110,13 +120,27 @@ class SegModule(L.LightningModule):
             c.tile_batch,
             autocast_bf16=self.bf16,
         )
-        self.val_loss_sum += float(self.loss(logits, y[None]))
+        loss = float(self.loss(logits, y[None]))
         logits = logits + self.logit_bias[None, :, None, None]  # the decision, not the loss
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        truth = y.cpu().numpy().astype(np.uint8)
-        self.val_scores.append(
-            score_image(truth, pred, len(self.classes), c.tolerance, str(i), [self.coi])
+        truth = y.cpu().numpy().astype(np.int16)
+        score = score_image(
+            truth,
+            pred,
+            len(self.classes),
+            c.tolerance,
+            str(i),
+            [self.coi],
+            ignore_label=IGNORE_INDEX,
         )
+        self.val_scores.update(score, loss)
+
+    def on_validation_epoch_end(self) -> None:
+        """Reduce the validation states (across processes) and log the monitored value."""
+        res = {k: v.numpy() for k, v in self.val_scores.compute().items()}
+        self.val_result = res
+        coi = self.classes[self.coi]
+        self.log(f"val_iou_{coi}", float(res["iou"][self.coi]), logger=False, prog_bar=False)
 
     def configure_optimizers(self):
         c = self.cfg
@@ -135,24 +159,31 @@ class SegModule(L.LightningModule):
 
     def epoch_row(self) -> dict[str, Any]:
         """Metrics of the epoch just finished (train pooled over crops; val averaged over images)."""
-        cm = self.train_cm.numpy()
+        tr = {k: v.numpy() for k, v in self.train_scores.compute().items()}
+        cm = tr["cm"]
         row: dict[str, Any] = {
             "epoch": self.current_epoch + 1,
             "lr": self.epoch_lr,
-            "train_loss": self.train_loss_sum / max(self.train_n, 1),
+            "train_loss": float(tr["loss"]),
             "train_accuracy": accuracy_from_cm(cm),
         }
         for name, v in zip(self.classes, iou_from_cm(cm), strict=True):
             row[f"train_iou_{name}"] = float(v)
-        if self.val_scores:  # averaged over images, as tomoseg evaluate does
+        val = self.val_result
+        if val is not None and int(val["images"]) > 0:  # averaged over images, as evaluate does
             coi = self.classes[self.coi]
-            val = ScoreSummary(self.classes, coi, self.cfg.tolerance, self.val_scores)
-            row["val_loss"] = self.val_loss_sum / len(self.val_scores)
-            row["val_accuracy"] = val.mean_accuracy
-            for name, v in zip(self.classes, val.mean_iou, strict=True):
+            row["val_loss"] = float(val["loss"])
+            row["val_accuracy"] = float(val["accuracy"])
+            for name, v in zip(self.classes, val["iou"], strict=True):
                 row[f"val_iou_{name}"] = float(v)
-            row[f"val_bf1_{coi}"] = float(val.mean_bf1[self.coi])
+            row[f"val_bf1_{coi}"] = float(val["bf1"][self.coi])
+            row[f"val_pooled_iou_{coi}"] = float(val["pooled_iou"][self.coi])
         return row
+
+    @property
+    def train_crops(self) -> int:
+        """Crops seen in the current epoch (this process)."""
+        return int(self.train_scores.crops)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tomoseg_history"] = self.history

@@ -1,17 +1,22 @@
-"""Per-epoch records of a run: metrics.csv, curves.png, weights, the resumable checkpoint."""
+"""Per-epoch records of a run, on Lightning's parts: a logger for metrics.csv, ModelCheckpoint
+for the resumable ``.ckpt`` files, a callback exporting ``best``/``last.safetensors``, curves.png."""
 
 from __future__ import annotations
 
 import csv
 import io as _io
 import math
-import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.runtime.checkpoint import weights_metadata
@@ -63,13 +68,68 @@ def plot_curves(history: list[dict[str, Any]], path: Path, coi: str) -> None:
     plt.close(fig)
 
 
-class RunRecorder(L.Callback):
-    """After every epoch: metrics.csv, curves.png, last/best weights and the resumable checkpoint."""
+class RunCSVLogger(Logger):
+    """Lightning logger writing one row per epoch to ``<run>/metrics.csv``, atomically.
 
-    def __init__(self, run: Path, meta: dict, console=None):
-        self.run, self.meta, self.console = run, meta, console
+    :class:`RunRecorder` logs each epoch's row (``epoch`` is 1-based); rows logged again for an
+    epoch replace it and the rows after it (a resumed run recomputes its unfinished epoch).
+    Columns: the union of the rows' keys in first-seen order (see :func:`history_csv`).
+    """
+
+    def __init__(self, run: Path) -> None:
+        super().__init__()
+        self.run = Path(run)
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:
+        return "tomoseg"
+
+    @property
+    def version(self) -> None:
+        return None  # one run per folder (and no "v_num" in the progress bar)
+
+    @property
+    def root_dir(self) -> str:
+        return str(self.run)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.run)
+
+    def start_from(self, history: list[dict[str, Any]]) -> None:
+        """Continue after the rows of a restored run (resume)."""
+        self.rows = [dict(r) for r in history]
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters are in ``config.yaml`` and ``run.json``: nothing to do."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Add (or replace) the row of ``metrics["epoch"]`` and rewrite ``metrics.csv``."""
+        row = dict(metrics)
+        epoch = int(row.get("epoch", step if step is not None else len(self.rows) + 1))
+        row["epoch"] = epoch
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
+        write_text(self.run / "metrics.csv", history_csv(self.rows))
+
+
+class RunRecorder(L.Callback):
+    """After every epoch: the epoch's row (metrics and timings) into the module's history and
+    the logger (``metrics.csv``), ``curves.png`` (a drawing failure only warns) and the console
+    line. Weights and checkpoints are :class:`WeightsExport`'s and ``ModelCheckpoint``'s."""
+
+    def __init__(self, run: Path, console=None):
+        self.run, self.console = run, console
         self.t0 = 0.0
         self.t_val: float | None = None
+        self.plot_warned = False
+
+    def on_train_start(self, trainer, pl: SegModule) -> None:
+        for lg in trainer.loggers:
+            if isinstance(lg, RunCSVLogger):
+                lg.start_from(pl.history)  # the rows of a resumed run's finished epochs
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.t0 = time.perf_counter()
@@ -84,38 +144,113 @@ class RunRecorder(L.Callback):
         now = time.perf_counter()
         row["seconds"] = now - self.t0
         row["train_seconds"] = (self.t_val or now) - self.t0
-        row["crops_per_second"] = pl.train_n / max(row["train_seconds"], 1e-9)
+        row["crops_per_second"] = pl.train_crops / max(row["train_seconds"], 1e-9)
         pl.history.append(row)
+        for lg in trainer.loggers:
+            lg.log_metrics(row, step=row["epoch"])
         if trainer.is_global_zero:
-            self._export(pl, "last", row)
-            key = f"val_iou_{pl.classes[pl.coi]}"
-            best = max(
-                (r.get(key, -1.0) for r in pl.history[:-1] if not math.isnan(r.get(key, -1.0))),
-                default=-1.0,
-            )
-            val = row.get(key, float("nan"))
-            if not (self.run / "best.safetensors").exists() or (not math.isnan(val) and val > best):
-                self._export(pl, "best", row)
-            write_text(self.run / "metrics.csv", history_csv(pl.history))
-            plot_curves(pl.history, self.run / "curves.png", pl.classes[pl.coi])
+            self._plot(pl)
             if self.console is not None:
                 self.console.print(_row_text(row, pl.classes[pl.coi]))
-        ckpt = self.run / "checkpoints" / "last.ckpt"
-        ckpt.parent.mkdir(exist_ok=True)
-        tmp = ckpt.with_name(".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, ckpt)
 
-    def _export(self, pl: SegModule, which: str, row: dict) -> None:
+    def _plot(self, pl: SegModule) -> None:
+        """curves.png is optional: a failure to draw it warns once and never stops training."""
+        try:
+            plot_curves(pl.history, self.run / "curves.png", pl.classes[pl.coi])
+        except Exception as exc:  # noqa: BLE001 - any plotting failure must not cost the run
+            if not self.plot_warned:
+                self.plot_warned = True
+                msg = (
+                    f"warning: curves.png not drawn ({type(exc).__name__}: {exc}); training goes on"
+                )
+                warnings.warn(msg, RuntimeWarning, stacklevel=1)
+                if self.console is not None:
+                    self.console.print(msg, markup=False)
+
+
+def checkpoint_callbacks(run: Path, monitor: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """Lightning's ``ModelCheckpoint`` pair of a run, both saved at the end of each training
+    epoch: ``checkpoints/best-epoch=E.ckpt`` (highest ``monitor``, the validation IoU of the
+    class of interest; one kept) and ``checkpoints/last.ckpt`` (every epoch, for ``--resume``;
+    saved after the best one, so it records the best one's state).
+
+    Returns:
+        ``(best, last)``.
+    """
+    common = {
+        "dirpath": Path(run) / "checkpoints",
+        "save_top_k": 1,
+        "save_on_train_epoch_end": True,
+        "enable_version_counter": False,
+        "auto_insert_metric_name": True,
+    }
+    best = ModelCheckpoint(filename="best-{epoch}", monitor=monitor, mode="max", **common)
+    last = ModelCheckpoint(filename="last", monitor=None, **common)
+    return best, last
+
+
+class WeightsExport(Checkpoint):
+    """Exports ``last.safetensors`` every epoch, and ``best.safetensors`` whenever
+    ``ModelCheckpoint`` saved a new best (weights only, no pickle, with the run's metadata).
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after
+    ``ModelCheckpoint`` (list it after). When a kill falls between a checkpoint and its export,
+    the resumed run re-exports what is missing before training on.
+    """
+
+    def __init__(self, run: Path, meta: dict, ckpt: ModelCheckpoint):
+        self.run, self.meta, self.ckpt = Path(run), meta, ckpt
+        self.best_before = ""
+
+    def on_fit_start(self, trainer, pl: SegModule) -> None:
+        if not trainer.is_global_zero or not pl.history:
+            return
+        row = pl.history[-1]  # restored from last.ckpt: its weights are the module's now
+        if _stored(self.run / "last.safetensors").get("epoch") != row["epoch"]:
+            self._export(pl.net.state_dict(), "last", row)
+        best = self.ckpt.best_model_path
+        if best and Path(best).is_file():
+            if _stored(self.run / "best.safetensors").get("checkpoint") != Path(best).name:
+                ck = torch.load(best, map_location="cpu", weights_only=True)
+                state = {k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")}
+                self._export(state, "best", ck["tomoseg_history"][-1], Path(best).name)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.best_before = self.ckpt.best_model_path
+
+    def on_train_epoch_end(self, trainer, pl: SegModule) -> None:
+        if not trainer.is_global_zero or not pl.history:
+            return
+        row = pl.history[-1]
+        best = self.ckpt.best_model_path
+        if best and best != self.best_before:
+            self._export(pl.net.state_dict(), "best", row, Path(best).name)
+        self._export(pl.net.state_dict(), "last", row)
+
+    def _export(self, state: dict, which: str, row: dict, checkpoint: str | None = None) -> None:
         from safetensors.torch import save_file
 
         meta = dict(self.meta, epoch=row["epoch"], which=which, metrics=row)
-        state = {k: v.detach().cpu().contiguous() for k, v in pl.net.state_dict().items()}
+        if checkpoint:
+            meta["checkpoint"] = checkpoint
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         atomic_write(
             self.run / f"{which}.safetensors",
             lambda t: save_file(state, str(t), metadata=weights_metadata(meta)),
         )
+
+
+def _stored(path: Path) -> dict:
+    """The tomoseg metadata of a safetensors file ({} if absent or unreadable)."""
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("tomoseg", "{}")) or {}
+    except Exception:  # noqa: BLE001 - missing or broken: re-export
+        return {}
 
 
 def _row_text(row: dict, coi: str) -> str:

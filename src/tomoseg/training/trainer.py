@@ -13,12 +13,18 @@ import torch
 from tomoseg import __version__
 from tomoseg.config.schema import TrainConfig, config_to_yaml
 from tomoseg.data.datamodule import SegDataModule
+from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
-from tomoseg.training.module import SegModule
-from tomoseg.training.recording import RunRecorder
+from tomoseg.training.module import DICE_IGNORE_MESSAGE, SegModule
+from tomoseg.training.recording import (
+    RunCSVLogger,
+    RunRecorder,
+    WeightsExport,
+    checkpoint_callbacks,
+)
 
 RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
 
@@ -36,10 +42,14 @@ def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool
             raise TomosegError(f"--resume: {run} holds no run to resume (no config.yaml)")
         old = yaml.safe_load((run / "config.yaml").read_text()) or {}
         new = cfg.model_dump(mode="json")
+        fields = TrainConfig.model_fields
         diff = [
             k
             for k in new
-            if k not in ("epochs", "max_minutes", "workers", "device") and old.get(k) != new[k]
+            if k not in ("epochs", "max_minutes", "workers", "device")
+            and old.get(k) != new[k]
+            # a setting added after the run was made, left at its default, changes nothing
+            and not (k not in old and fields[k].default == cfg.model_dump()[k])
         ]
         if diff:
             k = diff[0]
@@ -51,9 +61,51 @@ def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool
         raise TomosegError(
             f"run folder {run} already holds a run ({held[0]}); use --resume to continue it or --overwrite to replace it"
         )
-    if overwrite and ckpt.exists():
-        ckpt.unlink()
+    if overwrite and ckpt.parent.is_dir():
+        for f in ckpt.parent.glob("*.ckpt"):
+            f.unlink()
     return None
+
+
+def _start_over(ckpt: Path) -> str:
+    return f"start over with --overwrite (this discards the run in {ckpt.parent.parent})"
+
+
+def check_resume_checkpoint(ckpt: Path, module: L.LightningModule) -> None:
+    """Refuse a checkpoint that cannot be resumed from, in one line naming it.
+
+    Loads it without executing code (``weights_only``) and checks that it is a Lightning
+    training checkpoint of this run's network (keys and shapes).
+
+    Raises:
+        TomosegError: truncated, damaged or tampered file, or weights of another network.
+    """
+    try:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: the file is bad
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TomosegError(
+            f"cannot resume: {ckpt} is truncated or damaged ({reason}); {_start_over(ckpt)}"
+        ) from None
+    need = ("state_dict", "epoch", "loops", "optimizer_states")
+    if not isinstance(ck, dict) or any(k not in ck for k in need):
+        raise TomosegError(
+            f"cannot resume: {ckpt} is not a tomoseg training checkpoint; {_start_over(ckpt)}"
+        )
+    mine = module.state_dict()
+    theirs = ck["state_dict"]
+    bad = [
+        k
+        for k in mine
+        if k not in theirs
+        or not isinstance(theirs[k], torch.Tensor)
+        or theirs[k].shape != mine[k].shape
+    ]
+    if bad or set(theirs) - set(mine):
+        what = bad[0] if bad else sorted(set(theirs) - set(mine))[0]
+        raise TomosegError(
+            f"cannot resume: {ckpt} does not hold this run's network ({what}); {_start_over(ckpt)}"
+        )
 
 
 def quiet_lightning() -> None:
@@ -67,6 +119,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*weights_only.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     os.environ.setdefault("LITLOGGER_TIP", "0")
 
 
@@ -83,24 +138,27 @@ def restored_determinism():
 
 
 def make_trainer(device: torch.device, precision: str, **kwargs: Any) -> L.Trainer:
-    """A Lightning Trainer on one device with tomoseg's own logging and checkpointing (so
-    Lightning's are off), plus ``kwargs``."""
+    """A Lightning Trainer on one device, plus ``kwargs`` (which may set ``logger``,
+    ``enable_checkpointing`` and the rest; without them logging and checkpointing are off)."""
+    opts: dict[str, Any] = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        # "warn": SegNet's max-unpooling has no certified-deterministic kernel (it is in
+        # practice on CPU: each output gets at most one input), so warn instead of failing.
+        "deterministic": "warn" if device.type == "cpu" else False,
+    }
+    opts.update(kwargs)
     return L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        # "warn": SegNet's max-unpooling has no certified-deterministic kernel (it is in
-        # practice on CPU: each output gets at most one input), so warn instead of failing.
-        deterministic="warn" if device.type == "cpu" else False,
-        **kwargs,
+        **opts,
     )
 
 
 def train(
-    data: Path,
+    data: Path | str | DataSource,
     run: Path,
     cfg: TrainConfig,
     resume: bool = False,
@@ -110,8 +168,15 @@ def train(
 ) -> Path:
     """``tomoseg train``: train a network and leave a complete run folder.
 
+    The run folder gets ``config.yaml``, ``run.json`` (model, classes, normalisation, class
+    counts and weights over annotated pixels, ignore label, where validation came from),
+    ``metrics.csv`` (Lightning logger :class:`RunCSVLogger`), ``curves.png``,
+    ``best.safetensors``/``last.safetensors`` and ``checkpoints/`` (Lightning's
+    ``ModelCheckpoint``: ``last.ckpt`` for ``--resume``, ``best-epoch=E.ckpt``).
+
     Args:
-        data: dataset folder (needs ``train`` and ``val`` splits).
+        data: dataset folder (``train``; ``val`` optional: without it ``cfg.val_fraction`` is
+            held out), or a :class:`~tomoseg.data.sources.DataSource` (images + masks folders).
         run: run folder.
         cfg: validated configuration.
         resume: continue an interrupted run from ``checkpoints/last.ckpt``.
@@ -121,13 +186,22 @@ def train(
 
     Returns:
         The run folder.
+
+    Raises:
+        TomosegError: bad data or options, a run folder in the way, a checkpoint that cannot be
+            resumed from.
     """
     run = Path(run)
     quiet_lightning()
     device = resolve_device(cfg.device)
     ckpt = _check_run_folder(run, cfg, resume, overwrite)
-    dm = SegDataModule(data, cfg)
+    source = data if isinstance(data, DataSource) else DataSource.of(data)
+    dm = SegDataModule(source, cfg)
+    dm.setup("fit")  # what run.json records is known before fitting
     prep = dm.prepared
+    assert prep is not None
+    if cfg.loss == "dice_ce" and prep.has_ignored:
+        raise TomosegError(DICE_IGNORE_MESSAGE)
     classes, coi = prep.spec.classes, prep.spec.class_of_interest
     run.mkdir(parents=True, exist_ok=True)
     write_text(run / "config.yaml", config_to_yaml(cfg))
@@ -146,7 +220,10 @@ def train(
         "class_counts": prep.counts.tolist(),
         "class_weights": prep.weights.tolist(),
         "config": cfg.model_dump(mode="json"),
-        "data": str(Path(data).resolve()),
+        "data": source.describe(),
+        "ignore_label": prep.ignore_label,
+        "annotated_fraction": prep.annotated,
+        "validation": prep.validation,
     }
     precision = resolve_precision(cfg.precision, device)
     meta["precision"] = precision
@@ -157,6 +234,9 @@ def train(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
     module.bf16 = precision == "bf16-mixed"
+    if ckpt is not None:
+        check_resume_checkpoint(ckpt, module)
+    best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
     with restored_determinism():
         trainer = make_trainer(
             device,
@@ -166,7 +246,9 @@ def train(
             enable_progress_bar=progress,
             num_sanity_val_steps=0,
             check_val_every_n_epoch=cfg.val_every,
-            callbacks=[RunRecorder(run, meta, console)],
+            logger=RunCSVLogger(run),
+            enable_checkpointing=True,
+            callbacks=[RunRecorder(run, console), best, last, WeightsExport(run, meta, best)],
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
     return run

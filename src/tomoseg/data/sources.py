@@ -1,0 +1,286 @@
+"""Where training data comes from, and what it holds: a dataset folder (``dataset.json`` with
+``train`` and optionally ``val``) or a folder of images with a folder of masks.
+
+* **Partial labels**: ``dataset.json`` may declare ``"ignore_label": V`` (or the run's config
+  ``ignore_label`` where there is no ``dataset.json``); mask pixels equal to V are unannotated and
+  count for nothing. Inside training, unannotated pixels, and pixels whose image value is NaN or
+  infinite, carry :data:`IGNORE_INDEX` in int16 masks.
+* **No validation split**: a seeded fraction ``val_fraction`` of the training images (at least
+  one) is held out; with a single training image, a band of its last rows (``val_fraction`` of
+  its height) is held out instead: those pixels are unannotated in training and are the
+  validation image. :func:`load_training_samples` returns what was held out, for ``run.json``.
+* **Bit depths**: training and validation images must share one integer bit depth (8- and
+  16-bit images normalised with one set of bounds would not look alike to the network), so a
+  mix is refused with one line naming a file of each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomoseg.data.samples import Sample, load_pairs
+from tomoseg.errors import TomosegError
+from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, pair_files, split_pairs
+
+IGNORE_INDEX = -1  #: mask value of unannotated pixels inside training (int16 masks)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset folder, or an images folder with a masks folder (matched by file stem).
+
+    Attributes:
+        root: dataset folder holding ``dataset.json`` and ``train/`` (``val/`` optional).
+        images: folder of training images (instead of ``root``).
+        masks: folder of their masks (class ids), with ``images``.
+        classes: class names for ``images``/``masks``; default ``"0".."K-1"`` from the largest
+            id in the masks.
+    """
+
+    root: Path | None = None
+    images: Path | None = None
+    masks: Path | None = None
+    classes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        data: str | os.PathLike[str] | None = None,
+        *,
+        images: str | os.PathLike[str] | None = None,
+        masks: str | os.PathLike[str] | None = None,
+        classes: str | list[str] | tuple[str, ...] | None = None,
+    ) -> DataSource:
+        """Check and build a source: ``data``, or ``images`` with ``masks``.
+
+        Raises:
+            TomosegError: neither or both given, only one of images/masks, classes with data.
+        """
+        from tomoseg.io.datasets import resolve_classes
+
+        if data is not None and (images is not None or masks is not None):
+            raise TomosegError("give --data DIR, or --images DIR with --masks DIR, not both")
+        if data is None:
+            if images is None or masks is None:
+                raise TomosegError("give --data DIR, or both --images DIR and --masks DIR")
+            names = resolve_classes(classes)
+            return cls(None, Path(images), Path(masks), tuple(names) if names else None)
+        if classes is not None:
+            raise TomosegError("--classes is for --images/--masks; a dataset lists its classes")
+        return cls(Path(data), None, None, None)
+
+    def describe(self) -> str | dict[str, str]:
+        """What ``run.json`` records as ``data``."""
+        if self.root is not None:
+            return str(self.root.resolve())
+        return {
+            "images": str(Path(self.images).resolve()),
+            "masks": str(Path(self.masks).resolve()),
+        }  # type: ignore[arg-type]
+
+
+@dataclass
+class LoadedSamples:
+    """The training and validation samples of a source, as read (masks hold the file's values)."""
+
+    spec: DatasetSpec
+    ignore_label: int | None
+    train: list[Sample]
+    val: list[Sample]
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_ignore_label(spec: DatasetSpec, where: Path | str) -> int | None:
+    """``ignore_label`` declared by ``dataset.json`` (None if absent), checked.
+
+    Raises:
+        TomosegError: not a non-negative integer, or equal to a class id.
+    """
+    v = (spec.model_extra or {}).get("ignore_label")
+    return check_ignore_label(v, len(spec.classes), f"ignore_label in {where}")
+
+
+def check_ignore_label(
+    value: Any, n_classes: int | None, what: str = "--ignore-label"
+) -> int | None:
+    """Validate an ignore label: a mask value >= 0 that is not a class id (None passes)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise TomosegError(f"{what} must be a mask value >= 0, got {value!r}")
+    if n_classes is not None and value < n_classes:
+        raise TomosegError(
+            f"{what} {value} is a class id (classes are 0..{n_classes - 1}); unannotated "
+            "pixels need a value no class uses, e.g. 255"
+        )
+    return int(value)
+
+
+def _resolve_ignore(declared: int | None, option: int | None, where: str) -> int | None:
+    if declared is not None and option is not None and declared != option:
+        raise TomosegError(
+            f"--ignore-label {option} differs from the ignore_label {declared} that {where} declares"
+        )
+    return declared if declared is not None else option
+
+
+def _check_bit_depths(samples: list[Sample]) -> None:
+    depths: dict[str, str] = {}
+    for s in samples:
+        if np.issubdtype(s.image.dtype, np.integer):
+            depths.setdefault(f"{8 * s.image.dtype.itemsize}-bit", s.id)
+    if len(depths) > 1:
+        parts = ", ".join(f"{d} ('{i}')" for d, i in sorted(depths.items()))
+        raise TomosegError(
+            f"training images mix bit depths: {parts}; one intensity normalisation cannot fit "
+            "both, so convert them to one bit depth first"
+        )
+
+
+def hold_out(
+    train: list[Sample], fraction: float, seed: int, ignore_label: int | None
+) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    """Split validation off the training samples (for a dataset without a ``val`` split).
+
+    Several images: ``max(1, round(fraction * N))`` of them, chosen with
+    ``numpy.random.default_rng(seed)``. One image: the band of its last
+    ``max(1, round(fraction * H))`` rows becomes the validation image and is unannotated
+    (``ignore_label``, or :data:`IGNORE_INDEX` when None) in the training copy.
+
+    Returns:
+        ``(train, val, record)``; ``record`` describes the hold-out for ``run.json``.
+
+    Raises:
+        TomosegError: fraction outside (0, 1), or no training image left.
+    """
+    if not 0 < fraction < 1:
+        raise TomosegError(f"--val-fraction must lie strictly between 0 and 1, got {fraction}")
+    n = len(train)
+    rec: dict[str, Any] = {"source": "held out of train", "val_fraction": fraction, "seed": seed}
+    if n == 1:
+        s = train[0]
+        h = s.image.shape[0]
+        band = max(1, round(fraction * h))
+        if band >= h:
+            raise TomosegError(
+                f"--val-fraction {fraction} leaves no training rows in the one image '{s.id}'"
+            )
+        y0 = h - band
+        mask = s.mask.astype(np.int16 if ignore_label is None else s.mask.dtype, copy=True)
+        mask[y0:] = IGNORE_INDEX if ignore_label is None else ignore_label
+        tr = Sample(s.id, s.image, mask)
+        va = Sample(f"{s.id}[rows {y0}:{h}]", s.image[y0:].copy(), s.mask[y0:].copy())
+        rec.update(images=[s.id], block={"image": s.id, "rows": [y0, h]})
+        return [tr], [va], rec
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise TomosegError(
+            f"--val-fraction {fraction} of {n} training images leaves no training image"
+        )
+    pick = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    rec["images"] = [train[i].id for i in sorted(pick)]
+    return (
+        [s for i, s in enumerate(train) if i not in pick],
+        [s for i, s in enumerate(train) if i in pick],
+        rec,
+    )
+
+
+def _masks_classes(pairs: list[Pair], ignore_label: int | None) -> list[str]:
+    from tomoseg.io.images import read_mask
+
+    top = 0
+    for p in pairs:
+        m = read_mask(p.mask)
+        if ignore_label is not None:
+            m = m[m != ignore_label]
+        if m.size:
+            top = max(top, int(m.max()))
+    return [str(i) for i in range(max(top + 1, 2))]
+
+
+def load_training_samples(
+    source: DataSource,
+    *,
+    ignore_label: int | None,
+    val_fraction: float,
+    seed: int,
+    need_val: bool = True,
+) -> LoadedSamples:
+    """Read the training (and validation) samples of a source.
+
+    Args:
+        source: the :class:`DataSource`.
+        ignore_label: mask value of unannotated pixels where the dataset declares none (an
+            ``ignore_label`` in ``dataset.json`` wins; a different value here is an error).
+        val_fraction: share held out for validation when there is no ``val`` split.
+        seed: seed of the hold-out.
+        (These three come from the run's :class:`~tomoseg.config.TrainConfig`, which holds
+        their defaults.)
+        need_val: False: validation is not read or held out (``lr-find``).
+
+    Returns:
+        A :class:`LoadedSamples`.
+
+    Raises:
+        TomosegError: missing folders or files, bad masks, bad ignore label or fraction, mixed
+            bit depths.
+    """
+    if source.root is not None:
+        spec = load_dataset(source.root)
+        ignore = _resolve_ignore(
+            dataset_ignore_label(spec, source.root / "dataset.json"),
+            check_ignore_label(ignore_label, len(spec.classes)),
+            f"{source.root / 'dataset.json'}",
+        )
+        k = len(spec.classes)
+        train = load_pairs(split_pairs(source.root, "train"), k, ignore_label=ignore)
+        has_val = (source.root / "val").is_dir()
+        val = (
+            load_pairs(split_pairs(source.root, "val"), k, ignore_label=ignore)
+            if need_val and has_val
+            else []
+        )
+        where = f"split 'val' of {source.root}" if has_val else None
+    else:
+        pairs = pair_files(source.images, source.masks)  # type: ignore[arg-type]
+        ignore = check_ignore_label(ignore_label, None)
+        names = list(source.classes) if source.classes else _masks_classes(pairs, ignore)
+        check_ignore_label(ignore, len(names))
+        spec = DatasetSpec(classes=names)
+        train = load_pairs(pairs, len(names), ignore_label=ignore)
+        val, where = [], None
+    _check_bit_depths(train + val)
+    record: dict[str, Any] = {}
+    if need_val:
+        if where is not None:
+            record = {"source": where, "images": [s.id for s in val]}
+        else:
+            train, val, record = hold_out(train, val_fraction, seed, ignore)
+    return LoadedSamples(spec, ignore, train, val, record)
+
+
+def training_mask(sample: Sample, ignore_label: int | None) -> np.ndarray:
+    """The int16 training mask of a sample: class ids, and :data:`IGNORE_INDEX` on unannotated
+    pixels (the ignore label) and on non-finite image pixels (NaN, inf)."""
+    m = sample.mask.astype(np.int16)
+    if ignore_label is not None:
+        m[sample.mask == ignore_label] = IGNORE_INDEX
+    if np.issubdtype(sample.image.dtype, np.floating):
+        m[~np.isfinite(sample.image)] = IGNORE_INDEX
+    return m
+
+
+def annotated_fraction(
+    mask: np.ndarray, image: np.ndarray | None, ignore_label: int | None
+) -> float:
+    """Fraction of a mask's pixels that are annotated (not the ignore label, finite image)."""
+    ok = np.ones(mask.shape, bool) if ignore_label is None else mask != ignore_label
+    if image is not None and np.issubdtype(image.dtype, np.floating):
+        ok &= np.isfinite(image)
+    return float(ok.mean()) if ok.size else float("nan")
