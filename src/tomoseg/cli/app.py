@@ -267,6 +267,14 @@ def sweep(
     demo: Annotated[
         bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")
     ] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (subprocesses here) or ray (Tune).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
+    ] = None,
+    cpus_per_case: Annotated[int, typer.Option(help="Ray: CPUs per case.")] = 1,
+    gpus_per_case: Annotated[float, typer.Option(help="Ray: GPUs per case.")] = 0,
 ) -> None:
     """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
     from tomoseg.config.schema import load_config
@@ -302,7 +310,29 @@ def sweep(
         )
         return
     console.print(f"report: {out}/report.html (rebuilt after every case; open it any time)")
-    run_sweep(data, out, cfg, size_list, count_list, repeats, jobs, retry_failed, console)
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local" and (address or cpus_per_case != 1 or gpus_per_case):
+        raise TomosegError("--address, --cpus-per-case and --gpus-per-case need --backend ray")
+    if backend == "ray":
+        from tomoseg.runtime.ray_session import require_ray
+
+        require_ray()
+    run_sweep(
+        data,
+        out,
+        cfg,
+        size_list,
+        count_list,
+        repeats,
+        jobs,
+        retry_failed,
+        console,
+        backend=backend,
+        address=address,
+        cpus_per_case=cpus_per_case,
+        gpus_per_case=gpus_per_case,
+    )
     console.print(
         f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"
     )
