@@ -361,15 +361,37 @@ def segment_stack_cmd(
     verify: Annotated[
         bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
     ] = False,
+    backend: Annotated[str, typer.Option(help="local (threads here) or ray (actors).")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")
+    ] = None,
+    cpus_per_actor: Annotated[int, typer.Option(help="Ray: CPUs per actor.")] = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
+    from functools import partial
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tomoseg.inference.stack import segment_stack
 
     if fmt not in ("ome-zarr", "zarr", "tiff"):
         raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local" and (address or actors is not None or cpus_per_actor != 1):
+        raise TomosegError("--address, --actors and --cpus-per-actor need --backend ray")
+    if backend == "ray" and not verify:
+        from tomoseg.inference.ray_backend import ray_runner
+
+        segment_stack = partial(
+            segment_stack,
+            runner=ray_runner(run, input, "best", device, False, address, actors, cpus_per_actor),
+        )
+        device = "cpu"  # the driver only describes the job; the actors use --device
     cols = (
         TextColumn("slices"),
         BarColumn(),
