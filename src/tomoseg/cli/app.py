@@ -314,6 +314,14 @@ def sweep(
     demo: Annotated[
         bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")
     ] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (subprocesses here) or ray (Tune).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
+    ] = None,
+    cpus_per_case: Annotated[int, typer.Option(help="Ray: CPUs per case.")] = 1,
+    gpus_per_case: Annotated[float, typer.Option(help="Ray: GPUs per case.")] = 0,
 ) -> None:
     """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
     from tomoseg.config.schema import load_config
@@ -349,7 +357,29 @@ def sweep(
         )
         return
     console.print(f"report: {out}/report.html (rebuilt after every case; open it any time)")
-    run_sweep(data, out, cfg, size_list, count_list, repeats, jobs, retry_failed, console)
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local" and (address or cpus_per_case != 1 or gpus_per_case):
+        raise TomosegError("--address, --cpus-per-case and --gpus-per-case need --backend ray")
+    if backend == "ray":
+        from tomoseg.runtime.ray_session import require_ray
+
+        require_ray()
+    run_sweep(
+        data,
+        out,
+        cfg,
+        size_list,
+        count_list,
+        repeats,
+        jobs,
+        retry_failed,
+        console,
+        backend=backend,
+        address=address,
+        cpus_per_case=cpus_per_case,
+        gpus_per_case=gpus_per_case,
+    )
     console.print(
         f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"
     )
@@ -389,15 +419,37 @@ def segment_stack_cmd(
     verify: Annotated[
         bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
     ] = False,
+    backend: Annotated[str, typer.Option(help="local (threads here) or ray (actors).")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")
+    ] = None,
+    cpus_per_actor: Annotated[int, typer.Option(help="Ray: CPUs per actor.")] = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
+    from functools import partial
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tomoseg.inference.stack import segment_stack
 
     if fmt not in ("ome-zarr", "zarr", "tiff"):
         raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local" and (address or actors is not None or cpus_per_actor != 1):
+        raise TomosegError("--address, --actors and --cpus-per-actor need --backend ray")
+    if backend == "ray" and not verify:
+        from tomoseg.inference.ray_backend import ray_runner
+
+        segment_stack = partial(
+            segment_stack,
+            runner=ray_runner(run, input, "best", device, False, address, actors, cpus_per_actor),
+        )
+        device = "cpu"  # the driver only describes the job; the actors use --device
     cols = (
         TextColumn("slices"),
         BarColumn(),

@@ -87,6 +87,26 @@ def _last_error_line(text: str) -> str:
     return (errs or lines or ["crashed without a message"])[-1][:300]
 
 
+#: a tiny launcher that makes the case's process die with the thread that started it
+#: (Linux ``PR_SET_PDEATHSIG``), so killing a sweep's driver (or a Ray worker) leaves no
+#: orphaned training behind to race with the rerun; elsewhere the command runs as is
+_FATE_SHARE = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit('error: the sweep driver died')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _fate_shared(cmd: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return cmd
+    import shutil
+
+    exe = shutil.which(cmd[0]) or cmd[0]
+    return [sys.executable, "-c", _FATE_SHARE, str(os.getpid()), exe, *cmd[1:]]
+
+
 def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, str]) -> dict:
     """Run one case to completion (resuming its training if it was interrupted) and record it.
 
@@ -108,7 +128,7 @@ def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, s
         ("train", "evaluate"), case_commands(case, data, folder, cfg_file, resume), strict=False
     )
     for step, cmd in steps:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(_fate_shared(cmd), env=env, capture_output=True, text=True)
         write_text(folder / f"{step}.log", proc.stdout + proc.stderr)
         if proc.returncode != 0:
             record.update(
@@ -257,14 +277,30 @@ def run_sweep(
     jobs: int = 1,
     retry_failed: bool = False,
     console=None,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_case: int = 1,
+    gpus_per_case: float = 0,
 ) -> list[dict]:
     """Run (or resume) a sweep and write ``results.csv``, heatmaps and ``report.html``.
+
+    Args:
+        backend: ``local`` (``jobs`` case subprocesses at once here) or ``ray`` (each case a
+            Ray Tune trial with ``cpus_per_case`` / ``gpus_per_case``, on the cluster at
+            ``address`` or a Ray started here; see :mod:`tomoseg.experiments.ray_backend`).
 
     Returns:
         The case records of the whole grid (finished and failed).
     """
     say = console.print if console is not None else (lambda *a, **k: None)
-    jobs = clamp_jobs(jobs, say)
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "ray":
+        from tomoseg.runtime.ray_session import require_ray
+
+        require_ray()  # before anything is written
+    else:
+        jobs = clamp_jobs(jobs, say)
     cfg_file = prepare_sweep(out, data, cfg, sizes, counts, repeats)
     grid = json.loads((out / SWEEP_FILE).read_text())["grid"]
     cases = plan_cases(grid["sizes"], grid["counts"], grid["repeats"], cfg.seed)
@@ -273,6 +309,38 @@ def run_sweep(
         rec = load_record(out, c)
         if rec is None or (retry_failed and rec.get("status") == "failed"):
             todo.append(c)
+
+    def on_done(case: Case, rec: dict) -> None:
+        if rec["status"] == "done":
+            coi = rec["class_of_interest"]
+            say(
+                f"  done  {case.id}: IoU {coi} {rec['iou'][coi]:.3f}, BF1 {rec['bf1'][coi]:.3f} ({rec['wall_seconds']:.0f} s)"
+            )
+        else:
+            say(f"  FAILED {case.id}: {rec['error']}")
+        write_outputs(out, cases)
+
+    if backend == "ray":
+        from tomoseg.experiments.ray_backend import run_cases_ray
+
+        at = f"Ray at {address}" if address else "a local Ray"
+        say(
+            f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
+        )
+        run_cases_ray(
+            cases,
+            data,
+            out,
+            cfg_file,
+            retry_failed,
+            on_done,
+            run_case,
+            load_record,
+            address,
+            cpus_per_case,
+            gpus_per_case,
+        )
+        return write_outputs(out, cases)
     say(
         f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run, {jobs} at a time"
     )
@@ -291,15 +359,7 @@ def run_sweep(
             for fut in done:
                 case, slot = running.pop(fut)
                 free.append(slot)
-                rec = fut.result()
-                if rec["status"] == "done":
-                    coi = rec["class_of_interest"]
-                    say(
-                        f"  done  {case.id}: IoU {coi} {rec['iou'][coi]:.3f}, BF1 {rec['bf1'][coi]:.3f} ({rec['wall_seconds']:.0f} s)"
-                    )
-                else:
-                    say(f"  FAILED {case.id}: {rec['error']}")
-                write_outputs(out, cases)
+                on_done(case, fut.result())
     records = write_outputs(out, cases)
     return records
 

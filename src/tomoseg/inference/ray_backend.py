@@ -1,0 +1,240 @@
+"""``tomoseg segment-stack --backend ray``: the stack's slices segmented by a pool of Ray actors.
+
+A Ray Data dataset of the slice indices still to do (those without a progress marker) goes
+through ``map_batches`` with a pool of actors (``concurrency=actors``, ``num_gpus=1`` each on
+GPUs): each actor loads the model once, reads its slices from the input, segments them with the
+same :func:`tomoseg.inference.predictor.segment_batch` as the local pipeline and writes them into
+the shared volume with their per-slice markers (each slice owns its chunks). The output is the
+local run's, byte for byte: the same ``stack.json``, volume, markers and resume; ``part`` works
+as for the local backend. The input, the run and ``out`` must be on a file system every node of
+the cluster sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomoseg.errors import TomosegError
+from tomoseg.inference.stack import PROGRESS_DIR, Runner, _Sink, segment_stack
+
+
+class _SegmentActor:
+    """One Ray actor: the model, the input's reader and the volume, opened once."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        which: str,
+        device: str,
+        input: str,
+        allow_gaps: bool,
+        out: str,
+        fmt: str,
+        threads: int,
+    ):
+        import torch
+
+        from tomoseg.io.volumes import open_source
+        from tomoseg.runtime.checkpoint import load_run
+        from tomoseg.runtime.device import resolve_device
+
+        if device == "cpu":
+            torch.set_num_threads(max(threads, 1))
+        self.run = load_run(Path(run_dir), which, device=resolve_device(device))
+        self.src = open_source(input, allow_gaps)
+        self._reading = self.src.reader()
+        self.read = self._reading.__enter__()
+        self.out = Path(out)
+        self.sink = _Sink(self.out, fmt, self.src.ids)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from tomoseg.inference.predictor import segment_batch
+
+        idx = [int(i) for i in batch["i"]]
+        images = []
+        for i in idx:
+            img = self.read(i)
+            if img.shape != self.src.shape:
+                raise TomosegError(
+                    f"slice {self.src.ids[i]} has shape {img.shape} but the stack's slices "
+                    f"have {self.src.shape} (as {self.src.ids[0]})"
+                )
+            images.append(img)
+        labels = segment_batch(self.run, images, probabilities=False)[0]
+        for i, lab in zip(idx, labels, strict=True):
+            self.sink.write(i, lab)
+            (self.out / PROGRESS_DIR / f"{i:06d}").touch()
+        return {"i": np.asarray(idx, dtype=np.int64)}
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The TomosegError inside Ray's wrappers, else a one-line TomosegError."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TomosegError):
+            return TomosegError(str(e).strip().splitlines()[-1])
+        todo += [
+            x
+            for x in (e.__cause__, e.__context__, getattr(e, "cause", None))
+            if isinstance(x, BaseException)
+        ]
+    text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    mine = [ln.split("TomosegError: ", 1)[1] for ln in text if "TomosegError: " in ln]
+    if mine:
+        return TomosegError(mine[-1][:300])
+    return TomosegError(f"Ray backend: {(text or [type(exc).__name__])[-1][:300]}")
+
+
+def ray_runner(
+    run_dir: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    which: str = "best",
+    device: str = "auto",
+    allow_gaps: bool = False,
+    address: str | None = None,
+    actors: int | None = None,
+    cpus_per_actor: int = 1,
+    num_cpus: int | None = None,
+    timeout: float = 30.0,
+) -> Runner:
+    """A ``runner`` for :func:`segment_stack` that computes the slices on Ray actors.
+
+    Args:
+        device: ``gpu`` (one GPU per actor), ``cpu``, or ``auto`` (GPUs if the cluster has any).
+        address: Ray cluster (None: start Ray here with ``num_cpus`` CPUs, no dashboard).
+        actors: size of the actor pool (default: one per GPU of the cluster, else 1).
+        cpus_per_actor: CPUs (torch threads on CPU) per actor.
+    """
+    from tomoseg.runtime.ray_session import require_ray
+
+    require_ray()
+    if actors is not None and actors < 1:
+        raise TomosegError(f"--actors must be at least 1, got {actors}")
+    if cpus_per_actor < 1:
+        raise TomosegError(f"--cpus-per-actor must be at least 1, got {cpus_per_actor}")
+    if device not in ("auto", "cpu", "gpu"):
+        raise TomosegError(f"device must be auto, cpu or gpu, got {device!r}")
+
+    def runner(
+        run: Any,
+        src: Any,
+        out: Path,
+        fmt: str,
+        todo: list[int],
+        batch: int,
+        progress: Callable[[int, int], None] | None,
+        finished: int,
+    ) -> int:
+        from tomoseg.runtime.ray_session import ray_session
+
+        if not todo:
+            return 0
+        with ray_session(address, num_cpus, timeout) as ray:
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            on_gpu = device == "gpu" or (device == "auto" and gpus > 0)
+            if on_gpu and gpus == 0:
+                raise TomosegError("--device gpu but the Ray cluster has no GPUs")
+            pool = actors or (gpus if on_gpu else 1)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.print_on_execution_start = False
+            for name in ("ray.data", "ray.util"):  # errors come back as one line
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            try:  # Ray >= 2.51: the actor pool as a compute strategy
+                pool_args: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=pool)}
+            except (AttributeError, TypeError):
+                pool_args = {"concurrency": pool}
+            ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=len(todo))
+            args: dict[str, Any] = dict(
+                fn_constructor_kwargs={
+                    "run_dir": str(Path(run_dir).resolve()),
+                    "which": which,
+                    "device": "gpu" if on_gpu else "cpu",
+                    "input": str(Path(input).resolve()),
+                    "allow_gaps": allow_gaps,
+                    "out": str(out.resolve()),
+                    "fmt": fmt,
+                    "threads": cpus_per_actor,
+                },
+                batch_size=batch,
+                batch_format="numpy",
+                num_gpus=1 if on_gpu else 0,
+                num_cpus=cpus_per_actor,
+                **pool_args,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:  # no actor restarts: a crashed actor fails the run, rerunning resumes
+                    ds = ds.map_batches(_SegmentActor, max_restarts=0, **args)
+                except TypeError:  # a Ray without that remote argument
+                    ds = ds.map_batches(_SegmentActor, **args)
+            computed = 0
+            try:
+                for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    computed += len(b["i"])
+                    if progress is not None:
+                        progress(finished + computed, src.n)
+            except TomosegError:
+                raise
+            except Exception as exc:
+                raise _unwrap(exc) from None
+        return computed
+
+    return runner
+
+
+def segment_stack_ray(
+    run_dir: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    fmt: str = "zarr",
+    voxel_size: Sequence[float] | str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    batch_slices: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    unit: str | None = None,
+    allow_gaps: bool = False,
+    which: str = "best",
+    part: str | tuple[int, int] | None = None,
+    address: str | None = None,
+    actors: int | None = None,
+    cpus_per_actor: int = 1,
+    num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """:func:`segment_stack` with the slices computed by Ray actors (same output, same resume).
+
+    The driver loads the run on the CPU only to describe the job (``stack.json``); the actors
+    load it on their own device.
+    """
+    runner = ray_runner(
+        run_dir, input, which, device, allow_gaps, address, actors, cpus_per_actor, num_cpus
+    )
+    return segment_stack(
+        run_dir,
+        input,
+        out,
+        fmt,
+        voxel_size,
+        "cpu",
+        overwrite,
+        batch_slices,
+        progress,
+        unit,
+        allow_gaps,
+        which,
+        part=part,
+        runner=runner,
+    )
