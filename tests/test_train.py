@@ -176,7 +176,7 @@ def test_bad_training_inputs(tmp_path, run_cli):
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in err("--device", "gpu")
     assert "--val-fraction" in err("--val-fraction", "1.5")
-    assert "val_fraction" in err("--val-fraction", "0")
+    assert "--val-fraction" in err("--val-fraction", "0")
     one = make_dataset(tmp_path / "one", shape=(48, 56), n={"train": 2})
     assert "leaves no training image" in err("--data", one, "--val-fraction", "0.9")
     assert "not both" in err(
