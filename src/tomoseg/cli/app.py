@@ -201,6 +201,9 @@ def predict(
     ] = None,
     tile_batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
+    runtime: Annotated[
+        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
@@ -218,6 +221,7 @@ def predict(
         tile_size,
         tile_batch,
         console,
+        runtime,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -229,13 +233,16 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Report folder (as tomoseg score writes).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    runtime: Annotated[
+        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays)."""
     from tomoseg.inference.evaluate import evaluate_run
     from tomoseg.reporting.scores import score_table
 
-    summary, sec = evaluate_run(run, data, out, split, device, overwrite)
+    summary, sec = evaluate_run(run, data, out, split, device, overwrite, runtime=runtime)
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
         f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
@@ -324,6 +331,9 @@ def segment_stack_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
+    runtime: Annotated[
+        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -364,6 +374,7 @@ def segment_stack_cmd(
             batch_slices,
             progress,
             unit,
+            runtime=runtime,
         )
     console.print(
         f"{info['slices']} slices ({info['computed']} computed, {info['skipped']} already done) in "

@@ -10,6 +10,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment
+from tomoseg.inference.runtimes import resolve_runtime
 from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
 from tomoseg.io.images import read_image, read_mask
 from tomoseg.io.writers import prepare_output_dir, write_mask
@@ -33,6 +34,7 @@ def evaluate_run(
     device: str = "auto",
     overwrite: bool = False,
     console=None,
+    runtime: str = "auto",
 ):
     """``tomoseg evaluate``: segment a split's full-size images and write ``tomoseg score``'s report.
 
@@ -45,6 +47,7 @@ def evaluate_run(
     pairs = split_pairs(data, split)
     run = load_run(run_dir, device=resolve_device(device))
     check_run_matches(run, spec)
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
     seconds: list[float] = []
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment
+from tomoseg.inference.runtimes import resolve_runtime
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
 from tomoseg.io.writers import prepare_output_dir, write_image, write_mask
 from tomoseg.runtime.checkpoint import load_run
@@ -48,6 +49,7 @@ def predict_paths(
     tile_size: int | None = None,
     tile_batch: int | None = None,
     console=None,
+    runtime: str = "auto",
 ) -> list[Path]:
     """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
 
@@ -58,6 +60,7 @@ def predict_paths(
         raise TomosegError(f"--format must be png or tif, got {fmt!r}")
     items = _inputs(inputs)
     run = load_run(run_dir, device=resolve_device(device))
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
     written = []
     for image_id, path in items:

@@ -11,6 +11,7 @@ import torch
 
 from tomoseg.data.normalization import normalize
 from tomoseg.errors import TomosegError
+from tomoseg.inference.runtimes import inference_engine, resolve_runtime
 from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device, resolve_precision
@@ -26,12 +27,16 @@ def segment_batch(
     tiling: bool = True,
     bf16: bool | None = None,
     probabilities: bool = True,
+    runtime: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
 
     ``bf16=None`` follows the run's precision setting on this device (``auto``: bf16 autocast
-    where the CPU or GPU computes bf16 natively). The decision applies the run's class-weight
-    correction (:func:`decision_bias`).
+    where the CPU or GPU computes bf16 natively). ``runtime`` runs the network with eager
+    PyTorch (``torch``) or compiled once per loaded run (``openvino``, ``onnxruntime``; ``auto``:
+    the fastest installed on CPU, PyTorch on GPU; see :mod:`tomoseg.inference.runtimes`);
+    None = ``run.runtime``. The
+    decision applies the run's class-weight correction (:func:`decision_bias`).
 
     Returns:
         ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32)``; the probabilities are
@@ -47,14 +52,15 @@ def segment_batch(
             (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
         )
     x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
+    engine = inference_engine(run.model, run.runtime if runtime is None else runtime, bf16)
     logits = infer_logits(
-        run.model,
+        engine,
         x.to(dev),
         tile_size or cfg.tile_size,
         cfg.tile_overlap if overlap is None else overlap,
         tile_batch or cfg.tile_batch,
         tiling=tiling,
-        autocast_bf16=bf16,
+        autocast_bf16=bf16 and engine is run.model,
     )
     bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
     if bias is not None:
@@ -114,10 +120,17 @@ class Predictor:
     """
 
     def __init__(
-        self, run: LoadedRun, *, tile_size: int | None = None, tile_batch: int | None = None
+        self,
+        run: LoadedRun,
+        *,
+        tile_size: int | None = None,
+        tile_batch: int | None = None,
+        runtime: str = "auto",
     ):
         self.run = run
         self.tile_size, self.tile_batch = tile_size, tile_batch
+        dev = next(run.model.parameters()).device
+        run.runtime = resolve_runtime(runtime, dev)  # an unavailable runtime fails here
 
     @classmethod
     def from_run(
@@ -128,6 +141,7 @@ class Predictor:
         which: str = "best",
         tile_size: int | None = None,
         tile_batch: int | None = None,
+        runtime: str = "auto",
     ) -> Predictor:
         """Load a run folder written by ``tomoseg train`` (or one of its ``.safetensors`` files).
 
@@ -137,14 +151,17 @@ class Predictor:
             which: ``best`` (by validation IoU of the class of interest) or ``last``.
             tile_size: tile side in px (default: the run's setting; 0 = automatic).
             tile_batch: tiles per forward pass (default: the run's setting).
+            runtime: ``auto`` (OpenVINO on CPU where installed, else PyTorch), ``torch``,
+                ``openvino`` or ``onnxruntime`` (compiled once, on first use).
 
         Raises:
-            TomosegError: not a run, corrupted weights, ``which`` or ``device`` unknown.
+            TomosegError: not a run, corrupted weights, ``which``, ``device`` or ``runtime``
+                unknown, or a runtime that is not installed.
         """
         if which not in ("best", "last"):
             raise TomosegError(f"which must be 'best' or 'last', got {which!r}")
         loaded = load_run(Path(run), which, device=resolve_device(device))
-        return cls(loaded, tile_size=tile_size, tile_batch=tile_batch)
+        return cls(loaded, tile_size=tile_size, tile_batch=tile_batch, runtime=runtime)
 
     @property
     def model(self) -> torch.nn.Module:

@@ -45,6 +45,7 @@ import tifffile
 
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment_batch
+from tomoseg.inference.runtimes import resolve_runtime
 from tomoseg.io.ome_zarr import write_ngff_attrs
 from tomoseg.io.volumes import (
     STACK_FILE,
@@ -200,6 +201,7 @@ def segment_stack(
     unit: str | None = None,
     allow_gaps: bool = False,
     which: str = "best",
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -218,6 +220,8 @@ def segment_stack(
         unit: unit of the voxel size (default: the input's, else ``micrometer``).
         allow_gaps: accept numbered slice files with holes in the numbering.
         which: ``best`` or ``last`` weights.
+        runtime: how the network runs: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
+            (:mod:`tomoseg.inference.runtimes`).
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
@@ -235,6 +239,7 @@ def segment_stack(
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps)
     run = load_run(Path(run_dir), which, device=resolve_device(device))
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
     rpath = Path(run_dir)
     wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
