@@ -27,7 +27,10 @@ CANDIDATES = [
 def metrics(truth, preds, classes, coi):
     import tomoseg
 
-    rows = [tomoseg.score(t, p, classes=classes, class_of_interest=coi) for t, p in zip(truth, preds)]
+    rows = [
+        tomoseg.score(t, p, classes=classes, class_of_interest=coi)
+        for t, p in zip(truth, preds, strict=True)
+    ]
     return {
         "accuracy": float(np.mean([r["mean"]["accuracy"] for r in rows])),
         "iou": float(np.nanmean([r["mean"]["iou"][coi] for r in rows])),
@@ -57,7 +60,7 @@ def main() -> None:
         )
         for name, kw in CANDIDATES:
             preds = [segment(run, im, probabilities=False, **kw)[0] for im in images]
-            agree = sum(int((p == r).sum()) for p, r in zip(preds, ref)) / n
+            agree = sum(int((p == r).sum()) for p, r in zip(preds, ref, strict=True)) / n
             m = metrics(truth, preds, run.classes, run.class_of_interest)
             d = {k: m[k] - m0[k] for k in m}
             print(

@@ -61,8 +61,7 @@ def _slice_fn(spec: dict):
     cfg, model, dev = _setup(spec)
     x = torch.rand(1, 1, *SHAPE, device=dev, generator=torch.Generator(dev).manual_seed(2))
     bf16 = spec.get("bf16", False) or (
-        spec.get("auto_precision", False)
-        and resolve_precision(cfg.precision, dev) == "bf16-mixed"
+        spec.get("auto_precision", False) and resolve_precision(cfg.precision, dev) == "bf16-mixed"
     )
     t0 = time.perf_counter()
     if spec.get("fuse"):
@@ -257,7 +256,10 @@ def main_cpu(args) -> None:
 def main_gpu() -> None:
     variants = [
         ("GPU baseline: whole image, fp32, eager", {"tiling": False}),
-        ("GPU tomoseg default: tiles auto, precision auto", {"tiling": True, "auto_precision": True}),
+        (
+            "GPU tomoseg default: tiles auto, precision auto",
+            {"tiling": True, "auto_precision": True},
+        ),
         ("GPU tiles 1024, batch 8, bf16", {"tiling": True, "tile": 1024, "batch": 8, "bf16": True}),
         ("GPU SegNet whole image fp32", {"model": "segnet", "tiling": False}),
         (

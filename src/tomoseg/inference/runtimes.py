@@ -220,7 +220,8 @@ class Engine:
         if self._run is None:
             return self._torch(x)
         try:
-            y = _pad_call(self.model, x.float(), self._run)
+            with torch.no_grad():
+                y = _pad_call(self.model, x.float(), self._run)
             expected = (x.shape[0], y.shape[1], *x.shape[-2:])
             if tuple(y.shape) != expected:
                 raise RuntimeError(f"output of shape {tuple(y.shape)}, expected {expected}")
@@ -246,7 +247,7 @@ def _check(engine: Engine, model: torch.nn.Module) -> None:
     x = torch.rand(2, c, 48, 80, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x).float()
-    got = _pad_call(model, x, engine._run)
+        got = _pad_call(model, x, engine._run)
     if got.shape != ref.shape:
         raise RuntimeError(f"output of shape {tuple(got.shape)}, expected {tuple(ref.shape)}")
     err = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
