@@ -182,17 +182,22 @@ def _geometric_plan(transform: Compose, state: int) -> list[tuple[tuple[int, int
     root = np.random.RandomState(state % _MAX_SEED)
     plan = []
     for t in steps:
-        r = np.random.RandomState(int(root.randint(_MAX_SEED, dtype="uint32")) % _MAX_SEED)
+        if isinstance(t, RandFlipd) and not isinstance(t.flipper.spatial_axis, int):
+            return None
+    transform.R = root
+    for t in steps:  # the transforms are left in the state MONAI leaves them in
+        t.R = r = np.random.RandomState(int(root.randint(_MAX_SEED, dtype="uint32")) % _MAX_SEED)
         if isinstance(t, RandRotate90d):
-            k = int(r.randint(t.max_k)) + 1
-            if r.rand() < t.prob:
+            t._rand_k = k = int(r.randint(t.max_k)) + 1
+            t._do_transform = bool(r.rand() < t.prob)
+            if t._do_transform:
                 a, b = t.spatial_axes
                 plan.append(((a + 1, b + 1), k))
-        elif r.rand() < t.prob:
-            axis = t.flipper.spatial_axis
-            if not isinstance(axis, int):
-                return None
-            plan.append(((axis + 1, axis + 1), 0))
+        else:
+            t._do_transform = bool(r.rand() < t.prob)
+            if t._do_transform:
+                axis = t.flipper.spatial_axis
+                plan.append(((axis + 1, axis + 1), 0))
     return plan
 
 
