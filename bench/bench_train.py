@@ -5,6 +5,10 @@ seed's loop: batch 1, fp32, a host sync (``loss.item()``) after every step. tomo
 the ``crops_per_second`` its trainer records for an epoch (the second, after warm-up),
 validation excluded.
 
+"before/now": the same trainer with the augmentation as it was (MONAI transforms per crop) and
+as it is (the same flips and turns as plain torch ops, same crops for the same seed), in the same
+run; and the augmentation alone, interleaved over rounds (median ms per crop).
+
     python bench/bench_train.py [--data DIR] [--crop-size 128] [--crops 256] [--gpu]
 
 Without --data it uses a phantom written to a temporary folder.
@@ -45,6 +49,40 @@ def matseg_loop(dm: SegDataModule, module: SegModule, steps: int, device: torch.
         opt.step()
         loss.item()  # host sync after every step, as the seed's script printed every loss
     return steps / (time.perf_counter() - t0)
+
+
+def augment_ms(cfg, rounds: int = 5, n: int = 100) -> tuple[float, float]:
+    """Median ms per crop of the augmentation, MONAI transforms vs the torch path, interleaved."""
+    from tomoseg.data import augment as aug
+
+    t = aug.build_augmentation(cfg.rotation, cfg.flip_prob, cfg.rotate_prob, cfg.intensity_jitter)
+    s = cfg.crop_size or 256
+    sample = {"image": torch.rand(1, s, s), "mask": torch.randint(0, 2, (1, s, s))}
+    plan = aug._geometric_plan
+    out: dict[str, list[float]] = {"monai": [], "torch": []}
+    for _ in range(rounds):
+        for name in out:
+            aug._geometric_plan = (lambda *a: None) if name == "monai" else plan
+            t0 = time.perf_counter()
+            for i in range(n):
+                aug.augment(sample, t, i)
+            out[name].append((time.perf_counter() - t0) / n * 1000)
+    aug._geometric_plan = plan
+    return float(np.median(out["monai"])), float(np.median(out["torch"]))
+
+
+def trainer_crops_per_s(data: Path, out: Path, cfg, monai_aug: bool) -> tuple[float, float]:
+    from tomoseg.data import augment as aug
+
+    plan = aug._geometric_plan
+    if monai_aug:
+        aug._geometric_plan = lambda *a: None
+    try:
+        run = train(data, out, cfg, progress=False)
+    finally:
+        aug._geometric_plan = plan
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return float(rows[-1]["crops_per_second"]), float(rows[-1]["seconds"])
 
 
 def main() -> None:
@@ -88,10 +126,9 @@ def main() -> None:
         dm.prepared.weights.tolist(),
     )
     base = matseg_loop(dm, module, min(args.crops, 96 if not args.gpu else 300), device)
-    run = train(data, tmp / "run", cfg, progress=False)
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
-    ours = float(rows[-1]["crops_per_second"])
-    train_s = float(rows[-1]["seconds"])
+    before, before_s = trainer_crops_per_s(data, tmp / "run0", cfg, monai_aug=True)
+    ours, train_s = trainer_crops_per_s(data, tmp / "run", cfg, monai_aug=False)
+    a_monai, a_torch = augment_ms(cfg)
     name = torch.cuda.get_device_name() if args.gpu else "CPU"
     print(
         f"{name}: {cfg.model} width {cfg.width}, {cfg.crops} crops of {cfg.crop_size} px, batch {cfg.batch_size}, precision {cfg.precision}"
@@ -99,6 +136,14 @@ def main() -> None:
     print(f"MatSeg-style loop (batch 1, fp32, sync every step): {base:7.1f} crops/s")
     print(f"tomoseg trainer (epoch 2, validation excluded, {train_s:.1f} s): {ours:7.1f} crops/s")
     print(f"ratio tomoseg/baseline: {ours / base:.2f}x")
+    print(
+        f"before (MONAI augmentation per crop, {before_s:.1f} s): {before:7.1f} crops/s; now "
+        f"{ours:.1f} crops/s: ratio now/before {ours / before:.2f}x"
+    )
+    print(
+        f"augmentation alone, {cfg.crop_size} px crop: MONAI {a_monai:.2f} ms, torch "
+        f"{a_torch:.2f} ms per crop ({a_monai / a_torch:.1f}x)"
+    )
     np.savetxt(tmp / "done", [1])
 
 

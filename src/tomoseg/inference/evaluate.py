@@ -10,6 +10,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment
+from tomoseg.inference.runtimes import resolve_runtime
 from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
 from tomoseg.io.images import read_image, read_mask, resolve_class_ids, unique_ids
 from tomoseg.io.writers import prepare_output_dir, write_mask
@@ -35,6 +36,7 @@ def evaluate_run(
     console=None,
     *,
     nonfinite: str = "background",
+    runtime: str = "auto",
 ):
     """``tomoseg evaluate``: segment a split's full-size images and write ``tomoseg score``'s report.
 
@@ -57,6 +59,7 @@ def evaluate_run(
         len(run.classes),
         where={"truth": f"truth folder {masks_dir}"},
     )
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
     seconds: list[float] = []
 

@@ -11,6 +11,7 @@ import numpy as np
 from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment
+from tomoseg.inference.runtimes import resolve_runtime
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
 from tomoseg.io.writers import prepare_output_dir, write_image, write_mask
 from tomoseg.runtime.checkpoint import load_run
@@ -51,6 +52,7 @@ def predict_paths(
     console=None,
     *,
     nonfinite: str = "background",
+    runtime: str = "auto",
 ) -> list[Path]:
     """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
 
@@ -65,6 +67,7 @@ def predict_paths(
     check_nonfinite_rule(nonfinite)
     items = _inputs(inputs)
     run = load_run(run_dir, device=resolve_device(device))
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
     written = []
     for image_id, path in items:

@@ -16,6 +16,7 @@ from tomoseg.data.normalization import (
     refuse_nonfinite,
 )
 from tomoseg.errors import TomosegError
+from tomoseg.inference.runtimes import inference_engine, resolve_runtime
 from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device, resolve_precision
@@ -34,12 +35,16 @@ def segment_batch(
     *,
     nonfinite: str = "background",
     names: Sequence[str] | None = None,
+    runtime: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
 
     ``bf16=None`` follows the run's precision setting on this device (``auto``: bf16 autocast
-    where the CPU or GPU computes bf16 natively). The decision applies the run's class-weight
-    correction (:func:`decision_bias`).
+    where the CPU or GPU computes bf16 natively). ``runtime`` runs the network with eager
+    PyTorch (``torch``) or compiled once per loaded run (``openvino``, ``onnxruntime``; ``auto``:
+    the fastest installed on CPU, PyTorch on GPU; see :mod:`tomoseg.inference.runtimes`);
+    None = ``run.runtime``. The
+    decision applies the run's class-weight correction (:func:`decision_bias`).
 
     Non-finite pixels (NaN, +-inf: outside the field of view) are the one rule of every command
     and the API: the network sees them filled with the normalisation's lower bound
@@ -70,14 +75,15 @@ def segment_batch(
             (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
         )
     x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
+    engine = inference_engine(run.model, run.runtime if runtime is None else runtime, bf16)
     logits = infer_logits(
-        run.model,
+        engine,
         x.to(dev),
         tile_size or cfg.tile_size,
         cfg.tile_overlap if overlap is None else overlap,
         tile_batch or cfg.tile_batch,
         tiling=tiling,
-        autocast_bf16=bf16,
+        autocast_bf16=bf16 and engine is run.model,
     )
     bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
     if bias is not None:
@@ -151,10 +157,13 @@ class Predictor:
         tile_size: int | None = None,
         tile_batch: int | None = None,
         nonfinite: str = "background",
+        runtime: str = "auto",
     ):
         self.run = run
         self.tile_size, self.tile_batch = tile_size, tile_batch
         self.nonfinite = check_nonfinite_rule(nonfinite)
+        dev = next(run.model.parameters()).device
+        run.runtime = resolve_runtime(runtime, dev)  # an unavailable runtime fails here
 
     @classmethod
     def from_run(
@@ -166,6 +175,7 @@ class Predictor:
         tile_size: int | None = None,
         tile_batch: int | None = None,
         nonfinite: str = "background",
+        runtime: str = "auto",
     ) -> Predictor:
         """Load a run folder written by ``tomoseg train`` (or one of its ``.safetensors`` files).
 
@@ -177,14 +187,19 @@ class Predictor:
             tile_batch: tiles per forward pass (default: the run's setting).
             nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network
                 sees the normalisation's lower bound there), or refused (``error``).
+            runtime: ``auto`` (OpenVINO on CPU where installed, else PyTorch), ``torch``,
+                ``openvino`` or ``onnxruntime`` (compiled once, on first use).
 
         Raises:
-            TomosegError: not a run, corrupted weights, ``which`` or ``device`` unknown.
+            TomosegError: not a run, corrupted weights, ``which``, ``device`` or ``runtime``
+                unknown, or a runtime that is not installed.
         """
         if which not in ("best", "last"):
             raise TomosegError(f"which must be 'best' or 'last', got {which!r}")
         loaded = load_run(Path(run), which, device=resolve_device(device))
-        return cls(loaded, tile_size=tile_size, tile_batch=tile_batch, nonfinite=nonfinite)
+        return cls(
+            loaded, tile_size=tile_size, tile_batch=tile_batch, nonfinite=nonfinite, runtime=runtime
+        )
 
     @property
     def model(self) -> torch.nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -13,7 +14,7 @@ from tomoseg.runtime.device import auto_tiles
 
 @torch.no_grad()
 def infer_logits(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
     tile_size: int = 0,
     overlap: float = 0.25,
@@ -24,7 +25,8 @@ def infer_logits(
     """Class logits of full-size images by overlapping tiles blended with a Gaussian window.
 
     Args:
-        model: network mapping (B, 1, h, w) to (B, K, h, w) for any h, w.
+        model: network (or compiled engine, :mod:`tomoseg.inference.runtimes`) mapping
+            (B, 1, h, w) to (B, K, h, w) for any h, w.
         image: (B, 1, H, W) normalised float tensor on the model's device.
         tile_size: tile side; a slice smaller than it on an axis uses its own size there.
         overlap: fraction of overlap between neighbouring tiles.

@@ -51,6 +51,7 @@ import tifffile
 from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite, refuse_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment_batch
+from tomoseg.inference.runtimes import resolve_runtime
 from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.volumes import (
     STACK_FILE,
@@ -227,6 +228,7 @@ def segment_stack(
     part: str | tuple[int, int] | None = None,
     verify: bool = False,
     runner: Runner | None = None,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -258,6 +260,8 @@ def segment_stack(
         runner: computes and writes the slices ``todo`` with their markers (default: the
             reader -> model -> writer threads here; :mod:`tomoseg.inference.ray_backend`
             passes a Ray Data pipeline).
+        runtime: how the network runs: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
+            (:mod:`tomoseg.inference.runtimes`).
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
@@ -280,6 +284,7 @@ def segment_stack(
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
     run = load_run(Path(run_dir), which, device=resolve_device(device))
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
     rpath = Path(run_dir)
     wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)

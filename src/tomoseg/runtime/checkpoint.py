@@ -37,6 +37,8 @@ class LoadedRun:
     normalization: Normalization
     config: TrainConfig
     meta: dict
+    #: how inference runs the network unless told otherwise (``tomoseg.inference.runtimes``)
+    runtime: str = "auto"
 
     @property
     def coi_index(self) -> int:

@@ -1,0 +1,188 @@
+"""Inference runtimes: the compiled paths give PyTorch's labels, a failing one falls back to
+PyTorch with a warning, an unavailable one is one TomosegError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tomoseg.config.schema import TrainConfig
+from tomoseg.data.normalization import Normalization
+from tomoseg.errors import TomosegError
+from tomoseg.inference import runtimes
+from tomoseg.inference.predictor import Predictor, segment
+from tomoseg.inference.runtimes import inference_engine, onnx_file, resolve_runtime
+from tomoseg.models.registry import build_model
+from tomoseg.runtime.checkpoint import LoadedRun
+
+CPU = torch.device("cpu")
+
+
+def tiny_run(classes: int = 3) -> LoadedRun:
+    torch.manual_seed(0)
+    model = build_model("unet", 1, classes, 8, 3).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # trained-like BatchNorm statistics, so folding them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    names = [f"c{i}" for i in range(classes)]
+    return LoadedRun(
+        path=Path("tiny"),
+        model=model,
+        classes=names,
+        class_of_interest=names[-1],
+        normalization=Normalization(lower=0.0, upper=255.0),
+        config=TrainConfig(tile_size=64, tile_batch=3),
+        meta={"model": model.hparams_dict},
+    )
+
+
+def image(shape=(150, 203)) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("tiling", [True, False])
+def test_runtime_labels_equal_torch(name, tiling):
+    pytest.importorskip(name)
+    run, im = tiny_run(), image()
+    ref, pref = segment(run, im, bf16=False, tiling=tiling, runtime="torch")
+    with _no_fallback():
+        got, pgot = segment(run, im, bf16=False, tiling=tiling, runtime=name)
+    assert inference_engine(run.model, name).name == name  # compiled, not fallen back
+    assert (got == ref).mean() >= 0.999
+    assert np.abs(pgot - pref).max() < 1e-3
+
+
+def test_openvino_bf16_close_to_torch_bf16():
+    pytest.importorskip("openvino")
+    run, im = tiny_run(), image()
+    ref, _ = segment(run, im, bf16=True, runtime="torch")
+    with _no_fallback():
+        got, _ = segment(run, im, bf16=True, runtime="openvino")
+    assert (got == ref).mean() >= 0.99  # an untrained net: many near-ties; real data: docs/speed.md
+
+
+def _no_fallback():
+    import warnings
+
+    class _Ctx:
+        def __enter__(self):
+            self.w = warnings.catch_warnings()
+            self.w.__enter__()
+            warnings.simplefilter("error", RuntimeWarning)
+
+        def __exit__(self, *exc):
+            self.w.__exit__(*exc)
+
+    return _Ctx()
+
+
+def _fake_runtime(monkeypatch, builder):
+    monkeypatch.setattr(runtimes, "runtime_installed", lambda name: True)
+    monkeypatch.setitem(runtimes.BUILDERS, "openvino", builder)
+
+
+def test_build_failure_falls_back_to_torch_with_warning(monkeypatch):
+    def broken(model, bf16):
+        raise RuntimeError("no such op")
+
+    _fake_runtime(monkeypatch, broken)
+    run, im = tiny_run(), image()
+    ref, _ = segment(run, im, bf16=False, runtime="torch")
+    with pytest.warns(RuntimeWarning, match="could not compile.*no such op.*eager PyTorch"):
+        got, _ = segment(run, im, bf16=False, runtime="openvino")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_wrong_engine_fails_its_check_and_falls_back(monkeypatch):
+    _fake_runtime(monkeypatch, lambda model, bf16: lambda x: model.net(x) * -1.0)
+    run, im = tiny_run(), image()
+    ref, _ = segment(run, im, bf16=False, runtime="torch")
+    with pytest.warns(RuntimeWarning, match="differ from PyTorch"):
+        got, _ = segment(run, im, bf16=False, runtime="openvino")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_failure_while_running_falls_back_for_good(monkeypatch):
+    calls = []
+
+    def flaky(model, bf16):
+        def run(x):
+            calls.append(x.shape)
+            if len(calls) > 1:  # passes the build-time check, then breaks
+                raise RuntimeError("device lost")
+            return model.net(x)
+
+        return run
+
+    _fake_runtime(monkeypatch, flaky)
+    run, im = tiny_run(), image()
+    ref, _ = segment(run, im, bf16=False, runtime="torch")
+    with pytest.warns(RuntimeWarning, match="failed while running.*device lost"):
+        got, _ = segment(run, im, bf16=False, runtime="openvino")
+    np.testing.assert_array_equal(got, ref)
+    assert inference_engine(run.model, "openvino").name == "torch"
+    n = len(calls)
+    segment(run, im, bf16=False, runtime="openvino")
+    assert len(calls) == n  # not retried
+
+
+def test_wrong_output_shape_falls_back(monkeypatch):
+    _fake_runtime(monkeypatch, lambda model, bf16: lambda x: model.net(x)[:, :, :-16])
+    run, im = tiny_run(), image()
+    ref, _ = segment(run, im, bf16=False, runtime="torch")
+    with pytest.warns(RuntimeWarning, match="shape"):
+        got, _ = segment(run, im, bf16=False, runtime="openvino")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_unavailable_or_unknown_runtime_is_one_error(monkeypatch):
+    real = runtimes.runtime_installed
+    monkeypatch.setattr(runtimes, "runtime_installed", lambda n: n == "torch")
+    with pytest.raises(TomosegError, match="runtime openvino is not installed.*pip install"):
+        resolve_runtime("openvino", CPU)
+    with pytest.raises(TomosegError, match="not installed"):
+        Predictor(tiny_run(), runtime="onnxruntime")
+    with pytest.raises(TomosegError, match="unknown runtime 'fast'"):
+        resolve_runtime("fast", CPU)
+    assert resolve_runtime("auto", CPU) == "torch"  # nothing compiled installed: eager
+    monkeypatch.setattr(runtimes, "runtime_installed", real)
+    assert resolve_runtime("auto", torch.device("cuda")) == "torch"
+    if real("openvino"):
+        assert resolve_runtime("auto", CPU) == "openvino"
+        with pytest.raises(TomosegError, match="CPU only"):
+            resolve_runtime("openvino", torch.device("cuda"))
+
+
+def test_onnx_export_is_cached_by_weights(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("TOMOSEG_CACHE", str(tmp_path / "cache"))
+    run = tiny_run()
+    first = onnx_file(run.model)
+    assert first.parent == tmp_path / "cache" / "onnx" and first.is_file()
+    mtime = first.stat().st_mtime_ns
+    assert onnx_file(run.model) == first and first.stat().st_mtime_ns == mtime
+    assert not list(first.parent.glob("*.part"))
+    with torch.no_grad():
+        next(run.model.parameters()).add_(1.0)
+    assert onnx_file(run.model) != first  # other weights, another file
+
+
+def test_engine_is_built_once_per_model(monkeypatch):
+    built = []
+
+    def builder(model, bf16):
+        built.append(bf16)
+        return model.net
+
+    _fake_runtime(monkeypatch, builder)
+    run, im = tiny_run(), image()
+    p = Predictor(run, runtime="openvino")
+    p.predict(im)
+    p.predict(im)
+    assert len(built) == 1
