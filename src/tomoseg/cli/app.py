@@ -459,7 +459,19 @@ def segment_stack_cmd(
 
         segment_stack = partial(
             segment_stack,
-            runner=ray_runner(run, input, "best", device, False, address, actors, cpus_per_actor),
+            runner=ray_runner(
+                run,
+                input,
+                "best",
+                device,
+                allow_gaps,
+                address,
+                actors,
+                cpus_per_actor,
+                channel=channel,
+                time=time,
+                runtime=runtime,
+            ),
         )
         device = "cpu"  # the driver only describes the job; the actors use --device
     cols = (

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack import PROGRESS_DIR, Runner, _Sink, segment_stack
+from tomoseg.inference.stack import (
+    PROGRESS_DIR,
+    Runner,
+    _Sink,
+    mark_done,
+    read_slice,
+    segment_stack,
+)
 
 
 class _SegmentActor:
@@ -38,6 +45,10 @@ class _SegmentActor:
         out: str,
         fmt: str,
         threads: int,
+        channel: int | None = None,
+        time: int | None = None,
+        nonfinite: str = "background",
+        runtime: str = "auto",
     ):
         import torch
 
@@ -47,8 +58,12 @@ class _SegmentActor:
 
         if device == "cpu":
             torch.set_num_threads(max(threads, 1))
+        from tomoseg.inference.runtimes import resolve_runtime
+
         self.run = load_run(Path(run_dir), which, device=resolve_device(device))
-        self.src = open_source(input, allow_gaps)
+        self.run.runtime = resolve_runtime(runtime, next(self.run.model.parameters()).device)
+        self.src = open_source(input, allow_gaps, channel=channel, time=time)
+        self.nonfinite = nonfinite
         self._reading = self.src.reader()
         self.read = self._reading.__enter__()
         self.out = Path(out)
@@ -58,19 +73,11 @@ class _SegmentActor:
         from tomoseg.inference.predictor import segment_batch
 
         idx = [int(i) for i in batch["i"]]
-        images = []
-        for i in idx:
-            img = self.read(i)
-            if img.shape != self.src.shape:
-                raise TomosegError(
-                    f"slice {self.src.ids[i]} has shape {img.shape} but the stack's slices "
-                    f"have {self.src.shape} (as {self.src.ids[0]})"
-                )
-            images.append(img)
-        labels = segment_batch(self.run, images, probabilities=False)[0]
-        for i, lab in zip(idx, labels, strict=True):
+        read = [read_slice(self.read, self.src, i, self.nonfinite) for i in idx]
+        labels = segment_batch(self.run, [img for img, _ in read], probabilities=False)[0]
+        for i, lab, (_, bad) in zip(idx, labels, read, strict=True):
             self.sink.write(i, lab)
-            (self.out / PROGRESS_DIR / f"{i:06d}").touch()
+            mark_done(self.out / PROGRESS_DIR, i, bad)
         return {"i": np.asarray(idx, dtype=np.int64)}
 
 
@@ -108,6 +115,10 @@ def ray_runner(
     cpus_per_actor: int = 1,
     num_cpus: int | None = None,
     timeout: float = 30.0,
+    *,
+    channel: int | None = None,
+    time: int | None = None,
+    runtime: str = "auto",
 ) -> Runner:
     """A ``runner`` for :func:`segment_stack` that computes the slices on Ray actors.
 
@@ -136,6 +147,7 @@ def ray_runner(
         batch: int,
         progress: Callable[[int, int], None] | None,
         finished: int,
+        nonfinite: str = "background",
     ) -> int:
         from tomoseg.runtime.ray_session import ray_session
 
@@ -167,6 +179,10 @@ def ray_runner(
                     "out": str(out.resolve()),
                     "fmt": fmt,
                     "threads": cpus_per_actor,
+                    "channel": channel,
+                    "time": time,
+                    "nonfinite": nonfinite,
+                    "runtime": runtime,
                 },
                 batch_size=batch,
                 batch_format="numpy",
@@ -213,6 +229,11 @@ def segment_stack_ray(
     actors: int | None = None,
     cpus_per_actor: int = 1,
     num_cpus: int | None = None,
+    *,
+    nonfinite: str = "background",
+    channel: int | None = None,
+    time: int | None = None,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """:func:`segment_stack` with the slices computed by Ray actors (same output, same resume).
 
@@ -220,7 +241,18 @@ def segment_stack_ray(
     load it on their own device.
     """
     runner = ray_runner(
-        run_dir, input, which, device, allow_gaps, address, actors, cpus_per_actor, num_cpus
+        run_dir,
+        input,
+        which,
+        device,
+        allow_gaps,
+        address,
+        actors,
+        cpus_per_actor,
+        num_cpus,
+        channel=channel,
+        time=time,
+        runtime=runtime,
     )
     return segment_stack(
         run_dir,
@@ -237,4 +269,7 @@ def segment_stack_ray(
         which,
         part=part,
         runner=runner,
+        nonfinite=nonfinite,
+        channel=channel,
+        time=time,
     )

@@ -375,6 +375,36 @@ def segment_stack(
     return summary
 
 
+def read_slice(
+    read: Callable[[int], np.ndarray], src: StackSource, i: int, nonfinite: str
+) -> tuple[np.ndarray, int]:
+    """Slice ``i`` read and checked as every runner does: its shape against the stack's, and its
+    non-finite pixels refused (``nonfinite="error"``) or counted.
+
+    Returns:
+        ``(image (Y, X), number of non-finite pixels)``.
+    """
+    img = read(i)
+    if img.shape != src.shape:
+        raise TomosegError(
+            f"slice {src.ids[i]} has shape {img.shape} but the stack's slices "
+            f"have {src.shape} (as {src.ids[0]})"
+        )
+    if nonfinite == "error":
+        refuse_nonfinite(img, f"slice {src.ids[i]} of {src.path}")
+    return img, count_nonfinite(img)
+
+
+def mark_done(marks: Path, i: int, nonfinite_pixels: int) -> None:
+    """Slice ``i``'s completion marker, made after its labels are written; it holds the slice's
+    count of non-finite pixels when there were any (written whole, then renamed, so the count
+    survives a resume)."""
+    if nonfinite_pixels:
+        write_text(marks / f"{i:06d}", f"{nonfinite_pixels}\n")
+    else:
+        (marks / f"{i:06d}").touch()
+
+
 #: ``runner(run, src, out, fmt, todo, batch_slices, progress, finished, nonfinite) -> slices
 #: computed``
 Runner = Callable[
@@ -422,15 +452,7 @@ def _run_pipeline(
                 for i in todo:
                     if stop.is_set():
                         return
-                    img = read(i)
-                    if img.shape != src.shape:
-                        raise TomosegError(
-                            f"slice {src.ids[i]} has shape {img.shape} but the stack's slices "
-                            f"have {src.shape} (as {src.ids[0]})"
-                        )
-                    if nonfinite == "error":
-                        refuse_nonfinite(img, f"slice {src.ids[i]} of {src.path}")
-                    bad = count_nonfinite(img)
+                    img, bad = read_slice(read, src, i, nonfinite)
                     if not _put(q_in, (i, img, bad), lambda: not stop.is_set()):
                         return
         except BaseException as exc:  # handed to the main thread, raised there
@@ -446,10 +468,7 @@ def _run_pipeline(
             i, labels, bad = item
             try:
                 sink.write(i, labels)
-                if bad:  # the count survives a resume (written whole, then renamed)
-                    write_text(marks / f"{i:06d}", f"{bad}\n")
-                else:
-                    (marks / f"{i:06d}").touch()
+                mark_done(marks, i, bad)
             except BaseException as exc:
                 if _disk_full(exc):
                     exc = TomosegError(
