@@ -122,3 +122,25 @@ def test_bad_slice_is_one_error_and_earlier_ones_stay(tmp_path, run_dir, ray_up,
     assert code == 1 and len(lines) == 1, err
     assert lines[0].startswith("error: slice z0003 has shape (42, 48)"), lines[0]
     assert 3 in missing_slices(out, 4)
+
+
+def test_nan_pixels_and_hyperstack_channel_as_the_local_run(ray_up, run_dir, tmp_path):
+    """The Ray path reads by the same rules: NaN pixels counted and labelled background, a
+    channel of a ZCYX hyperstack chosen."""
+    import json
+
+    import tifffile
+
+    from tomoseg.inference.ray_backend import ray_runner
+
+    rng = np.random.default_rng(3)
+    vol = rng.integers(0, 120, (3, 2, *SHAPE)).astype(np.float32)
+    vol[:, :, :5, :7] = np.nan
+    f = tmp_path / "zc.tif"
+    tifffile.imwrite(f, vol, imagej=True, metadata={"axes": "ZCYX"})
+    segment_stack(run_dir, f, tmp_path / "local", device="cpu", channel=1)
+    runner = ray_runner(run_dir, f, device="cpu", channel=1)
+    segment_stack(run_dir, f, tmp_path / "ray", device="cpu", channel=1, runner=runner)
+    assert tree(tmp_path / "ray") == tree(tmp_path / "local")
+    summary = json.loads((tmp_path / "ray" / "stack.json").read_text())["summary"]
+    assert summary["nonfinite"]["pixels"] == 3 * 5 * 7
