@@ -52,7 +52,8 @@ def test_every_option_named_in_the_source_exists():
 
 def test_parameter_names_become_cli_message():
     assert cli_message("use overwrite=True to replace them") == "use --overwrite to replace them"
-    assert cli_message("tile_size must be >= 16") == "--tile-size must be >= 16"
+    assert cli_message("tile_size=8 is below 16") == "--tile-size 8 is below 16"
+    assert cli_message("ignore_label in dataset.json") == "ignore_label in dataset.json"
     assert cli_message("the data has classes") == "the data has classes"  # plain words stay
 
 

@@ -678,14 +678,14 @@ def cli_options() -> dict[str, str]:
 
 
 _ASSIGN = re.compile(r"\b([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)")
-_UNDERSCORED = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b")
 
 
 def cli_message(message: str) -> str:
     """A library message in the CLI's terms. Library messages name parameters; the command line
     speaks of options: ``overwrite=True`` -> ``--overwrite``, ``nonfinite='error'`` ->
-    ``--nonfinite error``, ``tile_size`` -> ``--tile-size`` (only names with an underscore, so
-    plain words stay words), ``use overwrite`` -> ``use --overwrite``."""
+    ``--nonfinite error``, ``tile_size=8`` -> ``--tile-size 8``, ``use overwrite`` -> ``use
+    --overwrite``. Only the ``name=value`` form is rewritten, so file keys and plain words that
+    happen to share a parameter's name stay as they are."""
     names = cli_options()
 
     def assign(m: re.Match) -> str:
@@ -695,7 +695,6 @@ def cli_message(message: str) -> str:
         return names[word] if value == "True" else f"{names[word]} {value}"
 
     message = _ASSIGN.sub(assign, message)
-    message = _UNDERSCORED.sub(lambda m: names.get(m.group(1), m.group(0)), message)
     return re.sub(r"\buse overwrite\b", "use --overwrite", message)
 
 

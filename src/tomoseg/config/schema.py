@@ -31,7 +31,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # network
-    model: Literal["segnet", "unet"] = "unet"
+    model: str = Field(
+        default="unet",
+        description="a network of tomoseg.models.registry (segnet, unet); checked by train",
+    )
     width: int | None = Field(default=32, ge=1, description="channels of the first level")
     depth: int = Field(default=5, ge=2, le=7, description="U-Net levels (SegNet: fixed 5)")
     encoder_weights: Path | None = None
@@ -89,6 +92,11 @@ class TrainConfig(BaseModel):
     tile_batch: int = Field(default=0, ge=0, description="0 = auto: 4 on CPU, 8 on GPU")
     tolerance: float = Field(default=2.0, ge=0)
 
+    @field_validator("model")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.strip().lower()
+
     @field_validator("crop_size", "tile_size")
     @classmethod
     def _zero_or_at_least_16(cls, v: int, info: ValidationInfo) -> int:
@@ -136,6 +144,11 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
+        given = {k for k, v in (overrides or {}).items() if v is not None}
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        if key in given:  # an option: named as the parameter, ``name=value``
+            raise TomosegError(f"invalid option {key}={err['input']!r}: {err['msg']}") from None
         where = f"config {path}" if path else "options"
         raise TomosegError(f"invalid {where}: {_short(exc)}") from None
 

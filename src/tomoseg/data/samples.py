@@ -55,6 +55,4 @@ def load_split(root: Path, split: str, spec: DatasetSpec | None = None) -> list[
     """Read one split of a dataset folder, checking ids, shapes and class ids (the dataset's
     ``ignore_label``, if it declares one, is allowed in masks)."""
     spec = spec or load_dataset(root)
-    ignore = (spec.model_extra or {}).get("ignore_label")
-    ignore = ignore if isinstance(ignore, int) and not isinstance(ignore, bool) else None
-    return load_pairs(split_pairs(root, split), len(spec.classes), ignore_label=ignore)
+    return load_pairs(split_pairs(root, split), len(spec.classes), ignore_label=spec.ignore_label)

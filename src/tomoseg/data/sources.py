@@ -101,8 +101,7 @@ def dataset_ignore_label(spec: DatasetSpec, where: Path | str) -> int | None:
     Raises:
         TomosegError: not a non-negative integer, or equal to a class id.
     """
-    v = (spec.model_extra or {}).get("ignore_label")
-    return check_ignore_label(v, len(spec.classes), f"ignore_label in {where}")
+    return spec.ignore_label  # validated when dataset.json is read
 
 
 def check_ignore_label(

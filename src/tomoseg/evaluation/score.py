@@ -85,8 +85,7 @@ def find_dataset_ignore_label(folder: Path, levels: int = 3) -> int | None:
     """``ignore_label`` of a ``dataset.json`` in ``folder`` or up to ``levels`` parents, if any."""
     for d in [folder, *list(folder.resolve().parents)[:levels]]:
         if (d / "dataset.json").is_file():
-            v = (load_dataset(d).model_extra or {}).get("ignore_label")
-            return v if isinstance(v, int) and not isinstance(v, bool) else None
+            return load_dataset(d).ignore_label
     return None
 
 

@@ -40,7 +40,8 @@ def evaluate_run(
 ):
     """``tomoseg evaluate``: segment a split's full-size images and write ``tomoseg score``'s report.
 
-    The truths are read by the one class-id rule (:func:`~tomoseg.io.images.resolve_class_ids`:
+    The dataset's ``ignore_label`` (partial labels) counts for nothing in the scores. The truths
+    are read by the one class-id rule (:func:`~tomoseg.io.images.resolve_class_ids`:
     0/255 binary masks read as 0/1, ids checked against the run's classes); non-finite image
     pixels follow ``nonfinite`` (see :func:`~tomoseg.inference.predictor.segment_batch`).
 
@@ -57,6 +58,7 @@ def evaluate_run(
     ids = resolve_class_ids(
         {"truth": unique_ids(read_mask(p.mask) for p in pairs)},
         len(run.classes),
+        ignore_label=spec.ignore_label,
         where={"truth": f"truth folder {masks_dir}"},
     )
     run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
@@ -80,6 +82,11 @@ def evaluate_run(
             yield p.id, truth, labels, image
 
     summary = score_and_write(
-        items(), run.classes, run.class_of_interest, run.config.tolerance, out
+        items(),
+        run.classes,
+        run.class_of_interest,
+        run.config.tolerance,
+        out,
+        ignore_label=spec.ignore_label,
     )
     return summary, float(np.mean(seconds))

@@ -85,6 +85,8 @@ class DatasetSpec(BaseModel):
     classes: list[str] = Field(min_length=2)
     class_of_interest: str | None = None
     name: str | None = None
+    #: mask value of unannotated pixels (partial labels): not a class id, e.g. 255
+    ignore_label: int | None = None
 
     model_config = {"extra": "allow"}
 
@@ -94,6 +96,17 @@ class DatasetSpec(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("class names must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _ignore(self) -> DatasetSpec:
+        v = self.ignore_label
+        if v is not None and (isinstance(v, bool) or v < 0 or v < len(self.classes)):
+            raise ValueError(
+                f"ignore_label {v!r} is a class id or negative (classes are "
+                f"0..{len(self.classes) - 1}): unannotated pixels need a mask value no class "
+                "uses, e.g. 255"
+            )
+        return self
 
     @model_validator(mode="after")
     def _coi(self) -> DatasetSpec:

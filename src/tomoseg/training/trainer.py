@@ -16,6 +16,7 @@ from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.writers import write_json, write_text
+from tomoseg.models.registry import get_architecture
 from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.training.module import DICE_IGNORE_MESSAGE, SegModule
@@ -192,6 +193,7 @@ def train(
             resumed from.
     """
     run = Path(run)
+    get_architecture(cfg.model)  # an unknown network fails before anything is written
     quiet_lightning()
     device = resolve_device(cfg.device)
     ckpt = _check_run_folder(run, cfg, resume, overwrite)
