@@ -43,3 +43,13 @@ def test_yaml_records_and_malformed_ones(tmp_path):
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(TomosegError, match="mapping"):
         read_record(tmp_path / "list.json")
+
+
+def test_settings_added_later_at_their_default_change_nothing():
+    old = {"lr": 0.1}
+    assert job_difference(old, {"lr": 0.1, "ema": None}, defaults={"ema": None}) is None
+    assert job_difference(old, {"lr": 0.1, "ema": 0.99}, defaults={"ema": None}) == (
+        "ema",
+        None,
+        0.99,
+    )

@@ -147,7 +147,7 @@ def test_extension_and_changed_config(tmp_path, sweep_data, run_cli):
     code, _, err = run_cli(
         "sweep", "--data", data, "--out", out, "--sizes", "16", "--counts", "8", "--config", cfg2
     )
-    assert code == 1 and err.startswith("error:") and "another base config (lr" in err
+    assert code == 1 and err.startswith("error:") and "another base config.lr (" in err
     code, outp, err = run_cli(
         "sweep",
         "--data",

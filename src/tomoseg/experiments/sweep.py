@@ -31,6 +31,7 @@ from tomoseg.experiments.cells import (
     size_label,
 )
 from tomoseg.io.datasets import load_dataset, split_pairs
+from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.utils.format import first_line
 
@@ -218,19 +219,15 @@ def prepare_sweep(
     # no val split: each case holds out the base config's val_fraction of train (run.json)
     base = base_config_dict(cfg)
     sweep_file = out / SWEEP_FILE
-    if sweep_file.is_file():
-        old = json.loads(sweep_file.read_text())
-        if old.get("base_config") != base:
-            diff = [k for k in base if old.get("base_config", {}).get(k) != base[k]]
-            k = diff[0] if diff else "?"
-            raise TomosegError(
-                f"{out} holds a sweep with another base config ({k}: {old.get('base_config', {}).get(k)!r} "
-                f"there, {base.get(k)!r} now); use another --out or --new"
-            )
-        if old.get("data") != str(Path(data).resolve()):
-            raise TomosegError(
-                f"{out} holds a sweep of another dataset ({old.get('data')}); use another --out"
-            )
+    old = check_same_job(  # the one "same job" check (train, sweep, segment-stack)
+        out,
+        SWEEP_FILE,
+        {"base config": base, "dataset": str(Path(data).resolve())},
+        what="a sweep",
+        remedy="use another --out or --new",
+        extract=lambda r: {"base config": r.get("base_config"), "dataset": r.get("data")},
+    )
+    if old is not None:
         grid = old["grid"]
         grid["sizes"] = list(dict.fromkeys([*grid["sizes"], *sizes]))
         grid["counts"] = list(dict.fromkeys([*grid["counts"], *counts]))

@@ -52,6 +52,7 @@ from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite, re
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import segment_batch
 from tomoseg.inference.runtimes import resolve_runtime
+from tomoseg.io.jobs import job_difference
 from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.volumes import (
     STACK_FILE,
@@ -153,20 +154,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _identity(rec: dict) -> dict[str, Any]:
+    """What makes a ``stack.json`` the same job: the weights, the input and how it is read, the
+    input's version (shape, slice ids) and the output format."""
+    run, inp = rec.get("run") or {}, rec.get("input") or {}
+    return {
+        "model": run.get("sha256"),
+        "input": {k: inp.get(k) for k in ("path", "kind", "channel", "time")},
+        "input version": {"shape": inp.get("shape"), "ids": inp.get("ids")},
+        "format": rec.get("format"),
+    }
+
+
 def _mismatch(old: dict, new: dict) -> str | None:
-    """Why an existing stack.json belongs to another job (None if it is the same job)."""
-    if old.get("run", {}).get("sha256") != new["run"]["sha256"]:
-        return f"another model ({old.get('run', {}).get('path')})"
-    o, n = old.get("input", {}), new["input"]
-    if o.get("path") != n["path"] or o.get("kind") != n["kind"]:
-        return f"another input ({o.get('path')})"
-    if (o.get("channel"), o.get("time")) != (n.get("channel"), n.get("time")):
-        return f"another channel or time point of the input ({o.get('channel')}, {o.get('time')})"
-    if o.get("shape") != n["shape"] or o.get("ids") != n["ids"]:
-        return f"another version of the input ({o.get('slices')} slices of shape {o.get('shape')})"
-    if old.get("format") != new["format"]:
-        return f"another format ({old.get('format')})"
-    return None
+    """Why an existing stack.json belongs to another job (None if it is the same job), by the one
+    "same job" rule of :mod:`tomoseg.io.jobs`."""
+    diff = job_difference(_identity(old), _identity(new))
+    if diff is None:
+        return None
+    key, was, _ = diff
+    shown = f"{len(was)} slices" if isinstance(was, list) and len(was) > 4 else repr(was)
+    return f"another {key} ({shown} there)"
 
 
 # ----------------------------------------------------------------------------- the pipeline

@@ -5,7 +5,7 @@ silently mixes results of another one into the folder."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,21 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield key, v
 
 
-def job_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+def job_difference(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> tuple[str, Any, Any] | None:
     """The first setting (dotted key, in ``new``'s order) whose value differs, as
-    ``(key, old value, new value)``; None when every setting of ``new`` equals ``old``'s."""
+    ``(key, old value, new value)``; None when every setting of ``new`` equals ``old``'s.
+
+    ``defaults``: settings added to the job's record after ``old`` was written; one absent from
+    ``old`` whose new value is its default changes nothing (an old folder stays resumable)."""
     flat_old = dict(_flatten(old))
+    flat_defaults = dict(_flatten(defaults or {}))
     for key, value in _flatten(new):
+        if key not in flat_old and key in flat_defaults and flat_defaults[key] == value:
+            continue
         if flat_old.get(key) != value:
             return key, flat_old.get(key), value
     return None
@@ -64,6 +74,8 @@ def check_same_job(
     what: str,
     remedy: str,
     part: str | None = None,
+    extract: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Refuse a folder whose job record describes another job.
 
@@ -74,6 +86,9 @@ def check_same_job(
         what: the job's name in the message (``"a run"``, ``"a sweep"``, ...).
         remedy: what the user can do, naming real options (``"use overwrite=True to replace it"``; the CLI shows ``--overwrite``).
         part: the key of the record that holds the identity (None: the whole record).
+        extract: computes the old identity from the old record (instead of ``part``), for
+            records that hold more than the identity; give ``identity`` in the same form.
+        defaults: see :func:`job_difference`.
 
     Returns:
         The old record, or None when the folder holds none (a new job).
@@ -84,8 +99,8 @@ def check_same_job(
     old = read_record(Path(folder) / record)
     if old is None:
         return None
-    held = old.get(part, {}) if part else old
-    diff = job_difference(held if isinstance(held, Mapping) else {}, identity)
+    held = extract(old) if extract else old.get(part, {}) if part else old
+    diff = job_difference(held if isinstance(held, Mapping) else {}, identity, defaults)
     if diff is not None:
         key, was, now = diff
         raise TomosegError(

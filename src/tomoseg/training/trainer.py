@@ -15,6 +15,7 @@ from tomoseg.config.schema import TrainConfig, config_to_yaml
 from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
+from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.models.registry import get_architecture
 from tomoseg.runtime.checkpoint import RUN_FILE
@@ -32,35 +33,30 @@ RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
 # ----------------------------------------------------------------------------- entry point
 
 
+#: settings that may change when a run is resumed (how long and where, not what is trained)
+RESUMABLE_CHANGES = ("epochs", "max_minutes", "workers", "device")
+
+
 def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
     """Refuse to clobber a run; on resume, check the config and return the checkpoint."""
-    import yaml
-
     held = [n for n in RUN_RESULTS if (run / n).exists()]
     ckpt = run / "checkpoints" / "last.ckpt"
     if resume:
         if not (run / "config.yaml").is_file():
-            raise TomosegError(f"--resume: {run} holds no run to resume (no config.yaml)")
-        old = yaml.safe_load((run / "config.yaml").read_text()) or {}
+            raise TomosegError(f"resume=True: {run} holds no run to resume (no config.yaml)")
         new = cfg.model_dump(mode="json")
-        fields = TrainConfig.model_fields
-        diff = [
-            k
-            for k in new
-            if k not in ("epochs", "max_minutes", "workers", "device")
-            and old.get(k) != new[k]
-            # a setting added after the run was made, left at its default, changes nothing
-            and not (k not in old and fields[k].default == cfg.model_dump()[k])
-        ]
-        if diff:
-            k = diff[0]
-            raise TomosegError(
-                f"--resume with a changed config: {k} was {old.get(k)!r}, now {new[k]!r}"
-            )
+        check_same_job(  # the one "same job" check (train, sweep, segment-stack)
+            run,
+            "config.yaml",
+            {k: v for k, v in new.items() if k not in RESUMABLE_CHANGES},
+            what="a run",
+            remedy="resume only with the run's own config, or start over with overwrite=True",
+            defaults=TrainConfig().model_dump(mode="json"),
+        )
         return ckpt if ckpt.is_file() else None
     if held and not overwrite:
         raise TomosegError(
-            f"run folder {run} already holds a run ({held[0]}); use --resume to continue it or --overwrite to replace it"
+            f"run folder {run} already holds a run ({held[0]}); use resume=True to continue it or overwrite=True to replace it"
         )
     if overwrite and ckpt.parent.is_dir():
         for f in ckpt.parent.glob("*.ckpt"):
