@@ -92,6 +92,11 @@ def _rows(run: Path) -> list[dict]:
     return list(csv.DictReader((run / "metrics.csv").open()))
 
 
+def _steps(run: Path) -> int:
+    """Optimiser steps of a run: with 2 processes, half those of one."""
+    return int(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
+
+
 def _single_process_validation(data: Path, run: Path) -> dict:
     """The validation metrics of ``last.safetensors`` computed by one process on all images."""
     from tomoseg.data.datamodule import SegDataModule
@@ -214,6 +219,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run_validated_on_all_images(tmp_pat
     assert {p.name for p in tmp_path.iterdir()} == {"d", "run", "run.yaml"}
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert _steps(run) == 4  # 2 epochs x 2 batches of 4 per process (one process: 8 steps)
     # the epoch covered N crops over both processes (8 each)
     for r in rows:
         assert float(r["crops_per_second"]) * float(r["train_seconds"]) == pytest.approx(16)
@@ -307,6 +313,7 @@ def test_api_trains_on_two_processes_without_rerunning_the_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "after.txt").read_text() == "2\n"  # the script went on once
     run = tmp_path / "run"
+    assert _steps(run) == 4  # two processes
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert {p.name for p in tmp_path.iterdir()} == {"d", "run", "script.py", "after.txt"}
     ref = _single_process_validation(data, run)
