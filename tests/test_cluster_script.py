@@ -30,7 +30,7 @@ source .venv/bin/activate
 # a requeued job continues the run it started
 resume=""
 if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -f 'runs/my run/config.yaml' ]; then resume=--resume; fi
-srun tomoseg train --data d --out 'runs/my run' --devices 4 --num-nodes 2 --strategy ddp $resume
+srun --kill-on-bad-exit=1 tomoseg train --data d --out 'runs/my run' --devices 4 --num-nodes 2 --strategy ddp $resume
 """
 
 PBS_TRAIN = """\

@@ -86,7 +86,12 @@ def train(
         progress: show Lightning's progress bar.
         **options: any :class:`tomoseg.config.TrainConfig` field (``model``, ``crop_size``,
             ``crops``, ``epochs``, ``lr``, ``seed``, ``device``, ``ignore_label``,
-            ``val_fraction``, ...), overriding ``config``.
+            ``val_fraction``, ``devices``, ``num_nodes``, ``strategy``, ...), overriding
+            ``config``. ``devices=2`` (with ``strategy="ddp"`` or ``"auto"``) trains in two
+            processes started with Lightning's ``ddp_spawn``: the calling script is not rerun,
+            but, as always with Python's spawn start method, its top-level code must sit under
+            ``if __name__ == "__main__":``. Under ``torchrun`` or ``srun`` (every process
+            runs the script) Lightning's ``ddp`` is used and the launcher's processes join.
 
     Returns:
         The :class:`Run`.
@@ -103,7 +108,15 @@ def train(
     source = DataSource.of(data, images=images, masks=masks, classes=classes)
     cfg = load_config(config, options)
     return Run(
-        run_train(source, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
+        run_train(
+            source,
+            Path(out),
+            cfg,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            spawn=True,  # several processes: ddp_spawn, not a rerun of the caller's script
+        )
     )
 
 

@@ -167,6 +167,14 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
     precision: Annotated[str | None, typer.Option(help="32 or bf16-mixed.")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loader workers.")] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="Processes per node, one per GPU (auto = every GPU; on CPU, cores)."),
+    ] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes (under srun or torchrun).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="auto or ddp (DistributedDataParallel over the devices).")
+    ] = None,
     max_minutes: Annotated[
         float | None, typer.Option(help="Stop training after this wall time.")
     ] = None,
@@ -179,6 +187,7 @@ def train(
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
     from tomoseg.config.schema import load_config
     from tomoseg.data.sources import DataSource
+    from tomoseg.training.trainer import is_rank_zero
     from tomoseg.training.trainer import train as run_train
 
     source = DataSource.of(data, images=images, masks=masks, classes=classes)
@@ -195,6 +204,9 @@ def train(
             device=device,
             precision=precision,
             workers=workers,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
             max_minutes=max_minutes,
             loss=loss,
             class_weights=class_weights,
@@ -205,9 +217,10 @@ def train(
     run_train(
         source, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet
     )
-    console.print(
-        f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
-    )
+    if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
+        console.print(
+            f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
+        )
 
 
 @app.command(name="lr-find")

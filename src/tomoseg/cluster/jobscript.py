@@ -251,9 +251,9 @@ def job_script(spec: JobSpec) -> str:
                     'resume=""',
                     f'if [ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 ] && [ -f {shlex.quote(out_dir + "/config.yaml")} ]; then resume=--resume; fi',
                 ]
-                lines.append("srun tomoseg " + quoted(cmd) + " $resume")
+                lines.append("srun --kill-on-bad-exit=1 tomoseg " + quoted(cmd) + " $resume")
             else:
-                lines.append("srun tomoseg " + quoted(cmd))
+                lines.append("srun --kill-on-bad-exit=1 tomoseg " + quoted(cmd))
         else:
             per_node = max(gpus, 1)
             launch = (

@@ -85,6 +85,16 @@ class TrainConfig(BaseModel):
     channels_last: bool = True
     device: Literal["auto", "cpu", "gpu"] = "auto"
     workers: int = Field(default=0, ge=0)
+    devices: int | Literal["auto"] = Field(
+        default=1,
+        description="processes (GPUs, or CPU processes) per node; auto = every GPU, 1 on CPU",
+    )
+    num_nodes: int = Field(default=1, ge=1, description="nodes of a multi-node run")
+    strategy: Literal["auto", "ddp"] = Field(
+        default="auto",
+        description="ddp: Lightning's DistributedDataParallel (auto picks it "
+        "when devices x num_nodes > 1)",
+    )
     # validation / inference
     val_every: int = Field(default=1, ge=1, description="validate every N epochs (and the last)")
     tile_size: int = Field(default=0, ge=0, description="0 = auto: 256 on CPU, 1024 on GPU")
@@ -96,6 +106,15 @@ class TrainConfig(BaseModel):
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _positive_devices(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"devices must be an integer >= 1 or 'auto', got {v!r}")
+        return v
 
     @field_validator("crop_size", "tile_size")
     @classmethod

@@ -35,21 +35,53 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class EpochSampler(Sampler[int]):
     """Shuffles the N crops anew each epoch (seeded by seed and epoch) and tags each index with
     the epoch (yields ``epoch * N + i``), so workers can seed augmentation without shared state.
-    Lightning calls :meth:`set_epoch` before every epoch."""
+    Lightning calls :meth:`set_epoch` before every epoch.
 
-    def __init__(self, n: int, seed: int) -> None:
+    With several processes (DDP), process ``rank`` of ``world`` takes every ``world``-th entry
+    of the epoch's permutation from ``rank`` on; the permutation is first padded by repeating
+    its start (as ``DistributedSampler`` does) so every process has ``ceil(N / world)`` crops.
+    The union over the processes is the single-process epoch (plus those few repeats), and each
+    crop's augmentation still depends only on (seed, epoch, index).
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order is produced next."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.world > 1:
+            order = np.resize(order, len(self) * self.world)[self.rank :: self.world]
         return iter((self.epoch * self.n + order).tolist())
+
+
+class RankSplit(Sampler[int]):
+    """Validation images of one of ``world`` processes: every ``world``-th image from ``rank``
+    on, without repeating any (unlike ``DistributedSampler``, which pads by repeating images and
+    would count them twice in the reduced metrics). Processes with one image fewer than the
+    others get a ``-1`` placeholder instead, which scores nothing, so every process runs the same
+    number of validation steps (and none skips the epoch-end reduction)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+    def __iter__(self):
+        mine = list(range(self.rank, self.n, self.world))
+        return iter(mine + [-1] * (len(self) - len(mine)))
 
 
 class CropDataset(Dataset):
@@ -94,6 +126,8 @@ class FullImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
+        if i < 0:  # a process's placeholder (RankSplit): nothing to score
+            return None
         return (
             torch.from_numpy(self.images[i])[None],
             torch.from_numpy(self.masks[i].astype(np.int64)),
@@ -223,6 +257,10 @@ class SegDataModule(L.LightningDataModule):
     Nothing is read in ``__init__``: :meth:`setup` reads and prepares the data (once; later
     calls keep it), so callers that need the classes or weights before fitting call
     ``setup("fit")`` themselves and read :attr:`prepared`.
+
+    Under DDP each process reads the data itself and serves its own share: its slice of every
+    epoch's crops (:class:`EpochSampler`) and of the validation images (:class:`RankSplit`);
+    the Trainer must be made with ``use_distributed_sampler=False`` so Lightning keeps these.
     """
 
     def __init__(
@@ -243,8 +281,14 @@ class SegDataModule(L.LightningDataModule):
         assert self.prepared is not None
         return self.prepared
 
+    def _ranks(self) -> tuple[int, int]:
+        """(global rank, world size) of this process in the Trainer fitting it ((0, 1) alone)."""
+        t = self.trainer
+        return (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         prep = self._data()
+        rank, world = self._ranks()
         ds = CropDataset(prep.train_images, prep.train_masks, prep.boxes, self.cfg)
         shapes = {(b.h, b.w) for b in prep.boxes}
         (h, w), *others = shapes
@@ -254,7 +298,7 @@ class SegDataModule(L.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=bs,
-            sampler=EpochSampler(len(ds), self.cfg.seed),
+            sampler=EpochSampler(len(ds), self.cfg.seed, rank, world),
             num_workers=self.cfg.workers,
             persistent_workers=self.cfg.workers > 0,
             drop_last=False,
@@ -263,4 +307,11 @@ class SegDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         prep = self._data()
         ds = FullImageDataset(prep.val_images, prep.val_masks, prep.val_ids)
-        return DataLoader(ds, batch_size=1, collate_fn=_collate_one, num_workers=0)
+        rank, world = self._ranks()
+        return DataLoader(
+            ds,
+            batch_size=1,
+            sampler=RankSplit(len(ds), rank, world),
+            collate_fn=_collate_one,
+            num_workers=0,
+        )

@@ -67,6 +67,7 @@ class SegModule(L.LightningModule):
         self.val_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.epoch_lr = float("nan")
+        self.epoch_crops = 0
         self.bf16 = False  # set by train() from the resolved precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +110,8 @@ class SegModule(L.LightningModule):
         self.val_scores.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        if batch is None:  # a placeholder of a process with one image fewer (DDP)
+            return
         x, y, i = batch
         x, y = x[None].to(self.device), y.to(self.device)
         c = self.cfg
@@ -160,6 +163,7 @@ class SegModule(L.LightningModule):
     def epoch_row(self) -> dict[str, Any]:
         """Metrics of the epoch just finished (train pooled over crops; val averaged over images)."""
         tr = {k: v.numpy() for k, v in self.train_scores.compute().items()}
+        self.epoch_crops = int(tr["crops"])
         cm = tr["cm"]
         row: dict[str, Any] = {
             "epoch": self.current_epoch + 1,
@@ -182,8 +186,8 @@ class SegModule(L.LightningModule):
 
     @property
     def train_crops(self) -> int:
-        """Crops seen in the current epoch (this process)."""
-        return int(self.train_scores.crops)
+        """Crops of the epoch just finished, all processes together (set by :meth:`epoch_row`)."""
+        return self.epoch_crops
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tomoseg_history"] = self.history

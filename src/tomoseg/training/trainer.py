@@ -29,12 +29,19 @@ from tomoseg.training.recording import (
 )
 
 RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
+#: settings a resumed run may change: how long and where, not what is trained (a run may
+#: continue on other machines)
+RESUMABLE_CHANGES = (
+    "epochs",
+    "max_minutes",
+    "workers",
+    "device",
+    "devices",
+    "num_nodes",
+    "strategy",
+)
 
 # ----------------------------------------------------------------------------- entry point
-
-
-#: settings that may change when a run is resumed (how long and where, not what is trained)
-RESUMABLE_CHANGES = ("epochs", "max_minutes", "workers", "device")
 
 
 def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
@@ -62,6 +69,71 @@ def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool
         for f in ckpt.parent.glob("*.ckpt"):
             f.unlink()
     return None
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def available_devices(device: torch.device) -> int:
+    """Processes this machine can give a run: visible GPUs, or CPU cores."""
+    return torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 1)
+
+
+def check_devices(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse more devices than this machine has, in one line."""
+    have = available_devices(device)
+    if isinstance(cfg.devices, int) and cfg.devices > have:
+        what = f"{have} GPU{'s' * (have != 1)}" if device.type == "cuda" else f"{have} CPU cores"
+        raise TomosegError(
+            f"devices={cfg.devices} is more than this machine has ({what}); "
+            f"use devices={have} or fewer"
+        )
+
+
+def world_size(cfg: TrainConfig, device: torch.device) -> int:
+    """Processes of the run: devices per node (``auto``: every GPU, 1 on CPU) x nodes."""
+    per_node = cfg.devices if isinstance(cfg.devices, int) else 1
+    if cfg.devices == "auto" and device.type == "cuda":
+        per_node = max(torch.cuda.device_count(), 1)
+    return per_node * cfg.num_nodes
+
+
+def launched_externally() -> bool:
+    """Whether a launcher started this process as one of several (``srun`` under Slurm,
+    ``torchrun``, or Lightning's own launcher re-running the command for ranks > 0)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return (
+        "LOCAL_RANK" in os.environ or TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+    )
+
+
+def slurm_restarts() -> int:
+    """``SLURM_RESTART_COUNT``: how often Slurm requeued this job (0 outside Slurm)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the run's global rank 0 (always, outside a multi-process run)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _strategy(cfg: TrainConfig, device: torch.device, spawn: bool) -> str:
+    """Lightning's strategy name for the run (see :func:`train`'s ``spawn``)."""
+    world = world_size(cfg, device)
+    if world == 1 or launched_externally():
+        return cfg.strategy
+    if cfg.num_nodes > 1:
+        raise TomosegError(
+            f"num_nodes={cfg.num_nodes} needs a launcher that starts the processes on every "
+            "node (srun under Slurm, or torchrun); see tomoseg cluster-script"
+        )
+    return "ddp_spawn" if spawn else cfg.strategy
 
 
 def _start_over(ckpt: Path) -> str:
@@ -119,6 +191,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # the monitored value is logged after the metric states were reduced: equal on every rank
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     os.environ.setdefault("LITLOGGER_TIP", "0")
 
 
@@ -134,9 +208,17 @@ def restored_determinism():
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def make_trainer(device: torch.device, precision: str, **kwargs: Any) -> L.Trainer:
-    """A Lightning Trainer on one device, plus ``kwargs`` (which may set ``logger``,
-    ``enable_checkpointing`` and the rest; without them logging and checkpointing are off)."""
+def make_trainer(
+    device: torch.device,
+    precision: str,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    **kwargs: Any,
+) -> L.Trainer:
+    """A Lightning Trainer on ``devices`` devices per node (one by default) of ``num_nodes``
+    nodes, plus ``kwargs`` (which may set ``logger``, ``enable_checkpointing`` and the rest;
+    without them logging and checkpointing are off)."""
     opts: dict[str, Any] = {
         "logger": False,
         "enable_checkpointing": False,
@@ -148,7 +230,9 @@ def make_trainer(device: torch.device, precision: str, **kwargs: Any) -> L.Train
     opts.update(kwargs)
     return L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         precision=precision,
         **opts,
     )
@@ -162,6 +246,7 @@ def train(
     overwrite: bool = False,
     console=None,
     progress: bool = True,
+    spawn: bool = False,
 ) -> Path:
     """``tomoseg train``: train a network and leave a complete run folder.
 
@@ -170,6 +255,13 @@ def train(
     ``metrics.csv`` (Lightning logger :class:`RunCSVLogger`), ``curves.png``,
     ``best.safetensors``/``last.safetensors`` and ``checkpoints/`` (Lightning's
     ``ModelCheckpoint``: ``last.ckpt`` for ``--resume``, ``best-epoch=E.ckpt``).
+
+    Several processes (``cfg.devices`` x ``cfg.num_nodes`` > 1, Lightning's DDP): every process
+    calls this function (started by ``srun``, ``torchrun``, or by Lightning re-running the
+    command); each reads the data and trains on its share of every epoch's crops and of the
+    validation images, whose metrics are reduced over all processes. Global rank 0 alone checks
+    and writes the run folder. A job that Slurm requeued (``SLURM_RESTART_COUNT`` > 0) whose run
+    folder already holds its run resumes it (``resume`` implied, ``overwrite`` ignored).
 
     Args:
         data: dataset folder (``train``; ``val`` optional: without it ``cfg.val_fraction`` is
@@ -180,19 +272,42 @@ def train(
         overwrite: replace an existing run.
         console: rich console for per-epoch lines (None = silent).
         progress: show Lightning's progress bar.
+        spawn: several processes on this machine without a launcher are started with
+            Lightning's ``ddp_spawn`` (the Python API: re-running the caller's script, as the
+            default ``ddp`` launcher does, would rerun whatever else the script does) rather
+            than by re-running the command line (the CLI).
 
     Returns:
         The run folder.
 
     Raises:
-        TomosegError: bad data or options, a run folder in the way, a checkpoint that cannot be
-            resumed from.
+        TomosegError: bad data or options, more devices than there are, a run folder in the
+            way, a checkpoint that cannot be resumed from.
     """
     run = Path(run)
     get_architecture(cfg.model)  # an unknown network fails before anything is written
     quiet_lightning()
     device = resolve_device(cfg.device)
-    ckpt = _check_run_folder(run, cfg, resume, overwrite)
+    check_devices(cfg, device)
+    strategy = _strategy(cfg, device, spawn)
+    precision = resolve_precision(cfg.precision, device)
+    hardware = {"devices": cfg.devices, "num_nodes": cfg.num_nodes, "strategy": strategy}
+    # this process's rank, before anything is written (a Trainer is cheap to make)
+    rank0 = make_trainer(device, precision, deterministic=False, **hardware).is_global_zero
+    requeued = slurm_restarts() > 0 and not resume and (run / "config.yaml").is_file()
+    if requeued:
+        resume, overwrite = True, False
+        if console is not None and rank0:
+            console.print(f"Slurm requeued this job: resuming the run in {run}")
+    if overwrite:  # Lightning would resume from its requeue checkpoints (each rank looks)
+        for f in run.glob("hpc_ckpt_*.ckpt"):
+            f.unlink(missing_ok=True)
+    if rank0:
+        ckpt = _check_run_folder(run, cfg, resume, overwrite)
+    else:  # rank 0 checks the run folder; the others only need the checkpoint
+        last_ckpt = run / "checkpoints" / "last.ckpt"
+        ckpt = last_ckpt if resume and last_ckpt.is_file() else None
+        console = None
     source = data if isinstance(data, DataSource) else DataSource.of(data)
     dm = SegDataModule(source, cfg)
     dm.setup("fit")  # what run.json records is known before fitting
@@ -201,8 +316,6 @@ def train(
     if cfg.loss == "dice_ce" and prep.has_ignored:
         raise TomosegError(DICE_IGNORE_MESSAGE)
     classes, coi = prep.spec.classes, prep.spec.class_of_interest
-    run.mkdir(parents=True, exist_ok=True)
-    write_text(run / "config.yaml", config_to_yaml(cfg))
     meta = {
         "tomoseg_version": __version__,
         "model": {
@@ -222,10 +335,12 @@ def train(
         "ignore_label": prep.ignore_label,
         "annotated_fraction": prep.annotated,
         "validation": prep.validation,
+        "precision": precision,
     }
-    precision = resolve_precision(cfg.precision, device)
-    meta["precision"] = precision
-    write_json(run / RUN_FILE, meta)
+    if rank0:
+        run.mkdir(parents=True, exist_ok=True)
+        write_text(run / "config.yaml", config_to_yaml(cfg))
+        write_json(run / RUN_FILE, meta)
     if console is not None:
         w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
         console.print(f"class weights ({cfg.class_weights}): {w}")
@@ -239,6 +354,10 @@ def train(
         trainer = make_trainer(
             device,
             precision,
+            **hardware,
+            # each process draws its own crops and validation images (EpochSampler, RankSplit)
+            use_distributed_sampler=False,
+            default_root_dir=run,  # Lightning's Slurm requeue checkpoint goes into the run
             max_epochs=cfg.epochs,
             max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
             enable_progress_bar=progress,
