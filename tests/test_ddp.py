@@ -195,7 +195,7 @@ def test_slurm_requeue_resumes_the_run_by_itself(tmp_path, monkeypatch):
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == first[0]
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
-    with pytest.raises(TomosegError, match="changed config: lr"):
+    with pytest.raises(TomosegError, match="holds a run with another lr"):
         train(data, run, load_config(None, {**TINY, "epochs": 2, "lr": 0.5}))
 
 
