@@ -41,6 +41,7 @@ import queue
 import shutil
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -50,8 +51,7 @@ import tifffile
 
 from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite, refuse_nonfinite
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import segment_batch
-from tomoseg.inference.runtimes import resolve_runtime
+from tomoseg.inference.predictor import configure_run, run_decision, segment_batch
 from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.volumes import (
     STACK_FILE,
@@ -166,7 +166,15 @@ def _mismatch(old: dict, new: dict) -> str | None:
         return f"another version of the input ({o.get('slices')} slices of shape {o.get('shape')})"
     if old.get("format") != new["format"]:
         return f"another format ({old.get('format')})"
+    before = old.get("inference", _NO_EXTRAS)  # written before TTA and tuned decisions
+    if before != new.get("inference", _NO_EXTRAS):
+        tta = ",".join(before.get("tta") or ["identity"])
+        dec = "tuned decision" if before.get("decision") else "no tuned decision"
+        return f"other inference settings (tta {tta}, {dec})"
     return None
+
+
+_NO_EXTRAS: dict[str, Any] = {"tta": ["identity"], "decision": None}
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -229,6 +237,8 @@ def segment_stack(
     verify: bool = False,
     runner: Runner | None = None,
     runtime: str = "auto",
+    tta: object = None,
+    postprocess: bool = True,
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -262,6 +272,10 @@ def segment_stack(
             passes a Ray Data pipeline).
         runtime: how the network runs: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
             (:mod:`tomoseg.inference.runtimes`).
+        tta: test-time augmentation (``none``, ``flips``, ``all``, a list; None = the run's
+            configured one); recorded in ``stack.json`` with the decision applied (a resume with
+            other settings is refused).
+        postprocess: apply the run's decision tuned on validation (``decision.json``).
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
@@ -284,7 +298,8 @@ def segment_stack(
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
     run = load_run(Path(run_dir), which, device=resolve_device(device))
-    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
+    configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
+    decision = run_decision(run)
     rpath = Path(run_dir)
     wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
@@ -300,6 +315,10 @@ def segment_stack(
         "volume": ZARR_NAME if fmt == "zarr" else TIFF_DIR,
         "voxel_size": list(voxel),
         "unit": unit,
+        "inference": {
+            "tta": list(run.tta),  # type: ignore[call-overload]
+            "decision": None if decision is None else asdict(decision),
+        },
         "complete": False,
     }
     if part is not None or verify:
