@@ -119,9 +119,12 @@ def _metrics_without_timing(run: Path) -> list[dict]:
     ]
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize(
+    "ema", [None, pytest.param(0.9, marks=pytest.mark.slow)], ids=["plain", "ema"]
+)
+def test_resume_after_kill_equals_uninterrupted(tmp_path, ema):
     data = make_dataset(tmp_path / "d", shape=(48, 56))
-    kw = {**TINY, "crops": 160, "epochs": 4}
+    kw = {**TINY, "crops": 160, "epochs": 4, "ema_decay": ema}
     ref = train(data, tmp_path / "ref", load_config(None, kw))
     run = tmp_path / "killed"
     args = [

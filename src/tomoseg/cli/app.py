@@ -36,6 +36,21 @@ Nonfinite = Annotated[
     ),
 ]
 
+Tta = Annotated[
+    str | None,
+    typer.Option(
+        help="Test-time augmentation: none, flips (4 passes), all (8 symmetries) or a list "
+        "like identity,flip_x (default: the run's setting, none unless trained with --tta)."
+    ),
+]
+NoPostprocess = Annotated[
+    bool,
+    typer.Option(
+        "--no-postprocess",
+        help="Skip the decision and clean-up tuned on validation (the run's decision.json).",
+    ),
+]
+
 
 @app.command()
 def version() -> None:
@@ -180,6 +195,28 @@ def train(
     ] = None,
     loss: Annotated[str | None, typer.Option(help="ce or dice_ce.")] = None,
     class_weights: Annotated[str | None, typer.Option(help="inverse, median or none.")] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Minutes for the whole run: a short probe sets the epochs so the schedule "
+            "(validation included) ends in time (not with --epochs)."
+        ),
+    ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(help="EMA of the weights per step, e.g. 0.99 (default: off)."),
+    ] = None,
+    tta: Annotated[
+        str | None,
+        typer.Option(help="Default test-time augmentation of the run (none, flips, all, list)."),
+    ] = None,
+    tune_decision: Annotated[
+        bool | None,
+        typer.Option(
+            "--tune-decision/--no-tune-decision",
+            help="Tune the decision and clean-up on validation after training (default on).",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Overwrite = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -212,6 +249,10 @@ def train(
             class_weights=class_weights,
             ignore_label=ignore_label,
             val_fraction=val_fraction,
+            time_budget=time_budget,
+            ema_decay=ema_decay,
+            tta=tta,
+            tune_decision=tune_decision,
         ),
     )
     run_train(
@@ -262,6 +303,8 @@ def predict(
     runtime: Annotated[
         str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
     ] = "auto",
+    tta: Tta = None,
+    no_postprocess: NoPostprocess = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
@@ -281,6 +324,8 @@ def predict(
         console,
         nonfinite=nonfinite,
         runtime=runtime,
+        tta=tta,
+        postprocess=not no_postprocess,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -296,18 +341,53 @@ def evaluate(
     runtime: Annotated[
         str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
     ] = "auto",
+    tta: Tta = None,
+    no_postprocess: NoPostprocess = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays)."""
+    """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays), with
+    and without the run's tuned post-processing."""
     from tomoseg.inference.evaluate import evaluate_run
     from tomoseg.reporting.scores import score_table
 
     summary, sec = evaluate_run(
-        run, data, out, split, device, overwrite, nonfinite=nonfinite, runtime=runtime
+        run,
+        data,
+        out,
+        split,
+        device,
+        overwrite,
+        nonfinite=nonfinite,
+        runtime=runtime,
+        tta=tta,
+        postprocess=not no_postprocess,
     )
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
         f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
+    )
+
+
+@app.command()
+def tune(
+    run: Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    split: Annotated[
+        str, typer.Option(help="Split to tune on (default: the run's validation images).")
+    ] = "val",
+    tta: Tta = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+) -> None:
+    """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
+    from tomoseg.inference.tuning import tune_run
+
+    decision, report = tune_run(run, data, split=split, tta=tta, device=device)
+    b, a = report["before"], report["after"]
+    console.print(
+        f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
+        f"max hole {decision.max_hole} px; validation IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
+        f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f} on {report['images']} images "
+        f"({report['source']}); written to {run}/decision.json"
     )
 
 
@@ -452,6 +532,8 @@ def segment_stack_cmd(
     runtime: Annotated[
         str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
     ] = "auto",
+    tta: Tta = None,
+    no_postprocess: NoPostprocess = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -525,6 +607,8 @@ def segment_stack_cmd(
             part=part,
             verify=verify,
             runtime=runtime,
+            tta=tta,
+            postprocess=not no_postprocess,
         )
     if verify:
         console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")

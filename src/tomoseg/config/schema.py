@@ -78,6 +78,19 @@ class TrainConfig(BaseModel):
     schedule: Literal["none", "cosine"] = "cosine"
     seed: int = Field(default=0, ge=0)
     max_minutes: float | None = Field(default=None, gt=0, description="stop after this wall time")
+    time_budget: float | None = Field(
+        default=None,
+        gt=0,
+        description="minutes for the whole run: a throughput probe sets the epochs so that the "
+        "cosine schedule, validation included, ends within it (replaces epochs)",
+    )
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="exponential moving average of the weights (and BatchNorm buffers) per "
+        "optimizer step, used for validation, checkpoints and exported weights; None = off",
+    )
     # hardware
     precision: Literal["auto", "32", "bf16-mixed"] = Field(
         default="auto", description="auto = bf16-mixed where the CPU/GPU computes bf16 natively"
@@ -101,6 +114,16 @@ class TrainConfig(BaseModel):
     tile_overlap: float = Field(default=0.25, ge=0, lt=1)
     tile_batch: int = Field(default=0, ge=0, description="0 = auto: 4 on CPU, 8 on GPU")
     tolerance: float = Field(default=2.0, ge=0)
+    tta: str = Field(
+        default="none",
+        description="test-time augmentation at inference: none, flips, all or a comma-separated "
+        "list of D4 transforms (tomoseg.inference.tta); commands' --tta overrides it",
+    )
+    tune_decision: bool = Field(
+        default=True,
+        description="after training, tune the class-of-interest offset and clean-up on the "
+        "validation images and write decision.json (applied by every command)",
+    )
 
     @field_validator("model")
     @classmethod
@@ -159,7 +182,12 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         if not isinstance(loaded, dict):
             raise TomosegError(f"config {p} must be a mapping of keys to values")
         data.update(loaded)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given.get("time_budget") is not None and given.get("epochs") is not None:
+        raise TomosegError(
+            "give epochs or time_budget, not both (the time budget chooses the epochs)"
+        )
+    data.update(given)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import segment
-from tomoseg.inference.runtimes import resolve_runtime
+from tomoseg.inference.predictor import configure_run, decide, run_decision, segment_logits
 from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
 from tomoseg.io.images import read_image, read_mask, resolve_class_ids, unique_ids
 from tomoseg.io.writers import prepare_output_dir, write_mask
+from tomoseg.metrics.segmentation import ScoreSummary, score_image
+from tomoseg.reporting.scores import write_score_files
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device
 
@@ -37,6 +39,8 @@ def evaluate_run(
     *,
     nonfinite: str = "background",
     runtime: str = "auto",
+    tta: object = None,
+    postprocess: bool = True,
 ):
     """``tomoseg evaluate``: segment a split's full-size images and write ``tomoseg score``'s report.
 
@@ -44,6 +48,12 @@ def evaluate_run(
     are read by the one class-id rule (:func:`~tomoseg.io.images.resolve_class_ids`:
     0/255 binary masks read as 0/1, ids checked against the run's classes); non-finite image
     pixels follow ``nonfinite`` (see :func:`~tomoseg.inference.predictor.segment_batch`).
+
+    The predictions are made with ``tta`` (None: the run's configured TTA) and, with
+    ``postprocess``, the run's decision tuned on validation (``decision.json``); the same
+    network outputs are also scored without that decision, into ``metrics.json``'s
+    ``without_postprocess`` block (identical when the run has no tuned decision). ``inference``
+    in ``metrics.json`` records the TTA and the decision applied.
 
     Returns:
         ``(ScoreSummary, seconds per slice)``.
@@ -61,9 +71,11 @@ def evaluate_run(
         ignore_label=spec.ignore_label,
         where={"truth": f"truth folder {masks_dir}"},
     )
-    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
+    configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
+    decision = run_decision(run)
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
     seconds: list[float] = []
+    raw = ScoreSummary(list(run.classes), run.class_of_interest, float(run.config.tolerance))
 
     def items() -> Iterator:
         for p in pairs:
@@ -74,10 +86,15 @@ def evaluate_run(
                     f"image {p.image} is {image.shape} but its mask is {truth.shape}"
                 )
             t0 = time.perf_counter()
-            labels, _ = segment(
-                run, image, probabilities=False, nonfinite=nonfinite, names=[str(p.image)]
-            )
+            logits = segment_logits(run, [image], nonfinite=nonfinite, names=[str(p.image)])
+            labels = decide(logits, [image], decision, probabilities=False)[0][0]
             seconds.append(time.perf_counter() - t0)
+            plain = labels
+            if decision is not None:
+                plain = decide(logits, [image], None, probabilities=False)[0][0]
+            raw.images.append(
+                score_image(truth, plain, len(run.classes), run.config.tolerance, p.id)
+            )
             write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image
 
@@ -89,4 +106,10 @@ def evaluate_run(
         out,
         ignore_label=spec.ignore_label,
     )
+    summary.without_postprocess = raw
+    summary.inference = {
+        "tta": list(run.tta),  # type: ignore[call-overload]
+        "decision": None if decision is None else asdict(decision),
+    }
+    write_score_files(summary, out)
     return summary, float(np.mean(seconds))

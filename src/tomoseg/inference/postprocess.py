@@ -10,12 +10,13 @@ sweep, :class:`tomoseg.Predictor`); ``evaluate`` reports the metrics with and wi
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 
 DECISION_FILE = "decision.json"
 
@@ -71,8 +72,13 @@ def clean_labels(labels: np.ndarray, decision: Decision) -> np.ndarray:
     return out
 
 
-def read_decision(run: str | Path) -> Decision | None:
+def read_decision(run: str | Path, epoch: int | None = None) -> Decision | None:
     """The run folder's tuned decision, or None when it has none.
+
+    Args:
+        epoch: the epoch of the weights it is to be applied to (their ``run.json``-style
+            metadata); a decision tuned on the weights of another epoch (``which="last"`` when
+            the best epoch was not the last) is not applied, with a warning.
 
     Raises:
         TomosegError: a malformed ``decision.json``.
@@ -82,11 +88,21 @@ def read_decision(run: str | Path) -> Decision | None:
         return None
     try:
         data = json.loads(f.read_text())
-        return Decision(
+        decision = Decision(
             **{k: data["decision"][k] for k in ("class_id", "offset", "min_size", "max_hole")}
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TomosegError(f"malformed {f}: {exc}") from None
+    tuned = data.get("epoch")
+    if epoch is not None and tuned is not None and int(tuned) != int(epoch):
+        warnings.warn(
+            f"{f} was tuned on the weights of epoch {tuned}, not on these (epoch {epoch}): "
+            "not applied (retune with tomoseg tune)",
+            TomosegWarning,
+            stacklevel=2,
+        )
+        return None
+    return decision
 
 
 def decision_record(decision: Decision, **extra: object) -> dict:

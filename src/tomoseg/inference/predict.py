@@ -10,8 +10,7 @@ import numpy as np
 
 from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import segment
-from tomoseg.inference.runtimes import resolve_runtime
+from tomoseg.inference.predictor import configure_run, segment
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
 from tomoseg.io.writers import prepare_output_dir, write_image, write_mask
 from tomoseg.runtime.checkpoint import load_run
@@ -53,11 +52,15 @@ def predict_paths(
     *,
     nonfinite: str = "background",
     runtime: str = "auto",
+    tta: object = None,
+    postprocess: bool = True,
 ) -> list[Path]:
     """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
 
     NaN / infinite pixels are labelled background (class 0) with ``nonfinite="background"``, or
     refused (``error``): the rule of :func:`~tomoseg.inference.predictor.segment_batch`.
+    ``tta`` (None: the run's configured one) and ``postprocess`` (the run's tuned decision,
+    ``decision.json``) as there.
 
     Returns:
         The written mask paths.
@@ -67,7 +70,7 @@ def predict_paths(
     check_nonfinite_rule(nonfinite)
     items = _inputs(inputs)
     run = load_run(run_dir, device=resolve_device(device))
-    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
+    configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
     written = []
     for image_id, path in items:

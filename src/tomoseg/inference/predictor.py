@@ -16,11 +16,125 @@ from tomoseg.data.normalization import (
     refuse_nonfinite,
 )
 from tomoseg.errors import TomosegError
+from tomoseg.inference.postprocess import Decision, clean_labels, read_decision
 from tomoseg.inference.runtimes import inference_engine, resolve_runtime
 from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
+from tomoseg.inference.tta import parse_tta, with_tta
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.runtime.logit_adjustment import decision_bias
+
+
+def run_tta(run: LoadedRun, tta: object = None) -> tuple[str, ...]:
+    """The TTA transforms to use: ``tta`` if given, else the run's (``run.tta``, set by a
+    command's ``--tta``), else its configuration's ``tta`` (default ``none``).
+
+    Raises:
+        TomosegError: an unknown transform (one line listing the valid ones).
+    """
+    if tta is None:
+        tta = run.tta if run.tta is not None else run.config.tta
+    return parse_tta(tta)  # type: ignore[arg-type]
+
+
+def run_decision(run: LoadedRun, postprocess: bool | None = None) -> Decision | None:
+    """The run's tuned decision (``decision.json``, read once) when post-processing is on
+    (``postprocess``, else ``run.postprocess``); None when off or the run has none."""
+    if not (run.postprocess if postprocess is None else postprocess):
+        return None
+    if "decision" not in run.cache:
+        run.cache["decision"] = read_decision(run.folder, run.meta.get("epoch"))
+    return run.cache["decision"]
+
+
+def configure_run(
+    run: LoadedRun, *, runtime: str | None = "auto", tta: object = None, postprocess: bool = True
+) -> LoadedRun:
+    """Set how a loaded run segments from now on (every command does this once): the runtime
+    (resolved: an unavailable one fails here), the TTA (parsed: an unknown transform fails
+    here; None = the run's configured ``tta``) and whether its tuned decision applies."""
+    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
+    run.tta = run_tta(run, tta)
+    run.postprocess = bool(postprocess)
+    return run
+
+
+def segment_logits(
+    run: LoadedRun,
+    images: Sequence[np.ndarray],
+    tile_size: int | None = None,
+    tile_batch: int | None = None,
+    overlap: float | None = None,
+    tiling: bool = True,
+    bf16: bool | None = None,
+    *,
+    nonfinite: str = "background",
+    names: Sequence[str] | None = None,
+    runtime: str | None = None,
+    tta: object = None,
+) -> torch.Tensor:
+    """The network's class scores of raw 2D images of one shape, after the calibrated decision
+    bias: (B, K, H, W) float32 on the model's device. Logits, or with TTA the log of the
+    probabilities averaged over the transforms (:func:`~tomoseg.inference.tta.with_tta`).
+    See :func:`segment_batch` for the options."""
+    check_nonfinite_rule(nonfinite)
+    transforms = run_tta(run, tta)
+    if nonfinite == "error":
+        for k, im in enumerate(images):
+            refuse_nonfinite(im, names[k] if names is not None else f"image {k}")
+    cfg = run.config
+    dev = next(run.model.parameters()).device
+    if bf16 is None:
+        bf16 = resolve_precision(cfg.precision, dev) == "bf16-mixed"
+    if not tiling and dev.type == "cpu":
+        h, w = images[0].shape
+        check_untiled_memory(
+            (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
+        )
+    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
+    engine = inference_engine(run.model, run.runtime if runtime is None else runtime, bf16)
+    eager = engine is run.model
+    logits = infer_logits(
+        with_tta(engine, transforms),  # wraps any runtime's callable
+        x.to(dev),
+        tile_size or cfg.tile_size,
+        cfg.tile_overlap if overlap is None else overlap,
+        tile_batch or cfg.tile_batch,
+        tiling=tiling,
+        autocast_bf16=bf16 and eager,
+    )
+    bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
+    if bias is not None:
+        logits = logits + bias.to(logits.device)[None, :, None, None]
+    return logits
+
+
+def decide(
+    logits: torch.Tensor,
+    images: Sequence[np.ndarray],
+    decision: Decision | None,
+    probabilities: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and probabilities) from :func:`segment_logits`'s scores: the tuned decision's
+    offset added to the class of interest's score, argmax, its clean-up on each label image,
+    then non-finite pixels of the raw ``images`` labelled background (probability 1 for
+    class 0). The probabilities are the softmax of the adjusted scores (the clean-up changes
+    labels only)."""
+    if decision is not None and decision.offset:
+        logits = logits.clone()
+        logits[:, decision.class_id] += decision.offset
+    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
+    prob = torch.softmax(logits, 1).cpu().numpy() if probabilities else None
+    if decision is not None:
+        labels = np.stack([clean_labels(lab, decision) for lab in labels])
+    for k, im in enumerate(images):  # outside the field of view: background
+        bad = nonfinite_mask(im)
+        if bad is not None:
+            labels[k][bad] = 0
+            if prob is not None:
+                prob[k][:, bad] = 0.0
+                prob[k][0][bad] = 1.0
+    return labels, prob
 
 
 def segment_batch(
@@ -36,6 +150,8 @@ def segment_batch(
     nonfinite: str = "background",
     names: Sequence[str] | None = None,
     runtime: str | None = None,
+    tta: object = None,
+    postprocess: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
 
@@ -43,8 +159,15 @@ def segment_batch(
     where the CPU or GPU computes bf16 natively). ``runtime`` runs the network with eager
     PyTorch (``torch``) or compiled once per loaded run (``openvino``, ``onnxruntime``; ``auto``:
     the fastest installed on CPU, PyTorch on GPU; see :mod:`tomoseg.inference.runtimes`);
-    None = ``run.runtime``. The
-    decision applies the run's class-weight correction (:func:`decision_bias`).
+    None = ``run.runtime``.
+
+    The decision: the run's class-weight correction (:func:`decision_bias`), then, with
+    ``postprocess`` (None = ``run.postprocess``, True unless a command's ``--no-postprocess``
+    turned it off), the decision tuned on validation (``decision.json``: an offset on the class
+    of interest's score, removal of its small objects and filling of its small holes; see
+    :mod:`tomoseg.inference.postprocess`). ``tta`` (None = ``run.tta``, else the run's
+    configured ``tta``): ``none``, ``flips``, ``all`` or a list of D4 transforms
+    (:mod:`tomoseg.inference.tta`) whose softmax is averaged.
 
     Non-finite pixels (NaN, +-inf: outside the field of view) are the one rule of every command
     and the API: the network sees them filled with the normalisation's lower bound
@@ -59,45 +182,23 @@ def segment_batch(
         None (neither computed nor copied off the device) when ``probabilities`` is False.
 
     Raises:
-        TomosegError: ``nonfinite="error"`` and an image holds NaN or infinite pixels.
+        TomosegError: ``nonfinite="error"`` and an image holds NaN or infinite pixels; an unknown
+            TTA transform; a malformed ``decision.json``.
     """
-    check_nonfinite_rule(nonfinite)
-    if nonfinite == "error":
-        for k, im in enumerate(images):
-            refuse_nonfinite(im, names[k] if names is not None else f"image {k}")
-    cfg = run.config
-    dev = next(run.model.parameters()).device
-    if bf16 is None:
-        bf16 = resolve_precision(cfg.precision, dev) == "bf16-mixed"
-    if not tiling and dev.type == "cpu":
-        h, w = images[0].shape
-        check_untiled_memory(
-            (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
-        )
-    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
-    engine = inference_engine(run.model, run.runtime if runtime is None else runtime, bf16)
-    logits = infer_logits(
-        engine,
-        x.to(dev),
-        tile_size or cfg.tile_size,
-        cfg.tile_overlap if overlap is None else overlap,
-        tile_batch or cfg.tile_batch,
-        tiling=tiling,
-        autocast_bf16=bf16 and engine is run.model,
+    logits = segment_logits(
+        run,
+        images,
+        tile_size,
+        tile_batch,
+        overlap,
+        tiling,
+        bf16,
+        nonfinite=nonfinite,
+        names=names,
+        runtime=runtime,
+        tta=tta,
     )
-    bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
-    if bias is not None:
-        logits = logits + bias.to(logits.device)[None, :, None, None]
-    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
-    prob = torch.softmax(logits, 1).cpu().numpy() if probabilities else None
-    for k, im in enumerate(images):  # outside the field of view: background
-        bad = nonfinite_mask(im)
-        if bad is not None:
-            labels[k][bad] = 0
-            if prob is not None:
-                prob[k][:, bad] = 0.0
-                prob[k][0][bad] = 1.0
-    return labels, prob
+    return decide(logits, images, run_decision(run, postprocess), probabilities)
 
 
 def segment(run: LoadedRun, image: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
@@ -135,7 +236,8 @@ class Predictor:
 
     The same path as ``tomoseg predict``, ``evaluate`` and ``segment-stack``: the run's intensity
     normalisation, overlapping tiles blended by MONAI's ``sliding_window_inference`` (memory
-    bounded whatever the image size), the run's precision and decision rule.
+    bounded whatever the image size), optional test-time augmentation, the run's precision,
+    decision rule and tuned post-processing (``decision.json``).
 
     Example::
 
@@ -158,12 +260,13 @@ class Predictor:
         tile_batch: int | None = None,
         nonfinite: str = "background",
         runtime: str = "auto",
+        tta: object = None,
+        postprocess: bool = True,
     ):
         self.run = run
         self.tile_size, self.tile_batch = tile_size, tile_batch
         self.nonfinite = check_nonfinite_rule(nonfinite)
-        dev = next(run.model.parameters()).device
-        run.runtime = resolve_runtime(runtime, dev)  # an unavailable runtime fails here
+        configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
 
     @classmethod
     def from_run(
@@ -176,6 +279,8 @@ class Predictor:
         tile_batch: int | None = None,
         nonfinite: str = "background",
         runtime: str = "auto",
+        tta: object = None,
+        postprocess: bool = True,
     ) -> Predictor:
         """Load a run folder written by ``tomoseg train`` (or one of its ``.safetensors`` files).
 
@@ -189,16 +294,27 @@ class Predictor:
                 sees the normalisation's lower bound there), or refused (``error``).
             runtime: ``auto`` (OpenVINO on CPU where installed, else PyTorch), ``torch``,
                 ``openvino`` or ``onnxruntime`` (compiled once, on first use).
+            tta: test-time augmentation: ``none``, ``flips`` (4 passes), ``all`` (the 8
+                symmetries of the square), or a list of transform names; None = the run's
+                configured ``tta`` (``none`` by default).
+            postprocess: apply the decision and clean-up tuned on validation
+                (``decision.json``; nothing when the run has none).
 
         Raises:
             TomosegError: not a run, corrupted weights, ``which``, ``device`` or ``runtime``
-                unknown, or a runtime that is not installed.
+                unknown, a runtime that is not installed, an unknown TTA transform.
         """
         if which not in ("best", "last"):
             raise TomosegError(f"which must be 'best' or 'last', got {which!r}")
         loaded = load_run(Path(run), which, device=resolve_device(device))
         return cls(
-            loaded, tile_size=tile_size, tile_batch=tile_batch, nonfinite=nonfinite, runtime=runtime
+            loaded,
+            tile_size=tile_size,
+            tile_batch=tile_batch,
+            nonfinite=nonfinite,
+            runtime=runtime,
+            tta=tta,
+            postprocess=postprocess,
         )
 
     @property

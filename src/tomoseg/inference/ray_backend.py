@@ -49,6 +49,8 @@ class _SegmentActor:
         time: int | None = None,
         nonfinite: str = "background",
         runtime: str = "auto",
+        tta: object = None,
+        postprocess: bool = True,
     ):
         import torch
 
@@ -58,10 +60,10 @@ class _SegmentActor:
 
         if device == "cpu":
             torch.set_num_threads(max(threads, 1))
-        from tomoseg.inference.runtimes import resolve_runtime
+        from tomoseg.inference.predictor import configure_run
 
         self.run = load_run(Path(run_dir), which, device=resolve_device(device))
-        self.run.runtime = resolve_runtime(runtime, next(self.run.model.parameters()).device)
+        configure_run(self.run, runtime=runtime, tta=tta, postprocess=postprocess)
         self.src = open_source(input, allow_gaps, channel=channel, time=time)
         self.nonfinite = nonfinite
         self._reading = self.src.reader()
@@ -121,6 +123,9 @@ def ray_runner(
     runtime: str = "auto",
 ) -> Runner:
     """A ``runner`` for :func:`segment_stack` that computes the slices on Ray actors.
+
+    The actors segment with the driver's run settings (TTA, post-processing) as
+    :func:`segment_stack` configured and recorded them.
 
     Args:
         device: ``gpu`` (one GPU per actor), ``cpu``, or ``auto`` (GPUs if the cluster has any).
@@ -183,6 +188,9 @@ def ray_runner(
                     "time": time,
                     "nonfinite": nonfinite,
                     "runtime": runtime,
+                    # the driver's settings, as stack.json records them
+                    "tta": list(getattr(run, "tta", None) or ["identity"]),
+                    "postprocess": bool(getattr(run, "postprocess", True)),
                 },
                 batch_size=batch,
                 batch_format="numpy",
@@ -234,6 +242,8 @@ def segment_stack_ray(
     channel: int | None = None,
     time: int | None = None,
     runtime: str = "auto",
+    tta: object = None,
+    postprocess: bool = True,
 ) -> dict[str, Any]:
     """:func:`segment_stack` with the slices computed by Ray actors (same output, same resume).
 
@@ -272,4 +282,6 @@ def segment_stack_ray(
         nonfinite=nonfinite,
         channel=channel,
         time=time,
+        tta=tta,
+        postprocess=postprocess,
     )

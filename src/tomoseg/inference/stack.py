@@ -41,6 +41,7 @@ import queue
 import shutil
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -50,8 +51,7 @@ import tifffile
 
 from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite, refuse_nonfinite
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import segment_batch
-from tomoseg.inference.runtimes import resolve_runtime
+from tomoseg.inference.predictor import configure_run, run_decision, segment_batch
 from tomoseg.io.jobs import job_difference
 from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.volumes import (
@@ -163,6 +163,8 @@ def _identity(rec: dict) -> dict[str, Any]:
         "input": {k: inp.get(k) for k in ("path", "kind", "channel", "time")},
         "input version": {"shape": inp.get("shape"), "ids": inp.get("ids")},
         "format": rec.get("format"),
+        # TTA and the tuned decision (absent from a stack.json written before they existed)
+        "inference": rec.get("inference", _NO_EXTRAS),
     }
 
 
@@ -175,6 +177,9 @@ def _mismatch(old: dict, new: dict) -> str | None:
     key, was, _ = diff
     shown = f"{len(was)} slices" if isinstance(was, list) and len(was) > 4 else repr(was)
     return f"another {key} ({shown} there)"
+
+
+_NO_EXTRAS: dict[str, Any] = {"tta": ["identity"], "decision": None}
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -237,6 +242,8 @@ def segment_stack(
     verify: bool = False,
     runner: Runner | None = None,
     runtime: str = "auto",
+    tta: object = None,
+    postprocess: bool = True,
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -270,6 +277,10 @@ def segment_stack(
             passes a Ray Data pipeline).
         runtime: how the network runs: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
             (:mod:`tomoseg.inference.runtimes`).
+        tta: test-time augmentation (``none``, ``flips``, ``all``, a list; None = the run's
+            configured one); recorded in ``stack.json`` with the decision applied (a resume with
+            other settings is refused).
+        postprocess: apply the run's decision tuned on validation (``decision.json``).
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
@@ -292,7 +303,8 @@ def segment_stack(
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
     run = load_run(Path(run_dir), which, device=resolve_device(device))
-    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
+    configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
+    decision = run_decision(run)
     rpath = Path(run_dir)
     wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
@@ -308,6 +320,10 @@ def segment_stack(
         "volume": ZARR_NAME if fmt == "zarr" else TIFF_DIR,
         "voxel_size": list(voxel),
         "unit": unit,
+        "inference": {
+            "tta": list(run.tta),  # type: ignore[call-overload]
+            "decision": None if decision is None else asdict(decision),
+        },
         "complete": False,
     }
     if part is not None or verify:

@@ -10,15 +10,21 @@ candidate, so the chosen decision is never worse on the validation images.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tomoseg.data.sources import IGNORE_INDEX
 from tomoseg.errors import TomosegError
 from tomoseg.inference.postprocess import DECISION_FILE, Decision, clean_labels, decision_record
 from tomoseg.io.writers import write_json
 from tomoseg.metrics.segmentation import nanmean, score_image
+
+if TYPE_CHECKING:
+    from tomoseg.runtime.checkpoint import LoadedRun
 
 OFFSETS = tuple(float(v) for v in np.round(np.arange(-2.0, 2.001, 0.25), 2))
 SIZES = (0, 16, 64, 256, 1024)
@@ -35,7 +41,8 @@ def _labels(logp: np.ndarray, class_id: int, offset: float) -> np.ndarray:
 def _score(preds, truths, class_id, n_classes, tolerance) -> tuple[float, float]:
     ious, bf1s = [], []
     for p, t in zip(preds, truths, strict=True):
-        s = score_image(t, p, n_classes, tolerance, classes_for_bf1=[class_id])
+        ignore = IGNORE_INDEX if t.dtype.kind == "i" and bool((t == IGNORE_INDEX).any()) else None
+        s = score_image(t, p, n_classes, tolerance, classes_for_bf1=[class_id], ignore_label=ignore)
         ious.append(s.iou[class_id])
         bf1s.append(s.bf1[class_id])
     return float(nanmean(ious)), float(nanmean(bf1s))
@@ -59,7 +66,8 @@ def tune_decision(
 
     Args:
         items: ``(probabilities (K, H, W) float32 after the run's decision rule, truth (H, W)
-            class ids)`` per validation image.
+            class ids; :data:`~tomoseg.data.sources.IGNORE_INDEX` on unannotated pixels)`` per
+            validation image.
         class_id: the class of interest.
         tolerance: BF1 tolerance in pixels.
         offsets, min_sizes, max_holes: the candidates (0 is always added).
@@ -102,30 +110,98 @@ def tune_decision(
     return best[0], report
 
 
-def tune_run(
-    run_dir: str | Path, data: str | Path, *, split: str = "val", tta: object = None
-) -> tuple[Decision, dict]:
-    """Tune a run's decision on a split of a dataset and write ``decision.json`` into the run.
+def validation_items(
+    source: object, run: LoadedRun, split: str = "val"
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
+    """Raw images and training masks (class ids; :data:`IGNORE_INDEX` on unannotated pixels)
+    to tune on: ``split="val"`` gives the validation images the run used (the dataset's
+    ``val`` split, else the same seeded hold-out of the training images, from the run's
+    ``val_fraction`` and ``seed``); another name gives that split of a dataset folder.
 
     Returns:
-        ``(decision, report)`` as :func:`tune_decision`.
+        ``([(id, image, truth), ...], where they come from)``.
     """
-    from tomoseg.inference.predictor import segment
-    from tomoseg.io.datasets import load_dataset, read_pair, split_pairs
-    from tomoseg.runtime.checkpoint import load_run
+    from tomoseg.data.sources import DataSource, load_training_samples, training_mask
+    from tomoseg.io.datasets import split_pairs
+    from tomoseg.io.images import read_image, read_mask
 
-    run = load_run(Path(run_dir), "best")
-    spec = load_dataset(data)
-    pairs = split_pairs(data, split)
+    src = source if isinstance(source, DataSource) else DataSource.of(source)
+    cfg = run.config
+    if split == "val":
+        loaded = load_training_samples(
+            src, ignore_label=cfg.ignore_label, val_fraction=cfg.val_fraction, seed=cfg.seed
+        )
+        where = str(loaded.validation.get("source", "validation images"))
+        items = [(s.id, s.image, training_mask(s, loaded.ignore_label)) for s in loaded.val]
+        return items, where
+    if src.root is None:
+        raise TomosegError(f"split {split!r} needs a dataset folder (--data)")
+    out = []
+    for pair in split_pairs(src.root, split):
+        image = read_image(pair.image)
+        truth = read_mask(pair.mask, len(run.classes)).astype(np.int16)
+        if np.issubdtype(image.dtype, np.floating):
+            truth[~np.isfinite(image)] = IGNORE_INDEX
+        out.append((pair.id, image, truth))
+    return out, f"split {split!r} of {src.root}"
 
-    def items():
-        for p in pairs:
-            image, truth = read_pair(p, len(spec.classes))
-            _, prob = segment(run, image, probabilities=True, postprocess=False, tta=tta)
+
+def tune_run(
+    run_dir: str | Path,
+    data: object,
+    *,
+    split: str = "val",
+    tta: object = None,
+    device: str = "auto",
+) -> tuple[Decision, dict]:
+    """Tune a run's decision on its validation images (or a split of a dataset) with its best
+    weights, write ``decision.json`` into the run and record it in ``run.json``.
+
+    Args:
+        run_dir: the run folder.
+        data: the dataset folder (or :class:`~tomoseg.data.sources.DataSource`) it was
+            trained on.
+        split: ``val``: the validation images the run used; else a split of ``data``.
+        tta: the test-time augmentation to tune with (None: the run's configured one); the
+            decision is meant for inference with the same TTA (recorded as ``tta``).
+        device: ``auto``, ``cpu`` or ``gpu``.
+
+    Returns:
+        ``(decision, report)`` as :func:`tune_decision`, the report with ``source``.
+
+    Raises:
+        TomosegError: not a run, a dataset of other classes, no validation image.
+    """
+    from tomoseg.inference.predictor import configure_run, segment
+    from tomoseg.runtime.checkpoint import RUN_FILE, load_run
+    from tomoseg.runtime.device import resolve_device
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, "best", device=resolve_device(device))
+    configure_run(run, runtime="auto", tta=tta, postprocess=False)
+    items, where = validation_items(data, run, split)
+
+    def scored():
+        for image_id, image, truth in items:
+            _, prob = segment(run, image, probabilities=True, names=[image_id])
             yield prob, truth
 
     decision, report = tune_decision(
-        items(), class_id=run.coi_index, tolerance=run.config.tolerance
+        scored(), class_id=run.coi_index, tolerance=run.config.tolerance
     )
-    write_json(Path(run_dir) / DECISION_FILE, decision_record(decision, split=split, **report))
+    report["source"] = where
+    record = decision_record(
+        decision,
+        split=split,
+        weights="best",
+        epoch=run.meta.get("epoch"),
+        tta=list(run.tta),  # type: ignore[call-overload]
+        **report,
+    )
+    write_json(run_dir / DECISION_FILE, record)
+    meta_file = run_dir / RUN_FILE
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        meta["decision"] = record
+        write_json(meta_file, meta)
     return decision, report

@@ -291,6 +291,10 @@ class ScoreSummary:
     class_of_interest: str
     tolerance_px: float
     images: list[ImageScore] = field(default_factory=list)
+    #: the same images scored without the run's tuned post-processing (``tomoseg evaluate``)
+    without_postprocess: ScoreSummary | None = None
+    #: how the predictions were made (``tomoseg evaluate``: TTA, the decision applied)
+    inference: dict | None = None
 
     @property
     def mean_accuracy(self) -> float:
@@ -343,4 +347,10 @@ class ScoreSummary:
                 "bf1": per_class(self.mean_bf1),
             },
             "pooled_iou": per_class(self.pooled_iou),
+            **({"inference": self.inference} if self.inference is not None else {}),
+            **(
+                {"without_postprocess": self.without_postprocess.to_dict()}
+                if self.without_postprocess is not None
+                else {}
+            ),
         }

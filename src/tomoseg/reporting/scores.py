@@ -164,6 +164,25 @@ def score_table(summary: ScoreSummary, title: str = "scores (%)"):
     )
     pooled = summary.pooled_iou
     t.add_row("pooled (summed confusion)", "", fmt(float(nanmean(pooled))), fmt(pooled[k]), "")
+    raw = summary.without_postprocess
+    if raw is not None:
+        miou = raw.mean_iou
+        t.add_section()
+        t.add_row(
+            "mean, without post-processing",
+            fmt(raw.mean_accuracy),
+            fmt(float(nanmean(miou))),
+            fmt(miou[k]),
+            fmt(raw.mean_bf1[k]),
+        )
+        pooled = raw.pooled_iou
+        t.add_row(
+            "pooled, without post-processing",
+            "",
+            fmt(float(nanmean(pooled))),
+            fmt(pooled[k]),
+            "",
+        )
     return t
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,17 @@ class LoadedRun:
     meta: dict
     #: how inference runs the network unless told otherwise (``tomoseg.inference.runtimes``)
     runtime: str = "auto"
+    #: test-time augmentation unless told otherwise (None: the run's ``config.tta``)
+    tta: object = None
+    #: apply the run's tuned decision and clean-up (``decision.json``) unless told otherwise
+    postprocess: bool = True
+    #: what inference derives from the run once (the tuned decision, ...)
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def folder(self) -> Path:
+        """The run folder (the folder of a ``.safetensors`` file given directly)."""
+        return self.path.parent if self.path.suffix == ".safetensors" else self.path
 
     @property
     def coi_index(self) -> int:

@@ -207,7 +207,7 @@ class WeightsExport(Checkpoint):
             return
         row = pl.history[-1]  # restored from last.ckpt: its weights are the module's now
         if _stored(self.run / "last.safetensors").get("epoch") != row["epoch"]:
-            self._export(pl.net.state_dict(), "last", row)
+            self._export(net_state(trainer, pl), "last", row)
         best = self.ckpt.best_model_path
         if best and Path(best).is_file():
             if _stored(self.run / "best.safetensors").get("checkpoint") != Path(best).name:
@@ -223,9 +223,10 @@ class WeightsExport(Checkpoint):
             return
         row = pl.history[-1]
         best = self.ckpt.best_model_path
+        state = net_state(trainer, pl)
         if best and best != self.best_before:
-            self._export(pl.net.state_dict(), "best", row, Path(best).name)
-        self._export(pl.net.state_dict(), "last", row)
+            self._export(state, "best", row, Path(best).name)
+        self._export(state, "last", row)
 
     def _export(self, state: dict, which: str, row: dict, checkpoint: str | None = None) -> None:
         from safetensors.torch import save_file
@@ -238,6 +239,19 @@ class WeightsExport(Checkpoint):
             self.run / f"{which}.safetensors",
             lambda t: save_file(state, str(t), metadata=weights_metadata(meta)),
         )
+
+
+def net_state(trainer, pl: SegModule) -> dict:
+    """The network's weights to export: the averaged ones when the run averages its weights
+    (``ema_decay``: Lightning's ``WeightAveraging``, whose average validation and the ``.ckpt``
+    files' ``state_dict`` hold too), else the module's."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    for cb in trainer.callbacks:
+        avg = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
+        if avg is not None:
+            return avg.module.net.state_dict()
+    return pl.net.state_dict()
 
 
 def _stored(path: Path) -> dict:

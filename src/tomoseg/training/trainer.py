@@ -44,8 +44,14 @@ RESUMABLE_CHANGES = (
 # ----------------------------------------------------------------------------- entry point
 
 
+def multi_process(cfg: TrainConfig) -> bool:
+    """Whether the run trains on several processes (devices or nodes)."""
+    return cfg.num_nodes > 1 or (cfg.devices not in (1, "1"))
+
+
 def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber a run; on resume, check the config and return the checkpoint."""
+    """Refuse to clobber a run; on resume, check the config and return the checkpoint (a run
+    whose epochs a time budget planned keeps them: see :func:`_planned_epochs`)."""
     held = [n for n in RUN_RESULTS if (run / n).exists()]
     ckpt = run / "checkpoints" / "last.ckpt"
     if resume:
@@ -284,9 +290,12 @@ def train(
         TomosegError: bad data or options, more devices than there are, a run folder in the
             way, a checkpoint that cannot be resumed from.
     """
+    from tomoseg.inference.tta import parse_tta
+
     run = Path(run)
     get_architecture(cfg.model)  # an unknown network fails before anything is written
     quiet_lightning()
+    parse_tta(cfg.tta)  # an unknown transform fails before anything is read
     device = resolve_device(cfg.device)
     check_devices(cfg, device)
     strategy = _strategy(cfg, device, spawn)
@@ -337,6 +346,14 @@ def train(
         "validation": prep.validation,
         "precision": precision,
     }
+    if cfg.time_budget is not None:
+        if multi_process(cfg):
+            raise TomosegError(
+                "time_budget plans the epochs from one process's throughput: with several "
+                "devices or nodes give epochs instead"
+            )
+        cfg, meta["time_budget"] = _budget_plan(run, cfg, dm, resume, device, precision, console)
+        meta["config"] = cfg.model_dump(mode="json")
     if rank0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / "config.yaml", config_to_yaml(cfg))
@@ -350,6 +367,13 @@ def train(
     if ckpt is not None:
         check_resume_checkpoint(ckpt, module)
     best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
+    averaging: list[L.Callback] = []
+    if cfg.ema_decay is not None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        # BatchNorm's running statistics are averaged with the weights (use_buffers=True), so
+        # the averaged network is consistent without a re-estimation pass.
+        averaging.append(EMAWeightAveraging(decay=cfg.ema_decay, use_buffers=True))
     with restored_determinism():
         trainer = make_trainer(
             device,
@@ -365,7 +389,75 @@ def train(
             check_val_every_n_epoch=cfg.val_every,
             logger=RunCSVLogger(run),
             enable_checkpointing=True,
-            callbacks=[RunRecorder(run, console), best, last, WeightsExport(run, meta, best)],
+            callbacks=[
+                RunRecorder(run, console),
+                *averaging,
+                best,
+                last,
+                WeightsExport(run, meta, best),
+            ],
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+    if cfg.tune_decision and (run / "best.safetensors").is_file():
+        _tune(run, source, cfg, device, console)
     return run
+
+
+def _tune(run: Path, source: DataSource, cfg: TrainConfig, device: torch.device, console) -> None:
+    """Tune the decision and clean-up on the run's validation images with its best weights
+    (``decision.json``, recorded in ``run.json``)."""
+    from tomoseg.inference.tuning import tune_run
+
+    decision, report = tune_run(run, source, split="val", tta=cfg.tta, device=device.type)
+    if console is not None:
+        b, a = report["before"], report["after"]
+        console.print(
+            f"decision tuned on {report['images']} validation images: offset "
+            f"{decision.offset:+g}, min object {decision.min_size} px, max hole "
+            f"{decision.max_hole} px (IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
+            f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f})"
+        )
+
+
+def _budget_plan(
+    run: Path,
+    cfg: TrainConfig,
+    dm: SegDataModule,
+    resume: bool,
+    device: torch.device,
+    precision: str,
+    console,
+) -> tuple[TrainConfig, dict]:
+    """The epochs of a time-budgeted run: planned from a throughput probe, or on resume the
+    plan recorded in ``run.json`` (so the schedule, and the weights, are those of the
+    uninterrupted run)."""
+    import json
+
+    from tomoseg.inference.tta import parse_tta
+    from tomoseg.training.budget import budget_record, plan_epochs, probe_throughput
+
+    if resume and (run / RUN_FILE).is_file():
+        old = json.loads((run / RUN_FILE).read_text()).get("time_budget")
+        if old and old.get("plan", {}).get("epochs"):
+            return cfg.model_copy(update={"epochs": int(old["plan"]["epochs"])}), old
+    prep = dm.prepared
+    assert prep is not None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    scratch = SegModule(
+        cfg.model_dump(mode="json"),
+        prep.spec.classes,
+        prep.spec.class_of_interest,
+        prep.weights.tolist(),
+    )
+    scratch.bf16 = precision == "bf16-mixed"
+    probe = probe_throughput(scratch, dm, device, scratch.bf16)
+    del scratch
+    passes = (len(parse_tta(cfg.tta)) + 1.0) if cfg.tune_decision else 0.0
+    plan = plan_epochs(cfg.time_budget or 0.0, probe, val_every=cfg.val_every, tuning_passes=passes)
+    if console is not None:
+        console.print(
+            f"time budget {cfg.time_budget:g} min: {probe.seconds_per_step:.3f} s per step, "
+            f"{probe.steps_per_epoch} steps per epoch, validation {probe.validation_seconds:.1f} s "
+            f"-> {plan['epochs']} epochs (~{plan['planned_minutes']:.1f} min planned)"
+        )
+    return cfg.model_copy(update={"epochs": plan["epochs"]}), budget_record(probe, plan)
