@@ -242,7 +242,8 @@ def test_ddp_on_two_cpu_processes_writes_one_run_validated_on_all_images(tmp_pat
 @pytest.mark.slow
 def test_ddp_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
     """Both processes SIGKILLed (the launcher's process group, as when a node dies) after the
-    first epoch; ``--resume`` with two processes finishes the run as an uninterrupted one."""
+    first epoch; ``--resume`` with two processes started by ``torchrun`` finishes the run as an
+    uninterrupted one."""
     data = make_dataset(tmp_path / "d", shape=(48, 56), n={"train": 3, "val": 3})
     cfg = {**TINY, "crops": 96, "epochs": 3}
     ref = tmp_path / "ref"
@@ -268,7 +269,18 @@ def test_ddp_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
     proc.wait()
     before = _rows(run)
     assert 1 <= len(before) < 3
-    _run_cli([*args, "--resume"], cwd=tmp_path)
+    # resumed under torchrun (an external launcher: both ranks start together, rank 0 alone
+    # checks the run folder)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        *args[1:],
+        "--resume",
+    ]
+    _run_cli(torchrun, cwd=tmp_path)
     after = _rows(run)
     assert [r["epoch"] for r in after] == ["1", "2", "3"]
     assert after[: len(before) - 1] == before[: len(before) - 1]  # finished epochs kept

@@ -302,7 +302,7 @@ def train(
     precision = resolve_precision(cfg.precision, device)
     hardware = {"devices": cfg.devices, "num_nodes": cfg.num_nodes, "strategy": strategy}
     # this process's rank, before anything is written (a Trainer is cheap to make)
-    rank0 = make_trainer(device, precision, deterministic=False, **hardware).is_global_zero
+    rank0 = make_trainer(device, precision, deterministic=None, **hardware).is_global_zero
     requeued = slurm_restarts() > 0 and not resume and (run / "config.yaml").is_file()
     if requeued:
         resume, overwrite = True, False
