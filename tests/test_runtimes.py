@@ -144,7 +144,9 @@ def test_wrong_output_shape_falls_back(monkeypatch):
 def test_unavailable_or_unknown_runtime_is_one_error(monkeypatch):
     real = runtimes.runtime_installed
     monkeypatch.setattr(runtimes, "runtime_installed", lambda n: n == "torch")
-    with pytest.raises(TomosegError, match="runtime openvino is not installed.*pip install"):
+    with pytest.raises(
+        TomosegError, match="runtime openvino is not installed.*pip install .tomoseg.openvino"
+    ):
         resolve_runtime("openvino", CPU)
     with pytest.raises(TomosegError, match="not installed"):
         Predictor(tiny_run(), runtime="onnxruntime")

@@ -42,8 +42,11 @@ _CHECK_TOLERANCE = 0.05  # relative L2 error of the logits vs eager fp32 (bf16 g
 
 
 def runtime_installed(name: str) -> bool:
-    """Whether a runtime's Python package can be imported (torch always can)."""
-    return name == "torch" or importlib.util.find_spec(_PACKAGE[name]) is not None
+    """Whether a runtime's Python package, and ``onnx`` (which PyTorch's exporter needs), can be
+    imported (torch always can)."""
+    if name == "torch":
+        return True
+    return all(importlib.util.find_spec(p) is not None for p in (_PACKAGE[name], "onnx"))
 
 
 def available_runtimes() -> list[str]:
@@ -68,7 +71,8 @@ def resolve_runtime(runtime: str | None, device: torch.device) -> str:
     if name != "torch":
         if not runtime_installed(name):
             raise TomosegError(
-                f"runtime {name} is not installed (pip install {_PACKAGE[name]}); "
+                f"runtime {name} is not installed (pip install 'tomoseg[{name}]', or "
+                f"pip install {_PACKAGE[name]} onnx); "
                 f"available: {', '.join(available_runtimes())}"
             )
         if device.type != "cpu":
