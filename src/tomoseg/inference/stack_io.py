@@ -12,12 +12,13 @@ Worker processes (:class:`IOPool`):
   memory block, and return the count (and the packed mask) of its non-finite pixels;
 * write slice ``i``'s class ids from a uint8 slot of the same block (a zarr chunk or a TIFF), then
   its progress marker, exactly as the writer thread does;
-* ignore SIGINT (Ctrl-C is the parent's to handle) and die with the parent: on Linux
-  ``PR_SET_PDEATHSIG`` (their parent is the forkserver, which exits when ours does), and a
-  watchdog thread that exits when the worker is re-parented (any platform).
+* ignore SIGINT (Ctrl-C is the owner's to handle) and die with the process that owns the pool:
+  a watchdog thread checks it every 0.2 s (their parent, the forkserver, lives as long as they
+  do, so ``PR_SET_PDEATHSIG`` alone would not do).
 
-After a ``kill -9`` of the parent the shared memory is unlinked by multiprocessing's resource
-tracker (it warns of the "leaked" segment it cleans up) and the workers exit within a second.
+After a ``kill -9`` of the owner the workers exit within a fraction of a second, then the
+forkserver and multiprocessing's resource tracker, which unlinks the shared memory (it warns of
+the "leaked" segment it cleans up).
 """
 
 from __future__ import annotations
@@ -157,28 +158,54 @@ def auto_io_workers(on_gpu: bool, cores: int | None = None) -> int:
 _W: dict[str, Any] = {}
 
 
-def _die_with_parent(parent: int) -> None:
-    """Exit when the process that started us is gone (no orphan after ``kill -9``)."""
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc``), None when unknown or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZXx" else fields[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    """Whether process ``pid`` (started at ``start``: not a later process of the same pid) runs."""
+    if start is not None:
+        return _start_time(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _die_with(main: int, start: str | None) -> None:
+    """Exit as soon as the process that owns the pool is gone, even by ``kill -9`` (no orphans).
+
+    The worker's parent is the forkserver, which itself lives as long as any of its children
+    (they hold its "alive" pipe): so the worker watches the pool's owner, every 0.2 s (a zombie
+    counts as gone), and also asks Linux to kill it when the forkserver ends.
+    """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl
-        os._exit(1)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
     def watch() -> None:
-        while os.getppid() == parent:
-            threading.Event().wait(0.5)
+        while _alive(main, start):
+            threading.Event().wait(0.2)
         os._exit(1)
 
-    threading.Thread(target=watch, name="tomoseg-parent-watch", daemon=True).start()
+    if not _alive(main, start):
+        os._exit(1)
+    threading.Thread(target=watch, name="tomoseg-owner-watch", daemon=True).start()
 
 
 def _init_worker(cfg: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(os.getppid())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
+    _die_with(cfg["owner"], cfg["owner_start"])
     shm = SharedMemory(name=cfg["shm"])
     h, w = cfg["src"].shape
     n_in, n_out = cfg["n_in"], cfg["n_out"]
@@ -271,6 +298,8 @@ class IOPool:
             "nonfinite": nonfinite,
             "n_in": n_in,
             "n_out": n_out,
+            "owner": os.getpid(),
+            "owner_start": _start_time(os.getpid()),
         }
         try:
             self.pool = ProcessPoolExecutor(
