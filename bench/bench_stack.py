@@ -132,7 +132,16 @@ def worker(spec: dict) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    opts = {"io_workers": spec.get("io_workers"), "batch_slices": spec.get("batch", 1)}
+    marks: list[tuple[float, int]] = []  # (time, slices finished): the steady rate
+
+    def progress(done: int, total: int) -> None:
+        marks.append((time.perf_counter(), done))
+
+    opts = {
+        "io_workers": spec.get("io_workers"),
+        "batch_slices": spec.get("batch", 1),
+        "progress": progress,
+    }
     t0 = time.perf_counter()
     if spec["variant"] == "io":
         import numpy as np
@@ -171,7 +180,11 @@ def worker(spec: dict) -> dict:
     seconds = time.perf_counter() - t0
     running.clear()
     sampler.join()
-    return {"seconds": seconds, "peak_mib": peak_rss_mib(), "tree_mib": peak[0]}
+    steady = None
+    if len(marks) > 2:  # from the first finished slice to the last: no start-up costs
+        (t1, d1), (t2, d2) = marks[0], marks[-1]
+        steady = (d2 - d1) / (t2 - t1) if t2 > t1 else None
+    return {"seconds": seconds, "peak_mib": peak_rss_mib(), "tree_mib": peak[0], "steady": steady}
 
 
 def cli_per_slice(run: Path, src: Path, out: Path, k: int, gpu: bool) -> float:
@@ -235,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.io or args.io_only:
                 plan += [("io", iw) for iw in args.io_workers]
             times: dict[str, list[float]] = {}
+            rates: dict[str, list[float]] = {}
             for _ in range(args.repeat):
                 for variant, iw in plan:
                     k = min(n, args.predict_n or n) if variant == "predict" else n
@@ -255,17 +269,21 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     key = label(variant, iw)
                     times.setdefault(key, []).append(r["seconds"] / k)
+                    rates.setdefault(key, []).append(r["steady"] or 0.0)
                     row[key] = {
                         "slices": k,
                         "s_per_slice": round(statistics.median(times[key]), 4),
                         "runs_s_per_slice": [round(t, 4) for t in times[key]],
+                        "steady_slices_per_s": round(statistics.median(rates[key]), 2),
+                        "runs_steady": [round(t, 2) for t in rates[key]],
                         "peak_mib": round(r["peak_mib"], 1),
                         "tree_mib": round(r["tree_mib"], 1),
                     }
                     shutil.rmtree(out, ignore_errors=True)
                     print(
                         f"N={n} {key}: {r['seconds'] / k:.4f} s/slice "
-                        f"({k / r['seconds']:.1f} slices/s), peak {r['peak_mib']:.0f} MiB, "
+                        f"({k / r['seconds']:.1f} slices/s; steady {r['steady'] or 0:.1f} "
+                        f"slices/s), peak {r['peak_mib']:.0f} MiB, "
                         f"process tree {r['tree_mib']:.0f} MiB",
                         flush=True,
                     )
@@ -308,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"median of {args.repeat}): "
                         + " | ".join(
                             f"{k} {1 / row[k]['s_per_slice']:.1f} slices/s "
-                            f"(x{base / row[k]['s_per_slice']:.2f})"
+                            f"(x{base / row[k]['s_per_slice']:.2f}; steady "
+                            f"{row[k]['steady_slices_per_s']:.1f}, "
+                            f"x{row[k]['steady_slices_per_s'] / max(row[keys[0]]['steady_slices_per_s'], 1e-9):.2f})"
                             for k in keys
                         ),
                         flush=True,

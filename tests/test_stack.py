@@ -528,3 +528,35 @@ def test_io_workers_sigkill_leaves_no_orphan_and_resumes(tmp_path, runs):
     meta = json.loads((out / "stack.json").read_text())
     assert meta["complete"] and meta["summary"]["computed"] + meta["summary"]["skipped"] == n
     assert volume(out).tobytes() == volume(tmp_path / "full").tobytes()
+
+
+def test_direct_chunk_writes_equal_zarr(tmp_path):
+    """The sink writes the label volume's chunk files itself: the same files, byte for byte, as
+    zarr's ``array[i] = labels`` (edge chunks padded, all-zero chunks not stored)."""
+    from tomoseg.inference.stack_io import _Sink
+    from tomoseg.io.ome_zarr import create_label_array
+
+    shape = (2, 1500, 1100)  # chunks (1, 1024, 1024): 2 x 2 per slice, three of them edges
+    rng = np.random.default_rng(12)
+    labels = np.zeros(shape[1:], np.uint8)
+    labels[:1200, :900] = rng.integers(0, 3, (1200, 900))  # chunk (1, 1) stays all zero
+    files = {}
+    for how in ("zarr", "direct"):
+        out = tmp_path / how
+        create_label_array(out / "labels.zarr", shape, "uint8", (1, 1024, 1024), (1, 1, 1), "um")
+        sink = _Sink(out, "zarr", ["z0", "z1"])
+        assert sink.direct is not None
+        if how == "zarr":
+            sink.array[1] = labels  # type: ignore[index]
+        else:
+            garbage = out / "labels.zarr" / "0" / "1" / "1" / "1"
+            garbage.parent.mkdir(parents=True)
+            garbage.write_bytes(b"half-written")  # a killed run's chunk: removed
+            sink.write(1, labels)
+        root = out / "labels.zarr" / "0"
+        files[how] = {
+            str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()
+        }
+    assert files["zarr"] == files["direct"] and "1/1/1" not in files["direct"]
+    back = zarr.open_array(str(tmp_path / "direct" / "labels.zarr" / "0"), mode="r")[1]
+    assert np.array_equal(back, labels)
