@@ -21,7 +21,10 @@ a GPU run on this machine's CPU. ``--io-only`` runs only that.
 ``--repeat R`` repeats the whole interleaved sequence (timings on a shared machine are noisy:
 compare within one run). Peak memory is the benchmark process's own and, for the worker
 processes, the largest sum of resident memory over the process tree seen while it ran
-(``tree_mib``; shared memory counts once per process that maps it: an upper bound).
+(``tree_mib``; shared memory counts once per process that maps it: an upper bound). CPU time
+per slice is given for the process that runs the model (what the GIL serialises; including the
+call's start-up) and for its child processes (sampled every 0.25 s: a slight underestimate);
+unlike slices per second it barely depends on what else runs on the machine.
 
     python bench/bench_stack.py --io-only --n 200 --io-workers 0 2 --repeat 3   # CPU ceiling
     python bench/bench_stack.py --gpu --n 200 --io-workers 0 2 4 --batch-slices 4
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,26 +94,33 @@ def make_slices(folder: Path, n: int, shape: tuple[int, int]) -> Path:
     return folder
 
 
-def tree_rss_mib(root: int) -> float:
-    """Resident memory of ``root`` and all its descendants now, MiB (Linux /proc; else 0)."""
+def tree_now(root: int, cpu: dict[int, float]) -> float:
+    """Resident memory of ``root`` and all its descendants now, MiB (Linux /proc; else 0);
+    records each descendant's CPU seconds so far (user + system) in ``cpu``."""
     kids: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    ticks: dict[int, float] = {}
+    page, hz = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
     for d in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not d.isdigit():
             continue
         try:
-            with open(f"/proc/{d}/status") as f:
-                st = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        kids.setdefault(int(st["PPid"]), []).append(int(d))
-        rss[int(d)] = int(st.get("VmRSS", "0 kB").split()[0])
+        pid = int(d)
+        kids.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21]) * page
+        ticks[pid] = (int(fields[11]) + int(fields[12])) / hz
     total, todo = 0, [root]
     while todo:
         p = todo.pop()
         total += rss.get(p, 0)
+        if p != root:
+            cpu[p] = max(cpu.get(p, 0.0), ticks.get(p, 0.0))
         todo += kids.get(p, [])
-    return total / 1024
+    return total / 2**20
 
 
 def worker(spec: dict) -> dict:
@@ -125,10 +136,12 @@ def worker(spec: dict) -> dict:
     running = threading.Event()
     running.set()
 
+    cpu: dict[int, float] = {}  # descendants' CPU seconds (sampled: a slight underestimate)
+
     def sample() -> None:
         while running.is_set():
-            peak[0] = max(peak[0], tree_rss_mib(os.getpid()))
-            time.sleep(0.5)
+            peak[0] = max(peak[0], tree_now(os.getpid(), cpu))
+            time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -143,6 +156,7 @@ def worker(spec: dict) -> dict:
         "progress": progress,
     }
     t0 = time.perf_counter()
+    own0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     if spec["variant"] == "io":
         import numpy as np
 
@@ -178,13 +192,21 @@ def worker(spec: dict) -> dict:
             overwrite=True,
         )
     seconds = time.perf_counter() - t0
+    own = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - own0
     running.clear()
     sampler.join()
     steady = None
     if len(marks) > 2:  # from the first finished slice to the last: no start-up costs
         (t1, d1), (t2, d2) = marks[0], marks[-1]
         steady = (d2 - d1) / (t2 - t1) if t2 > t1 else None
-    return {"seconds": seconds, "peak_mib": peak_rss_mib(), "tree_mib": peak[0], "steady": steady}
+    return {
+        "seconds": seconds,
+        "peak_mib": peak_rss_mib(),
+        "tree_mib": peak[0],
+        "steady": steady,
+        "cpu_own": own,
+        "cpu_children": sum(cpu.values()),
+    }
 
 
 def cli_per_slice(run: Path, src: Path, out: Path, k: int, gpu: bool) -> float:
@@ -278,12 +300,17 @@ def main(argv: list[str] | None = None) -> int:
                         "runs_steady": [round(t, 2) for t in rates[key]],
                         "peak_mib": round(r["peak_mib"], 1),
                         "tree_mib": round(r["tree_mib"], 1),
+                        "cpu_ms_per_slice_own": round(1000 * r["cpu_own"] / k, 1),
+                        "cpu_ms_per_slice_children": round(1000 * r["cpu_children"] / k, 1),
                     }
                     shutil.rmtree(out, ignore_errors=True)
                     print(
                         f"N={n} {key}: {r['seconds'] / k:.4f} s/slice "
-                        f"({k / r['seconds']:.1f} slices/s; steady {r['steady'] or 0:.1f} "
-                        f"slices/s), peak {r['peak_mib']:.0f} MiB, "
+                        f"({k / r['seconds']:.1f} slices/s"
+                        + (f"; steady {r['steady']:.1f} slices/s" if r["steady"] else "")
+                        + f"), CPU per slice {1000 * r['cpu_own'] / k:.1f} ms in this process"
+                        f" + {1000 * r['cpu_children'] / k:.1f} ms in its children,"
+                        f" peak {r['peak_mib']:.0f} MiB, "
                         f"process tree {r['tree_mib']:.0f} MiB",
                         flush=True,
                     )
