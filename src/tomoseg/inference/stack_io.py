@@ -309,12 +309,16 @@ def _main_not_reimported() -> Iterator[None]:
     if main is None:
         yield
         return
-    old = getattr(main, "__spec__", None)
-    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
-    try:
-        yield
-    finally:
-        main.__spec__ = old
+    with _MAIN_LOCK:  # pools in several threads (parts): one swap at a time
+        old = getattr(main, "__spec__", None)
+        main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+        try:
+            yield
+        finally:
+            main.__spec__ = old
+
+
+_MAIN_LOCK = threading.Lock()
 
 
 def _context() -> multiprocessing.context.BaseContext:
