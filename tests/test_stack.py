@@ -560,3 +560,31 @@ def test_direct_chunk_writes_equal_zarr(tmp_path):
     assert files["zarr"] == files["direct"] and "1/1/1" not in files["direct"]
     back = zarr.open_array(str(tmp_path / "direct" / "labels.zarr" / "0"), mode="r")[1]
     assert np.array_equal(back, labels)
+
+
+def test_io_pool_from_a_script_without_main_guard(tmp_path):
+    """The workers never re-import ``__main__``: a script without an ``if __name__ ==
+    "__main__":`` guard runs its top-level code once (multiprocessing would run it per worker)."""
+    import os
+    import subprocess
+    import sys
+
+    src = folder(tmp_path / "in", slices(2))
+    script = tmp_path / "script.py"
+    script.write_text(
+        "print('top-level code ran', flush=True)\n"
+        "from pathlib import Path\n"
+        "from tomoseg.data.normalization import Normalization\n"
+        "from tomoseg.inference.stack_io import IOPool\n"
+        "from tomoseg.io.volumes import open_source\n"
+        f"src = open_source({str(src)!r})\n"
+        f"with IOPool(src, Path({str(tmp_path)!r}), 'tiff', Normalization(lower=0, upper=1),"
+        " 'background', 2, 2, 2) as pool:\n"
+        "    print([pool.read(i, i).result()[0] for i in range(2)], flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.splitlines() == ["top-level code ran", "[0, 0]"], proc.stdout
