@@ -300,3 +300,259 @@ def test_sigkill_then_same_command_resumes_identically(tmp_path, runs):
     assert meta["complete"] and meta["summary"]["skipped"] >= done_before
     assert meta["summary"]["computed"] + meta["summary"]["skipped"] == n
     assert np.array_equal(volume(out), volume(tmp_path / "full"))
+
+
+# ----------------------------------------------------------------------------- io_workers
+
+
+def nan_slices(n: int, seed: int = 8) -> list[np.ndarray]:
+    """float32 slices with NaN (outside the field of view) and a few infinite pixels."""
+    imgs = [im.astype(np.float32) for im in slices(n, seed)]
+    imgs[1][:6, :10] = np.nan
+    imgs[-1][-1, -3:] = [np.inf, -np.inf, np.nan]
+    return imgs
+
+
+def marker_texts(out: Path) -> dict[str, str]:
+    return {f.name: f.read_text() for f in (out / "progress").iterdir()}
+
+
+@pytest.mark.parametrize("kind", ["folder", "tiff", "zarr"])
+def test_io_workers_equal_threads_byte_for_byte(tmp_path, runs, kind):
+    imgs = nan_slices(5)
+    if kind == "folder":
+        src = tmp_path / "in"
+        src.mkdir()
+        for k, im in enumerate(imgs):
+            tifffile.imwrite(src / f"z{k:04d}.tif", im)
+    elif kind == "tiff":
+        src = tmp_path / "stack.tif"
+        tifffile.imwrite(src, np.stack(imgs))
+    else:
+        src = tmp_path / "in.zarr"
+        zarr.create_array(str(src), data=np.stack(imgs), chunks=(1, *SHAPE))
+    fmt = "tiff" if kind == "folder" else "zarr"
+    batch = 2 if kind == "zarr" else 1
+    outs = {}
+    for w in (0, 2):
+        outs[w] = tmp_path / f"out{w}"
+        info = segment_stack(
+            runs[0], src, outs[w], fmt=fmt, device="cpu", batch_slices=batch, io_workers=w
+        )
+        assert info["computed"] == 5 and info["nonfinite"]["pixels"] == 63
+    if fmt == "zarr":
+        a, b = volume(outs[0]), volume(outs[2])
+        assert a.tobytes() == b.tobytes() and (a[1][:6, :10] == 0).all()
+    else:
+        for f in sorted((outs[0] / "labels").glob("*.tif")):
+            assert f.read_bytes() == (outs[2] / "labels" / f.name).read_bytes()
+    assert marker_texts(outs[0]) == marker_texts(outs[2])  # non-finite counts per slice
+    assert marker_texts(outs[0])["000001"] == "60\n"
+
+
+def test_io_workers_interrupted_then_resumed_identically(tmp_path, runs):
+    src = folder(tmp_path / "in", slices(10, seed=9))
+    segment_stack(runs[0], src, tmp_path / "full", device="cpu", io_workers=0)
+
+    def stop_after_two(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        segment_stack(runs[0], src, out, device="cpu", io_workers=2, progress=stop_after_two)
+    marks = sorted((out / "progress").iterdir())
+    assert 2 <= len(marks) < 10  # the writes already submitted were finished
+    info = segment_stack(runs[0], src, out, device="cpu", io_workers=2)
+    assert info["computed"] + info["skipped"] == 10 and info["skipped"] == len(marks)
+    assert volume(out).tobytes() == volume(tmp_path / "full").tobytes()
+
+
+def test_io_workers_bad_slice_is_one_error_line(tmp_path, runs, run_cli):
+    src = folder(tmp_path / "in", slices(6, seed=10))
+    (src / "z0002.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    args = ["segment-stack", runs[0], src, "--out", out, "--device", "cpu", "--format", "tiff"]
+    code, _, err = run_cli(*args, "--io-workers", "2")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "z0002" in lines[0] and "Traceback" not in err
+    # the slices before it are finished, none after it
+    assert sorted(f.name for f in (out / "progress").iterdir()) == ["000000", "000001"]
+    assert sorted(f.stem for f in (out / "labels").glob("*.tif")) == ["z0000", "z0001"]
+    # a slice of another shape, read in a worker, through the API
+    write_png(src / "z0002.png", np.zeros((40, 40), np.uint8))
+    with pytest.raises(TomosegError, match=r"slice z0002 has shape \(40, 40\)") as exc:
+        segment_stack(runs[0], src, out, fmt="tiff", device="cpu", io_workers=1)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("bad", ["-1", "two"])
+def test_cli_bad_io_workers_is_one_error_line(tmp_path, runs, run_cli, bad):
+    src = folder(tmp_path / "in", slices(1))
+    code, _, err = run_cli(
+        "segment-stack", runs[0], src, "--out", tmp_path / "o", "--io-workers", bad
+    )
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "io-workers" in lines[0]
+    for value in (-1, 1.5, True):
+        with pytest.raises(TomosegError, match="io_workers must be an integer >= 0"):
+            segment_stack(runs[0], src, tmp_path / "o", io_workers=value)
+
+
+def test_auto_io_workers_and_write_errors(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tomoseg.inference.stack_io import auto_io_workers, worker_error, write_slice
+
+    assert [auto_io_workers(True, c) for c in (1, 2, 3, 4, 6, 16)] == [0, 0, 1, 2, 4, 4]
+    assert auto_io_workers(False, 64) == 0  # the network on the CPU: threads
+
+    class Full:
+        out, ids = tmp_path, ["z0000", "z0001"]
+
+        def write(self, i, labels):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(TomosegError) as exc:
+        write_slice(Full(), 1, np.zeros(SHAPE, np.uint8), 0)  # type: ignore[arg-type]
+    assert str(exc.value) == "disk full while writing slice z0001; free space and rerun to resume"
+    err = worker_error(BrokenProcessPool("gone"), "reading slice z0007")
+    assert isinstance(err, TomosegError) and "while reading slice z0007" in str(err)
+
+
+def _session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = (Path("/proc") / d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[3]) == sid:
+                pids.append(int(d))
+    return pids
+
+
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+def _wait_session_gone(sid: int, seconds: float = 15.0) -> list[int]:
+    import time
+
+    deadline = time.time() + seconds
+    while _session(sid) and time.time() < deadline:
+        time.sleep(0.05)
+    return _session(sid)
+
+
+@LINUX_PROC
+def test_io_pool_owner_sigkilled_leaves_no_process(tmp_path):
+    """A process holding an IOPool (2 workers, forkserver, resource tracker) is ``kill -9``-ed:
+    every process it started ends (fast: no torch, no model)."""
+    import os
+    import subprocess
+    import sys
+
+    src = folder(tmp_path / "in", slices(3))
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tomoseg.data.normalization import Normalization\n"
+        "from tomoseg.inference.stack_io import IOPool\n"
+        "from tomoseg.io.volumes import open_source\n"
+        f"src = open_source({str(src)!r})\n"
+        f"pool = IOPool(src, Path({str(tmp_path)!r}), 'tiff', Normalization(lower=0, upper=1),"
+        " 'background', 2, 3, 3)\n"
+        "[f.result() for f in [pool.read(0, 0), pool.read(1, 1), pool.read(2, 2)]]\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    err = tmp_path / "stderr.txt"  # not a pipe: an orphan holding it would hang the test
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=f,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready", err.read_text()
+    assert len(_session(proc.pid)) >= 4  # owner, forkserver, 2 workers (+ resource tracker)
+    sigkill_when(proc, lambda: True)
+    assert _wait_session_gone(proc.pid) == [], "processes left after kill -9 of the owner"
+
+
+@pytest.mark.slow
+@LINUX_PROC
+def test_io_workers_sigkill_leaves_no_orphan_and_resumes(tmp_path, runs):
+    """``kill -9`` of ``tomoseg segment-stack --io-workers 2``: its worker processes exit too,
+    and the same command completes the stack identically."""
+    import os
+    import subprocess
+    import sys
+
+    n = 120
+    rng = np.random.default_rng(11)
+    src = folder(
+        tmp_path / "in", [rng.integers(0, 120, (160, 192)).astype(np.uint8) for _ in range(n)]
+    )
+    segment_stack(runs[0], src, tmp_path / "full", device="cpu", io_workers=0)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tomoseg.cli", "segment-stack", str(runs[0]), str(src)]
+    cmd += ["--out", str(out), "--device", "cpu", "--io-workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "stderr.txt", "wb") as f:  # not a pipe: orphans would hang the test
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=f, env=env, start_new_session=True
+        )
+    marks = out / "progress"
+    seen: list[int] = []
+
+    def ready() -> bool:
+        seen[:] = _session(proc.pid)
+        return marks.is_dir() and len(os.listdir(marks)) >= 3
+
+    sigkill_when(proc, ready)
+    assert len(seen) >= 4, seen  # the CLI, the forkserver and two workers (+ resource tracker)
+    assert _wait_session_gone(proc.pid) == [], "orphan worker processes after kill -9"
+    done_before = len(os.listdir(marks))
+    assert 3 <= done_before < n
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-500:]
+    meta = json.loads((out / "stack.json").read_text())
+    assert meta["complete"] and meta["summary"]["computed"] + meta["summary"]["skipped"] == n
+    assert volume(out).tobytes() == volume(tmp_path / "full").tobytes()
+
+
+def test_io_pool_from_a_script_without_main_guard(tmp_path):
+    """The workers never re-import ``__main__``: a script without an ``if __name__ ==
+    "__main__":`` guard runs its top-level code once (multiprocessing would run it per worker)."""
+    import os
+    import subprocess
+    import sys
+
+    src = folder(tmp_path / "in", slices(2))
+    script = tmp_path / "script.py"
+    script.write_text(
+        "print('top-level code ran', flush=True)\n"
+        "from pathlib import Path\n"
+        "from tomoseg.data.normalization import Normalization\n"
+        "from tomoseg.inference.stack_io import IOPool\n"
+        "from tomoseg.io.volumes import open_source\n"
+        f"src = open_source({str(src)!r})\n"
+        f"with IOPool(src, Path({str(tmp_path)!r}), 'tiff', Normalization(lower=0, upper=1),"
+        " 'background', 2, 2, 2) as pool:\n"
+        "    print([pool.read(i, i).result()[0] for i in range(2)], flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.splitlines() == ["top-level code ran", "[0, 0]"], proc.stdout

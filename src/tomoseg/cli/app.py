@@ -503,6 +503,13 @@ def segment_stack_cmd(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
+    io_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes that read+normalise and write slices (0: threads; default: 0 on "
+            "CPU or <= 2 cores, else min(4, cores-2)).",
+        ),
+    ] = None,
     allow_gaps: Annotated[
         bool,
         typer.Option("--allow-gaps", help="Accept numbered slice files with holes (sub-sampled)."),
@@ -609,6 +616,7 @@ def segment_stack_cmd(
             runtime=runtime,
             tta=tta,
             postprocess=not no_postprocess,
+            io_workers=io_workers,
         )
     if verify:
         console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")

@@ -76,12 +76,34 @@ def fit_normalization(
     return Normalization(lower=float(lo), upper=float(hi), p_low=p_low, p_high=p_high)
 
 
+class NormalizedImage(np.ndarray):
+    """A float32 image that :func:`normalize` already normalised with ``norm`` (by an I/O worker
+    process of ``segment_stack``): ``normalize(image, norm)`` passes it through without a copy,
+    and :func:`nonfinite_mask` knows it is finite. Made by :func:`as_normalized`."""
+
+    norm: tuple[float, float] | None = None
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.norm = getattr(obj, "norm", None)
+
+
+def as_normalized(arr: np.ndarray, norm: Normalization) -> NormalizedImage:
+    """Mark ``arr`` (a view, no copy), the float32 output of ``normalize(image, norm)``, as such."""
+    out = np.asarray(arr, dtype=np.float32).view(NormalizedImage)
+    out.norm = (norm.lower, norm.upper)
+    return out
+
+
 def normalize(img: np.ndarray, norm: Normalization) -> np.ndarray:
     """Apply a fitted :class:`Normalization`; non-finite pixels become 0 (the lower bound).
+
+    A :class:`NormalizedImage` of the same bounds is returned as it is (as a plain array view).
 
     Returns:
         float32 array in ``[0, 1]`` of the same shape (never NaN).
     """
+    if isinstance(img, NormalizedImage) and img.norm == (norm.lower, norm.upper):
+        return img.view(np.ndarray)
     arr = np.asarray(img)
     out = (arr.astype(np.float32) - np.float32(norm.lower)) / np.float32(norm.upper - norm.lower)
     bad = nonfinite_mask(arr)
@@ -103,6 +125,8 @@ def nonfinite_mask(img: np.ndarray) -> np.ndarray | None:
     Returns:
         bool array of ``img``'s shape, or None when every pixel is finite (always for integers).
     """
+    if isinstance(img, NormalizedImage):  # normalised: finite by construction
+        return None
     arr = np.asarray(img)
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(
         arr.dtype, np.complexfloating

@@ -22,14 +22,8 @@ from typing import Any
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack import (
-    PROGRESS_DIR,
-    Runner,
-    _Sink,
-    mark_done,
-    read_slice,
-    segment_stack,
-)
+from tomoseg.inference.stack import Runner, segment_stack
+from tomoseg.inference.stack_io import _Sink, read_slice, write_slice
 
 
 class _SegmentActor:
@@ -78,8 +72,7 @@ class _SegmentActor:
         read = [read_slice(self.read, self.src, i, self.nonfinite) for i in idx]
         labels = segment_batch(self.run, [img for img, _ in read], probabilities=False)[0]
         for i, lab, (_, bad) in zip(idx, labels, read, strict=True):
-            self.sink.write(i, lab)
-            mark_done(self.out / PROGRESS_DIR, i, bad)
+            write_slice(self.sink, i, lab, bad)
         return {"i": np.asarray(idx, dtype=np.int64)}
 
 

@@ -35,23 +35,34 @@ Outputs (in the folder ``out``):
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import queue
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import numpy as np
-import tifffile
 
-from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite, refuse_nonfinite
+from tomoseg.data.normalization import check_nonfinite_rule
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import configure_run, run_decision, segment_batch
+from tomoseg.inference.stack_io import (
+    PROGRESS_DIR,
+    IOPool,
+    _Sink,
+    auto_io_workers,
+    read_slice,
+    worker_error,
+    write_slice,
+)
 from tomoseg.io.jobs import job_difference
 from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.volumes import (
@@ -63,11 +74,10 @@ from tomoseg.io.volumes import (
     parse_voxel_size,
     read_stack_info,
 )
-from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_text
+from tomoseg.io.writers import prepare_output_dir, write_json
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device
 
-PROGRESS_DIR = "progress"
 QUEUE_SIZE = 4
 MAX_CHUNK = 1024
 _DONE = object()
@@ -75,36 +85,6 @@ _DONE = object()
 
 def _chunks(shape: tuple[int, int]) -> tuple[int, int, int]:
     return 1, min(shape[0], MAX_CHUNK), min(shape[1], MAX_CHUNK)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-class _Sink:
-    """Writes one slice of class ids; only the writer thread calls ``write``."""
-
-    def __init__(self, out: Path, fmt: str, ids: list[str]):
-        self.out, self.fmt, self.ids = out, fmt, ids
-        self.array = None
-        if fmt == "zarr":
-            import zarr
-
-            self.array = zarr.open_array(str(out / ZARR_NAME / "0"), mode="r+")
-
-    def write(self, i: int, labels: np.ndarray) -> None:
-        if self.fmt == "zarr":
-            self.array[i] = labels  # type: ignore[index]
-        else:
-            atomic_write(
-                self.out / TIFF_DIR / f"{self.ids[i]}.tif",
-                lambda t: tifffile.imwrite(t, labels, compression="zlib"),
-            )
 
 
 def _create_volume(
@@ -244,6 +224,7 @@ def segment_stack(
     runtime: str = "auto",
     tta: object = None,
     postprocess: bool = True,
+    io_workers: int | None = None,
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
@@ -281,6 +262,11 @@ def segment_stack(
             configured one); recorded in ``stack.json`` with the decision applied (a resume with
             other settings is refused).
         postprocess: apply the run's decision tuned on validation (``decision.json``).
+        io_workers: processes that read + normalise and write slices (shared memory between
+            them and the model), so that a GPU is fed without the GIL; 0 = the reader and
+            writer threads; None = automatic (:func:`~tomoseg.inference.stack_io.auto_io_workers`:
+            0 when the network runs on the CPU or on <= 2 cores, else ``min(4, cores - 2)``).
+            The labels are the same byte for byte. Ignored with a ``runner``.
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
@@ -289,8 +275,8 @@ def segment_stack(
         slices without any left out).
 
     Raises:
-        TomosegError: bad input, a slice of another shape or unreadable (named; the slices before
-            it are finished), non-finite pixels with ``nonfinite="error"`` (named likewise), a
+        TomosegError: bad input, ``io_workers`` not an integer >= 0, a slice of another shape or
+            unreadable (named; the slices before it are finished), non-finite pixels with ``nonfinite="error"`` (named likewise), a
             hyperstack with C or T > 1 and no ``channel`` / ``time``, an output of another job, a
             full disk.
     """
@@ -300,11 +286,23 @@ def segment_stack(
     if int(batch_slices) < 1:
         raise TomosegError(f"batch_slices must be >= 1, got {batch_slices}")
     check_nonfinite_rule(nonfinite)
+    if io_workers is not None and (
+        isinstance(io_workers, bool)
+        or not isinstance(io_workers, int | np.integer)
+        or io_workers < 0
+    ):
+        raise TomosegError(
+            f"io_workers must be an integer >= 0 (0: threads; default: automatic), got {io_workers!r}"
+        )
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
     run = load_run(Path(run_dir), which, device=resolve_device(device))
     configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
     decision = run_decision(run)
+    if runner is None:
+        on_gpu = next(run.model.parameters()).device.type != "cpu"
+        workers = auto_io_workers(on_gpu) if io_workers is None else io_workers
+        runner = functools.partial(_run_pipeline, io_workers=workers) if workers else _run_pipeline
     rpath = Path(run_dir)
     wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
@@ -399,36 +397,6 @@ def segment_stack(
     return summary
 
 
-def read_slice(
-    read: Callable[[int], np.ndarray], src: StackSource, i: int, nonfinite: str
-) -> tuple[np.ndarray, int]:
-    """Slice ``i`` read and checked as every runner does: its shape against the stack's, and its
-    non-finite pixels refused (``nonfinite="error"``) or counted.
-
-    Returns:
-        ``(image (Y, X), number of non-finite pixels)``.
-    """
-    img = read(i)
-    if img.shape != src.shape:
-        raise TomosegError(
-            f"slice {src.ids[i]} has shape {img.shape} but the stack's slices "
-            f"have {src.shape} (as {src.ids[0]})"
-        )
-    if nonfinite == "error":
-        refuse_nonfinite(img, f"slice {src.ids[i]} of {src.path}")
-    return img, count_nonfinite(img)
-
-
-def mark_done(marks: Path, i: int, nonfinite_pixels: int) -> None:
-    """Slice ``i``'s completion marker, made after its labels are written; it holds the slice's
-    count of non-finite pixels when there were any (written whole, then renamed, so the count
-    survives a resume)."""
-    if nonfinite_pixels:
-        write_text(marks / f"{i:06d}", f"{nonfinite_pixels}\n")
-    else:
-        (marks / f"{i:06d}").touch()
-
-
 #: ``runner(run, src, out, fmt, todo, batch_slices, progress, finished, nonfinite) -> slices
 #: computed``
 Runner = Callable[
@@ -457,10 +425,16 @@ def _run_pipeline(
     progress: Callable[[int, int], None] | None,
     finished: int,
     nonfinite: str = "background",
+    io_workers: int = 0,
 ) -> int:
-    """Reader thread -> model (this thread) -> writer thread; returns the slices computed."""
+    """Read -> model (this thread) -> write, overlapped: in a reader and a writer thread
+    (``io_workers=0``), else in ``io_workers`` processes; returns the slices computed."""
     if not todo:
         return 0
+    if io_workers:
+        return _run_processes(
+            run, src, out, fmt, todo, batch, progress, finished, nonfinite, io_workers
+        )
     size = max(QUEUE_SIZE, batch)
     q_in: queue.Queue = queue.Queue(size)
     q_out: queue.Queue = queue.Queue(size)
@@ -468,7 +442,6 @@ def _run_pipeline(
     stop = threading.Event()
     writer_errors: list[BaseException] = []
     sink = _Sink(out, fmt, src.ids)
-    marks = out / PROGRESS_DIR
 
     def reader() -> None:
         try:
@@ -491,17 +464,8 @@ def _run_pipeline(
                 return
             i, labels, bad = item
             try:
-                sink.write(i, labels)
-                mark_done(marks, i, bad)
+                write_slice(sink, i, labels, bad)
             except BaseException as exc:
-                if _disk_full(exc):
-                    exc = TomosegError(
-                        f"disk full while writing slice {src.ids[i]}; free space and rerun to resume"
-                    )
-                elif isinstance(exc, OSError):
-                    exc = TomosegError(
-                        f"cannot write slice {src.ids[i]} in {out}: {exc.strerror or exc}"
-                    )
                 writer_errors.append(exc)
                 stop.set()
                 return
@@ -561,6 +525,96 @@ def _run_pipeline(
     if writer_errors:
         raise writer_errors[0]
     report()
+    return computed
+
+
+def _run_processes(
+    run: LoadedRun,
+    src: StackSource,
+    out: Path,
+    fmt: str,
+    todo: list[int],
+    batch: int,
+    progress: Callable[[int, int], None] | None,
+    finished: int,
+    nonfinite: str,
+    workers: int,
+) -> int:
+    """``_run_pipeline`` with ``workers`` I/O processes (:class:`~.stack_io.IOPool`).
+
+    Slices are read and normalised ahead, at most ``n_in`` at a time (the shared-memory slots),
+    and handed to the model in ``todo`` order; their class ids go to free output slots and are
+    written (then marked) by whichever worker is free, in any order. A slice that fails to read
+    stops the run after the slices before it are written; a failed write stops it after the
+    writes already submitted have ended.
+    """
+    total = src.n
+    ahead = max(workers, 2)
+    n_in, n_out = batch + ahead, batch + ahead
+    computed = 0
+    with IOPool(src, out, fmt, run.normalization, nonfinite, workers, n_in, n_out) as pool:
+        reads: deque[tuple[int, int, Future]] = deque()
+        writes: dict[Future, tuple[int, int]] = {}  # future -> (slice, output slot)
+        free_in, free_out = list(range(n_in)), list(range(n_out))
+        nxt = 0
+
+        def harvest(block: bool) -> None:
+            """Take back the slots of ended writes, report them; raise a writer's error."""
+            nonlocal finished
+            if not writes:
+                return
+            ended, _ = wait(list(writes), None if block else 0, FIRST_COMPLETED)
+            for f in ended:
+                i, slot = writes.pop(f)
+                free_out.append(slot)
+                exc = f.exception()
+                if exc is not None:
+                    raise worker_error(exc, f"writing slice {src.ids[i]}")
+                finished += 1
+                if progress is not None:
+                    progress(finished, total)
+
+        try:
+            while nxt < len(todo) or reads:
+                while free_in and nxt < len(todo):
+                    slot = free_in.pop()
+                    reads.append((todo[nxt], slot, pool.read(todo[nxt], slot)))
+                    nxt += 1
+                items: list[tuple[int, int, int, np.ndarray | None]] = []
+                error: BaseException | None = None
+                while reads and len(items) < batch:
+                    i, slot, f = reads[0]
+                    while not f.done():  # report finished writes while the read runs
+                        wait([f, *writes], None, FIRST_COMPLETED)
+                        harvest(False)
+                    reads.popleft()
+                    exc = f.exception()
+                    if exc is not None:  # the slices before it are still computed and written
+                        free_in.append(slot)
+                        error = worker_error(exc, f"reading slice {src.ids[i]}")
+                        break
+                    bad, packed = f.result()
+                    items.append((i, slot, bad, packed))
+                if items:
+                    labels = _segment_many(run, [pool.image(slot) for _, slot, _, _ in items])
+                    for (i, slot, bad, packed), lab in zip(items, labels, strict=True):
+                        free_in.append(slot)
+                        if packed is not None:  # outside the field of view: background
+                            lab[pool.unpack(packed)] = 0
+                        while not free_out:
+                            harvest(True)
+                        o = free_out.pop()
+                        writes[pool.write(i, o, lab, bad)] = (i, o)
+                    computed += len(items)
+                if error is not None:
+                    raise error
+                harvest(False)
+            while writes:
+                harvest(True)
+        finally:
+            for _, _, f in reads:
+                f.cancel()
+            wait(list(writes))  # the slices already computed are written (errors: raised above)
     return computed
 
 
