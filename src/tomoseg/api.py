@@ -51,11 +51,21 @@ class Run:
                 for row in csv.DictReader(fh)
             ]
 
-    def predictor(self, *, device: str = "auto", which: str = "best") -> Predictor:
-        """A :class:`~tomoseg.Predictor` of this run."""
+    def predictor(
+        self,
+        *,
+        device: str = "auto",
+        which: str = "best",
+        tta: object = None,
+        postprocess: bool = True,
+    ) -> Predictor:
+        """A :class:`~tomoseg.Predictor` of this run (``tta``, ``postprocess``: see
+        :meth:`~tomoseg.Predictor.from_run`)."""
         from tomoseg.inference.predictor import Predictor
 
-        return Predictor.from_run(self.path, device=device, which=which)
+        return Predictor.from_run(
+            self.path, device=device, which=which, tta=tta, postprocess=postprocess
+        )
 
 
 def train(
@@ -123,7 +133,8 @@ def train(
 def segment_stack(run: PathLike, input: PathLike, out: PathLike, **options: Any) -> dict[str, Any]:
     """Segment a whole stack into an OME-Zarr label volume (``tomoseg segment-stack``).
 
-    See :func:`tomoseg.inference.stack.segment_stack` for the options (keyword-only here).
+    See :func:`tomoseg.inference.stack.segment_stack` for the options (keyword-only here),
+    among them ``tta`` (test-time augmentation) and ``postprocess`` (the run's tuned decision).
 
     Returns:
         The summary (``slices``, ``computed``, ``seconds``, ``volume``, ...).
