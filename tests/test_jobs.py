@@ -53,3 +53,13 @@ def test_settings_added_later_at_their_default_change_nothing():
         None,
         0.99,
     )
+
+
+def test_a_mapping_and_a_plain_value_differ():
+    old = {"inference": {"decision": {"offset": 1.0}}}
+    assert job_difference(old, {"inference": {"decision": None}}) == (
+        "inference.decision",
+        {"offset": 1.0},
+        None,
+    )
+    assert job_difference({"inference": {"decision": None}}, old)[0] == "inference.decision"

@@ -130,7 +130,7 @@ def test_decision_applies_alike_everywhere(tiny, tmp_path, run_cli):
     assert all((v == 1).all() for v in vol)
     stack = json.loads((tmp_path / "s" / "stack.json").read_text())
     assert stack["inference"]["decision"]["offset"] == 1e4
-    with pytest.raises(TomosegError, match="other inference settings"):
+    with pytest.raises(TomosegError, match="another inference.decision"):
         tomoseg.segment_stack(
             forced, data / "test" / "images", tmp_path / "s", fmt="tiff", postprocess=False
         )

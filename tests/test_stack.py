@@ -397,7 +397,7 @@ def test_cli_bad_io_workers_is_one_error_line(tmp_path, runs, run_cli, bad):
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
     assert "io-workers" in lines[0]
     for value in (-1, 1.5, True):
-        with pytest.raises(TomosegError, match="io_workers must be an integer >= 0"):
+        with pytest.raises(TomosegError, match=r"io_workers=\S+: must be an integer >= 0"):
             segment_stack(runs[0], src, tmp_path / "o", io_workers=value)
 
 

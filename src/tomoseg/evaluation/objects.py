@@ -643,9 +643,9 @@ def analyze_objects(
     t0 = time.perf_counter()
     _check_connectivity(connectivity)
     if int(min_volume) < 0:
-        raise TomosegError(f"min_volume must be >= 0, got {min_volume}")
+        raise TomosegError(f"min_volume={min_volume!r}: must be >= 0")
     if chunk_slices is not None and int(chunk_slices) < 1:
-        raise TomosegError(f"chunk_slices must be >= 1, got {chunk_slices}")
+        raise TomosegError(f"chunk_slices={chunk_slices!r}: must be >= 1")
     if mesh_format not in ("ply", "stl"):
         raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
     if match not in ("iou", "coverage"):
@@ -852,7 +852,7 @@ def measure_objects(
         or not isinstance(min_volume, (int, np.integer))
         or min_volume < 0
     ):
-        raise TomosegError(f"min_volume must be an integer >= 0, got {min_volume!r}")
+        raise TomosegError(f"min_volume={min_volume!r}: must be an integer >= 0")
     objects = label_objects(arr, connectivity, int(min_volume), value=int(class_id))
     table = regionprops_table(objects, properties=("label", "num_pixels"))
     if len(table["label"]):

@@ -284,7 +284,7 @@ def segment_stack(
     if fmt not in ("zarr", "tiff"):
         raise TomosegError(f"format must be zarr or tiff, got {fmt!r}")
     if int(batch_slices) < 1:
-        raise TomosegError(f"batch_slices must be >= 1, got {batch_slices}")
+        raise TomosegError(f"batch_slices={batch_slices!r}: must be >= 1")
     check_nonfinite_rule(nonfinite)
     if io_workers is not None and (
         isinstance(io_workers, bool)
@@ -292,7 +292,7 @@ def segment_stack(
         or io_workers < 0
     ):
         raise TomosegError(
-            f"io_workers must be an integer >= 0 (0: threads; default: automatic), got {io_workers!r}"
+            f"io_workers={io_workers!r}: must be an integer >= 0 (0: threads; default: automatic)"
         )
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)

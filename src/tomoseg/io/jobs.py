@@ -30,16 +30,30 @@ def job_difference(
     """The first setting (dotted key, in ``new``'s order) whose value differs, as
     ``(key, old value, new value)``; None when every setting of ``new`` equals ``old``'s.
 
-    ``defaults``: settings added to the job's record after ``old`` was written; one absent from
-    ``old`` whose new value is its default changes nothing (an old folder stays resumable)."""
-    flat_old = dict(_flatten(old))
+    Only ``new``'s settings count (``old`` may record more). Nested mappings compare key by key;
+    a mapping on one side and a plain value on the other differ. ``defaults`` (dotted keys):
+    settings added to the job's record after ``old`` was written; one absent from ``old`` whose
+    new value is its default changes nothing (an old folder stays resumable)."""
     flat_defaults = dict(_flatten(defaults or {}))
-    for key, value in _flatten(new):
-        if key not in flat_old and key in flat_defaults and flat_defaults[key] == value:
-            continue
-        if flat_old.get(key) != value:
-            return key, flat_old.get(key), value
-    return None
+    missing = object()
+
+    def walk(o: Any, n: Mapping[str, Any], prefix: str) -> tuple[str, Any, Any] | None:
+        for k, v in n.items():
+            key = f"{prefix}{k}"
+            was = o.get(k, missing) if isinstance(o, Mapping) else missing
+            if isinstance(v, Mapping) and isinstance(was, Mapping):
+                found = walk(was, v, key + ".")
+                if found is not None:
+                    return found
+                continue
+            if was is missing and key in flat_defaults and flat_defaults[key] == v:
+                continue
+            was = None if was is missing else was
+            if was != v:
+                return key, was, v
+        return None
+
+    return walk(old, new, "")
 
 
 def read_record(path: str | Path) -> dict[str, Any] | None:

@@ -49,7 +49,7 @@ def _check_ignore_label(ignore_label: int | None, n_classes: int) -> None:
     if ignore_label is None:
         return
     if isinstance(ignore_label, bool) or not isinstance(ignore_label, (int, np.integer)):
-        raise TomosegError(f"ignore_label must be an integer mask value, got {ignore_label!r}")
+        raise TomosegError(f"ignore_label={ignore_label!r}: must be an integer mask value")
     if 0 <= int(ignore_label) < n_classes:
         raise TomosegError(
             f"ignore_label {ignore_label} is a class id (classes are 0..{n_classes - 1}); "
