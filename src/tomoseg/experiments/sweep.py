@@ -33,7 +33,7 @@ from tomoseg.experiments.cells import (
 from tomoseg.io.datasets import load_dataset, split_pairs
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
-from tomoseg.utils.format import first_line
+from tomoseg.utils.format import cell, first_line
 
 
 def base_config_dict(cfg: TrainConfig) -> dict:
@@ -403,15 +403,12 @@ def results_csv(records: list[dict], classes: list[str], coi: str) -> str:
     for r in records:
         done = r["status"] == "done"
 
-        def g(v):
-            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
         w.writerow([
             size_label(r["size"]), r["count"], r["repeat"], r["seed"], r["status"],
-            g(r.get("accuracy")) if done else "",
-            *[g(r["iou"].get(c)) if done else "" for c in classes],
-            g(r["bf1"].get(coi)) if done else "",
-            r.get("epochs", ""), g(r.get("train_seconds", "")), g(r.get("seconds_per_epoch", "")),
+            cell(r.get("accuracy")) if done else "",
+            *[cell(r["iou"].get(c)) if done else "" for c in classes],
+            cell(r["bf1"].get(coi)) if done else "",
+            r.get("epochs", ""), cell(r.get("train_seconds", "")), cell(r.get("seconds_per_epoch", "")),
             r.get("error", ""),
         ])  # fmt: skip
     return buf.getvalue()

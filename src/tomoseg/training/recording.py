@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import math
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.runtime.checkpoint import weights_metadata
 from tomoseg.training.module import SegModule
+from tomoseg.utils.format import cell, fmt
 
 # ----------------------------------------------------------------------------- recording
 
@@ -34,7 +34,7 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     w = csv.DictWriter(buf, cols, lineterminator="\n")
     w.writeheader()
     for r in history:
-        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+        w.writerow({k: cell(v) for k, v in r.items()})
     return buf.getvalue()
 
 
@@ -269,8 +269,7 @@ def _stored(path: Path) -> dict:
 
 def _row_text(row: dict, coi: str) -> str:
     def f(key: str) -> str:
-        v = row.get(key)
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+        return fmt(row.get(key), pct=False, digits=3)
 
     return (
         f"epoch {row['epoch']}: loss {f('train_loss')}/{f('val_loss')} "
