@@ -202,7 +202,8 @@ def predict(
     tile_batch: Annotated[int | None, typer.Option(help="Tiles per forward pass.")] = None,
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
     runtime: Annotated[
-        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+        str,
+        typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
     ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -234,7 +235,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     runtime: Annotated[
-        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+        str,
+        typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
     ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -332,7 +334,8 @@ def segment_stack_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
     runtime: Annotated[
-        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+        str,
+        typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
     ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:

@@ -12,7 +12,7 @@ import torch
 from tomoseg.data.normalization import normalize
 from tomoseg.errors import TomosegError
 from tomoseg.inference.runtimes import inference_engine, resolve_runtime
-from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
+from tomoseg.inference.sliding_window import check_untiled_memory, class_argmax, infer_logits
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.runtime.logit_adjustment import decision_bias
@@ -65,7 +65,7 @@ def segment_batch(
     bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
     if bias is not None:
         logits = logits + bias.to(logits.device)[None, :, None, None]
-    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
+    labels = class_argmax(logits).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
     return labels, torch.softmax(logits, 1).cpu().numpy() if probabilities else None
 
 
@@ -151,8 +151,8 @@ class Predictor:
             which: ``best`` (by validation IoU of the class of interest) or ``last``.
             tile_size: tile side in px (default: the run's setting; 0 = automatic).
             tile_batch: tiles per forward pass (default: the run's setting).
-            runtime: ``auto`` (OpenVINO on CPU where installed, else PyTorch), ``torch``,
-                ``openvino`` or ``onnxruntime`` (compiled once, on first use).
+            runtime: ``auto`` (today ``torch``: on CPU with BatchNorm folded, channels-last),
+                ``torch``, ``openvino`` or ``onnxruntime`` (built once, on first use).
 
         Raises:
             TomosegError: not a run, corrupted weights, ``which``, ``device`` or ``runtime``
