@@ -16,12 +16,24 @@ import warnings
 import numpy as np
 
 CANDIDATES = [
+    ("torch (BN folded, channels-last)", {"runtime": "torch"}),
     ("torch fp32 (today without bf16)", {"runtime": "torch", "bf16": False}),
     ("openvino", {"runtime": "openvino"}),
     ("onnxruntime", {"runtime": "onnxruntime"}),
     ("torch, overlap 0.125", {"runtime": "torch", "overlap": 0.125}),
     ("openvino, overlap 0.125", {"runtime": "openvino", "overlap": 0.125}),
+    (
+        "openvino, tiles 512, overlap 0.125",
+        {"runtime": "openvino", "tile_size": 512, "overlap": 0.125},
+    ),
+    (
+        "openvino, tiles 1024, overlap 1/16",
+        {"runtime": "openvino", "tile_size": 1024, "overlap": 0.0625},
+    ),
 ]
+if len(sys.argv) > 1 and sys.argv[1] == "--only-first":
+    sys.argv.pop(1)
+    CANDIDATES = CANDIDATES[:1]
 
 
 def metrics(truth, preds, classes, coi):
@@ -39,6 +51,7 @@ def metrics(truth, preds, classes, coi):
 
 
 def main() -> None:
+    from tomoseg.inference import runtimes
     from tomoseg.inference.predictor import segment
     from tomoseg.io.datasets import split_pairs
     from tomoseg.io.images import read_image, read_mask
@@ -51,7 +64,9 @@ def main() -> None:
         pairs = split_pairs(data, "test")
         images = [read_image(p.image) for p in pairs]
         truth = [read_mask(p.mask, len(run.classes)) for p in pairs]
+        runtimes.FOLD_TORCH_CPU = False  # the path before: the model as it is, argmax
         ref = [segment(run, im, probabilities=False, runtime="torch")[0] for im in images]
+        runtimes.FOLD_TORCH_CPU = True
         m0 = metrics(truth, ref, run.classes, run.class_of_interest)
         n = sum(r.size for r in ref)
         print(

@@ -54,8 +54,9 @@ def _slice_fn(spec: dict):
     """A function that segments the test slice once, and the seconds spent building it."""
     import torch
 
+    from tomoseg.inference import runtimes
     from tomoseg.inference.runtimes import inference_engine
-    from tomoseg.inference.sliding_window import infer_logits
+    from tomoseg.inference.sliding_window import class_argmax, infer_logits
     from tomoseg.runtime.device import resolve_precision
 
     cfg, model, dev = _setup(spec)
@@ -64,12 +65,7 @@ def _slice_fn(spec: dict):
         spec.get("auto_precision", False) and resolve_precision(cfg.precision, dev) == "bf16-mixed"
     )
     t0 = time.perf_counter()
-    if spec.get("fuse"):
-        from torch.fx.experimental.optimization import fuse
-
-        model.net = fuse(model.net)
-    if spec.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
+    runtimes.FOLD_TORCH_CPU = not spec.get("plain", False)
     engine = inference_engine(model, spec.get("runtime", "torch"), bf16)
     build = time.perf_counter() - t0
     kw = {
@@ -84,7 +80,8 @@ def _slice_fn(spec: dict):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        infer_logits(engine, x, **kw).argmax(1).cpu()
+        logits = infer_logits(engine, x, **kw)
+        (logits.argmax(1) if spec.get("slow_argmax") else class_argmax(logits)).cpu()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
@@ -188,24 +185,49 @@ def cpu_variants(quick: bool) -> list[tuple[str, dict]]:
     from tomoseg.inference.runtimes import runtime_installed
 
     out = [
-        ("baseline: whole image, fp32, torch eager", {"tiling": False}),
-        ("before: tiles 256, bf16 autocast, torch", {"tiling": True, "auto_precision": True}),
+        ("baseline: whole image, fp32, torch eager", {"tiling": False, "plain": True}),
+        (
+            "before: tiles 256, bf16 autocast, torch",
+            {"tiling": True, "auto_precision": True, "plain": True, "slow_argmax": True},
+        ),
+        (
+            "now (auto): tiles 256, bf16",
+            {"tiling": True, "auto_precision": True, "runtime": "auto"},
+        ),
     ]
-    if runtime_installed("openvino"):
-        out.append(
-            (
-                "now (auto): tiles 256, bf16, openvino",
-                {"tiling": True, "auto_precision": True, "runtime": "openvino"},
-            )
-        )
     if quick:
         return out
+    out += [
+        (
+            "torch, BN folded + channels-last, bf16",
+            {"tiling": True, "auto_precision": True, "runtime": "torch"},
+        ),
+        (
+            "torch, plain, bf16, fast argmax",
+            {"tiling": True, "auto_precision": True, "plain": True},
+        ),
+    ]
     if runtime_installed("openvino"):
         out += [
+            (
+                "openvino bf16, tiles 256",
+                {"tiling": True, "auto_precision": True, "runtime": "openvino"},
+            ),
             ("openvino fp32, tiles 256", {"tiling": True, "runtime": "openvino"}),
             (
                 "openvino bf16, tiles 512",
                 {"tiling": True, "auto_precision": True, "runtime": "openvino", "tile": 512},
+            ),
+            (
+                "openvino bf16, tiles 1024 (batch 1), overlap 1/16",
+                {
+                    "tiling": True,
+                    "auto_precision": True,
+                    "runtime": "openvino",
+                    "tile": 1024,
+                    "batch": 1,
+                    "overlap": 0.0625,
+                },
             ),
             (
                 "openvino bf16, tiles 256, overlap 0.125",
@@ -216,10 +238,10 @@ def cpu_variants(quick: bool) -> list[tuple[str, dict]]:
         out.append(("onnxruntime fp32, tiles 256", {"tiling": True, "runtime": "onnxruntime"}))
     out += [
         (
-            "torch bf16, BN folded + channels-last",
-            {"tiling": True, "auto_precision": True, "fuse": True, "channels_last": True},
+            "torch bf16 folded, tiles 1024 (batch 1), overlap 1/16",
+            {"tiling": True, "auto_precision": True, "tile": 1024, "batch": 1, "overlap": 0.0625},
         ),
-        ("torch fp32, tiles 256", {"tiling": True}),
+        ("torch fp32 folded, tiles 256", {"tiling": True, "runtime": "torch"}),
     ]
     return out
 

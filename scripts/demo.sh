@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0            # CPU build; see README for a GPU
-.venv/bin/pip install -q -e '.[openvino]'   # OpenVINO: the fast CPU inference runtime
+.venv/bin/pip install -q -e .
 .venv/bin/tomoseg demo "$@"

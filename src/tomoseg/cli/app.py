@@ -301,7 +301,8 @@ def predict(
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
     nonfinite: Nonfinite = "background",
     runtime: Annotated[
-        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+        str,
+        typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
     ] = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
@@ -339,7 +340,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     nonfinite: Nonfinite = "background",
     runtime: Annotated[
-        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+        str,
+        typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
     ] = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
@@ -537,7 +539,8 @@ def segment_stack_cmd(
     ] = None,
     cpus_per_actor: Annotated[int, typer.Option(help="Ray: CPUs per actor.")] = 1,
     runtime: Annotated[
-        str, typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest installed).")
+        str,
+        typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
     ] = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,

@@ -18,7 +18,7 @@ from tomoseg.data.normalization import (
 from tomoseg.errors import TomosegError
 from tomoseg.inference.postprocess import Decision, clean_labels, read_decision
 from tomoseg.inference.runtimes import inference_engine, resolve_runtime
-from tomoseg.inference.sliding_window import check_untiled_memory, infer_logits
+from tomoseg.inference.sliding_window import check_untiled_memory, class_argmax, infer_logits
 from tomoseg.inference.tta import parse_tta, with_tta
 from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device, resolve_precision
@@ -123,7 +123,7 @@ def decide(
     if decision is not None and decision.offset:
         logits = logits.clone()
         logits[:, decision.class_id] += decision.offset
-    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
+    labels = class_argmax(logits).to(torch.uint8).cpu().numpy()  # softmax keeps the argmax
     prob = torch.softmax(logits, 1).cpu().numpy() if probabilities else None
     if decision is not None:
         labels = np.stack([clean_labels(lab, decision) for lab in labels])
@@ -157,8 +157,9 @@ def segment_batch(
 
     ``bf16=None`` follows the run's precision setting on this device (``auto``: bf16 autocast
     where the CPU or GPU computes bf16 natively). ``runtime`` runs the network with eager
-    PyTorch (``torch``) or compiled once per loaded run (``openvino``, ``onnxruntime``; ``auto``:
-    the fastest installed on CPU, PyTorch on GPU; see :mod:`tomoseg.inference.runtimes`);
+    PyTorch (``torch``; on CPU with BatchNorm folded into the convolutions, channels-last) or
+    compiled once per loaded run (``openvino``, ``onnxruntime``; ``auto``: ``torch``, measured
+    fastest on a quiet CPU; see :mod:`tomoseg.inference.runtimes`);
     None = ``run.runtime``.
 
     The decision: the run's class-weight correction (:func:`decision_bias`), then, with
@@ -292,8 +293,8 @@ class Predictor:
             tile_batch: tiles per forward pass (default: the run's setting).
             nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network
                 sees the normalisation's lower bound there), or refused (``error``).
-            runtime: ``auto`` (OpenVINO on CPU where installed, else PyTorch), ``torch``,
-                ``openvino`` or ``onnxruntime`` (compiled once, on first use).
+            runtime: ``auto`` (today ``torch``: on CPU with BatchNorm folded, channels-last),
+                ``torch``, ``openvino`` or ``onnxruntime`` (built once, on first use).
             tta: test-time augmentation: ``none``, ``flips`` (4 passes), ``all`` (the 8
                 symmetries of the square), or a list of transform names; None = the run's
                 configured ``tta`` (``none`` by default).
