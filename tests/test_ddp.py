@@ -37,6 +37,7 @@ TINY = {
     "lr": 0.01,
 }
 RUN_FILES = {
+    "decision.json",
     "config.yaml",
     "run.json",
     "metrics.csv",

@@ -398,8 +398,8 @@ def train(
             ],
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    if cfg.tune_decision and (run / "best.safetensors").is_file():
-        _tune(run, source, cfg, device, console)
+    if rank0 and cfg.tune_decision and (run / "best.safetensors").is_file():
+        _tune(run, source, cfg, device, console)  # rank 0 alone: it writes decision.json
     return run
 
 
