@@ -153,36 +153,26 @@ def score_table(summary: ScoreSummary, title: str = "scores (%)"):
     for s in summary.images:
         miou = float(nanmean(s.iou))
         t.add_row(s.id, fmt(s.accuracy), fmt(miou), fmt(s.iou[k]), fmt(s.bf1[k]))
-    miou = summary.mean_iou
-    t.add_section()
-    t.add_row(
-        "mean over images",
-        fmt(summary.mean_accuracy),
-        fmt(float(nanmean(miou))),
-        fmt(miou[k]),
-        fmt(summary.mean_bf1[k]),
-    )
-    pooled = summary.pooled_iou
-    t.add_row("pooled (summed confusion)", "", fmt(float(nanmean(pooled))), fmt(pooled[k]), "")
-    raw = summary.without_postprocess
-    if raw is not None:
-        miou = raw.mean_iou
+    rows = [(summary, "mean over images", "pooled (summed confusion)")]
+    if summary.without_postprocess is not None:
+        rows.append(
+            (
+                summary.without_postprocess,
+                "mean, without post-processing",
+                "pooled, without post-processing",
+            )
+        )
+    for s, mean_label, pooled_label in rows:
+        miou, pooled = s.mean_iou, s.pooled_iou
         t.add_section()
         t.add_row(
-            "mean, without post-processing",
-            fmt(raw.mean_accuracy),
+            mean_label,
+            fmt(s.mean_accuracy),
             fmt(float(nanmean(miou))),
             fmt(miou[k]),
-            fmt(raw.mean_bf1[k]),
+            fmt(s.mean_bf1[k]),
         )
-        pooled = raw.pooled_iou
-        t.add_row(
-            "pooled, without post-processing",
-            "",
-            fmt(float(nanmean(pooled))),
-            fmt(pooled[k]),
-            "",
-        )
+        t.add_row(pooled_label, "", fmt(float(nanmean(pooled))), fmt(pooled[k]), "")
     return t
 
 
