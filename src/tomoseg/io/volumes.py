@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -524,14 +523,11 @@ def _ids(n: int) -> list[str]:
 
 
 def read_stack_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``stack.json`` of a ``segment_stack`` output folder (None when there is none)."""
-    f = Path(path) / STACK_FILE
-    if not f.is_file():
-        return None
-    try:
-        info = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TomosegError(f"malformed {f}: {_first_line(exc)}") from None
-    if not isinstance(info, dict):
-        raise TomosegError(f"malformed {f}: expected a JSON object")
-    return info
+    """The ``stack.json`` of a ``segment_stack`` output folder (None when there is none).
+
+    Raises:
+        TomosegError: unreadable, not JSON, or not a mapping (:func:`tomoseg.io.jobs.read_record`).
+    """
+    from tomoseg.io.jobs import read_record
+
+    return read_record(Path(path) / STACK_FILE)
