@@ -47,9 +47,30 @@ def swing(run: Path, coi: str) -> float:
     return max(abs(b - a) for a, b in zip(tail, tail[1:], strict=False))
 
 
-def train_run(data: Path, out: Path, options: dict, overwrite: bool) -> tuple[Path, float]:
+def finished(run: Path) -> float | None:
+    """Training minutes of a finished run in ``run`` (all planned epochs in metrics.csv; the
+    sum of its epochs' wall seconds), else None."""
+    if not (run / "run.json").is_file() or not (run / "best.safetensors").is_file():
+        return None
+    epochs = json.loads((run / "run.json").read_text())["config"]["epochs"]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    if len(rows) != epochs:
+        return None
+    return sum(float(r["seconds"]) for r in rows) / 60
+
+
+def train_run(
+    data: Path, out: Path, options: dict, overwrite: bool, reuse: bool = False
+) -> tuple[Path, float]:
     from tomoseg.api import train
 
+    if reuse and (minutes := finished(out)) is not None:
+        if not (out / "decision.json").is_file():  # a training stopped before its tuning
+            from tomoseg.inference.tuning import tune_run
+
+            tune_run(out, data, tta=options.get("tta"))
+        print(f"reusing the finished training in {out} ({minutes:.1f} min of epochs)")
+        return out, minutes
     t0 = time.perf_counter()
     run = train(data, out, overwrite=overwrite, progress=False, **options)
     return run.path, (time.perf_counter() - t0) / 60
@@ -89,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         help="smoke test: a 128x128 phantom written into --out/phantom as --data",
     )
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a finished training found in --out (its decision tuned if missing); "
+        "its training minutes are then the sum of its epochs",
+    )
     a = ap.parse_args(argv)
 
     from tomoseg.io.datasets import load_dataset
@@ -110,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         options["epochs"] = a.epochs
     rows = []
 
-    base, minutes = train_run(data, out / "baseline", options, a.overwrite)
+    base, minutes = train_run(data, out / "baseline", options, a.overwrite, a.reuse)
     plain = scores(base, data, out / "eval-none", "none", coi)
     with_tta = scores(base, data, out / "eval-tta", a.tta, coi)
     both = scores_both(base, data, out, a.tta, coi)  # same weights, decision tuned with TTA
@@ -123,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if a.ema_decay is not None:
         ema, ema_minutes = train_run(
-            data, out / "ema", {**options, "ema_decay": a.ema_decay}, a.overwrite
+            data, out / "ema", {**options, "ema_decay": a.ema_decay}, a.overwrite, a.reuse
         )
         e = scores(ema, data, out / "eval-ema", "none", coi)
         rows.append((f"+EMA ({a.ema_decay})", e["without"], ema_minutes, swing(ema, coi)))

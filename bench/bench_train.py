@@ -1,15 +1,18 @@
-"""Training throughput (crops per second) of tomoseg's trainer against a MatSeg-style loop.
+"""Training throughput (crops per second) of tomoseg's trainer: today's path against the eager
+one it replaced, and against a MatSeg-style loop.
 
-Both train the default model on the same random crops of the same data. The baseline is the
-seed's loop: batch 1, fp32, a host sync (``loss.item()``) after every step. tomoseg's number is
-the ``crops_per_second`` its trainer records for an epoch (the second, after warm-up),
-validation excluded.
+All train the default model on the same random crops of the same data, in one run. The baseline
+is the seed's loop: batch 1, fp32, a host sync (``loss.item()``) after every step. tomoseg's
+numbers are the ``crops_per_second`` its trainer records per epoch, validation excluded, the
+mean of the epochs after the first (the first compiles).
 
-"before/now": the same trainer with the augmentation as it was (MONAI transforms per crop) and
-as it is (the same flips and turns as plain torch ops, same crops for the same seed), in the same
-run; and the augmentation alone, interleaved over rounds (median ms per crop).
+"before/now": the same trainer with ``compile: off`` (eager steps, the path before
+``torch.compile`` of the training steps) and ``compile: on`` (what ``auto`` chooses from
+:data:`~tomoseg.training.module.COMPILE_MIN_STEPS` steps, e.g. the default 24 epochs x 32
+steps); also the whole training's wall time including the compile, and the augmentation alone
+(MONAI transforms vs the torch ops, interleaved over rounds, median ms per crop).
 
-    python bench/bench_train.py [--data DIR] [--crop-size 128] [--crops 256] [--gpu]
+    python bench/bench_train.py [--data DIR] [--crop-size 256] [--crops 256] [--epochs 3] [--gpu]
 
 Without --data it uses a phantom written to a temporary folder.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -71,24 +75,25 @@ def augment_ms(cfg, rounds: int = 5, n: int = 100) -> tuple[float, float]:
     return float(np.median(out["monai"])), float(np.median(out["torch"]))
 
 
-def trainer_crops_per_s(data: Path, out: Path, cfg, monai_aug: bool) -> tuple[float, float]:
-    from tomoseg.data import augment as aug
-
-    plan = aug._geometric_plan
-    if monai_aug:
-        aug._geometric_plan = lambda *a: None
-    try:
-        run = train(data, out, cfg, progress=False)
-    finally:
-        aug._geometric_plan = plan
+def trainer_crops_per_s(data: Path, out: Path, cfg, compile: str) -> tuple[float, float, float]:
+    """(mean crops/s of the epochs after the first, whole wall time in s, compiled?) of one run."""
+    t0 = time.perf_counter()
+    run = train(data, out, cfg.model_copy(update={"compile": compile}), progress=False)
+    wall = time.perf_counter() - t0
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    return float(rows[-1]["crops_per_second"]), float(rows[-1]["seconds"])
+    later = [float(r["crops_per_second"]) for r in rows[1:]] or [float(rows[0]["crops_per_second"])]
+    return (
+        float(np.mean(later)),
+        wall,
+        float(json.loads((run / "run.json").read_text())["compiled"]),
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path)
-    ap.add_argument("--crop-size", type=int, default=128)
+    ap.add_argument("--crop-size", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--crops", type=int, default=256)
     ap.add_argument("--model", default=None)
     ap.add_argument("--batch-size", type=int, default=None)
@@ -105,7 +110,7 @@ def main() -> None:
     over = {
         "crop_size": args.crop_size,
         "crops": args.crops,
-        "epochs": 2,
+        "epochs": args.epochs,
         "device": "gpu" if args.gpu else "cpu",
         "model": args.model,
         "batch_size": args.batch_size,
@@ -126,20 +131,24 @@ def main() -> None:
         dm.prepared.weights.tolist(),
     )
     base = matseg_loop(dm, module, min(args.crops, 96 if not args.gpu else 300), device)
-    before, before_s = trainer_crops_per_s(data, tmp / "run0", cfg, monai_aug=True)
-    ours, train_s = trainer_crops_per_s(data, tmp / "run", cfg, monai_aug=False)
+    before, before_wall, _ = trainer_crops_per_s(data, tmp / "run0", cfg, "off")
+    ours, wall, compiled = trainer_crops_per_s(data, tmp / "run", cfg, "on")
     a_monai, a_torch = augment_ms(cfg)
     name = torch.cuda.get_device_name() if args.gpu else "CPU"
     print(
-        f"{name}: {cfg.model} width {cfg.width}, {cfg.crops} crops of {cfg.crop_size} px, batch {cfg.batch_size}, precision {cfg.precision}"
+        f"{name}: {cfg.model} width {cfg.width}, {cfg.crops} crops of {cfg.crop_size} px, batch "
+        f"{cfg.batch_size}, precision {cfg.precision}, {cfg.epochs} epochs"
     )
     print(f"MatSeg-style loop (batch 1, fp32, sync every step): {base:7.1f} crops/s")
-    print(f"tomoseg trainer (epoch 2, validation excluded, {train_s:.1f} s): {ours:7.1f} crops/s")
-    print(f"ratio tomoseg/baseline: {ours / base:.2f}x")
     print(
-        f"before (MONAI augmentation per crop, {before_s:.1f} s): {before:7.1f} crops/s; now "
-        f"{ours:.1f} crops/s: ratio now/before {ours / before:.2f}x"
+        f"before (eager steps, compile off; epochs 2+): {before:7.1f} crops/s, whole run "
+        f"{before_wall:.1f} s"
     )
+    print(
+        f"now (torch.compile of the steps{'' if compiled else ' FAILED: eager'}; epochs 2+): "
+        f"{ours:7.1f} crops/s, whole run {wall:.1f} s (compile included)"
+    )
+    print(f"ratio now/before: {ours / before:.2f}x; ratio now/MatSeg-style: {ours / base:.2f}x")
     print(
         f"augmentation alone, {cfg.crop_size} px crop: MONAI {a_monai:.2f} ms, torch "
         f"{a_torch:.2f} ms per crop ({a_monai / a_torch:.1f}x)"

@@ -111,6 +111,27 @@ def test_actors_equal_local_run_resume_and_parts(tmp_path, run_dir, ray_up):
     assert missing_slices(out, 7) == [] and tree(out) == tree(tmp_path / "single")
 
 
+def test_actors_feed_the_2_5d_context_like_the_local_run(tmp_path, ray_up):
+    """A run with context 1: every actor reads each slice's neighbours (open_slices), also
+    across the boundary of its batch and of a part."""
+    import json
+
+    from tomoseg.inference.ray_backend import segment_stack_ray
+
+    data = make_dataset(tmp_path / "data", shape=SHAPE)
+    spec = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**spec, "consecutive": True}))
+    run = train(data, tmp_path / "run", load_config(None, {**TINY, "context": 1}), progress=False)
+    src = stack(tmp_path / "in", 5, seed=4)
+    segment_stack(run, src, tmp_path / "single", device="cpu")
+    segment_stack_ray(run, src, tmp_path / "ray", device="cpu", actors=2, batch_slices=2)
+    assert tree(tmp_path / "ray") == tree(tmp_path / "single")
+    out = tmp_path / "parts"
+    segment_stack(run, src, out, device="cpu", part="1/2")
+    segment_stack_ray(run, src, out, device="cpu", actors=1, part="2/2")
+    assert tree(out) == tree(tmp_path / "single")
+
+
 @pytest.mark.slow
 def test_bad_slice_is_one_error_and_earlier_ones_stay(tmp_path, run_dir, ray_up, run_cli):
     src = stack(tmp_path / "in", 4, bad=3)

@@ -35,6 +35,7 @@ _LAZY = {
     "measure_objects": "tomoseg.api",
     "Predictor": "tomoseg.inference.predictor",
     "TrainConfig": "tomoseg.config.schema",
+    "context_stack": "tomoseg.data.context",
 }
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "TomosegWarning",
     "TrainConfig",
     "__version__",
+    "context_stack",
     "measure_objects",
     "score",
     "score_folders",
@@ -54,6 +56,7 @@ __all__ = [
 if TYPE_CHECKING:
     from tomoseg.api import Run, measure_objects, score, score_folders, segment_stack, train
     from tomoseg.config.schema import TrainConfig
+    from tomoseg.data.context import context_stack
     from tomoseg.inference.predictor import Predictor
 
 

@@ -206,9 +206,22 @@ def train(
         float | None,
         typer.Option(help="EMA of the weights per step, e.g. 0.99 (default: off)."),
     ] = None,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            help="2.5D: also show the network the K slices above and below (datasets that "
+            'declare "consecutive": true; stacks). Default 0.'
+        ),
+    ] = None,
     tta: Annotated[
         str | None,
         typer.Option(help="Default test-time augmentation of the run (none, flips, all, list)."),
+    ] = None,
+    compile: Annotated[
+        str | None,
+        typer.Option(
+            help="torch.compile the network for training steps: auto (from 300 steps), on, off."
+        ),
     ] = None,
     tune_decision: Annotated[
         bool | None,
@@ -251,7 +264,9 @@ def train(
             val_fraction=val_fraction,
             time_budget=time_budget,
             ema_decay=ema_decay,
+            context=context,
             tta=tta,
+            compile=compile,
             tune_decision=tune_decision,
         ),
     )

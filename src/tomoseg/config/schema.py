@@ -51,6 +51,14 @@ class TrainConfig(BaseModel):
         description="share of the training images held out for validation when there is no "
         "val split (one image: that share of its rows)",
     )
+    context: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="2.5D context: the network also sees the K slices above and below each "
+        "slice as input channels (2K+1); for datasets that declare consecutive sections "
+        "(dataset.json 'consecutive': true) and for stacks; 0 = single slices",
+    )
     # training set: N random SxS crops (crop_size 0 = whole images)
     crop_size: int = Field(default=256, description="crop side S in px; 0 = whole images")
     crops: int = Field(default=500, ge=1)
@@ -96,6 +104,12 @@ class TrainConfig(BaseModel):
         default="auto", description="auto = bf16-mixed where the CPU/GPU computes bf16 natively"
     )
     channels_last: bool = True
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="torch.compile (Inductor) the network for the training steps; auto = on "
+        "when the run has at least 300 training steps (compiling costs ~40 s on a 2-core CPU "
+        "and saves ~0.19 s of a 0.8 s step), off for shorter runs; eager on any failure",
+    )
     device: Literal["auto", "cpu", "gpu"] = "auto"
     workers: int = Field(default=0, ge=0)
     devices: int | Literal["auto"] = Field(
@@ -129,6 +143,12 @@ class TrainConfig(BaseModel):
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off (also yes/no) as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -107,8 +107,9 @@ class CropDataset(Dataset):
         box = self.boxes[i]
         img = extract_crop(self.images[box.image], box)
         mask = extract_crop(self.masks[box.image], box)
+        image = torch.from_numpy(np.ascontiguousarray(img))
         sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(img))[None],
+            "image": image[None] if image.ndim == 2 else image,  # (C, h, w)
             "mask": torch.from_numpy(mask.astype(np.int64))[None],
         }
         out = augment(sample, self.transform, sample_seed(self.seed, epoch, i))
@@ -128,8 +129,9 @@ class FullImageDataset(Dataset):
     def __getitem__(self, i: int):
         if i < 0:  # a process's placeholder (RankSplit): nothing to score
             return None
+        image = torch.from_numpy(self.images[i])
         return (
-            torch.from_numpy(self.images[i])[None],
+            image[None] if image.ndim == 2 else image,  # (C, H, W)
             torch.from_numpy(self.masks[i].astype(np.int64)),
             i,
         )
@@ -150,8 +152,9 @@ class PreparedData:
         counts: (K,) annotated pixels per class in the training masks.
         weights: (K,) loss weights.
         boxes: the N training crops.
-        train_images, train_masks: normalised float32 images and int16 training masks (class
-            ids, :data:`IGNORE_INDEX` on unannotated or non-finite pixels).
+        train_images, train_masks: normalised float32 images, (H, W), or (2k + 1, H, W) with
+            2.5D context ``k`` (``TrainConfig.context``), and int16 (H, W) training masks
+            (class ids, :data:`IGNORE_INDEX` on unannotated or non-finite pixels).
         val_images, val_masks, val_ids: the same for validation.
         validation: where validation comes from (``run.json``'s ``validation``).
         annotated: annotated fraction of the training pixels.
@@ -234,6 +237,11 @@ def prepare_training_data(
         annotated=annotated if partial else None,
     )
     n_px = sum(a.size for a in annotated)
+    train_images, val_images = loaded.with_context(  # 2.5D: (2k+1, H, W) each
+        [_normalized(s.image, norm) for s in loaded.train],
+        [_normalized(s.image, norm) for s in loaded.val],
+        cfg.context,
+    )
     return PreparedData(
         spec=spec,
         ignore_label=ignore,
@@ -241,9 +249,9 @@ def prepare_training_data(
         counts=counts,
         weights=weights,
         boxes=boxes,
-        train_images=[_normalized(s.image, norm) for s in loaded.train],
+        train_images=train_images,
         train_masks=masks,
-        val_images=[_normalized(s.image, norm) for s in loaded.val],
+        val_images=val_images,
         val_masks=[training_mask(s, ignore) for s in loaded.val],
         val_ids=[s.id for s in loaded.val],
         validation=loaded.validation,

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from tomoseg.data.context import check_consecutive, with_context
 from tomoseg.data.samples import Sample, load_pairs
 from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, pair_files, split_pairs
+from tomoseg.io.images import natural_key
 
 IGNORE_INDEX = -1  #: mask value of unannotated pixels inside training (int16 masks)
 
@@ -86,13 +88,46 @@ class DataSource:
 
 @dataclass
 class LoadedSamples:
-    """The training and validation samples of a source, as read (masks hold the file's values)."""
+    """The training and validation samples of a source, as read (masks hold the file's values).
+
+    ``where`` names the source in messages.
+    """
 
     spec: DatasetSpec
     ignore_label: int | None
     train: list[Sample]
     val: list[Sample]
     validation: dict[str, Any] = field(default_factory=dict)
+    where: str = "the training data"
+
+    def with_context(
+        self, train: list[np.ndarray], val: list[np.ndarray], k: int
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """2.5D context of arrays made from :attr:`train` and :attr:`val` (raw or normalised
+        images, one per sample, in the same order): each becomes (2k + 1, H, W) with the
+        ``k`` sections above and below it in its sequence, edges replicated
+        (:func:`~tomoseg.data.context.context_stack`). The sequences are the splits in
+        natural order of id; validation held out of several training images takes its
+        neighbours from the training split it came from (one sequence, natural order). ``k =
+        0`` returns the arrays unchanged.
+
+        Raises:
+            TomosegError: ``k > 0`` on a source that does not declare consecutive sections
+                (``dataset.json``'s ``"consecutive": true``); neighbours of other shapes.
+        """
+        if k == 0:
+            return train, val
+        check_consecutive(bool(self.spec.consecutive), k, self.where)
+        rec = self.validation
+        if rec.get("source") == "held out of train" and "block" not in rec:
+            ids = [s.id for s in self.train] + [s.id for s in self.val]
+            arrays = list(train) + list(val)
+            order = sorted(range(len(ids)), key=lambda i: natural_key(ids[i]))
+            ctx = with_context([arrays[i] for i in order], k)
+            by_index = dict(zip(order, ctx, strict=True))
+            out = [by_index[i] for i in range(len(ids))]
+            return out[: len(train)], out[len(train) :]
+        return with_context(train, k), with_context(val, k)
 
 
 def dataset_ignore_label(spec: DatasetSpec, where: Path | str) -> int | None:
@@ -261,7 +296,8 @@ def load_training_samples(
             record = {"source": where, "images": [s.id for s in val]}
         else:
             train, val, record = hold_out(train, val_fraction, seed, ignore)
-    return LoadedSamples(spec, ignore, train, val, record)
+    name = f"dataset {source.root}" if source.root is not None else f"images folder {source.images}"
+    return LoadedSamples(spec, ignore, train, val, record, name)
 
 
 def training_mask(sample: Sample, ignore_label: int | None) -> np.ndarray:

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tomoseg.data.context import centre, check_consecutive, context_reader
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import configure_run, decide, run_decision, segment_logits
+from tomoseg.inference.predictor import (
+    configure_run,
+    decide,
+    run_context,
+    run_decision,
+    segment_logits,
+)
 from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
 from tomoseg.io.images import read_image, read_mask, resolve_class_ids, unique_ids
 from tomoseg.io.writers import prepare_output_dir, write_mask
@@ -77,16 +84,21 @@ def evaluate_run(
     seconds: list[float] = []
     raw = ScoreSummary(list(run.classes), run.class_of_interest, float(run.config.tolerance))
 
+    k = run_context(run)
+    check_consecutive(bool(spec.consecutive), k, f"dataset {data}")
+    read = context_reader(lambda i: read_image(pairs[i].image), len(pairs), k)  # 2.5D
+
     def items() -> Iterator:
-        for p in pairs:
-            image = read_image(p.image)
+        for i, p in enumerate(pairs):
+            stacked = read(i)
+            image = centre(stacked)
             truth = ids.read("truth", p.mask)
             if image.shape != truth.shape:
                 raise TomosegError(
                     f"image {p.image} is {image.shape} but its mask is {truth.shape}"
                 )
             t0 = time.perf_counter()
-            logits = segment_logits(run, [image], nonfinite=nonfinite, names=[str(p.image)])
+            logits = segment_logits(run, [stacked], nonfinite=nonfinite, names=[str(p.image)])
             labels = decide(logits, [image], decision, probabilities=False)[0][0]
             seconds.append(time.perf_counter() - t0)
             plain = labels

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tomoseg.data.context import centre, context_reader
 from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import configure_run, segment
+from tomoseg.inference.predictor import configure_run, run_context, segment
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
 from tomoseg.io.writers import prepare_output_dir, write_image, write_mask
 from tomoseg.runtime.checkpoint import load_run
@@ -60,7 +61,9 @@ def predict_paths(
     NaN / infinite pixels are labelled background (class 0) with ``nonfinite="background"``, or
     refused (``error``): the rule of :func:`~tomoseg.inference.predictor.segment_batch`.
     ``tta`` (None: the run's configured one) and ``postprocess`` (the run's tuned decision,
-    ``decision.json``) as there.
+    ``decision.json``) as there. A run with 2.5D context ``k`` takes the inputs as consecutive
+    sections in the order given (folders in natural order), each slice with the ``k`` inputs
+    before and after it, edges replicated.
 
     Returns:
         The written mask paths.
@@ -73,12 +76,20 @@ def predict_paths(
     configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
     written = []
-    for image_id, path in items:
+    k = run_context(run)
+    read = context_reader(lambda i: read_image(items[i][1]), len(items), k)  # 2.5D
+    if k and console is not None:
+        console.print(
+            f"the run sees {k} slices above and below: the {len(items)} inputs are taken as "
+            "consecutive sections in the order given (natural order within a folder)"
+        )
+    for i, (image_id, path) in enumerate(items):
         t0 = time.perf_counter()
-        image = read_image(path)
+        stacked = read(i)
+        image = centre(stacked)
         labels, prob = segment(
             run,
-            image,
+            stacked,
             tile_size=tile_size,
             tile_batch=tile_batch,
             tiling=tiling,

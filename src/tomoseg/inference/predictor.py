@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tomoseg.data.context import centre, context_stack, in_channels
 from tomoseg.data.normalization import (
     check_nonfinite_rule,
     nonfinite_mask,
@@ -59,6 +60,33 @@ def configure_run(
     return run
 
 
+def run_context(run: LoadedRun) -> int:
+    """Slices above and below that the run's network sees (2.5D context; 0: single slices)."""
+    return int(run.config.context)
+
+
+def check_context(
+    run: LoadedRun, images: Sequence[np.ndarray], names: Sequence[str] | None = None
+) -> None:
+    """Refuse images that do not fit the run's input: (H, W) slices for a run without 2.5D
+    context, (2k + 1, H, W) context stacks (:func:`~tomoseg.data.context.context_stack`) for
+    a run with context ``k``.
+
+    Raises:
+        TomosegError: one line naming the image, the shape given and the shape expected.
+    """
+    k = run_context(run)
+    for j, im in enumerate(images):
+        ok = im.ndim == 2 if k == 0 else (im.ndim == 3 and im.shape[0] == in_channels(k))
+        if not ok:
+            name = names[j] if names is not None else f"image {j}"
+            want = "(H, W)" if k == 0 else f"({in_channels(k)}, H, W): the slice with the {k}"
+            raise TomosegError(
+                f"{name} has shape {im.shape}, but the run expects {want}"
+                + ("" if k == 0 else " slices above and below it (tomoseg.context_stack)")
+            )
+
+
 def segment_logits(
     run: LoadedRun,
     images: Sequence[np.ndarray],
@@ -86,12 +114,15 @@ def segment_logits(
     dev = next(run.model.parameters()).device
     if bf16 is None:
         bf16 = resolve_precision(cfg.precision, dev) == "bf16-mixed"
+    check_context(run, images, names)
     if not tiling and dev.type == "cpu":
-        h, w = images[0].shape
+        h, w = images[0].shape[-2:]
         check_untiled_memory(
             (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
         )
-    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))[:, None]
+    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))
+    if x.ndim == 3:
+        x = x[:, None]  # (B, 1, H, W); with 2.5D context already (B, 2k+1, H, W)
     engine = inference_engine(run.model, run.runtime if runtime is None else runtime, bf16)
     eager = engine is run.model
     logits = infer_logits(
@@ -128,7 +159,7 @@ def decide(
     if decision is not None:
         labels = np.stack([clean_labels(lab, decision) for lab in labels])
     for k, im in enumerate(images):  # outside the field of view: background
-        bad = nonfinite_mask(im)
+        bad = nonfinite_mask(centre(im))
         if bad is not None:
             labels[k][bad] = 0
             if prob is not None:
@@ -212,16 +243,25 @@ def segment(run: LoadedRun, image: np.ndarray, **kwargs) -> tuple[np.ndarray, np
     return labels[0], None if prob is None else prob[0]
 
 
-def as_image(image: object, name: str = "image") -> np.ndarray:
-    """Check an array given to the API: a 2D grayscale image of integers or floats.
+def as_image(image: object, name: str = "image", context: int = 0) -> np.ndarray:
+    """Check an array given to the API: a 2D grayscale image of integers or floats, or for a
+    run with 2.5D context ``k`` a (2k + 1, H, W) stack of the slice and its neighbours.
 
     Raises:
-        TomosegError: not 2D (after dropping leading length-1 axes), or not numeric.
+        TomosegError: not 2D (after dropping leading length-1 axes) or, with context, not
+            (2k + 1, H, W); or not numeric.
     """
     arr = np.asarray(image)
-    while arr.ndim > 2 and arr.shape[0] == 1:
+    dims = 3 if context else 2
+    while arr.ndim > dims and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim != 2:
+    if context and (arr.ndim != 3 or arr.shape[0] != in_channels(context)):
+        raise TomosegError(
+            f"{name} must be a ({in_channels(context)}, H, W) array (the slice with the "
+            f"{context} slices above and below it: tomoseg.context_stack(volume, z, "
+            f"{context})), got shape {arr.shape}"
+        )
+    if arr.ndim != dims:
         raise TomosegError(f"{name} must be a 2D (H, W) array, got shape {arr.shape}")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -330,10 +370,35 @@ class Predictor:
     def class_of_interest(self) -> str:
         return self.run.class_of_interest
 
+    @property
+    def context(self) -> int:
+        """Slices above and below each slice that the network sees (2.5D context; 0: none).
+        With context ``k``, :meth:`predict` takes ``tomoseg.context_stack(volume, z, k)``
+        ((2k + 1, H, W)) for slice ``z`` of a volume, or use :meth:`predict_volume`."""
+        return run_context(self.run)
+
+    def predict_volume(self, volume: object) -> np.ndarray:
+        """Class ids of every slice of a (Z, H, W) volume of consecutive sections, one slice at
+        a time (each with its 2.5D context when the run has one, edges replicated).
+
+        Returns:
+            (Z, H, W) uint8 class ids.
+
+        Raises:
+            TomosegError: not a 3D numeric array (as :meth:`predict` otherwise).
+        """
+        vol = np.asarray(volume)
+        if vol.ndim != 3:
+            raise TomosegError(f"volume must be a (Z, H, W) array, got shape {vol.shape}")
+        k = self.context
+        return np.stack(
+            [self.predict(context_stack(vol, z, k) if k else vol[z]) for z in range(len(vol))]
+        )
+
     def _segment(self, image: object, probabilities: bool):
         return segment(
             self.run,
-            as_image(image),
+            as_image(image, context=self.context),
             tile_size=self.tile_size,
             tile_batch=self.tile_batch,
             probabilities=probabilities,
@@ -346,7 +411,9 @@ class Predictor:
 
         Args:
             image: (H, W) array, any size, integer or float dtype (raw intensities, as read from
-                the files the run was trained on). NaN / infinite pixels are labelled 0.
+                the files the run was trained on); for a run with 2.5D context ``k``
+                (:attr:`context`) the (2k + 1, H, W) stack of the slice and its neighbours.
+                NaN / infinite pixels (of the slice itself) are labelled 0.
 
         Returns:
             (H, W) uint8 class ids.

@@ -23,7 +23,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.inference.stack import Runner, segment_stack
-from tomoseg.inference.stack_io import _Sink, read_slice, write_slice
+from tomoseg.inference.stack_io import _Sink, open_slices, read_slice, write_slice
 
 
 class _SegmentActor:
@@ -60,7 +60,9 @@ class _SegmentActor:
         configure_run(self.run, runtime=runtime, tta=tta, postprocess=postprocess)
         self.src = open_source(input, allow_gaps, channel=channel, time=time)
         self.nonfinite = nonfinite
-        self._reading = self.src.reader()
+        from tomoseg.inference.predictor import run_context
+
+        self._reading = open_slices(self.src, run_context(self.run))
         self.read = self._reading.__enter__()
         self.out = Path(out)
         self.sink = _Sink(self.out, fmt, self.src.ids)

@@ -53,12 +53,13 @@ import numpy as np
 
 from tomoseg.data.normalization import check_nonfinite_rule
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import configure_run, run_decision, segment_batch
+from tomoseg.inference.predictor import configure_run, run_context, run_decision, segment_batch
 from tomoseg.inference.stack_io import (
     PROGRESS_DIR,
     IOPool,
     _Sink,
     auto_io_workers,
+    open_slices,
     read_slice,
     worker_error,
     write_slice,
@@ -445,7 +446,7 @@ def _run_pipeline(
 
     def reader() -> None:
         try:
-            with src.reader() as read:
+            with open_slices(src, run_context(run)) as read:
                 for i in todo:
                     if stop.is_set():
                         return
@@ -552,7 +553,9 @@ def _run_processes(
     ahead = max(workers, 2)
     n_in, n_out = batch + ahead, batch + ahead
     computed = 0
-    with IOPool(src, out, fmt, run.normalization, nonfinite, workers, n_in, n_out) as pool:
+    with IOPool(
+        src, out, fmt, run.normalization, nonfinite, workers, n_in, n_out, run_context(run)
+    ) as pool:
         reads: deque[tuple[int, int, Future]] = deque()
         writes: dict[Future, tuple[int, int]] = {}  # future -> (slice, output slot)
         free_in, free_out = list(range(n_in)), list(range(n_out))

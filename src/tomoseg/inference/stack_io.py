@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from tomoseg.data.context import centre, context_reader, in_channels
 from tomoseg.data.normalization import (
     Normalization,
     as_normalized,
@@ -59,22 +60,34 @@ PROGRESS_DIR = "progress"
 # ----------------------------------------------------------------------------- one slice
 
 
+@contextlib.contextmanager
+def open_slices(src: StackSource, context: int = 0) -> Iterator[Callable[[int], np.ndarray]]:
+    """The stack's reader (:meth:`StackSource.reader`), giving slice ``i`` as (H, W), or with
+    2.5D context ``k`` as the (2k + 1, H, W) stack of it and its neighbours, edges replicated
+    (:func:`~tomoseg.data.context.context_reader`: each slice is read once in a forward
+    sweep). The one way every runner (threads, I/O processes, Ray) opens a stack."""
+    with src.reader() as read:
+        yield context_reader(read, src.n, context)
+
+
 def read_slice(read: Callable[[int], np.ndarray], src: StackSource, i: int, nonfinite: str):
-    """Slice ``i`` and its count of non-finite pixels, checked as the pipeline requires.
+    """Slice ``i`` (with its context, if ``read`` gives one) and the count of non-finite pixels
+    of the slice itself, checked as the pipeline requires.
 
     Raises:
         TomosegError: unreadable (from ``read``), another shape than the stack's, or non-finite
             pixels with ``nonfinite="error"``; naming the slice.
     """
     img = read(i)
-    if img.shape != src.shape:
+    own = centre(img)
+    if own.shape != src.shape:
         raise TomosegError(
-            f"slice {src.ids[i]} has shape {img.shape} but the stack's slices "
+            f"slice {src.ids[i]} has shape {own.shape} but the stack's slices "
             f"have {src.shape} (as {src.ids[0]})"
         )
     if nonfinite == "error":
-        refuse_nonfinite(img, f"slice {src.ids[i]} of {src.path}")
-    return img, count_nonfinite(img)
+        refuse_nonfinite(own, f"slice {src.ids[i]} of {src.path}")
+    return img, count_nonfinite(own)
 
 
 class _Sink:
@@ -208,13 +221,18 @@ def _die_with(main: int, start: str | None) -> None:
     threading.Thread(target=watch, name="tomoseg-owner-watch", daemon=True).start()
 
 
+def _slot(context: int) -> tuple[int, ...]:
+    """Leading shape of one input slot: () for (H, W) slices, (2k + 1,) with 2.5D context."""
+    return (in_channels(context),) if context else ()
+
+
 def _init_worker(cfg: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
     _die_with(cfg["owner"], cfg["owner_start"])
     shm = SharedMemory(name=cfg["shm"])
     h, w = cfg["src"].shape
     n_in, n_out = cfg["n_in"], cfg["n_out"]
-    inputs = np.ndarray((n_in, h, w), np.float32, shm.buf)
+    inputs = np.ndarray((n_in, *_slot(cfg["context"]), h, w), np.float32, shm.buf)
     outputs = np.ndarray((n_out, h, w), np.uint8, shm.buf, offset=inputs.nbytes)
     _W.clear()
     _W.update(cfg, shm=shm, inputs=inputs, outputs=outputs, sink=None, read=None)
@@ -225,9 +243,9 @@ def _read_task(i: int, slot: int) -> tuple[int, np.ndarray | None]:
     """Read, check and normalise slice ``i`` into input slot ``slot``; returns its count of
     non-finite pixels and their packed mask (None when there are none)."""
     if _W["read"] is None:
-        _W["read"] = _W["stack"].enter_context(_W["src"].reader())
+        _W["read"] = _W["stack"].enter_context(open_slices(_W["src"], _W["context"]))
     img, bad = read_slice(_W["read"], _W["src"], i, _W["nonfinite"])
-    mask = nonfinite_mask(img) if bad else None
+    mask = nonfinite_mask(centre(img)) if bad else None
     _W["inputs"][slot] = normalize(img, _W["norm"])
     return bad, None if mask is None else np.packbits(mask)
 
@@ -273,7 +291,8 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class IOPool:
-    """``workers`` processes that read + normalise slices into ``n_in`` float32 slots and write
+    """``workers`` processes that read + normalise slices (with their 2.5D ``context``, if any)
+    into ``n_in`` float32 slots and write
     class ids from ``n_out`` uint8 slots of one shared-memory block (bounded memory: the slots).
 
     The caller owns the slots: it hands a free one to :meth:`read` / :meth:`write` and takes it
@@ -291,12 +310,14 @@ class IOPool:
         workers: int,
         n_in: int,
         n_out: int,
+        context: int = 0,
     ):
         h, w = src.shape
         self.src, self.norm = src, norm
-        size = n_in * h * w * 4 + n_out * h * w
+        channels = in_channels(context)
+        size = n_in * channels * h * w * 4 + n_out * h * w
         self.shm = SharedMemory(create=True, size=max(size, 1))
-        self.inputs = np.ndarray((n_in, h, w), np.float32, self.shm.buf)
+        self.inputs = np.ndarray((n_in, *_slot(context), h, w), np.float32, self.shm.buf)
         self.outputs = np.ndarray((n_out, h, w), np.uint8, self.shm.buf, offset=self.inputs.nbytes)
         cfg = {
             "shm": self.shm.name,
@@ -307,6 +328,7 @@ class IOPool:
             "nonfinite": nonfinite,
             "n_in": n_in,
             "n_out": n_out,
+            "context": context,
             "owner": os.getpid(),
             "owner_start": _start_time(os.getpid()),
         }

@@ -113,35 +113,46 @@ def tune_decision(
 def validation_items(
     source: object, run: LoadedRun, split: str = "val"
 ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
-    """Raw images and training masks (class ids; :data:`IGNORE_INDEX` on unannotated pixels)
-    to tune on: ``split="val"`` gives the validation images the run used (the dataset's
+    """Raw images ((H, W), or (2k + 1, H, W) for a run with 2.5D context k) and training
+    masks (class ids; :data:`IGNORE_INDEX` on unannotated pixels) to tune on: ``split="val"`` gives the validation images the run used (the dataset's
     ``val`` split, else the same seeded hold-out of the training images, from the run's
     ``val_fraction`` and ``seed``); another name gives that split of a dataset folder.
 
     Returns:
         ``([(id, image, truth), ...], where they come from)``.
     """
+    from tomoseg.data.context import centre, check_consecutive, context_reader
     from tomoseg.data.sources import DataSource, load_training_samples, training_mask
-    from tomoseg.io.datasets import split_pairs
+    from tomoseg.io.datasets import load_dataset, split_pairs
     from tomoseg.io.images import read_image, read_mask
 
     src = source if isinstance(source, DataSource) else DataSource.of(source)
     cfg = run.config
+    k = int(cfg.context)
     if split == "val":
         loaded = load_training_samples(
             src, ignore_label=cfg.ignore_label, val_fraction=cfg.val_fraction, seed=cfg.seed
         )
         where = str(loaded.validation.get("source", "validation images"))
-        items = [(s.id, s.image, training_mask(s, loaded.ignore_label)) for s in loaded.val]
+        _, images = loaded.with_context(  # 2.5D: the raw neighbours, as in training
+            [s.image for s in loaded.train], [s.image for s in loaded.val], k
+        )
+        items = [
+            (s.id, im, training_mask(s, loaded.ignore_label))
+            for s, im in zip(loaded.val, images, strict=True)
+        ]
         return items, where
     if src.root is None:
         raise TomosegError(f"split {split!r} needs a dataset folder (--data)")
+    pairs = split_pairs(src.root, split)
+    check_consecutive(bool(load_dataset(src.root).consecutive), k, f"dataset {src.root}")
+    read = context_reader(lambda i: read_image(pairs[i].image), len(pairs), k)
     out = []
-    for pair in split_pairs(src.root, split):
-        image = read_image(pair.image)
+    for i, pair in enumerate(pairs):
+        image = read(i)
         truth = read_mask(pair.mask, len(run.classes)).astype(np.int16)
         if np.issubdtype(image.dtype, np.floating):
-            truth[~np.isfinite(image)] = IGNORE_INDEX
+            truth[~np.isfinite(centre(image))] = IGNORE_INDEX
         out.append((pair.id, image, truth))
     return out, f"split {split!r} of {src.root}"
 

@@ -87,6 +87,9 @@ class DatasetSpec(BaseModel):
     name: str | None = None
     #: mask value of unannotated pixels (partial labels): not a class id, e.g. 255
     ignore_label: int | None = None
+    #: each split's images, in natural order of file stem, are consecutive sections of one
+    #: volume (needed for 2.5D context: ``TrainConfig.context``)
+    consecutive: bool = False
 
     model_config = {"extra": "allow"}
 

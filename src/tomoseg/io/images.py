@@ -31,7 +31,7 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg")
 # ----------------------------------------------------------------------------- reading
 
 
-def _natural_key(text: str) -> list[Any]:
+def natural_key(text: str) -> list[Any]:
     """Sort key that orders ``slice2`` before ``slice10``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
@@ -304,7 +304,7 @@ def list_images(folder: str | os.PathLike[str]) -> dict[str, Path]:
     if not d.is_dir():
         raise TomosegError(f"folder not found: {d}")
     found: dict[str, Path] = {}
-    for f in sorted(d.iterdir(), key=lambda q: _natural_key(q.name)):
+    for f in sorted(d.iterdir(), key=lambda q: natural_key(q.name)):
         if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
             if f.stem in found:
                 raise TomosegError(

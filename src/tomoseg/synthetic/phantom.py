@@ -1013,6 +1013,7 @@ def generate_phantom(
             "slices": nz,
             "intensity_scale": INTENSITY_SCALE,
             "splits": ids,
+            "consecutive": True,  # each split is a run of consecutive z slices (2.5D context)
             "truth3d": {"labels": "truth3d/labels.tif", "objects": "truth3d/objects.json"},
             "params": scene.params.model_dump(),
         },

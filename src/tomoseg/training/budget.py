@@ -37,6 +37,8 @@ class Probe:
         validation_seconds: one validation pass over the validation images.
         validation_images: their number.
         seconds: the probe's whole wall time (spent from the budget).
+        compile_seconds: time the first step spent compiling the network (``torch.compile``;
+            0 when the steps ran eager), reserved once more for the training itself.
     """
 
     steps: int
@@ -45,6 +47,7 @@ class Probe:
     validation_seconds: float
     validation_images: int
     seconds: float
+    compile_seconds: float = 0.0
 
     @property
     def epoch_seconds(self) -> float:
@@ -69,8 +72,9 @@ def plan_epochs(
     """The number of epochs whose whole run fits in the budget.
 
     Planned time of E epochs: ``E x (epoch training + epoch_overhead) + validations(E) x
-    validation pass + tuning_passes x validation pass``; it must fit in the budget less the probe's time,
-    :data:`MARGIN` of the budget and :data:`FIXED_SECONDS`.
+    validation pass + tuning_passes x validation pass``; it must fit in the budget less the
+    probe's time, the compile time it measured, :data:`MARGIN` of the budget and
+    :data:`FIXED_SECONDS`.
 
     Args:
         budget_minutes: the whole run's budget (the probe included).
@@ -90,7 +94,13 @@ def plan_epochs(
     """
     budget = budget_minutes * 60.0
     val = probe.validation_seconds
-    reserve = probe.seconds + FIXED_SECONDS + MARGIN * budget + tuning_passes * val
+    reserve = (
+        probe.seconds
+        + probe.compile_seconds
+        + FIXED_SECONDS
+        + MARGIN * budget
+        + tuning_passes * val
+    )
     available = budget - reserve
 
     def cost(e: int) -> float:
@@ -120,12 +130,24 @@ def plan_epochs(
     }
 
 
-def probe_throughput(module, datamodule, device: torch.device, bf16: bool, steps: int = 5) -> Probe:
+def probe_throughput(
+    module,
+    datamodule,
+    device: torch.device,
+    bf16: bool,
+    steps: int = 5,
+    *,
+    validate: bool = True,
+) -> Probe:
     """Time ``steps`` training steps (after one warm-up step, on a throw-away copy of the
-    optimizer set-up) and one validation pass of ``module`` on ``datamodule``'s data.
+    optimizer set-up) and, with ``validate``, one validation pass of ``module`` on
+    ``datamodule``'s data.
 
     The module's weights change (it is a throw-away module: build the real one afterwards and
-    re-seed). Data loading is included in the step time, as in training.
+    re-seed). Data loading is included in the step time, as in training. The steps run the
+    module's :meth:`~tomoseg.training.module.SegModule.train_forward`, so a module with
+    ``compile_steps`` set compiles in the warm-up step: the warm-up's excess over a timed step
+    is ``compile_seconds``.
     """
     t_start = time.perf_counter()
     module = module.to(device)
@@ -149,7 +171,7 @@ def probe_throughput(module, datamodule, device: torch.device, bf16: bool, steps
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = module(x)
+            logits = module.train_forward(x)
         loss = module.loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,22 +180,26 @@ def probe_throughput(module, datamodule, device: torch.device, bf16: bool, steps
         times.append(time.perf_counter() - t0)
     del it
     timed = times[1:] or times
+    step = sum(timed) / len(timed)
+    compiled = bool(getattr(module, "compile_steps", False))
     module.eval()
     t0 = time.perf_counter()
     images = 0
-    with torch.no_grad():
-        for batch in datamodule.val_dataloader():
-            module.validation_step(batch, images)
-            images += 1
+    if validate:
+        with torch.no_grad():
+            for batch in datamodule.val_dataloader():
+                module.validation_step(batch, images)
+                images += 1
     sync()
     val = time.perf_counter() - t0
     return Probe(
         steps=len(timed),
-        seconds_per_step=sum(timed) / len(timed),
+        seconds_per_step=step,
         steps_per_epoch=per_epoch,
         validation_seconds=val,
         validation_images=images,
         seconds=time.perf_counter() - t_start,
+        compile_seconds=max(0.0, times[0] - step) if compiled else 0.0,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -10,19 +11,38 @@ import torch
 from torch import nn
 
 from tomoseg.config.schema import TrainConfig
+from tomoseg.data.context import in_channels
 from tomoseg.data.sources import IGNORE_INDEX
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.inference.sliding_window import infer_logits
 from tomoseg.metrics.segmentation import accuracy_from_cm, iou_from_cm, score_image
 from tomoseg.models.registry import build_model
 from tomoseg.models.segnet import load_encoder_weights
 from tomoseg.runtime.logit_adjustment import decision_bias
 from tomoseg.training.epoch_metrics import TrainScores, ValidationScores
+from tomoseg.utils.format import first_line
 
 DICE_IGNORE_MESSAGE = (
     "--loss dice_ce cannot leave out unannotated pixels (ignore label or NaN image pixels): "
     "MONAI's DiceCELoss has no ignore index; use --loss ce"
 )
+
+#: training steps from which ``compile: auto`` compiles the network. Measured on this project's
+#: 2-core CPU (default U-Net, batch 16 of 256 px, bf16): compiling takes ~42 s and a step drops
+#: from 0.80 to 0.62 s, so it pays after ~225 steps (docs/speed.md, section 3).
+COMPILE_MIN_STEPS = 300
+
+
+def compile_wanted(setting: str, steps: int) -> bool:
+    """Whether the training steps run a ``torch.compile``-d network.
+
+    Args:
+        setting: ``TrainConfig.compile``: ``on``, ``off`` or ``auto`` (on from
+            :data:`COMPILE_MIN_STEPS` optimizer steps, where compiling pays for itself).
+        steps: the run's training steps (epochs x steps per epoch).
+    """
+    return setting == "on" or (setting == "auto" and steps >= COMPILE_MIN_STEPS)
+
 
 # ----------------------------------------------------------------------------- model
 
@@ -45,7 +65,11 @@ class SegModule(L.LightningModule):
         self.classes, self.coi = list(classes), classes.index(class_of_interest)
         k = len(classes)
         self.net = build_model(
-            self.cfg.model, 1, k, self.cfg.width, self.cfg.depth if self.cfg.model == "unet" else 5
+            self.cfg.model,
+            in_channels(self.cfg.context),  # 1, or 2k + 1 with 2.5D context
+            k,
+            self.cfg.width,
+            self.cfg.depth if self.cfg.model == "unet" else 5,
         )
         if self.cfg.encoder_weights is not None:
             load_encoder_weights(self.net, self.cfg.encoder_weights)
@@ -69,9 +93,49 @@ class SegModule(L.LightningModule):
         self.epoch_lr = float("nan")
         self.epoch_crops = 0
         self.bf16 = False  # set by train() from the resolved precision
+        self.compile_steps = False  # set by train() from cfg.compile (compile_wanted)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training steps' forward pass: ``torch.compile`` (Inductor) of the network when
+        :attr:`compile_steps` is set and ``x`` is a full batch of training crops, else eager.
+
+        The compiled callable shares the network's parameters; it is made at the first step
+        and kept out of the module's state (checkpoints, copies). Other shapes (the last, short
+        batch of an epoch; whole-image training) run eager rather than recompile. Any failure
+        of compiling or running it gives one warning and eager steps from then on (the failed
+        step is recomputed eagerly).
+        """
+        c = self.cfg
+        full = (
+            c.crop_size > 0
+            and x.shape[0] == c.batch_size
+            and x.shape[-2] == c.crop_size
+            and x.shape[-1] == c.crop_size
+        )
+        if self.compile_steps and full:
+            compiled = self.__dict__.get("_compiled_net")
+            if compiled is None:
+                compiled = torch.compile(self.net)
+                self.__dict__["_compiled_net"] = compiled  # not a registered submodule
+            try:
+                return compiled(x)
+            except Exception as e:  # compiler missing, unsupported op, ...
+                warnings.warn(
+                    f"torch.compile failed, training continues without it: {first_line(e)}",
+                    TomosegWarning,
+                    stacklevel=2,
+                )
+                self.compile_steps = False
+                self.__dict__.pop("_compiled_net", None)
+        return self.net(x)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_compiled_net", None)  # copies (EMA's average, pickling) stay eager
+        return state
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Weighted loss of logits (B, K, H, W) against class ids (B, H, W)."""
@@ -90,7 +154,7 @@ class SegModule(L.LightningModule):
         x, y = batch
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self(x)
+        logits = self.train_forward(x)
         loss = self.loss(logits, y)
         with torch.no_grad():
             pred = (logits.detach() + self.logit_bias[None, :, None, None]).argmax(1)

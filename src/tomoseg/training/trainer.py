@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import torch
 
 from tomoseg import __version__
 from tomoseg.config.schema import TrainConfig, config_to_yaml
+from tomoseg.data.context import in_channels
 from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
@@ -20,7 +23,7 @@ from tomoseg.io.writers import write_json, write_text
 from tomoseg.models.registry import get_architecture
 from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
-from tomoseg.training.module import DICE_IGNORE_MESSAGE, SegModule
+from tomoseg.training.module import DICE_IGNORE_MESSAGE, SegModule, compile_wanted
 from tomoseg.training.recording import (
     RunCSVLogger,
     RunRecorder,
@@ -329,7 +332,7 @@ def train(
         "tomoseg_version": __version__,
         "model": {
             "name": cfg.model,
-            "in_channels": 1,
+            "in_channels": in_channels(cfg.context),  # 2k + 1 with 2.5D context
             "num_classes": len(classes),
             "width": cfg.width,
             "depth": cfg.depth if cfg.model == "unet" else 5,
@@ -354,6 +357,10 @@ def train(
             )
         cfg, meta["time_budget"] = _budget_plan(run, cfg, dm, resume, device, precision, console)
         meta["config"] = cfg.model_dump(mode="json")
+    # torch.compile for the training steps (training/module.py: compile_wanted, train_forward)
+    steps = cfg.epochs * math.ceil(cfg.crops / cfg.batch_size)
+    compiled = cfg.crop_size > 0 and compile_wanted(cfg.compile, steps)
+    meta["compiled"] = compiled
     if rank0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / "config.yaml", config_to_yaml(cfg))
@@ -364,6 +371,7 @@ def train(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
     module.bf16 = precision == "bf16-mixed"
+    module.compile_steps = compiled
     if ckpt is not None:
         check_resume_checkpoint(ckpt, module)
     best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
@@ -442,18 +450,38 @@ def _budget_plan(
             return cfg.model_copy(update={"epochs": int(old["plan"]["epochs"])}), old
     prep = dm.prepared
     assert prep is not None
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    scratch = SegModule(
-        cfg.model_dump(mode="json"),
-        prep.spec.classes,
-        prep.spec.class_of_interest,
-        prep.weights.tolist(),
-    )
-    scratch.bf16 = precision == "bf16-mixed"
-    probe = probe_throughput(scratch, dm, device, scratch.bf16)
-    del scratch
+
+    def scratch(compiled: bool) -> SegModule:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        module = SegModule(
+            cfg.model_dump(mode="json"),
+            prep.spec.classes,
+            prep.spec.class_of_interest,
+            prep.weights.tolist(),
+        )
+        module.bf16, module.compile_steps = precision == "bf16-mixed", compiled
+        return module
+
+    bf16 = precision == "bf16-mixed"
+    probe = probe_throughput(scratch(False), dm, device, bf16)
     passes = (len(parse_tta(cfg.tta)) + 1.0) if cfg.tune_decision else 0.0
     plan = plan_epochs(cfg.time_budget or 0.0, probe, val_every=cfg.val_every, tuning_passes=passes)
+    if compile_wanted(cfg.compile, plan["epochs"] * probe.steps_per_epoch):
+        # the compiled steps' throughput (and the compile time) from a second, shorter probe
+        module = scratch(True)
+        fast = probe_throughput(module, dm, device, bf16, validate=False)
+        if module.compile_steps:
+            probe = replace(
+                fast,
+                validation_seconds=probe.validation_seconds,
+                validation_images=probe.validation_images,
+                seconds=probe.seconds + fast.seconds,
+            )
+            plan = plan_epochs(
+                cfg.time_budget or 0.0, probe, val_every=cfg.val_every, tuning_passes=passes
+            )
+        else:  # compiling failed (warned): plan and train eager
+            cfg = cfg.model_copy(update={"compile": "off"})
     if console is not None:
         console.print(
             f"time budget {cfg.time_budget:g} min: {probe.seconds_per_step:.3f} s per step, "
