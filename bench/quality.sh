@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The quality targets: train the default config on each real dataset (at most 29 minutes each on
-# the CPU), evaluate on its test split, and score the Otsu / k-means baselines on the same images.
-#   bash bench/quality.sh [DATA_ROOT] [OUT]      (defaults: ../shared/data runs/quality)
+# The quality targets: train the default config on each real dataset with a 20-minute time budget
+# (the probe fits the whole schedule into it), evaluate on its test split (the tuned decision
+# applied, and --tta TTA, default none), and score the Otsu / k-means baselines on the same images.
+#   bash bench/quality.sh [DATA_ROOT] [OUT] [DATASETS...]
+#   (defaults: ../shared/data runs/quality xct-dendrite em-vnc-mito stem-pt; env TTA, BUDGET)
 set -euo pipefail
-ROOT=${1:-../shared/data}; OUT=${2:-runs/quality}
+ROOT=${1:-../shared/data}; OUT=${2:-runs/quality}; shift $(( $# > 2 ? 2 : $# ))
+SETS=("$@"); [ ${#SETS[@]} -eq 0 ] && SETS=(xct-dendrite em-vnc-mito stem-pt)
 T=${TOMOSEG:-.venv/bin/tomoseg}; PY=${PY:-.venv/bin/python}
-for ds in xct-dendrite em-vnc-mito stem-pt; do
+for ds in "${SETS[@]}"; do
   $PY bench/baselines.py "$ROOT/$ds" "$OUT/$ds/baselines"
-  /usr/bin/time -f "$ds training wall %e s" $T train --data "$ROOT/$ds" --out "$OUT/$ds/run" --max-minutes 29 --overwrite --quiet
-  $T evaluate "$OUT/$ds/run" --data "$ROOT/$ds" --out "$OUT/$ds/test" --overwrite
+  /usr/bin/time -f "$ds training wall %e s" $T train --data "$ROOT/$ds" --out "$OUT/$ds/run" --time-budget "${BUDGET:-20}" --overwrite --quiet
+  $T evaluate "$OUT/$ds/run" --data "$ROOT/$ds" --out "$OUT/$ds/test" --tta "${TTA:-none}" --overwrite
 done
