@@ -21,9 +21,6 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 
-#: the largest context a run may ask for (2 x 8 + 1 = 17 input channels)
-MAX_CONTEXT = 8
-
 
 def in_channels(context: int) -> int:
     """Input channels of a network that sees ``context`` slices above and below: 2k + 1."""

@@ -248,20 +248,14 @@ def as_image(image: object, name: str = "image", context: int = 0) -> np.ndarray
     run with 2.5D context ``k`` a (2k + 1, H, W) stack of the slice and its neighbours.
 
     Raises:
-        TomosegError: not 2D (after dropping leading length-1 axes) or, with context, not
-            (2k + 1, H, W); or not numeric.
+        TomosegError: not 2D (after dropping leading length-1 axes; with context the
+            (2k + 1, H, W) shape is :func:`check_context`'s to refuse), or not numeric.
     """
     arr = np.asarray(image)
     dims = 3 if context else 2
     while arr.ndim > dims and arr.shape[0] == 1:
         arr = arr[0]
-    if context and (arr.ndim != 3 or arr.shape[0] != in_channels(context)):
-        raise TomosegError(
-            f"{name} must be a ({in_channels(context)}, H, W) array (the slice with the "
-            f"{context} slices above and below it: tomoseg.context_stack(volume, z, "
-            f"{context})), got shape {arr.shape}"
-        )
-    if arr.ndim != dims:
+    if not context and arr.ndim != 2:  # a context stack's shape: check_context, the one rule
         raise TomosegError(f"{name} must be a 2D (H, W) array, got shape {arr.shape}")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
