@@ -61,3 +61,38 @@ def test_read_decision(tmp_path):
     (tmp_path / "decision.json").write_text("{}")
     with pytest.raises(TomosegError, match="malformed"):
         read_decision(tmp_path)
+
+
+def test_annotated_sizes_counts_objects_and_enclosed_holes():
+    from tomoseg.data.sources import IGNORE_INDEX
+    from tomoseg.inference.tuning import annotated_sizes, size_limits
+
+    t = np.zeros((20, 20), np.int16)
+    t[2:8, 2:8] = 1  # 36 px with a 1-px hole -> an object of 35 px
+    t[4, 4] = 0
+    t[15, 15] = 1  # a 1-px object
+    t[16, 16] = 1  # touches it diagonally: one 8-connected object of 2 px
+    t[10:14, 10:14] = 1
+    t[11:13, 11:13] = IGNORE_INDEX  # unannotated inside an object: not a hole
+    objects, holes = annotated_sizes([t, np.zeros_like(t)], 1)
+    assert sorted(objects.tolist()) == [2, 12, 35] and holes.tolist() == [1]
+    most_size, most_hole = size_limits([t], 1, quantile=0.0)
+    assert most_size == 2 and most_hole == 0  # removing < 2 px or filling 0 px only
+    assert size_limits([np.zeros_like(t)], 1) == (0.0, float("inf"))
+
+
+def test_tuning_never_removes_object_sizes_the_annotations_contain():
+    rng = np.random.default_rng(0)
+    items = [_case(rng, 0.0) for _ in range(3)]
+    # on these validation images removing the 1-px speck helps ...
+    d, _ = tune_decision(items, class_id=1, offsets=[], min_sizes=[4], max_holes=[])
+    assert d.min_size == 4
+    # ... but where the annotations hold many 2-px objects a 4-px minimum is not a candidate
+    small = np.zeros((32, 32), np.int16)
+    small[::4, ::4] = 1
+    small[1::4, ::4] = 1
+    d, rep = tune_decision(
+        items, class_id=1, offsets=[], min_sizes=[4], max_holes=[], annotations=[small]
+    )
+    assert d.min_size == 0 and rep["size_limits"]["min_size"] == 2
+    assert rep["after"] == rep["before"]

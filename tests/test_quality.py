@@ -59,12 +59,23 @@ def _big_offset(run: Path, tmp: Path) -> Path:
 
 
 def test_training_tunes_and_records_the_decision(tiny):
-    _, run = tiny
+    data, run = tiny
     rec = json.loads((run / "decision.json").read_text())
     assert set(rec["decision"]) == {"class_id", "offset", "min_size", "max_hole"}
     assert rec["epoch"] == 1 and rec["weights"] == "best" and rec["tta"] == ["identity"]
     assert rec["after"]["iou"] >= rec["before"]["iou"] or np.isnan(rec["before"]["iou"])
     assert json.loads((run / "run.json").read_text())["decision"] == rec
+    # the clean-up sizes are bounded by the training and validation annotations
+    from tomoseg.inference.tuning import size_limits
+
+    masks = [read_mask(p, 2) for split in ("train", "val") for p in sorted(data_masks(data, split))]
+    assert rec["size_limits"]["min_size"] == size_limits(masks, 1)[0]
+    assert rec["decision"]["min_size"] <= rec["size_limits"]["min_size"]
+
+
+def data_masks(data: Path, split: str) -> list[Path]:
+    folder = data / split / "masks"
+    return list(folder.iterdir()) if folder.is_dir() else []
 
 
 def test_predictor_tta_all_equals_manual_average(tiny):
