@@ -31,6 +31,7 @@ from tomoseg.io.writers import write_json
 from tomoseg.metrics.segmentation import nanmean, score_image
 
 if TYPE_CHECKING:
+    from tomoseg.data.sources import LoadedSamples
     from tomoseg.runtime.checkpoint import LoadedRun
 
 OFFSETS = tuple(float(v) for v in np.round(np.arange(-2.0, 2.001, 0.25), 2))
@@ -175,28 +176,26 @@ def tune_decision(
 
 
 def validation_items(
-    source: object, run: LoadedRun, split: str = "val"
+    source: object, run: LoadedRun, split: str = "val", *, loaded: LoadedSamples | None = None
 ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
     """Raw images ((H, W), or (2k + 1, H, W) for a run with 2.5D context k) and training
     masks (class ids; :data:`IGNORE_INDEX` on unannotated pixels) to tune on: ``split="val"`` gives the validation images the run used (the dataset's
     ``val`` split, else the same seeded hold-out of the training images, from the run's
     ``val_fraction`` and ``seed``); another name gives that split of a dataset folder.
+    ``loaded``: the run's training samples when already read (:func:`run_samples`).
 
     Returns:
         ``([(id, image, truth), ...], where they come from)``.
     """
     from tomoseg.data.context import centre, check_consecutive, context_reader
-    from tomoseg.data.sources import DataSource, load_training_samples, training_mask
+    from tomoseg.data.sources import DataSource, training_mask
     from tomoseg.io.datasets import load_dataset, split_pairs
     from tomoseg.io.images import read_image, read_mask
 
     src = source if isinstance(source, DataSource) else DataSource.of(source)
-    cfg = run.config
-    k = int(cfg.context)
+    k = int(run.config.context)
     if split == "val":
-        loaded = load_training_samples(
-            src, ignore_label=cfg.ignore_label, val_fraction=cfg.val_fraction, seed=cfg.seed
-        )
+        loaded = loaded if loaded is not None else run_samples(src, run)
         where = str(loaded.validation.get("source", "validation images"))
         _, images = loaded.with_context(  # 2.5D: the raw neighbours, as in training
             [s.image for s in loaded.train], [s.image for s in loaded.val], k
@@ -221,17 +220,24 @@ def validation_items(
     return out, f"split {split!r} of {src.root}"
 
 
-def annotation_masks(source: object, run: LoadedRun) -> list[np.ndarray]:
-    """The training masks of the run's data, training and validation images alike (class ids,
-    :data:`IGNORE_INDEX` on unannotated pixels): what bounds the clean-up sizes
-    (:func:`size_limits`)."""
-    from tomoseg.data.sources import DataSource, load_training_samples, training_mask
+def run_samples(source: object, run: LoadedRun) -> LoadedSamples:
+    """The run's training and validation samples, split as in training (the run's
+    ``ignore_label``, ``val_fraction`` and ``seed``)."""
+    from tomoseg.data.sources import DataSource, load_training_samples
 
     src = source if isinstance(source, DataSource) else DataSource.of(source)
     cfg = run.config
-    loaded = load_training_samples(
+    return load_training_samples(
         src, ignore_label=cfg.ignore_label, val_fraction=cfg.val_fraction, seed=cfg.seed
     )
+
+
+def annotation_masks(loaded: LoadedSamples) -> list[np.ndarray]:
+    """The training masks of the run's data, training and validation images alike (class ids,
+    :data:`IGNORE_INDEX` on unannotated pixels): what bounds the clean-up sizes
+    (:func:`size_limits`)."""
+    from tomoseg.data.sources import training_mask
+
     return [training_mask(s, loaded.ignore_label) for s in [*loaded.train, *loaded.val]]
 
 
@@ -268,7 +274,8 @@ def tune_run(
     run_dir = Path(run_dir)
     run = load_run(run_dir, "best", device=resolve_device(device))
     configure_run(run, runtime="auto", tta=tta, postprocess=False)
-    items, where = validation_items(data, run, split)
+    loaded = run_samples(data, run)  # read once: validation images and the size bounds
+    items, where = validation_items(data, run, split, loaded=loaded)
 
     def scored():
         for image_id, image, truth in items:
@@ -279,7 +286,7 @@ def tune_run(
         scored(),
         class_id=run.coi_index,
         tolerance=run.config.tolerance,
-        annotations=annotation_masks(data, run),
+        annotations=annotation_masks(loaded),
     )
     report["source"] = where
     record = decision_record(
