@@ -64,8 +64,16 @@ class TrainConfig(BaseModel):
     crops: int = Field(default=500, ge=1)
     focus_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     # loss
-    loss: Literal["ce", "dice_ce"] = "ce"
-    class_weights: Literal["inverse", "median", "none"] = "inverse"
+    loss: Literal["ce", "dice_ce"] = Field(
+        default="dice_ce",
+        description="ce: cross-entropy; dice_ce: cross-entropy + the batch soft Dice of the "
+        "foreground classes (nnU-Net's loss; docs/training.md section 7)",
+    )
+    class_weights: Literal["inverse", "median", "none"] = Field(
+        default="none",
+        description="cross-entropy class weights counted over the training set: inverse "
+        "(the seed's inverse class frequency), median (median-frequency balancing) or none",
+    )
     decision: Literal["calibrated", "weighted"] = Field(
         default="calibrated",
         description="calibrated: subtract log(class weight) from the logits before argmax, "

@@ -26,19 +26,23 @@ def class_weights(
         (K,) float64 weights.
 
     Raises:
-        TomosegError: a class with no pixel (its weight would be infinite).
+        TomosegError: a class with no pixel, whatever the mode: no loss can learn a class that
+            the training set never shows (and its inverse or median-frequency weight would be
+            infinite).
     """
     counts = np.asarray(counts, np.float64)
-    if mode == "none":
-        return np.ones_like(counts)
     if (counts == 0).any():
         k = int(np.flatnonzero(counts == 0)[0])
         name = names[k] if names else str(k)
-        kind = "median-frequency" if mode == "median" else "inverse-frequency"
+        kind = {"median": "median-frequency", "inverse": "inverse-frequency"}.get(mode)
+        weight = f"; its {kind} weight would be infinite" if kind else ""
         raise TomosegError(
-            f"class '{name}' has no pixel in the training set (annotated pixels), so its {kind} weight "
-            "would be infinite (add examples, or use --class-weights none)"
+            f"class '{name}' has no pixel in the training set (annotated pixels): no loss can "
+            f"teach the network that class{weight} (add examples of it, or remove it from the "
+            "classes)"
         )
+    if mode == "none":
+        return np.ones_like(counts)
     freq = counts / counts.sum()
     w = (np.median(freq) / freq) if mode == "median" else 1.0 / freq
     return w / w.mean()

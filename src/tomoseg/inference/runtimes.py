@@ -42,6 +42,10 @@ _PACKAGE = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 _CACHE_ATTR = "_tomoseg_engines"
 _OPSET = 17
 _CHECK_TOLERANCE = 0.05  # relative L2 error of the logits vs eager fp32 (bf16 gives ~0.005)
+#: engines are built one at a time in a process: ``torch.fx`` tracing (BatchNorm folding) patches
+#: ``torch.nn.Module`` globally while it runs, so two threads tracing at once break each other
+#: ("module is not installed as a submodule") and can leave the patch in place for good
+_BUILD_LOCK = threading.Lock()
 
 
 def runtime_installed(name: str) -> bool:
@@ -301,15 +305,16 @@ def inference_engine(
     name = resolve_runtime(runtime, dev)
     if name == "torch" and (dev.type != "cpu" or not FOLD_TORCH_CPU):
         return model
-    cache = model.__dict__.setdefault(_CACHE_ATTR, {})
     key = (name, bool(bf16))
-    if key not in cache:
-        engine = Engine(model, name, None, bf16)
-        engine.name = name
-        try:
-            engine._run = BUILDERS[name](model, bf16)
-            _check(engine, model)
-        except Exception as exc:  # noqa: BLE001 - a runtime that cannot build: eager PyTorch
-            engine.fail(f"could not compile the model ({type(exc).__name__}: {exc})")
-        cache[key] = engine
-    return cache[key]
+    with _BUILD_LOCK:  # one build at a time (fx tracing is not thread-safe), once per model
+        cache = model.__dict__.setdefault(_CACHE_ATTR, {})
+        if key not in cache:
+            engine = Engine(model, name, None, bf16)
+            engine.name = name
+            try:
+                engine._run = BUILDERS[name](model, bf16)
+                _check(engine, model)
+            except Exception as exc:  # noqa: BLE001 - a runtime that cannot build: eager PyTorch
+                engine.fail(f"could not compile the model ({type(exc).__name__}: {exc})")
+            cache[key] = engine
+        return cache[key]

@@ -36,7 +36,7 @@ class Architecture:
 
 
 #: The registry. A new network is one file in this package plus one line here; it then has to
-#: pass the contract in tests/test_model_contract.py (any input size, padding back to size,
+#: pass the contract in tests/models/test_model_contract.py (any input size, padding back to size,
 #: channels-last, bf16 autocast, K outputs).
 REGISTRY: dict[str, Architecture] = {
     "segnet": Architecture("segnet", build_segnet, 64, 5, "Badrinarayanan et al., TPAMI 2017"),

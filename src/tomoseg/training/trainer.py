@@ -23,7 +23,7 @@ from tomoseg.io.writers import write_json, write_text
 from tomoseg.models.registry import get_architecture
 from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
-from tomoseg.training.module import DICE_IGNORE_MESSAGE, SegModule, compile_wanted
+from tomoseg.training.module import SegModule, compile_wanted
 from tomoseg.training.recording import (
     RunCSVLogger,
     RunRecorder,
@@ -325,8 +325,6 @@ def train(
     dm.setup("fit")  # what run.json records is known before fitting
     prep = dm.prepared
     assert prep is not None
-    if cfg.loss == "dice_ce" and prep.has_ignored:
-        raise TomosegError(DICE_IGNORE_MESSAGE)
     classes, coi = prep.spec.classes, prep.spec.class_of_interest
     meta = {
         "tomoseg_version": __version__,

@@ -42,6 +42,9 @@ def test_class_weights():
     assert (class_weights(c, "none") == 1).all()
     with pytest.raises(TomosegError, match="'fg' has no pixel"):
         class_weights(np.array([10, 0]), "inverse", ["bg", "fg"])
+    with pytest.raises(TomosegError, match="class 'fg' has no pixel") as exc:
+        class_weights(np.array([10, 0]), "none", ["bg", "fg"])  # whatever the weighting
+    assert "weight" not in str(exc.value)
 
 
 def test_epoch_sampler_and_fresh_augmentation():
@@ -92,7 +95,7 @@ def test_train_writes_complete_run(tmp_path):
     ):
         assert rows[0][col] != "", col
     meta = json.loads((run / "run.json").read_text())
-    assert meta["class_weights"][1] > meta["class_weights"][0]
+    assert meta["class_weights"] == [1.0, 1.0]  # the default: Dice + unweighted CE
     assert set(meta["normalization"]) >= {"lower", "upper"}
     # checkpoints load without executing pickled code
     ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tomoseg.cli import main
 from tomoseg.cli.app import cli_message, cli_options
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tomoseg"
+SRC = Path(__file__).resolve().parents[2] / "src" / "tomoseg"
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 NOT_OURS = {"debug", "help", "version"}  # handled by main() / click itself
 

@@ -54,7 +54,7 @@ def sparse_dataset(root, ignore=255, cut=40, shape=(48, 56), n=None):
 def test_loss_ignores_unannotated_pixels():
     from tomoseg.training.module import SegModule
 
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(loss="ce")
     m = SegModule(cfg.model_dump(mode="json"), ["bg", "fg"], "fg", [0.5, 1.5])
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 2, 8, 8, generator=g)
@@ -73,16 +73,24 @@ def test_loss_ignores_unannotated_pixels():
     w = torch.tensor([0.5, 1.5])[tt]
     ref = -(w * lp[torch.arange(len(tt)), tt]).sum() / w.sum()
     assert float(base) == pytest.approx(float(ref), rel=1e-6)
-    dice = SegModule(tiny_cfg(loss="dice_ce").model_dump(mode="json"), ["bg", "fg"], "fg", [1, 1])
-    with pytest.raises(TomosegError, match="dice_ce cannot leave out"):
-        dice.loss(logits, t1)
+    # dice_ce: the same cross-entropy plus the batch soft Dice of the foreground over the
+    # annotated pixels alone (nnU-Net's Dice, MONAI's DiceLoss with ignore_index)
+    dice = SegModule(
+        tiny_cfg(loss="dice_ce").model_dump(mode="json"), ["bg", "fg"], "fg", [0.5, 1.5]
+    )
+    d_base = dice.loss(logits, t1)
+    assert torch.equal(dice.loss(logits2, t1), d_base)
+    p_fg = torch.softmax(logits, 1)[:, 1][keep]
+    y_fg = (target[keep] == 1).float()
+    soft_dice = (2 * (p_fg * y_fg).sum() + 1e-5) / (p_fg.sum() + y_fg.sum() + 1e-5)
+    assert float(d_base) == pytest.approx(float(ref + 1 - soft_dice), rel=1e-5)
 
 
 def test_weights_and_counts_use_annotated_pixels_only(tmp_path):
     masks = [np.array([[0, 1, 255], [255, 255, 1]], np.uint8)]
     assert class_counts(masks, 2, ignore_label=255).tolist() == [1, 2]
     data = sparse_dataset(tmp_path / "d")
-    prep = prepare_training_data(data, tiny_cfg())
+    prep = prepare_training_data(data, tiny_cfg(class_weights="inverse"))
     from PIL import Image
 
     ref = np.zeros(2, np.int64)
@@ -303,10 +311,6 @@ def test_bad_data_inputs(tmp_path, run_cli):
     (bad / "dataset.json").write_text(json.dumps({"classes": ["bg", "fg"], "ignore_label": 1}))
     assert "is a class id" in err("--data", bad)
     assert "differs" in err("--data", sparse_dataset(tmp_path / "s"), "--ignore-label", "7")
-    # dice_ce with unannotated pixels
-    assert "dice_ce" in err(
-        "--data", tmp_path / "s", "--loss", "dice_ce", "--crop-size", "32", "--crops", "4"
-    )
     # 8- and 16-bit images in one training split
     mixed = make_dataset(tmp_path / "m", shape=(48, 56))
     f = mixed / "train" / "images" / "s01.png"

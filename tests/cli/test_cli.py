@@ -39,7 +39,7 @@ def test_train_evaluate_predict_cli(tmp_path, run_cli):
     args = ["--crop-size", "32", "--crops", "8", "--epochs", "1", "--batch-size", "4", "--quiet"]
     code, out, err = run_cli("train", "--data", data, "--out", run, *args)
     assert code == 0, err
-    assert "class weights (inverse)" in out
+    assert "class weights (none)" in out
     code, out, err = run_cli("evaluate", run, "--data", data, "--out", tmp_path / "ev")
     assert code == 0, err
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())

@@ -210,3 +210,28 @@ def test_class_argmax_equals_argmax_with_ties():
         if k > 1:
             x[:, 1, :4] = x[:, 0, :4]  # ties go to the lower class, as argmax does
         assert torch.equal(class_argmax(x), x.argmax(1))
+
+
+def test_engines_built_in_threads_at_once_all_fold(monkeypatch):
+    """Parts or predictors started together in threads each build their engine: BatchNorm
+    folding traces the network with torch.fx, which patches torch.nn.Module while it runs, so
+    the builds must not overlap (else "module is not installed as a submodule", eager
+    fallbacks, and a patch left behind that breaks every later model)."""
+    import threading
+
+    call, getattr_ = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+    runs = [tiny_run() for _ in range(6)]
+    start = threading.Barrier(len(runs))
+    engines: list = [None] * len(runs)
+
+    def build(i: int) -> None:
+        start.wait()
+        engines[i] = inference_engine(runs[i].model, "torch")
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(len(runs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(e is not None and e._run is not None for e in engines), "an engine fell back"
+    assert torch.nn.Module.__call__ is call and torch.nn.Module.__getattr__ is getattr_

@@ -25,7 +25,7 @@ from tomoseg.data.datamodule import EpochSampler, RankSplit
 from tomoseg.errors import TomosegError
 from tomoseg.training.trainer import train
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TINY = {
     "crop_size": 32,
     "crops": 16,
