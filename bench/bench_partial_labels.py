@@ -69,6 +69,10 @@ def main() -> None:
     ap.add_argument("--crop-size", type=int, default=128)
     ap.add_argument("--crops", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss", default=None, help="ce or dice_ce (default: tomoseg's)")
+    ap.add_argument(
+        "--class-weights", default=None, help="inverse, median, none (default: tomoseg's)"
+    )
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     data = a.data
@@ -88,6 +92,8 @@ def main() -> None:
             "crops": a.crops,
             "epochs": a.epochs,
             "seed": a.seed,
+            "loss": a.loss,
+            "class_weights": a.class_weights,
         },
     )
     rows = []
