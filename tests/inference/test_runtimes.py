@@ -212,7 +212,7 @@ def test_class_argmax_equals_argmax_with_ties():
         assert torch.equal(class_argmax(x), x.argmax(1))
 
 
-def test_engines_built_in_threads_at_once_all_fold(monkeypatch):
+def test_engines_built_in_threads_at_once_all_fold():
     """Parts or predictors started together in threads each build their engine: BatchNorm
     folding traces the network with torch.fx, which patches torch.nn.Module while it runs, so
     the builds must not overlap (else "module is not installed as a submodule", eager
