@@ -1,9 +1,10 @@
 """Test IoU / BF1 of runs' class of interest under inference choices: tile size and weights.
 
-For each run, each ``--which`` (``best``: the epoch of highest validation IoU, what every command
-loads; ``last``: the end of the schedule) and each ``--tiles`` size, segments the test split of
-one dataset and prints the mean over test images. ``--no-decision`` leaves out the decision tuned
-on validation (it was tuned on ``best``). docs/training.md sections 4 and 7 measured em-vnc-mito:
+For each run, each ``--which`` (``best``: the epoch of highest validation IoU; ``last``: the end
+of the schedule; commands load the one the run's ``weights`` setting names) and each ``--tiles``
+size, segments the test split of one dataset and prints the mean over test images.
+``--no-decision`` leaves out the decision tuned on validation (tuned on one of the two weights,
+it is not applied to the other). docs/training.md sections 4 and 7 measured em-vnc-mito:
 
     PYTHONPATH=src python bench/inference_choices.py ../shared/data/em-vnc-mito RUN --tiles 256,512,1024
     PYTHONPATH=src python bench/inference_choices.py ../shared/data/em-vnc-mito RUN... \\
@@ -38,7 +39,7 @@ def main() -> None:
                 p = tomoseg.Predictor.from_run(
                     run, which=which, postprocess=not a.no_decision, tile_size=tile or None
                 )
-                coi = p.classes[-1]
+                coi = p.class_of_interest
                 scores = []
                 for f in images:
                     truth = read_mask(next((a.data / "test" / "masks").glob(f"{f.stem}.*")))

@@ -55,11 +55,11 @@ class Run:
         self,
         *,
         device: str = "auto",
-        which: str = "best",
+        which: str | None = None,
         tta: object = None,
         postprocess: bool = True,
     ) -> Predictor:
-        """A :class:`~tomoseg.Predictor` of this run (``tta``, ``postprocess``: see
+        """A :class:`~tomoseg.Predictor` of this run (``which``, ``tta``, ``postprocess``: see
         :meth:`~tomoseg.Predictor.from_run`)."""
         from tomoseg.inference.predictor import Predictor
 

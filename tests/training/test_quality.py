@@ -62,7 +62,7 @@ def test_training_tunes_and_records_the_decision(tiny):
     data, run = tiny
     rec = json.loads((run / "decision.json").read_text())
     assert set(rec["decision"]) == {"class_id", "offset", "min_size", "max_hole"}
-    assert rec["epoch"] == 1 and rec["weights"] == "best" and rec["tta"] == ["identity"]
+    assert rec["epoch"] == 1 and rec["weights"] == "last" and rec["tta"] == ["identity"]
     assert rec["after"]["iou"] >= rec["before"]["iou"] or np.isnan(rec["before"]["iou"])
     assert json.loads((run / "run.json").read_text())["decision"] == rec
     # the clean-up sizes are bounded by the training and validation annotations
@@ -207,6 +207,45 @@ def test_ema_weights_are_exported_and_differ_from_the_raw_ones(tmp_path):
     bn = [k for k in last if k.endswith("running_mean")]
     assert bn and any(not torch.equal(avg[f"net.{k}"], raw[f"net.{k}"]) for k in bn)
     assert not (run / "decision.json").exists()
+
+
+def test_ema_decay_setting_parses_and_refuses_in_one_line(tmp_path, run_cli):
+    from tomoseg.config.schema import TrainConfig
+
+    assert TrainConfig().ema_decay == "auto"
+    for given, want in [("auto", "auto"), ("off", None), ("none", None), (False, None)]:
+        assert load_config(None, {"ema_decay": given}).ema_decay == want
+    assert load_config(None, {"ema_decay": "0.99"}).ema_decay == 0.99
+    for bad in ("fast", 1.5, 0, True):
+        with pytest.raises(TomosegError, match="ema_decay must be a number in"):
+            load_config(None, {"ema_decay": bad})
+    data = make_dataset(tmp_path / "d", shape=SHAPE)
+    code, _, err = run_cli("train", "--data", data, "--out", tmp_path / "r", "--ema-decay", "2")
+    assert code == 1 and err.count("\n") == 1 and "ema_decay must be" in err, err
+
+
+def test_ema_decay_auto_follows_the_run_length(tmp_path, monkeypatch):
+    """``auto`` averages from EMA_MIN_STEPS optimizer steps (with EMA_AUTO_DECAY) and not in
+    shorter runs, whose exported weights are then the raw ones; run.json records the decay."""
+    import tomoseg.training.module as module
+
+    assert module.ema_decay_for("auto", module.EMA_MIN_STEPS - 1) is None
+    assert module.ema_decay_for("auto", module.EMA_MIN_STEPS) == module.EMA_AUTO_DECAY
+    assert module.ema_decay_for(0.5, 1) == 0.5 and module.ema_decay_for(None, 10**6) is None
+    data = make_dataset(tmp_path / "d", shape=SHAPE)
+    cfg = load_config(None, {**TINY, "epochs": 2, "tune_decision": False})  # 8 steps
+    short = train(data, tmp_path / "short", cfg, progress=False)
+    assert json.loads((short / "run.json").read_text())["ema_decay"] is None
+    assert "current_model_state" not in torch.load(
+        short / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    monkeypatch.setattr(module, "EMA_MIN_STEPS", 8)
+    long = train(data, tmp_path / "long", cfg, progress=False)
+    assert json.loads((long / "run.json").read_text())["ema_decay"] == module.EMA_AUTO_DECAY
+    ck = torch.load(long / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(
+        not torch.equal(ck["state_dict"][k], v) for k, v in ck["current_model_state"].items()
+    )
 
 
 def _probe(step=0.5, steps=20, val=4.0, seconds=6.0):

@@ -43,6 +43,13 @@ Tta = Annotated[
         "like identity,flip_x (default: the run's setting, none unless trained with --tta)."
     ),
 ]
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        help="Weights: last (end of the schedule) or best (highest validation IoU of the class "
+        "of interest) (default: the run's setting, last unless trained with --weights best)."
+    ),
+]
 NoPostprocess = Annotated[
     bool,
     typer.Option(
@@ -203,8 +210,18 @@ def train(
         ),
     ] = None,
     ema_decay: Annotated[
-        float | None,
-        typer.Option(help="EMA of the weights per step, e.g. 0.99 (default: off)."),
+        str | None,
+        typer.Option(
+            help="EMA of the weights per step: a decay such as 0.99, auto (0.99 from 500 "
+            "steps; default) or off."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights the run delivers to every command: last (end of the schedule; "
+            "default) or best (highest validation IoU of the class of interest)."
+        ),
     ] = None,
     context: Annotated[
         int | None,
@@ -264,6 +281,7 @@ def train(
             val_fraction=val_fraction,
             time_budget=time_budget,
             ema_decay=ema_decay,
+            weights=weights,
             context=context,
             tta=tta,
             compile=compile,
@@ -321,6 +339,7 @@ def predict(
     ] = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
+    weights: Weights = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
@@ -342,6 +361,7 @@ def predict(
         runtime=runtime,
         tta=tta,
         postprocess=not no_postprocess,
+        which=weights,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -360,6 +380,7 @@ def evaluate(
     ] = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
+    weights: Weights = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays), with
@@ -378,6 +399,7 @@ def evaluate(
         runtime=runtime,
         tta=tta,
         postprocess=not no_postprocess,
+        which=weights,
     )
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
@@ -394,11 +416,12 @@ def tune(
     ] = "val",
     tta: Tta = None,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    weights: Weights = None,
 ) -> None:
     """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
     from tomoseg.inference.tuning import tune_run
 
-    decision, report = tune_run(run, data, split=split, tta=tta, device=device)
+    decision, report = tune_run(run, data, split=split, tta=tta, device=device, which=weights)
     b, a = report["before"], report["after"]
     console.print(
         f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
@@ -559,6 +582,7 @@ def segment_stack_cmd(
     ] = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
+    weights: Weights = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -582,7 +606,7 @@ def segment_stack_cmd(
             runner=ray_runner(
                 run,
                 input,
-                "best",
+                weights,
                 device,
                 allow_gaps,
                 address,
@@ -626,6 +650,7 @@ def segment_stack_cmd(
             progress,
             unit,
             allow_gaps,
+            weights,
             nonfinite=nonfinite,
             channel=channel,
             time=time,

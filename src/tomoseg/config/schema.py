@@ -100,12 +100,12 @@ class TrainConfig(BaseModel):
         description="minutes for the whole run: a throughput probe sets the epochs so that the "
         "cosine schedule, validation included, ends within it (replaces epochs)",
     )
-    ema_decay: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
+    ema_decay: float | Literal["auto"] | None = Field(
+        default="auto",
         description="exponential moving average of the weights (and BatchNorm buffers) per "
-        "optimizer step, used for validation, checkpoints and exported weights; None = off",
+        "optimizer step, used for validation, checkpoints and exported weights: a decay in "
+        "(0, 1), auto (0.99 from 500 optimizer steps, off for shorter runs; "
+        "training.module.ema_decay_for) or none/off",
     )
     # hardware
     precision: Literal["auto", "32", "bf16-mixed"] = Field(
@@ -141,6 +141,12 @@ class TrainConfig(BaseModel):
         description="test-time augmentation at inference: none, flips, all or a comma-separated "
         "list of D4 transforms (tomoseg.inference.tta); commands' --tta overrides it",
     )
+    weights: Literal["last", "best"] = Field(
+        default="last",
+        description="the weights the run delivers to every command: last (the end of the "
+        "schedule, annealed; nnU-Net's final checkpoint) or best (the epoch of highest "
+        "validation IoU of the class of interest); commands' --weights overrides it",
+    )
     tune_decision: bool = Field(
         default=True,
         description="after training, tune the class-of-interest offset and clean-up on the "
@@ -157,6 +163,25 @@ class TrainConfig(BaseModel):
     def _yaml_switch(cls, v: Any) -> Any:
         # YAML 1.1 reads a bare on/off (also yes/no) as a boolean
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("ema_decay", mode="before")
+    @classmethod
+    def _ema_decay(cls, v: Any) -> Any:
+        if v is None or v is False:  # YAML 1.1 reads a bare off/no as False
+            return None
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word in ("none", "off"):
+                return None
+            if word == "auto":
+                return "auto"
+            try:
+                v = float(word)
+            except ValueError:
+                v = word
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
+            raise ValueError(f"ema_decay must be a number in (0, 1), auto or none, got {v!r}")
+        return float(v)
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -48,6 +48,7 @@ def evaluate_run(
     runtime: str = "auto",
     tta: object = None,
     postprocess: bool = True,
+    which: str | None = None,
 ):
     """``tomoseg evaluate``: segment a split's full-size images and write ``tomoseg score``'s report.
 
@@ -60,7 +61,8 @@ def evaluate_run(
     ``postprocess``, the run's decision tuned on validation (``decision.json``); the same
     network outputs are also scored without that decision, into ``metrics.json``'s
     ``without_postprocess`` block (identical when the run has no tuned decision). ``inference``
-    in ``metrics.json`` records the TTA and the decision applied.
+    in ``metrics.json`` records the TTA and the decision applied, and the weights (``which``:
+    ``last`` or ``best``; None = the run's configured ``weights``).
 
     Returns:
         ``(ScoreSummary, seconds per slice)``.
@@ -69,7 +71,7 @@ def evaluate_run(
 
     spec = load_dataset(data)
     pairs = split_pairs(data, split)
-    run = load_run(run_dir, device=resolve_device(device))
+    run = load_run(run_dir, which, device=resolve_device(device))
     check_run_matches(run, spec)
     masks_dir = Path(data) / split / "masks"
     ids = resolve_class_ids(
@@ -120,6 +122,8 @@ def evaluate_run(
     )
     summary.without_postprocess = raw
     summary.inference = {
+        "weights": run.meta.get("which"),
+        "epoch": run.meta.get("epoch"),
         "tta": list(run.tta),  # type: ignore[call-overload]
         "decision": None if decision is None else asdict(decision),
     }

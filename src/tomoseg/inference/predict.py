@@ -55,13 +55,14 @@ def predict_paths(
     runtime: str = "auto",
     tta: object = None,
     postprocess: bool = True,
+    which: str | None = None,
 ) -> list[Path]:
     """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
 
     NaN / infinite pixels are labelled background (class 0) with ``nonfinite="background"``, or
     refused (``error``): the rule of :func:`~tomoseg.inference.predictor.segment_batch`.
     ``tta`` (None: the run's configured one) and ``postprocess`` (the run's tuned decision,
-    ``decision.json``) as there. A run with 2.5D context ``k`` takes the inputs as consecutive
+    ``decision.json``) as there; ``which`` weights (None: the run's configured ``weights``). A run with 2.5D context ``k`` takes the inputs as consecutive
     sections in the order given (folders in natural order), each slice with the ``k`` inputs
     before and after it, edges replicated.
 
@@ -72,7 +73,7 @@ def predict_paths(
         raise TomosegError(f"fmt (the format) must be png or tif, got {fmt!r}")
     check_nonfinite_rule(nonfinite)
     items = _inputs(inputs)
-    run = load_run(run_dir, device=resolve_device(device))
+    run = load_run(run_dir, which, device=resolve_device(device))
     configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
     out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
     written = []

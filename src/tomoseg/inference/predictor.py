@@ -309,7 +309,7 @@ class Predictor:
         run: str | os.PathLike[str],
         *,
         device: str = "auto",
-        which: str = "best",
+        which: str | None = None,
         tile_size: int | None = None,
         tile_batch: int | None = None,
         nonfinite: str = "background",
@@ -322,7 +322,9 @@ class Predictor:
         Args:
             run: run folder or weights file.
             device: ``auto`` (CUDA when available), ``cpu`` or ``gpu``.
-            which: ``best`` (by validation IoU of the class of interest) or ``last``.
+            which: the weights: ``last`` (the end of the schedule) or ``best`` (the epoch of
+                highest validation IoU of the class of interest); None = the run's configured
+                ``weights`` (``last`` unless trained with ``--weights best``).
             tile_size: tile side in px (default: the run's setting; 0 = automatic).
             tile_batch: tiles per forward pass (default: the run's setting).
             nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network
@@ -339,8 +341,6 @@ class Predictor:
             TomosegError: not a run, corrupted weights, ``which``, ``device`` or ``runtime``
                 unknown, a runtime that is not installed, an unknown TTA transform.
         """
-        if which not in ("best", "last"):
-            raise TomosegError(f"which must be 'best' or 'last', got {which!r}")
         loaded = load_run(Path(run), which, device=resolve_device(device))
         return cls(
             loaded,

@@ -32,7 +32,7 @@ class _SegmentActor:
     def __init__(
         self,
         run_dir: str,
-        which: str,
+        which: str | None,
         device: str,
         input: str,
         allow_gaps: bool,
@@ -104,7 +104,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 def ray_runner(
     run_dir: str | os.PathLike[str],
     input: str | os.PathLike[str],
-    which: str = "best",
+    which: str | None = None,
     device: str = "auto",
     allow_gaps: bool = False,
     address: str | None = None,
@@ -226,7 +226,7 @@ def segment_stack_ray(
     progress: Callable[[int, int], None] | None = None,
     unit: str | None = None,
     allow_gaps: bool = False,
-    which: str = "best",
+    which: str | None = None,
     part: str | tuple[int, int] | None = None,
     address: str | None = None,
     actors: int | None = None,

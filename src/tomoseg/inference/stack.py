@@ -76,7 +76,7 @@ from tomoseg.io.volumes import (
     read_stack_info,
 )
 from tomoseg.io.writers import prepare_output_dir, write_json
-from tomoseg.runtime.checkpoint import LoadedRun, load_run
+from tomoseg.runtime.checkpoint import LoadedRun, delivered_weights, load_run
 from tomoseg.runtime.device import resolve_device
 
 QUEUE_SIZE = 4
@@ -214,7 +214,7 @@ def segment_stack(
     progress: Callable[[int, int], None] | None = None,
     unit: str | None = None,
     allow_gaps: bool = False,
-    which: str = "best",
+    which: str | None = None,
     *,
     nonfinite: str = "background",
     channel: int | None = None,
@@ -243,7 +243,7 @@ def segment_stack(
             finished (written and recorded).
         unit: unit of the voxel size (default: the input's, else ``micrometer``).
         allow_gaps: accept numbered slice files with holes in the numbering.
-        which: ``best`` or ``last`` weights.
+        which: ``last`` or ``best`` weights (None: the run's configured ``weights``).
         nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network sees
             the normalisation's lower bound there) and counted, or refused (``error``).
         channel: channel index of an input with a C axis (ImageJ hyperstack, OME-TIFF,
@@ -297,6 +297,8 @@ def segment_stack(
         )
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
+    if which is None and Path(run_dir).suffix != ".safetensors":
+        which = delivered_weights(Path(run_dir))  # recorded in stack.json by name
     run = load_run(Path(run_dir), which, device=resolve_device(device))
     configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
     decision = run_decision(run)

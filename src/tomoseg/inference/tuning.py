@@ -248,9 +248,10 @@ def tune_run(
     split: str = "val",
     tta: object = None,
     device: str = "auto",
+    which: str | None = None,
 ) -> tuple[Decision, dict]:
-    """Tune a run's decision on its validation images (or a split of a dataset) with its best
-    weights, write ``decision.json`` into the run and record it in ``run.json``.
+    """Tune a run's decision on its validation images (or a split of a dataset) with the weights
+    it delivers, write ``decision.json`` into the run and record it in ``run.json``.
 
     Args:
         run_dir: the run folder.
@@ -260,6 +261,9 @@ def tune_run(
         tta: the test-time augmentation to tune with (None: the run's configured one); the
             decision is meant for inference with the same TTA (recorded as ``tta``).
         device: ``auto``, ``cpu`` or ``gpu``.
+        which: the weights to tune for: ``last``, ``best``, None = the run's configured
+            ``weights``. The decision records their epoch and is applied only to weights of
+            that epoch (:func:`~tomoseg.inference.postprocess.read_decision`).
 
     Returns:
         ``(decision, report)`` as :func:`tune_decision`, the report with ``source``.
@@ -272,7 +276,7 @@ def tune_run(
     from tomoseg.runtime.device import resolve_device
 
     run_dir = Path(run_dir)
-    run = load_run(run_dir, "best", device=resolve_device(device))
+    run = load_run(run_dir, which, device=resolve_device(device))
     configure_run(run, runtime="auto", tta=tta, postprocess=False)
     loaded = run_samples(data, run)  # read once: validation images and the size bounds
     items, where = validation_items(data, run, split, loaded=loaded)
@@ -292,7 +296,7 @@ def tune_run(
     record = decision_record(
         decision,
         split=split,
-        weights="best",
+        weights=run.meta.get("which", which),
         epoch=run.meta.get("epoch"),
         tta=list(run.tta),  # type: ignore[call-overload]
         **report,

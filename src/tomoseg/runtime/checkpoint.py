@@ -63,31 +63,62 @@ def run_config(meta: dict) -> TrainConfig:
     value that run was trained with (``decision: weighted`` before the calibrated decision)."""
     cfg = dict(meta.get("config") or {})
     cfg.setdefault("decision", "weighted")
+    cfg.setdefault("weights", "best")  # runs written before the setting delivered best
     known = TrainConfig.model_fields
     return TrainConfig.model_validate({k: v for k, v in cfg.items() if k in known})
 
 
-def load_run(run: Path, which: str = "best", device: torch.device | None = None) -> LoadedRun:
+WEIGHTS = ("last", "best")
+
+
+def _read_metadata(wfile: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(wfile), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("tomoseg", "null"))
+
+
+def delivered_weights(run: Path) -> str:
+    """Which weights a run folder delivers when not told: its configured ``weights`` (``last``
+    by default; ``best`` for runs written before the setting existed), read from the metadata
+    of its weights files. ``best`` where the folder has no readable weights (``load_run`` then
+    says what is missing)."""
+    for which in WEIGHTS:
+        wfile = Path(run) / f"{which}.safetensors"
+        if wfile.is_file():
+            try:
+                meta = _read_metadata(wfile)
+                return run_config(meta).weights if isinstance(meta, dict) else "best"
+            except (SafetensorError, OSError, ValueError, json.JSONDecodeError):
+                return "best"
+    return "best"
+
+
+def load_run(run: Path, which: str | None = None, device: torch.device | None = None) -> LoadedRun:
     """Load a run folder written by ``tomoseg train`` (weights via safetensors: no pickle).
 
     Args:
         run: run folder (holding ``run.json`` and ``<which>.safetensors``), or a
             ``.safetensors`` file.
-        which: ``best`` (by validation IoU of the class of interest) or ``last``.
+        which: ``last`` (the end of the schedule) or ``best`` (by validation IoU of the class
+            of interest); None = the run's configured ``weights`` (:func:`delivered_weights`).
+            Ignored when ``run`` is a ``.safetensors`` file.
         device: where to put the model (CPU by default).
 
     Raises:
-        TomosegError: missing or corrupted files, or weights that do not fit the recorded model.
+        TomosegError: missing or corrupted files, weights that do not fit the recorded model,
+            an unknown ``which``.
     """
+    if which is not None and which not in WEIGHTS:
+        raise TomosegError(f"which weights: must be 'last' or 'best', got {which!r}")
     run = Path(run)
+    if run.suffix != ".safetensors" and which is None:
+        which = delivered_weights(run)
     wfile = run if run.suffix == ".safetensors" else run / f"{which}.safetensors"
     if not wfile.is_file():
         raise TomosegError(f"no trained weights at {wfile} (is {run} a tomoseg run folder?)")
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(wfile), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("tomoseg", "null"))
+        meta = _read_metadata(wfile)
         state = load_file(str(wfile))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise TomosegError(f"corrupted checkpoint {wfile}: {str(exc).splitlines()[0]}") from None

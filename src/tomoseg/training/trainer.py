@@ -23,7 +23,7 @@ from tomoseg.io.writers import write_json, write_text
 from tomoseg.models.registry import get_architecture
 from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
-from tomoseg.training.module import SegModule, compile_wanted
+from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
 from tomoseg.training.recording import (
     RunCSVLogger,
     RunRecorder,
@@ -263,7 +263,9 @@ def train(
     counts and weights over annotated pixels, ignore label, where validation came from),
     ``metrics.csv`` (Lightning logger :class:`RunCSVLogger`), ``curves.png``,
     ``best.safetensors``/``last.safetensors`` and ``checkpoints/`` (Lightning's
-    ``ModelCheckpoint``: ``last.ckpt`` for ``--resume``, ``best-epoch=E.ckpt``).
+    ``ModelCheckpoint``: ``last.ckpt`` for ``--resume``, ``best-epoch=E.ckpt``). Every command
+    loads the weights named by ``cfg.weights`` (``last``, the end of the schedule, by default)
+    unless told otherwise, and the decision is tuned on them.
 
     Several processes (``cfg.devices`` x ``cfg.num_nodes`` > 1, Lightning's DDP): every process
     calls this function (started by ``srun``, ``torchrun``, or by Lightning re-running the
@@ -359,6 +361,8 @@ def train(
     steps = cfg.epochs * math.ceil(cfg.crops / cfg.batch_size)
     compiled = cfg.crop_size > 0 and compile_wanted(cfg.compile, steps)
     meta["compiled"] = compiled
+    ema_decay = ema_decay_for(cfg.ema_decay, steps)  # "auto" resolved by the run's length
+    meta["ema_decay"] = ema_decay
     if rank0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / "config.yaml", config_to_yaml(cfg))
@@ -374,12 +378,12 @@ def train(
         check_resume_checkpoint(ckpt, module)
     best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
     averaging: list[L.Callback] = []
-    if cfg.ema_decay is not None:
+    if ema_decay is not None:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         # BatchNorm's running statistics are averaged with the weights (use_buffers=True), so
         # the averaged network is consistent without a re-estimation pass.
-        averaging.append(EMAWeightAveraging(decay=cfg.ema_decay, use_buffers=True))
+        averaging.append(EMAWeightAveraging(decay=ema_decay, use_buffers=True))
     with restored_determinism():
         trainer = make_trainer(
             device,
@@ -404,17 +408,19 @@ def train(
             ],
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    if rank0 and cfg.tune_decision and (run / "best.safetensors").is_file():
+    if rank0 and cfg.tune_decision and (run / f"{cfg.weights}.safetensors").is_file():
         _tune(run, source, cfg, device, console)  # rank 0 alone: it writes decision.json
     return run
 
 
 def _tune(run: Path, source: DataSource, cfg: TrainConfig, device: torch.device, console) -> None:
-    """Tune the decision and clean-up on the run's validation images with its best weights
-    (``decision.json``, recorded in ``run.json``)."""
+    """Tune the decision and clean-up on the run's validation images with the weights it
+    delivers (``cfg.weights``; ``decision.json``, recorded in ``run.json``)."""
     from tomoseg.inference.tuning import tune_run
 
-    decision, report = tune_run(run, source, split="val", tta=cfg.tta, device=device.type)
+    decision, report = tune_run(
+        run, source, split="val", tta=cfg.tta, device=device.type, which=cfg.weights
+    )
     if console is not None:
         b, a = report["before"], report["after"]
         console.print(
