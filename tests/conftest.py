@@ -93,6 +93,18 @@ METRICS_JSON_KEYS = {
 }
 
 
+#: the smallest training that runs every part of a run (modules add or change what they test)
+TINY_TRAIN = {
+    "crop_size": 32,
+    "crops": 16,
+    "epochs": 1,
+    "batch_size": 4,
+    "width": 4,
+    "depth": 3,
+    "tile_size": 64,
+}
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: tiny models on a busy 2-core machine run far faster
@@ -123,4 +135,4 @@ def run_cli(capsys):
     return run
 
 
-__all__ = ["make_dataset", "shared_dataset", "write_png", "tifffile"]
+__all__ = ["TINY_TRAIN", "make_dataset", "shared_dataset", "write_png", "tifffile"]

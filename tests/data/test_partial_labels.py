@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, make_dataset, write_png
+from conftest import SHARED, TINY_TRAIN, make_dataset, write_png
 
 from tomoseg.config.schema import load_config
 from tomoseg.data.crops import extract_crop, sample_crops
@@ -19,15 +19,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.metrics.segmentation import bf1_binary, score_image
 from tomoseg.training.trainer import train
 
-TINY = {
-    "crop_size": 32,
-    "crops": 8,
-    "epochs": 1,
-    "batch_size": 4,
-    "width": 4,
-    "depth": 3,
-    "tile_size": 64,
-}
+TINY = {**TINY_TRAIN, "crops": 8}
 
 
 def tiny_cfg(**kw):

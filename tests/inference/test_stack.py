@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import make_dataset, sigkill_when, write_png
+from conftest import TINY_TRAIN, make_dataset, sigkill_when, write_png
 
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError, TomosegWarning
@@ -24,8 +24,8 @@ from tomoseg.runtime.checkpoint import load_run
 from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)
-TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, "depth": 3}
-TINY["precision"] = "32"  # an untrained net has near-tied logits: bf16 rounding would flip them
+# precision 32: an untrained net has near-tied logits, bf16 rounding would flip them
+TINY = {**TINY_TRAIN, "tile_size": 0, "precision": "32"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset, sigkill_when, write_png
+from conftest import TINY_TRAIN, make_dataset, sigkill_when, write_png
 
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
@@ -20,8 +20,7 @@ from tomoseg.inference.stack import missing_slices, parse_part, part_range, segm
 from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)
-TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, "depth": 3}
-TINY["precision"] = "32"
+TINY = {**TINY_TRAIN, "tile_size": 0, "precision": "32"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import TINY_TRAIN, make_dataset
 from safetensors.torch import load_file, save_file
 
 import tomoseg
@@ -26,16 +26,7 @@ from tomoseg.runtime.checkpoint import (
 from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)
-TINY = {
-    "crop_size": 32,
-    "crops": 16,
-    "epochs": 2,
-    "batch_size": 4,
-    "width": 4,
-    "depth": 3,
-    "tile_size": 64,
-    "precision": "32",
-}
+TINY = {**TINY_TRAIN, "epochs": 2, "precision": "32"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_dataset
+from conftest import TINY_TRAIN, make_dataset
 from safetensors.torch import load_file
 
 from tomoseg.config.schema import load_config
@@ -26,16 +26,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.training.trainer import train
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-TINY = {
-    "crop_size": 32,
-    "crops": 16,
-    "epochs": 2,
-    "batch_size": 4,
-    "width": 4,
-    "depth": 3,
-    "tile_size": 64,
-    "lr": 0.01,
-}
+TINY = {**TINY_TRAIN, "epochs": 2, "lr": 0.01}
 RUN_FILES = {
     "decision.json",
     "config.yaml",

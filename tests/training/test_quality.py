@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, write_png
+from conftest import TINY_TRAIN, make_dataset, write_png
 from safetensors.torch import load_file
 
 from tomoseg.config.schema import load_config
@@ -24,16 +24,7 @@ from tomoseg.training.budget import Probe, plan_epochs, validations
 from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)
-TINY = {
-    "crop_size": 32,
-    "crops": 16,
-    "epochs": 1,
-    "batch_size": 4,
-    "width": 4,
-    "depth": 3,
-    "tile_size": 64,
-    "precision": "32",
-}
+TINY = {**TINY_TRAIN, "precision": "32"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

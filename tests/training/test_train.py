@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, sigkill_when
+from conftest import TINY_TRAIN, make_dataset, sigkill_when
 from safetensors.torch import load_file
 
 from tomoseg.config.schema import load_config
@@ -18,15 +18,7 @@ from tomoseg.data.statistics import class_weights
 from tomoseg.errors import TomosegError
 from tomoseg.training.trainer import train
 
-TINY = {
-    "crop_size": 32,
-    "crops": 16,
-    "epochs": 2,
-    "batch_size": 4,
-    "width": 4,
-    "depth": 3,
-    "tile_size": 64,
-}
+TINY = {**TINY_TRAIN, "epochs": 2}
 
 
 def tiny_cfg(**kw):

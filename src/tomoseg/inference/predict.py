@@ -62,9 +62,10 @@ def predict_paths(
     NaN / infinite pixels are labelled background (class 0) with ``nonfinite="background"``, or
     refused (``error``): the rule of :func:`~tomoseg.inference.predictor.segment_batch`.
     ``tta`` (None: the run's configured one) and ``postprocess`` (the run's tuned decision,
-    ``decision.json``) as there; ``which`` weights (None: the run's configured ``weights``). A run with 2.5D context ``k`` takes the inputs as consecutive
-    sections in the order given (folders in natural order), each slice with the ``k`` inputs
-    before and after it, edges replicated.
+    ``decision.json``) as there; ``which`` weights (None: the run's configured ``weights``). A
+    run with 2.5D context ``k`` takes the inputs as consecutive sections in the order given
+    (folders in natural order), each slice with the ``k`` inputs before and after it, edges
+    replicated.
 
     Returns:
         The written mask paths.

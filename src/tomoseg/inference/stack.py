@@ -76,7 +76,7 @@ from tomoseg.io.volumes import (
     read_stack_info,
 )
 from tomoseg.io.writers import prepare_output_dir, write_json
-from tomoseg.runtime.checkpoint import LoadedRun, delivered_weights, load_run
+from tomoseg.runtime.checkpoint import LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device
 
 QUEUE_SIZE = 4
@@ -297,8 +297,6 @@ def segment_stack(
         )
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
-    if which is None and Path(run_dir).suffix != ".safetensors":
-        which = delivered_weights(Path(run_dir))  # recorded in stack.json by name
     run = load_run(Path(run_dir), which, device=resolve_device(device))
     configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
     decision = run_decision(run)
@@ -306,8 +304,8 @@ def segment_stack(
         on_gpu = next(run.model.parameters()).device.type != "cpu"
         workers = auto_io_workers(on_gpu) if io_workers is None else io_workers
         runner = functools.partial(_run_pipeline, io_workers=workers) if workers else _run_pipeline
-    rpath = Path(run_dir)
-    wfile = rpath if rpath.suffix == ".safetensors" else rpath / f"{which}.safetensors"
+    rpath, wfile = Path(run_dir), run.weights_file  # the weights load_run resolved
+    assert wfile is not None
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
     unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
     out = Path(out)

@@ -45,6 +45,8 @@ class LoadedRun:
     postprocess: bool = True
     #: what inference derives from the run once (the tuned decision, ...)
     cache: dict = field(default_factory=dict, repr=False)
+    #: the ``.safetensors`` file the weights came from (``last``/``best`` as resolved)
+    weights_file: Path | None = None
 
     @property
     def folder(self) -> Path:
@@ -140,4 +142,5 @@ def load_run(run: Path, which: str | None = None, device: torch.device | None = 
         normalization=Normalization.model_validate(meta["normalization"]),
         config=run_config(meta),
         meta=meta,
+        weights_file=wfile,
     )
