@@ -125,7 +125,7 @@ def tiny_dataset(tmp_path: Path) -> Path:
 @pytest.fixture
 def run_cli(capsys):
     """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    from tomoseg.cli.app import main
+    from tomoseg.cli import main
 
     def run(*args: str):
         code = main([str(a) for a in args])

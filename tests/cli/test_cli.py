@@ -75,11 +75,9 @@ def test_train_evaluate_predict_cli(tmp_path, run_cli):
 
 
 def test_demo_network_beats_threshold(tmp_path):
-    from rich.console import Console
-
     from tomoseg.experiments.demo import run_demo
 
-    res = run_demo(tmp_path / "demo", Console(quiet=True), epochs=3)
+    res = run_demo(tmp_path / "demo", epochs=3)
     assert res["network"]["iou"] > res["otsu"]["iou"] + 0.1
     for f in (
         "run/curves.png",

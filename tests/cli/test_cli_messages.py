@@ -7,8 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from tomoseg.cli import main
-from tomoseg.cli.app import cli_message, cli_options
+from tomoseg.cli import cli_message, cli_options, main
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tomoseg"
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
@@ -34,7 +33,7 @@ def test_every_option_named_in_the_source_exists():
     options = {o.lstrip("-") for o in cli_options().values()}
     import typer.main
 
-    from tomoseg.cli.app import app
+    from tomoseg.cli import app
 
     for cmd in typer.main.get_command(app).commands.values():
         for p in cmd.params:

@@ -2,6 +2,6 @@
 
 import sys
 
-from tomoseg.cli.app import main
+from tomoseg.cli import main
 
 sys.exit(main())

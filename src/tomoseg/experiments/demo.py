@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from tomoseg.config.schema import TrainConfig, load_config
 from tomoseg.evaluation.score import score_folders
@@ -17,6 +18,7 @@ from tomoseg.io.datasets import load_dataset, split_pairs
 from tomoseg.io.images import read_image
 from tomoseg.io.writers import write_mask
 from tomoseg.synthetic.phantom import generate_phantom, otsu_baseline
+from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 DEMO_SHAPE = (384, 384)
 DEMO_SLICES = 20
@@ -37,28 +39,41 @@ def otsu_predictions(data: Path, split: str, out: Path) -> Path:
     return out
 
 
-def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: int = 0) -> dict:
+def run_demo(
+    out: Path,
+    *,
+    overwrite: bool = True,
+    epochs: int = 8,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
     """Run the demo into ``out``; return the soma IoU/BF1 of Otsu and of the network.
 
     Args:
         out: folder for ``phantom/``, ``otsu/``, ``run/`` and ``evaluation/``.
-        console: rich console for progress lines.
         overwrite: replace an earlier demo in ``out``.
         epochs: training epochs.
         seed: seed of the phantom and of training.
-    """
-    from rich.table import Table
+        progress: receives a ``demo`` job's events (4 steps, a message per step).
+        cancel: stops the demo between steps (:class:`~tomoseg.utils.progress.Cancelled`).
 
+    Returns:
+        ``otsu`` and ``network`` (``iou``, ``bf1`` of the class of interest), ``title`` and
+        ``rows`` (the comparison table: method, accuracy, IoU, BF1 in %), ``seconds``,
+        ``seconds_per_slice`` (inference on the test slices), ``run`` and ``out``.
+    """
     from tomoseg.inference.evaluate import evaluate_run
     from tomoseg.training.trainer import train
 
     out = Path(out)
     t_start = time.perf_counter()
+    job = job_progress("demo", "step", 4, progress, cancel)
     data = out / "phantom"
-    console.print(f"[1/4] phantom {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} x {DEMO_SLICES} slices -> {data}")
+    job.message(f"[1/4] phantom {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} x {DEMO_SLICES} slices -> {data}")
     generate_phantom(data, DEMO_SHAPE, DEMO_SLICES, seed, overwrite=overwrite)
-    spec = load_dataset(data)
-    console.print("[2/4] Otsu threshold baseline on the test slices")
+    job.advance()
+    job.message("[2/4] Otsu threshold baseline on the test slices")
     otsu_pred = otsu_predictions(data, "test", out / "otsu" / "predictions")
     otsu = score_folders(
         otsu_pred,
@@ -67,42 +82,51 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
         images_dir=data / "test" / "images",
         overwrite=True,
     )
+    job.advance()
     cfg = demo_config(epochs).model_copy(update={"seed": seed})
-    console.print(
-        f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px, {cfg.epochs} epochs"
+    job.message(
+        f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of "
+        f"{cfg.crop_size} px, {cfg.epochs} epochs"
     )
-    run = train(data, out / "run", cfg, overwrite=overwrite, console=console, progress=False)
-    console.print("[4/4] evaluating the network on the test slices")
+    run = train(data, out / "run", cfg, overwrite=overwrite, progress=False)
+    job.advance()
+    job.message("[4/4] evaluating the network on the test slices")
     net, sec = evaluate_run(run, data, out / "evaluation", "test", cfg.device, overwrite=True)
-    k = spec.coi_index
-    coi = spec.class_of_interest
-    table = Table(title=f"{coi} on held-out phantom slices (mean over {len(net.images)} images, %)")
-    for col in ("method", "accuracy", f"IoU {coi}", f"BF1 {coi} (2 px)"):
-        table.add_column(col, justify="right" if col != "method" else "left")
-    for name, s in (("Otsu threshold", otsu), (f"{cfg.model} (tomoseg)", net)):
-        table.add_row(
-            name,
-            f"{100 * s.mean_accuracy:.1f}",
-            f"{100 * s.mean_iou[k]:.1f}",
-            f"{100 * s.mean_bf1[k]:.1f}",
-        )
-    console.print(table)
-    console.print(
-        f"done in {time.perf_counter() - t_start:.0f} s ({sec:.2f} s per test slice). Outputs:"
-    )
-    console.print(f"  training curves   {run}/curves.png  (per-epoch metrics: {run}/metrics.csv)")
-    console.print(
-        f"  network report    {out}/evaluation/metrics.json, overlays in {out}/evaluation/panels/"
-    )
-    console.print(f"  Otsu report       {out}/otsu/metrics.json, overlays in {out}/otsu/panels/")
+    job.advance()
+    job.end()
+    result = _comparison(load_dataset(data), cfg, otsu, net)
+    elapsed = time.perf_counter() - t_start
+    return {**result, "seconds": elapsed, "seconds_per_slice": sec, "run": run, "out": out}
+
+
+def _comparison(spec: Any, cfg: TrainConfig, otsu: Any, net: Any) -> dict[str, Any]:
+    """Otsu's and the network's scores of the class of interest, as numbers and table rows."""
+    k, coi = spec.coi_index, spec.class_of_interest
+    rows = [
+        {
+            "method": name,
+            "accuracy": f"{100 * s.mean_accuracy:.1f}",
+            f"IoU {coi}": f"{100 * s.mean_iou[k]:.1f}",
+            f"BF1 {coi} (2 px)": f"{100 * s.mean_bf1[k]:.1f}",
+        }
+        for name, s in (("Otsu threshold", otsu), (f"{cfg.model} (tomoseg)", net))
+    ]
     return {
         "otsu": {"iou": float(otsu.mean_iou[k]), "bf1": float(otsu.mean_bf1[k])},
         "network": {"iou": float(net.mean_iou[k]), "bf1": float(net.mean_bf1[k])},
+        "title": f"{coi} on held-out phantom slices (mean over {len(net.images)} images, %)",
+        "rows": rows,
     }
 
 
-def sweep_demo_setup(out: Path | None, console) -> tuple[Path, Path, str, str, dict]:
+def sweep_demo_setup(
+    out: Path | None, *, progress: ProgressCallback | None = None
+) -> tuple[Path, Path, str, str, dict]:
     """Data and a small grid for ``tomoseg sweep --demo`` (about 10 minutes on a 2-core CPU).
+
+    Args:
+        out: the sweep folder (default ``tomoseg-sweep-demo``).
+        progress: receives a message when the demo phantom is written.
 
     Returns:
         ``(data, out, sizes, counts, config overrides)``.
@@ -110,7 +134,9 @@ def sweep_demo_setup(out: Path | None, console) -> tuple[Path, Path, str, str, d
     out = Path(out) if out is not None else Path("tomoseg-sweep-demo")
     data = out.parent / f"{out.name}-phantom"
     if not (data / "dataset.json").is_file():
-        console.print(f"writing the demo phantom to {data}")
+        job_progress("sweep-demo", "step", None, progress).message(
+            f"writing the demo phantom to {data}"
+        )
         generate_phantom(data, DEMO_SHAPE, DEMO_SLICES, 0)
     return data, out, "64,128,full", "64,256", {"epochs": 6, "width": 16, "depth": 4}
 
@@ -137,48 +163,55 @@ def phantom_stack(data: Path, path: Path) -> Path:
 
 
 def run_stack_demo(
-    out: Path, console, overwrite: bool = True, epochs: int = 8, seed: int = 0
-) -> dict:
+    out: Path,
+    *,
+    overwrite: bool = True,
+    epochs: int = 8,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
     """``tomoseg demo --stack``: phantom -> training -> whole-stack segmentation -> 3D objects,
     compared with the phantom's 3D truth.
 
+    Args:
+        out: folder for ``phantom/``, ``stack.tif``, ``run/``, ``segmented/``, ``objects/``.
+        overwrite, epochs, seed: as :func:`run_demo`.
+        progress: receives a ``demo`` job's events (4 steps, a message per step).
+        cancel: stops the demo between steps (:class:`~tomoseg.utils.progress.Cancelled`).
+
     Returns:
-        The objects summary (with the detection scores against the truth).
+        The objects summary (with the detection scores against the truth), plus ``stack``
+        (the segmentation summary) and ``out``.
     """
     from tomoseg.evaluation.objects import analyze_objects
     from tomoseg.inference.stack import segment_stack
     from tomoseg.training.trainer import train
 
     out = Path(out)
+    job = job_progress("demo", "step", 4, progress, cancel)
     data = out / "phantom"
-    console.print(f"[1/4] phantom {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} x {DEMO_SLICES} slices -> {data}")
+    job.message(f"[1/4] phantom {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} x {DEMO_SLICES} slices -> {data}")
     generate_phantom(data, DEMO_SHAPE, DEMO_SLICES, seed, overwrite=overwrite)
     stack = phantom_stack(data, out / "stack.tif")
+    job.advance()
     cfg = demo_config(epochs).model_copy(update={"seed": seed})
-    console.print(
+    job.message(
         f"[2/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px"
     )
-    run = train(data, out / "run", cfg, overwrite=overwrite, console=console, progress=False)
-    console.print(f"[3/4] segmenting the whole stack {stack}")
+    run = train(data, out / "run", cfg, overwrite=overwrite, progress=False)
+    job.advance()
+    job.message(f"[3/4] segmenting the whole stack {stack}")
     info = segment_stack(run, stack, out / "segmented", overwrite=overwrite)
-    console.print(f"      {info['slices']} slices, {info['slices_per_second']:.2f} slices/s")
-    console.print(
+    job.message(f"      {info['slices']} slices, {info['slices_per_second']:.2f} slices/s")
+    job.advance()
+    job.message(
         "[4/4] 3D objects (26-connectivity, objects under 30 voxels removed) vs the 3D truth"
     )
     summary = analyze_objects(
         out / "segmented", out / "objects", min_volume=30,
         truth=data / "truth3d" / "labels.tif", overwrite=overwrite,
     )  # fmt: skip
-    det = summary["detection"]
-    console.print(
-        f"{summary['count']} objects found, {det['true_objects']} in the truth "
-        f"(count error {100 * det['count_relative_error']:+.1f} %), detection precision "
-        f"{det['precision']:.2f}, recall {det['recall']:.2f} ({det['match_rule']})"
-    )
-    console.print(
-        f"  volume for napari  {out}/segmented/labels.zarr  (objects: {out}/objects/objects.zarr)"
-    )
-    console.print(
-        f"  table and meshes   {out}/objects/objects.csv, {out}/objects/meshes/, preview {out}/objects/preview.png"
-    )
-    return summary
+    job.advance()
+    job.end()
+    return {**summary, "stack": info, "out": out}

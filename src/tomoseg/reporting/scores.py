@@ -138,42 +138,55 @@ def write_overlays(
     write_image(out / "panels" / f"{image_id}.png", panel(truth, pred, cls, n_classes, image))
 
 
-def score_table(summary: ScoreSummary, title: str = "scores (%)"):
-    """A rich Table: one row per image, then the mean over images and the pooled IoU."""
-    from rich.table import Table
+def score_rows(summary: ScoreSummary) -> list[list[dict[str, str]]]:
+    """The score table as plain rows, in groups: one row per image; then the mean over images
+    and the pooled IoU (and the same without post-processing, when the summary has them).
 
+    Returns:
+        Groups of rows; each row maps the column names (``image``, ``accuracy``, ``mean IoU``,
+        ``IoU <class>``, ``BF1 <class> (<tolerance> px)``) to cell text (percentages).
+    """
     coi = summary.class_of_interest
     k = summary.classes.index(coi)
-    t = Table(title=title)
-    t.add_column("image")
-    t.add_column("accuracy", justify="right")
-    t.add_column("mean IoU", justify="right")
-    t.add_column(f"IoU {coi}", justify="right")
-    t.add_column(f"BF1 {coi} ({summary.tolerance_px:g} px)", justify="right")
-    for s in summary.images:
-        miou = float(nanmean(s.iou))
-        t.add_row(s.id, fmt(s.accuracy), fmt(miou), fmt(s.iou[k]), fmt(s.bf1[k]))
-    rows = [(summary, "mean over images", "pooled (summed confusion)")]
+    cols = (
+        "image",
+        "accuracy",
+        "mean IoU",
+        f"IoU {coi}",
+        f"BF1 {coi} ({summary.tolerance_px:g} px)",
+    )
+
+    def row(*cells: str) -> dict[str, str]:
+        return dict(zip(cols, cells, strict=True))
+
+    groups = [
+        [
+            row(s.id, fmt(s.accuracy), fmt(float(nanmean(s.iou))), fmt(s.iou[k]), fmt(s.bf1[k]))
+            for s in summary.images
+        ]
+    ]
+    blocks = [(summary, "mean over images", "pooled (summed confusion)")]
     if summary.without_postprocess is not None:
-        rows.append(
+        blocks.append(
             (
                 summary.without_postprocess,
                 "mean, without post-processing",
                 "pooled, without post-processing",
             )
         )
-    for s, mean_label, pooled_label in rows:
+    for s, mean_label, pooled_label in blocks:
         miou, pooled = s.mean_iou, s.pooled_iou
-        t.add_section()
-        t.add_row(
+        mean = row(
             mean_label,
             fmt(s.mean_accuracy),
             fmt(float(nanmean(miou))),
             fmt(miou[k]),
             fmt(s.mean_bf1[k]),
         )
-        t.add_row(pooled_label, "", fmt(float(nanmean(pooled))), fmt(pooled[k]), "")
-    return t
+        groups.append(
+            [mean, row(pooled_label, "", fmt(float(nanmean(pooled))), fmt(pooled[k]), "")]
+        )
+    return groups
 
 
 def class_index(classes: Sequence[str], name: str | None) -> int:

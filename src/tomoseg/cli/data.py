@@ -1,0 +1,92 @@
+"""Data commands: ``check``, ``phantom``, ``crops``, ``score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tomoseg.cli import render
+from tomoseg.cli.options import Overwrite, Seed
+
+
+def check(
+    data: Annotated[Path | None, typer.Option(help="Dataset folder with dataset.json.")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of images (instead of --data).")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="Folder of masks, matched by stem.")] = None,
+    ignore_label: Annotated[
+        int | None, typer.Option(help="Mask value of unannotated pixels (dataset.json's wins).")
+    ] = None,
+) -> None:
+    """Read every image/mask pair; report shapes, types, class and annotated fractions."""
+    from tomoseg.data.check import check_data
+
+    report = check_data(data=data, images=images, masks=masks, ignore_label=ignore_label)
+    render.show_check(report)
+
+
+def phantom(
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    shape: Annotated[str, typer.Option(help="Slice shape HxW.")] = "1920x2300",
+    slices: Annotated[int, typer.Option(help="Number of consecutive slices (>= 3).")] = 12,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a synthetic tomography dataset: somas (class 1) among look-alike vessels."""
+    from tomoseg.synthetic.phantom import generate_phantom
+
+    info = generate_phantom(out=out, shape=shape, slices=slices, seed=seed, overwrite=overwrite)
+    render.say(f"phantom written to {out}: {info}")
+
+
+def crops(
+    data: Annotated[Path, typer.Option(help="Dataset folder with dataset.json.")],
+    size: Annotated[int, typer.Option(help="Crop side S in pixels (>= 16).")],
+    count: Annotated[int, typer.Option(help="Number of crops N.")],
+    out: Annotated[Path, typer.Option(help="Folder for images/, masks/ and crops.csv.")],
+    seed: Seed = 0,
+    focus_fraction: Annotated[
+        float, typer.Option(help="Fraction centred on the class of interest.")
+    ] = 0.0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Export the N random SxS training crops as image/mask pairs for inspection."""
+    from tomoseg.data.crops import export_crops
+
+    paths = export_crops(
+        data_dir=data, size=size, count=count, seed=seed, out=out,
+        focus_fraction=focus_fraction, overwrite=overwrite,
+    )  # fmt: skip
+    render.say(f"{len(paths)} crops written to {out}")
+
+
+def score(
+    pred: Annotated[Path, typer.Option(help="Folder of predicted masks (class ids).")],
+    truth: Annotated[Path, typer.Option(help="Folder of true masks, matched by file stem.")],
+    out: Annotated[Path, typer.Option(help="Report folder.")],
+    classes: Annotated[
+        str | None, typer.Option(help="Class names, e.g. 'background,soma'.")
+    ] = None,
+    class_of_interest: Annotated[str | None, typer.Option(help="Class for overlays/table.")] = None,
+    tolerance: Annotated[float, typer.Option(help="BF1 tolerance in pixels.")] = 2.0,
+    images: Annotated[Path | None, typer.Option(help="Raw images to show in the panels.")] = None,
+    ignore_label: Annotated[
+        int | None,
+        typer.Option(help="Truth value of unannotated pixels (e.g. 255): left out of scores."),
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Score predicted masks against true masks: accuracy, IoU, BF1, overlays."""
+    from tomoseg.evaluation.score import score_folders
+    from tomoseg.io.datasets import resolve_classes
+
+    summary = score_folders(
+        pred_dir=pred, truth_dir=truth, out=out, classes=resolve_classes(classes),
+        class_of_interest=class_of_interest, tolerance=tolerance, images_dir=images,
+        overwrite=overwrite, ignore_label=ignore_label,
+    )  # fmt: skip
+    render.show_scores(summary)
+    render.say(f"report: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/, {out}/panels/")

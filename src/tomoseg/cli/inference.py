@@ -1,0 +1,101 @@
+"""Commands that run a trained network on images: ``predict``, ``evaluate``, ``tune``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tomoseg.cli import render
+from tomoseg.cli.options import (
+    DataFolder,
+    Device,
+    Nonfinite,
+    NoPostprocess,
+    Overwrite,
+    RunFolder,
+    Runtime,
+    TileBatch,
+    TileSize,
+    Tta,
+    Weights,
+)
+
+
+def predict(
+    run: RunFolder,
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    out: Annotated[Path, typer.Option(help="Folder for the masks.")],
+    fmt: Annotated[str, typer.Option("--format", help="png or tif.")] = "png",
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write class probabilities.")
+    ] = False,
+    device: Device = "auto",
+    tile_size: TileSize = None,
+    tile_batch: TileBatch = None,
+    no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
+    nonfinite: Nonfinite = "background",
+    runtime: Runtime = "auto",
+    tta: Tta = None,
+    no_postprocess: NoPostprocess = False,
+    weights: Weights = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
+    from tomoseg.inference.predict import predict_paths
+
+    paths = predict_paths(
+        run_dir=run, inputs=inputs, out=out, fmt=fmt, probabilities=probabilities,
+        device=device, overwrite=overwrite, tiling=not no_tiling, tile_size=tile_size,
+        tile_batch=tile_batch, console=render.console, nonfinite=nonfinite, runtime=runtime,
+        tta=tta, postprocess=not no_postprocess, which=weights,
+    )  # fmt: skip
+    render.say(f"{len(paths)} masks written to {out}")
+
+
+def evaluate(
+    run: RunFolder,
+    data: DataFolder,
+    out: Annotated[Path, typer.Option(help="Report folder (as tomoseg score writes).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    device: Device = "auto",
+    nonfinite: Nonfinite = "background",
+    runtime: Runtime = "auto",
+    tta: Tta = None,
+    no_postprocess: NoPostprocess = False,
+    weights: Weights = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays), with
+    and without the run's tuned post-processing."""
+    from tomoseg.inference.evaluate import evaluate_run
+
+    summary, sec = evaluate_run(
+        run_dir=run, data=data, out=out, split=split, device=device, overwrite=overwrite,
+        nonfinite=nonfinite, runtime=runtime, tta=tta, postprocess=not no_postprocess,
+        which=weights,
+    )  # fmt: skip
+    render.show_scores(summary, title=f"{run} on {data} [{split}] (%)")
+    render.say(
+        f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
+    )
+
+
+def tune(
+    run: RunFolder,
+    data: DataFolder,
+    split: Annotated[
+        str, typer.Option(help="Split to tune on (default: the run's validation images).")
+    ] = "val",
+    tta: Tta = None,
+    device: Device = "auto",
+    weights: Weights = None,
+) -> None:
+    """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
+    from tomoseg.inference.tuning import tune_run
+
+    decision, report = tune_run(
+        run_dir=run, data=data, split=split, tta=tta, device=device, which=weights
+    )
+    render.say(render.tune_line(run, decision, report))

@@ -1,0 +1,62 @@
+"""Options shared by several commands, each declared once (``Annotated`` aliases for typer).
+
+A command writes ``device: Device = "auto"``; the option's name, type and help live here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RunFolder = Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")]
+DataFolder = Annotated[Path, typer.Option(help="Dataset folder.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or gpu.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Nonfinite = Annotated[
+    str,
+    typer.Option(
+        help="NaN/infinite pixels: 'background' (outside the field of view: class 0) or 'error'."
+    ),
+]
+Runtime = Annotated[
+    str,
+    typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),
+]
+Tta = Annotated[
+    str | None,
+    typer.Option(
+        help="Test-time augmentation: none, flips (4 passes), all (8 symmetries) or a list "
+        "like identity,flip_x (default: the run's setting, none unless trained with --tta)."
+    ),
+]
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        help="Weights: last (end of the schedule) or best (highest validation IoU of the class "
+        "of interest) (default: the run's setting, last unless trained with --weights best)."
+    ),
+]
+NoPostprocess = Annotated[
+    bool,
+    typer.Option(
+        "--no-postprocess",
+        help="Skip the decision and clean-up tuned on validation (the run's decision.json).",
+    ),
+]
+TileSize = Annotated[int | None, typer.Option(help="Tile side for sliding-window inference.")]
+TileBatch = Annotated[int | None, typer.Option(help="Tiles per forward pass.")]
+IgnoreLabel = Annotated[
+    int | None,
+    typer.Option(help="Mask value of unannotated pixels (where no dataset.json says)."),
+]
+Config = Annotated[
+    Path | None, typer.Option(help="YAML config (or a bundled name: seed, default).")
+]
+Backend = Annotated[str, typer.Option(help="local (here) or ray (a Ray cluster).")]
+Address = Annotated[
+    str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]

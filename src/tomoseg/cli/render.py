@@ -1,0 +1,281 @@
+"""Everything the command line draws with rich: consoles, tables, progress, result lines.
+
+The library returns plain data (rows as dicts, summaries as dicts) and reports progress as
+:class:`~tomoseg.utils.progress.ProgressEvent` s; this module turns them into text for a
+terminal, or into plain lines that never wrap mid-number when the output is a file (Slurm,
+``nohup``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tomoseg.utils.progress import JobProgress, ProgressEvent
+
+#: Width of the lines written to a file or pipe: wide enough that no summary line wraps.
+LOG_WIDTH = 240
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): rich's defaults on a terminal; without one (a log
+    file, a pipe) soft-wrapped, wide lines, so that a line is never broken mid-number."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, soft_wrap=True, width=max(console.width, LOG_WIDTH))
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def say(text: str) -> None:
+    """Print a line of plain text (no markup, no highlighting) on stdout."""
+    console.print(text, markup=False, highlight=False)
+
+
+def error_line(text: str) -> None:
+    """Print one ``error: ...`` line on stderr."""
+    err_console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def warning_line(text: str) -> None:
+    """Print one ``warning: ...`` line on stderr."""
+    err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def table(title: str, groups: Sequence[Sequence[Mapping[str, Any]]], numbers: bool = True) -> Table:
+    """A rich table of row groups: each row maps column names to cell text (the first row's
+    keys are the columns; with ``numbers`` all columns but the first are right-aligned); a
+    line separates the groups."""
+    t = Table(title=title)
+    columns = list(next(r for g in groups for r in g).keys())
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if numbers and i else "left")
+    for i, group in enumerate(groups):
+        if i:
+            t.add_section()
+        for row in group:
+            t.add_row(*(str(row.get(c, "")) for c in columns))
+    return t
+
+
+def show_table(
+    title: str, groups: Sequence[Sequence[Mapping[str, Any]]], numbers: bool = True
+) -> None:
+    """Print :func:`table` on stdout."""
+    console.print(table(title, groups, numbers))
+
+
+def show_scores(summary: Any, title: str = "scores (%)") -> None:
+    """Print the score table of a :class:`~tomoseg.metrics.segmentation.ScoreSummary`."""
+    from tomoseg.reporting.scores import score_rows
+
+    show_table(title, score_rows(summary))
+
+
+def show_check(report: Mapping[str, Any]) -> None:
+    """Print what :func:`tomoseg.data.check.check_data` found: its table, the annotated
+    fraction per image, the notes and the verdict."""
+    show_table(report["title"], [report["rows"]], numbers=False)
+    for line in report["per_image"]:
+        say(line)
+    for note in report["notes"]:
+        say(f"note: {note}")
+    say("all pairs read and checked: ok")
+
+
+def duration(seconds: float | None) -> str:
+    """``h:mm:ss`` (``-:--:--`` while unknown)."""
+    if seconds is None:
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _counts(event: ProgressEvent) -> str:
+    total = "?" if event.total is None else str(event.total)
+    return f"{event.done}/{total} {event.unit}s"
+
+
+class ProgressRenderer:
+    """A ``progress=`` callback for library jobs that draws on a console.
+
+    On a terminal: one bar for the whole job (units done / total, elapsed, ETA from
+    :attr:`ProgressEvent.eta`); each unit's summary and each message printed on its own line
+    above the bar. Without a terminal: one plain line per unit (``train: 3/24 epochs, ETA
+    0:05:12: <summary>``) and per message. Call :meth:`close` (or use :func:`progress_bar`).
+    """
+
+    def __init__(self, out: Console, *, bar: bool | None = None):
+        self.out = out
+        self.live = out.is_terminal if bar is None else bar
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind == "message":
+            self.out.print(event.message, markup=False, highlight=False)
+        elif self.live:
+            self._draw(event)
+        elif event.kind == "advance":
+            eta = f", ETA {duration(event.eta)}" if event.eta is not None else ""
+            summary = f": {event.message}" if event.message else ""
+            line = f"{event.job}: {_counts(event)}{eta}{summary}"
+            self.out.print(line, markup=False, highlight=False)
+        elif event.kind == "end" and event.message:
+            self.out.print(event.message, markup=False, highlight=False)
+
+    def _draw(self, event: ProgressEvent) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=self.out,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(event.job, total=event.total, counts="", eta="")
+        if event.message and event.kind != "start":
+            self._progress.console.print(event.message, markup=False, highlight=False)
+        assert self._task is not None
+        eta = "0:00:00" if event.kind == "end" else duration(event.eta)
+        self._progress.update(
+            self._task, completed=event.done, total=event.total, counts=_counts(event), eta=eta
+        )
+        if event.kind == "end":
+            self.close()
+
+    def close(self) -> None:
+        """Stop the bar (it stays on screen as last drawn)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[ProgressRenderer | None]:
+    """A :class:`ProgressRenderer` on stdout for the duration of a job (None when disabled);
+    the bar is stopped however the job ends."""
+    if not enabled:
+        yield None
+        return
+    renderer = ProgressRenderer(console)
+    try:
+        yield renderer
+    finally:
+        renderer.close()
+
+
+def counts_callback(job: str, unit: str, show: ProgressRenderer | None, cancel: Any = None) -> Any:
+    """A ``progress(done, total)`` callable (the older style some library jobs take) that
+    feeds ``show`` with :class:`ProgressEvent` s (ETA included) and raises
+    :class:`~tomoseg.utils.progress.Cancelled` after a unit once ``cancel`` is set."""
+    reporter = JobProgress(job, unit, callback=show, cancel=cancel)
+    started = [False]
+
+    def progress(done: int, total: int) -> None:
+        if not started[0]:
+            started[0] = True
+            reporter.set_total(total, done)
+            reporter.start()
+        elif done > reporter.done:
+            reporter.advance(done - reporter.done)
+        if done >= total:
+            reporter.end()
+
+    return progress
+
+
+def tune_line(run: Any, decision: Any, report: Mapping[str, Any]) -> str:
+    """The one-line result of ``tune``: the decision and validation IoU/BF1 before -> after."""
+    b, a = report["before"], report["after"]
+    return (
+        f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
+        f"max hole {decision.max_hole} px; validation IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
+        f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f} on {report['images']} images "
+        f"({report['source']}); written to {run}/decision.json"
+    )
+
+
+def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
+    """The result of ``segment-stack``: slices, rate and volume; a part's place in the whole
+    stack; the non-finite pixels labelled background."""
+    if verify:
+        return [f"complete: all {info['stack_slices']} slices finished in {info['volume']}"]
+    rate = info["slices_per_second"] or 0.0
+    where = ""
+    if info.get("part"):
+        span = f"{info['first']}-{info['last']}" if info["slices"] else "none"
+        where = f"part {info['part']} (slices {span} of {info['stack_slices']}): "
+    lines = [
+        f"{where}{info['slices']} slices ({info['computed']} computed, {info['skipped']} "
+        f"already done) in {info['seconds']:.1f} s, {rate:.2f} slices/s -> {info['volume']}"
+    ]
+    if info.get("part"):
+        lines.append(
+            "the whole stack is complete"
+            if info["complete"]
+            else f"{info['missing']} slices of the stack still missing (other parts)"
+        )
+    bad = info.get("nonfinite") or {}
+    if bad.get("pixels"):
+        lines.append(
+            f"{bad['pixels']} non-finite (NaN or infinite) pixels in {bad['slices']} of "
+            f"{info['slices']} slices labelled background (outside the field of view); "
+            "per slice in stack.json"
+        )
+    return lines
+
+
+def objects_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
+    """The result of ``objects``: the count and files, and the detection scores vs a truth."""
+    lines = [
+        f"{summary['count']} objects; table {out}/objects.csv, summary {out}/summary.json, "
+        f"meshes {out}/meshes/"
+    ]
+    det = summary.get("detection")
+    if det:
+        lines.append(
+            "vs truth: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in det.items()
+            )
+        )
+    return lines
+
+
+def show_demo(result: Mapping[str, Any]) -> None:
+    """Print the demo's comparison table and where its outputs are."""
+    show_table(result["title"], [result["rows"]])
+    run, out = result["run"], result["out"]
+    say(
+        f"done in {result['seconds']:.0f} s ({result['seconds_per_slice']:.2f} s per test "
+        "slice). Outputs:"
+    )
+    say(f"  training curves   {run}/curves.png  (per-epoch metrics: {run}/metrics.csv)")
+    say(f"  network report    {out}/evaluation/metrics.json, overlays in {out}/evaluation/panels/")
+    say(f"  Otsu report       {out}/otsu/metrics.json, overlays in {out}/otsu/panels/")
+
+
+def show_stack_demo(summary: Mapping[str, Any]) -> None:
+    """Print the stack demo's objects against the 3D truth and where its outputs are."""
+    det, out = summary["detection"], summary["out"]
+    say(
+        f"{summary['count']} objects found, {det['true_objects']} in the truth "
+        f"(count error {100 * det['count_relative_error']:+.1f} %), detection precision "
+        f"{det['precision']:.2f}, recall {det['recall']:.2f} ({det['match_rule']})"
+    )
+    say(f"  volume for napari  {out}/segmented/labels.zarr  (objects: {out}/objects/objects.zarr)")
+    say(
+        f"  table and meshes   {out}/objects/objects.csv, {out}/objects/meshes/, preview "
+        f"{out}/objects/preview.png"
+    )

@@ -1,0 +1,160 @@
+"""Whole-stack commands: ``segment-stack`` and ``objects``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tomoseg.cli import render
+from tomoseg.cli.options import (
+    Address,
+    Backend,
+    Device,
+    Nonfinite,
+    NoPostprocess,
+    Overwrite,
+    RunFolder,
+    Runtime,
+    Tta,
+    Weights,
+)
+from tomoseg.errors import TomosegError
+
+
+def segment_stack(
+    run: RunFolder,
+    input: Annotated[
+        Path, typer.Argument(help="Folder of slices, multi-page TIFF or Zarr volume.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")],
+    fmt: Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")] = "ome-zarr",
+    voxel_size: Annotated[
+        str | None, typer.Option(help="z,y,x voxel size (default: input's).")
+    ] = None,
+    unit: Annotated[
+        str | None, typer.Option(help="Unit of the voxel size, e.g. micrometer.")
+    ] = None,
+    device: Device = "auto",
+    batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
+    io_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes that read+normalise and write slices (0: threads; default: 0 on "
+            "CPU or <= 2 cores, else min(4, cores-2)).",
+        ),
+    ] = None,
+    allow_gaps: Annotated[
+        bool,
+        typer.Option("--allow-gaps", help="Accept numbered slice files with holes (sub-sampled)."),
+    ] = False,
+    channel: Annotated[
+        int | None, typer.Option(help="Channel of a hyperstack / OME file with C > 1 (from 0).")
+    ] = None,
+    time: Annotated[
+        int | None, typer.Option(help="Time point of a file with T > 1 (from 0).")
+    ] = None,
+    nonfinite: Nonfinite = "background",
+    part: Annotated[
+        str | None,
+        typer.Option(help="I/N: only part I of N (job arrays), into the same --out."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
+    ] = False,
+    backend: Backend = "local",
+    address: Address = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")
+    ] = None,
+    cpus_per_actor: Annotated[int, typer.Option(help="Ray: CPUs per actor.")] = 1,
+    runtime: Runtime = "auto",
+    tta: Tta = None,
+    no_postprocess: NoPostprocess = False,
+    weights: Weights = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment a whole stack with bounded memory; rerun the same command to resume."""
+    options = dict(locals())
+    _check_stack_options(fmt, backend, address, actors, cpus_per_actor)
+    info = _run_stack(options)
+    for line in render.stack_lines(info, verify=verify):
+        render.say(line)
+
+
+def _check_stack_options(
+    fmt: str, backend: str, address: str | None, actors: int | None, cpus_per_actor: int
+) -> None:
+    """Refuse an unknown ``--format`` or ``--backend``, and Ray's options without Ray."""
+    if fmt not in ("ome-zarr", "zarr", "tiff"):
+        raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local" and (address or actors is not None or cpus_per_actor != 1):
+        raise TomosegError("--address, --actors and --cpus-per-actor need --backend ray")
+
+
+def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
+    """The one library call of ``segment-stack``, with a progress bar over the slices (Ctrl-C
+    stops after the slices in flight; the same command resumes)."""
+    from tomoseg.cli.cancel import cancel_on_interrupt
+    from tomoseg.inference.stack import segment_stack as run_segment_stack
+
+    kwargs: dict[str, Any] = {}
+    device = o["device"]
+    if o["backend"] == "ray" and not o["verify"]:
+        kwargs["runner"] = _ray_runner(o)
+        device = "cpu"  # the driver only describes the job; the actors use --device
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        return run_segment_stack(
+            run_dir=o["run"], input=o["input"], out=o["out"],
+            fmt="tiff" if o["fmt"] == "tiff" else "zarr", voxel_size=o["voxel_size"],
+            device=device, overwrite=o["overwrite"], batch_slices=o["batch_slices"],
+            progress=render.counts_callback("segment-stack", "slice", show, cancel),
+            unit=o["unit"], allow_gaps=o["allow_gaps"], which=o["weights"],
+            nonfinite=o["nonfinite"], channel=o["channel"], time=o["time"], part=o["part"],
+            verify=o["verify"], runtime=o["runtime"], tta=o["tta"],
+            postprocess=not o["no_postprocess"], io_workers=o["io_workers"], **kwargs,
+        )  # fmt: skip
+
+
+def _ray_runner(o: dict[str, Any]) -> Any:
+    """The Ray actors' runner of ``--backend ray``."""
+    from tomoseg.inference.ray_backend import ray_runner
+
+    return ray_runner(
+        run_dir=o["run"], input=o["input"], which=o["weights"], device=o["device"],
+        allow_gaps=o["allow_gaps"], address=o["address"], actors=o["actors"],
+        cpus_per_actor=o["cpus_per_actor"], channel=o["channel"], time=o["time"],
+        runtime=o["runtime"],
+    )  # fmt: skip
+
+
+def objects(
+    volume: Annotated[Path, typer.Argument(help="Output folder of segment-stack (or its volume).")],
+    out: Annotated[Path, typer.Option(help="Folder for objects.csv, summary, meshes, preview.")],
+    class_name: Annotated[str | None, typer.Option("--class", help="Class to analyse.")] = None,
+    connectivity: Annotated[int, typer.Option(help="6, 18 or 26.")] = 26,
+    min_volume: Annotated[int, typer.Option(help="Remove objects below this many voxels.")] = 0,
+    truth: Annotated[
+        Path | None, typer.Option(help="3D truth labels (e.g. phantom truth3d/labels.tif).")
+    ] = None,
+    chunk_slices: Annotated[
+        int | None, typer.Option(help="Label slab by slab (bounded memory).")
+    ] = None,
+    meshes: Annotated[int, typer.Option(help="Meshes for the N largest objects.")] = 20,
+    overwrite: Overwrite = False,
+) -> None:
+    """3D objects of a class: counts, volumes, shapes, meshes, preview (and detection scores)."""
+    from tomoseg.evaluation.objects import analyze_objects
+
+    if connectivity not in (6, 18, 26):
+        raise TomosegError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
+    summary = analyze_objects(
+        volume_path=volume, out=out, class_name=class_name, connectivity=connectivity,
+        min_volume=min_volume, truth=truth, chunk_slices=chunk_slices, n_meshes=meshes,
+        overwrite=overwrite,
+    )  # fmt: skip
+    for line in render.objects_lines(summary, out):
+        render.say(line)

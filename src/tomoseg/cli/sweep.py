@@ -1,0 +1,117 @@
+"""``sweep``: one network per (crop size, crop count) case; table, heatmaps, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tomoseg.cli import render
+from tomoseg.cli.options import Address, Backend, Config
+from tomoseg.errors import TomosegError
+
+
+def sweep(
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (train, val, test).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder.")] = None,
+    sizes: Annotated[
+        str, typer.Option(help="Crop sizes, 'full' = whole images.")
+    ] = "100,224,400,800,full",
+    counts: Annotated[str, typer.Option(help="Crop counts.")] = "250,500,1000,2000",
+    repeats: Annotated[int, typer.Option(help="Seeds per cell (mean ± std).")] = 1,
+    config: Config = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per case.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-time limit per case.")] = None,
+    jobs: Annotated[int, typer.Option(help="Cases run at once (cores or GPUs split).")] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and a time estimate.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Rerun failed cases.")
+    ] = False,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new folder if --out holds another sweep.")
+    ] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")
+    ] = False,
+    backend: Backend = "local",
+    address: Address = None,
+    cpus_per_case: Annotated[int, typer.Option(help="Ray: CPUs per case.")] = 1,
+    gpus_per_case: Annotated[float, typer.Option(help="Ray: GPUs per case.")] = 0,
+) -> None:
+    """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
+    from tomoseg.config.schema import load_config
+    from tomoseg.experiments.sweep import new_sweep_folder, run_sweep
+
+    data, out, sizes, counts, config_over = _grid(data, out, sizes, counts, demo)
+    if repeats < 1:
+        raise TomosegError(f"--repeats must be at least 1, got {repeats}")
+    cfg = load_config(config, {**config_over, "epochs": epochs, "max_minutes": max_minutes})
+    out = new_sweep_folder(out) if new else out
+    if dry_run:
+        return _dry_run(data, out, cfg, sizes, counts, repeats, jobs)
+    render.say(f"report: {out}/report.html (rebuilt after every case; open it any time)")
+    _check_backend(backend, address, cpus_per_case, gpus_per_case)
+    run_sweep(
+        data=data, out=out, cfg=cfg, sizes=sizes, counts=counts, repeats=repeats, jobs=jobs,
+        retry_failed=retry_failed, console=render.console, backend=backend, address=address,
+        cpus_per_case=cpus_per_case, gpus_per_case=gpus_per_case,
+    )  # fmt: skip
+    render.say(
+        f"report: {out}/report.html (table: {out}/results.csv, heatmaps: "
+        f"{out}/heatmap_iou.png, heatmap_bf1.png)"
+    )
+
+
+def _grid(
+    data: Path | None, out: Path | None, sizes: str, counts: str, demo: bool
+) -> tuple[Path, Path, list[int], list[int], dict[str, Any]]:
+    """The data, folder, crop sizes and counts and config overrides of the sweep (the demo's
+    phantom and small grid with ``--demo``)."""
+    from tomoseg.experiments.cells import parse_counts, parse_sizes
+
+    config_over: dict[str, Any] = {}
+    if demo:
+        from tomoseg.experiments.demo import sweep_demo_setup
+
+        data, out, sizes, counts, config_over = sweep_demo_setup(out, progress=render.say)
+    elif data is None or out is None:
+        raise TomosegError("give --data DIR and --out DIR (or --demo)")
+    return data, out, parse_sizes(sizes), parse_counts(counts), config_over
+
+
+def _check_backend(backend: str, address: str | None, cpus: int, gpus: float) -> None:
+    """Refuse Ray's options without ``--backend ray``; check Ray is installed for it."""
+    if backend not in ("local", "ray"):
+        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+    if backend == "local" and (address or cpus != 1 or gpus):
+        raise TomosegError("--address, --cpus-per-case and --gpus-per-case need --backend ray")
+    if backend == "ray":
+        from tomoseg.runtime.ray_session import require_ray
+
+        require_ray()
+
+
+def _dry_run(data, out, cfg, sizes: list[int], counts: list[int], repeats: int, jobs: int):
+    """``--dry-run``: print the plan, each case's estimated minutes and the total."""
+    from tomoseg.experiments.cells import plan_cases, size_label
+    from tomoseg.experiments.sweep import estimate_seconds
+
+    cases = plan_cases(sizes, counts, repeats, cfg.seed)
+    render.say(
+        f"plan: {len(cases)} cases ({len(sizes)} sizes x {len(counts)} counts x {repeats} "
+        f"repeats), {cfg.epochs} epochs each, into {out}"
+    )
+    total, per_case = estimate_seconds(data, cfg, sizes, counts, repeats)
+    for c in cases:
+        render.say(
+            f"  {c.id:22s} size {size_label(c.size):>5s}  count {c.count:5d}  seed {c.seed}  "
+            f"~{per_case[c.id] / 60:.1f} min"
+        )
+    hours = total / 3600
+    render.say(
+        f"estimated total: {hours:.2f} h with --jobs 1 (about {hours / max(jobs, 1):.2f} h "
+        f"with --jobs {jobs} if cores allow)"
+    )

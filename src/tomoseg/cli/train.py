@@ -1,0 +1,162 @@
+"""``train`` (its options generated from :class:`~tomoseg.config.schema.TrainConfig`) and
+``lr-find``.
+
+Every ``TrainConfig`` field is a ``train`` option of the same name (``crop_size`` ->
+``--crop-size``; a boolean ``tune_decision`` -> ``--tune-decision/--no-tune-decision``), its
+help the field's description and its shown default the field's default, so that nothing is
+restated here (Lightning's ``LightningCLI`` idea). Only the options given on the command line
+override the config file (``--config``): an option left at its default keeps the file's value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic.fields import FieldInfo
+
+from tomoseg.cli import render
+from tomoseg.cli.options import Config, Overwrite, Quiet
+from tomoseg.config.schema import TrainConfig
+
+#: ``train``'s options beyond the config's fields: where the data is and what to do with the
+#: run folder.
+RUN_OPTIONS: dict[str, Any] = {
+    "out": (Annotated[Path, typer.Option(help="Run folder.")], inspect.Parameter.empty),
+    "data": (
+        Annotated[
+            Path | None, typer.Option(help="Dataset folder (train split; val split optional).")
+        ],
+        None,
+    ),
+    "images": (
+        Annotated[Path | None, typer.Option(help="Folder of training images (instead of --data).")],
+        None,
+    ),
+    "masks": (Annotated[Path | None, typer.Option(help="Folder of their masks, by stem.")], None),
+    "classes": (
+        Annotated[
+            str | None, typer.Option(help="Class names for --images/--masks, e.g. 'bg,cell'.")
+        ],
+        None,
+    ),
+    "config": (Config, None),
+    "resume": (
+        Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")],
+        False,
+    ),
+    "overwrite": (Overwrite, False),
+    "quiet": (Quiet, False),
+}
+
+
+def option_type(annotation: Any) -> type:
+    """The command-line type of a config field: ``int``, ``float``, ``bool``, ``Path`` or
+    ``str`` (choices and unions such as ``int | "auto"`` are read as text and validated by the
+    config, whose message names the option)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation in (bool, int, float, Path):
+        return annotation
+    return str
+
+
+def option_help(field: FieldInfo) -> str:
+    """A field's description as option help, ending with a full stop."""
+    text = (field.description or "").strip()
+    return f"{text}." if text else ""
+
+
+def config_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    """The ``train`` option of one config field, its default the field's default."""
+    kind = option_type(field.annotation)
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, Path):
+        default = str(default)
+    annotation = Annotated[kind | None, typer.Option(*decls, help=option_help(field))]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)  # fmt: skip
+
+
+def train_signature() -> inspect.Signature:
+    """``train``'s parameters: the run options, then one per ``TrainConfig`` field."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("ctx", kw, annotation=typer.Context)]
+    params += [
+        inspect.Parameter(name, kw, default=default, annotation=annotation)
+        for name, (annotation, default) in RUN_OPTIONS.items()
+    ]
+    fields = TrainConfig.model_fields.items()
+    params += [config_parameter(name, field) for name, field in fields]
+    return inspect.Signature(params, return_annotation=None)
+
+
+def given_on_command_line(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The config fields among ``options`` that the user typed (not left at their defaults)."""
+
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    return {
+        name: value
+        for name, value in options.items()
+        if name in TrainConfig.model_fields and typed(name)
+    }
+
+
+def train(**options: Any) -> None:
+    """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
+    from tomoseg.config.schema import load_config
+    from tomoseg.data.sources import DataSource
+    from tomoseg.training.trainer import is_rank_zero
+    from tomoseg.training.trainer import train as run_train
+
+    out = options["out"]
+    source = DataSource.of(
+        options["data"], images=options["images"], masks=options["masks"],
+        classes=options["classes"],
+    )  # fmt: skip
+    cfg = load_config(options["config"], given_on_command_line(options["ctx"], options))
+    run_train(
+        source, out, cfg, resume=options["resume"], overwrite=options["overwrite"],
+        console=render.console, progress=not options["quiet"],
+    )  # fmt: skip
+    if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
+        render.say(
+            f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
+        )
+
+
+train.__signature__ = train_signature()  # type: ignore[attr-defined]
+
+
+def lr_find(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for lr_find.png and lr_find.csv.")],
+    config: Config = None,
+    min_lr: Annotated[float, typer.Option(help="Lowest learning rate tried.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option(help="Highest learning rate tried.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Number of steps.")] = 60,
+) -> None:
+    """Learning-rate range test: loss against learning rate, with a suggested rate."""
+    from tomoseg.config.schema import load_config
+    from tomoseg.training.lr_find import lr_range_test
+
+    suggestion = lr_range_test(
+        data=data, out=out, cfg=load_config(config), min_lr=min_lr, max_lr=max_lr, steps=steps
+    )
+    if suggestion == suggestion:  # not NaN
+        render.say(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")
+    else:
+        render.say(f"no clear suggestion (try more --steps); see {out}/lr_find.png")
+
+
+__all__ = ["lr_find", "train"]
