@@ -22,53 +22,57 @@ from tomoseg.cli.options import (
 )
 from tomoseg.errors import TomosegError
 
+Input = Annotated[Path, typer.Argument(help="Folder of slices, multi-page TIFF or Zarr volume.")]
+StackOut = Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")]
+StackFormat = Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")]
+VoxelSize = Annotated[str | None, typer.Option(help="z,y,x voxel size (default: input's).")]
+Unit = Annotated[str | None, typer.Option(help="Unit of the voxel size, e.g. micrometer.")]
+BatchSlices = Annotated[int, typer.Option(help="Slices per forward pass (GPU).")]
+IoWorkers = Annotated[
+    int | None,
+    typer.Option(
+        help="Processes that read+normalise and write slices (0: threads; default: 0 on "
+        "CPU or <= 2 cores, else min(4, cores-2)).",
+    ),
+]
+AllowGaps = Annotated[
+    bool,
+    typer.Option("--allow-gaps", help="Accept numbered slice files with holes (sub-sampled)."),
+]
+Channel = Annotated[
+    int | None, typer.Option(help="Channel of a hyperstack / OME file with C > 1 (from 0).")
+]
+TimePoint = Annotated[int | None, typer.Option(help="Time point of a file with T > 1 (from 0).")]
+Part = Annotated[
+    str | None, typer.Option(help="I/N: only part I of N (job arrays), into the same --out.")
+]
+Verify = Annotated[
+    bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
+]
+Actors = Annotated[int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")]
+CpusPerActor = Annotated[int, typer.Option(help="Ray: CPUs per actor.")]
+
 
 def segment_stack(
     run: RunFolder,
-    input: Annotated[
-        Path, typer.Argument(help="Folder of slices, multi-page TIFF or Zarr volume.")
-    ],
-    out: Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")],
-    fmt: Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")] = "ome-zarr",
-    voxel_size: Annotated[
-        str | None, typer.Option(help="z,y,x voxel size (default: input's).")
-    ] = None,
-    unit: Annotated[
-        str | None, typer.Option(help="Unit of the voxel size, e.g. micrometer.")
-    ] = None,
+    input: Input,
+    out: StackOut,
+    fmt: StackFormat = "ome-zarr",
+    voxel_size: VoxelSize = None,
+    unit: Unit = None,
     device: Device = "auto",
-    batch_slices: Annotated[int, typer.Option(help="Slices per forward pass (GPU).")] = 1,
-    io_workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Processes that read+normalise and write slices (0: threads; default: 0 on "
-            "CPU or <= 2 cores, else min(4, cores-2)).",
-        ),
-    ] = None,
-    allow_gaps: Annotated[
-        bool,
-        typer.Option("--allow-gaps", help="Accept numbered slice files with holes (sub-sampled)."),
-    ] = False,
-    channel: Annotated[
-        int | None, typer.Option(help="Channel of a hyperstack / OME file with C > 1 (from 0).")
-    ] = None,
-    time: Annotated[
-        int | None, typer.Option(help="Time point of a file with T > 1 (from 0).")
-    ] = None,
+    batch_slices: BatchSlices = 1,
+    io_workers: IoWorkers = None,
+    allow_gaps: AllowGaps = False,
+    channel: Channel = None,
+    time: TimePoint = None,
     nonfinite: Nonfinite = "background",
-    part: Annotated[
-        str | None,
-        typer.Option(help="I/N: only part I of N (job arrays), into the same --out."),
-    ] = None,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="Only check every slice is done (lists missing).")
-    ] = False,
+    part: Part = None,
+    verify: Verify = False,
     backend: Backend = "local",
     address: Address = None,
-    actors: Annotated[
-        int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")
-    ] = None,
-    cpus_per_actor: Annotated[int, typer.Option(help="Ray: CPUs per actor.")] = 1,
+    actors: Actors = None,
+    cpus_per_actor: CpusPerActor = 1,
     runtime: Runtime = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,

@@ -11,35 +11,41 @@ from tomoseg.cli import render
 from tomoseg.cli.options import Address, Backend, Config
 from tomoseg.errors import TomosegError
 
+SweepData = Annotated[Path | None, typer.Option(help="Dataset folder (train, val, test).")]
+Sizes = Annotated[str, typer.Option(help="Crop sizes, 'full' = whole images.")]
+Counts = Annotated[str, typer.Option(help="Crop counts.")]
+Repeats = Annotated[int, typer.Option(help="Seeds per cell (mean ± std).")]
+Epochs = Annotated[int | None, typer.Option(help="Epochs per case.")]
+MaxMinutes = Annotated[float | None, typer.Option(help="Wall-time limit per case.")]
+Jobs = Annotated[int, typer.Option(help="Cases run at once (cores or GPUs split).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and a time estimate.")]
+RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Rerun failed cases.")]
+New = Annotated[
+    bool, typer.Option("--new", help="Start a new folder if --out holds another sweep.")
+]
+Demo = Annotated[bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")]
+CpusPerCase = Annotated[int, typer.Option(help="Ray: CPUs per case.")]
+GpusPerCase = Annotated[float, typer.Option(help="Ray: GPUs per case.")]
+
 
 def sweep(
-    data: Annotated[Path | None, typer.Option(help="Dataset folder (train, val, test).")] = None,
+    data: SweepData = None,
     out: Annotated[Path | None, typer.Option(help="Sweep folder.")] = None,
-    sizes: Annotated[
-        str, typer.Option(help="Crop sizes, 'full' = whole images.")
-    ] = "100,224,400,800,full",
-    counts: Annotated[str, typer.Option(help="Crop counts.")] = "250,500,1000,2000",
-    repeats: Annotated[int, typer.Option(help="Seeds per cell (mean ± std).")] = 1,
+    sizes: Sizes = "100,224,400,800,full",
+    counts: Counts = "250,500,1000,2000",
+    repeats: Repeats = 1,
     config: Config = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per case.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Wall-time limit per case.")] = None,
-    jobs: Annotated[int, typer.Option(help="Cases run at once (cores or GPUs split).")] = 1,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan and a time estimate.")
-    ] = False,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Rerun failed cases.")
-    ] = False,
-    new: Annotated[
-        bool, typer.Option("--new", help="Start a new folder if --out holds another sweep.")
-    ] = False,
-    demo: Annotated[
-        bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")
-    ] = False,
+    epochs: Epochs = None,
+    max_minutes: MaxMinutes = None,
+    jobs: Jobs = 1,
+    dry_run: DryRun = False,
+    retry_failed: RetryFailed = False,
+    new: New = False,
+    demo: Demo = False,
     backend: Backend = "local",
     address: Address = None,
-    cpus_per_case: Annotated[int, typer.Option(help="Ray: CPUs per case.")] = 1,
-    gpus_per_case: Annotated[float, typer.Option(help="Ray: GPUs per case.")] = 0,
+    cpus_per_case: CpusPerCase = 1,
+    gpus_per_case: GpusPerCase = 0,
 ) -> None:
     """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
     from tomoseg.config.schema import load_config
@@ -60,8 +66,7 @@ def sweep(
         cpus_per_case=cpus_per_case, gpus_per_case=gpus_per_case,
     )  # fmt: skip
     render.say(
-        f"report: {out}/report.html (table: {out}/results.csv, heatmaps: "
-        f"{out}/heatmap_iou.png, heatmap_bf1.png)"
+        f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"
     )
 
 

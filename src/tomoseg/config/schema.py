@@ -37,7 +37,10 @@ class TrainConfig(BaseModel):
     )
     width: int | None = Field(default=32, ge=1, description="channels of the first level")
     depth: int = Field(default=5, ge=2, le=7, description="U-Net levels (SegNet: fixed 5)")
-    encoder_weights: Path | None = None
+    encoder_weights: Path | None = Field(
+        default=None,
+        description="SegNet: start the encoder from a VGG16-BN (or SegNet) state dict file",
+    )
     # data
     ignore_label: int | None = Field(
         default=None,
@@ -61,8 +64,13 @@ class TrainConfig(BaseModel):
     )
     # training set: N random SxS crops (crop_size 0 = whole images)
     crop_size: int = Field(default=256, description="crop side S in px; 0 = whole images")
-    crops: int = Field(default=500, ge=1)
-    focus_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    crops: int = Field(default=500, ge=1, description="number of crops N per epoch")
+    focus_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of the crops centred on pixels of the class of interest",
+    )
     # loss
     loss: Literal["ce", "dice_ce"] = Field(
         default="dice_ce",
@@ -80,19 +88,28 @@ class TrainConfig(BaseModel):
         "undoing the prior shift of the weighted loss; weighted: plain argmax (the seed)",
     )
     # augmentation (drawn fresh for every sample in every epoch)
-    rotation: Literal["90", "any", "none"] = "90"
-    flip_prob: float = Field(default=0.5, ge=0, le=1)
-    rotate_prob: float = Field(default=0.5, ge=0, le=1)
-    intensity_jitter: float = Field(default=0.0, ge=0)
+    rotation: Literal["90", "any", "none"] = Field(
+        default="90", description="rotation augmentation: 90 (multiples of 90 degrees), any, none"
+    )
+    flip_prob: float = Field(default=0.5, ge=0, le=1, description="probability of a flip")
+    rotate_prob: float = Field(default=0.5, ge=0, le=1, description="probability of a rotation")
+    intensity_jitter: float = Field(
+        default=0.0,
+        ge=0,
+        description="j: the image is scaled by 1 + U(-j, j) and shifted by U(-j, j), each "
+        "with probability 0.5; 0 = off",
+    )
     # optimisation
-    epochs: int = Field(default=24, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(default=2e-3, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    schedule: Literal["none", "cosine"] = "cosine"
-    seed: int = Field(default=0, ge=0)
+    epochs: int = Field(default=24, ge=1, description="training epochs")
+    batch_size: int = Field(default=16, ge=1, description="crops per training step")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="adam or sgd")
+    lr: float = Field(default=2e-3, gt=0, description="learning rate")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum of sgd")
+    weight_decay: float = Field(default=1e-4, ge=0, description="weight decay")
+    schedule: Literal["none", "cosine"] = Field(
+        default="cosine", description="learning-rate schedule: cosine (annealed to 0) or none"
+    )
+    seed: int = Field(default=0, ge=0, description="random seed")
     max_minutes: float | None = Field(default=None, gt=0, description="stop after this wall time")
     time_budget: float | None = Field(
         default=None,
@@ -111,15 +128,17 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "32", "bf16-mixed"] = Field(
         default="auto", description="auto = bf16-mixed where the CPU/GPU computes bf16 natively"
     )
-    channels_last: bool = True
+    channels_last: bool = Field(
+        default=True, description="channels-last memory format for the training steps"
+    )
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="torch.compile (Inductor) the network for the training steps; auto = on "
         "when the run has at least 300 training steps (compiling costs ~40 s on a 2-core CPU "
         "and saves ~0.19 s of a 0.8 s step), off for shorter runs; eager on any failure",
     )
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    workers: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="auto, cpu or gpu")
+    workers: int = Field(default=0, ge=0, description="data-loader worker processes")
     devices: int | Literal["auto"] = Field(
         default=1,
         description="processes (GPUs, or CPU processes) per node; auto = every GPU, 1 on CPU",
@@ -133,19 +152,23 @@ class TrainConfig(BaseModel):
     # validation / inference
     val_every: int = Field(default=1, ge=1, description="validate every N epochs (and the last)")
     tile_size: int = Field(default=0, ge=0, description="0 = auto: 256 on CPU, 1024 on GPU")
-    tile_overlap: float = Field(default=0.25, ge=0, lt=1)
+    tile_overlap: float = Field(
+        default=0.25, ge=0, lt=1, description="overlap of neighbouring inference tiles"
+    )
     tile_batch: int = Field(default=0, ge=0, description="0 = auto: 4 on CPU, 8 on GPU")
-    tolerance: float = Field(default=2.0, ge=0)
+    tolerance: float = Field(
+        default=2.0, ge=0, description="BF1 boundary tolerance in pixels (validation)"
+    )
     tta: str = Field(
         default="none",
         description="test-time augmentation at inference: none, flips, all or a comma-separated "
-        "list of D4 transforms (tomoseg.inference.tta); commands' --tta overrides it",
+        "list of D4 transforms (tomoseg.inference.tta); a command's tta overrides it",
     )
     weights: Literal["last", "best"] = Field(
         default="last",
         description="the weights the run delivers to every command: last (the end of the "
         "schedule, annealed; nnU-Net's final checkpoint) or best (the epoch of highest "
-        "validation IoU of the class of interest); commands' --weights overrides it",
+        "validation IoU of the class of interest); a command's weights override it",
     )
     tune_decision: bool = Field(
         default=True,
