@@ -8,6 +8,7 @@ terminal, or into plain lines that never wrap mid-number when the output is a fi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -113,18 +114,23 @@ class ProgressRenderer:
     0:05:12: <summary>``) and per message. Call :meth:`close` (or use :func:`progress_bar`).
     """
 
+    #: Seconds between the lines of units without a summary in a log.
+    LOG_EVERY = 10.0
+
     def __init__(self, out: Console, *, bar: bool | None = None):
         self.out = out
         self.live = out.is_terminal if bar is None else bar
         self._progress: Progress | None = None
-        self._task: TaskID | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._outer = ""
+        self._logged = -float("inf")
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.kind == "message":
             self.out.print(event.message, markup=False, highlight=False)
         elif self.live:
             self._draw(event)
-        elif event.kind == "advance":
+        elif event.kind == "advance" and self._log_due(event):
             eta = f", ETA {duration(event.eta)}" if event.eta is not None else ""
             summary = f": {event.message}" if event.message else ""
             line = f"{event.job}: {_counts(event)}{eta}{summary}"
@@ -132,7 +138,18 @@ class ProgressRenderer:
         elif event.kind == "end" and event.message:
             self.out.print(event.message, markup=False, highlight=False)
 
+    def _log_due(self, event: ProgressEvent) -> bool:
+        """Whether a unit gets its line in a log: one with a summary always, the last one, and
+        otherwise one every :attr:`LOG_EVERY` seconds (a stack of 10,000 slices is not 10,000
+        lines)."""
+        now = time.monotonic()
+        if event.message or event.done == event.total or now - self._logged >= self.LOG_EVERY:
+            self._logged = now
+            return True
+        return False
+
     def _draw(self, event: ProgressEvent) -> None:
+        """Update the job's bar (one per job: a job run inside another gets its own)."""
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -143,22 +160,24 @@ class ProgressRenderer:
                 console=self.out,
             )
             self._progress.start()
-            self._task = self._progress.add_task(event.job, total=event.total, counts="", eta="")
+            self._outer = event.job
+        if event.job not in self._tasks:
+            self._tasks[event.job] = self._progress.add_task(event.job, counts="", eta="")
         if event.message and event.kind != "start":
             self._progress.console.print(event.message, markup=False, highlight=False)
-        assert self._task is not None
         eta = "0:00:00" if event.kind == "end" else duration(event.eta)
         self._progress.update(
-            self._task, completed=event.done, total=event.total, counts=_counts(event), eta=eta
-        )
-        if event.kind == "end":
+            self._tasks[event.job], completed=event.done, total=event.total,
+            counts=_counts(event), eta=eta,
+        )  # fmt: skip
+        if event.kind == "end" and event.job == self._outer:
             self.close()
 
     def close(self) -> None:
         """Stop the bar (it stays on screen as last drawn)."""
         if self._progress is not None:
             self._progress.stop()
-            self._progress = None
+            self._progress, self._tasks = None, {}
 
 
 @contextmanager
@@ -180,14 +199,13 @@ def counts_callback(job: str, unit: str, show: ProgressRenderer | None, cancel: 
     feeds ``show`` with :class:`ProgressEvent` s (ETA included) and raises
     :class:`~tomoseg.utils.progress.Cancelled` after a unit once ``cancel`` is set."""
     reporter = JobProgress(job, unit, callback=show, cancel=cancel)
-    started = [False]
+    started = [False]  # set_total once, at the first call
 
     def progress(done: int, total: int) -> None:
-        if not started[0]:
+        if not started[0]:  # the first call reports the first unit finished by this call
             started[0] = True
-            reporter.set_total(total, done)
-            reporter.start()
-        elif done > reporter.done:
+            reporter.set_total(total, max(done - 1, 0))
+        if done > reporter.done:
             reporter.advance(done - reporter.done)
         if done >= total:
             reporter.end()
