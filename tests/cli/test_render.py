@@ -71,3 +71,15 @@ def test_first_ctrl_c_sets_cancel_second_aborts():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # the handler runs (and raises) as soon as the signal arrives
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_log_of_a_long_job_is_not_a_line_per_unit():
+    buf = io.StringIO()
+    job = JobProgress(
+        "segment-stack", "slice", total=500, callback=ProgressRenderer(Console(file=buf))
+    )
+    for _ in range(500):
+        job.advance()
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("segment-stack: 1/500 slices")
+    assert lines[-1].startswith("segment-stack: 500/500 slices") and len(lines) < 10

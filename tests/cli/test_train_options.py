@@ -23,15 +23,20 @@ def _shown(default: object, name: str) -> str:
 
 
 def _help_lines() -> dict[str, str]:
-    """``tomoseg train --help`` (wide, so nothing wraps): option -> its line."""
-    result = CliRunner().invoke(app, ["train", "--help"], env={"TERMINAL_WIDTH": "3000"})
+    """``tomoseg train --help``: option -> its help text (wrapped lines joined)."""
+    result = CliRunner().invoke(app, ["train", "--help"], env={"TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0, result.output
-    lines = {}
+    lines: dict[str, str] = {}
+    current = None
     for line in result.output.splitlines():
-        m = re.search(r"(--[a-z0-9-]+)", line)
+        content = line.strip().strip("│").strip()
+        m = re.match(r"(?:\*\s+)?(--[a-z0-9-]+)", content)
         if m:
-            lines.setdefault(m.group(1), line)
-    return lines
+            current = m.group(1)
+            lines[current] = content
+        elif current and content and not content.startswith(("╰", "╭")):
+            lines[current] += " " + content
+    return {k: " ".join(v.split()) for k, v in lines.items()}
 
 
 def test_every_config_field_is_an_option_with_its_default():
