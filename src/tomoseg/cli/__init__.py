@@ -24,9 +24,21 @@ from tomoseg.errors import TomosegError, TomosegWarning
 __all__ = ["app", "cli_message", "cli_options", "main"]
 
 
+#: Library parameters named otherwise than the option that sets them (library name -> the
+#: command's parameter); empty once every library parameter takes its option's name.
+LIBRARY_NAMES = {
+    "which": "weights",
+    "n_meshes": "meshes",
+    "pred_dir": "pred",
+    "truth_dir": "truth",
+    "images_dir": "images",
+    "data_dir": "data",
+}
+
+
 def cli_options() -> dict[str, str]:
     """Python parameter name -> command-line option (``tile_size`` -> ``--tile-size``), over
-    every command of the app."""
+    every command of the app (and the library names of :data:`LIBRARY_NAMES`)."""
     import typer.main
 
     names: dict[str, str] = {}
@@ -36,6 +48,8 @@ def cli_options() -> dict[str, str]:
             opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
             if param.name and opts:
                 names.setdefault(param.name, opts[0])
+    for library, command in LIBRARY_NAMES.items():
+        names.setdefault(library, names[command])
     return names
 
 
