@@ -101,7 +101,7 @@ def _create_volume(
         _chunks(src.shape),
         voxel,
         unit,
-        name=f"{src.path.name} segmented",
+        name=f"{src.name} segmented",
         classes=run.classes,
         extra={"tomoseg": {"classes": run.classes, "class_of_interest": run.class_of_interest}},
     )
@@ -141,7 +141,7 @@ def _identity(rec: dict) -> dict[str, Any]:
     run, inp = rec.get("run") or {}, rec.get("input") or {}
     return {
         "model": run.get("sha256"),
-        "input": {k: inp.get(k) for k in ("path", "kind", "channel", "time")},
+        "input": {k: inp.get(k) for k in ("path", "kind", "channel", "time", "fingerprint")},
         "input version": {"shape": inp.get("shape"), "ids": inp.get("ids")},
         "format": rec.get("format"),
         # TTA and the tuned decision (absent from a stack.json written before they existed)
@@ -368,7 +368,7 @@ def segment_stack(
 
             write_ngff_attrs(
                 zarr.open_group(str(out / ZARR_NAME), mode="r+"),
-                f"{src.path.name} segmented",
+                f"{src.name} segmented",
                 voxel,
                 unit,
                 run.classes,

@@ -86,7 +86,7 @@ def read_slice(read: Callable[[int], np.ndarray], src: StackSource, i: int, nonf
             f"have {src.shape} (as {src.ids[0]})"
         )
     if nonfinite == "error":
-        refuse_nonfinite(own, f"slice {src.ids[i]} of {src.path}")
+        refuse_nonfinite(own, f"slice {src.ids[i]} of {src.where}")
     return img, count_nonfinite(own)
 
 
