@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tomoseg.data.context import centre, context_stack, in_channels
+from tomoseg.data.context import centre, context_reader, in_channels
 from tomoseg.data.normalization import (
     check_nonfinite_rule,
     nonfinite_mask,
@@ -375,19 +375,29 @@ class Predictor:
         """Class ids of every slice of a (Z, H, W) volume of consecutive sections, one slice at
         a time (each with its 2.5D context when the run has one, edges replicated).
 
+        Args:
+            volume: a (Z, H, W) array (numpy, or dask and other lazy arrays: read slice by
+                slice), or any stack input of :func:`tomoseg.io.sources.open_source` (a folder
+                of slices, a multi-page TIFF, a Zarr).
+
         Returns:
             (Z, H, W) uint8 class ids.
 
         Raises:
-            TomosegError: not a 3D numeric array (as :meth:`predict` otherwise).
+            TomosegError: not a 3D numeric array or stack (as :meth:`predict` otherwise).
         """
-        vol = np.asarray(volume)
-        if vol.ndim != 3:
-            raise TomosegError(f"volume must be a (Z, H, W) array, got shape {vol.shape}")
-        k = self.context
-        return np.stack(
-            [self.predict(context_stack(vol, z, k) if k else vol[z]) for z in range(len(vol))]
-        )
+        from tomoseg.io.sources import is_array, open_source
+
+        if not is_array(volume) and not isinstance(volume, (str, os.PathLike)):
+            volume = np.asarray(volume)
+        if is_array(volume) and len(volume.shape) != 3:  # type: ignore[attr-defined]
+            raise TomosegError(
+                f"volume must be a (Z, H, W) array, got shape {tuple(volume.shape)}"  # type: ignore[attr-defined]
+            )
+        src = open_source(volume)
+        with src.reader() as read:
+            read = context_reader(read, src.n, self.context)
+            return np.stack([self.predict(read(z)) for z in range(src.n)])
 
     def _segment(self, image: object, probabilities: bool):
         return segment(
