@@ -161,7 +161,7 @@ def worker(spec: dict) -> dict:
         import numpy as np
 
         from tomoseg.data.normalization import normalize
-        from tomoseg.inference import stack
+        from tomoseg.inference import stack, stack_executors
 
         def threshold(run, images):  # no network: what reading, normalising, writing cost
             out = []
@@ -170,7 +170,7 @@ def worker(spec: dict) -> dict:
                 out.append((x > np.median(x[::16, ::16])).astype(np.uint8))
             return out
 
-        stack._segment_many = threshold
+        stack_executors.segment_many = threshold
         stack.segment_stack(
             spec["run"], spec["input"], spec["out"], device="cpu", overwrite=True, **opts
         )

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
 from tomoseg.data.context import centre, context_reader, in_channels
 from tomoseg.data.normalization import (
@@ -66,7 +65,7 @@ def open_slices(src: SliceSource, context: int = 0) -> Iterator[Callable[[int], 
     """The stack's reader (:meth:`SliceSource.reader`), giving slice ``i`` as (H, W), or with
     2.5D context ``k`` as the (2k + 1, H, W) stack of it and its neighbours, edges replicated
     (:func:`~tomoseg.data.context.context_reader`: each slice is read once in a forward
-    sweep). The one way every runner (threads, I/O processes, Ray) opens a stack."""
+    sweep). The one way every executor (threads, I/O processes, Ray) opens a stack."""
     with src.reader() as read:
         yield context_reader(read, src.n, context)
 

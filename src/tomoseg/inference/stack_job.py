@@ -74,7 +74,7 @@ def parse_part(value: str | tuple[int, int]) -> tuple[int, int]:
         i = n = 0
     if not 1 <= i <= n:
         raise TomosegError(
-            f"part must be I/N with 1 <= I <= N (e.g. 1/4 for the first of four), got {value!r}"
+            f"part={value!r}: must be I/N with 1 <= I <= N (e.g. 1/4 for the first of four)"
         )
     return i, n
 
@@ -244,12 +244,12 @@ class StackJob:
         out, info = self.out, self.info
         if overwrite:
             raise TomosegError(
-                "overwrite with part or verify would erase the other parts' slices; "
+                "overwrite=True would erase the other parts' slices (with part or verify); "
                 "clear the output once without part (or use another out)"
             )
         old = read_stack_info(out) if out.is_dir() else None
         if self.verify and old is None:
-            raise TomosegError(f"verify: {out} holds no segmentation (no {STACK_FILE})")
+            raise TomosegError(f"verify=True: {out} holds no segmentation (no {STACK_FILE})")
         if old is None:
             out.mkdir(parents=True, exist_ok=True)
             if not _publish_once(out / STACK_FILE, info):
@@ -263,7 +263,7 @@ class StackJob:
                 )
         if self.verify:
             if not self.sink.ok(out, self.src):
-                raise TomosegError(f"verify: {out} holds no label volume of this stack")
+                raise TomosegError(f"verify=True: {out} holds no label volume of this stack")
         else:
             self.sink.create_once(out, self.src, self.meta)
         self.marks.mkdir(exist_ok=True)

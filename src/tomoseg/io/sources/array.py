@@ -57,6 +57,9 @@ class ArraySource:
 
         yield read
 
+    def resolved(self) -> ArraySource:
+        return self
+
     def describe(self) -> dict[str, Any]:
         return {
             "path": None,

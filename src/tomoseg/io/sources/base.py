@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -38,6 +38,8 @@ class SliceSource(Protocol):
       ``where``: the input as messages name it (its path, or ``the input array``).
     * picklable: a source is sent as it is to worker processes and Ray actors, which open their
       own :meth:`reader` (so it holds paths and small metadata, or the array itself).
+    * :meth:`resolved`: the same source with absolute paths, for processes on other nodes or in
+      another working directory (itself when it holds no path).
     * :meth:`describe`: the JSON-able record of the input (``stack.json``'s ``input``): ``path``,
       ``kind``, ``slices``, ``shape``, ``dtype``, ``axes``, ``axes_shape``, ``channel``,
       ``time``, ``ids``, plus ``fingerprint`` for inputs without a path.
@@ -64,6 +66,8 @@ class SliceSource(Protocol):
     def reader(self) -> AbstractContextManager[Callable[[int], np.ndarray]]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def resolved(self) -> SliceSource: ...
 
 
 class Format(Protocol):
@@ -134,6 +138,9 @@ class StackSource:
 
     def reader(self) -> AbstractContextManager[Callable[[int], np.ndarray]]:
         raise NotImplementedError
+
+    def resolved(self) -> StackSource:
+        return replace(self, path=self.path.resolve(), files=[f.resolve() for f in self.files])
 
     def describe(self) -> dict[str, Any]:
         return {
