@@ -51,21 +51,13 @@ class Run:
                 for row in csv.DictReader(fh)
             ]
 
-    def predictor(
-        self,
-        *,
-        device: str = "auto",
-        which: str | None = None,
-        tta: object = None,
-        postprocess: bool = True,
-    ) -> Predictor:
-        """A :class:`~tomoseg.Predictor` of this run (``which``, ``tta``, ``postprocess``: see
-        :meth:`~tomoseg.Predictor.from_run`)."""
+    def predictor(self, **options: Any) -> Predictor:
+        """A :class:`~tomoseg.Predictor` of this run (``options``: any
+        :class:`~tomoseg.InferenceSettings` field — ``device``, ``weights``, ``tta``,
+        ``postprocess``, ...; see :meth:`~tomoseg.Predictor.from_run`)."""
         from tomoseg.inference.predictor import Predictor
 
-        return Predictor.from_run(
-            self.path, device=device, which=which, tta=tta, postprocess=postprocess
-        )
+        return Predictor.from_run(self.path, **options)
 
 
 def train(
@@ -130,18 +122,40 @@ def train(
     )
 
 
-def segment_stack(run: PathLike, input: PathLike, out: PathLike, **options: Any) -> dict[str, Any]:
+def _split_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """Move the :class:`~tomoseg.InferenceSettings` fields among ``options`` into
+    ``options["settings"]`` (one settings object for the library call)."""
+    from dataclasses import fields, replace
+
+    from tomoseg.inference.predictor import InferenceSettings
+
+    names = {f.name for f in fields(InferenceSettings)}
+    given = {k: options.pop(k) for k in list(options) if k in names}
+    if given:
+        base = options.get("settings") or InferenceSettings()
+        options["settings"] = replace(base, **given)
+    return options
+
+
+def segment_stack(
+    run: PathLike | Predictor, input: PathLike, out: PathLike, **options: Any
+) -> dict[str, Any]:
     """Segment a whole stack into an OME-Zarr label volume (``tomoseg segment-stack``).
 
-    See :func:`tomoseg.inference.stack.segment_stack` for the options (keyword-only here),
-    among them ``tta`` (test-time augmentation) and ``postprocess`` (the run's tuned decision).
+    Args:
+        run: a run folder or a :class:`~tomoseg.Predictor`.
+        input: the stack (see :func:`tomoseg.inference.stack.segment_stack`).
+        out: the output folder.
+        **options: the options of :func:`tomoseg.inference.stack.segment_stack` (keyword-only
+            here) and, for a run folder, any :class:`~tomoseg.InferenceSettings` field
+            (``device``, ``weights``, ``tta``, ``postprocess``, ``nonfinite``, ...).
 
     Returns:
         The summary (``slices``, ``computed``, ``seconds``, ``volume``, ...).
     """
     from tomoseg.inference.stack import segment_stack as _segment_stack
 
-    return _segment_stack(run, input, out, **options)
+    return _segment_stack(run, input, out, **_split_settings(options))
 
 
 def score(

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from conftest import make_dataset, write_png
 
+from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack import missing_slices, segment_stack
+from tomoseg.inference.predictor import InferenceSettings
+from tomoseg.inference.stack import missing_slices
 from tomoseg.training.trainer import train
+
+CPU = InferenceSettings(device="cpu")
 
 SHAPE = (40, 48)
 TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, "depth": 3}
@@ -87,7 +91,7 @@ def test_cli_ray_unreachable(run_cli, run_dir, tmp_path):
     with pytest.raises(TomosegError, match="--actors must be at least 1"):
         from tomoseg.inference.ray_backend import ray_runner
 
-        ray_runner(run_dir, src, actors=0)
+        ray_runner(src, actors=0)
 
 
 @pytest.mark.slow
@@ -96,18 +100,18 @@ def test_actors_equal_local_run_resume_and_parts(tmp_path, run_dir, ray_up):
 
     src = stack(tmp_path / "in", 7, seed=2)
     segment_stack(run_dir, src, tmp_path / "single", device="cpu")
-    info = segment_stack_ray(run_dir, src, tmp_path / "ray", device="cpu", actors=2, batch_slices=2)
+    info = segment_stack_ray(run_dir, src, tmp_path / "ray", settings=CPU, actors=2, batch_slices=2)
     assert info["computed"] == 7 and tree(tmp_path / "ray") == tree(tmp_path / "single")
     # resume: slices finished locally by part 1/2 are skipped, the rest computed by the actors
     out = tmp_path / "mixed"
     segment_stack(run_dir, src, out, device="cpu", part="1/2")
-    info = segment_stack_ray(run_dir, src, out, device="cpu", actors=1)
+    info = segment_stack_ray(run_dir, src, out, settings=CPU, actors=1)
     assert (info["computed"], info["skipped"]) == (4, 3) and tree(out) == tree(tmp_path / "single")
     # a part on Ray
     out = tmp_path / "parts"
-    p2 = segment_stack_ray(run_dir, src, out, device="cpu", part="2/2")
+    p2 = segment_stack_ray(run_dir, src, out, settings=CPU, part="2/2")
     assert p2["computed"] == 4 and missing_slices(out, 7) == [0, 1, 2]
-    segment_stack_ray(run_dir, src, out, device="cpu", part="1/2")
+    segment_stack_ray(run_dir, src, out, settings=CPU, part="1/2")
     assert missing_slices(out, 7) == [] and tree(out) == tree(tmp_path / "single")
 
 
@@ -124,11 +128,11 @@ def test_actors_feed_the_2_5d_context_like_the_local_run(tmp_path, ray_up):
     run = train(data, tmp_path / "run", load_config(None, {**TINY, "context": 1}), progress=False)
     src = stack(tmp_path / "in", 5, seed=4)
     segment_stack(run, src, tmp_path / "single", device="cpu")
-    segment_stack_ray(run, src, tmp_path / "ray", device="cpu", actors=2, batch_slices=2)
+    segment_stack_ray(run, src, tmp_path / "ray", settings=CPU, actors=2, batch_slices=2)
     assert tree(tmp_path / "ray") == tree(tmp_path / "single")
     out = tmp_path / "parts"
     segment_stack(run, src, out, device="cpu", part="1/2")
-    segment_stack_ray(run, src, out, device="cpu", actors=1, part="2/2")
+    segment_stack_ray(run, src, out, settings=CPU, actors=1, part="2/2")
     assert tree(out) == tree(tmp_path / "single")
 
 
@@ -160,7 +164,7 @@ def test_nan_pixels_and_hyperstack_channel_as_the_local_run(ray_up, run_dir, tmp
     f = tmp_path / "zc.tif"
     tifffile.imwrite(f, vol, imagej=True, metadata={"axes": "ZCYX"})
     segment_stack(run_dir, f, tmp_path / "local", device="cpu", channel=1)
-    runner = ray_runner(run_dir, f, device="cpu", channel=1)
+    runner = ray_runner(f, device="cpu", channel=1)
     segment_stack(run_dir, f, tmp_path / "ray", device="cpu", channel=1, runner=runner)
     assert tree(tmp_path / "ray") == tree(tmp_path / "local")
     summary = json.loads((tmp_path / "ray" / "stack.json").read_text())["summary"]

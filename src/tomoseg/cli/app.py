@@ -59,6 +59,14 @@ NoPostprocess = Annotated[
 ]
 
 
+def _settings(**options):
+    """The inference settings of a command's options (``no_postprocess`` inverted)."""
+    from tomoseg.inference.predictor import InferenceSettings
+
+    options["postprocess"] = not options.pop("no_postprocess", False)
+    return InferenceSettings(**options)
+
+
 @app.command()
 def version() -> None:
     """Print the tomoseg version."""
@@ -349,19 +357,21 @@ def predict(
         run,
         inputs,
         out,
-        fmt,
-        probabilities,
-        device,
-        overwrite,
-        not no_tiling,
-        tile_size,
-        tile_batch,
-        console,
-        nonfinite=nonfinite,
-        runtime=runtime,
-        tta=tta,
-        postprocess=not no_postprocess,
-        which=weights,
+        settings=_settings(
+            device=device,
+            weights=weights,
+            runtime=runtime,
+            tta=tta,
+            no_postprocess=no_postprocess,
+            nonfinite=nonfinite,
+            tile_size=tile_size,
+            tile_batch=tile_batch,
+        ),
+        format=fmt,
+        probabilities=probabilities,
+        tiling=not no_tiling,
+        overwrite=overwrite,
+        progress=lambda e: console.print(e.message) if e.message and e.kind != "end" else None,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -392,14 +402,16 @@ def evaluate(
         run,
         data,
         out,
-        split,
-        device,
-        overwrite,
-        nonfinite=nonfinite,
-        runtime=runtime,
-        tta=tta,
-        postprocess=not no_postprocess,
-        which=weights,
+        settings=_settings(
+            device=device,
+            weights=weights,
+            runtime=runtime,
+            tta=tta,
+            no_postprocess=no_postprocess,
+            nonfinite=nonfinite,
+        ),
+        split=split,
+        overwrite=overwrite,
     )
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
@@ -421,7 +433,7 @@ def tune(
     """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
     from tomoseg.inference.tuning import tune_run
 
-    decision, report = tune_run(run, data, split=split, tta=tta, device=device, which=weights)
+    decision, report = tune_run(run, data, split=split, tta=tta, device=device, weights=weights)
     b, a = report["before"], report["after"]
     console.print(
         f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
@@ -604,9 +616,7 @@ def segment_stack_cmd(
         segment_stack = partial(
             segment_stack,
             runner=ray_runner(
-                run,
                 input,
-                weights,
                 device,
                 allow_gaps,
                 address,
@@ -614,7 +624,6 @@ def segment_stack_cmd(
                 cpus_per_actor,
                 channel=channel,
                 time=time,
-                runtime=runtime,
             ),
         )
         device = "cpu"  # the driver only describes the job; the actors use --device
@@ -644,21 +653,23 @@ def segment_stack_cmd(
             out,
             "tiff" if fmt == "tiff" else "zarr",
             voxel_size,
-            device,
             overwrite,
             batch_slices,
             progress,
             unit,
             allow_gaps,
-            weights,
-            nonfinite=nonfinite,
+            settings=_settings(
+                device=device,
+                weights=weights,
+                runtime=runtime,
+                tta=tta,
+                no_postprocess=no_postprocess,
+                nonfinite=nonfinite,
+            ),
             channel=channel,
             time=time,
             part=part,
             verify=verify,
-            runtime=runtime,
-            tta=tta,
-            postprocess=not no_postprocess,
             io_workers=io_workers,
         )
     if verify:

@@ -16,23 +16,25 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tomoseg.errors import TomosegError
+from tomoseg.inference.predictor import InferenceSettings, PredictorSpec
 from tomoseg.inference.stack import Runner, segment_stack
 from tomoseg.inference.stack_io import _Sink, open_slices, read_slice, write_slice
 
 
 class _SegmentActor:
-    """One Ray actor: the model, the input's reader and the volume, opened once."""
+    """One Ray actor: the Predictor (rebuilt from the driver's picklable spec on the actor's
+    device), the input's reader and the volume, opened once."""
 
     def __init__(
         self,
-        run_dir: str,
-        which: str | None,
+        spec: PredictorSpec,
         device: str,
         input: str,
         allow_gaps: bool,
@@ -41,38 +43,25 @@ class _SegmentActor:
         threads: int,
         channel: int | None = None,
         time: int | None = None,
-        nonfinite: str = "background",
-        runtime: str = "auto",
-        tta: object = None,
-        postprocess: bool = True,
     ):
         import torch
 
         from tomoseg.io.volumes import open_source
-        from tomoseg.runtime.checkpoint import load_run
-        from tomoseg.runtime.device import resolve_device
 
         if device == "cpu":
             torch.set_num_threads(max(threads, 1))
-        from tomoseg.inference.predictor import configure_run
-
-        self.run = load_run(Path(run_dir), which, device=resolve_device(device))
-        configure_run(self.run, runtime=runtime, tta=tta, postprocess=postprocess)
+        self.predictor = spec.build(device=device)
         self.src = open_source(input, allow_gaps, channel=channel, time=time)
-        self.nonfinite = nonfinite
-        from tomoseg.inference.predictor import run_context
-
-        self._reading = open_slices(self.src, run_context(self.run))
+        self.nonfinite = spec.settings.nonfinite
+        self._reading = open_slices(self.src, self.predictor.context)
         self.read = self._reading.__enter__()
         self.out = Path(out)
         self.sink = _Sink(self.out, fmt, self.src.ids)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tomoseg.inference.predictor import segment_batch
-
         idx = [int(i) for i in batch["i"]]
         read = [read_slice(self.read, self.src, i, self.nonfinite) for i in idx]
-        labels = segment_batch(self.run, [img for img, _ in read], probabilities=False)[0]
+        labels = self.predictor.segment_batch([img for img, _ in read])[0]
         for i, lab, (_, bad) in zip(idx, labels, read, strict=True):
             write_slice(self.sink, i, lab, bad)
         return {"i": np.asarray(idx, dtype=np.int64)}
@@ -102,9 +91,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def ray_runner(
-    run_dir: str | os.PathLike[str],
     input: str | os.PathLike[str],
-    which: str | None = None,
     device: str = "auto",
     allow_gaps: bool = False,
     address: str | None = None,
@@ -115,12 +102,11 @@ def ray_runner(
     *,
     channel: int | None = None,
     time: int | None = None,
-    runtime: str = "auto",
 ) -> Runner:
     """A ``runner`` for :func:`segment_stack` that computes the slices on Ray actors.
 
-    The actors segment with the driver's run settings (TTA, post-processing) as
-    :func:`segment_stack` configured and recorded them.
+    The actors rebuild the driver's Predictor (:attr:`~tomoseg.inference.predictor.Predictor.spec`:
+    the run and its settings, as :func:`segment_stack` recorded them) on their own device.
 
     Args:
         device: ``gpu`` (one GPU per actor), ``cpu``, or ``auto`` (GPUs if the cluster has any).
@@ -171,8 +157,8 @@ def ray_runner(
             ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=len(todo))
             args: dict[str, Any] = dict(
                 fn_constructor_kwargs={
-                    "run_dir": str(Path(run_dir).resolve()),
-                    "which": which,
+                    # the driver's Predictor (its settings, as stack.json records them)
+                    "spec": replace(run.spec, run=Path(run.spec.run).resolve()),
                     "device": "gpu" if on_gpu else "cpu",
                     "input": str(Path(input).resolve()),
                     "allow_gaps": allow_gaps,
@@ -181,11 +167,6 @@ def ray_runner(
                     "threads": cpus_per_actor,
                     "channel": channel,
                     "time": time,
-                    "nonfinite": nonfinite,
-                    "runtime": runtime,
-                    # the driver's settings, as stack.json records them
-                    "tta": list(getattr(run, "tta", None) or ["identity"]),
-                    "postprocess": bool(getattr(run, "postprocess", True)),
                 },
                 batch_size=batch,
                 batch_format="numpy",
@@ -220,36 +201,31 @@ def segment_stack_ray(
     out: str | os.PathLike[str],
     fmt: str = "zarr",
     voxel_size: Sequence[float] | str | None = None,
-    device: str = "auto",
     overwrite: bool = False,
     batch_slices: int = 1,
     progress: Callable[[int, int], None] | None = None,
     unit: str | None = None,
     allow_gaps: bool = False,
-    which: str | None = None,
     part: str | tuple[int, int] | None = None,
     address: str | None = None,
     actors: int | None = None,
     cpus_per_actor: int = 1,
     num_cpus: int | None = None,
     *,
-    nonfinite: str = "background",
+    settings: InferenceSettings | None = None,
     channel: int | None = None,
     time: int | None = None,
-    runtime: str = "auto",
-    tta: object = None,
-    postprocess: bool = True,
 ) -> dict[str, Any]:
     """:func:`segment_stack` with the slices computed by Ray actors (same output, same resume).
 
     The driver loads the run on the CPU only to describe the job (``stack.json``); the actors
-    load it on their own device.
+    load it on ``settings.device`` (``gpu``: one GPU per actor; ``auto``: GPUs if the cluster
+    has any).
     """
+    settings = settings or InferenceSettings()
     runner = ray_runner(
-        run_dir,
         input,
-        which,
-        device,
+        settings.device,
         allow_gaps,
         address,
         actors,
@@ -257,7 +233,6 @@ def segment_stack_ray(
         num_cpus,
         channel=channel,
         time=time,
-        runtime=runtime,
     )
     return segment_stack(
         run_dir,
@@ -265,18 +240,14 @@ def segment_stack_ray(
         out,
         fmt,
         voxel_size,
-        "cpu",
         overwrite,
         batch_slices,
         progress,
         unit,
         allow_gaps,
-        which,
         part=part,
         runner=runner,
-        nonfinite=nonfinite,
+        settings=replace(settings, device="cpu"),
         channel=channel,
         time=time,
-        tta=tta,
-        postprocess=postprocess,
     )

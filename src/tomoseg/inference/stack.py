@@ -44,16 +44,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import numpy as np
 
-from tomoseg.data.normalization import check_nonfinite_rule
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import configure_run, run_context, run_decision, segment_batch
+from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.inference.stack_io import (
     PROGRESS_DIR,
     IOPool,
@@ -76,8 +74,6 @@ from tomoseg.io.volumes import (
     read_stack_info,
 )
 from tomoseg.io.writers import prepare_output_dir, write_json
-from tomoseg.runtime.checkpoint import LoadedRun, load_run
-from tomoseg.runtime.device import resolve_device
 
 QUEUE_SIZE = 4
 MAX_CHUNK = 1024
@@ -89,7 +85,7 @@ def _chunks(shape: tuple[int, int]) -> tuple[int, int, int]:
 
 
 def _create_volume(
-    out: Path, fmt: str, src: StackSource, voxel: Sequence[float], unit: str | None, run: LoadedRun
+    out: Path, fmt: str, src: StackSource, voxel: Sequence[float], unit: str | None, run: Predictor
 ) -> None:
     if fmt == "tiff":
         (out / TIFF_DIR).mkdir(parents=True, exist_ok=True)
@@ -177,10 +173,11 @@ def _put(q: queue.Queue, item: Any, alive: Callable[[], bool]) -> bool:
                 return False
 
 
-def _segment_many(run: LoadedRun, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Class ids of several slices of one shape, in one :func:`segment_batch` (non-finite pixels
-    were counted, or refused, by the reader; here they become background)."""
-    return list(segment_batch(run, images, probabilities=False)[0])
+def _segment_many(run: Predictor, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Class ids of several slices of one shape, in one
+    :meth:`~tomoseg.inference.predictor.Predictor.segment_batch` (non-finite pixels were
+    counted, or refused, by the reader; here they become background)."""
+    return list(run.segment_batch(images)[0])
 
 
 def _nonfinite_summary(marks: Path, ids: list[str]) -> dict[str, Any]:
@@ -203,39 +200,34 @@ def _nonfinite_summary(marks: Path, ids: list[str]) -> dict[str, Any]:
 
 
 def segment_stack(
-    run_dir: str | os.PathLike[str],
+    run_dir: Predictor | str | os.PathLike[str],
     input: str | os.PathLike[str],
     out: str | os.PathLike[str],
     fmt: str = "zarr",
     voxel_size: Sequence[float] | str | None = None,
-    device: str = "auto",
     overwrite: bool = False,
     batch_slices: int = 1,
     progress: Callable[[int, int], None] | None = None,
     unit: str | None = None,
     allow_gaps: bool = False,
-    which: str | None = None,
     *,
-    nonfinite: str = "background",
+    settings: InferenceSettings | None = None,
     channel: int | None = None,
     time: int | None = None,
     part: str | tuple[int, int] | None = None,
     verify: bool = False,
     runner: Runner | None = None,
-    runtime: str = "auto",
-    tta: object = None,
-    postprocess: bool = True,
     io_workers: int | None = None,
 ) -> dict[str, Any]:
     """Segment every slice of a stack into a 3D class-id volume (resumable).
 
     Args:
-        run_dir: trained run folder (or ``.safetensors`` file).
+        run_dir: a :class:`~tomoseg.inference.predictor.Predictor`, or a trained run folder
+            (or ``.safetensors`` file) segmented with ``settings``.
         input: folder of 2D slices, multi-page TIFF, or Zarr array / (OME-)Zarr group, (Z, Y, X).
         out: output folder (``stack.json``, ``labels.zarr`` or ``labels/``, ``progress/``).
         fmt: ``zarr`` (OME-NGFF 0.4 label volume) or ``tiff`` (one TIFF per slice).
         voxel_size: (z, y, x) voxel size; default: the input's metadata, else 1, 1, 1.
-        device: ``auto``, ``cpu`` or ``gpu``.
         overwrite: discard an earlier output in ``out`` (otherwise the same job resumes and
             another one is refused).
         batch_slices: slices per forward pass (1 = ``infer.segment`` per slice).
@@ -243,9 +235,12 @@ def segment_stack(
             finished (written and recorded).
         unit: unit of the voxel size (default: the input's, else ``micrometer``).
         allow_gaps: accept numbered slice files with holes in the numbering.
-        which: ``last`` or ``best`` weights (None: the run's configured ``weights``).
-        nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network sees
-            the normalisation's lower bound there) and counted, or refused (``error``).
+        settings: how the run segments (:class:`~tomoseg.inference.predictor.InferenceSettings`:
+            device, weights, runtime, TTA, post-processing, tiles); its ``nonfinite`` rule:
+            NaN / infinite pixels are labelled ``background`` (class 0; the network sees the
+            normalisation's lower bound there) and counted, or refused (``error``). The TTA
+            and the decision applied are recorded in ``stack.json`` (a resume with other
+            settings is refused).
         channel: channel index of an input with a C axis (ImageJ hyperstack, OME-TIFF,
             OME-Zarr); required when it has more than one channel.
         time: time-point index of an input with a T axis; required when it has more than one.
@@ -257,12 +252,6 @@ def segment_stack(
         runner: computes and writes the slices ``todo`` with their markers (default: the
             reader -> model -> writer threads here; :mod:`tomoseg.inference.ray_backend`
             passes a Ray Data pipeline).
-        runtime: how the network runs: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
-            (:mod:`tomoseg.inference.runtimes`).
-        tta: test-time augmentation (``none``, ``flips``, ``all``, a list; None = the run's
-            configured one); recorded in ``stack.json`` with the decision applied (a resume with
-            other settings is refused).
-        postprocess: apply the run's decision tuned on validation (``decision.json``).
         io_workers: processes that read + normalise and write slices (shared memory between
             them and the model), so that a GPU is fed without the GIL; 0 = the reader and
             writer threads; None = automatic (:func:`~tomoseg.inference.stack_io.auto_io_workers`:
@@ -286,7 +275,6 @@ def segment_stack(
         raise TomosegError(f"format must be zarr or tiff, got {fmt!r}")
     if int(batch_slices) < 1:
         raise TomosegError(f"batch_slices={batch_slices!r}: must be >= 1")
-    check_nonfinite_rule(nonfinite)
     if io_workers is not None and (
         isinstance(io_workers, bool)
         or not isinstance(io_workers, int | np.integer)
@@ -297,14 +285,13 @@ def segment_stack(
         )
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
-    run = load_run(Path(run_dir), which, device=resolve_device(device))
-    configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
-    decision = run_decision(run)
+    run = as_predictor(run_dir, settings)
+    nonfinite = run.settings.nonfinite
     if runner is None:
-        on_gpu = next(run.model.parameters()).device.type != "cpu"
+        on_gpu = run.device.type != "cpu"
         workers = auto_io_workers(on_gpu) if io_workers is None else io_workers
         runner = functools.partial(_run_pipeline, io_workers=workers) if workers else _run_pipeline
-    rpath, wfile = Path(run_dir), run.weights_file  # the weights load_run resolved
+    rpath, wfile = run.run.path, run.run.weights_file  # the weights load_run resolved
     assert wfile is not None
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
     unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
@@ -319,10 +306,7 @@ def segment_stack(
         "volume": ZARR_NAME if fmt == "zarr" else TIFF_DIR,
         "voxel_size": list(voxel),
         "unit": unit,
-        "inference": {
-            "tta": list(run.tta),  # type: ignore[call-overload]
-            "decision": None if decision is None else asdict(decision),
-        },
+        "inference": {k: run.record()[k] for k in ("tta", "decision")},
         "complete": False,
     }
     if part is not None or verify:
@@ -402,7 +386,7 @@ def segment_stack(
 #: computed``
 Runner = Callable[
     [
-        LoadedRun,
+        Predictor,
         StackSource,
         Path,
         str,
@@ -417,7 +401,7 @@ Runner = Callable[
 
 
 def _run_pipeline(
-    run: LoadedRun,
+    run: Predictor,
     src: StackSource,
     out: Path,
     fmt: str,
@@ -446,7 +430,7 @@ def _run_pipeline(
 
     def reader() -> None:
         try:
-            with open_slices(src, run_context(run)) as read:
+            with open_slices(src, run.context) as read:
                 for i in todo:
                     if stop.is_set():
                         return
@@ -530,7 +514,7 @@ def _run_pipeline(
 
 
 def _run_processes(
-    run: LoadedRun,
+    run: Predictor,
     src: StackSource,
     out: Path,
     fmt: str,
@@ -554,7 +538,7 @@ def _run_processes(
     n_in, n_out = batch + ahead, batch + ahead
     computed = 0
     with IOPool(
-        src, out, fmt, run.normalization, nonfinite, workers, n_in, n_out, run_context(run)
+        src, out, fmt, run.run.normalization, nonfinite, workers, n_in, n_out, run.context
     ) as pool:
         reads: deque[tuple[int, int, Future]] = deque()
         writes: dict[Future, tuple[int, int]] = {}  # future -> (slice, output slot)
@@ -675,7 +659,7 @@ def _publish_once(path: Path, obj: Any) -> bool:
 
 
 def _create_volume_once(
-    out: Path, fmt: str, src: StackSource, voxel: Sequence[float], unit: str | None, run: LoadedRun
+    out: Path, fmt: str, src: StackSource, voxel: Sequence[float], unit: str | None, run: Predictor
 ) -> None:
     """Create the label volume unless it exists: built under a temporary name, then renamed into
     place; when parts race, the first rename wins and the others drop theirs (same content)."""
@@ -724,7 +708,7 @@ def missing_slices(out: str | os.PathLike[str], slices: int) -> list[int]:
 
 
 def _segment_shared(
-    run: LoadedRun,
+    run: Predictor,
     src: StackSource,
     out: Path,
     info: dict[str, Any],
