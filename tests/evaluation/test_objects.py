@@ -13,6 +13,7 @@ import tifffile
 import trimesh
 import zarr
 
+from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
 from tomoseg.evaluation.objects import (
@@ -21,7 +22,6 @@ from tomoseg.evaluation.objects import (
     detection_scores,
     label_objects,
 )
-from tomoseg.inference.stack import segment_stack
 from tomoseg.io.ome_zarr import write_ngff_attrs
 from tomoseg.synthetic.phantom import generate_phantom
 from tomoseg.training.trainer import train

@@ -12,11 +12,11 @@ import tifffile
 import zarr
 from conftest import TINY_TRAIN, make_dataset, sigkill_when, write_png
 
+from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.inference import stack as stack_mod
-from tomoseg.inference.predictor import segment
-from tomoseg.inference.stack import segment_stack
+from tomoseg.inference.predictor import Predictor
 from tomoseg.io.images import read_image
 from tomoseg.io.ome_zarr import write_ngff_attrs
 from tomoseg.io.volumes import parse_voxel_size
@@ -64,8 +64,8 @@ def volume(out: Path) -> np.ndarray:
 
 
 def reference(run_dir: Path, imgs: list[np.ndarray]) -> np.ndarray:
-    run = load_run(run_dir)
-    return np.stack([segment(run, im)[0] for im in imgs])
+    predictor = Predictor(load_run(run_dir))
+    return np.stack([predictor.segment(im)[0] for im in imgs])
 
 
 def test_natural_order_equals_segment_and_ngff(tmp_path, runs):

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from conftest import TINY_TRAIN, make_dataset, sigkill_when, write_png
 
+from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack import missing_slices, parse_part, part_range, segment_stack
+from tomoseg.inference.stack import missing_slices, parse_part, part_range
 from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import make_dataset, write_png
 
+from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack import missing_slices, segment_stack
+from tomoseg.inference.stack import missing_slices
 from tomoseg.training.trainer import train
 
 SHAPE = (40, 48)

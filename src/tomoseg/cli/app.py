@@ -60,6 +60,14 @@ NoPostprocess = Annotated[
 ]
 
 
+def _settings(**options):
+    """The inference settings of a command's options (``no_postprocess`` inverted)."""
+    from tomoseg.inference.predictor import InferenceSettings
+
+    options["postprocess"] = not options.pop("no_postprocess", False)
+    return InferenceSettings(**options)
+
+
 @app.command()
 def version() -> None:
     """Print the tomoseg version."""
@@ -350,19 +358,21 @@ def predict(
         run,
         inputs,
         out,
-        fmt,
-        probabilities,
-        device,
-        overwrite,
-        not no_tiling,
-        tile_size,
-        tile_batch,
-        console,
-        nonfinite=nonfinite,
-        runtime=runtime,
-        tta=tta,
-        postprocess=not no_postprocess,
-        which=weights,
+        settings=_settings(
+            device=device,
+            weights=weights,
+            runtime=runtime,
+            tta=tta,
+            no_postprocess=no_postprocess,
+            nonfinite=nonfinite,
+            tile_size=tile_size,
+            tile_batch=tile_batch,
+        ),
+        format=fmt,
+        probabilities=probabilities,
+        tiling=not no_tiling,
+        overwrite=overwrite,
+        progress=lambda e: console.print(e.message) if e.message and e.kind != "end" else None,
     )
     console.print(f"{len(paths)} masks written to {out}")
 
@@ -393,14 +403,16 @@ def evaluate(
         run,
         data,
         out,
-        split,
-        device,
-        overwrite,
-        nonfinite=nonfinite,
-        runtime=runtime,
-        tta=tta,
-        postprocess=not no_postprocess,
-        which=weights,
+        settings=_settings(
+            device=device,
+            weights=weights,
+            runtime=runtime,
+            tta=tta,
+            no_postprocess=no_postprocess,
+            nonfinite=nonfinite,
+        ),
+        split=split,
+        overwrite=overwrite,
     )
     console.print(score_table(summary, title=f"{run} on {data} [{split}] (%)"))
     console.print(
@@ -422,7 +434,7 @@ def tune(
     """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
     from tomoseg.inference.tuning import tune_run
 
-    decision, report = tune_run(run, data, split=split, tta=tta, device=device, which=weights)
+    decision, report = tune_run(run, data, split=split, tta=tta, device=device, weights=weights)
     b, a = report["before"], report["after"]
     console.print(
         f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
@@ -625,11 +637,14 @@ def segment_stack_cmd(
     with _slice_bar() as progress:
         info = segment_stack(
             run, input, out, fmt="tiff" if fmt == "tiff" else "zarr", voxel_size=voxel_size,
-            unit=unit, device=device, which=weights, overwrite=overwrite,
-            batch_slices=batch_slices, allow_gaps=allow_gaps, nonfinite=nonfinite,
-            channel=channel, time=time, part=part, verify=verify, runtime=runtime, tta=tta,
-            postprocess=not no_postprocess, backend=backend, io_workers=io_workers,
-            address=address, actors=actors, cpus_per_actor=cpus_per_actor, progress=progress,
+            unit=unit, overwrite=overwrite, batch_slices=batch_slices, allow_gaps=allow_gaps,
+            settings=_settings(
+                device=device, weights=weights, runtime=runtime, tta=tta,
+                no_postprocess=no_postprocess, nonfinite=nonfinite,
+            ),
+            channel=channel, time=time, part=part, verify=verify, backend=backend,
+            io_workers=io_workers, address=address, actors=actors,
+            cpus_per_actor=cpus_per_actor, progress=progress,
         )  # fmt: skip
     if verify:
         console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")

@@ -50,6 +50,7 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
     from rich.table import Table
 
     from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.inference.predictor import InferenceSettings
     from tomoseg.training.trainer import train
 
     out = Path(out)
@@ -73,7 +74,9 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
     )
     run = train(data, out / "run", cfg, overwrite=overwrite, console=console, progress=False)
     console.print("[4/4] evaluating the network on the test slices")
-    net, sec = evaluate_run(run, data, out / "evaluation", "test", cfg.device, overwrite=True)
+    net, sec = evaluate_run(
+        run, data, out / "evaluation", settings=InferenceSettings(device=cfg.device), overwrite=True
+    )
     k = spec.coi_index
     coi = spec.class_of_interest
     table = Table(title=f"{coi} on held-out phantom slices (mean over {len(net.images)} images, %)")

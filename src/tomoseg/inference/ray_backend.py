@@ -2,12 +2,14 @@
 
 A Ray Data dataset of the slice indices still to do (those without a progress marker) goes
 through ``map_batches`` with a pool of actors (``concurrency=actors``, ``num_gpus=1`` each on
-GPUs): each actor loads the model once, reads its slices from the input, segments them with the
-same :func:`tomoseg.inference.predictor.segment_batch` as the local pipeline and writes them into
-the shared volume with their per-slice markers (each slice owns its chunks). The output is the
+GPUs): each actor rebuilds the driver's Predictor once (from its picklable
+:class:`~tomoseg.inference.predictor.PredictorSpec`, on the actor's device), reads its slices
+from the job's source, segments them with the same
+:meth:`~tomoseg.inference.predictor.Predictor.segment_batch` as the local executors and writes
+them through the job's sink with their per-slice markers (each slice owns its chunks). The output is the
 local run's, byte for byte: the same ``stack.json``, volume, markers and resume; ``part`` works
-as for the local backend. The input, the run and ``out`` must be on a file system every node of
-the cluster sees.
+as for the local backend. The input (unless an array: it is sent with the job), the run and
+``out`` must be on a file system every node of the cluster sees.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tomoseg.errors import TomosegError
+from tomoseg.inference.predictor import Predictor, PredictorSpec
 from tomoseg.inference.stack_executors import segment_many
 from tomoseg.inference.stack_io import open_slices, read_slice, write_slice
 from tomoseg.inference.stack_job import StackJob
@@ -31,12 +34,12 @@ class _SegmentActor:
     """One Ray actor: the network (rebuilt from the driver's picklable spec on the actor's
     device), the input's reader and the volume's writer, opened once."""
 
-    def __init__(self, spec: Any, device: str, threads: int, job: StackJob):
+    def __init__(self, spec: PredictorSpec, device: str, threads: int, job: StackJob):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(max(threads, 1))
-        self.predictor = spec.build(device)
+        self.predictor = spec.build(device=device)
         self.src, self.nonfinite = job.src, job.nonfinite
         self._reading = open_slices(self.src, self.predictor.context)
         self.read = self._reading.__enter__()
@@ -116,7 +119,7 @@ class RayExecutor:
         self.device, self.address, self.actors = device, address, actors
         self.cpus_per_actor, self.num_cpus, self.timeout = cpus_per_actor, num_cpus, timeout
 
-    def run(self, job: StackJob, predictor: Any, progress: JobProgress) -> int:
+    def run(self, job: StackJob, predictor: Predictor, progress: JobProgress) -> int:
         from tomoseg.runtime.ray_session import ray_session
 
         if not job.todo:
@@ -140,7 +143,8 @@ class RayExecutor:
             ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=len(todo))
             args: dict[str, Any] = dict(
                 fn_constructor_kwargs={
-                    "spec": predictor.spec,
+                    # the driver's Predictor: its run and settings, as stack.json records them
+                    "spec": replace(predictor.spec, run=Path(predictor.spec.run).resolve()),
                     "device": "gpu" if on_gpu else "cpu",
                     "threads": self.cpus_per_actor,
                     "job": _portable(job),

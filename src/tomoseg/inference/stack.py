@@ -38,15 +38,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tomoseg.data.normalization import check_nonfinite_rule
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import configure_run, run_context, run_decision, segment_batch
+from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.inference.stack_executors import Executor, local_executor
 from tomoseg.inference.stack_job import (
     StackJob,
@@ -56,8 +55,6 @@ from tomoseg.inference.stack_job import (
 )
 from tomoseg.inference.stack_sinks import VolumeMeta, get_sink
 from tomoseg.io.sources import open_source, parse_voxel_size
-from tomoseg.runtime.checkpoint import LoadedRun, load_run
-from tomoseg.runtime.device import resolve_device
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
 __all__ = ["BACKENDS", "missing_slices", "parse_part", "part_range", "segment_stack"]
@@ -72,48 +69,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """What rebuilds the network in another process (picklable)."""
-
-    run: Path
-    which: str | None
-    runtime: str
-    tta: Any
-    postprocess: bool
-    nonfinite: str
-
-    def build(self, device: str) -> _Predictor:
-        run = load_run(self.run, self.which, device=resolve_device(device))
-        configure_run(run, runtime=self.runtime, tta=self.tta, postprocess=self.postprocess)
-        return _Predictor(run, self)
-
-
-class _Predictor:
-    """A loaded, configured run as the executors use it."""
-
-    def __init__(self, run: LoadedRun, spec: _Spec):
-        self.run, self.spec = run, spec
-
-    @property
-    def context(self) -> int:
-        return run_context(self.run)
-
-    @property
-    def on_gpu(self) -> bool:
-        return next(self.run.model.parameters()).device.type != "cpu"
-
-    def segment_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, None]:
-        return segment_batch(self.run, images, probabilities=False)
-
-    def record(self) -> dict[str, Any]:
-        decision = run_decision(self.run)
-        return {
-            "tta": list(self.run.tta),  # type: ignore[call-overload]
-            "decision": None if decision is None else asdict(decision),
-        }
 
 
 def _check_backend(
@@ -141,26 +96,21 @@ def _check_backend(
 
 
 def segment_stack(
-    run_dir: str | os.PathLike[str],
+    run_dir: Predictor | str | os.PathLike[str],
     input: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str],
     *,
     fmt: str = "zarr",
     voxel_size: Sequence[float] | str | None = None,
     unit: str | None = None,
-    device: str = "auto",
-    which: str | None = None,
     overwrite: bool = False,
     batch_slices: int = 1,
     allow_gaps: bool = False,
-    nonfinite: str = "background",
+    settings: InferenceSettings | None = None,
     channel: int | None = None,
     time: int | None = None,
     part: str | tuple[int, int] | None = None,
     verify: bool = False,
-    runtime: str = "auto",
-    tta: object = None,
-    postprocess: bool = True,
     backend: str = "local",
     io_workers: int | None = None,
     address: str | None = None,
@@ -174,7 +124,8 @@ def segment_stack(
     """Segment every slice of a stack into a 3D class-id volume (resumable, cancellable).
 
     Args:
-        run_dir: trained run folder (or ``.safetensors`` file).
+        run_dir: a :class:`~tomoseg.inference.predictor.Predictor`, or a trained run folder
+            (or ``.safetensors`` file) segmented with ``settings``.
         input: folder of 2D slices, multi-page TIFF, Zarr array / (OME-)Zarr group, or a
             (Z, Y, X) array in memory (numpy, dask: read slice by slice); see
             :mod:`tomoseg.io.sources`.
@@ -182,14 +133,17 @@ def segment_stack(
         fmt: ``zarr`` (OME-NGFF 0.4 label volume) or ``tiff`` (one TIFF per slice).
         voxel_size: (z, y, x) voxel size; default: the input's metadata, else 1, 1, 1.
         unit: unit of the voxel size (default: the input's, else ``micrometer``).
-        device: ``auto``, ``cpu`` or ``gpu`` (with ``backend="ray"``: the actors' device).
-        which: ``last`` or ``best`` weights (None: the run's configured ``weights``).
         overwrite: discard an earlier output in ``out`` (otherwise the same job resumes and
             another one is refused).
         batch_slices: slices per forward pass.
         allow_gaps: accept numbered slice files with holes in the numbering.
-        nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network sees
-            the normalisation's lower bound there) and counted, or refused (``error``).
+        settings: how the run segments (:class:`~tomoseg.inference.predictor.InferenceSettings`:
+            device, weights, runtime, TTA, post-processing, tiles; with ``backend="ray"`` the
+            device is the actors'); its ``nonfinite`` rule: NaN / infinite pixels are labelled
+            ``background`` (class 0; the network sees the normalisation's lower bound there)
+            and counted, or refused (``error``). The TTA and the decision applied are recorded
+            in ``stack.json`` (a resume with other settings is refused). None with a
+            Predictor (its own settings).
         channel: channel index of an input with a C axis (ImageJ hyperstack, OME-TIFF,
             OME-Zarr); required when it has more than one channel.
         time: time-point index of an input with a T axis; required when it has more than one.
@@ -198,12 +152,6 @@ def segment_stack(
             (created race-free by whichever part comes first; see :func:`part_range`).
         verify: compute nothing; check that every slice is finished (marks the output
             complete) or raise naming the missing slices.
-        runtime: how the network runs: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``
-            (:mod:`tomoseg.inference.runtimes`).
-        tta: test-time augmentation (``none``, ``flips``, ``all``, a list; None = the run's
-            configured one); recorded in ``stack.json`` with the decision applied (a resume with
-            other settings is refused).
-        postprocess: apply the run's decision tuned on validation (``decision.json``).
         backend: ``local`` (threads or I/O processes here) or ``ray`` (a pool of Ray actors;
             the input, the run and ``out`` must be on a file system every node sees, or the
             input an array).
@@ -244,7 +192,6 @@ def segment_stack(
     sink = get_sink(fmt)
     if int(batch_slices) < 1:
         raise TomosegError(f"batch_slices={batch_slices!r}: must be >= 1")
-    check_nonfinite_rule(nonfinite)
     _check_backend(backend, io_workers, address, actors, cpus_per_actor, num_cpus)
     i_n = parse_part(part) if part is not None else None
     voxel = parse_voxel_size(voxel_size)
@@ -253,10 +200,15 @@ def segment_stack(
     if ray:
         from tomoseg.inference.ray_backend import RayExecutor
 
-        executor = RayExecutor(device, address, actors, cpus_per_actor, num_cpus)
-    spec = _Spec(Path(run_dir), which, runtime, tta, bool(postprocess), nonfinite)
-    # with Ray the driver only describes the job: the actors load the run on their device
-    predictor = spec.build("cpu" if ray else device)
+        device = settings.device if settings is not None else None
+        if isinstance(run_dir, Predictor):
+            device = run_dir.settings.device
+        executor = RayExecutor(device or "auto", address, actors, cpus_per_actor, num_cpus)
+        if not isinstance(run_dir, Predictor):
+            # the driver only describes the job: the actors load the run on their device
+            settings = replace(settings or InferenceSettings(), device="cpu")
+    predictor = as_predictor(run_dir, settings)
+    nonfinite = predictor.settings.nonfinite
     run = predictor.run
     wfile = run.weights_file  # the weights load_run resolved
     assert wfile is not None
@@ -264,7 +216,11 @@ def segment_stack(
     unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
     info = {
         "tomoseg": "segment-stack",
-        "run": {"path": str(spec.run.resolve()), "weights": wfile.name, "sha256": _sha256(wfile)},
+        "run": {
+            "path": str(Path(run.path).resolve()),
+            "weights": wfile.name,
+            "sha256": _sha256(wfile),
+        },
         "classes": run.classes,
         "class_of_interest": run.class_of_interest,
         "input": src.describe(),
@@ -272,7 +228,7 @@ def segment_stack(
         "volume": sink.volume,
         "voxel_size": list(voxel),
         "unit": unit,
-        "inference": predictor.record(),
+        "inference": {k: predictor.record()[k] for k in ("tta", "decision")},
         "complete": False,
     }
     meta = VolumeMeta(f"{src.name} segmented", voxel, unit, run.classes, run.class_of_interest)
@@ -283,8 +239,8 @@ def segment_stack(
     prog.start()
     computed = 0
     if job.todo:
-        executor = executor or local_executor(io_workers, predictor.on_gpu)
-        computed = executor.run(job, predictor, prog)  # type: ignore[arg-type]
+        executor = executor or local_executor(io_workers, predictor.device.type != "cpu")
+        computed = executor.run(job, predictor, prog)
     summary = job.finish(computed)
     prog.end(f"{summary['slices']} slices ({computed} computed) -> {summary['volume']}")
     return summary
