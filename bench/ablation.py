@@ -79,8 +79,10 @@ def train_run(
 def scores(run: Path, data: Path, out: Path, tta: str, coi: str) -> dict[str, dict[str, float]]:
     """Test IoU/BF1 of the class of interest with and without the run's tuned decision."""
     from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.inference.predictor import InferenceSettings
 
-    summary, sec = evaluate_run(run, data, out, "test", overwrite=True, tta=tta)
+    settings = InferenceSettings(tta=tta)
+    summary, sec = evaluate_run(run, data, out, settings=settings, overwrite=True)
     m = json.loads((out / "metrics.json").read_text())
     raw = m["without_postprocess"]
     return {

@@ -52,7 +52,7 @@ def metrics(truth, preds, classes, coi):
 
 def main() -> None:
     from tomoseg.inference import runtimes
-    from tomoseg.inference.predictor import segment
+    from tomoseg.inference.predictor import Predictor
     from tomoseg.io.datasets import split_pairs
     from tomoseg.io.images import read_image, read_mask
     from tomoseg.runtime.checkpoint import load_run
@@ -65,7 +65,8 @@ def main() -> None:
         images = [read_image(p.image) for p in pairs]
         truth = [read_mask(p.mask, len(run.classes)) for p in pairs]
         runtimes.FOLD_TORCH_CPU = False  # the path before: the model as it is, argmax
-        ref = [segment(run, im, probabilities=False, runtime="torch")[0] for im in images]
+        torch_path = Predictor(run, runtime="torch")
+        ref = [torch_path.segment(im)[0] for im in images]
         runtimes.FOLD_TORCH_CPU = True
         m0 = metrics(truth, ref, run.classes, run.class_of_interest)
         n = sum(r.size for r in ref)
@@ -74,7 +75,10 @@ def main() -> None:
             f"accuracy {m0['accuracy']:.4f} IoU {m0['iou']:.4f} BF1 {m0['bf1']:.4f}"
         )
         for name, kw in CANDIDATES:
-            preds = [segment(run, im, probabilities=False, **kw)[0] for im in images]
+            kw = dict(kw)
+            runtime = kw.pop("runtime", "auto")
+            candidate = Predictor(run, runtime=runtime)
+            preds = [candidate.segment(im, **kw)[0] for im in images]
             agree = sum(int((p == r).sum()) for p, r in zip(preds, ref, strict=True)) / n
             m = metrics(truth, preds, run.classes, run.class_of_interest)
             d = {k: m[k] - m0[k] for k in m}

@@ -23,6 +23,7 @@ import numpy as np
 
 from tomoseg.config.schema import load_config
 from tomoseg.inference.evaluate import evaluate_run
+from tomoseg.inference.predictor import InferenceSettings
 from tomoseg.io.images import list_images, read_mask
 from tomoseg.io.writers import write_json, write_mask
 from tomoseg.training.trainer import train
@@ -105,7 +106,13 @@ def main() -> None:
         run = train(d, a.out / f"run_{name}", cfg, overwrite=True, progress=False)
         secs = time.perf_counter() - t0
         # always scored on the dense test masks of the original dataset
-        summary, _ = evaluate_run(run, data, a.out / f"eval_{name}", "test", "cpu", True)
+        summary, _ = evaluate_run(
+            run,
+            data,
+            a.out / f"eval_{name}",
+            settings=InferenceSettings(device="cpu"),
+            overwrite=True,
+        )
         k = summary.classes.index(summary.class_of_interest)
         rows.append(
             {

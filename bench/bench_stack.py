@@ -128,6 +128,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from tomoseg.inference.predict import predict_paths
+    from tomoseg.inference.predictor import InferenceSettings
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -147,8 +148,9 @@ def worker(spec: dict) -> dict:
     sampler.start()
     marks: list[tuple[float, int]] = []  # (time, slices finished): the steady rate
 
-    def progress(done: int, total: int) -> None:
-        marks.append((time.perf_counter(), done))
+    def progress(event) -> None:  # a ProgressEvent per finished slice
+        if event.kind == "advance":
+            marks.append((time.perf_counter(), event.done))
 
     opts = {
         "io_workers": spec.get("io_workers"),
@@ -161,24 +163,34 @@ def worker(spec: dict) -> dict:
         import numpy as np
 
         from tomoseg.data.normalization import normalize
-        from tomoseg.inference import stack
+        from tomoseg.inference import stack, stack_executors
 
         def threshold(run, images):  # no network: what reading, normalising, writing cost
             out = []
             for im in images:  # with io workers, normalize passes their normalised slice through
-                x = normalize(im, run.normalization)
+                x = normalize(im, run.run.normalization)
                 out.append((x > np.median(x[::16, ::16])).astype(np.uint8))
             return out
 
-        stack._segment_many = threshold
+        stack_executors.segment_many = threshold
         stack.segment_stack(
-            spec["run"], spec["input"], spec["out"], device="cpu", overwrite=True, **opts
+            spec["run"],
+            spec["input"],
+            spec["out"],
+            settings=InferenceSettings(device="cpu"),
+            overwrite=True,
+            **opts,
         )
     elif spec["variant"] == "stack":
         from tomoseg.inference.stack import segment_stack
 
         segment_stack(
-            spec["run"], spec["input"], spec["out"], device=device, overwrite=True, **opts
+            spec["run"],
+            spec["input"],
+            spec["out"],
+            settings=InferenceSettings(device=device),
+            overwrite=True,
+            **opts,
         )
     else:
         src = Path(spec["input"])
@@ -187,8 +199,8 @@ def worker(spec: dict) -> dict:
             Path(spec["run"]),
             files,
             Path(spec["out"]),
-            "tif",
-            device=device,
+            settings=InferenceSettings(device=device),
+            format="tif",
             overwrite=True,
         )
     seconds = time.perf_counter() - t0

@@ -61,6 +61,7 @@ CANDIDATES: dict[str, dict] = {
 
 def main() -> None:
     from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.inference.predictor import InferenceSettings
     from tomoseg.training.trainer import train
 
     ap = argparse.ArgumentParser()
@@ -108,7 +109,10 @@ def main() -> None:
                 run = train(args.data_root / ds, tmp / f"{ds}-{name}", cfg, progress=False)
                 secs = time.time() - t0
                 summ, _ = evaluate_run(
-                    run, args.data_root / ds, tmp / f"{ds}-{name}-eval", device=args.device
+                    run,
+                    args.data_root / ds,
+                    tmp / f"{ds}-{name}-eval",
+                    settings=InferenceSettings(device=args.device),
                 )
                 k = summ.classes.index(summ.class_of_interest)
                 rows = list(csv.DictReader((run / "metrics.csv").open()))

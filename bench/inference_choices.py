@@ -37,7 +37,7 @@ def main() -> None:
         for which in a.which.split(","):
             for tile in (int(t) for t in a.tiles.split(",")):
                 p = tomoseg.Predictor.from_run(
-                    run, which=which, postprocess=not a.no_decision, tile_size=tile or None
+                    run, weights=which, postprocess=not a.no_decision, tile_size=tile or None
                 )
                 coi = p.class_of_interest
                 scores = []

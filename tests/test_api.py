@@ -129,8 +129,8 @@ def test_segment_stack_api_equals_cli(api_run, tmp_path):
 
 def test_errors_are_value_errors_naming_the_parameter(api_run, tmp_path):
     data, run = api_run
-    with pytest.raises(ValueError, match="which"):
-        tomoseg.Predictor.from_run(run.path, which="worst")
+    with pytest.raises(ValueError, match="weights"):
+        tomoseg.Predictor.from_run(run.path, weights="worst")
     p = tomoseg.Predictor.from_run(run.path, device="cpu")
     with pytest.raises(tomoseg.TomosegError, match=r"image must be a 2D \(H, W\) array"):
         p.predict(np.zeros((2, 3, 8, 8)))

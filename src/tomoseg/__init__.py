@@ -34,12 +34,18 @@ _LAZY = {
     "score_folders": "tomoseg.api",
     "measure_objects": "tomoseg.api",
     "Predictor": "tomoseg.inference.predictor",
+    "InferenceSettings": "tomoseg.inference.predictor",
+    "Cancelled": "tomoseg.utils.progress",
+    "ProgressEvent": "tomoseg.utils.progress",
     "TrainConfig": "tomoseg.config.schema",
     "context_stack": "tomoseg.data.context",
 }
 
 __all__ = [
+    "Cancelled",
+    "InferenceSettings",
     "Predictor",
+    "ProgressEvent",
     "Run",
     "TomosegError",
     "TomosegWarning",
@@ -57,7 +63,8 @@ if TYPE_CHECKING:
     from tomoseg.api import Run, measure_objects, score, score_folders, segment_stack, train
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
-    from tomoseg.inference.predictor import Predictor
+    from tomoseg.inference.predictor import InferenceSettings, Predictor
+    from tomoseg.utils.progress import Cancelled, ProgressEvent
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +24,7 @@ from tomoseg.errors import TomosegError
 
 if TYPE_CHECKING:
     from tomoseg.inference.predictor import Predictor
+    from tomoseg.utils.progress import CancelToken, ProgressEvent
 
 PathLike = str | os.PathLike[str]
 
@@ -51,21 +52,13 @@ class Run:
                 for row in csv.DictReader(fh)
             ]
 
-    def predictor(
-        self,
-        *,
-        device: str = "auto",
-        which: str | None = None,
-        tta: object = None,
-        postprocess: bool = True,
-    ) -> Predictor:
-        """A :class:`~tomoseg.Predictor` of this run (``which``, ``tta``, ``postprocess``: see
-        :meth:`~tomoseg.Predictor.from_run`)."""
+    def predictor(self, **options: Any) -> Predictor:
+        """A :class:`~tomoseg.Predictor` of this run (``options``: any
+        :class:`~tomoseg.InferenceSettings` field — ``device``, ``weights``, ``tta``,
+        ``postprocess``, ...; see :meth:`~tomoseg.Predictor.from_run`)."""
         from tomoseg.inference.predictor import Predictor
 
-        return Predictor.from_run(
-            self.path, device=device, which=which, tta=tta, postprocess=postprocess
-        )
+        return Predictor.from_run(self.path, **options)
 
 
 def train(
@@ -130,18 +123,61 @@ def train(
     )
 
 
-def segment_stack(run: PathLike, input: PathLike, out: PathLike, **options: Any) -> dict[str, Any]:
+def _split_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """Move the :class:`~tomoseg.InferenceSettings` fields among ``options`` into
+    ``options["settings"]`` (one settings object for the library call)."""
+    from dataclasses import fields, replace
+
+    from tomoseg.inference.predictor import InferenceSettings
+
+    names = {f.name for f in fields(InferenceSettings)}
+    given = {k: options.pop(k) for k in list(options) if k in names}
+    if given:
+        base = options.get("settings") or InferenceSettings()
+        options["settings"] = replace(base, **given)
+    return options
+
+
+def segment_stack(
+    run: PathLike | Predictor,
+    input: PathLike | np.ndarray | Any,
+    out: PathLike,
+    *,
+    backend: str = "local",
+    progress: Callable[[ProgressEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Segment a whole stack into an OME-Zarr label volume (``tomoseg segment-stack``).
 
-    See :func:`tomoseg.inference.stack.segment_stack` for the options (keyword-only here),
-    among them ``tta`` (test-time augmentation) and ``postprocess`` (the run's tuned decision).
+    Args:
+        run: a run folder or a :class:`~tomoseg.Predictor`.
+        input: the stack: a folder of slices, a multi-page TIFF, a Zarr / OME-Zarr, or a
+            (Z, Y, X) array in memory (numpy, dask; see :mod:`tomoseg.io.sources`).
+        out: the output folder.
+        backend: ``local`` (threads, or ``io_workers`` processes, here) or ``ray`` (a pool of
+            Ray actors: ``address``, ``actors``, ``cpus_per_actor``, ``num_cpus``).
+        progress: receives a :class:`~tomoseg.utils.progress.ProgressEvent` per finished slice.
+        cancel: a :class:`threading.Event`; when set, the job stops at the next slice and
+            raises :class:`~tomoseg.utils.progress.Cancelled`; the same call resumes it.
+        **options: the options of :func:`tomoseg.inference.stack.segment_stack` (keyword-only
+            here) and, for a run folder, any :class:`~tomoseg.InferenceSettings` field
+            (``device``, ``weights``, ``tta``, ``postprocess``, ``nonfinite``, ...).
 
     Returns:
         The summary (``slices``, ``computed``, ``seconds``, ``volume``, ...).
     """
     from tomoseg.inference.stack import segment_stack as _segment_stack
 
-    return _segment_stack(run, input, out, **options)
+    return _segment_stack(
+        run,
+        input,
+        out,
+        backend=backend,
+        progress=progress,
+        cancel=cancel,
+        **_split_settings(options),
+    )
 
 
 def score(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 
 import numpy as np
 import tifffile
@@ -29,25 +30,26 @@ def test_ctrl_c_stops_segment_stack_and_the_same_command_resumes(tmp_path, run_c
     code, _, err = run_cli("segment-stack", run, stack, "--out", tmp_path / "full")
     assert code == 0, err
 
-    real = render.counts_callback
+    real = render.progress_bar
 
-    def ctrl_c_after_first_slice(job, unit, show, cancel=None):
-        inner = real(job, unit, show, cancel)
+    @contextmanager
+    def ctrl_c_after_first_slice(enabled: bool = True):
+        with real(enabled) as show:
 
-        def progress(done: int, total: int) -> None:
-            if done == 1:  # the user presses Ctrl-C once the first slice is written
-                os.kill(os.getpid(), signal.SIGINT)
-            inner(done, total)
+            def progress(event) -> None:
+                if event.kind == "advance" and event.done == 1:  # the user presses Ctrl-C
+                    os.kill(os.getpid(), signal.SIGINT)
+                show(event)
 
-        return progress
+            yield progress
 
-    monkeypatch.setattr(render, "counts_callback", ctrl_c_after_first_slice)
+    monkeypatch.setattr(render, "progress_bar", ctrl_c_after_first_slice)
     cut = tmp_path / "cut"
     code, out, err = run_cli("segment-stack", run, stack, "--out", cut)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1, err
     assert "segment-stack cancelled after 1/6 slices" in lines[0]
-    monkeypatch.setattr(render, "counts_callback", real)
+    monkeypatch.setattr(render, "progress_bar", real)
     code, out, err = run_cli("segment-stack", run, stack, "--out", cut)
     assert code == 0 and "already done" in out and "0 already done" not in out, out + err
     np.testing.assert_array_equal(_labels(cut), _labels(tmp_path / "full"))

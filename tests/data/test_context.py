@@ -11,13 +11,13 @@ import pytest
 import zarr
 from conftest import make_dataset, write_png
 
+from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.data.context import context_reader, context_stack, neighbours, with_context
 from tomoseg.data.sources import DataSource, load_training_samples
 from tomoseg.errors import TomosegError
 from tomoseg.inference.evaluate import evaluate_run
 from tomoseg.inference.predictor import Predictor
-from tomoseg.inference.stack import segment_stack
 from tomoseg.io.images import read_image
 from tomoseg.training.trainer import train
 

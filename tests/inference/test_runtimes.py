@@ -13,7 +13,7 @@ from tomoseg.config.schema import TrainConfig
 from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.inference import runtimes
-from tomoseg.inference.predictor import Predictor, segment
+from tomoseg.inference.predictor import Predictor
 from tomoseg.inference.runtimes import inference_engine, onnx_file, resolve_runtime
 from tomoseg.models.registry import build_model
 from tomoseg.runtime.checkpoint import LoadedRun
@@ -39,6 +39,11 @@ def tiny_run(classes: int = 3) -> LoadedRun:
         config=TrainConfig(tile_size=64, tile_batch=3),
         meta={"model": model.hparams_dict},
     )
+
+
+def segment(run: LoadedRun, im: np.ndarray, runtime: str = "auto", **kw):
+    """Labels and probabilities of one image by a Predictor with ``runtime``."""
+    return Predictor(run, runtime=runtime).segment(im, probabilities=True, **kw)
 
 
 def image(shape=(150, 203)) -> np.ndarray:

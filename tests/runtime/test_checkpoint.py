@@ -106,7 +106,7 @@ def test_every_path_loads_the_delivered_weights_unless_told(
     distinct, tiny, tmp_path, run_cli, path
 ):
     """One content (best weights that label everything the class of interest) through every
-    path: by default it is never seen, with ``--weights best`` / ``which="best"`` always."""
+    path: by default it is never seen, with ``--weights best`` / ``weights="best"`` always."""
     data, _ = tiny
     images = sorted((data / "test" / "images").iterdir())
     got = {}
@@ -133,11 +133,11 @@ def test_every_path_loads_the_delivered_weights_unless_told(
             stack = json.loads((out / "stack.json").read_text())
             assert stack["run"]["weights"] == f"{which or 'last'}.safetensors"
         elif path == "api":
-            p = tomoseg.Predictor.from_run(distinct, device="cpu", which=which)
+            p = tomoseg.Predictor.from_run(distinct, device="cpu", weights=which)
             got[which] = [p.predict(read_image(f)) for f in images]
         else:
             src = data / "test" / "images"
-            info = tomoseg.segment_stack(distinct, src, out, fmt="tiff", which=which)
+            info = tomoseg.segment_stack(distinct, src, out, fmt="tiff", weights=which)
             got[which] = _labels(Path(info["volume"]))
     assert all((g == 1).all() for g in got["best"])
     assert not all((g == 1).all() for g in got[None])
@@ -154,12 +154,12 @@ def test_unknown_weights_is_one_error_line(tiny, tmp_path, run_cli):
     ):
         code, _, err = run_cli(*args, "--weights", "worst")
         assert code == 1 and err.count("\n") == 1, err
-        assert err.startswith("error: which weights: must be 'last' or 'best', got 'worst'"), err
+        assert err.startswith("error: weights: must be 'last' or 'best', got 'worst'"), err
     code, _, err = run_cli("train", "--data", data, "--out", tmp_path / "t", "--weights", "worst")
     assert code == 1 and err.count("\n") == 1 and "weights" in err, err
     assert not (tmp_path / "t").exists()
-    with pytest.raises(ValueError, match="which weights: must be"):
-        tomoseg.Predictor.from_run(run, which="worst")
+    with pytest.raises(ValueError, match="weights: must be"):
+        tomoseg.Predictor.from_run(run, weights="worst")
 
 
 def test_tune_weights_records_and_applies_to_them(distinct, tiny):
@@ -168,9 +168,9 @@ def test_tune_weights_records_and_applies_to_them(distinct, tiny):
     data, _ = tiny
     from tomoseg.inference.tuning import tune_run
 
-    tune_run(distinct, data, which="best", device="cpu")
+    tune_run(distinct, data, weights="best", device="cpu")
     rec = json.loads((distinct / "decision.json").read_text())
     assert rec["weights"] == "best"
     assert rec["epoch"] == load_run(distinct, "best").meta["epoch"]
-    with pytest.raises(TomosegError, match="which weights: must be"):
-        tune_run(distinct, data, which="final")
+    with pytest.raises(TomosegError, match="weights: must be"):
+        tune_run(distinct, data, weights="final")

@@ -217,7 +217,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run_validated_on_all_images(tmp_pat
         assert float(r["crops_per_second"]) * float(r["train_seconds"]) == pytest.approx(16)
     import tomoseg
 
-    pred = tomoseg.Predictor.from_run(run, device="cpu", which="last")
+    pred = tomoseg.Predictor.from_run(run, device="cpu", weights="last")
     assert pred is not None
     ref = _single_process_validation(data, run)
     assert int(ref["images"]) == 3

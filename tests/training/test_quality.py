@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tomoseg.config.schema import load_config
 from tomoseg.data.normalization import normalize
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import Predictor, segment
+from tomoseg.inference.predictor import Predictor
 from tomoseg.inference.tta import _OPS, TRANSFORMS
 from tomoseg.io.images import read_image, read_mask
 from tomoseg.runtime.checkpoint import load_run
@@ -111,7 +111,8 @@ def test_decision_applies_alike_everywhere(tiny, tmp_path, run_cli):
     forced = _big_offset(run, tmp_path)
     images = sorted((data / "test" / "images").iterdir())
     # the labels without any tuned decision (the calibrated argmax alone)
-    ref = [segment(load_run(run), read_image(f), postprocess=False)[0] for f in images]
+    plain = Predictor(load_run(run), postprocess=False)
+    ref = [plain.segment(read_image(f))[0] for f in images]
     assert any((r != 1).any() for r in ref)
 
     # predict (CLI), with and without --no-postprocess

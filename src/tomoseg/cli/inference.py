@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tomoseg.cli import render
+from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
     DataFolder,
     Device,
@@ -20,6 +21,7 @@ from tomoseg.cli.options import (
     TileSize,
     Tta,
     Weights,
+    inference_settings,
 )
 
 
@@ -45,12 +47,16 @@ def predict(
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
     from tomoseg.inference.predict import predict_paths
 
-    paths = predict_paths(
-        run_dir=run, inputs=inputs, out=out, fmt=fmt, probabilities=probabilities,
-        device=device, overwrite=overwrite, tiling=not no_tiling, tile_size=tile_size,
-        tile_batch=tile_batch, console=render.console, nonfinite=nonfinite, runtime=runtime,
-        tta=tta, postprocess=not no_postprocess, which=weights,
+    settings = inference_settings(
+        device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
+        no_postprocess=no_postprocess, tile_size=tile_size, tile_batch=tile_batch,
     )  # fmt: skip
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        paths = predict_paths(
+            run=run, inputs=inputs, out=out, settings=settings, format=fmt,
+            probabilities=probabilities, tiling=not no_tiling, overwrite=overwrite,
+            progress=show, cancel=cancel,
+        )  # fmt: skip
     render.say(f"{len(paths)} masks written to {out}")
 
 
@@ -71,11 +77,15 @@ def evaluate(
     and without the run's tuned post-processing."""
     from tomoseg.inference.evaluate import evaluate_run
 
-    summary, sec = evaluate_run(
-        run_dir=run, data=data, out=out, split=split, device=device, overwrite=overwrite,
-        nonfinite=nonfinite, runtime=runtime, tta=tta, postprocess=not no_postprocess,
-        which=weights,
+    settings = inference_settings(
+        device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
+        no_postprocess=no_postprocess,
     )  # fmt: skip
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        summary, sec = evaluate_run(
+            run=run, data=data, out=out, settings=settings, split=split, overwrite=overwrite,
+            progress=show, cancel=cancel,
+        )  # fmt: skip
     render.show_scores(summary, title=f"{run} on {data} [{split}] (%)")
     render.say(
         f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
@@ -96,6 +106,6 @@ def tune(
     from tomoseg.inference.tuning import tune_run
 
     decision, report = tune_run(
-        run_dir=run, data=data, split=split, tta=tta, device=device, which=weights
+        run=run, data=data, split=split, tta=tta, device=device, weights=weights
     )
     render.say(render.tune_line(run, decision, report))

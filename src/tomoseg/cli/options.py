@@ -6,7 +6,7 @@ A command writes ``device: Device = "auto"``; the option's name, type and help l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,3 +60,11 @@ Address = Annotated[
     str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+def inference_settings(*, no_postprocess: bool = False, **options: Any) -> Any:
+    """The :class:`~tomoseg.inference.predictor.InferenceSettings` of a command's inference
+    options (``--no-postprocess`` is ``postprocess=False``)."""
+    from tomoseg.inference.predictor import InferenceSettings
+
+    return InferenceSettings(postprocess=not no_postprocess, **options)

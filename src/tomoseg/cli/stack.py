@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tomoseg.cli import render
+from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
     Address,
     Backend,
@@ -19,6 +20,7 @@ from tomoseg.cli.options import (
     Runtime,
     Tta,
     Weights,
+    inference_settings,
 )
 from tomoseg.errors import TomosegError
 
@@ -80,59 +82,32 @@ def segment_stack(
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
-    options = dict(locals())
-    _check_stack_options(fmt, backend, address, actors, cpus_per_actor)
-    info = _run_stack(options)
+    info = _run_stack(dict(locals()))
     for line in render.stack_lines(info, verify=verify):
         render.say(line)
-
-
-def _check_stack_options(
-    fmt: str, backend: str, address: str | None, actors: int | None, cpus_per_actor: int
-) -> None:
-    """Refuse an unknown ``--format`` or ``--backend``, and Ray's options without Ray."""
-    if fmt not in ("ome-zarr", "zarr", "tiff"):
-        raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
-    if backend not in ("local", "ray"):
-        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
-    if backend == "local" and (address or actors is not None or cpus_per_actor != 1):
-        raise TomosegError("--address, --actors and --cpus-per-actor need --backend ray")
 
 
 def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
     """The one library call of ``segment-stack``, with a progress bar over the slices (Ctrl-C
     stops after the slices in flight; the same command resumes)."""
-    from tomoseg.cli.cancel import cancel_on_interrupt
     from tomoseg.inference.stack import segment_stack as run_segment_stack
 
-    kwargs: dict[str, Any] = {}
-    device = o["device"]
-    if o["backend"] == "ray" and not o["verify"]:
-        kwargs["runner"] = _ray_runner(o)
-        device = "cpu"  # the driver only describes the job; the actors use --device
+    if o["fmt"] not in ("ome-zarr", "zarr", "tiff"):
+        raise TomosegError(f"--format must be ome-zarr or tiff, got {o['fmt']!r}")
+    settings = inference_settings(
+        device=o["device"], weights=o["weights"], runtime=o["runtime"], tta=o["tta"],
+        nonfinite=o["nonfinite"], no_postprocess=o["no_postprocess"],
+    )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         return run_segment_stack(
             run_dir=o["run"], input=o["input"], out=o["out"],
             fmt="tiff" if o["fmt"] == "tiff" else "zarr", voxel_size=o["voxel_size"],
-            device=device, overwrite=o["overwrite"], batch_slices=o["batch_slices"],
-            progress=render.counts_callback("segment-stack", "slice", show, cancel),
-            unit=o["unit"], allow_gaps=o["allow_gaps"], which=o["weights"],
-            nonfinite=o["nonfinite"], channel=o["channel"], time=o["time"], part=o["part"],
-            verify=o["verify"], runtime=o["runtime"], tta=o["tta"],
-            postprocess=not o["no_postprocess"], io_workers=o["io_workers"], **kwargs,
+            unit=o["unit"], overwrite=o["overwrite"], batch_slices=o["batch_slices"],
+            allow_gaps=o["allow_gaps"], settings=settings, channel=o["channel"],
+            time=o["time"], part=o["part"], verify=o["verify"], backend=o["backend"],
+            io_workers=o["io_workers"], address=o["address"], actors=o["actors"],
+            cpus_per_actor=o["cpus_per_actor"], progress=show, cancel=cancel,
         )  # fmt: skip
-
-
-def _ray_runner(o: dict[str, Any]) -> Any:
-    """The Ray actors' runner of ``--backend ray``."""
-    from tomoseg.inference.ray_backend import ray_runner
-
-    return ray_runner(
-        run_dir=o["run"], input=o["input"], which=o["weights"], device=o["device"],
-        allow_gaps=o["allow_gaps"], address=o["address"], actors=o["actors"],
-        cpus_per_actor=o["cpus_per_actor"], channel=o["channel"], time=o["time"],
-        runtime=o["runtime"],
-    )  # fmt: skip
 
 
 def objects(

@@ -64,6 +64,7 @@ def run_demo(
         ``seconds_per_slice`` (inference on the test slices), ``run`` and ``out``.
     """
     from tomoseg.inference.evaluate import evaluate_run
+    from tomoseg.inference.predictor import InferenceSettings
     from tomoseg.training.trainer import train
 
     out = Path(out)
@@ -91,7 +92,9 @@ def run_demo(
     run = train(data, out / "run", cfg, overwrite=overwrite, progress=False)
     job.advance()
     job.message("[4/4] evaluating the network on the test slices")
-    net, sec = evaluate_run(run, data, out / "evaluation", "test", cfg.device, overwrite=True)
+    net, sec = evaluate_run(
+        run, data, out / "evaluation", settings=InferenceSettings(device=cfg.device), overwrite=True
+    )
     job.advance()
     job.end()
     result = _comparison(load_dataset(data), cfg, otsu, net)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,13 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.data.context import centre, context_reader
-from tomoseg.data.normalization import check_nonfinite_rule, count_nonfinite
+from tomoseg.data.normalization import count_nonfinite
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import configure_run, run_context, segment
+from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
 from tomoseg.io.writers import prepare_output_dir, write_image, write_mask
-from tomoseg.runtime.checkpoint import load_run
-from tomoseg.runtime.device import resolve_device
+from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 
 def _inputs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
@@ -39,73 +39,77 @@ def _inputs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
 
 
 def predict_paths(
-    run_dir: Path,
-    inputs: Sequence[Path],
-    out: Path,
-    fmt: str = "png",
-    probabilities: bool = False,
-    device: str = "auto",
-    overwrite: bool = False,
-    tiling: bool = True,
-    tile_size: int | None = None,
-    tile_batch: int | None = None,
-    console=None,
+    run: Predictor | str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
     *,
-    nonfinite: str = "background",
-    runtime: str = "auto",
-    tta: object = None,
-    postprocess: bool = True,
-    which: str | None = None,
+    settings: InferenceSettings | None = None,
+    format: str = "png",
+    probabilities: bool = False,
+    tiling: bool = True,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> list[Path]:
     """``tomoseg predict``: write a class-id mask (and optionally probabilities) per input image.
 
-    NaN / infinite pixels are labelled background (class 0) with ``nonfinite="background"``, or
-    refused (``error``): the rule of :func:`~tomoseg.inference.predictor.segment_batch`.
-    ``tta`` (None: the run's configured one) and ``postprocess`` (the run's tuned decision,
-    ``decision.json``) as there; ``which`` weights (None: the run's configured ``weights``). A
-    run with 2.5D context ``k`` takes the inputs as consecutive sections in the order given
+    Args:
+        run: a :class:`~tomoseg.inference.predictor.Predictor`, or a run folder segmented with
+            ``settings`` (device, weights, runtime, TTA, post-processing, non-finite rule,
+            tiles: :class:`~tomoseg.inference.predictor.InferenceSettings`).
+        inputs: image files and folders of images (natural order within a folder).
+        out: the mask folder (``<id>.<format>``; ``probabilities/<id>.tif`` (K, H, W) float32).
+        format: ``png`` or ``tif``.
+        tiling: overlapping tiles (False: whole images in one pass).
+        overwrite: replace masks already in ``out``.
+        progress: receives one ``image`` event per mask written.
+        cancel: a token (:class:`threading.Event`) checked after each image.
+
+    A run with 2.5D context ``k`` takes the inputs as consecutive sections in the order given
     (folders in natural order), each slice with the ``k`` inputs before and after it, edges
     replicated.
 
     Returns:
         The written mask paths.
+
+    Raises:
+        TomosegError: an unknown ``format``, missing or duplicate inputs, an output folder
+            holding results; as :meth:`~tomoseg.inference.predictor.Predictor.logits`.
+        Cancelled: ``cancel`` was set (the masks written so far stay; a rerun needs
+            ``overwrite``).
     """
-    if fmt not in ("png", "tif"):
-        raise TomosegError(f"fmt (the format) must be png or tif, got {fmt!r}")
-    check_nonfinite_rule(nonfinite)
-    items = _inputs(inputs)
-    run = load_run(run_dir, which, device=resolve_device(device))
-    configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
-    out = prepare_output_dir(out, overwrite, [f"{i}.{fmt}" for i, _ in items])
-    written = []
-    k = run_context(run)
+    if format not in ("png", "tif"):
+        raise TomosegError(f"format must be png or tif, got {format!r}")
+    items = _inputs([Path(p) for p in inputs])
+    predictor = as_predictor(run, settings)
+    out = prepare_output_dir(Path(out), overwrite, [f"{i}.{format}" for i, _ in items])
+    job = job_progress(
+        "predict", "image", len(items), progress, cancel, hint="rerun with overwrite to finish"
+    )
+    k = predictor.context
     read = context_reader(lambda i: read_image(items[i][1]), len(items), k)  # 2.5D
-    if k and console is not None:
-        console.print(
+    if k:
+        job.message(
             f"the run sees {k} slices above and below: the {len(items)} inputs are taken as "
             "consecutive sections in the order given (natural order within a folder)"
         )
+    job.start()
+    written = []
     for i, (image_id, path) in enumerate(items):
         t0 = time.perf_counter()
         stacked = read(i)
-        image = centre(stacked)
-        labels, prob = segment(
-            run,
-            stacked,
-            tile_size=tile_size,
-            tile_batch=tile_batch,
-            tiling=tiling,
-            probabilities=probabilities,
-            nonfinite=nonfinite,
-            names=[str(path)],
+        labels, prob = predictor.segment(
+            stacked, probabilities=probabilities, tiling=tiling, names=[str(path)]
         )
-        bad = count_nonfinite(image)
-        written.append(write_mask(out / f"{image_id}.{fmt}", labels))
+        bad = count_nonfinite(centre(stacked))
+        written.append(write_mask(out / f"{image_id}.{format}", labels))
         if probabilities:
             write_image(out / "probabilities" / f"{image_id}.tif", prob.astype(np.float32))
-        if console is not None:
-            console.print(
-                f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in {time.perf_counter() - t0:.2f} s"
-                + (f" ({bad} non-finite pixels labelled background)" if bad else "")
-            )
+        job.advance(
+            message=f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in "
+            f"{time.perf_counter() - t0:.2f} s"
+            + (f" ({bad} non-finite pixels labelled background)" if bad else ""),
+            nonfinite=bad,
+        )
+    job.end(f"{len(written)} masks written to {out}")
     return written

@@ -1,15 +1,26 @@
-"""Segmenting arrays with a loaded run: the one inference path of every command and the API."""
+"""Running a trained network: :class:`Predictor`, the one inference path of every command and the API.
+
+Settings at construction, data at call (MONAI's ``SlidingWindowInferer``, nnU-Net's
+``nnUNetPredictor``): a :class:`Predictor` holds a loaded run (immutable) and one frozen
+:class:`InferenceSettings` (device, weights, runtime, TTA, post-processing, non-finite rule,
+tiles). ``predict``, ``evaluate``, ``tune``, ``segment-stack`` (threads, I/O processes, Ray
+actors, parts) and the API all segment through a Predictor; workers in other processes rebuild
+it from its picklable :class:`PredictorSpec` (run path + settings). Two Predictors of one run
+with different settings never affect each other.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from tomoseg.data.context import centre, context_stack, in_channels
+from tomoseg.data.context import centre, context_reader, in_channels
 from tomoseg.data.normalization import (
     check_nonfinite_rule,
     nonfinite_mask,
@@ -21,61 +32,92 @@ from tomoseg.inference.postprocess import Decision, clean_labels, read_decision
 from tomoseg.inference.runtimes import inference_engine, resolve_runtime
 from tomoseg.inference.sliding_window import check_untiled_memory, class_argmax, infer_logits
 from tomoseg.inference.tta import parse_tta, with_tta
-from tomoseg.runtime.checkpoint import LoadedRun, load_run
+from tomoseg.runtime.checkpoint import WEIGHTS, LoadedRun, load_run
 from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.runtime.logit_adjustment import decision_bias
 
 
-def run_tta(run: LoadedRun, tta: object = None) -> tuple[str, ...]:
-    """The TTA transforms to use: ``tta`` if given, else the run's (``run.tta``, set by a
-    command's ``--tta``), else its configuration's ``tta`` (default ``none``).
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a trained network segments: fixed when a :class:`Predictor` is built (picklable).
 
-    Raises:
-        TomosegError: an unknown transform (one line listing the valid ones).
+    Attributes:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``gpu``.
+        weights: ``last`` (the end of the schedule) or ``best`` (the epoch of highest
+            validation IoU of the class of interest); None = the run's configured ``weights``
+            (``last`` unless trained with ``weights: best``).
+        runtime: ``auto`` (today ``torch``: on CPU with BatchNorm folded, channels-last),
+            ``torch``, ``openvino`` or ``onnxruntime`` (:mod:`tomoseg.inference.runtimes`).
+        tta: test-time augmentation: ``none``, ``flips`` (4 passes), ``all`` (the 8 symmetries
+            of the square), or transform names (:mod:`tomoseg.inference.tta`); None = the run's
+            configured ``tta`` (``none`` by default).
+        postprocess: apply the decision and clean-up tuned on validation (``decision.json``;
+            nothing when the run has none).
+        nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network sees
+            the normalisation's lower bound there), or refused (``error``).
+        tile_size: tile side in px (None: the run's setting; 0 = automatic).
+        tile_batch: tiles per forward pass (None: the run's setting).
+        overlap: overlap of neighbouring tiles, a fraction of the tile in [0, 1) (None: the
+            run's setting).
     """
-    if tta is None:
-        tta = run.tta if run.tta is not None else run.config.tta
-    return parse_tta(tta)  # type: ignore[arg-type]
+
+    device: str = "auto"
+    weights: str | None = None
+    runtime: str = "auto"
+    tta: Any = None
+    postprocess: bool = True
+    nonfinite: str = "background"
+    tile_size: int | None = None
+    tile_batch: int | None = None
+    overlap: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check every setting that needs no run (one line naming the parameter).
+
+        Raises:
+            TomosegError: an unknown ``weights``, ``nonfinite`` or TTA transform, a tile size
+                or batch below its minimum, an overlap outside [0, 1).
+        """
+        if self.weights is not None and self.weights not in WEIGHTS:
+            raise TomosegError(f"weights: must be 'last' or 'best', got {self.weights!r}")
+        check_nonfinite_rule(self.nonfinite)
+        if self.tta is not None:
+            object.__setattr__(self, "tta", parse_tta(self.tta))
+        for name, low in (("tile_size", 0), ("tile_batch", 1)):
+            v = getattr(self, name)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low
+            ):
+                raise TomosegError(f"{name}={v!r}: must be an integer >= {low}")
+        if self.overlap is not None and not 0 <= float(self.overlap) < 1:
+            raise TomosegError(f"overlap={self.overlap!r}: must be in [0, 1)")
+        object.__setattr__(self, "postprocess", bool(self.postprocess))
 
 
-def run_decision(run: LoadedRun, postprocess: bool | None = None) -> Decision | None:
-    """The run's tuned decision (``decision.json``, read once) when post-processing is on
-    (``postprocess``, else ``run.postprocess``); None when off or the run has none."""
-    if not (run.postprocess if postprocess is None else postprocess):
-        return None
-    if "decision" not in run.cache:
-        run.cache["decision"] = read_decision(run.folder, run.meta.get("epoch"))
-    return run.cache["decision"]
+@dataclass(frozen=True)
+class PredictorSpec:
+    """What rebuilds a :class:`Predictor` in another process (an I/O worker, a Ray actor): the
+    run's path and the settings. Picklable; :meth:`build` loads the run there."""
 
+    run: Path
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
 
-def configure_run(
-    run: LoadedRun, *, runtime: str | None = "auto", tta: object = None, postprocess: bool = True
-) -> LoadedRun:
-    """Set how a loaded run segments from now on (every command does this once): the runtime
-    (resolved: an unavailable one fails here), the TTA (parsed: an unknown transform fails
-    here; None = the run's configured ``tta``) and whether its tuned decision applies."""
-    run.runtime = resolve_runtime(runtime, next(run.model.parameters()).device)
-    run.tta = run_tta(run, tta)
-    run.postprocess = bool(postprocess)
-    return run
-
-
-def run_context(run: LoadedRun) -> int:
-    """Slices above and below that the run's network sees (2.5D context; 0: single slices)."""
-    return int(run.config.context)
+    def build(self, **changes: Any) -> Predictor:
+        """The Predictor (``changes``: settings replaced here, e.g. ``device="cpu"``)."""
+        return Predictor.from_run(self.run, settings=replace(self.settings, **changes))
 
 
 def check_context(
-    run: LoadedRun, images: Sequence[np.ndarray], names: Sequence[str] | None = None
+    context: int, images: Sequence[np.ndarray], names: Sequence[str] | None = None
 ) -> None:
-    """Refuse images that do not fit the run's input: (H, W) slices for a run without 2.5D
+    """Refuse images that do not fit the network's input: (H, W) slices for a run without 2.5D
     context, (2k + 1, H, W) context stacks (:func:`~tomoseg.data.context.context_stack`) for
     a run with context ``k``.
 
     Raises:
         TomosegError: one line naming the image, the shape given and the shape expected.
     """
-    k = run_context(run)
+    k = int(context)
     for j, im in enumerate(images):
         ok = im.ndim == 2 if k == 0 else (im.ndim == 3 and im.shape[0] == in_channels(k))
         if not ok:
@@ -87,70 +129,20 @@ def check_context(
             )
 
 
-def segment_logits(
-    run: LoadedRun,
-    images: Sequence[np.ndarray],
-    tile_size: int | None = None,
-    tile_batch: int | None = None,
-    overlap: float | None = None,
-    tiling: bool = True,
-    bf16: bool | None = None,
-    *,
-    nonfinite: str = "background",
-    names: Sequence[str] | None = None,
-    runtime: str | None = None,
-    tta: object = None,
-) -> torch.Tensor:
-    """The network's class scores of raw 2D images of one shape, after the calibrated decision
-    bias: (B, K, H, W) float32 on the model's device. Logits, or with TTA the log of the
-    probabilities averaged over the transforms (:func:`~tomoseg.inference.tta.with_tta`).
-    See :func:`segment_batch` for the options."""
-    check_nonfinite_rule(nonfinite)
-    transforms = run_tta(run, tta)
-    if nonfinite == "error":
-        for k, im in enumerate(images):
-            refuse_nonfinite(im, names[k] if names is not None else f"image {k}")
-    cfg = run.config
-    dev = next(run.model.parameters()).device
-    if bf16 is None:
-        bf16 = resolve_precision(cfg.precision, dev) == "bf16-mixed"
-    check_context(run, images, names)
-    if not tiling and dev.type == "cpu":
-        h, w = images[0].shape[-2:]
-        check_untiled_memory(
-            (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
-        )
-    x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))
-    if x.ndim == 3:
-        x = x[:, None]  # (B, 1, H, W); with 2.5D context already (B, 2k+1, H, W)
-    engine = inference_engine(run.model, run.runtime if runtime is None else runtime, bf16)
-    eager = engine is run.model
-    logits = infer_logits(
-        with_tta(engine, transforms),  # wraps any runtime's callable
-        x.to(dev),
-        tile_size or cfg.tile_size,
-        cfg.tile_overlap if overlap is None else overlap,
-        tile_batch or cfg.tile_batch,
-        tiling=tiling,
-        autocast_bf16=bf16 and eager,
-    )
-    bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
-    if bias is not None:
-        logits = logits + bias.to(logits.device)[None, :, None, None]
-    return logits
-
-
 def decide(
     logits: torch.Tensor,
     images: Sequence[np.ndarray],
     decision: Decision | None,
     probabilities: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (and probabilities) from :func:`segment_logits`'s scores: the tuned decision's
-    offset added to the class of interest's score, argmax, its clean-up on each label image,
-    then non-finite pixels of the raw ``images`` labelled background (probability 1 for
-    class 0). The probabilities are the softmax of the adjusted scores (the clean-up changes
-    labels only)."""
+    """Labels (and probabilities) from :meth:`Predictor.logits`: the tuned decision's offset
+    added to the class of interest's score, argmax, its clean-up on each label image, then
+    non-finite pixels of the raw ``images`` labelled background (probability 1 for class 0).
+    The probabilities are the softmax of the adjusted scores (the clean-up changes labels only).
+
+    Returns:
+        ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32 or None)``.
+    """
     if decision is not None and decision.offset:
         logits = logits.clone()
         logits[:, decision.class_id] += decision.offset
@@ -166,81 +158,6 @@ def decide(
                 prob[k][:, bad] = 0.0
                 prob[k][0][bad] = 1.0
     return labels, prob
-
-
-def segment_batch(
-    run: LoadedRun,
-    images: Sequence[np.ndarray],
-    tile_size: int | None = None,
-    tile_batch: int | None = None,
-    overlap: float | None = None,
-    tiling: bool = True,
-    bf16: bool | None = None,
-    probabilities: bool = True,
-    *,
-    nonfinite: str = "background",
-    names: Sequence[str] | None = None,
-    runtime: str | None = None,
-    tta: object = None,
-    postprocess: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
-
-    ``bf16=None`` follows the run's precision setting on this device (``auto``: bf16 autocast
-    where the CPU or GPU computes bf16 natively). ``runtime`` runs the network with eager
-    PyTorch (``torch``; on CPU with BatchNorm folded into the convolutions, channels-last) or
-    compiled once per loaded run (``openvino``, ``onnxruntime``; ``auto``: ``torch``, measured
-    fastest on a quiet CPU; see :mod:`tomoseg.inference.runtimes`);
-    None = ``run.runtime``.
-
-    The decision: the run's class-weight correction (:func:`decision_bias`), then, with
-    ``postprocess`` (None = ``run.postprocess``, True unless a command's ``--no-postprocess``
-    turned it off), the decision tuned on validation (``decision.json``: an offset on the class
-    of interest's score, removal of its small objects and filling of its small holes; see
-    :mod:`tomoseg.inference.postprocess`). ``tta`` (None = ``run.tta``, else the run's
-    configured ``tta``): ``none``, ``flips``, ``all`` or a list of D4 transforms
-    (:mod:`tomoseg.inference.tta`) whose softmax is averaged.
-
-    Non-finite pixels (NaN, +-inf: outside the field of view) are the one rule of every command
-    and the API: the network sees them filled with the normalisation's lower bound
-    (:func:`~tomoseg.data.normalization.normalize`) and they are labelled background (class 0,
-    probability 1 for class 0); ``nonfinite="error"`` refuses such an image instead.
-
-    Args:
-        names: the images' names for error messages (default ``image <index>``).
-
-    Returns:
-        ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32)``; the probabilities are
-        None (neither computed nor copied off the device) when ``probabilities`` is False.
-
-    Raises:
-        TomosegError: ``nonfinite="error"`` and an image holds NaN or infinite pixels; an unknown
-            TTA transform; a malformed ``decision.json``.
-    """
-    logits = segment_logits(
-        run,
-        images,
-        tile_size,
-        tile_batch,
-        overlap,
-        tiling,
-        bf16,
-        nonfinite=nonfinite,
-        names=names,
-        runtime=runtime,
-        tta=tta,
-    )
-    return decide(logits, images, run_decision(run, postprocess), probabilities)
-
-
-def segment(run: LoadedRun, image: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment one raw 2D image (see :func:`segment_batch` for the options).
-
-    Returns:
-        ``(labels (H, W) uint8, probabilities (K, H, W) float32 or None)``.
-    """
-    labels, prob = segment_batch(run, [image], **kwargs)
-    return labels[0], None if prob is None else prob[0]
 
 
 def as_image(image: object, name: str = "image", context: int = 0) -> np.ndarray:
@@ -267,12 +184,15 @@ def as_image(image: object, name: str = "image", context: int = 0) -> np.ndarray
 
 
 class Predictor:
-    """Segment 2D arrays with a trained run: ``tomoseg``'s inference for notebooks and scripts.
+    """Segment 2D arrays with a trained run: tomoseg's one inference path.
 
-    The same path as ``tomoseg predict``, ``evaluate`` and ``segment-stack``: the run's intensity
-    normalisation, overlapping tiles blended by MONAI's ``sliding_window_inference`` (memory
-    bounded whatever the image size), optional test-time augmentation, the run's precision,
-    decision rule and tuned post-processing (``decision.json``).
+    The same path for ``tomoseg predict``, ``evaluate``, ``tune``, ``segment-stack`` and the
+    API: the run's intensity normalisation, overlapping tiles blended by MONAI's
+    ``sliding_window_inference`` (memory bounded whatever the image size), optional test-time
+    augmentation, the run's precision, decision rule and tuned post-processing
+    (``decision.json``). Settings are fixed at construction (:class:`InferenceSettings`); the
+    loaded run is never changed, so Predictors with other settings can share it
+    (:meth:`with_settings`).
 
     Example::
 
@@ -280,125 +200,243 @@ class Predictor:
         labels = p.predict(image)          # (H, W) uint8 class ids
         prob = p.predict_proba(image)      # (K, H, W) float32, sums to 1 over K
 
-    Attributes:
-        model: the ``torch.nn.Module`` (in eval mode, on the chosen device).
-        classes: class names; ``labels == k`` is ``classes[k]``.
-        class_of_interest: the run's class of interest.
-        run: the underlying :class:`~tomoseg.runtime.checkpoint.LoadedRun`.
+    Args:
+        run: a loaded run (:func:`~tomoseg.runtime.checkpoint.load_run`).
+        settings: the inference settings (default: the defaults); ``device`` and ``weights``
+            describe how ``run`` was loaded.
+        **options: any :class:`InferenceSettings` field, replacing ``settings``' value.
+
+    Raises:
+        TomosegError: an invalid setting, a runtime not installed, a malformed
+            ``decision.json``.
     """
 
-    def __init__(
-        self,
-        run: LoadedRun,
-        *,
-        tile_size: int | None = None,
-        tile_batch: int | None = None,
-        nonfinite: str = "background",
-        runtime: str = "auto",
-        tta: object = None,
-        postprocess: bool = True,
-    ):
-        self.run = run
-        self.tile_size, self.tile_batch = tile_size, tile_batch
-        self.nonfinite = check_nonfinite_rule(nonfinite)
-        configure_run(run, runtime=runtime, tta=tta, postprocess=postprocess)
+    def __init__(self, run: LoadedRun, settings: InferenceSettings | None = None, **options: Any):
+        settings = settings or InferenceSettings()
+        if options:
+            settings = replace(settings, **options)
+        self._run, self._settings = run, settings
+        dev = self.device
+        self._runtime = resolve_runtime(settings.runtime, dev)
+        self._tta = settings.tta if settings.tta is not None else parse_tta(run.config.tta)
+        self._decision = (
+            read_decision(run.folder, run.meta.get("epoch")) if settings.postprocess else None
+        )
+        self._bf16 = resolve_precision(run.config.precision, dev) == "bf16-mixed"
 
     @classmethod
     def from_run(
         cls,
         run: str | os.PathLike[str],
         *,
-        device: str = "auto",
-        which: str | None = None,
-        tile_size: int | None = None,
-        tile_batch: int | None = None,
-        nonfinite: str = "background",
-        runtime: str = "auto",
-        tta: object = None,
-        postprocess: bool = True,
+        settings: InferenceSettings | None = None,
+        **options: Any,
     ) -> Predictor:
         """Load a run folder written by ``tomoseg train`` (or one of its ``.safetensors`` files).
 
         Args:
             run: run folder or weights file.
-            device: ``auto`` (CUDA when available), ``cpu`` or ``gpu``.
-            which: the weights: ``last`` (the end of the schedule) or ``best`` (the epoch of
-                highest validation IoU of the class of interest); None = the run's configured
-                ``weights`` (``last`` unless trained with ``--weights best``).
-            tile_size: tile side in px (default: the run's setting; 0 = automatic).
-            tile_batch: tiles per forward pass (default: the run's setting).
-            nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network
-                sees the normalisation's lower bound there), or refused (``error``).
-            runtime: ``auto`` (today ``torch``: on CPU with BatchNorm folded, channels-last),
-                ``torch``, ``openvino`` or ``onnxruntime`` (built once, on first use).
-            tta: test-time augmentation: ``none``, ``flips`` (4 passes), ``all`` (the 8
-                symmetries of the square), or a list of transform names; None = the run's
-                configured ``tta`` (``none`` by default).
-            postprocess: apply the decision and clean-up tuned on validation
-                (``decision.json``; nothing when the run has none).
+            settings: the inference settings (default: the defaults).
+            **options: any :class:`InferenceSettings` field (``device``, ``weights``,
+                ``runtime``, ``tta``, ``postprocess``, ``nonfinite``, ``tile_size``,
+                ``tile_batch``, ``overlap``), replacing ``settings``' value.
 
         Raises:
-            TomosegError: not a run, corrupted weights, ``which``, ``device`` or ``runtime``
-                unknown, a runtime that is not installed, an unknown TTA transform.
+            TomosegError: not a run, corrupted weights, an invalid setting, a runtime that is
+                not installed, an unknown TTA transform.
         """
-        loaded = load_run(Path(run), which, device=resolve_device(device))
-        return cls(
-            loaded,
-            tile_size=tile_size,
-            tile_batch=tile_batch,
-            nonfinite=nonfinite,
-            runtime=runtime,
-            tta=tta,
-            postprocess=postprocess,
-        )
+        settings = settings or InferenceSettings()
+        if options:
+            settings = replace(settings, **options)
+        loaded = load_run(Path(run), settings.weights, device=resolve_device(settings.device))
+        return cls(loaded, settings)
+
+    def with_settings(self, **changes: Any) -> Predictor:
+        """A Predictor of the same loaded run with some settings changed (``device`` and
+        ``weights`` cannot change without loading the run again: use :meth:`from_run`).
+
+        Raises:
+            TomosegError: ``device`` or ``weights`` changed, or an invalid setting.
+        """
+        for key in ("device", "weights"):
+            if key in changes and changes[key] != getattr(self._settings, key):
+                raise TomosegError(f"{key}: load the run again to change it (Predictor.from_run)")
+        return Predictor(self._run, replace(self._settings, **changes))
+
+    # ------------------------------------------------------------------ what it holds
+    @property
+    def run(self) -> LoadedRun:
+        """The loaded run (:class:`~tomoseg.runtime.checkpoint.LoadedRun`, immutable)."""
+        return self._run
+
+    @property
+    def settings(self) -> InferenceSettings:
+        """The frozen settings."""
+        return self._settings
+
+    @property
+    def spec(self) -> PredictorSpec:
+        """What rebuilds this Predictor in another process (picklable)."""
+        return PredictorSpec(self._run.path, self._settings)
 
     @property
     def model(self) -> torch.nn.Module:
-        return self.run.model
+        """The ``torch.nn.Module`` (in eval mode, on the chosen device)."""
+        return self._run.model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return next(self._run.model.parameters()).device
 
     @property
     def classes(self) -> list[str]:
-        return list(self.run.classes)
+        """Class names; ``labels == k`` is ``classes[k]``."""
+        return list(self._run.classes)
 
     @property
     def class_of_interest(self) -> str:
-        return self.run.class_of_interest
+        """The run's class of interest."""
+        return self._run.class_of_interest
+
+    @property
+    def runtime(self) -> str:
+        """The runtime in use (``auto`` resolved)."""
+        return self._runtime
+
+    @property
+    def tta(self) -> tuple[str, ...]:
+        """The TTA transforms (``("identity",)``: none)."""
+        return self._tta
+
+    @property
+    def decision(self) -> Decision | None:
+        """The tuned decision applied (None: none, or ``postprocess`` off)."""
+        return self._decision
 
     @property
     def context(self) -> int:
         """Slices above and below each slice that the network sees (2.5D context; 0: none).
         With context ``k``, :meth:`predict` takes ``tomoseg.context_stack(volume, z, k)``
         ((2k + 1, H, W)) for slice ``z`` of a volume, or use :meth:`predict_volume`."""
-        return run_context(self.run)
+        return int(self._run.config.context)
 
-    def predict_volume(self, volume: object) -> np.ndarray:
-        """Class ids of every slice of a (Z, H, W) volume of consecutive sections, one slice at
-        a time (each with its 2.5D context when the run has one, edges replicated).
+    def record(self) -> dict[str, Any]:
+        """What a report records of this inference: the weights (``which``, ``epoch``), the
+        TTA transforms and the decision applied (a dict, or None)."""
+        return {
+            "weights": self._run.meta.get("which"),
+            "epoch": self._run.meta.get("epoch"),
+            "tta": list(self._tta),
+            "decision": None if self._decision is None else asdict(self._decision),
+        }
 
-        Returns:
-            (Z, H, W) uint8 class ids.
+    # ------------------------------------------------------------------ segmenting
+    def logits(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        names: Sequence[str] | None = None,
+        tiling: bool = True,
+        bf16: bool | None = None,
+    ) -> torch.Tensor:
+        """The network's class scores of raw 2D images of one shape, after the calibrated
+        decision bias: (B, K, H, W) float32 on the model's device. Logits, or with TTA the log
+        of the probabilities averaged over the transforms
+        (:func:`~tomoseg.inference.tta.with_tta`).
+
+        Args:
+            images: (H, W) arrays, or (2k + 1, H, W) context stacks for a run with context k.
+            names: the images' names for error messages (default ``image <index>``).
+            tiling: overlapping tiles (False: the whole image in one pass; refused on CPU
+                when it would not fit in memory).
+            bf16: None follows the run's precision on this device (``auto``: bf16 autocast
+                where the CPU or GPU computes bf16 natively).
 
         Raises:
-            TomosegError: not a 3D numeric array (as :meth:`predict` otherwise).
+            TomosegError: non-finite pixels with ``nonfinite="error"``; a shape that does not
+                fit the run's context.
         """
-        vol = np.asarray(volume)
-        if vol.ndim != 3:
-            raise TomosegError(f"volume must be a (Z, H, W) array, got shape {vol.shape}")
-        k = self.context
-        return np.stack(
-            [self.predict(context_stack(vol, z, k) if k else vol[z]) for z in range(len(vol))]
+        run, s = self._run, self._settings
+        if s.nonfinite == "error":
+            for k, im in enumerate(images):
+                refuse_nonfinite(im, names[k] if names is not None else f"image {k}")
+        cfg = run.config
+        bf16 = self._bf16 if bf16 is None else bf16
+        check_context(self.context, images, names)
+        if not tiling and self.device.type == "cpu":
+            h, w = images[0].shape[-2:]
+            check_untiled_memory(
+                (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
+            )
+        x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))
+        if x.ndim == 3:
+            x = x[:, None]  # (B, 1, H, W); with 2.5D context already (B, 2k+1, H, W)
+        engine = inference_engine(run.model, self._runtime, bf16)
+        logits = infer_logits(
+            with_tta(engine, self._tta),  # wraps any runtime's callable
+            x.to(self.device),
+            s.tile_size if s.tile_size is not None else cfg.tile_size,
+            cfg.tile_overlap if s.overlap is None else s.overlap,
+            s.tile_batch or cfg.tile_batch,
+            tiling=tiling,
+            autocast_bf16=bf16 and engine is run.model,
         )
+        bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
+        if bias is not None:
+            logits = logits + bias.to(logits.device)[None, :, None, None]
+        return logits
 
-    def _segment(self, image: object, probabilities: bool):
-        return segment(
-            self.run,
-            as_image(image, context=self.context),
-            tile_size=self.tile_size,
-            tile_batch=self.tile_batch,
-            probabilities=probabilities,
-            nonfinite=self.nonfinite,
-            names=["image"],
-        )
+    def decide(
+        self,
+        logits: torch.Tensor,
+        images: Sequence[np.ndarray],
+        *,
+        probabilities: bool = False,
+        postprocess: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (and probabilities) from :meth:`logits` by this Predictor's decision
+        (``postprocess=False``: without the tuned decision, as if it were off). See
+        :func:`decide`."""
+        return decide(logits, images, self._decision if postprocess else None, probabilities)
+
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        probabilities: bool = False,
+        names: Sequence[str] | None = None,
+        tiling: bool = True,
+        bf16: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
+
+        Non-finite pixels (NaN, +-inf: outside the field of view) are the one rule of every
+        command and the API: the network sees them filled with the normalisation's lower bound
+        (:func:`~tomoseg.data.normalization.normalize`) and they are labelled background
+        (class 0, probability 1 for class 0); ``nonfinite="error"`` refuses such an image.
+
+        Returns:
+            ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32)``; the
+            probabilities are None (neither computed nor copied off the device) unless
+            ``probabilities``.
+
+        Raises:
+            TomosegError: as :meth:`logits`.
+        """
+        logits = self.logits(images, names=names, tiling=tiling, bf16=bf16)
+        return self.decide(logits, images, probabilities=probabilities)
+
+    def segment(
+        self, image: np.ndarray, *, probabilities: bool = False, **kwargs: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment one raw image (see :meth:`segment_batch`).
+
+        Returns:
+            ``(labels (H, W) uint8, probabilities (K, H, W) float32 or None)``.
+        """
+        labels, prob = self.segment_batch([image], probabilities=probabilities, **kwargs)
+        return labels[0], None if prob is None else prob[0]
 
     def predict(self, image: object) -> np.ndarray:
         """Class ids of one image.
@@ -415,7 +453,7 @@ class Predictor:
         Raises:
             TomosegError: not a 2D numeric array; non-finite pixels with ``nonfinite="error"``.
         """
-        return self._segment(image, False)[0]
+        return self.segment(as_image(image, context=self.context), names=["image"])[0]
 
     def predict_proba(self, image: object) -> np.ndarray:
         """Class probabilities of one image after the run's decision rule (softmax of the
@@ -424,6 +462,54 @@ class Predictor:
         Returns:
             (K, H, W) float32.
         """
-        prob = self._segment(image, True)[1]
+        image = as_image(image, context=self.context)
+        prob = self.segment(image, probabilities=True, names=["image"])[1]
         assert prob is not None
         return prob
+
+    def predict_volume(self, volume: object) -> np.ndarray:
+        """Class ids of every slice of a (Z, H, W) volume of consecutive sections, one slice at
+        a time (each with its 2.5D context when the run has one, edges replicated).
+
+        Args:
+            volume: a (Z, H, W) array (numpy, or dask and other lazy arrays: read one slice
+                at a time), or any stack input of :func:`tomoseg.io.sources.open_source` (a
+                folder of slices, a multi-page TIFF, a Zarr).
+
+        Returns:
+            (Z, H, W) uint8 class ids.
+
+        Raises:
+            TomosegError: not a 3D numeric array or stack (as :meth:`predict` otherwise).
+        """
+        from tomoseg.io.sources import is_array, open_source
+
+        if not is_array(volume) and not isinstance(volume, (str, os.PathLike)):
+            volume = np.asarray(volume)
+        if is_array(volume) and len(volume.shape) != 3:  # type: ignore[attr-defined]
+            raise TomosegError(
+                f"volume must be a (Z, H, W) array, got shape {tuple(volume.shape)}"  # type: ignore[attr-defined]
+            )
+        src = open_source(volume)
+        out = np.zeros((src.n, *src.shape), np.uint8)
+        with src.reader() as read:
+            read = context_reader(read, src.n, self.context)
+            for z in range(src.n):
+                out[z] = self.predict(read(z))
+        return out
+
+
+def as_predictor(
+    run: Predictor | str | os.PathLike[str], settings: InferenceSettings | None = None
+) -> Predictor:
+    """``run`` itself when it is a :class:`Predictor` (``settings`` must then be None), else
+    the Predictor of the run folder with ``settings``.
+
+    Raises:
+        TomosegError: a Predictor and settings given together; as :meth:`Predictor.from_run`.
+    """
+    if isinstance(run, Predictor):
+        if settings is not None and settings != run.settings:
+            raise TomosegError("settings: give them to the Predictor, not beside it")
+        return run
+    return Predictor.from_run(run, settings=settings)

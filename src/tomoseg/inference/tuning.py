@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from tomoseg.metrics.segmentation import nanmean, score_image
 
 if TYPE_CHECKING:
     from tomoseg.data.sources import LoadedSamples
+    from tomoseg.inference.predictor import Predictor
     from tomoseg.runtime.checkpoint import LoadedRun
 
 OFFSETS = tuple(float(v) for v in np.round(np.arange(-2.0, 2.001, 0.25), 2))
@@ -242,28 +243,30 @@ def annotation_masks(loaded: LoadedSamples) -> list[np.ndarray]:
 
 
 def tune_run(
-    run_dir: str | Path,
+    run: Predictor | str | Path,
     data: object,
     *,
     split: str = "val",
     tta: object = None,
     device: str = "auto",
-    which: str | None = None,
+    weights: str | None = None,
 ) -> tuple[Decision, dict]:
     """Tune a run's decision on its validation images (or a split of a dataset) with the weights
     it delivers, write ``decision.json`` into the run and record it in ``run.json``.
 
     Args:
-        run_dir: the run folder.
+        run: the run folder, or a :class:`~tomoseg.inference.predictor.Predictor` of it (its
+            device, weights, runtime and tiles are used; its TTA unless ``tta`` is given; the
+            tuning itself always runs without the decision it replaces).
         data: the dataset folder (or :class:`~tomoseg.data.sources.DataSource`) it was
             trained on.
         split: ``val``: the validation images the run used; else a split of ``data``.
         tta: the test-time augmentation to tune with (None: the run's configured one); the
             decision is meant for inference with the same TTA (recorded as ``tta``).
-        device: ``auto``, ``cpu`` or ``gpu``.
-        which: the weights to tune for: ``last``, ``best``, None = the run's configured
-            ``weights``. The decision records their epoch and is applied only to weights of
-            that epoch (:func:`~tomoseg.inference.postprocess.read_decision`).
+        device: ``auto``, ``cpu`` or ``gpu`` (for a run folder).
+        weights: the weights to tune for (for a run folder): ``last``, ``best``, None = the
+            run's configured ``weights``. The decision records their epoch and is applied only
+            to weights of that epoch (:func:`~tomoseg.inference.postprocess.read_decision`).
 
     Returns:
         ``(decision, report)`` as :func:`tune_decision`, the report with ``source``.
@@ -271,34 +274,40 @@ def tune_run(
     Raises:
         TomosegError: not a run, a dataset of other classes, no validation image.
     """
-    from tomoseg.inference.predictor import configure_run, segment
-    from tomoseg.runtime.checkpoint import RUN_FILE, load_run
-    from tomoseg.runtime.device import resolve_device
+    from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
+    from tomoseg.runtime.checkpoint import RUN_FILE
 
-    run_dir = Path(run_dir)
-    run = load_run(run_dir, which, device=resolve_device(device))
-    configure_run(run, runtime="auto", tta=tta, postprocess=False)
-    loaded = run_samples(data, run)  # read once: validation images and the size bounds
-    items, where = validation_items(data, run, split, loaded=loaded)
+    if isinstance(run, Predictor):
+        changes: dict[str, Any] = {"postprocess": False}
+        if tta is not None:
+            changes["tta"] = tta
+        predictor = run.with_settings(**changes)
+    else:
+        settings = InferenceSettings(device=device, weights=weights, tta=tta, postprocess=False)
+        predictor = as_predictor(run, settings)
+    loaded_run = predictor.run
+    run_dir = loaded_run.folder
+    loaded = run_samples(data, loaded_run)  # read once: validation images and the size bounds
+    items, where = validation_items(data, loaded_run, split, loaded=loaded)
 
     def scored():
         for image_id, image, truth in items:
-            _, prob = segment(run, image, probabilities=True, names=[image_id])
+            _, prob = predictor.segment(image, probabilities=True, names=[image_id])
             yield prob, truth
 
     decision, report = tune_decision(
         scored(),
-        class_id=run.coi_index,
-        tolerance=run.config.tolerance,
+        class_id=loaded_run.coi_index,
+        tolerance=loaded_run.config.tolerance,
         annotations=annotation_masks(loaded),
     )
     report["source"] = where
     record = decision_record(
         decision,
         split=split,
-        weights=run.meta.get("which", which),
-        epoch=run.meta.get("epoch"),
-        tta=list(run.tta),  # type: ignore[call-overload]
+        weights=loaded_run.meta.get("which", weights),
+        epoch=loaded_run.meta.get("epoch"),
+        tta=list(predictor.tta),
         **report,
     )
     write_json(run_dir / DECISION_FILE, record)

@@ -26,9 +26,10 @@ def weights_metadata(meta: dict) -> dict[str, str]:
     return {"tomoseg": json.dumps(meta)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedRun:
-    """A trained network ready for inference, with what it needs to read new data."""
+    """A trained network ready for inference, with what it needs to read new data (immutable:
+    how it segments is the :class:`~tomoseg.inference.predictor.Predictor`'s settings)."""
 
     path: Path
     model: torch.nn.Module
@@ -36,15 +37,7 @@ class LoadedRun:
     class_of_interest: str
     normalization: Normalization
     config: TrainConfig
-    meta: dict
-    #: how inference runs the network unless told otherwise (``tomoseg.inference.runtimes``)
-    runtime: str = "auto"
-    #: test-time augmentation unless told otherwise (None: the run's ``config.tta``)
-    tta: object = None
-    #: apply the run's tuned decision and clean-up (``decision.json``) unless told otherwise
-    postprocess: bool = True
-    #: what inference derives from the run once (the tuned decision, ...)
-    cache: dict = field(default_factory=dict, repr=False)
+    meta: dict = field(repr=False)
     #: the ``.safetensors`` file the weights came from (``last``/``best`` as resolved)
     weights_file: Path | None = None
 
@@ -96,27 +89,29 @@ def delivered_weights(run: Path) -> str:
     return "best"
 
 
-def load_run(run: Path, which: str | None = None, device: torch.device | None = None) -> LoadedRun:
+def load_run(
+    run: Path, weights: str | None = None, device: torch.device | None = None
+) -> LoadedRun:
     """Load a run folder written by ``tomoseg train`` (weights via safetensors: no pickle).
 
     Args:
-        run: run folder (holding ``run.json`` and ``<which>.safetensors``), or a
+        run: run folder (holding ``run.json`` and ``<weights>.safetensors``), or a
             ``.safetensors`` file.
-        which: ``last`` (the end of the schedule) or ``best`` (by validation IoU of the class
+        weights: ``last`` (the end of the schedule) or ``best`` (by validation IoU of the class
             of interest); None = the run's configured ``weights`` (:func:`delivered_weights`).
             Ignored when ``run`` is a ``.safetensors`` file.
         device: where to put the model (CPU by default).
 
     Raises:
         TomosegError: missing or corrupted files, weights that do not fit the recorded model,
-            an unknown ``which``.
+            an unknown ``weights``.
     """
-    if which is not None and which not in WEIGHTS:
-        raise TomosegError(f"which weights: must be 'last' or 'best', got {which!r}")
+    if weights is not None and weights not in WEIGHTS:
+        raise TomosegError(f"weights: must be 'last' or 'best', got {weights!r}")
     run = Path(run)
-    if run.suffix != ".safetensors" and which is None:
-        which = delivered_weights(run)
-    wfile = run if run.suffix == ".safetensors" else run / f"{which}.safetensors"
+    if run.suffix != ".safetensors" and weights is None:
+        weights = delivered_weights(run)
+    wfile = run if run.suffix == ".safetensors" else run / f"{weights}.safetensors"
     if not wfile.is_file():
         raise TomosegError(f"no trained weights at {wfile} (is {run} a tomoseg run folder?)")
     try:

@@ -419,7 +419,7 @@ def _tune(run: Path, source: DataSource, cfg: TrainConfig, device: torch.device,
     from tomoseg.inference.tuning import tune_run
 
     decision, report = tune_run(
-        run, source, split="val", tta=cfg.tta, device=device.type, which=cfg.weights
+        run, source, split="val", tta=cfg.tta, device=device.type, weights=cfg.weights
     )
     if console is not None:
         b, a = report["before"], report["after"]

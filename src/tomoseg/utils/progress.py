@@ -82,6 +82,7 @@ class JobProgress:
         callback: where events go (None: logging only).
         cancel: a token whose ``is_set()`` stops the job at the next :meth:`check`.
         done: units already finished before this call (a resume).
+        hint: what the :class:`Cancelled` message tells the user to do next.
     """
 
     def __init__(
@@ -92,8 +93,9 @@ class JobProgress:
         callback: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         done: int = 0,
+        hint: str = "the same call resumes it",
     ):
-        self.job, self.unit, self.total = job, unit, total
+        self.job, self.unit, self.total, self.hint = job, unit, total, hint
         self.callback, self.cancel = callback, cancel
         self.done = self._start_done = int(done)
         self._t0 = time.perf_counter()
@@ -148,13 +150,12 @@ class JobProgress:
         """Raise :class:`Cancelled` if the cancel token is set.
 
         Raises:
-            Cancelled: names the job and how far it got; a rerun of the same call resumes.
+            Cancelled: names the job, how far it got and what to do next (:attr:`hint`).
         """
         if self.cancelled:
             total = "" if self.total is None else f"/{self.total}"
             raise Cancelled(
-                f"{self.job} cancelled after {self.done}{total} {self.unit}s; "
-                "the same call resumes it"
+                f"{self.job} cancelled after {self.done}{total} {self.unit}s; {self.hint}"
             )
 
 
@@ -165,9 +166,10 @@ def job_progress(
     progress: ProgressCallback | JobProgress | None = None,
     cancel: CancelToken | None = None,
     done: int = 0,
+    hint: str = "the same call resumes it",
 ) -> JobProgress:
     """A :class:`JobProgress` for a library function's ``progress`` / ``cancel`` arguments
     (a :class:`JobProgress` passed down by an enclosing job is used as it is)."""
     if isinstance(progress, JobProgress):
         return progress
-    return JobProgress(job, unit, total, progress, cancel, done)
+    return JobProgress(job, unit, total, progress, cancel, done, hint)
