@@ -205,3 +205,89 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressRenderer | None]:
         yield renderer
     finally:
         renderer.close()
+
+
+def tune_line(run: Any, decision: Any, report: Mapping[str, Any]) -> str:
+    """The one-line result of ``tune``: the decision and validation IoU/BF1 before -> after."""
+    b, a = report["before"], report["after"]
+    return (
+        f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
+        f"max hole {decision.max_hole} px; validation IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
+        f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f} on {report['images']} images "
+        f"({report['source']}); written to {run}/decision.json"
+    )
+
+
+def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
+    """The result of ``segment-stack``: slices, rate and volume; a part's place in the whole
+    stack; the non-finite pixels labelled background."""
+    if verify:
+        return [f"complete: all {info['stack_slices']} slices finished in {info['volume']}"]
+    rate = info["slices_per_second"] or 0.0
+    where = ""
+    if info.get("part"):
+        span = f"{info['first']}-{info['last']}" if info["slices"] else "none"
+        where = f"part {info['part']} (slices {span} of {info['stack_slices']}): "
+    lines = [
+        f"{where}{info['slices']} slices ({info['computed']} computed, {info['skipped']} "
+        f"already done) in {info['seconds']:.1f} s, {rate:.2f} slices/s -> {info['volume']}"
+    ]
+    if info.get("part"):
+        lines.append(
+            "the whole stack is complete"
+            if info["complete"]
+            else f"{info['missing']} slices of the stack still missing (other parts)"
+        )
+    bad = info.get("nonfinite") or {}
+    if bad.get("pixels"):
+        lines.append(
+            f"{bad['pixels']} non-finite (NaN or infinite) pixels in {bad['slices']} of "
+            f"{info['slices']} slices labelled background (outside the field of view); "
+            "per slice in stack.json"
+        )
+    return lines
+
+
+def objects_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
+    """The result of ``objects``: the count and files, and the detection scores vs a truth."""
+    lines = [
+        f"{summary['count']} objects; table {out}/objects.csv, summary {out}/summary.json, "
+        f"meshes {out}/meshes/"
+    ]
+    det = summary.get("detection")
+    if det:
+        lines.append(
+            "vs truth: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in det.items()
+            )
+        )
+    return lines
+
+
+def show_demo(result: Mapping[str, Any]) -> None:
+    """Print the demo's comparison table and where its outputs are."""
+    show_table(result["title"], [result["rows"]])
+    run, out = result["run"], result["out"]
+    say(
+        f"done in {result['seconds']:.0f} s ({result['seconds_per_slice']:.2f} s per test "
+        "slice). Outputs:"
+    )
+    say(f"  training curves   {run}/curves.png  (per-epoch metrics: {run}/metrics.csv)")
+    say(f"  network report    {out}/evaluation/metrics.json, overlays in {out}/evaluation/panels/")
+    say(f"  Otsu report       {out}/otsu/metrics.json, overlays in {out}/otsu/panels/")
+
+
+def show_stack_demo(summary: Mapping[str, Any]) -> None:
+    """Print the stack demo's objects against the 3D truth and where its outputs are."""
+    det, out = summary["detection"], summary["out"]
+    say(
+        f"{summary['count']} objects found, {det['true_objects']} in the truth "
+        f"(count error {100 * det['count_relative_error']:+.1f} %), detection precision "
+        f"{det['precision']:.2f}, recall {det['recall']:.2f} ({det['match_rule']})"
+    )
+    say(f"  volume for napari  {out}/segmented/labels.zarr  (objects: {out}/objects/objects.zarr)")
+    say(
+        f"  table and meshes   {out}/objects/objects.csv, {out}/objects/meshes/, preview "
+        f"{out}/objects/preview.png"
+    )
