@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from tomoseg import __version__
+from tomoseg._version import __version__
 from tomoseg.config.schema import TrainConfig, config_to_yaml
 from tomoseg.data.context import in_channels
 from tomoseg.data.datamodule import SegDataModule
