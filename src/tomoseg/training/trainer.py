@@ -20,7 +20,7 @@ from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
-from tomoseg.models.registry import get_architecture
+from tomoseg.models.registry import get_architecture, network_hparams
 from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
@@ -330,13 +330,10 @@ def train(
     classes, coi = prep.spec.classes, prep.spec.class_of_interest
     meta = {
         "tomoseg_version": __version__,
-        "model": {
-            "name": cfg.model,
-            "in_channels": in_channels(cfg.context),  # 2k + 1 with 2.5D context
-            "num_classes": len(classes),
-            "width": cfg.width,
-            "depth": cfg.depth if cfg.model == "unet" else 5,
-        },
+        # 2k + 1 input channels with 2.5D context; a fixed-depth network's depth (registry)
+        "model": network_hparams(
+            cfg.model, in_channels(cfg.context), len(classes), cfg.width, cfg.depth
+        ),
         "classes": classes,
         "class_of_interest": coi,
         "normalization": prep.norm.model_dump(),
