@@ -19,10 +19,10 @@ from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.jobs import check_same_job
-from tomoseg.io.writers import write_json, write_text
+from tomoseg.io.writers import write_text
 from tomoseg.models.registry import get_architecture, network_hparams
-from tomoseg.runtime.checkpoint import RUN_FILE
 from tomoseg.runtime.device import resolve_device, resolve_precision
+from tomoseg.runtime.run_record import RUN_FILE, read_run_record, write_run_record
 from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
 from tomoseg.training.recording import (
     RunCSVLogger,
@@ -363,7 +363,7 @@ def train(
     if rank0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / "config.yaml", config_to_yaml(cfg))
-        write_json(run / RUN_FILE, meta)
+        write_run_record(run, meta)
     if console is not None:
         w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
         console.print(f"class weights ({cfg.class_weights}): {w}")
@@ -440,13 +440,12 @@ def _budget_plan(
     """The epochs of a time-budgeted run: planned from a throughput probe, or on resume the
     plan recorded in ``run.json`` (so the schedule, and the weights, are those of the
     uninterrupted run)."""
-    import json
-
     from tomoseg.inference.tta import parse_tta
     from tomoseg.training.budget import budget_record, plan_epochs, probe_throughput
 
-    if resume and (run / RUN_FILE).is_file():
-        old = json.loads((run / RUN_FILE).read_text()).get("time_budget")
+    record = read_run_record(run, missing_ok=True) if resume else None
+    if record is not None:
+        old = record.get("time_budget")
         if old and old.get("plan", {}).get("epochs"):
             return cfg.model_copy(update={"epochs": int(old["plan"]["epochs"])}), old
     prep = dm.prepared
