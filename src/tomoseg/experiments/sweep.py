@@ -6,7 +6,6 @@ import csv
 import io as _io
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -417,50 +416,18 @@ def results_csv(records: list[dict], classes: list[str], coi: str) -> str:
 def plot_heatmap(
     stats: list[CellStats], sizes: list[int], counts: list[int], key: str, title: str, path: Path
 ) -> None:
-    """Heatmap over size (rows) x count (columns), mean (± std) in each cell; failed/pending marked."""
-    import matplotlib
+    """Heatmap over size (rows) x count (columns), mean (± std) in each cell; failed/pending
+    marked (drawn by :func:`tomoseg.reporting.figures.plot_heatmap`)."""
+    from tomoseg.reporting.figures import plot_heatmap as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tomoseg.io.writers import atomic_write
-
-    grid = np.full((len(sizes), len(counts)), np.nan)
-    fig, ax = plt.subplots(figsize=(1.6 * len(counts) + 2.5, 0.9 * len(sizes) + 1.8))
+    mean = np.full((len(sizes), len(counts)), np.nan)
+    std = np.full_like(mean, np.nan)
+    missing = [["pending"] * len(counts) for _ in sizes]
     for c in stats:
         i, j = sizes.index(c.size), counts.index(c.count)
-        grid[i, j] = getattr(c, f"{key}_mean")
-    im = ax.imshow(
-        grid * 100,
-        cmap="viridis",
-        vmin=np.nanmin(grid * 100) if np.isfinite(grid).any() else 0,
-        aspect="auto",
-    )
-    for c in stats:
-        i, j = sizes.index(c.size), counts.index(c.count)
-        mean, sd = getattr(c, f"{key}_mean"), getattr(c, f"{key}_std")
-        if math.isnan(mean):
-            txt = "failed" if c.failed else "pending"
-        else:
-            txt = f"{100 * mean:.1f}" + (f"\n± {100 * sd:.1f}" if not math.isnan(sd) else "")
-        ax.text(
-            j,
-            i,
-            txt,
-            ha="center",
-            va="center",
-            color="white" if math.isnan(mean) or mean < np.nanmean(grid) else "black",
-            fontsize=9,
-        )
-    ax.set_xticks(range(len(counts)), [str(n) for n in counts])
-    ax.set_yticks(range(len(sizes)), [size_label(s) for s in sizes])
-    ax.set_xlabel("crop count N")
-    ax.set_ylabel("crop size S (px)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="%")
-    fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
+        mean[i, j], std[i, j] = getattr(c, f"{key}_mean"), getattr(c, f"{key}_std")
+        missing[i][j] = "failed" if c.failed else "pending"
+    draw(mean, std, missing, [size_label(s) for s in sizes], [str(n) for n in counts], title, path)
 
 
 def write_outputs(out: Path, cases: list[Case]) -> list[dict]:

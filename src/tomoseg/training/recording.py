@@ -1,5 +1,6 @@
 """Per-epoch records of a run, on Lightning's parts: a logger for metrics.csv, ModelCheckpoint
-for the resumable ``.ckpt`` files, a callback exporting ``best``/``last.safetensors``, curves.png."""
+for the resumable ``.ckpt`` files, a callback exporting ``best``/``last.safetensors``, curves.png
+(drawn by :func:`tomoseg.reporting.figures.plot_curves`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tomoseg.io.writers import atomic_write, write_text
+from tomoseg.reporting.figures import plot_curves
 from tomoseg.runtime.checkpoint import weights_metadata
 from tomoseg.training.module import SegModule
 from tomoseg.utils.format import cell, fmt
@@ -36,36 +37,6 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     for r in history:
         w.writerow({k: cell(v) for k, v in r.items()})
     return buf.getvalue()
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path, coi: str) -> None:
-    """Draw loss, accuracy, IoU of the class of interest and BF1 against epoch (train and val)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in history]
-    panels = [
-        ("loss", "train_loss", "val_loss"),
-        ("global accuracy", "train_accuracy", "val_accuracy"),
-        (f"IoU {coi}", f"train_iou_{coi}", f"val_iou_{coi}"),
-        (f"BF1 {coi} (val, full images)", None, f"val_bf1_{coi}"),
-        ("seconds per epoch", "seconds", None),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, tr, va) in zip(axes, panels, strict=True):
-        for key, label in ((tr, "train"), (va, "val")):
-            if key and any(key in r for r in history):
-                ax.plot(ep, [r.get(key, np.nan) for r in history], marker="o", ms=3, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
 
 
 class RunCSVLogger(Logger):
