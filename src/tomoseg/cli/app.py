@@ -155,6 +155,12 @@ def crops(
     console.print(f"{len(paths)} crops written to {out}")
 
 
+def _lines(event) -> None:
+    """Print a library job's messages and per-unit summaries, one line each."""
+    if event.message and event.kind in ("message", "advance"):
+        console.print(event.message, markup=False, highlight=False)
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run folder.")],
@@ -289,7 +295,7 @@ def train(
         ),
     )
     run_train(
-        source, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet
+        source, out, cfg, resume=resume, overwrite=overwrite, progress=None if quiet else _lines
     )
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         console.print(
