@@ -142,7 +142,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, ema):
         [*args, "--config", str(cfg_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     metrics = run / "metrics.csv"
-    sigkill_when(proc, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3)
+    sigkill_when(
+        proc,
+        lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3,
+        "two finished epochs in metrics.csv",
+    )
     before = list(csv.DictReader(metrics.open()))
     done = len(before)
     assert 2 <= done < 4

@@ -495,7 +495,8 @@ def sweep(
         console.print(
             f"plan: {len(cases)} cases ({len(size_list)} sizes x {len(count_list)} counts x {repeats} repeats), {cfg.epochs} epochs each, into {out}"
         )
-        total, per_case = estimate_seconds(data, cfg, size_list, count_list, repeats)
+        est = estimate_seconds(data, cfg, size_list, count_list, repeats)
+        total, per_case = est.total, est.per_case
         for c in cases:
             console.print(
                 f"  {c.id:22s} size {size_label(c.size):>5s}  count {c.count:5d}  seed {c.seed}  ~{per_case[c.id] / 60:.1f} min"
@@ -503,6 +504,9 @@ def sweep(
         console.print(
             f"estimated total: {total / 3600:.2f} h with --jobs 1 (about {total / 3600 / max(jobs, 1):.2f} h with --jobs {jobs} if cores allow)"
         )
+        console.print("based on:", markup=False)
+        for line in est.basis:
+            console.print(f"  {line}", markup=False, highlight=False)
         return
     console.print(f"report: {out}/report.html (rebuilt after every case; open it any time)")
     if backend not in ("local", "ray"):
@@ -522,11 +526,11 @@ def sweep(
         repeats,
         jobs,
         retry_failed,
-        console,
         backend=backend,
         address=address,
         cpus_per_case=cpus_per_case,
         gpus_per_case=gpus_per_case,
+        progress=_lines,
     )
     console.print(
         f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"

@@ -257,7 +257,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     spawn: bool = False,
-    progress: ProgressCallback | JobProgress | None = None,
+    progress: ProgressCallback | JobProgress | bool | None = None,
     cancel: CancelToken | None = None,
 ) -> Path:
     """``tomoseg train``: train a network and leave a complete run folder.
@@ -294,7 +294,7 @@ def train(
             is the planned epochs, ``done`` counts the epochs a resumed run finished before;
             ``message`` events for the class weights, a time budget's plan and the tuned
             decision (also logged to the ``tomoseg`` logger). Rank 0 reports; none under
-            ``spawn``.
+            ``spawn``. A bool (the former progress-bar switch) means no callback.
         cancel: a token (:class:`threading.Event`) checked after every training batch: once
             set, training stops at the next batch, leaving ``checkpoints/last.ckpt`` of the
             last finished epoch (the unfinished one is dropped), and
@@ -313,6 +313,8 @@ def train(
     from tomoseg.inference.tta import parse_tta
 
     run = Path(run)
+    if isinstance(progress, bool):  # the former progress-bar switch: no callback
+        progress = None
     job = job_progress("train", "epoch", cfg.epochs, progress, cancel)
     job.check()  # cancelled before it started: nothing is written
     get_architecture(cfg.model)  # an unknown network fails before anything is written
