@@ -194,13 +194,14 @@ class ProgressRenderer:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[ProgressRenderer | None]:
-    """A :class:`ProgressRenderer` on stdout for the duration of a job (None when disabled);
-    the bar is stopped however the job ends."""
+def progress_bar(enabled: bool = True, bar: bool = True) -> Iterator[ProgressRenderer | None]:
+    """A :class:`ProgressRenderer` on stdout for the duration of a job (None when not
+    ``enabled``; lines only, no bar, without ``bar``); the bar is stopped however the job
+    ends."""
     if not enabled:
         yield None
         return
-    renderer = ProgressRenderer(console)
+    renderer = ProgressRenderer(console, bar=None if bar else False)
     try:
         yield renderer
     finally:

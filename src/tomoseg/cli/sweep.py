@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tomoseg.cli import render
+from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import Address, Backend, Config
 from tomoseg.errors import TomosegError
 
@@ -26,6 +27,12 @@ New = Annotated[
 Demo = Annotated[bool, typer.Option("--demo", help="A small grid on the phantom (~10 min on CPU).")]
 CpusPerCase = Annotated[int, typer.Option(help="Ray: CPUs per case.")]
 GpusPerCase = Annotated[float, typer.Option(help="Ray: GPUs per case.")]
+
+
+REPORT = (
+    "report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, "
+    "heatmap_bf1.png)"
+)
 
 
 def sweep(
@@ -48,43 +55,53 @@ def sweep(
     gpus_per_case: GpusPerCase = 0,
 ) -> None:
     """Train and evaluate one network per (crop size, crop count) case; table, heatmaps, report."""
-    from tomoseg.config.schema import load_config
     from tomoseg.experiments.sweep import new_sweep_folder, run_sweep
 
-    data, out, sizes, counts, config_over = _grid(data, out, sizes, counts, demo)
     if repeats < 1:
         raise TomosegError(f"--repeats must be at least 1, got {repeats}")
-    cfg = load_config(config, {**config_over, "epochs": epochs, "max_minutes": max_minutes})
+    data, out, sizes, counts, cfg = _grid(
+        data, out, sizes, counts, demo, config, epochs, max_minutes
+    )
     out = new_sweep_folder(out) if new else out
     if dry_run:
         return _dry_run(data, out, cfg, sizes, counts, repeats, jobs)
     render.say(f"report: {out}/report.html (rebuilt after every case; open it any time)")
     _check_backend(backend, address, cpus_per_case, gpus_per_case)
-    run_sweep(
-        data=data, out=out, cfg=cfg, sizes=sizes, counts=counts, repeats=repeats, jobs=jobs,
-        retry_failed=retry_failed, console=render.console, backend=backend, address=address,
-        cpus_per_case=cpus_per_case, gpus_per_case=gpus_per_case,
-    )  # fmt: skip
-    render.say(
-        f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"
-    )
+    ray = {"address": address, "cpus_per_case": cpus_per_case, "gpus_per_case": gpus_per_case}
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        run_sweep(
+            data=data, out=out, cfg=cfg, sizes=sizes, counts=counts, repeats=repeats,
+            jobs=jobs, retry_failed=retry_failed, backend=backend, progress=show,
+            cancel=cancel, **ray,
+        )  # fmt: skip
+    render.say(REPORT.format(out=out))
 
 
 def _grid(
-    data: Path | None, out: Path | None, sizes: str, counts: str, demo: bool
-) -> tuple[Path, Path, list[int], list[int], dict[str, Any]]:
-    """The data, folder, crop sizes and counts and config overrides of the sweep (the demo's
-    phantom and small grid with ``--demo``)."""
+    data: Path | None,
+    out: Path | None,
+    sizes: str,
+    counts: str,
+    demo: bool,
+    config: Path | None,
+    epochs: int | None,
+    max_minutes: float | None,
+) -> tuple[Path, Path, list[int], list[int], Any]:
+    """The data, folder, crop sizes and counts and base config of the sweep (the demo's
+    phantom, small grid and small network with ``--demo``)."""
+    from tomoseg.config.schema import load_config
     from tomoseg.experiments.cells import parse_counts, parse_sizes
 
     config_over: dict[str, Any] = {}
     if demo:
         from tomoseg.experiments.demo import sweep_demo_setup
 
-        data, out, sizes, counts, config_over = sweep_demo_setup(out, progress=render.say)
+        show = render.ProgressRenderer(render.console)
+        data, out, sizes, counts, config_over = sweep_demo_setup(out, progress=show)
     elif data is None or out is None:
         raise TomosegError("give --data DIR and --out DIR (or --demo)")
-    return data, out, parse_sizes(sizes), parse_counts(counts), config_over
+    cfg = load_config(config, {**config_over, "epochs": epochs, "max_minutes": max_minutes})
+    return data, out, parse_sizes(sizes), parse_counts(counts), cfg
 
 
 def _check_backend(backend: str, address: str | None, cpus: int, gpus: float) -> None:
@@ -109,14 +126,17 @@ def _dry_run(data, out, cfg, sizes: list[int], counts: list[int], repeats: int, 
         f"plan: {len(cases)} cases ({len(sizes)} sizes x {len(counts)} counts x {repeats} "
         f"repeats), {cfg.epochs} epochs each, into {out}"
     )
-    total, per_case = estimate_seconds(data, cfg, sizes, counts, repeats)
+    est = estimate_seconds(data, cfg, sizes, counts, repeats)
     for c in cases:
         render.say(
             f"  {c.id:22s} size {size_label(c.size):>5s}  count {c.count:5d}  seed {c.seed}  "
-            f"~{per_case[c.id] / 60:.1f} min"
+            f"~{est.per_case[c.id] / 60:.1f} min"
         )
-    hours = total / 3600
+    hours = est.total / 3600
     render.say(
         f"estimated total: {hours:.2f} h with --jobs 1 (about {hours / max(jobs, 1):.2f} h "
         f"with --jobs {jobs} if cores allow)"
     )
+    render.say("based on:")
+    for line in est.basis:
+        render.say(f"  {line}")

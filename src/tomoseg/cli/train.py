@@ -20,6 +20,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from tomoseg.cli import render
+from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import Config, Overwrite, Quiet
 from tomoseg.config.schema import TrainConfig
 
@@ -125,10 +126,11 @@ def train(**options: Any) -> None:
         classes=options["classes"],
     )  # fmt: skip
     cfg = load_config(options["config"], given_on_command_line(options["ctx"], options))
-    run_train(
-        source, out, cfg, resume=options["resume"], overwrite=options["overwrite"],
-        console=render.console, progress=not options["quiet"],
-    )  # fmt: skip
+    with render.progress_bar(bar=not options["quiet"]) as show, cancel_on_interrupt() as cancel:
+        run_train(
+            source, out, cfg, resume=options["resume"], overwrite=options["overwrite"],
+            progress=show, cancel=cancel,
+        )  # fmt: skip
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         render.say(
             f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"

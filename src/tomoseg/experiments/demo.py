@@ -89,7 +89,7 @@ def run_demo(
         f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of "
         f"{cfg.crop_size} px, {cfg.epochs} epochs"
     )
-    run = train(data, out / "run", cfg, overwrite=overwrite, progress=False)
+    run = train(data, out / "run", cfg, overwrite=overwrite, progress=progress, cancel=cancel)
     job.advance()
     job.message("[4/4] evaluating the network on the test slices")
     net, sec = evaluate_run(
@@ -202,7 +202,7 @@ def run_stack_demo(
     job.message(
         f"[2/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px"
     )
-    run = train(data, out / "run", cfg, overwrite=overwrite, progress=False)
+    run = train(data, out / "run", cfg, overwrite=overwrite, progress=progress, cancel=cancel)
     job.advance()
     job.message(f"[3/4] segmenting the whole stack {stack}")
     info = segment_stack(run, stack, out / "segmented", overwrite=overwrite)
