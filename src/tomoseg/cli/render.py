@@ -14,8 +14,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from tomoseg.utils.progress import ProgressEvent
 
@@ -114,6 +123,16 @@ def rate(units: int, seconds: float, unit: str) -> str:
     return f"{per_second:.2f} {unit}s/s" if per_second >= 1 else f"{1 / per_second:.1f} s/{unit}"
 
 
+class _EtaColumn(ProgressColumn):
+    """The job's ETA, counting down between events (``task.fields['done_at']``: the
+    ``time.monotonic()`` at which the last event's ETA ends; None while unknown)."""
+
+    def render(self, task: Task) -> Text:
+        done_at = task.fields.get("done_at")
+        left = None if done_at is None else max(0.0, done_at - time.monotonic())
+        return Text(f"ETA {duration(left)}")
+
+
 class ProgressRenderer:
     """A ``progress=`` callback for library jobs that draws on a console.
 
@@ -145,8 +164,6 @@ class ProgressRenderer:
             summary = f": {event.message}" if event.message else ""
             line = f"{event.job}: {_counts(event)}{eta}{summary}"
             self.out.print(line, markup=False, highlight=False)
-        elif event.kind == "end" and event.message:
-            self.out.print(event.message, markup=False, highlight=False)
 
     def _log_due(self, event: ProgressEvent) -> bool:
         """Whether a unit gets its line in a log: one with a summary always, the last one, and
@@ -167,20 +184,21 @@ class ProgressRenderer:
                 TextColumn("{task.fields[counts]}"),
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
-                TextColumn("ETA {task.fields[eta]}"),
+                _EtaColumn(),
                 console=self.out,
             )
             self._progress.start()
             self._outer = event.job
         if event.job not in self._tasks:
-            self._tasks[event.job] = self._progress.add_task(event.job, counts="", eta="", rate="")
+            self._tasks[event.job] = self._progress.add_task(event.job, counts="", rate="")
             self._first[event.job] = event.done if event.kind == "start" else event.done - 1
-        if event.message and event.kind != "start":
+        if event.message and event.kind == "advance":
             self._progress.console.print(event.message, markup=False, highlight=False)
-        eta = "0:00:00" if event.kind == "end" else duration(event.eta)
+        eta = 0.0 if event.kind == "end" else event.eta
+        done_at = None if eta is None else time.monotonic() + eta
         self._progress.update(
             self._tasks[event.job], completed=event.done, total=event.total,
-            counts=_counts(event), eta=eta,
+            counts=_counts(event), done_at=done_at,
             rate=rate(event.done - self._first[event.job], event.elapsed, event.unit),
         )  # fmt: skip
         if event.kind == "end" and event.job == self._outer:
