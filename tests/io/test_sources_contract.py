@@ -168,3 +168,27 @@ def test_every_source_segments_to_the_same_labels(tmp_path, tiny_run):
         got = np.asarray(zarr.open_array(str(out / "labels.zarr" / "0"), mode="r")[:])
         assert np.array_equal(got, ref), name
         assert np.array_equal(p.predict_volume(inp), ref), name
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.zeros((4, 5), np.uint8), r"input must be a \(Z, Y, X\) array, got shape \(4, 5\)"),
+        (np.zeros((2, 4, 5), complex), "input must hold integers or floats, got complex128"),
+        (np.zeros((0, 4, 5), np.uint8), r"the input array is empty \(shape \(0, 4, 5\)\)"),
+        ([[1, 2], [3, 4]], "input must be a path or a \\(Z, Y, X\\) array, got list"),
+    ],
+)
+def test_bad_arrays_are_one_error_line(value, match):
+    from tomoseg.errors import TomosegError
+
+    with pytest.raises(TomosegError, match=match) as exc:
+        open_source(value)
+    assert "\n" not in str(exc.value)
+
+
+def test_array_with_channel_is_refused():
+    from tomoseg.errors import TomosegError
+
+    with pytest.raises(TomosegError, match="channel=1 is out of range: the input array has no C"):
+        open_source(content(), channel=1)

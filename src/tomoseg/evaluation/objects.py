@@ -760,7 +760,8 @@ def measure_objects(
     measurements are ``skimage.measure.regionprops_table``'s, with its column names.
 
     Args:
-        labels: (Z, Y, X) integer class ids (a ``segment_stack`` volume read into memory).
+        labels: (Z, Y, X) integer class ids: a numpy array, or an array-like read into memory
+            (a dask array is computed; a ``segment_stack`` volume read with zarr).
         class_id: the class whose objects are measured.
         spacing: (z, y, x) voxel size in physical units.
         connectivity: 6, 18 or 26.

@@ -53,7 +53,7 @@ from tomoseg.inference.stack_job import (
     parse_part,
     part_range,
 )
-from tomoseg.inference.stack_sinks import VolumeMeta, get_sink
+from tomoseg.inference.stack_sinks import Sink, VolumeMeta, get_sink
 from tomoseg.io.sources import open_source, parse_voxel_size
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
@@ -93,6 +93,57 @@ def _check_backend(
         raise TomosegError(
             f"io_workers={io_workers!r}: must be an integer >= 0 (0: threads; default: automatic)"
         )
+
+
+def _ray(
+    run_dir: Predictor | str | os.PathLike[str],
+    settings: InferenceSettings | None,
+    address: str | None,
+    actors: int | None,
+    cpus_per_actor: int,
+    num_cpus: int | None,
+) -> tuple[Executor, InferenceSettings | None]:
+    """The Ray executor (the actors on the settings' device) and the driver's settings: the
+    driver only describes the job, so a run folder is loaded there on the CPU."""
+    from tomoseg.inference.ray_backend import RayExecutor
+
+    given = run_dir.settings if isinstance(run_dir, Predictor) else settings
+    device = given.device if given is not None else "auto"
+    executor = RayExecutor(device, address, actors, cpus_per_actor, num_cpus)
+    if not isinstance(run_dir, Predictor):
+        settings = replace(settings or InferenceSettings(), device="cpu")
+    return executor, settings
+
+
+def _record(
+    predictor: Predictor,
+    input: dict[str, Any],
+    sink: Sink,
+    voxel: Sequence[float],
+    unit: str,
+) -> dict[str, Any]:
+    """The job's ``stack.json`` (before it completes): the run, the input, the output format,
+    the voxel size and the inference settings that change the labels."""
+    run = predictor.run
+    wfile = run.weights_file  # the weights load_run resolved
+    assert wfile is not None
+    return {
+        "tomoseg": "segment-stack",
+        "run": {
+            "path": str(Path(run.path).resolve()),
+            "weights": wfile.name,
+            "sha256": _sha256(wfile),
+        },
+        "classes": run.classes,
+        "class_of_interest": run.class_of_interest,
+        "input": input,
+        "format": sink.fmt,
+        "volume": sink.volume,
+        "voxel_size": list(voxel),
+        "unit": unit,
+        "inference": {k: predictor.record()[k] for k in ("tta", "decision")},
+        "complete": False,
+    }
 
 
 def segment_stack(
@@ -196,44 +247,24 @@ def segment_stack(
     i_n = parse_part(part) if part is not None else None
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
-    ray = backend == "ray" and executor is None and not verify
-    if ray:
-        from tomoseg.inference.ray_backend import RayExecutor
-
-        device = settings.device if settings is not None else None
-        if isinstance(run_dir, Predictor):
-            device = run_dir.settings.device
-        executor = RayExecutor(device or "auto", address, actors, cpus_per_actor, num_cpus)
-        if not isinstance(run_dir, Predictor):
-            # the driver only describes the job: the actors load the run on their device
-            settings = replace(settings or InferenceSettings(), device="cpu")
+    if backend == "ray" and executor is None and not verify:
+        executor, settings = _ray(run_dir, settings, address, actors, cpus_per_actor, num_cpus)
     predictor = as_predictor(run_dir, settings)
-    nonfinite = predictor.settings.nonfinite
-    run = predictor.run
-    wfile = run.weights_file  # the weights load_run resolved
-    assert wfile is not None
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
     unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
-    info = {
-        "tomoseg": "segment-stack",
-        "run": {
-            "path": str(Path(run.path).resolve()),
-            "weights": wfile.name,
-            "sha256": _sha256(wfile),
-        },
-        "classes": run.classes,
-        "class_of_interest": run.class_of_interest,
-        "input": src.describe(),
-        "format": sink.fmt,
-        "volume": sink.volume,
-        "voxel_size": list(voxel),
-        "unit": unit,
-        "inference": {k: predictor.record()[k] for k in ("tta", "decision")},
-        "complete": False,
-    }
+    info = _record(predictor, src.describe(), sink, voxel, unit)
+    run = predictor.run
     meta = VolumeMeta(f"{src.name} segmented", voxel, unit, run.classes, run.class_of_interest)
     job = StackJob(
-        src, Path(out), sink, info, meta, int(batch_slices), nonfinite, i_n, bool(verify)
+        src=src,
+        out=Path(out),
+        sink=sink,
+        info=info,
+        meta=meta,
+        batch=int(batch_slices),
+        nonfinite=predictor.settings.nonfinite,
+        part=i_n,
+        verify=bool(verify),
     ).prepare(bool(overwrite))
     prog.set_total(len(job.span), done=job.finished)
     prog.start()

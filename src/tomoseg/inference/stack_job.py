@@ -284,45 +284,31 @@ class StackJob:
             TomosegError: ``verify`` and slices are missing (naming them).
         """
         seconds = perf_counter() - self.t0
-        rate = round(computed / seconds, 4) if seconds > 0 else None
-        out, info, fmt = self.out, self.info, self.sink.fmt
-        common = {
+        out, info, rng, i_n = self.out, self.info, self.span, self.part
+        summary: dict[str, Any] = {
             "out": str(out),
             "volume": str(out / info["volume"]),
-            "format": fmt,
+            "format": self.sink.fmt,
+            "slices": len(rng),
         }
+        if self.shared:
+            summary["first"] = rng.start if len(rng) else None
+            summary["last"] = rng.stop - 1 if len(rng) else None
+            summary["part"] = f"{i_n[0]}/{i_n[1]}" if i_n else None
+        summary.update(
+            computed=computed,
+            skipped=self.finished,
+            seconds=round(seconds, 3),
+            slices_per_second=round(computed / seconds, 4) if seconds > 0 else None,
+            voxel_size=list(info["voxel_size"]),
+            unit=info["unit"],
+        )
         if not self.shared:
-            summary = {
-                **common,
-                "slices": self.src.n,
-                "computed": computed,
-                "skipped": self.finished,
-                "seconds": round(seconds, 3),
-                "slices_per_second": rate,
-                "voxel_size": list(info["voxel_size"]),
-                "unit": info["unit"],
-                "nonfinite": _nonfinite_summary(self.marks, self.src.ids),
-            }
+            summary["nonfinite"] = _nonfinite_summary(self.marks, self.src.ids)
             write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
             return summary
-        rng, i_n = self.span, self.part
         missing = missing_slices(out, self.src.n)
-        summary = {
-            **common,
-            "slices": len(rng),
-            "first": rng.start if len(rng) else None,
-            "last": rng.stop - 1 if len(rng) else None,
-            "part": f"{i_n[0]}/{i_n[1]}" if i_n else None,
-            "computed": computed,
-            "skipped": self.finished,
-            "seconds": round(seconds, 3),
-            "slices_per_second": rate,
-            "voxel_size": list(info["voxel_size"]),
-            "unit": info["unit"],
-            "stack_slices": self.src.n,
-            "missing": len(missing),
-            "complete": not missing,
-        }
+        summary.update(stack_slices=self.src.n, missing=len(missing), complete=not missing)
         if not missing:  # the last part to finish (or a verify) marks the whole output complete
             final = read_stack_info(out) or info
             if not final.get("complete"):

@@ -16,13 +16,7 @@ import tifffile
 
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.images import TIFF_SUFFIXES
-from tomoseg.io.sources.base import (
-    StackSource,
-    parse_voxel_size,
-    plan_axes,
-    plane,
-    slice_ids,
-)
+from tomoseg.io.sources.base import StackSource, parse_voxel_size, plan_axes, plane, slice_ids
 from tomoseg.utils.format import first_line
 
 

@@ -13,13 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io.sources.base import (
-    StackSource,
-    parse_voxel_size,
-    plan_axes,
-    plane,
-    slice_ids,
-)
+from tomoseg.io.sources.base import StackSource, parse_voxel_size, plan_axes, plane, slice_ids
 from tomoseg.utils.format import first_line
 
 
