@@ -55,8 +55,9 @@ def run_demo(
         overwrite: replace an earlier demo in ``out``.
         epochs: training epochs.
         seed: seed of the phantom and of training.
-        progress: receives a ``demo`` job's events (4 steps, a message per step).
-        cancel: stops the demo between steps (:class:`~tomoseg.utils.progress.Cancelled`).
+        progress: receives a message per step (``demo``) and the training's events.
+        cancel: stops the demo between steps and the training at its next batch
+            (:class:`~tomoseg.utils.progress.Cancelled`).
 
     Returns:
         ``otsu`` and ``network`` (``iou``, ``bf1`` of the class of interest), ``title`` and
@@ -69,11 +70,11 @@ def run_demo(
 
     out = Path(out)
     t_start = time.perf_counter()
-    job = job_progress("demo", "step", 4, progress, cancel)
+    job = job_progress("demo", "step", None, progress, cancel)  # its steps: messages
     data = out / "phantom"
     job.message(f"[1/4] phantom {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} x {DEMO_SLICES} slices -> {data}")
     generate_phantom(data, DEMO_SHAPE, DEMO_SLICES, seed, overwrite=overwrite)
-    job.advance()
+    job.check()
     job.message("[2/4] Otsu threshold baseline on the test slices")
     otsu_pred = otsu_predictions(data, "test", out / "otsu" / "predictions")
     otsu = score_folders(
@@ -83,20 +84,20 @@ def run_demo(
         images_dir=data / "test" / "images",
         overwrite=True,
     )
-    job.advance()
+    job.check()
     cfg = demo_config(epochs).model_copy(update={"seed": seed})
     job.message(
         f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of "
         f"{cfg.crop_size} px, {cfg.epochs} epochs"
     )
     run = train(data, out / "run", cfg, overwrite=overwrite, progress=progress, cancel=cancel)
-    job.advance()
+    job.check()
     job.message("[4/4] evaluating the network on the test slices")
     net, sec = evaluate_run(
-        run, data, out / "evaluation", settings=InferenceSettings(device=cfg.device), overwrite=True
-    )
-    job.advance()
-    job.end()
+        run, data, out / "evaluation", settings=InferenceSettings(device=cfg.device),
+        overwrite=True, progress=progress, cancel=cancel,
+    )  # fmt: skip
+    job.check()
     result = _comparison(load_dataset(data), cfg, otsu, net)
     elapsed = time.perf_counter() - t_start
     return {**result, "seconds": elapsed, "seconds_per_slice": sec, "run": run, "out": out}
@@ -180,8 +181,9 @@ def run_stack_demo(
     Args:
         out: folder for ``phantom/``, ``stack.tif``, ``run/``, ``segmented/``, ``objects/``.
         overwrite, epochs, seed: as :func:`run_demo`.
-        progress: receives a ``demo`` job's events (4 steps, a message per step).
-        cancel: stops the demo between steps (:class:`~tomoseg.utils.progress.Cancelled`).
+        progress: receives a message per step (``demo``) and the training's events.
+        cancel: stops the demo between steps and the training at its next batch
+            (:class:`~tomoseg.utils.progress.Cancelled`).
 
     Returns:
         The objects summary (with the detection scores against the truth), plus ``stack``
@@ -192,22 +194,24 @@ def run_stack_demo(
     from tomoseg.training.trainer import train
 
     out = Path(out)
-    job = job_progress("demo", "step", 4, progress, cancel)
+    job = job_progress("demo", "step", None, progress, cancel)  # its steps: messages
     data = out / "phantom"
     job.message(f"[1/4] phantom {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} x {DEMO_SLICES} slices -> {data}")
     generate_phantom(data, DEMO_SHAPE, DEMO_SLICES, seed, overwrite=overwrite)
     stack = phantom_stack(data, out / "stack.tif")
-    job.advance()
+    job.check()
     cfg = demo_config(epochs).model_copy(update={"seed": seed})
     job.message(
         f"[2/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px"
     )
     run = train(data, out / "run", cfg, overwrite=overwrite, progress=progress, cancel=cancel)
-    job.advance()
+    job.check()
     job.message(f"[3/4] segmenting the whole stack {stack}")
-    info = segment_stack(run, stack, out / "segmented", overwrite=overwrite)
+    info = segment_stack(
+        run, stack, out / "segmented", overwrite=overwrite, progress=progress, cancel=cancel
+    )
     job.message(f"      {info['slices']} slices, {info['slices_per_second']:.2f} slices/s")
-    job.advance()
+    job.check()
     job.message(
         "[4/4] 3D objects (26-connectivity, objects under 30 voxels removed) vs the 3D truth"
     )
@@ -215,6 +219,5 @@ def run_stack_demo(
         out / "segmented", out / "objects", min_volume=30,
         truth=data / "truth3d" / "labels.tif", overwrite=overwrite,
     )  # fmt: skip
-    job.advance()
-    job.end()
+    job.check()
     return {**summary, "stack": info, "out": out}
