@@ -1,5 +1,5 @@
-"""Ctrl-C during ``segment-stack``: one ``error:`` line saying it was cancelled, a non-zero
-exit, and the same command resumes to the labels of an uninterrupted run."""
+"""Ctrl-C during ``segment-stack`` and ``train``: one ``error:`` line saying it was cancelled
+and how to resume, a non-zero exit, and the resumed job ends as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,23 @@ import zarr
 from conftest import make_dataset
 
 from tomoseg.cli import render
+
+
+def _ctrl_c_after(units: int, real):
+    """``render.progress_bar`` that presses Ctrl-C once ``units`` units of the job are done."""
+
+    @contextmanager
+    def progress_bar(enabled: bool = True, bar: bool = True):
+        with real(enabled, bar) as show:
+
+            def progress(event) -> None:
+                if event.kind == "advance" and event.done == units:
+                    os.kill(os.getpid(), signal.SIGINT)
+                show(event)
+
+            yield progress
+
+    return progress_bar
 
 
 def _labels(folder) -> np.ndarray:
@@ -31,25 +48,31 @@ def test_ctrl_c_stops_segment_stack_and_the_same_command_resumes(tmp_path, run_c
     assert code == 0, err
 
     real = render.progress_bar
-
-    @contextmanager
-    def ctrl_c_after_first_slice(enabled: bool = True):
-        with real(enabled) as show:
-
-            def progress(event) -> None:
-                if event.kind == "advance" and event.done == 1:  # the user presses Ctrl-C
-                    os.kill(os.getpid(), signal.SIGINT)
-                show(event)
-
-            yield progress
-
-    monkeypatch.setattr(render, "progress_bar", ctrl_c_after_first_slice)
+    monkeypatch.setattr(render, "progress_bar", _ctrl_c_after(1, real))
     cut = tmp_path / "cut"
     code, out, err = run_cli("segment-stack", run, stack, "--out", cut)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1, err
     assert "segment-stack cancelled after 1/6 slices" in lines[0]
+    assert lines[0].endswith("the same command resumes it")
     monkeypatch.setattr(render, "progress_bar", real)
     code, out, err = run_cli("segment-stack", run, stack, "--out", cut)
     assert code == 0 and "already done" in out and "0 already done" not in out, out + err
     np.testing.assert_array_equal(_labels(cut), _labels(tmp_path / "full"))
+
+
+def test_ctrl_c_stops_train_and_resume_finishes_it(tmp_path, run_cli, monkeypatch):
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    run = tmp_path / "run"
+    tiny = ["--crop-size", "32", "--crops", "8", "--epochs", "3", "--width", "4", "--quiet"]
+    real = render.progress_bar
+    monkeypatch.setattr(render, "progress_bar", _ctrl_c_after(1, real))
+    code, out, err = run_cli("train", "--data", data, "--out", run, *tiny)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1, err
+    assert "train cancelled" in lines[0] and "--resume" in lines[0]
+    assert "epoch 1:" in out and "epoch 2:" not in out
+    monkeypatch.setattr(render, "progress_bar", real)
+    code, out, err = run_cli("train", "--data", data, "--out", run, *tiny, "--resume")
+    assert code == 0, err
+    assert "epoch 3:" in out and "epoch 1:" not in out

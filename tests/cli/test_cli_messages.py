@@ -59,6 +59,9 @@ def test_parameter_names_become_cli_message():
         cli_message("which='middle' is not last or best") == "--weights middle is not last or best"
     )
     assert cli_message("n_meshes=-1 must be >= 0") == "--meshes -1 must be >= 0"
+    assert cli_message("cancelled; the same call resumes it") == (
+        "cancelled; the same command resumes it"
+    )
 
 
 def test_cli_error_speaks_of_options(tmp_path, capsys):

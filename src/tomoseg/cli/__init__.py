@@ -60,8 +60,9 @@ def cli_message(message: str) -> str:
     """A library message in the CLI's terms. Library messages name parameters; the command line
     speaks of options: ``overwrite=True`` -> ``--overwrite``, ``nonfinite='error'`` ->
     ``--nonfinite error``, ``tile_size=8`` -> ``--tile-size 8``, ``use overwrite`` -> ``use
-    --overwrite``. Only the ``name=value`` form is rewritten, so file keys and plain words that
-    happen to share a parameter's name stay as they are."""
+    --overwrite``; a cancelled job's "the same call" resumes it -> "the same command". Only
+    the ``name=value`` form is rewritten, so file keys and plain words that happen to share a
+    parameter's name stay as they are."""
     names = cli_options()
 
     def assign(m: re.Match) -> str:
@@ -70,7 +71,7 @@ def cli_message(message: str) -> str:
             return m.group(0)
         return names[word] if value == "True" else f"{names[word]} {value}"
 
-    message = _ASSIGN.sub(assign, message)
+    message = _ASSIGN.sub(assign, message).replace("the same call", "the same command")
     return re.sub(r"\buse overwrite\b", "use --overwrite", message)
 
 

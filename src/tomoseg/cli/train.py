@@ -23,6 +23,7 @@ from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import Config, Overwrite, Quiet
 from tomoseg.config.schema import TrainConfig
+from tomoseg.utils.progress import Cancelled
 
 #: ``train``'s options beyond the config's fields: where the data is and what to do with the
 #: run folder.
@@ -127,10 +128,13 @@ def train(**options: Any) -> None:
     )  # fmt: skip
     cfg = load_config(options["config"], given_on_command_line(options["ctx"], options))
     with render.progress_bar(bar=not options["quiet"]) as show, cancel_on_interrupt() as cancel:
-        run_train(
-            source, out, cfg, resume=options["resume"], overwrite=options["overwrite"],
-            progress=show, cancel=cancel,
-        )  # fmt: skip
+        try:
+            run_train(
+                source, out, cfg, resume=options["resume"], overwrite=options["overwrite"],
+                progress=show, cancel=cancel,
+            )  # fmt: skip
+        except Cancelled as exc:
+            raise Cancelled(f"{exc}; the same command with --resume continues it") from None
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         render.say(
             f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
