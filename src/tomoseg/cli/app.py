@@ -258,6 +258,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
+    del quiet  # the epoch lines are printed either way (there is no progress bar to hide)
     from tomoseg.config.schema import load_config
     from tomoseg.data.sources import DataSource
     from tomoseg.training.trainer import is_rank_zero
@@ -295,7 +296,7 @@ def train(
         ),
     )
     run_train(
-        source, out, cfg, resume=resume, overwrite=overwrite, progress=None if quiet else _lines
+        source, out, cfg, resume=resume, overwrite=overwrite, progress=_lines
     )
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         console.print(
