@@ -295,9 +295,7 @@ def train(
             tune_decision=tune_decision,
         ),
     )
-    run_train(
-        source, out, cfg, resume=resume, overwrite=overwrite, progress=_lines
-    )
+    run_train(source, out, cfg, resume=resume, overwrite=overwrite, progress=_lines)
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         console.print(
             f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
