@@ -198,6 +198,27 @@ def estimate_sweep(
     infer_per_px = _time(infer) / (shape[0] * shape[1] * shape[2]) * overlap
     tta = len(parse_tta(cfg.tta)) + 1.0  # the identity and each transform
 
+    # cutting and augmenting a crop (random pixels of the crop's image size), per crop
+    from tomoseg.data.crops import CropBox
+    from tomoseg.data.datamodule import CropDataset
+
+    def crop_seconds(size: int) -> float:
+        h, w = crop_hw(size)
+        hi, wi = crop_hw(FULL)
+        img = np.random.default_rng(0).random((hi, wi)).astype(np.float32)
+        ds = CropDataset([img], [(img > 0.5).astype(np.uint8)], [CropBox(0, 0, 0, h, w)] * 8, cfg)
+        return _time(lambda: [ds[i] for i in range(8)], repeats=1) / 8
+
+    per_crop = {s: crop_seconds(s) for s in {small, large}}
+
+    def crop_at(size: int) -> float:
+        a = area(size)
+        c0, c1 = per_crop[small], per_crop[large]
+        return c0 if a1 == a0 else c0 + (c1 - c0) * (a - a0) / (a1 - a0)
+
+    # Lightning's own cost: a fit of a one-weight module, one step per epoch, 1 and 3 epochs
+    fit_s, loop_s = _lightning_cost()
+
     # per epoch: metrics.csv, curves.png, two checkpoints and the weights
     import io as _io
 
@@ -208,7 +229,7 @@ def estimate_sweep(
     with __import__("tempfile").TemporaryDirectory() as tmp:
         plot_s = _time(lambda: plot_curves(hist, Path(tmp) / "c.png", "x"), repeats=1)
     save_s = _time(lambda: torch.save(state, _io.BytesIO()), repeats=1)
-    per_epoch = plot_s + 3 * save_s
+    per_epoch = plot_s + 3 * save_s + loop_s
 
     # a case's process: start and import what it runs
     t = time.perf_counter()
@@ -228,12 +249,12 @@ def estimate_sweep(
         "validation": validations * val_s,
         "tuning": pixels["val"] * infer_per_px * tta if cfg.tune_decision else 0.0,
         "evaluation": pixels["test"] * infer_per_px * tta,
-        "overhead": cfg.epochs * per_epoch,
+        "overhead": fit_s + cfg.epochs * per_epoch,
     }
     per_case, parts = {}, {}
     for c in plan_cases(sizes, counts, repeats, cfg.seed):
         steps = math.ceil(c.count / batch_of(c.size))
-        p = {**fixed, "train": cfg.epochs * steps * step_at(c.size)}
+        p = {**fixed, "train": cfg.epochs * (steps * step_at(c.size) + c.count * crop_at(c.size))}
         t_case = sum(p.values())
         if cfg.max_minutes:
             t_case = min(t_case, cfg.max_minutes * 60 + startup + p["tuning"] + p["evaluation"])
@@ -255,9 +276,52 @@ def estimate_sweep(
         f"images: {pixels['train'] / 1e6:.2f} Mpx train, {pixels['val'] / 1e6:.2f} Mpx val, "
         f"{pixels['test'] / 1e6:.2f} Mpx test (from the file headers), read at "
         f"{read_per_px * 1e9:.1f} ns per pixel",
-        f"per case: process start {startup:.1f} s, per epoch {per_epoch:.2f} s of "
-        "checkpoints, weights and curves",
+        f"per crop: {crop_at(small) * 1e3:.1f} ms cutting and augmenting (timed)",
+        f"per case: process start {startup:.1f} s, Lightning's fit {fit_s:.1f} s; per epoch "
+        f"{per_epoch:.2f} s of Lightning's loop, checkpoints, weights and curves (timed)",
         "not included: torch.compile, other jobs on this machine; --jobs N shares the CPU "
         "cores among N cases",
     ]
     return SweepEstimate(float(sum(per_case.values())), per_case, parts, basis)
+
+
+def _lightning_cost() -> tuple[float, float]:
+    """Seconds of a Lightning fit beyond its steps: ``(per fit, per epoch)``, from fits of a
+    one-weight module with one step per epoch, for 1 and 3 epochs (no logger, no checkpoint)."""
+    import lightning as L
+    import torch
+
+    class One(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - batch[0]).pow(2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.zeros(1, 1), batch_size=1)
+
+    def fit(epochs: int) -> float:
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        t0 = time.perf_counter()
+        trainer.fit(One())
+        return time.perf_counter() - t0
+
+    from tomoseg.training.trainer import quiet_lightning
+
+    quiet_lightning()
+    fit(1)  # warm-up
+    one, three = fit(1), fit(3)
+    per_epoch = max(0.0, (three - one) / 2)
+    return max(0.0, one - per_epoch), per_epoch
