@@ -42,7 +42,8 @@ def test_log_file_gets_plain_whole_lines_with_the_eta():
 
 def test_console_without_terminal_does_not_wrap(monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
-    console = make_console()  # stdout under pytest is not a terminal
+    monkeypatch.setattr("sys.stdout", io.StringIO())  # a log file, as under Slurm or nohup
+    console = make_console()
     assert not console.is_terminal and console.width >= LOG_WIDTH and console.soft_wrap
 
 
