@@ -148,8 +148,9 @@ def worker(spec: dict) -> dict:
     sampler.start()
     marks: list[tuple[float, int]] = []  # (time, slices finished): the steady rate
 
-    def progress(done: int, total: int) -> None:
-        marks.append((time.perf_counter(), done))
+    def progress(event) -> None:  # a ProgressEvent per finished slice
+        if event.kind == "advance":
+            marks.append((time.perf_counter(), event.done))
 
     opts = {
         "io_workers": spec.get("io_workers"),
@@ -162,7 +163,7 @@ def worker(spec: dict) -> dict:
         import numpy as np
 
         from tomoseg.data.normalization import normalize
-        from tomoseg.inference import stack
+        from tomoseg.inference import stack, stack_executors
 
         def threshold(run, images):  # no network: what reading, normalising, writing cost
             out = []
@@ -171,7 +172,7 @@ def worker(spec: dict) -> dict:
                 out.append((x > np.median(x[::16, ::16])).astype(np.uint8))
             return out
 
-        stack._segment_many = threshold
+        stack_executors.segment_many = threshold
         stack.segment_stack(
             spec["run"],
             spec["input"],

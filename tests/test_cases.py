@@ -265,7 +265,7 @@ def test_thin_objects_table_and_skipped_meshes(cases, tmp_path, run_cli, monkeyp
     assert (tmp_path / "b" / "summary.json").is_file()
     assert len(list((tmp_path / "b" / "meshes").glob("*.ply"))) == 3
     # the plots are optional too
-    monkeypatch.setattr(obj, "_preview", lambda *a: 1 / 0)
+    monkeypatch.setattr(obj, "mesh_preview", lambda *a: 1 / 0)  # reporting.objects
     code, _, err = run_cli("objects", lab, "--out", tmp_path / "c")
     assert code == 0 and "warning: preview.png was not written" in err, err
     assert (tmp_path / "c" / "objects.csv").is_file()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +24,7 @@ from tomoseg.errors import TomosegError
 
 if TYPE_CHECKING:
     from tomoseg.inference.predictor import Predictor
+    from tomoseg.utils.progress import CancelToken, ProgressEvent
 
 PathLike = str | os.PathLike[str]
 
@@ -138,14 +139,27 @@ def _split_settings(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def segment_stack(
-    run: PathLike | Predictor, input: PathLike, out: PathLike, **options: Any
+    run: PathLike | Predictor,
+    input: PathLike | np.ndarray | Any,
+    out: PathLike,
+    *,
+    backend: str = "local",
+    progress: Callable[[ProgressEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Segment a whole stack into an OME-Zarr label volume (``tomoseg segment-stack``).
 
     Args:
         run: a run folder or a :class:`~tomoseg.Predictor`.
-        input: the stack (see :func:`tomoseg.inference.stack.segment_stack`).
+        input: the stack: a folder of slices, a multi-page TIFF, a Zarr / OME-Zarr, or a
+            (Z, Y, X) array in memory (numpy, dask; see :mod:`tomoseg.io.sources`).
         out: the output folder.
+        backend: ``local`` (threads, or ``io_workers`` processes, here) or ``ray`` (a pool of
+            Ray actors: ``address``, ``actors``, ``cpus_per_actor``, ``num_cpus``).
+        progress: receives a :class:`~tomoseg.utils.progress.ProgressEvent` per finished slice.
+        cancel: a :class:`threading.Event`; when set, the job stops at the next slice and
+            raises :class:`~tomoseg.utils.progress.Cancelled`; the same call resumes it.
         **options: the options of :func:`tomoseg.inference.stack.segment_stack` (keyword-only
             here) and, for a run folder, any :class:`~tomoseg.InferenceSettings` field
             (``device``, ``weights``, ``tta``, ``postprocess``, ``nonfinite``, ...).
@@ -155,7 +169,15 @@ def segment_stack(
     """
     from tomoseg.inference.stack import segment_stack as _segment_stack
 
-    return _segment_stack(run, input, out, **_split_settings(options))
+    return _segment_stack(
+        run,
+        input,
+        out,
+        backend=backend,
+        progress=progress,
+        cancel=cancel,
+        **_split_settings(options),
+    )
 
 
 def score(

@@ -94,6 +94,26 @@ def shapes_volume() -> np.ndarray:
     return vol
 
 
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+def test_array_input_equals_the_zarr(tmp_path, kind):
+    """analyze_objects takes a (Z, Y, X) array (numpy, or dask read slab by slab) as a volume."""
+    vol = shapes_volume()
+    arr = vol
+    if kind == "dask":
+        da = pytest.importorskip("dask.array")
+        arr = da.from_array(vol, chunks=(4, 32, 40))
+    src = write_classes_zarr(tmp_path / "v.zarr", vol, voxel=(1.0, 0.5, 0.5))
+    ref = analyze_objects(src, tmp_path / "ref", class_name="soma", chunk_slices=5, n_meshes=0)
+    got = analyze_objects(
+        arr, tmp_path / "arr", class_name="1", chunk_slices=5, n_meshes=0, voxel_size=(1, 0.5, 0.5)
+    )
+    assert got["volume"] == "the input array" and got["count"] == ref["count"] == 3
+    assert (tmp_path / "arr" / "objects.csv").read_text() == (
+        tmp_path / "ref" / "objects.csv"
+    ).read_text()
+    assert np.array_equal(label_objects(arr, chunk_slices=3, value=1), label_objects(vol, value=1))
+
+
 def test_objects_table_summary_meshes(tmp_path):
     vol = shapes_volume()
     src = write_classes_zarr(tmp_path / "v.zarr", vol, voxel=(1.0, 0.5, 0.5))

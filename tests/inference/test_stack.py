@@ -139,14 +139,14 @@ def test_resume_identity(tmp_path, runs):
     out = tmp_path / "out"
     seen = []
 
-    def stop_after_two(done, total):
-        seen.append((done, total))
-        if done >= 2:
+    def stop_after_two(event):
+        seen.append((event.done, event.total))
+        if event.done >= 2:
             raise KeyboardInterrupt  # like Ctrl-C / a kill after two slices
 
     with pytest.raises(KeyboardInterrupt):
         segment_stack(runs[0], src, out, device="cpu", progress=stop_after_two)
-    assert seen[0] == (1, 12)
+    assert seen[:2] == [(0, 12), (1, 12)]  # start, then one event per slice
     marks = {f.name: f.stat().st_mtime_ns for f in (out / "progress").iterdir()}
     assert 2 <= len(marks) < 12  # the writer finishes the slices already computed
     assert not json.loads((out / "stack.json").read_text())["complete"]
@@ -246,14 +246,16 @@ def test_voxel_size_validation(bad):
 def test_disk_full_is_a_one_liner_and_resumable(tmp_path, runs, monkeypatch):
     imgs = slices(4, seed=7)
     src = folder(tmp_path / "in", imgs)
-    real = stack_mod._Sink.write
+    from tomoseg.inference import stack_sinks
+
+    real = stack_sinks._ZarrWriter.write
 
     def full_at_two(self, i, labels):
         if i == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(self, i, labels)
 
-    monkeypatch.setattr(stack_mod._Sink, "write", full_at_two)
+    monkeypatch.setattr(stack_sinks._ZarrWriter, "write", full_at_two)
     out = tmp_path / "out"
     with pytest.raises(TomosegError) as exc:
         segment_stack(runs[0], src, out, device="cpu")
@@ -354,8 +356,8 @@ def test_io_workers_interrupted_then_resumed_identically(tmp_path, runs):
     src = folder(tmp_path / "in", slices(10, seed=9))
     segment_stack(runs[0], src, tmp_path / "full", device="cpu", io_workers=0)
 
-    def stop_after_two(done, total):
-        if done >= 2:
+    def stop_after_two(event):
+        if event.done >= 2:
             raise KeyboardInterrupt
 
     out = tmp_path / "out"
@@ -365,6 +367,42 @@ def test_io_workers_interrupted_then_resumed_identically(tmp_path, runs):
     assert 2 <= len(marks) < 10  # the writes already submitted were finished
     info = segment_stack(runs[0], src, out, device="cpu", io_workers=2)
     assert info["computed"] + info["skipped"] == 10 and info["skipped"] == len(marks)
+    assert volume(out).tobytes() == volume(tmp_path / "full").tobytes()
+
+
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_cancel_midway_then_rerun_equals_uninterrupted(tmp_path, runs, io_workers):
+    """``cancel`` set from the progress callback (an event, not a timer) stops the job at the
+    next slice with ``Cancelled``, its finished slices kept; the same call resumes."""
+    import threading
+
+    from tomoseg.utils.progress import Cancelled
+
+    src = folder(tmp_path / "in", slices(10, seed=12))
+    segment_stack(runs[0], src, tmp_path / "full", device="cpu", io_workers=0)
+    cancel = threading.Event()
+
+    def progress(event):
+        if event.done >= 2:
+            cancel.set()
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled, match=r"segment-stack cancelled after \d+/10 slices"):
+        segment_stack(
+            runs[0], src, out, device="cpu", io_workers=io_workers, progress=progress, cancel=cancel
+        )
+    marks = sorted(f.name for f in (out / "progress").iterdir())
+    assert 2 <= len(marks) < 10  # the slices computed before the cancel are written
+    assert not json.loads((out / "stack.json").read_text())["complete"]
+    events = []
+    info = segment_stack(
+        runs[0], src, out, device="cpu", io_workers=io_workers, progress=events.append
+    )
+    assert info["skipped"] == len(marks) and info["computed"] == 10 - len(marks)
+    assert (events[0].kind, events[0].done, events[0].total) == ("start", len(marks), 10)
+    advances = [e for e in events if e.kind == "advance"]
+    assert [e.done for e in advances] == list(range(len(marks) + 1, 11))
+    assert events[-1].kind == "end" and events[-1].done == 10
     assert volume(out).tobytes() == volume(tmp_path / "full").tobytes()
 
 

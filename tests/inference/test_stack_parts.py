@@ -52,7 +52,7 @@ def tree(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("bad", ["0/2", "3/2", "a/b", "1", "1/0", "-1/2", "1/2/3", ""])
 def test_parse_part_refuses(bad):
-    with pytest.raises(TomosegError, match="--part must be I/N"):
+    with pytest.raises(TomosegError, match=r"part='?\S+'?: must be I/N"):
         parse_part(bad)
 
 
@@ -131,7 +131,9 @@ def test_cli_bad_part_is_one_error_line(tmp_path, runs, run_cli, part):
         "segment-stack", runs[0], src, "--out", tmp_path / "o", "--device", "cpu", "--part", part
     )
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: --part must be I/N")
+    assert (
+        code == 1 and len(lines) == 1 and lines[0].startswith(f"error: --part {part}: must be I/N")
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -143,7 +145,7 @@ def test_cli_verify_lists_missing(tmp_path, runs, run_cli):
     code, out, err = run_cli(*args, "--verify")
     assert code == 1 and err.strip() == (
         f"error: 3 of 5 slices are missing in {tmp_path / 'o'}: z0002-z0004 (2-4); "
-        "rerun the parts that hold them (or once without --part)"
+        "rerun the parts that hold them (or once without part)"
     )
     code, out, err = run_cli(*args, "--part", "2/2")
     assert code == 0 and "the whole stack is complete" in out

@@ -13,11 +13,8 @@ from conftest import make_dataset, write_png
 from tomoseg.api import segment_stack
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import InferenceSettings
 from tomoseg.inference.stack import missing_slices
 from tomoseg.training.trainer import train
-
-CPU = InferenceSettings(device="cpu")
 
 SHAPE = (40, 48)
 TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, "depth": 3}
@@ -88,30 +85,28 @@ def test_cli_ray_unreachable(run_cli, run_dir, tmp_path):
     )  # fmt: skip
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "cannot reach the Ray cluster" in lines[0]
-    with pytest.raises(TomosegError, match="--actors must be at least 1"):
-        from tomoseg.inference.ray_backend import ray_runner
-
-        ray_runner(src, actors=0)
+    with pytest.raises(TomosegError, match="actors=0: must be at least 1"):
+        segment_stack(run_dir, src, tmp_path / "o2", backend="ray", actors=0)
 
 
 @pytest.mark.slow
 def test_actors_equal_local_run_resume_and_parts(tmp_path, run_dir, ray_up):
-    from tomoseg.inference.ray_backend import segment_stack_ray
-
     src = stack(tmp_path / "in", 7, seed=2)
     segment_stack(run_dir, src, tmp_path / "single", device="cpu")
-    info = segment_stack_ray(run_dir, src, tmp_path / "ray", settings=CPU, actors=2, batch_slices=2)
+    info = segment_stack(
+        run_dir, src, tmp_path / "ray", device="cpu", backend="ray", actors=2, batch_slices=2
+    )
     assert info["computed"] == 7 and tree(tmp_path / "ray") == tree(tmp_path / "single")
     # resume: slices finished locally by part 1/2 are skipped, the rest computed by the actors
     out = tmp_path / "mixed"
     segment_stack(run_dir, src, out, device="cpu", part="1/2")
-    info = segment_stack_ray(run_dir, src, out, settings=CPU, actors=1)
+    info = segment_stack(run_dir, src, out, device="cpu", backend="ray", actors=1)
     assert (info["computed"], info["skipped"]) == (4, 3) and tree(out) == tree(tmp_path / "single")
     # a part on Ray
     out = tmp_path / "parts"
-    p2 = segment_stack_ray(run_dir, src, out, settings=CPU, part="2/2")
+    p2 = segment_stack(run_dir, src, out, device="cpu", backend="ray", part="2/2")
     assert p2["computed"] == 4 and missing_slices(out, 7) == [0, 1, 2]
-    segment_stack_ray(run_dir, src, out, settings=CPU, part="1/2")
+    segment_stack(run_dir, src, out, device="cpu", backend="ray", part="1/2")
     assert missing_slices(out, 7) == [] and tree(out) == tree(tmp_path / "single")
 
 
@@ -120,19 +115,17 @@ def test_actors_feed_the_2_5d_context_like_the_local_run(tmp_path, ray_up):
     across the boundary of its batch and of a part."""
     import json
 
-    from tomoseg.inference.ray_backend import segment_stack_ray
-
     data = make_dataset(tmp_path / "data", shape=SHAPE)
     spec = json.loads((data / "dataset.json").read_text())
     (data / "dataset.json").write_text(json.dumps({**spec, "consecutive": True}))
     run = train(data, tmp_path / "run", load_config(None, {**TINY, "context": 1}), progress=False)
     src = stack(tmp_path / "in", 5, seed=4)
     segment_stack(run, src, tmp_path / "single", device="cpu")
-    segment_stack_ray(run, src, tmp_path / "ray", settings=CPU, actors=2, batch_slices=2)
+    segment_stack(run, src, tmp_path / "ray", device="cpu", backend="ray", actors=2, batch_slices=2)
     assert tree(tmp_path / "ray") == tree(tmp_path / "single")
     out = tmp_path / "parts"
     segment_stack(run, src, out, device="cpu", part="1/2")
-    segment_stack_ray(run, src, out, settings=CPU, actors=1, part="2/2")
+    segment_stack(run, src, out, device="cpu", backend="ray", actors=1, part="2/2")
     assert tree(out) == tree(tmp_path / "single")
 
 
@@ -156,16 +149,19 @@ def test_nan_pixels_and_hyperstack_channel_as_the_local_run(ray_up, run_dir, tmp
 
     import tifffile
 
-    from tomoseg.inference.ray_backend import ray_runner
-
     rng = np.random.default_rng(3)
     vol = rng.integers(0, 120, (3, 2, *SHAPE)).astype(np.float32)
     vol[:, :, :5, :7] = np.nan
     f = tmp_path / "zc.tif"
     tifffile.imwrite(f, vol, imagej=True, metadata={"axes": "ZCYX"})
     segment_stack(run_dir, f, tmp_path / "local", device="cpu", channel=1)
-    runner = ray_runner(f, device="cpu", channel=1)
-    segment_stack(run_dir, f, tmp_path / "ray", device="cpu", channel=1, runner=runner)
+    segment_stack(run_dir, f, tmp_path / "ray", device="cpu", channel=1, backend="ray")
     assert tree(tmp_path / "ray") == tree(tmp_path / "local")
+    # an array in memory is sent to the actors with the job
+    segment_stack(run_dir, vol[:, 1], tmp_path / "array", device="cpu", backend="ray", actors=2)
+    labels = tree(tmp_path / "array")
+    assert {k: v for k, v in labels.items() if not k.startswith(".")} == {
+        k: v for k, v in tree(tmp_path / "local").items() if not k.startswith(".")
+    }
     summary = json.loads((tmp_path / "ray" / "stack.json").read_text())["summary"]
     assert summary["nonfinite"]["pixels"] == 3 * 5 * 7

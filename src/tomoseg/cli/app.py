@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -539,6 +540,37 @@ def sweep(
     )
 
 
+@contextmanager
+def _slice_bar():
+    """A rich progress bar fed by a library job's ProgressEvents (slices done / total, rate,
+    time left); yields the callback."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = (
+        TextColumn("slices"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*cols, console=console, transient=False) as bar:
+        task = bar.add_task("segment", total=None, rate="")
+        start = 0  # slices finished before this call (a resume): not counted in the rate
+
+        def show(event) -> None:
+            nonlocal start
+            if event.kind == "message":
+                console.print(event.message)
+                return
+            if event.kind == "start":
+                start = event.done
+            here = event.done - start
+            rate = f"{here / event.elapsed:.2f} slices/s" if event.elapsed > 0 and here else ""
+            bar.update(task, completed=event.done, total=event.total, rate=rate)
+
+        yield show
+
+
 @app.command(name="segment-stack")
 def segment_stack_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")],
@@ -598,80 +630,22 @@ def segment_stack_cmd(
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
-    from functools import partial
-
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from tomoseg.inference.stack import segment_stack
 
     if fmt not in ("ome-zarr", "zarr", "tiff"):
         raise TomosegError(f"--format must be ome-zarr or tiff, got {fmt!r}")
-    if backend not in ("local", "ray"):
-        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
-    if backend == "local" and (address or actors is not None or cpus_per_actor != 1):
-        raise TomosegError("--address, --actors and --cpus-per-actor need --backend ray")
-    if backend == "ray" and not verify:
-        from tomoseg.inference.ray_backend import ray_runner
-
-        segment_stack = partial(
-            segment_stack,
-            runner=ray_runner(
-                input,
-                device,
-                allow_gaps,
-                address,
-                actors,
-                cpus_per_actor,
-                channel=channel,
-                time=time,
-            ),
-        )
-        device = "cpu"  # the driver only describes the job; the actors use --device
-    cols = (
-        TextColumn("slices"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*cols, console=console, transient=False) as bar:
-        task = bar.add_task("segment", total=None, rate="")
-        t0 = [0.0, 0]
-
-        def progress(done: int, total: int) -> None:
-            import time
-
-            now = time.perf_counter()
-            if not t0[0]:
-                t0[0], t0[1] = now, done
-            rate = (done - t0[1]) / (now - t0[0]) if now > t0[0] else 0.0
-            bar.update(task, completed=done, total=total, rate=f"{rate:.2f} slices/s")
-
+    with _slice_bar() as progress:
         info = segment_stack(
-            run,
-            input,
-            out,
-            "tiff" if fmt == "tiff" else "zarr",
-            voxel_size,
-            overwrite,
-            batch_slices,
-            progress,
-            unit,
-            allow_gaps,
+            run, input, out, fmt="tiff" if fmt == "tiff" else "zarr", voxel_size=voxel_size,
+            unit=unit, overwrite=overwrite, batch_slices=batch_slices, allow_gaps=allow_gaps,
             settings=_settings(
-                device=device,
-                weights=weights,
-                runtime=runtime,
-                tta=tta,
-                no_postprocess=no_postprocess,
-                nonfinite=nonfinite,
+                device=device, weights=weights, runtime=runtime, tta=tta,
+                no_postprocess=no_postprocess, nonfinite=nonfinite,
             ),
-            channel=channel,
-            time=time,
-            part=part,
-            verify=verify,
-            io_workers=io_workers,
-        )
+            channel=channel, time=time, part=part, verify=verify, backend=backend,
+            io_workers=io_workers, address=address, actors=actors,
+            cpus_per_actor=cpus_per_actor, progress=progress,
+        )  # fmt: skip
     if verify:
         console.print(f"complete: all {info['stack_slices']} slices finished in {info['volume']}")
         return

@@ -1,4 +1,5 @@
-"""3D objects of a segmented stack: connected components, measurements, meshes, truth check.
+"""3D objects of a segmented stack: connected components, measurements, meshes, truth check
+(figures: :mod:`tomoseg.reporting.objects`).
 
 ``analyze_objects`` reads a class-id volume written by :func:`tomoseg.stack.segment_stack` (the
 output folder, its ``labels.zarr``, its ``labels/`` folder of TIFFs, or any (Z, Y, X) stack that
@@ -55,14 +56,17 @@ import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.ome_zarr import create_label_array
-from tomoseg.io.volumes import (
-    STACK_FILE,
-    StackSource,
+from tomoseg.io.sources import (
+    FolderSource,
+    SliceSource,
+    ZarrSource,
+    is_array,
     open_source,
     parse_voxel_size,
-    read_stack_info,
 )
+from tomoseg.io.volumes import STACK_FILE, read_stack_info
 from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_text
+from tomoseg.reporting.objects import mesh_preview, volume_histogram
 from tomoseg.utils.format import first_line
 
 __all__ = [
@@ -105,7 +109,7 @@ COLUMNS = (
 
 @dataclass
 class _Volume:
-    src: StackSource
+    src: SliceSource
     classes: list[str] | None
     class_of_interest: str | None
     voxel_size: tuple[float, float, float]
@@ -116,34 +120,31 @@ class _Volume:
         return (self.src.n, *self.src.shape)
 
 
-def _open_volume(path: Path, voxel_size: Any) -> _Volume:
-    path = Path(path)
-    if not path.exists():
-        raise TomosegError(f"label volume not found: {path}")
+def _open_volume(volume: Any, voxel_size: Any) -> _Volume:
+    """The class-id volume to analyse: a ``segment_stack`` output folder (its ``stack.json``
+    gives the classes, the voxel size and the slice order), its volume, any stack input, or a
+    (Z, Y, X) array (:func:`tomoseg.io.sources.open_source`)."""
     info = None
-    target = path
-    if path.is_dir() and (path / STACK_FILE).is_file():
-        info = read_stack_info(path)
-        target = path / info.get("volume", "labels.zarr")  # type: ignore[union-attr]
-    elif (path.parent / STACK_FILE).is_file():
-        info = read_stack_info(path.parent)
+    target = volume
+    if not is_array(volume):
+        path = Path(volume)
+        if not path.exists():
+            raise TomosegError(f"label volume not found: {path}")
+        target = path
+        if path.is_dir() and (path / STACK_FILE).is_file():
+            info = read_stack_info(path)
+            target = path / info.get("volume", "labels.zarr")  # type: ignore[union-attr]
+        elif (path.parent / STACK_FILE).is_file():
+            info = read_stack_info(path.parent)
     src = open_source(target, allow_gaps=True)
-    if info and src.kind == "folder":  # order the slice files as the input was ordered
-        ids = info.get("input", {}).get("ids")
-        by_id = dict(zip(src.ids, src.files, strict=True))
-        if ids and set(ids) == set(by_id):
-            src.ids, src.files = list(ids), [by_id[i] for i in ids]
+    if info and isinstance(src, FolderSource):  # order the slice files as the input was ordered
+        src = src.in_order(info.get("input", {}).get("ids") or [])
     classes = coi = None
     if info:
         classes, coi = info.get("classes"), info.get("class_of_interest")
-    elif src.kind == "zarr":
-        import zarr
-
-        try:
-            meta = dict(zarr.open_group(str(target), mode="r").attrs).get("tomoseg", {})
-            classes, coi = meta.get("classes"), meta.get("class_of_interest")
-        except Exception:
-            pass
+    elif isinstance(src, ZarrSource):
+        meta = src.attrs().get("tomoseg", {})
+        classes, coi = meta.get("classes"), meta.get("class_of_interest")
     voxel = parse_voxel_size(voxel_size)
     unit = (info or {}).get("unit") or src.unit
     if voxel is None and info and info.get("voxel_size"):
@@ -168,7 +169,7 @@ def _class_value(vol: _Volume, class_name: str | None) -> tuple[int | None, str]
     )
 
 
-def _slab_reader(src: StackSource) -> Callable[[Any, int, int], np.ndarray]:
+def _slab_reader(src: SliceSource) -> Callable[[Any, int, int], np.ndarray]:
     def read(reader: Any, z0: int, z1: int) -> np.ndarray:
         return np.stack([reader(z) for z in range(z0, z1)])
 
@@ -331,7 +332,8 @@ def label_objects(
     chunk_slices: int | None = None,
     value: int | None = None,
 ) -> np.ndarray:
-    """Label the 3D connected components of an in-memory (Z, Y, X) array (testing helper).
+    """Label the 3D connected components of a (Z, Y, X) array, numpy or lazy (dask: read slab by
+    slab).
 
     The same code path as :func:`analyze_objects`: ``chunk_slices`` labels slab by slab and
     merges across slab faces. Foreground is ``volume == value`` (non-zero when None).
@@ -340,34 +342,19 @@ def label_objects(
         uint32 labels numbered in raster order of each object's first voxel.
     """
     _check_connectivity(connectivity)
-    arr = np.asarray(volume)
-    src = _ArraySource(arr)
-    vol = _Volume(src, None, None, (1.0, 1.0, 1.0), None)  # type: ignore[arg-type]
-    chunk = int(chunk_slices or arr.shape[0])
+    src = open_source(volume if is_array(volume) else np.asarray(volume))
+    vol = _Volume(src, None, None, (1.0, 1.0, 1.0), None)
+    chunk = int(chunk_slices or src.n)
     lab = _label(vol, value, connectivity, min_volume, chunk)
     if lab.single is not None:
         return lab.single.astype(np.uint32)
-    out = np.zeros(arr.shape, np.uint32)
+    out = np.zeros(vol.shape, np.uint32)
     with src.reader() as reader:
         for k, (z0, z1) in enumerate(lab.slabs):
             binary = _binary(np.stack([reader(z) for z in range(z0, z1)]), value)
             s = cc3d.connected_components(binary, connectivity=connectivity, out_dtype=np.uint32)
             out[z0:z1] = _relabel_slab(s, lab, k)
     return out
-
-
-class _ArraySource:
-    """Minimal in-memory stand-in for :class:`StackSource`."""
-
-    def __init__(self, arr: np.ndarray):
-        self.arr = arr
-        self.n = arr.shape[0]
-        self.shape = arr.shape[1:]
-
-    def reader(self):
-        from contextlib import nullcontext
-
-        return nullcontext(lambda z: self.arr[z])
 
 
 def _relabel_slab(s: np.ndarray, lab: _Labelling, k: int) -> np.ndarray:
@@ -481,7 +468,7 @@ def _summary_stats(volumes: np.ndarray) -> dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------- meshes, figures
+# ----------------------------------------------------------------------------- meshes
 
 
 def _object_mask(arr, row: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -503,57 +490,6 @@ def _mesh(mask: np.ndarray, origin: np.ndarray, voxel, step: int = 1):
     verts = verts + origin * np.asarray(voxel)
     # (z, y, x) -> (x, y, z) mirrors the axes: reverse the faces to keep the normals outward
     return trimesh.Trimesh(verts[:, ::-1], faces[:, ::-1], process=False)
-
-
-def _histogram(volumes: np.ndarray, unit: str | None, path: Path, what: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    if len(volumes):
-        ax.hist(volumes, bins=min(50, max(5, len(volumes) // 3)), color="#3a7bd5")
-    ax.set_xlabel(f"volume ({unit}^3)" if unit else "volume (voxels x voxel size)")
-    ax.set_ylabel("objects")
-    ax.set_title(f"{what}: {len(volumes)} objects")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
-
-
-def _preview(meshes: list[tuple[int, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
-
-    fig = plt.figure(figsize=(6, 6), dpi=100)
-    ax = fig.add_subplot(projection="3d")
-    cmap = plt.get_cmap("tab20")
-    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-    for i, (_, m) in enumerate(meshes):
-        tri = m.vertices[m.faces]
-        ax.add_collection3d(
-            Poly3DCollection(tri, facecolor=cmap(i % 20), edgecolor="none", alpha=0.9)
-        )
-        lo, hi = np.minimum(lo, m.vertices.min(0)), np.maximum(hi, m.vertices.max(0))
-    if meshes:
-        c, r = (lo + hi) / 2, float((hi - lo).max()) / 2 or 1.0
-        ax.set_xlim(c[0] - r, c[0] + r)
-        ax.set_ylim(c[1] - r, c[1] + r)
-        ax.set_zlim(c[2] - r, c[2] + r)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_zlabel("z")
-    ax.set_title(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(path, lambda t: t.write_bytes(buf.getvalue()))
 
 
 # ----------------------------------------------------------------------------- truth
@@ -605,7 +541,7 @@ def detection_scores(
 
 
 def analyze_objects(
-    volume_path: str | os.PathLike[str],
+    volume_path: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str],
     class_name: str | None = None,
     connectivity: int = 26,
@@ -621,8 +557,9 @@ def analyze_objects(
     """Label, measure and mesh the 3D objects of one class of a segmented stack.
 
     Args:
-        volume_path: ``segment_stack`` output folder, its ``labels.zarr`` / ``labels``, or any
-            (Z, Y, X) class-id stack (Zarr, multi-page TIFF, folder of slices).
+        volume_path: ``segment_stack`` output folder, its ``labels.zarr`` / ``labels``, any
+            (Z, Y, X) class-id stack (Zarr, multi-page TIFF, folder of slices), or a (Z, Y, X)
+            integer array (numpy, or dask: read slab by slab).
         out: output folder: ``objects.csv``, ``summary.json``, ``volume_histogram.png``,
             ``objects.zarr`` (uint32 object labels, OME-NGFF 0.4), ``meshes/object_<label>.ply``,
             ``preview.png``.
@@ -650,7 +587,7 @@ def analyze_objects(
         raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
     if match not in ("iou", "coverage"):
         raise TomosegError(f"match must be iou or coverage, got {match!r}")
-    vol = _open_volume(Path(volume_path), voxel_size)
+    vol = _open_volume(volume_path, voxel_size)
     value, name = _class_value(vol, class_name)
     tsrc = None
     if truth is not None:
@@ -701,7 +638,7 @@ def analyze_objects(
 
     volumes = np.array([r["area"] for r in rows], np.float64)
     summary: dict[str, Any] = {
-        "volume": str(volume_path),
+        "volume": vol.src.where if is_array(volume_path) else str(volume_path),
         "class": name,
         "connectivity": connectivity,
         "min_volume_voxels": int(min_volume),
@@ -758,8 +695,8 @@ def analyze_objects(
     if skipped:
         summary["meshes_skipped"] = skipped
     for what, make in (
-        ("volume_histogram.png", lambda: _histogram(volumes, vol.unit, out / "volume_histogram.png", name)),
-        ("preview.png", lambda: _preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")),
+        ("volume_histogram.png", lambda: volume_histogram(volumes, vol.unit, out / "volume_histogram.png", name)),
+        ("preview.png", lambda: mesh_preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")),
     ):  # fmt: skip
         try:
             make()
@@ -823,7 +760,8 @@ def measure_objects(
     measurements are ``skimage.measure.regionprops_table``'s, with its column names.
 
     Args:
-        labels: (Z, Y, X) integer class ids (a ``segment_stack`` volume read into memory).
+        labels: (Z, Y, X) integer class ids: a numpy array, or an array-like read into memory
+            (a dask array is computed; a ``segment_stack`` volume read with zarr).
         class_id: the class whose objects are measured.
         spacing: (z, y, x) voxel size in physical units.
         connectivity: 6, 18 or 26.

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tomoseg.data.context import centre, context_stack, in_channels
+from tomoseg.data.context import centre, context_reader, in_channels
 from tomoseg.data.normalization import (
     check_nonfinite_rule,
     nonfinite_mask,
@@ -472,32 +472,30 @@ class Predictor:
         a time (each with its 2.5D context when the run has one, edges replicated).
 
         Args:
-            volume: a (Z, H, W) numpy array, or any array with ``__array__`` and slicing
-                (dask, zarr): read one slice (or context window) at a time.
+            volume: a (Z, H, W) array (numpy, or dask and other lazy arrays: read one slice
+                at a time), or any stack input of :func:`tomoseg.io.sources.open_source` (a
+                folder of slices, a multi-page TIFF, a Zarr).
 
         Returns:
             (Z, H, W) uint8 class ids.
 
         Raises:
-            TomosegError: not a 3D numeric array (as :meth:`predict` otherwise).
+            TomosegError: not a 3D numeric array or stack (as :meth:`predict` otherwise).
         """
-        vol = (
-            volume
-            if hasattr(volume, "shape") and hasattr(volume, "__getitem__")
-            else np.asarray(volume)
-        )
-        if len(vol.shape) != 3:
-            raise TomosegError(f"volume must be a (Z, H, W) array, got shape {tuple(vol.shape)}")
-        k = self.context
-        out = np.zeros(tuple(vol.shape), np.uint8)
-        for z in range(vol.shape[0]):
-            if k:
-                lo, hi = max(0, z - k), min(vol.shape[0], z + k + 1)
-                window = np.asarray(vol[lo:hi])
-                image = context_stack(window, z - lo, k)
-            else:
-                image = np.asarray(vol[z])
-            out[z] = self.predict(image)
+        from tomoseg.io.sources import is_array, open_source
+
+        if not is_array(volume) and not isinstance(volume, (str, os.PathLike)):
+            volume = np.asarray(volume)
+        if is_array(volume) and len(volume.shape) != 3:  # type: ignore[attr-defined]
+            raise TomosegError(
+                f"volume must be a (Z, H, W) array, got shape {tuple(volume.shape)}"  # type: ignore[attr-defined]
+            )
+        src = open_source(volume)
+        out = np.zeros((src.n, *src.shape), np.uint8)
+        with src.reader() as read:
+            read = context_reader(read, src.n, self.context)
+            for z in range(src.n):
+                out[z] = self.predict(read(z))
         return out
 
 

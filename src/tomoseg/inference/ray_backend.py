@@ -1,21 +1,21 @@
-"""``tomoseg segment-stack --backend ray``: the stack's slices segmented by a pool of Ray actors.
+"""``segment_stack(..., backend="ray")``: the stack's slices segmented by a pool of Ray actors.
 
 A Ray Data dataset of the slice indices still to do (those without a progress marker) goes
 through ``map_batches`` with a pool of actors (``concurrency=actors``, ``num_gpus=1`` each on
-GPUs): each actor loads the model once, reads its slices from the input, segments them with the
-same :func:`tomoseg.inference.predictor.segment_batch` as the local pipeline and writes them into
-the shared volume with their per-slice markers (each slice owns its chunks). The output is the
+GPUs): each actor rebuilds the driver's Predictor once (from its picklable
+:class:`~tomoseg.inference.predictor.PredictorSpec`, on the actor's device), reads its slices
+from the job's source, segments them with the same
+:meth:`~tomoseg.inference.predictor.Predictor.segment_batch` as the local executors and writes
+them through the job's sink with their per-slice markers (each slice owns its chunks). The output is the
 local run's, byte for byte: the same ``stack.json``, volume, markers and resume; ``part`` works
-as for the local backend. The input, the run and ``out`` must be on a file system every node of
-the cluster sees.
+as for the local backend. The input (unless an array: it is sent with the job), the run and
+``out`` must be on a file system every node of the cluster sees.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,45 +23,32 @@ from typing import Any
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.inference.predictor import InferenceSettings, PredictorSpec
-from tomoseg.inference.stack import Runner, segment_stack
-from tomoseg.inference.stack_io import _Sink, open_slices, read_slice, write_slice
+from tomoseg.inference.predictor import Predictor, PredictorSpec
+from tomoseg.inference.stack_executors import segment_many
+from tomoseg.inference.stack_io import open_slices, read_slice, write_slice
+from tomoseg.inference.stack_job import StackJob
+from tomoseg.utils.progress import JobProgress
 
 
 class _SegmentActor:
-    """One Ray actor: the Predictor (rebuilt from the driver's picklable spec on the actor's
-    device), the input's reader and the volume, opened once."""
+    """One Ray actor: the network (rebuilt from the driver's picklable spec on the actor's
+    device), the input's reader and the volume's writer, opened once."""
 
-    def __init__(
-        self,
-        spec: PredictorSpec,
-        device: str,
-        input: str,
-        allow_gaps: bool,
-        out: str,
-        fmt: str,
-        threads: int,
-        channel: int | None = None,
-        time: int | None = None,
-    ):
+    def __init__(self, spec: PredictorSpec, device: str, threads: int, job: StackJob):
         import torch
-
-        from tomoseg.io.volumes import open_source
 
         if device == "cpu":
             torch.set_num_threads(max(threads, 1))
         self.predictor = spec.build(device=device)
-        self.src = open_source(input, allow_gaps, channel=channel, time=time)
-        self.nonfinite = spec.settings.nonfinite
+        self.src, self.nonfinite = job.src, job.nonfinite
         self._reading = open_slices(self.src, self.predictor.context)
         self.read = self._reading.__enter__()
-        self.out = Path(out)
-        self.sink = _Sink(self.out, fmt, self.src.ids)
+        self.sink = job.sink.open(job.out, self.src.ids)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idx = [int(i) for i in batch["i"]]
         read = [read_slice(self.read, self.src, i, self.nonfinite) for i in idx]
-        labels = self.predictor.segment_batch([img for img, _ in read])[0]
+        labels = segment_many(self.predictor, [img for img, _ in read])
         for i, lab, (_, bad) in zip(idx, labels, read, strict=True):
             write_slice(self.sink, i, lab, bad)
         return {"i": np.asarray(idx, dtype=np.int64)}
@@ -90,61 +77,59 @@ def _unwrap(exc: BaseException) -> BaseException:
     return TomosegError(f"Ray backend: {(text or [type(exc).__name__])[-1][:300]}")
 
 
-def ray_runner(
-    input: str | os.PathLike[str],
-    device: str = "auto",
-    allow_gaps: bool = False,
-    address: str | None = None,
-    actors: int | None = None,
-    cpus_per_actor: int = 1,
-    num_cpus: int | None = None,
-    timeout: float = 30.0,
-    *,
-    channel: int | None = None,
-    time: int | None = None,
-) -> Runner:
-    """A ``runner`` for :func:`segment_stack` that computes the slices on Ray actors.
+class RayExecutor:
+    """Computes a job's slices on a pool of Ray actors (:func:`segment_stack` with
+    ``backend="ray"``).
 
-    The actors rebuild the driver's Predictor (:attr:`~tomoseg.inference.predictor.Predictor.spec`:
-    the run and its settings, as :func:`segment_stack` recorded them) on their own device.
+    Each actor rebuilds the driver's network from its picklable spec (the run and the settings
+    ``stack.json`` records) on ``device``; the job (input source, sink, output folder) is sent
+    to the actors as it is.
 
     Args:
         device: ``gpu`` (one GPU per actor), ``cpu``, or ``auto`` (GPUs if the cluster has any).
         address: Ray cluster (None: start Ray here with ``num_cpus`` CPUs, no dashboard).
         actors: size of the actor pool (default: one per GPU of the cluster, else 1).
         cpus_per_actor: CPUs (torch threads on CPU) per actor.
+        num_cpus: CPUs of the local Ray started without ``address``.
+        timeout: seconds to wait for the cluster.
+
+    Raises:
+        TomosegError: Ray not installed, ``actors`` or ``cpus_per_actor`` below 1, an unknown
+            ``device``.
     """
-    from tomoseg.runtime.ray_session import require_ray
 
-    require_ray()
-    if actors is not None and actors < 1:
-        raise TomosegError(f"--actors must be at least 1, got {actors}")
-    if cpus_per_actor < 1:
-        raise TomosegError(f"--cpus-per-actor must be at least 1, got {cpus_per_actor}")
-    if device not in ("auto", "cpu", "gpu"):
-        raise TomosegError(f"device must be auto, cpu or gpu, got {device!r}")
+    def __init__(
+        self,
+        device: str = "auto",
+        address: str | None = None,
+        actors: int | None = None,
+        cpus_per_actor: int = 1,
+        num_cpus: int | None = None,
+        timeout: float = 30.0,
+    ):
+        from tomoseg.runtime.ray_session import require_ray
 
-    def runner(
-        run: Any,
-        src: Any,
-        out: Path,
-        fmt: str,
-        todo: list[int],
-        batch: int,
-        progress: Callable[[int, int], None] | None,
-        finished: int,
-        nonfinite: str = "background",
-    ) -> int:
+        require_ray()
+        if actors is not None and actors < 1:
+            raise TomosegError(f"actors={actors}: must be at least 1")
+        if cpus_per_actor < 1:
+            raise TomosegError(f"cpus_per_actor={cpus_per_actor}: must be at least 1")
+        if device not in ("auto", "cpu", "gpu"):
+            raise TomosegError(f"device={device!r}: must be auto, cpu or gpu")
+        self.device, self.address, self.actors = device, address, actors
+        self.cpus_per_actor, self.num_cpus, self.timeout = cpus_per_actor, num_cpus, timeout
+
+    def run(self, job: StackJob, predictor: Predictor, progress: JobProgress) -> int:
         from tomoseg.runtime.ray_session import ray_session
 
-        if not todo:
+        if not job.todo:
             return 0
-        with ray_session(address, num_cpus, timeout) as ray:
+        with ray_session(self.address, self.num_cpus, self.timeout) as ray:
             gpus = int(ray.cluster_resources().get("GPU", 0))
-            on_gpu = device == "gpu" or (device == "auto" and gpus > 0)
+            on_gpu = self.device == "gpu" or (self.device == "auto" and gpus > 0)
             if on_gpu and gpus == 0:
-                raise TomosegError("--device gpu but the Ray cluster has no GPUs")
-            pool = actors or (gpus if on_gpu else 1)
+                raise TomosegError("device='gpu' but the Ray cluster has no GPUs")
+            pool = self.actors or (gpus if on_gpu else 1)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False
@@ -154,24 +139,20 @@ def ray_runner(
                 pool_args: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=pool)}
             except (AttributeError, TypeError):
                 pool_args = {"concurrency": pool}
+            todo = job.todo
             ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=len(todo))
             args: dict[str, Any] = dict(
                 fn_constructor_kwargs={
-                    # the driver's Predictor (its settings, as stack.json records them)
-                    "spec": replace(run.spec, run=Path(run.spec.run).resolve()),
+                    # the driver's Predictor: its run and settings, as stack.json records them
+                    "spec": replace(predictor.spec, run=Path(predictor.spec.run).resolve()),
                     "device": "gpu" if on_gpu else "cpu",
-                    "input": str(Path(input).resolve()),
-                    "allow_gaps": allow_gaps,
-                    "out": str(out.resolve()),
-                    "fmt": fmt,
-                    "threads": cpus_per_actor,
-                    "channel": channel,
-                    "time": time,
+                    "threads": self.cpus_per_actor,
+                    "job": _portable(job),
                 },
-                batch_size=batch,
+                batch_size=job.batch,
                 batch_format="numpy",
                 num_gpus=1 if on_gpu else 0,
-                num_cpus=cpus_per_actor,
+                num_cpus=self.cpus_per_actor,
                 **pool_args,
             )
             with warnings.catch_warnings():
@@ -184,70 +165,14 @@ def ray_runner(
             try:
                 for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     computed += len(b["i"])
-                    if progress is not None:
-                        progress(finished + computed, src.n)
+                    progress.advance(len(b["i"]))
             except TomosegError:
                 raise
             except Exception as exc:
                 raise _unwrap(exc) from None
         return computed
 
-    return runner
 
-
-def segment_stack_ray(
-    run_dir: str | os.PathLike[str],
-    input: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    fmt: str = "zarr",
-    voxel_size: Sequence[float] | str | None = None,
-    overwrite: bool = False,
-    batch_slices: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-    unit: str | None = None,
-    allow_gaps: bool = False,
-    part: str | tuple[int, int] | None = None,
-    address: str | None = None,
-    actors: int | None = None,
-    cpus_per_actor: int = 1,
-    num_cpus: int | None = None,
-    *,
-    settings: InferenceSettings | None = None,
-    channel: int | None = None,
-    time: int | None = None,
-) -> dict[str, Any]:
-    """:func:`segment_stack` with the slices computed by Ray actors (same output, same resume).
-
-    The driver loads the run on the CPU only to describe the job (``stack.json``); the actors
-    load it on ``settings.device`` (``gpu``: one GPU per actor; ``auto``: GPUs if the cluster
-    has any).
-    """
-    settings = settings or InferenceSettings()
-    runner = ray_runner(
-        input,
-        settings.device,
-        allow_gaps,
-        address,
-        actors,
-        cpus_per_actor,
-        num_cpus,
-        channel=channel,
-        time=time,
-    )
-    return segment_stack(
-        run_dir,
-        input,
-        out,
-        fmt,
-        voxel_size,
-        overwrite,
-        batch_slices,
-        progress,
-        unit,
-        allow_gaps,
-        part=part,
-        runner=runner,
-        settings=replace(settings, device="cpu"),
-        channel=channel,
-        time=time,
-    )
+def _portable(job: StackJob) -> StackJob:
+    """The job as actors on other nodes get it: absolute paths (the working directory differs)."""
+    return replace(job, src=job.src.resolved(), out=Path(job.out).resolve(), todo=[])

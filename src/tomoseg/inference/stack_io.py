@@ -6,7 +6,7 @@ this module) holds numpy, tifffile and zarr only, about 60 MB.
 
 Worker processes (:class:`IOPool`):
 
-* read slice ``i`` (the same :meth:`StackSource.reader` as the reader thread, kept open for the
+* read slice ``i`` (the same :meth:`SliceSource.reader` as the reader thread, kept open for the
   worker's life), check its shape and non-finite pixels, normalise it with the run's
   normalisation (:func:`~tomoseg.data.normalization.normalize`) into a float32 slot of one shared
   memory block, and return the count (and the packed mask) of its non-finite pixels;
@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
 from tomoseg.data.context import centre, context_reader, in_channels
 from tomoseg.data.normalization import (
@@ -51,8 +50,9 @@ from tomoseg.data.normalization import (
     refuse_nonfinite,
 )
 from tomoseg.errors import TomosegError
-from tomoseg.io.volumes import TIFF_DIR, ZARR_NAME, StackSource
-from tomoseg.io.writers import atomic_write, write_text
+from tomoseg.inference.stack_sinks import Sink, SliceWriter, get_sink
+from tomoseg.io.sources import SliceSource
+from tomoseg.io.writers import write_text
 
 PROGRESS_DIR = "progress"
 
@@ -61,16 +61,16 @@ PROGRESS_DIR = "progress"
 
 
 @contextlib.contextmanager
-def open_slices(src: StackSource, context: int = 0) -> Iterator[Callable[[int], np.ndarray]]:
-    """The stack's reader (:meth:`StackSource.reader`), giving slice ``i`` as (H, W), or with
+def open_slices(src: SliceSource, context: int = 0) -> Iterator[Callable[[int], np.ndarray]]:
+    """The stack's reader (:meth:`SliceSource.reader`), giving slice ``i`` as (H, W), or with
     2.5D context ``k`` as the (2k + 1, H, W) stack of it and its neighbours, edges replicated
     (:func:`~tomoseg.data.context.context_reader`: each slice is read once in a forward
-    sweep). The one way every runner (threads, I/O processes, Ray) opens a stack."""
+    sweep). The one way every executor (threads, I/O processes, Ray) opens a stack."""
     with src.reader() as read:
         yield context_reader(read, src.n, context)
 
 
-def read_slice(read: Callable[[int], np.ndarray], src: StackSource, i: int, nonfinite: str):
+def read_slice(read: Callable[[int], np.ndarray], src: SliceSource, i: int, nonfinite: str):
     """Slice ``i`` (with its context, if ``read`` gives one) and the count of non-finite pixels
     of the slice itself, checked as the pipeline requires.
 
@@ -86,34 +86,8 @@ def read_slice(read: Callable[[int], np.ndarray], src: StackSource, i: int, nonf
             f"have {src.shape} (as {src.ids[0]})"
         )
     if nonfinite == "error":
-        refuse_nonfinite(own, f"slice {src.ids[i]} of {src.path}")
+        refuse_nonfinite(own, f"slice {src.ids[i]} of {src.where}")
     return img, count_nonfinite(own)
-
-
-class _Sink:
-    """Writes one slice of class ids (in the writer thread, or in an I/O worker process).
-
-    Zarr chunks are written by zarr itself (``array[i] = labels``): a well-kept library, not a
-    copy of its chunk encoding (writing the chunk files by hand measured a third of zarr's CPU
-    time per slice, 6 vs 17 ms for 2300x1920, but would bind tomoseg to zarr's storage format).
-    """
-
-    def __init__(self, out: Path, fmt: str, ids: list[str]):
-        self.out, self.fmt, self.ids = out, fmt, ids
-        self.array = None
-        if fmt == "zarr":
-            import zarr
-
-            self.array = zarr.open_array(str(out / ZARR_NAME / "0"), mode="r+")
-
-    def write(self, i: int, labels: np.ndarray) -> None:
-        if self.fmt == "zarr":
-            self.array[i] = labels  # type: ignore[index]
-        else:
-            atomic_write(
-                self.out / TIFF_DIR / f"{self.ids[i]}.tif",
-                lambda t: tifffile.imwrite(t, labels, compression="zlib"),
-            )
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -125,8 +99,8 @@ def _disk_full(exc: BaseException) -> bool:
     return False
 
 
-def write_slice(sink: _Sink, i: int, labels: np.ndarray, bad: int) -> None:
-    """Write slice ``i``'s class ids, then its progress marker (holding ``bad``, its count of
+def write_slice(sink: SliceWriter, i: int, labels: np.ndarray, bad: int) -> None:
+    """Write slice ``i``'s class ids (through a sink's writer), then its progress marker (holding ``bad``, its count of
     non-finite pixels, when there are some; written whole, then renamed, so it survives a kill).
 
     Raises:
@@ -253,7 +227,7 @@ def _read_task(i: int, slot: int) -> tuple[int, np.ndarray | None]:
 def _write_task(i: int, slot: int, bad: int) -> int:
     """Write slice ``i``'s class ids from output slot ``slot``, then its marker."""
     if _W["sink"] is None:
-        _W["sink"] = _Sink(_W["out"], _W["fmt"], _W["src"].ids)
+        _W["sink"] = _W["fmt"].open(_W["out"], _W["src"].ids)
     write_slice(_W["sink"], i, _W["outputs"][slot], bad)
     return i
 
@@ -302,9 +276,9 @@ class IOPool:
 
     def __init__(
         self,
-        src: StackSource,
+        src: SliceSource,
         out: Path,
-        fmt: str,
+        fmt: Sink | str,
         norm: Normalization,
         nonfinite: str,
         workers: int,
@@ -323,7 +297,7 @@ class IOPool:
             "shm": self.shm.name,
             "src": src,
             "out": out,
-            "fmt": fmt,
+            "fmt": get_sink(fmt) if isinstance(fmt, str) else fmt,
             "norm": norm,
             "nonfinite": nonfinite,
             "n_in": n_in,

@@ -1,4 +1,4 @@
-"""Reading and writing: 2D images and masks, dataset folders, stacks (folders, multi-page TIFF, Zarr/OME-Zarr), OME-NGFF metadata, atomic writers.
+"""Reading and writing: 2D images and masks, dataset folders, stacks (the registry of slice sources: folders, multi-page TIFF, Zarr/OME-Zarr, arrays), OME-NGFF metadata, atomic writers.
 
 No torch here: everything is numpy, tifffile, Pillow and zarr."""
 
@@ -28,7 +28,9 @@ from tomoseg.io.ome_zarr import (
     create_label_array,
     write_ngff_attrs,
 )
-from tomoseg.io.volumes import (
+from tomoseg.io.sources import (
+    FORMATS,
+    SliceSource,
     StackSource,
     open_source,
     parse_voxel_size,
@@ -43,12 +45,14 @@ from tomoseg.io.writers import (
 )
 
 __all__ = [
+    "FORMATS",
     "ClassIds",
     "LOSSY_SUFFIXES",
     "DatasetSpec",
     "IMAGE_SUFFIXES",
     "Pair",
     "SPLITS",
+    "SliceSource",
     "StackSource",
     "TIFF_SUFFIXES",
     "atomic_write",

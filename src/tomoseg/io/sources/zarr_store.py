@@ -1,0 +1,174 @@
+"""Zarr arrays and Zarr / OME-Zarr groups (the first multiscale level, else the first array),
+read by their declared axes (NGFF ``axes``, xarray's ``_ARRAY_DIMENSIONS``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tomoseg.errors import TomosegError
+from tomoseg.io.sources.base import StackSource, parse_voxel_size, plan_axes, plane, slice_ids
+from tomoseg.utils.format import first_line
+
+
+@dataclass
+class ZarrSource(StackSource):
+    """Slice ``i`` is the plane at Z = ``i`` (of the chosen C and T) of the array at
+    ``array_path`` in the store (its chunks only)."""
+
+    kind: ClassVar[str] = "zarr"
+    array_path: str | None = None
+
+    @contextmanager
+    def reader(self) -> Iterator[Callable[[int], np.ndarray]]:
+        arr = open_zarr_array(self.path)[0]
+
+        def read_zarr(i: int) -> np.ndarray:
+            try:
+                a = np.asarray(arr[self.leading(i)])
+            except Exception as exc:  # corrupt chunk: zarr/numcodecs raise various types
+                raise TomosegError(
+                    f"slice {i} of {self.path} is unreadable: {first_line(exc)}"
+                ) from None
+            return plane(a, f"slice {i} of {self.path}")
+
+        yield read_zarr
+
+    def attrs(self) -> dict[str, Any]:
+        """The group's attributes (empty for a bare array or an unreadable store)."""
+        import zarr
+
+        try:
+            return dict(zarr.open_group(str(self.path), mode="r").attrs)
+        except Exception:  # not a group
+            return {}
+
+
+def is_zarr(p: Path) -> bool:
+    """Whether ``p`` is a Zarr v2 or v3 array or group (a folder with its metadata file)."""
+    return p.is_dir() and any((p / n).is_file() for n in (".zgroup", ".zarray", "zarr.json"))
+
+
+class ZarrFormat:
+    kind = "zarr"
+    description = "a Zarr array/group"
+
+    def claims(self, input: Any) -> bool:
+        return isinstance(input, (str, os.PathLike)) and is_zarr(Path(input))
+
+    def open(
+        self, input: Any, *, allow_gaps: bool, channel: int | None, time: int | None
+    ) -> ZarrSource:
+        p = Path(input)
+        arr, sub, voxel, unit, axes = open_zarr_array(p)
+        shape = tuple(int(n) for n in arr.shape)
+        axes, nz, ch, tm = plan_axes(axes, shape, channel, time, f"Zarr {p}")
+        if nz == 0:
+            raise TomosegError(f"Zarr array in {p} holds no slice")
+        h, w = shape[-2:]
+        return ZarrSource(
+            p, slice_ids(nz), (h, w), str(arr.dtype), voxel, unit,
+            axes=axes, axes_shape=shape, channel=ch, time=tm, array_path=sub,
+        )  # fmt: skip
+
+
+def open_zarr_array(path: Path):
+    """(array, array path in the store, voxel size or None, unit or None, axes) of a Zarr input.
+
+    ``axes`` has one upper-case letter per array axis: from the NGFF ``multiscales`` axes of a
+    group, or an array's ``_ARRAY_DIMENSIONS`` (xarray), else ``ZYX`` for the last three axes and
+    ``?`` (unknown) before them.
+
+    Raises:
+        TomosegError: not openable, a group without an array, fewer than two axes.
+    """
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise TomosegError(f"cannot open Zarr {path}: {first_line(exc)}") from None
+    voxel, unit, sub, names = None, None, None, None
+    if isinstance(node, zarr.Array):
+        arr = node
+    else:
+        attrs = dict(node.attrs)
+        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+        if ms:
+            try:
+                sub = ms[0]["datasets"][0]["path"]
+                names = _ngff_axis_names(ms[0])
+                voxel, unit = _ngff_scale(ms[0], names)
+            except (KeyError, IndexError, TypeError):
+                sub = None
+        if sub is None:
+            keys = sorted(node.array_keys())
+            if not keys:
+                raise TomosegError(f"Zarr group {path} holds no array")
+            sub = keys[0]
+        try:
+            arr = node[sub]
+        except KeyError:
+            raise TomosegError(f"Zarr group {path} has no array '{sub}'") from None
+        if not isinstance(arr, zarr.Array):
+            raise TomosegError(f"'{sub}' in Zarr group {path} is not an array")
+    shape = tuple(int(n) for n in arr.shape)
+    if names is None:
+        dims = dict(arr.attrs).get("_ARRAY_DIMENSIONS")
+        if isinstance(dims, list) and all(isinstance(d, str) for d in dims):
+            names = dims
+    if names is not None and len(names) == len(shape):
+        axes = "".join(_AXIS_LETTER.get(str(n).lower(), "?") for n in names)
+    elif len(shape) >= 3:
+        axes = "?" * (len(shape) - 3) + "ZYX"
+    else:
+        axes = "YX"[-len(shape) :]
+    if len(shape) < 2:
+        raise TomosegError(f"Zarr array in {path} has shape {shape}; expected (Z, Y, X)")
+    return arr, sub, voxel, unit, axes
+
+
+_AXIS_LETTER = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
+
+
+def _ngff_axis_names(ms: dict) -> list[str] | None:
+    """Axis names of an NGFF multiscale (0.4: dicts with ``name``; 0.3: strings)."""
+    axes = ms.get("axes")
+    if not axes:
+        return None
+    return [a.get("name", "?") if isinstance(a, dict) else str(a) for a in axes]
+
+
+def _ngff_scale(
+    ms: dict, names: list[str] | None = None
+) -> tuple[tuple[float, float, float] | None, str | None]:
+    """Voxel size (z, y, x) and unit from an NGFF multiscale's first dataset (None if absent)."""
+    scale = None
+    for t in ms["datasets"][0].get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            scale = t.get("scale")
+    for t in ms.get("coordinateTransformations", []) or []:
+        if t.get("type") == "scale" and scale is not None:
+            scale = [a * b for a, b in zip(scale, t["scale"], strict=False)]
+    voxel = None
+    if scale is not None and names and len(names) == len(scale):
+        by = {str(n).lower(): v for n, v in zip(names, scale, strict=True)}
+        zyx = [by.get(a, 1.0) for a in "zyx"]
+    else:
+        zyx = scale[-3:] if scale is not None and len(scale) >= 3 else None
+    if zyx is not None:
+        try:
+            voxel = parse_voxel_size(zyx)
+        except TomosegError:
+            voxel = None
+    axes = ms.get("axes") or []
+    unit = None
+    if axes and isinstance(axes[-1], dict):
+        unit = axes[-1].get("unit")
+    return voxel, unit
