@@ -17,10 +17,11 @@ from tomoseg.data.context import context_reader, context_stack, neighbours, with
 from tomoseg.data.sources import DataSource, load_training_samples
 from tomoseg.errors import TomosegError
 from tomoseg.inference.evaluate import evaluate_run
-from tomoseg.inference.predictor import Predictor
+from tomoseg.inference.predictor import InferenceSettings, Predictor
 from tomoseg.io.images import read_image
 from tomoseg.training.trainer import train
 
+CPU = InferenceSettings(device="cpu")
 SHAPE = (40, 48)
 TINY = {"crop_size": 32, "crops": 16, "epochs": 1, "batch_size": 4, "width": 4, "depth": 3}
 TINY["precision"] = "32"  # an untrained net has near-tied logits: bf16 rounding would flip them
@@ -101,7 +102,7 @@ def test_training_with_context_records_the_input_and_every_path_agrees(ctx_run, 
     with pytest.raises(TomosegError, match=r"\(3, H, W\)"):
         p.predict(vol[0])
     # evaluate builds the same context from the split's files
-    summary, _ = evaluate_run(run, data, tmp_path / "ev", "test", device="cpu")
+    summary, _ = evaluate_run(run, data, tmp_path / "ev", settings=CPU)
     for i, f in enumerate(sorted((tmp_path / "ev" / "predictions").iterdir())):
         assert np.array_equal(read_image(f), ref[i])
     # a stack of the same slices, by the reader thread and by I/O worker processes
@@ -116,7 +117,7 @@ def test_training_with_context_records_the_input_and_every_path_agrees(ctx_run, 
     # predict takes its inputs as consecutive sections in the order given
     from tomoseg.inference.predict import predict_paths
 
-    predict_paths(run, [src], tmp_path / "pred", device="cpu")
+    predict_paths(run, [src], tmp_path / "pred", settings=CPU)
     for z in range(len(imgs)):
         assert np.array_equal(read_image(tmp_path / "pred" / f"z{z:04d}.png"), ref[z])
 
@@ -133,6 +134,6 @@ def test_context_on_images_not_declared_consecutive_is_one_error(tmp_path, run_c
     # a run with context evaluated on a dataset that does not declare it
     _, run = ctx_run
     with pytest.raises(TomosegError, match="needs consecutive sections"):
-        evaluate_run(run, data, tmp_path / "ev", "test", device="cpu")
+        evaluate_run(run, data, tmp_path / "ev", settings=CPU)
     with pytest.raises(TomosegError, match="context"):
         load_config(None, {"context": 9})
