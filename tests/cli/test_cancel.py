@@ -76,3 +76,33 @@ def test_ctrl_c_stops_train_and_resume_finishes_it(tmp_path, run_cli, monkeypatc
     code, out, err = run_cli("train", "--data", data, "--out", run, *tiny, "--resume")
     assert code == 0, err
     assert "epoch 3:" in out and "epoch 1:" not in out
+
+
+def test_ctrl_c_in_a_terminal_cancels_a_sweep_without_failing_its_case(tmp_path):
+    """Ctrl-C reaches every process of the terminal's foreground group, the case processes
+    too: the running case stops unrecorded (its rerun resumes it), never recorded as failed."""
+    import subprocess
+    import sys
+    import time
+
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "tomoseg.cli", "sweep", "--data", str(data), "--out", str(out)]
+    cmd += ["--sizes", "32", "--counts", "8,16", "--epochs", "3"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 600
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for the event: the first case has trained an epoch
+        if "epoch 1:" in line:
+            break
+        assert time.monotonic() < deadline, "no epoch finished within 10 minutes"
+    else:
+        raise AssertionError(f"the sweep ended before an epoch: {proc.stderr.read()}")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    _, err = proc.communicate(timeout=600)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, err
+    assert "sweep cancelled" in errors[0] and "the same command resumes it" in errors[0]
+    assert not list(out.glob("cases/*/case.json")), "a cancelled case was recorded"

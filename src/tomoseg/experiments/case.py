@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import traceback
 from dataclasses import asdict
@@ -136,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 when done, :data:`CANCELLED_EXIT` when cancelled, 1 on failure.
     """
+    # Ctrl-C in a terminal reaches every process of the foreground group; it is the sweep
+    # driver's to handle (it cancels the running cases through the cancel file, so a case stops
+    # unrecorded and resumable instead of dying and being recorded as failed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     p = argparse.ArgumentParser(prog="python -m tomoseg.experiments.case")
     p.add_argument("--case", required=True, help="the case as JSON (size, count, repeat, seed)")
     p.add_argument("--data", required=True, type=Path)
