@@ -21,28 +21,53 @@ def shared_dataset(name: str) -> Path:
     return d
 
 
-def sigkill_when(proc, ready, timeout: float = 120.0, poll: float = 0.005) -> str:
+#: how long a test waits for something a job is sure to do: far beyond what any machine
+#: needs, so a slow or busy machine is never mistaken for a failure (only a hang is)
+EVENT_DEADLINE = 600.0
+
+
+def wait_for(ready, what: str, proc=None, deadline: float = EVENT_DEADLINE, poll: float = 0.005):
+    """Wait until ``ready()`` is true; fail the test with a clear message when it never is.
+
+    Args:
+        ready: the event waited for (checked every ``poll`` seconds).
+        what: the event in words, for the failure message.
+        proc: a subprocess whose end before the event fails the test at once (the event can
+            no longer happen); it is killed when the deadline passes.
+        deadline: seconds before the test fails (never acted on as if the event had happened).
+    """
+    import time
+
+    t0 = time.monotonic()
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}: {err}")
+        if time.monotonic() - t0 > deadline:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            pytest.fail(f"{what} did not happen within {deadline:.0f} s")
+        time.sleep(poll)
+
+
+def sigkill_when(proc, ready, what: str = "the awaited state", deadline: float = EVENT_DEADLINE):
     """SIGKILL a running subprocess as soon as ``ready()`` is true (a real ``kill -9``).
 
-    Fails the test when the process ended on its own first (nothing was interrupted).
+    Fails the test when the process ended on its own first (nothing was interrupted) or when
+    ``ready()`` is not true within ``deadline`` seconds; it never kills at the deadline and
+    carries on.
 
     Returns:
         The process's stderr (empty when it was not piped).
     """
     import os
     import signal
-    import time
 
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(poll)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
+    wait_for(ready, what, proc=proc, deadline=deadline)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
-    assert killed, f"finished before it could be killed: {err}"
-    return err
+    return proc.stderr.read().decode()[-500:] if proc.stderr else ""
 
 
 @pytest.fixture(autouse=True)
@@ -135,4 +160,13 @@ def run_cli(capsys):
     return run
 
 
-__all__ = ["TINY_TRAIN", "make_dataset", "shared_dataset", "write_png", "tifffile"]
+__all__ = [
+    "EVENT_DEADLINE",
+    "TINY_TRAIN",
+    "make_dataset",
+    "shared_dataset",
+    "sigkill_when",
+    "tifffile",
+    "wait_for",
+    "write_png",
+]

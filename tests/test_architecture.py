@@ -14,9 +14,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tomoseg"
 
 #: layer of each top-level part of the package: a module may import only from a lower layer or
 #: from its own package. README's "Layout" section draws the same order.
-LAYERS = {
+LAYERS: dict[str, float] = {
+    "_version": 0,
     "errors": 0,
-    "utils": 0,
+    "utils": 0.5,  # layer 0 too, above errors.py and _version.py (progress raises TomosegError)
     "io": 1,
     "metrics": 1,
     "config": 1,
@@ -32,6 +33,8 @@ LAYERS = {
     "cluster": 7,
     "api": 8,
     "cli": 9,
+    # the top-level package itself: its lazy names are the API's (``tomoseg.train``, ...)
+    "": 8,
 }
 
 
@@ -75,8 +78,8 @@ def test_no_module_imports_a_layer_above_its_own():
             continue
         mine = LAYERS[_part(mod)]
         for imp in _imports(path):
-            if imp not in mods or imp == "tomoseg":
-                continue  # a name imported from a module, or the top-level package
+            if imp not in mods:
+                continue  # a name imported from a module
             theirs = _part(imp)
             if theirs != _part(mod) and LAYERS[theirs] >= mine:
                 bad.append(f"{mod} -> {imp}")
@@ -85,10 +88,7 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_no_import_cycles():
     mods = _modules()
-    graph = {
-        m: {i for i in _imports(p) if i in mods and i != m and i != "tomoseg"}
-        for m, p in mods.items()
-    }
+    graph = {m: {i for i in _imports(p) if i in mods and i != m} for m, p in mods.items()}
     # a package's __init__ re-exporting its own modules is not a cycle back into it
     for m in graph:
         graph[m] = {i for i in graph[m] if not m.startswith(i + ".")}
@@ -137,3 +137,44 @@ def test_tests_mirror_the_packages():
     assert len(names) == len(set(names)), "test module names must be unique across folders"
     top = {p.name for p in tests.glob("test_*.py")}
     assert top <= {"test_api.py", "test_architecture.py", "test_cases.py", "test_realdata.py"}, top
+
+
+def _compared_strings(node: ast.Compare) -> set[str]:
+    """String constants an ``==`` / ``!=`` / ``in`` comparison tests against (tuples, lists and
+    sets of them included)."""
+    found = set()
+    for side in (node.left, *node.comparators):
+        elts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+        found.update(
+            e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+        )
+    return found
+
+
+def test_no_network_name_compared_outside_models():
+    """What differs between networks (a fixed depth, defaults) is declared in the model
+    registry: no module outside ``models/`` branches on a network's name."""
+    from tomoseg.models.registry import REGISTRY
+
+    names = set(REGISTRY)
+    bad = []
+    for mod, path in _modules().items():
+        if _part(mod) == "models":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and _compared_strings(node) & names:
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            elif isinstance(node, ast.match_case) and isinstance(node.pattern, ast.MatchValue):
+                value = node.pattern.value
+                if isinstance(value, ast.Constant) and value.value in names:
+                    bad.append(f"{path.relative_to(SRC)}:{node.pattern.lineno}")
+    assert not bad, "network names compared outside models/ (use the registry):\n" + "\n".join(bad)
+
+
+def test_registry_declares_each_networks_depth():
+    from tomoseg.models.registry import REGISTRY, build_model, network_hparams
+
+    for name, arch in REGISTRY.items():
+        hp = network_hparams(name, 1, 2, 4, 3)
+        assert hp["depth"] == (arch.default_depth if arch.fixed_depth else 3), name
+        assert build_model(**hp).hparams_dict["depth"] == hp["depth"], name

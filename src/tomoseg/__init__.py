@@ -16,15 +16,10 @@ Names are imported lazily (PEP 562, as scikit-image does), so ``import tomoseg``
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from tomoseg._version import __version__
 from tomoseg.errors import TomosegError, TomosegWarning
-
-try:
-    __version__ = version("tomoseg")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+unknown"
 
 _LAZY = {
     "Run": "tomoseg.api",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tomoseg.errors import TomosegError
+from tomoseg.utils.progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:
     from tomoseg.inference.predictor import Predictor
@@ -71,7 +72,8 @@ def train(
     config: PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     **options: Any,
 ) -> Run:
     """Train a network on N random SxS crops (``tomoseg train``).
@@ -86,7 +88,10 @@ def train(
         config: YAML config, or a bundled name (``default``, ``seed``); default: the defaults.
         resume: continue an interrupted run from its last checkpoint.
         overwrite: replace an existing run in ``out``.
-        progress: show Lightning's progress bar.
+        progress: receives the run's progress events, one per finished epoch (see
+            :func:`tomoseg.training.trainer.train`).
+        cancel: a :class:`threading.Event`; once set, training stops at the next batch and
+            :class:`~tomoseg.utils.progress.Cancelled` is raised; ``resume=True`` continues.
         **options: any :class:`tomoseg.config.TrainConfig` field (``model``, ``crop_size``,
             ``crops``, ``epochs``, ``lr``, ``seed``, ``device``, ``ignore_label``,
             ``val_fraction``, ``devices``, ``num_nodes``, ``strategy``, ...), overriding
@@ -118,6 +123,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             progress=progress,
+            cancel=cancel,
             spawn=True,  # several processes: ddp_spawn, not a rerun of the caller's script
         )
     )

@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
-from conftest import make_dataset
+from conftest import make_dataset, wait_for
 
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
@@ -65,30 +64,32 @@ def sweep_data(tmp_path):
 
 def test_failed_case_recorded_and_others_go_on(tmp_path, sweep_data, monkeypatch):
     data, cfg_file = sweep_data
-    real = sw.case_commands
+    real = sw.case_command
 
-    def commands(case, *a, **k):
+    def command(case, *a, **k):
         if case.size == 32:
             return [
-                [
-                    sys.executable,
-                    "-c",
-                    "import sys; sys.exit('error: simulated crash in this case')",
-                ]
+                sys.executable,
+                "-c",
+                "import sys; sys.exit('error: simulated crash in this case')",
             ]
         return real(case, *a, **k)
 
-    monkeypatch.setattr(sw, "case_commands", commands)
+    monkeypatch.setattr(sw, "case_command", command)
     out = tmp_path / "sw"
     recs = sw.run_sweep(data, out, load_config(cfg_file), [16, 32], [8], 1, 1)
     status = {r["id"]: r["status"] for r in recs}
     assert status == {"s16_n8_r0": "done", "s32_n8_r0": "failed"}
     rows = _table(out)
     assert rows[1]["status"] == "failed" and "simulated crash" in rows[1]["error"]
+    # a finished case keeps only the weights it delivers (last, by default): no checkpoints
+    kept = out / "cases" / "s16_n8_r0" / "run"
+    assert (kept / "last.safetensors").is_file() and not (kept / "best.safetensors").exists()
+    assert not list(kept.rglob("*.ckpt"))
     html = (out / "report.html").read_text()
     assert "simulated crash" in html and "data:image/png;base64," in html
     # a finished case is not rerun; --retry-failed reruns the failed one (now succeeding)
-    monkeypatch.setattr(sw, "case_commands", real)
+    monkeypatch.setattr(sw, "case_command", real)
     before = (out / "cases" / "s16_n8_r0" / "case.json").read_text()
     recs = sw.run_sweep(data, out, load_config(cfg_file), [16, 32], [8], 1, 1, retry_failed=True)
     assert all(r["status"] == "done" for r in recs)
@@ -113,12 +114,18 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, sweep_data):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("cases/*/case.json")):
-        time.sleep(0.05)
-    time.sleep(1.0)  # the second case is now training
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:  # cases run in order: the second one is training once its run.json is written
+        wait_for(
+            lambda: (
+                len(list(out.glob("cases/*/case.json"))) == 1
+                and len(list(out.glob("cases/*/run/run.json"))) == 2
+            ),
+            "the first case finished and the second one training",
+            proc=proc,
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     finished = {p.parent.name for p in out.glob("cases/*/case.json")}
     assert finished and len(finished) < 2, finished
     first = (out / "cases" / sorted(finished)[0] / "case.json").read_text()
@@ -194,3 +201,89 @@ def test_jobs_clamped_with_warning():
     assert n >= 1 and msgs and "warning" in msgs[0]
     with pytest.raises(TomosegError):
         sw.clamp_jobs(0, msgs.append)
+
+
+def test_cancel_midway_then_rerun_equals_uninterrupted(tmp_path, sweep_data):
+    """Cancel from the progress callback while the second case trains (the event set when that
+    case reports its first epoch): it stops at its next batch, unrecorded; the rerun resumes
+    it to the uninterrupted sweep's table."""
+    import threading
+
+    from tomoseg.utils.progress import Cancelled
+
+    data, cfg_file = sweep_data
+    cfg = load_config(cfg_file)
+    ref = tmp_path / "ref"
+    sw.run_sweep(data, ref, cfg, [16, 0], [8], 1, 1)
+    out, stop, events = tmp_path / "sw", threading.Event(), []
+
+    def on_event(event):
+        events.append(event)
+        if event.kind == "message" and event.message.startswith("  sfull_n8_r0: epoch 1:"):
+            stop.set()
+
+    with pytest.raises(Cancelled, match=r"sweep cancelled after 1/2 cases"):
+        sw.run_sweep(data, out, cfg, [16, 0], [8], 1, 1, progress=on_event, cancel=stop)
+    advances = [e for e in events if e.kind == "advance"]
+    assert [(e.unit, e.done, e.total) for e in advances] == [("case", 1, 2)]
+    assert advances[0].eta is not None and advances[0].metrics["status"] == "done"
+    assert not (out / "cases" / "sfull_n8_r0" / "case.json").exists()  # never recorded
+    assert (out / "cases" / "sfull_n8_r0" / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "cancel").exists()
+    first = (out / "cases" / "s16_n8_r0" / "case.json").read_text()
+    again = []
+    recs = sw.run_sweep(data, out, cfg, [16, 0], [8], 1, 1, progress=again.append)
+    assert [r["status"] for r in recs] == ["done", "done"]
+    assert [(e.kind, e.done) for e in again if e.kind in ("start", "advance")] == [
+        ("start", 1),
+        ("advance", 2),
+    ]
+    assert (out / "cases" / "s16_n8_r0" / "case.json").read_text() == first  # not rerun
+    assert _table(out) == _table(ref)
+
+
+def test_dry_run_estimate_is_quick_and_says_what_it_is_based_on(sweep_data):
+    import time
+
+    data, cfg_file = sweep_data
+    t0 = time.perf_counter()
+    est = sw.estimate_seconds(data, load_config(cfg_file), [16, 0], [8, 12], 2)
+    assert time.perf_counter() - t0 < 300  # timed steps, no training (a loaded machine)
+    assert len(est.per_case) == 8 and est.total == pytest.approx(sum(est.per_case.values()))
+    assert est.per_case["s16_n12_r0"] > est.per_case["s16_n8_r0"]  # more crops, more steps
+    parts = est.parts["s16_n8_r0"]
+    assert set(parts) == {
+        "startup",
+        "read",
+        "train",
+        "validation",
+        "tuning",
+        "evaluation",
+        "overhead",
+    }
+    assert all(v >= 0 for v in parts.values())
+    assert any("timed here" in line for line in est.basis)
+
+
+@pytest.mark.parametrize("weights", ["last", "best"])
+def test_prune_case_keeps_only_the_delivered_weights(tmp_path, weights):
+    from tomoseg.runtime.run_record import write_run_record
+
+    run = tmp_path / "case" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    write_run_record(run, {"config": {"weights": weights}})
+    for name in ("best.safetensors", "last.safetensors", "checkpoints/last.ckpt",
+                 "checkpoints/best-epoch=1.ckpt", "hpc_ckpt_1.ckpt", "metrics.csv"):  # fmt: skip
+        (run / name).write_text("x")
+    gone = sw.prune_case(tmp_path / "case")
+    other = "best" if weights == "last" else "last"
+    assert {p.name for p in gone} == {
+        f"{other}.safetensors",
+        "last.ckpt",
+        "best-epoch=1.ckpt",
+        "hpc_ckpt_1.ckpt",
+    }
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["metrics.csv", "run.json", f"{weights}.safetensors"]
+    )
+    assert sw.prune_case(tmp_path / "case") == []  # idempotent

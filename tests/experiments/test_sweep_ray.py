@@ -3,6 +3,7 @@ is killed, one-line errors (no Ray, unreachable address, resources the cluster l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -10,10 +11,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_dataset
+from conftest import make_dataset, wait_for
 
 from tomoseg.config.schema import load_config
 from tomoseg.experiments import sweep as sw
@@ -23,6 +25,19 @@ BASE = {"width": 4, "depth": 3, "epochs": 1, "batch_size": 4, "tile_size": 64, "
 BASE["precision"] = "32"
 TIMING = ("train_seconds", "seconds_per_epoch")
 GRID = ["--sizes", "16,full", "--counts", "8"]
+
+
+def _case_processes(out) -> list[int]:
+    """Process ids of the case processes of the sweep in ``out`` (Linux ``/proc``)."""
+    pids = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "tomoseg.experiments.case" in cmd and str(out) in cmd:
+            pids.append(int(d.name))
+    return pids
 
 
 def _table(out):
@@ -89,7 +104,9 @@ def test_unreachable_address_is_one_line_quickly(run_cli, sweep_data, tmp_path):
         "--backend", "ray", "--address", f"127.0.0.1:{port}",
     )  # fmt: skip
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and time.time() - t0 < 30
+    assert code == 1 and len(lines) == 1
+    # a refused connection fails at once: far below a hang, whatever the machine's load
+    assert time.time() - t0 < 300
     assert lines[0].startswith(f"error: cannot reach the Ray cluster at 127.0.0.1:{port}")
     code, out, err = run_cli(
         "sweep", "--data", data, "--out", tmp_path / "sw", *GRID, "--config", cfg_file,
@@ -126,17 +143,15 @@ def test_kill_driver_then_rerun_restores(sweep_data, local_reference, tmp_path):
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
     )
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(out.glob("cases/*/case.json")):
-            time.sleep(0.05)
+        wait_for(lambda: bool(list(out.glob("cases/*/case.json"))), "a finished case", proc=proc)
+    finally:
         os.kill(proc.pid, signal.SIGKILL)  # the driver only
         proc.wait()
-    finally:
-        time.sleep(2)  # the case subprocess dies with its Ray worker (fate-shared)
-        try:  # Ray's agents the driver started outlive it: end them
+        # the running case's process dies with its Ray worker (fate-shared); Ray's agents that
+        # the driver started outlive it: end them
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        wait_for(lambda: not _case_processes(out), "the case process to end with its driver")
     finished = {p.parent.name for p in out.glob("cases/*/case.json")}
     assert len(finished) == 1, finished
     first = out / "cases" / sorted(finished)[0] / "case.json"

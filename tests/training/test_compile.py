@@ -96,7 +96,7 @@ def test_time_budget_plans_with_the_compiled_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "probe_throughput", probe)
     monkeypatch.setattr(torch, "compile", lambda net: net)  # the wiring, not Inductor
     cfg = load_config(None, {**TINY, "time_budget": 0.5, "compile": "on"})
-    run = train(data, tmp_path / "run", cfg, progress=False)
+    run = train(data, tmp_path / "run", cfg)
     meta = json.loads((run / "run.json").read_text())
     assert probes == [(False, True), (True, False)]
     p = meta["time_budget"]["probe"]
@@ -113,7 +113,7 @@ def test_time_budget_plans_with_the_compiled_steps(tmp_path, monkeypatch):
     # auto with a short run: no second probe, eager steps
     probes.clear()
     cfg = load_config(None, {**TINY, "time_budget": 0.5})
-    run = train(data, tmp_path / "run2", cfg, progress=False)
+    run = train(data, tmp_path / "run2", cfg)
     assert probes == [(False, True)]
     assert json.loads((run / "run.json").read_text())["compiled"] is False
 
@@ -126,7 +126,7 @@ def test_training_with_a_real_compile(tmp_path):
     cfg = load_config(None, {**TINY, "epochs": 2, "compile": "on"})
     with warnings.catch_warnings():
         warnings.simplefilter("error", TomosegWarning)
-        run = train(data, tmp_path / "run", cfg, progress=False)
+        run = train(data, tmp_path / "run", cfg)
     meta = json.loads((run / "run.json").read_text())
     assert meta["compiled"] is True and meta["config"]["compile"] == "on"
     rows = (run / "metrics.csv").read_text().splitlines()

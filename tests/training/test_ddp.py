@@ -3,6 +3,7 @@ over all validation images, kill and resume, the Python API, device checks, Slur
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -10,14 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_TRAIN, make_dataset
+from conftest import TINY_TRAIN, make_dataset, wait_for
 from safetensors.torch import load_file
 
 from tomoseg.config.schema import load_config
@@ -251,13 +251,15 @@ def test_ddp_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
         start_new_session=True,  # the launcher and the process it starts: one group to kill
     )
     metrics = run / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        wait_for(
+            lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2,
+            "the first epoch's row in metrics.csv",
+            proc=proc,
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank
     proc.wait()
     before = _rows(run)
     assert 1 <= len(before) < 3

@@ -34,7 +34,7 @@ def tiny(one_thread, tmp_path_factory) -> tuple[Path, Path]:
     """A dataset and a run trained on it for one epoch (its decision tuned on validation)."""
     root = tmp_path_factory.mktemp("quality")
     data = make_dataset(root / "data", shape=SHAPE)
-    run = train(data, root / "run", load_config(None, TINY), progress=False)
+    run = train(data, root / "run", load_config(None, TINY))
     return data, run
 
 
@@ -189,7 +189,7 @@ def test_decision_of_other_weights_is_not_applied(tiny, tmp_path):
 def test_ema_weights_are_exported_and_differ_from_the_raw_ones(tmp_path):
     data = make_dataset(tmp_path / "d", shape=SHAPE)
     cfg = load_config(None, {**TINY, "epochs": 2, "ema_decay": 0.5, "tune_decision": False})
-    run = train(data, tmp_path / "run", cfg, progress=False)
+    run = train(data, tmp_path / "run", cfg)
     ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     avg, raw = ck["state_dict"], ck["current_model_state"]
     last = load_file(run / "last.safetensors")
@@ -226,13 +226,13 @@ def test_ema_decay_auto_follows_the_run_length(tmp_path, monkeypatch):
     assert module.ema_decay_for(0.5, 1) == 0.5 and module.ema_decay_for(None, 10**6) is None
     data = make_dataset(tmp_path / "d", shape=SHAPE)
     cfg = load_config(None, {**TINY, "epochs": 2, "tune_decision": False})  # 8 steps
-    short = train(data, tmp_path / "short", cfg, progress=False)
+    short = train(data, tmp_path / "short", cfg)
     assert json.loads((short / "run.json").read_text())["ema_decay"] is None
     assert "current_model_state" not in torch.load(
         short / "checkpoints" / "last.ckpt", weights_only=True
     )
     monkeypatch.setattr(module, "EMA_MIN_STEPS", 8)
-    long = train(data, tmp_path / "long", cfg, progress=False)
+    long = train(data, tmp_path / "long", cfg)
     assert json.loads((long / "run.json").read_text())["ema_decay"] == module.EMA_AUTO_DECAY
     ck = torch.load(long / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(
@@ -274,7 +274,7 @@ def test_time_budget_plans_the_epochs_and_records_them(tmp_path, run_cli, monkey
     fixed = Probe(3, 0.1, 4, 1.0, 1, 0.5)
     monkeypatch.setattr(budget, "probe_throughput", lambda *a, **k: fixed)
     cfg = load_config(None, {k: v for k, v in TINY.items() if k != "epochs"} | {"time_budget": 0.5})
-    run = train(data, tmp_path / "run", cfg, progress=False)
+    run = train(data, tmp_path / "run", cfg)
     meta = json.loads((run / "run.json").read_text())
     plan = meta["time_budget"]["plan"]
     want = plan_epochs(0.5, fixed, tuning_passes=2)["epochs"]

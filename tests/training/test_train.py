@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, ema):
         [*args, "--config", str(cfg_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     metrics = run / "metrics.csv"
-    sigkill_when(proc, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3)
+    sigkill_when(
+        proc,
+        lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3,
+        "two finished epochs in metrics.csv",
+    )
     before = list(csv.DictReader(metrics.open()))
     done = len(before)
     assert 2 <= done < 4
@@ -149,6 +154,66 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, ema):
     after = list(csv.DictReader((run / "metrics.csv").open()))
     # finished epochs were not recomputed: their rows (timings included) are kept as they were
     assert after[: done - 1] == before[: done - 1]
+    a, b = _weights(ref), _weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics_without_timing(ref) == _metrics_without_timing(run)
+
+
+class _CancelInSecondEpoch:
+    """A cancel token set a few batches into the second epoch: armed by the progress callback
+    when the first epoch is reported, then set at its sixth check (an event, not a timer)."""
+
+    def __init__(self):
+        self.armed, self.checks = False, 0
+
+    def is_set(self) -> bool:
+        if self.armed:
+            self.checks += 1
+        return self.checks > 5
+
+
+def test_cancel_midway_then_resume_equals_uninterrupted(tmp_path):
+    from tomoseg.utils.progress import Cancelled
+
+    data = make_dataset(tmp_path / "d", shape=(48, 56))
+    cfg = load_config(None, {**TINY, "crops": 160, "epochs": 4})  # 40 batches per epoch
+    ref = train(data, tmp_path / "ref", cfg)
+    run = tmp_path / "cancelled"
+    token, events = _CancelInSecondEpoch(), []
+
+    def on_event(event):
+        events.append(event)
+        if event.kind == "advance" and event.done == 1:
+            token.armed = True
+
+    with pytest.raises(Cancelled, match=r"train cancelled after 1/4 epochs"):
+        train(data, run, cfg, progress=on_event, cancel=token)
+    assert token.checks == 6  # stopped at the batch after the token was set
+    advances = [e for e in events if e.kind == "advance"]
+    assert [(e.unit, e.done, e.total) for e in advances] == [("epoch", 1, 4)]
+    assert advances[0].metrics["epoch"] == 1 and advances[0].message.startswith("epoch 1: loss")
+    assert any(e.kind == "message" and e.message.startswith("class weights") for e in events)
+    # the unfinished epoch left nothing: one row, the first epoch's checkpoint
+    assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    # an event set when an epoch is reported stops right after it, its checkpoint written
+    stop, seen = threading.Event(), []
+
+    def stop_after_third(event):
+        seen.append(event)
+        if event.kind == "advance" and event.done == 3:
+            stop.set()
+
+    with pytest.raises(Cancelled, match=r"after 3/4 epochs"):
+        train(data, run, cfg, resume=True, progress=stop_after_third, cancel=stop)
+    assert [e.done for e in seen if e.kind in ("start", "advance")] == [1, 2, 3]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    done = []
+    train(data, run, cfg, resume=True, progress=done.append)
+    assert [e.done for e in done if e.kind in ("start", "advance")] == [3, 4]
+    assert done[-1].kind == "end"
     a, b = _weights(ref), _weights(run)
     assert a.keys() == b.keys()
     for k in a:

@@ -164,6 +164,12 @@ def crops(
     console.print(f"{len(paths)} crops written to {out}")
 
 
+def _lines(event) -> None:
+    """Print a library job's messages and per-unit summaries, one line each."""
+    if event.message and event.kind in ("message", "advance"):
+        console.print(event.message, markup=False, highlight=False)
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run folder.")],
@@ -261,6 +267,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
+    del quiet  # the epoch lines are printed either way (there is no progress bar to hide)
     from tomoseg.config.schema import load_config
     from tomoseg.data.sources import DataSource
     from tomoseg.training.trainer import is_rank_zero
@@ -297,9 +304,7 @@ def train(
             tune_decision=tune_decision,
         ),
     )
-    run_train(
-        source, out, cfg, resume=resume, overwrite=overwrite, console=console, progress=not quiet
-    )
+    run_train(source, out, cfg, resume=resume, overwrite=overwrite, progress=_lines)
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         console.print(
             f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
@@ -502,7 +507,8 @@ def sweep(
         console.print(
             f"plan: {len(cases)} cases ({len(size_list)} sizes x {len(count_list)} counts x {repeats} repeats), {cfg.epochs} epochs each, into {out}"
         )
-        total, per_case = estimate_seconds(data, cfg, size_list, count_list, repeats)
+        est = estimate_seconds(data, cfg, size_list, count_list, repeats)
+        total, per_case = est.total, est.per_case
         for c in cases:
             console.print(
                 f"  {c.id:22s} size {size_label(c.size):>5s}  count {c.count:5d}  seed {c.seed}  ~{per_case[c.id] / 60:.1f} min"
@@ -510,6 +516,9 @@ def sweep(
         console.print(
             f"estimated total: {total / 3600:.2f} h with --jobs 1 (about {total / 3600 / max(jobs, 1):.2f} h with --jobs {jobs} if cores allow)"
         )
+        console.print("based on:", markup=False)
+        for line in est.basis:
+            console.print(f"  {line}", markup=False, highlight=False)
         return
     console.print(f"report: {out}/report.html (rebuilt after every case; open it any time)")
     if backend not in ("local", "ray"):
@@ -529,11 +538,11 @@ def sweep(
         repeats,
         jobs,
         retry_failed,
-        console,
         backend=backend,
         address=address,
         cpus_per_case=cpus_per_case,
         gpus_per_case=gpus_per_case,
+        progress=_lines,
     )
     console.print(
         f"report: {out}/report.html (table: {out}/results.csv, heatmaps: {out}/heatmap_iou.png, heatmap_bf1.png)"

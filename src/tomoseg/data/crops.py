@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tomoseg import io
+import tomoseg.io as io
 from tomoseg.data.samples import load_split
 from tomoseg.errors import TomosegError
 

@@ -37,6 +37,16 @@ def otsu_predictions(data: Path, split: str, out: Path) -> Path:
     return out
 
 
+def _printer(console):
+    """Print a job's messages and per-epoch summaries on ``console``, one line each."""
+
+    def show(event) -> None:
+        if event.message and event.kind in ("message", "advance"):
+            console.print(event.message, markup=False, highlight=False)
+
+    return show
+
+
 def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: int = 0) -> dict:
     """Run the demo into ``out``; return the soma IoU/BF1 of Otsu and of the network.
 
@@ -72,7 +82,7 @@ def run_demo(out: Path, console, overwrite: bool = True, epochs: int = 8, seed: 
     console.print(
         f"[3/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px, {cfg.epochs} epochs"
     )
-    run = train(data, out / "run", cfg, overwrite=overwrite, console=console, progress=False)
+    run = train(data, out / "run", cfg, overwrite=overwrite, progress=_printer(console))
     console.print("[4/4] evaluating the network on the test slices")
     net, sec = evaluate_run(
         run, data, out / "evaluation", settings=InferenceSettings(device=cfg.device), overwrite=True
@@ -161,7 +171,7 @@ def run_stack_demo(
     console.print(
         f"[2/4] training {cfg.model} (width {cfg.width}) on {cfg.crops} crops of {cfg.crop_size} px"
     )
-    run = train(data, out / "run", cfg, overwrite=overwrite, console=console, progress=False)
+    run = train(data, out / "run", cfg, overwrite=overwrite, progress=_printer(console))
     console.print(f"[3/4] segmenting the whole stack {stack}")
     info = segment_stack(run, stack, out / "segmented", overwrite=overwrite)
     console.print(f"      {info['slices']} slices, {info['slices_per_second']:.2f} slices/s")

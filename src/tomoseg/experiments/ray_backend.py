@@ -1,7 +1,8 @@
 """``tomoseg sweep --backend ray``: each case of the grid is one Ray Tune trial.
 
 The trial runs exactly what the local backend runs for a case (:func:`sweep.run_case`: the
-``tomoseg train`` then ``tomoseg evaluate`` subprocesses, recorded in ``cases/<id>/case.json``),
+case's process, :func:`tomoseg.experiments.case.train_and_evaluate`, recorded in
+``cases/<id>/case.json``),
 so both backends give the same ``results.csv`` for the same seeds. Ray only places the trials on
 the cluster's CPUs / GPUs (``tune.with_resources``) and keeps the experiment's state in
 ``<sweep>/ray/`` (``RunConfig(storage_path=...)``): after the driver is killed, the same command
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from tomoseg.errors import TomosegError
+from tomoseg.experiments.case import CANCEL_FILE
 from tomoseg.experiments.cells import Case
 from tomoseg.io.writers import write_json
+from tomoseg.utils.progress import CancelToken
 
 RAY_DIR = "ray"
 
@@ -55,7 +58,8 @@ def _trial(
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         rec = run_case(case, Path(data), Path(out), Path(cfg_file), env)
-    tune.report({"status": rec["status"], "case": case.id})
+    # a cancelled case (None) is not recorded; the sweep's rerun starts a new experiment
+    tune.report({"status": "cancelled" if rec is None else rec["status"], "case": case.id})
 
 
 def _crash_record(out: Path, case: Case, error: Any) -> dict:
@@ -80,6 +84,7 @@ def run_cases_ray(
     gpus_per_case: float = 0,
     timeout: float = 30.0,
     num_cpus: int | None = None,
+    cancel: CancelToken | None = None,
 ) -> None:
     """Run the grid's cases as Ray Tune trials (or restore the killed experiment of this grid).
 
@@ -92,6 +97,10 @@ def run_cases_ray(
         address: Ray cluster (None: start Ray here with ``num_cpus`` CPUs, no dashboard).
         cpus_per_case, gpus_per_case: resources of one trial (its ``OMP_NUM_THREADS`` is the
             CPU count; Ray sets ``CUDA_VISIBLE_DEVICES`` to its GPUs).
+        cancel: once set, the sweep's cancel file is written (the running cases stop at their
+            next training batch, unrecorded; trials not yet started stop at once) and the Tune
+            experiment is dropped, so that the rerun starts a new one (the finished cases keep
+            their ``case.json``).
 
     Raises:
         TomosegError: Ray missing or unreachable, or resources no node of the cluster has.
@@ -99,18 +108,18 @@ def run_cases_ray(
     from tomoseg.runtime.ray_session import ray_session
 
     if cpus_per_case < 1:
-        raise TomosegError(f"--cpus-per-case must be at least 1, got {cpus_per_case}")
+        raise TomosegError(f"cpus_per_case must be at least 1, got {cpus_per_case}")
     if gpus_per_case < 0:
-        raise TomosegError(f"--gpus-per-case must be 0 or more, got {gpus_per_case}")
+        raise TomosegError(f"gpus_per_case must be 0 or more, got {gpus_per_case}")
     with ray_session(address, num_cpus, timeout) as ray:
         have = ray.cluster_resources()
         for key, need, flag in (
-            ("CPU", cpus_per_case, "--cpus-per-case"),
-            ("GPU", gpus_per_case, "--gpus-per-case"),
+            ("CPU", cpus_per_case, "cpus_per_case"),
+            ("GPU", gpus_per_case, "gpus_per_case"),
         ):
             if need and have.get(key, 0) < need:
                 raise TomosegError(
-                    f"{flag} {need:g} but the Ray cluster has {have.get(key, 0):g} {key}s; "
+                    f"{flag}={need:g} but the Ray cluster has {have.get(key, 0):g} {key}s; "
                     "every trial would wait forever"
                 )
         _fit(
@@ -124,6 +133,7 @@ def run_cases_ray(
             gpus_per_case,
             run_case,
             load_record,
+            cancel,
         )
 
 
@@ -138,6 +148,7 @@ def _fit(
     gpus: float,
     run_case: Callable,
     load_record: Callable,
+    cancel: CancelToken | None = None,
 ) -> None:
     from ray import tune
 
@@ -192,6 +203,8 @@ def _fit(
 
     def poll() -> None:
         while not stop.wait(1.0):
+            if cancel is not None and cancel.is_set() and not (out / CANCEL_FILE).exists():
+                write_json(out / CANCEL_FILE, {"cancelled": True})  # running cases stop
             _report_new(out, cases, seen, on_done, load_record)
 
     watcher = threading.Thread(target=poll, name="tomoseg-sweep-watch", daemon=True)
@@ -202,6 +215,9 @@ def _fit(
         stop.set()
         watcher.join()
     _report_new(out, cases, seen, on_done, load_record)
+    if cancel is not None and cancel.is_set():
+        shutil.rmtree(path, ignore_errors=True)  # unfinished trials would not rerun on restore
+        return
     for r in results:
         if r.error is None:
             continue

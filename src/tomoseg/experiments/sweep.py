@@ -6,7 +6,6 @@ import csv
 import io as _io
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import numpy as np
 
 from tomoseg.config.schema import TrainConfig
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.experiments.case import CANCEL_FILE, CANCELLED_EXIT, case_command
 from tomoseg.experiments.cells import (
-    FULL,
     SWEEP_FILE,
     SWEPT,
     Case,
@@ -30,10 +29,18 @@ from tomoseg.experiments.cells import (
     plan_cases,
     size_label,
 )
+from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep
 from tomoseg.io.datasets import load_dataset, split_pairs
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.utils.format import cell, first_line
+from tomoseg.utils.progress import (
+    Cancelled,
+    CancelToken,
+    JobProgress,
+    ProgressCallback,
+    job_progress,
+)
 
 
 def base_config_dict(cfg: TrainConfig) -> dict:
@@ -42,44 +49,6 @@ def base_config_dict(cfg: TrainConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- running a case
-
-
-def case_commands(
-    case: Case, data: Path, folder: Path, cfg_file: Path, resume: bool
-) -> list[list[str]]:
-    """The two ordinary commands that make a case: train (or resume), then evaluate."""
-    exe = [sys.executable, "-m", "tomoseg.cli"]
-    train = [
-        *exe,
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(folder / "run"),
-        "--config",
-        str(cfg_file),
-    ]
-    train += [
-        "--crop-size",
-        str(case.size),
-        "--crops",
-        str(case.count),
-        "--seed",
-        str(case.seed),
-        "--quiet",
-    ]
-    train.append("--resume" if resume else "--overwrite")
-    evaluate = [
-        *exe,
-        "evaluate",
-        str(folder / "run"),
-        "--data",
-        str(data),
-        "--out",
-        str(folder / "eval"),
-        "--overwrite",
-    ]
-    return [train, evaluate]
 
 
 def _last_error_line(text: str) -> str:
@@ -108,15 +77,31 @@ def _fate_shared(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _FATE_SHARE, str(os.getpid()), exe, *cmd[1:]]
 
 
-def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, str]) -> dict:
-    """Run one case to completion (resuming its training if it was interrupted) and record it.
+#: receives a case's progress lines in the driver: ``(case, {"kind", "done", "total",
+#: "message"})`` (from the thread that runs the case)
+CaseEvents = Callable[[Case, dict], None]
+
+
+def run_case(
+    case: Case,
+    data: Path,
+    out: Path,
+    cfg_file: Path,
+    env: dict[str, str],
+    on_event: CaseEvents | None = None,
+) -> dict | None:
+    """Run one case to completion in a process of its own (resuming its training if it was
+    interrupted: :func:`tomoseg.experiments.case.train_and_evaluate`) and record it.
+
+    The process's messages go to ``cases/<id>/case.log``; its progress lines to ``on_event``.
+    A case process stops at its next training batch once ``<out>/cancel`` exists.
 
     Returns:
-        The case record written to ``cases/<id>/case.json``.
+        The case record written to ``cases/<id>/case.json`` (``done`` or ``failed``), or None
+        when the case was cancelled (nothing recorded: a rerun resumes it).
     """
     folder = out / "cases" / case.id
     folder.mkdir(parents=True, exist_ok=True)
-    resume = (folder / "run" / "checkpoints" / "last.ckpt").is_file()
     t0 = time.time()
     record: dict = {
         "id": case.id,
@@ -125,18 +110,32 @@ def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, s
         "repeat": case.repeat,
         "seed": case.seed,
     }
-    steps = zip(
-        ("train", "evaluate"), case_commands(case, data, folder, cfg_file, resume), strict=False
-    )
-    for step, cmd in steps:
-        proc = subprocess.run(_fate_shared(cmd), env=env, capture_output=True, text=True)
-        write_text(folder / f"{step}.log", proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            record.update(
-                status="failed", error=f"{step}: " + _last_error_line(proc.stderr or proc.stdout)
-            )
-            write_json(folder / "case.json", record)
-            return record
+    cmd = case_command(case, data, folder, cfg_file, out / CANCEL_FILE)
+    step = "train"
+    log = folder / "case.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            _fate_shared(cmd), env=env, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if "step" in event:
+                step = str(event["step"])
+            elif on_event is not None:
+                on_event(case, event)
+        code = proc.wait()
+    if code == CANCELLED_EXIT:
+        return None
+    if code != 0:
+        record.update(status="failed", error=f"{step}: " + _last_error_line(log.read_text()))
+        write_json(folder / "case.json", record)
+        return record
     try:
         metrics = json.loads((folder / "eval" / "metrics.json").read_text())
         rows = list(csv.DictReader((folder / "run" / "metrics.csv").open()))
@@ -157,7 +156,35 @@ def run_case(case: Case, data: Path, out: Path, cfg_file: Path, env: dict[str, s
         wall_seconds=time.time() - t0,
     )
     write_json(folder / "case.json", record)
+    prune_case(folder)
     return record
+
+
+def prune_case(folder: Path) -> list[Path]:
+    """Delete what a finished case no longer needs: its training checkpoints (``.ckpt``, kept
+    for resuming an unfinished case) and the weights its run does not deliver (``best`` or
+    ``last``, by the run's ``weights`` setting). Kept: the delivered ``.safetensors``,
+    ``run.json``, ``config.yaml``, ``decision.json``, ``metrics.csv``, ``curves.png`` and the
+    evaluation: what ``evaluate``, ``predict`` and the sweep's report use.
+
+    Returns:
+        The files deleted.
+    """
+    from tomoseg.runtime.run_record import read_run_record
+
+    run = Path(folder) / "run"
+    record = read_run_record(run, missing_ok=True) or {}
+    delivered = (record.get("config") or {}).get("weights", "last")
+    gone = [*run.glob("checkpoints/*.ckpt"), *run.glob("hpc_ckpt_*.ckpt")]
+    gone += [run / f"{w}.safetensors" for w in ("best", "last") if w != delivered]
+    deleted = []
+    for f in gone:
+        if f.is_file():
+            f.unlink()
+            deleted.append(f)
+    if (run / "checkpoints").is_dir() and not any((run / "checkpoints").iterdir()):
+        (run / "checkpoints").rmdir()
+    return deleted
 
 
 def load_record(out: Path, case: Case) -> dict | None:
@@ -189,15 +216,15 @@ def job_envs(jobs: int) -> list[dict[str, str]]:
 
 
 def clamp_jobs(jobs: int, warn: Callable[[str], None]) -> int:
-    """Clamp ``--jobs`` to the GPUs (if any) or CPU cores available, with a warning."""
+    """Clamp ``jobs`` to the GPUs (if any) or CPU cores available, with a warning."""
     import torch
 
     if jobs < 1:
-        raise TomosegError(f"--jobs must be at least 1, got {jobs}")
+        raise TomosegError(f"jobs must be at least 1, got {jobs}")
     limit = torch.cuda.device_count() or os.cpu_count() or 1
     if jobs > limit:
         warn(
-            f"warning: --jobs {jobs} is more than the {limit} {'GPUs' if torch.cuda.device_count() else 'CPU cores'} here; using {limit}"
+            f"warning: jobs={jobs} is more than the {limit} {'GPUs' if torch.cuda.device_count() else 'CPU cores'} here; using {limit}"
         )
         return limit
     return jobs
@@ -224,7 +251,7 @@ def prepare_sweep(
         SWEEP_FILE,
         {"base config": base, "dataset": str(Path(data).resolve())},
         what="a sweep",
-        remedy="use another --out or --new",
+        remedy="use another out folder",
         extract=lambda r: {"base config": r.get("base_config"), "dataset": r.get("data")},
     )
     if old is not None:
@@ -273,31 +300,48 @@ def run_sweep(
     repeats: int = 1,
     jobs: int = 1,
     retry_failed: bool = False,
-    console=None,
+    *,
     backend: str = "local",
     address: str | None = None,
     cpus_per_case: int = 1,
     gpus_per_case: float = 0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> list[dict]:
     """Run (or resume) a sweep and write ``results.csv``, heatmaps and ``report.html``.
 
+    Each case runs :func:`tomoseg.experiments.case.train_and_evaluate` in a process of its own
+    (:func:`run_case`); a finished case keeps only the weights it delivers (:func:`prune_case`).
+
     Args:
-        backend: ``local`` (``jobs`` case subprocesses at once here) or ``ray`` (each case a
+        backend: ``local`` (``jobs`` case processes at once here) or ``ray`` (each case a
             Ray Tune trial with ``cpus_per_case`` / ``gpus_per_case``, on the cluster at
             ``address`` or a Ray started here; see :mod:`tomoseg.experiments.ray_backend`).
+        progress: receives the sweep's :class:`~tomoseg.utils.progress.ProgressEvent` s (job
+            ``sweep``, unit ``case``): ``total`` the grid's cases, ``done`` counting the cases
+            finished before (a resumed sweep), an ETA for the whole sweep; one ``advance`` per
+            finished or failed case (its record as ``metrics``), ``message`` events for the plan,
+            each case's start and the running cases' epochs (local backend).
+        cancel: a token (:class:`threading.Event`); once set, no further case starts and the
+            running ones stop at their next training batch, unrecorded (their training resumes
+            on the rerun); then :class:`~tomoseg.utils.progress.Cancelled` is raised.
 
     Returns:
         The case records of the whole grid (finished and failed).
+
+    Raises:
+        TomosegError: bad options, another sweep in ``out``, no test split.
+        Cancelled: ``cancel`` was set.
     """
-    say = console.print if console is not None else (lambda *a, **k: None)
     if backend not in ("local", "ray"):
-        raise TomosegError(f"--backend must be local or ray, got {backend!r}")
+        raise TomosegError(f"backend must be local or ray, got {backend!r}")
+    job = job_progress("sweep", "case", None, progress, cancel)
     if backend == "ray":
         from tomoseg.runtime.ray_session import require_ray
 
         require_ray()  # before anything is written
     else:
-        jobs = clamp_jobs(jobs, say)
+        jobs = clamp_jobs(jobs, job.message)
     cfg_file = prepare_sweep(out, data, cfg, sizes, counts, repeats)
     grid = json.loads((out / SWEEP_FILE).read_text())["grid"]
     cases = plan_cases(grid["sizes"], grid["counts"], grid["repeats"], cfg.seed)
@@ -306,22 +350,29 @@ def run_sweep(
         rec = load_record(out, c)
         if rec is None or (retry_failed and rec.get("status") == "failed"):
             todo.append(c)
+        elif rec.get("status") == "done":
+            prune_case(out / "cases" / c.id)  # a sweep killed between record and pruning
+    job.set_total(len(cases), done=len(cases) - len(todo))
+    (out / CANCEL_FILE).unlink(missing_ok=True)  # a cancelled sweep's request is spent
+    job.start()
 
     def on_done(case: Case, rec: dict) -> None:
         if rec["status"] == "done":
             coi = rec["class_of_interest"]
-            say(
-                f"  done  {case.id}: IoU {coi} {rec['iou'][coi]:.3f}, BF1 {rec['bf1'][coi]:.3f} ({rec['wall_seconds']:.0f} s)"
-            )
+            line = f"  done  {case.id}: IoU {coi} {rec['iou'][coi]:.3f}, BF1 {rec['bf1'][coi]:.3f} ({rec['wall_seconds']:.0f} s)"
         else:
-            say(f"  FAILED {case.id}: {rec['error']}")
+            line = f"  FAILED {case.id}: {rec['error']}"
         write_outputs(out, cases)
+        try:
+            job.advance(1, line, **rec)
+        except Cancelled:
+            pass  # the loop stops the running cases, then raises
 
     if backend == "ray":
         from tomoseg.experiments.ray_backend import run_cases_ray
 
         at = f"Ray at {address}" if address else "a local Ray"
-        say(
+        job.message(
             f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
         )
         run_cases_ray(
@@ -336,29 +387,68 @@ def run_sweep(
             address,
             cpus_per_case,
             gpus_per_case,
+            cancel=cancel,
         )
-        return write_outputs(out, cases)
-    say(
-        f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run, {jobs} at a time"
-    )
+    else:
+        job.message(
+            f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run, {jobs} at a time"
+        )
+        _run_local(todo, data, out, cfg_file, jobs, job, on_done)
+    records = write_outputs(out, cases)
+    if job.cancelled:
+        (out / CANCEL_FILE).unlink(missing_ok=True)
+        job.check()  # raises Cancelled
+    job.end(f"sweep finished: {out}")
+    return records
+
+
+def _run_local(
+    todo: list[Case],
+    data: Path,
+    out: Path,
+    cfg_file: Path,
+    jobs: int,
+    job: JobProgress,
+    on_done: Callable[[Case, dict], None],
+) -> None:
+    """Run the cases ``jobs`` at a time, each in a process of its own; every callback runs in
+    this thread. Once ``job`` is cancelled, no case starts and the running ones are told to
+    stop (the sweep's cancel file)."""
+    import queue as _queue
+
     envs = job_envs(jobs)
     free = list(range(jobs))
     running: dict[Future, tuple[Case, int]] = {}
+    lines: _queue.Queue[tuple[Case, dict]] = _queue.Queue()
+    pending = list(todo)
+    stopping = False
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        queue = list(todo)
-        while queue or running:
-            while queue and free:
+        while pending or running:
+            if job.cancelled and not stopping:
+                stopping = True
+                pending.clear()
+                write_text(out / CANCEL_FILE, "cancelled\n")  # running cases stop at a batch
+            while pending and free:
                 slot = free.pop()
-                case = queue.pop(0)
-                say(f"  start {case.id}")
-                running[pool.submit(run_case, case, data, out, cfg_file, envs[slot])] = (case, slot)
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
+                case = pending.pop(0)
+                job.message(f"  start {case.id}")
+                fut = pool.submit(
+                    run_case, case, data, out, cfg_file, envs[slot], lambda c, e: lines.put((c, e))
+                )
+                running[fut] = (case, slot)
+            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not lines.empty():
+                case, event = lines.get()
+                if event.get("kind") in ("advance", "message") and event.get("message"):
+                    job.message(f"  {case.id}: {event['message']}")
+            for fut in finished:
                 case, slot = running.pop(fut)
                 free.append(slot)
-                on_done(case, fut.result())
-    records = write_outputs(out, cases)
-    return records
+                rec = fut.result()
+                if rec is None:
+                    job.message(f"  cancelled {case.id} (its rerun resumes it)")
+                else:
+                    on_done(case, rec)
 
 
 # ----------------------------------------------------------------------------- results
@@ -417,50 +507,18 @@ def results_csv(records: list[dict], classes: list[str], coi: str) -> str:
 def plot_heatmap(
     stats: list[CellStats], sizes: list[int], counts: list[int], key: str, title: str, path: Path
 ) -> None:
-    """Heatmap over size (rows) x count (columns), mean (± std) in each cell; failed/pending marked."""
-    import matplotlib
+    """Heatmap over size (rows) x count (columns), mean (± std) in each cell; failed/pending
+    marked (drawn by :func:`tomoseg.reporting.figures.plot_heatmap`)."""
+    from tomoseg.reporting.figures import plot_heatmap as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tomoseg.io.writers import atomic_write
-
-    grid = np.full((len(sizes), len(counts)), np.nan)
-    fig, ax = plt.subplots(figsize=(1.6 * len(counts) + 2.5, 0.9 * len(sizes) + 1.8))
+    mean = np.full((len(sizes), len(counts)), np.nan)
+    std = np.full_like(mean, np.nan)
+    missing = [["pending"] * len(counts) for _ in sizes]
     for c in stats:
         i, j = sizes.index(c.size), counts.index(c.count)
-        grid[i, j] = getattr(c, f"{key}_mean")
-    im = ax.imshow(
-        grid * 100,
-        cmap="viridis",
-        vmin=np.nanmin(grid * 100) if np.isfinite(grid).any() else 0,
-        aspect="auto",
-    )
-    for c in stats:
-        i, j = sizes.index(c.size), counts.index(c.count)
-        mean, sd = getattr(c, f"{key}_mean"), getattr(c, f"{key}_std")
-        if math.isnan(mean):
-            txt = "failed" if c.failed else "pending"
-        else:
-            txt = f"{100 * mean:.1f}" + (f"\n± {100 * sd:.1f}" if not math.isnan(sd) else "")
-        ax.text(
-            j,
-            i,
-            txt,
-            ha="center",
-            va="center",
-            color="white" if math.isnan(mean) or mean < np.nanmean(grid) else "black",
-            fontsize=9,
-        )
-    ax.set_xticks(range(len(counts)), [str(n) for n in counts])
-    ax.set_yticks(range(len(sizes)), [size_label(s) for s in sizes])
-    ax.set_xlabel("crop count N")
-    ax.set_ylabel("crop size S (px)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="%")
-    fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
+        mean[i, j], std[i, j] = getattr(c, f"{key}_mean"), getattr(c, f"{key}_std")
+        missing[i][j] = "failed" if c.failed else "pending"
+    draw(mean, std, missing, [size_label(s) for s in sizes], [str(n) for n in counts], title, path)
 
 
 def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
@@ -499,53 +557,8 @@ def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
 
 def estimate_seconds(
     data: Path, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
-) -> tuple[float, dict]:
-    """Estimate the sweep's total time from a timing probe of its fastest and slowest case.
-
-    The probe trains one short epoch (``tomoseg train`` in a temporary folder) at the smallest
-    and at the largest crop size, measures seconds per crop and seconds of validation, and
-    interpolates seconds per crop linearly in crop area for the sizes between.
-
-    Returns:
-        ``(total seconds, {case id: seconds})`` for one pass over ``--jobs 1``.
-    """
-    import tempfile
-
-    from tomoseg.data.samples import load_split
-    from tomoseg.training.trainer import train
-
-    shapes = [s.image.shape for s in load_split(data, "train")]
-    full_area = float(np.mean([h * w for h, w in shapes]))
-
-    def area(s: int) -> float:
-        return full_area if s == FULL else float(min(s * s, full_area))
-
-    probe_sizes = sorted({min(sizes, key=area), max(sizes, key=area)}, key=area)
-    per_crop, val_s = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for s in probe_sizes:
-            n = max(2 * cfg.batch_size, 16)
-            pcfg = cfg.model_copy(
-                update={"crop_size": s, "crops": n, "epochs": 2, "max_minutes": None}
-            )
-            run = train(data, Path(tmp) / f"probe{s}", pcfg, progress=False)
-            row = list(csv.DictReader((run / "metrics.csv").open()))[-1]
-            per_crop[s] = float(row["train_seconds"]) / n
-            val_s.append(float(row["seconds"]) - float(row["train_seconds"]))
-    t_start = time.perf_counter()  # each case starts two processes (train, evaluate)
-    subprocess.run(
-        [sys.executable, "-c", "import tomoseg.training.trainer, tomoseg.inference.predictor"],
-        check=False,
-    )
-    startup = 2 * (time.perf_counter() - t_start)
-    a0, a1 = area(probe_sizes[0]), area(probe_sizes[-1])
-    t0, t1 = per_crop[probe_sizes[0]], per_crop[probe_sizes[-1]]
-    val = float(np.mean(val_s))
-    plan = {}
-    for c in plan_cases(sizes, counts, repeats, cfg.seed):
-        a = area(c.size)
-        t = t0 if a1 == a0 else t0 + (t1 - t0) * (a - a0) / (a1 - a0)
-        plan[c.id] = startup + cfg.epochs * (c.count * t + val)
-        if cfg.max_minutes:
-            plan[c.id] = min(plan[c.id], cfg.max_minutes * 60)
-    return float(sum(plan.values())), plan
+) -> SweepEstimate:
+    """The sweep's time estimate, in seconds, from a few timed steps (no training; see
+    :mod:`tomoseg.experiments.estimate` for the model and :attr:`SweepEstimate.basis` for
+    what it was based on)."""
+    return estimate_sweep(data, cfg, sizes, counts, repeats)

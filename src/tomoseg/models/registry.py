@@ -26,6 +26,8 @@ class Architecture:
         default_depth: levels when the config does not choose (a fixed-depth network refuses
             another value in ``build``).
         source: the paper or library it comes from.
+        fixed_depth: whether ``default_depth`` is the only depth the network has (SegNet's five
+            VGG blocks): a run's configured ``depth`` is then not used (:meth:`depth_for`).
     """
 
     name: str
@@ -33,13 +35,21 @@ class Architecture:
     default_width: int
     default_depth: int
     source: str
+    fixed_depth: bool = False
+
+    def depth_for(self, depth: int | None) -> int:
+        """The depth a network of this architecture is built with when a run's config asks for
+        ``depth`` (None: the default): the fixed depth of a fixed-depth network, else ``depth``."""
+        return self.default_depth if self.fixed_depth or depth is None else depth
 
 
 #: The registry. A new network is one file in this package plus one line here; it then has to
 #: pass the contract in tests/models/test_model_contract.py (any input size, padding back to size,
 #: channels-last, bf16 autocast, K outputs).
 REGISTRY: dict[str, Architecture] = {
-    "segnet": Architecture("segnet", build_segnet, 64, 5, "Badrinarayanan et al., TPAMI 2017"),
+    "segnet": Architecture(
+        "segnet", build_segnet, 64, 5, "Badrinarayanan et al., TPAMI 2017", fixed_depth=True
+    ),
     "unet": Architecture("unet", build_unet, 32, 5, "Ronneberger et al., MICCAI 2015; MONAI"),
 }
 ARCHITECTURES = tuple(REGISTRY)
@@ -63,6 +73,27 @@ def get_architecture(name: str) -> Architecture:
     if arch not in REGISTRY:
         raise TomosegError(f"unknown model '{name}' (choose {' or '.join(ARCHITECTURES)})")
     return REGISTRY[arch]
+
+
+def network_hparams(
+    name: str, in_channels: int, num_classes: int, width: int | None, depth: int | None
+) -> dict[str, Any]:
+    """The hyperparameters of the network a run of model ``name`` trains: the keyword arguments
+    of :func:`build_model` that rebuild it (what ``run.json`` and the weights record as
+    ``model``). ``depth`` is the run's configured depth, replaced by the architecture's fixed
+    depth where it has one; ``width`` None stays None (the architecture's default).
+
+    Raises:
+        TomosegError: unknown network.
+    """
+    arch = get_architecture(name)
+    return {
+        "name": name,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "width": width,
+        "depth": arch.depth_for(depth),
+    }
 
 
 def build_model(

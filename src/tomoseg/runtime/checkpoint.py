@@ -14,9 +14,7 @@ from tomoseg.config.schema import TrainConfig
 from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.models.registry import build_model
-
-RUN_FILE = "run.json"
-
+from tomoseg.runtime.run_record import RUN_FILE  # noqa: F401 - the run record's owner names it
 
 # ----------------------------------------------------------------------------- runs on disk
 

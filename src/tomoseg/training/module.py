@@ -16,7 +16,7 @@ from tomoseg.data.sources import IGNORE_INDEX
 from tomoseg.errors import TomosegWarning
 from tomoseg.inference.sliding_window import infer_logits
 from tomoseg.metrics.segmentation import accuracy_from_cm, iou_from_cm, score_image
-from tomoseg.models.registry import build_model
+from tomoseg.models.registry import build_model, network_hparams
 from tomoseg.models.segnet import load_encoder_weights
 from tomoseg.runtime.logit_adjustment import decision_bias
 from tomoseg.training.epoch_metrics import TrainScores, ValidationScores
@@ -80,12 +80,11 @@ class SegModule(L.LightningModule):
         self.cfg = TrainConfig.model_validate(config)
         self.classes, self.coi = list(classes), classes.index(class_of_interest)
         k = len(classes)
+        # 1 input channel, or 2k + 1 with 2.5D context; the depth as the registry resolves it
         self.net = build_model(
-            self.cfg.model,
-            in_channels(self.cfg.context),  # 1, or 2k + 1 with 2.5D context
-            k,
-            self.cfg.width,
-            self.cfg.depth if self.cfg.model == "unet" else 5,
+            **network_hparams(
+                self.cfg.model, in_channels(self.cfg.context), k, self.cfg.width, self.cfg.depth
+            )
         )
         if self.cfg.encoder_weights is not None:
             load_encoder_weights(self.net, self.cfg.encoder_weights)

@@ -1,5 +1,6 @@
 """Per-epoch records of a run, on Lightning's parts: a logger for metrics.csv, ModelCheckpoint
-for the resumable ``.ckpt`` files, a callback exporting ``best``/``last.safetensors``, curves.png."""
+for the resumable ``.ckpt`` files, a callback exporting ``best``/``last.safetensors``, curves.png
+(drawn by :func:`tomoseg.reporting.figures.plot_curves`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tomoseg.io.writers import atomic_write, write_text
+from tomoseg.reporting.figures import plot_curves
 from tomoseg.runtime.checkpoint import weights_metadata
 from tomoseg.training.module import SegModule
 from tomoseg.utils.format import cell, fmt
+from tomoseg.utils.progress import Cancelled, JobProgress
 
 # ----------------------------------------------------------------------------- recording
 
@@ -36,36 +38,6 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     for r in history:
         w.writerow({k: cell(v) for k, v in r.items()})
     return buf.getvalue()
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path, coi: str) -> None:
-    """Draw loss, accuracy, IoU of the class of interest and BF1 against epoch (train and val)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in history]
-    panels = [
-        ("loss", "train_loss", "val_loss"),
-        ("global accuracy", "train_accuracy", "val_accuracy"),
-        (f"IoU {coi}", f"train_iou_{coi}", f"val_iou_{coi}"),
-        (f"BF1 {coi} (val, full images)", None, f"val_bf1_{coi}"),
-        ("seconds per epoch", "seconds", None),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, tr, va) in zip(axes, panels, strict=True):
-        for key, label in ((tr, "train"), (va, "val")):
-            if key and any(key in r for r in history):
-                ax.plot(ep, [r.get(key, np.nan) for r in history], marker="o", ms=3, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
 
 
 class RunCSVLogger(Logger):
@@ -117,11 +89,12 @@ class RunCSVLogger(Logger):
 
 class RunRecorder(L.Callback):
     """After every epoch: the epoch's row (metrics and timings) into the module's history and
-    the logger (``metrics.csv``), ``curves.png`` (a drawing failure only warns) and the console
-    line. Weights and checkpoints are :class:`WeightsExport`'s and ``ModelCheckpoint``'s."""
+    the logger (``metrics.csv``) and ``curves.png`` (a drawing failure only warns). Weights and
+    checkpoints are :class:`WeightsExport`'s and ``ModelCheckpoint``'s; the report of the epoch
+    is :class:`EpochProgress`'s."""
 
-    def __init__(self, run: Path, console=None):
-        self.run, self.console = run, console
+    def __init__(self, run: Path):
+        self.run = run
         self.t0 = 0.0
         self.t_val: float | None = None
         self.plot_warned = False
@@ -150,8 +123,6 @@ class RunRecorder(L.Callback):
             lg.log_metrics(row, step=row["epoch"])
         if trainer.is_global_zero:
             self._plot(pl)
-            if self.console is not None:
-                self.console.print(_row_text(row, pl.classes[pl.coi]))
 
     def _plot(self, pl: SegModule) -> None:
         """curves.png is optional: a failure to draw it warns once and never stops training."""
@@ -164,8 +135,74 @@ class RunRecorder(L.Callback):
                     f"warning: curves.png not drawn ({type(exc).__name__}: {exc}); training goes on"
                 )
                 warnings.warn(msg, RuntimeWarning, stacklevel=1)
-                if self.console is not None:
-                    self.console.print(msg, markup=False)
+
+
+class EpochProgress(Checkpoint):
+    """Reports every finished epoch to the run's :class:`~tomoseg.utils.progress.JobProgress`
+    and stops training when its cancel token is set.
+
+    * At the start of fitting: the planned epochs (``max_epochs``) as the total, the epochs a
+      resumed run finished before as done.
+    * At the end of every epoch, once ``ModelCheckpoint`` saved ``last.ckpt`` and
+      :class:`WeightsExport` exported the weights (a ``Checkpoint`` runs after them; list it
+      last): one ``advance`` with the epoch's row as metrics and a one-line summary as message.
+      A token set by then stops training here, the epoch safely written.
+    * After every training batch: a set token raises :class:`~tomoseg.utils.progress.Cancelled`,
+      which ends ``Trainer.fit`` at once; the unfinished epoch leaves no row and no checkpoint,
+      so a resumed run continues from the last finished epoch exactly as after a kill.
+
+    Several processes: rank 0 reports; every rank checks the token, and any rank's set token
+    stops all of them (one reduction per batch, only when a token is given). The reporter is
+    not sent to processes ``ddp_spawn`` starts (a callback or an event does not cross them).
+    """
+
+    def __init__(self, job: JobProgress):
+        self.job = job
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"job": None}  # a spawned process gets no reporter (see the class docstring)
+
+    def _cancelled(self, trainer) -> bool:
+        if self.job is None or self.job.cancel is None:
+            return False
+        stop = self.job.cancelled
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        return stop
+
+    def on_train_start(self, trainer, pl: SegModule) -> None:
+        if self.job is None:
+            return
+        self.job.set_total(int(trainer.max_epochs or 0), done=len(pl.history))
+        if trainer.is_global_zero:
+            try:
+                self.job.start()
+            except Cancelled:
+                if trainer.world_size == 1:
+                    raise
+        if trainer.world_size > 1 and self._cancelled(trainer):
+            raise Cancelled("train cancelled")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.job is None or self.job.cancel is None:
+            return
+        if trainer.world_size == 1:
+            self.job.check()  # raises Cancelled once the token is set
+        elif self._cancelled(trainer):
+            raise Cancelled("train cancelled")
+
+    def on_train_epoch_end(self, trainer, pl: SegModule) -> None:
+        if self.job is None or not pl.history:
+            return
+        if trainer.is_global_zero:
+            row = pl.history[-1]
+            try:
+                self.job.advance(1, _row_text(row, pl.classes[pl.coi]), **row)
+            except Cancelled:
+                if trainer.world_size == 1:
+                    raise
+        if trainer.world_size > 1 and self._cancelled(trainer):
+            raise Cancelled("train cancelled")
 
 
 def checkpoint_callbacks(run: Path, monitor: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:

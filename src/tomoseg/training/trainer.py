@@ -12,24 +12,26 @@ from typing import Any
 import lightning as L
 import torch
 
-from tomoseg import __version__
+from tomoseg._version import __version__
 from tomoseg.config.schema import TrainConfig, config_to_yaml
 from tomoseg.data.context import in_channels
 from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.jobs import check_same_job
-from tomoseg.io.writers import write_json, write_text
-from tomoseg.models.registry import get_architecture
-from tomoseg.runtime.checkpoint import RUN_FILE
+from tomoseg.io.writers import write_text
+from tomoseg.models.registry import get_architecture, network_hparams
 from tomoseg.runtime.device import resolve_device, resolve_precision
+from tomoseg.runtime.run_record import RUN_FILE, read_run_record, write_run_record
 from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
 from tomoseg.training.recording import (
+    EpochProgress,
     RunCSVLogger,
     RunRecorder,
     WeightsExport,
     checkpoint_callbacks,
 )
+from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
 RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
 #: settings a resumed run may change: how long and where, not what is trained (a run may
@@ -253,9 +255,10 @@ def train(
     cfg: TrainConfig,
     resume: bool = False,
     overwrite: bool = False,
-    console=None,
-    progress: bool = True,
     spawn: bool = False,
+    *,
+    progress: ProgressCallback | JobProgress | bool | None = None,
+    cancel: CancelToken | None = None,
 ) -> Path:
     """``tomoseg train``: train a network and leave a complete run folder.
 
@@ -281,12 +284,23 @@ def train(
         cfg: validated configuration.
         resume: continue an interrupted run from ``checkpoints/last.ckpt``.
         overwrite: replace an existing run.
-        console: rich console for per-epoch lines (None = silent).
-        progress: show Lightning's progress bar.
         spawn: several processes on this machine without a launcher are started with
             Lightning's ``ddp_spawn`` (the Python API: re-running the caller's script, as the
             default ``ddp`` launcher does, would rerun whatever else the script does) rather
             than by re-running the command line (the CLI).
+        progress: receives the run's :class:`~tomoseg.utils.progress.ProgressEvent` s (job
+            ``train``, unit ``epoch``): one ``advance`` per finished epoch with the epoch's
+            ``metrics.csv`` row as ``metrics`` and a one-line summary as ``message``; ``total``
+            is the planned epochs, ``done`` counts the epochs a resumed run finished before;
+            ``message`` events for the class weights, a time budget's plan and the tuned
+            decision (also logged to the ``tomoseg`` logger). Rank 0 reports; none under
+            ``spawn``. A bool (the former progress-bar switch) means no callback.
+        cancel: a token (:class:`threading.Event`) checked after every training batch: once
+            set, training stops at the next batch, leaving ``checkpoints/last.ckpt`` of the
+            last finished epoch (the unfinished one is dropped), and
+            :class:`~tomoseg.utils.progress.Cancelled` is raised; ``resume=True`` continues the
+            run to the same result as an uninterrupted one. Not seen by processes ``spawn``
+            starts.
 
     Returns:
         The run folder.
@@ -294,10 +308,15 @@ def train(
     Raises:
         TomosegError: bad data or options, more devices than there are, a run folder in the
             way, a checkpoint that cannot be resumed from.
+        Cancelled: ``cancel`` was set (a :class:`~tomoseg.errors.TomosegError`).
     """
     from tomoseg.inference.tta import parse_tta
 
     run = Path(run)
+    if isinstance(progress, bool):  # the former progress-bar switch: no callback
+        progress = None
+    job = job_progress("train", "epoch", cfg.epochs, progress, cancel)
+    job.check()  # cancelled before it started: nothing is written
     get_architecture(cfg.model)  # an unknown network fails before anything is written
     quiet_lightning()
     parse_tta(cfg.tta)  # an unknown transform fails before anything is read
@@ -311,8 +330,8 @@ def train(
     requeued = slurm_restarts() > 0 and not resume and (run / "config.yaml").is_file()
     if requeued:
         resume, overwrite = True, False
-        if console is not None and rank0:
-            console.print(f"Slurm requeued this job: resuming the run in {run}")
+        if rank0:
+            job.message(f"Slurm requeued this job: resuming the run in {run}")
     if overwrite:  # Lightning would resume from its requeue checkpoints (each rank looks)
         for f in run.glob("hpc_ckpt_*.ckpt"):
             f.unlink(missing_ok=True)
@@ -321,7 +340,6 @@ def train(
     else:  # rank 0 checks the run folder; the others only need the checkpoint
         last_ckpt = run / "checkpoints" / "last.ckpt"
         ckpt = last_ckpt if resume and last_ckpt.is_file() else None
-        console = None
     source = data if isinstance(data, DataSource) else DataSource.of(data)
     dm = SegDataModule(source, cfg)
     dm.setup("fit")  # what run.json records is known before fitting
@@ -330,13 +348,10 @@ def train(
     classes, coi = prep.spec.classes, prep.spec.class_of_interest
     meta = {
         "tomoseg_version": __version__,
-        "model": {
-            "name": cfg.model,
-            "in_channels": in_channels(cfg.context),  # 2k + 1 with 2.5D context
-            "num_classes": len(classes),
-            "width": cfg.width,
-            "depth": cfg.depth if cfg.model == "unet" else 5,
-        },
+        # 2k + 1 input channels with 2.5D context; a fixed-depth network's depth (registry)
+        "model": network_hparams(
+            cfg.model, in_channels(cfg.context), len(classes), cfg.width, cfg.depth
+        ),
         "classes": classes,
         "class_of_interest": coi,
         "normalization": prep.norm.model_dump(),
@@ -355,7 +370,9 @@ def train(
                 "time_budget plans the epochs from one process's throughput: with several "
                 "devices or nodes give epochs instead"
             )
-        cfg, meta["time_budget"] = _budget_plan(run, cfg, dm, resume, device, precision, console)
+        cfg, meta["time_budget"] = _budget_plan(run, cfg, dm, resume, device, precision)
+        if rank0:
+            job.message(_budget_text(cfg, meta["time_budget"]))
         meta["config"] = cfg.model_dump(mode="json")
     # torch.compile for the training steps (training/module.py: compile_wanted, train_forward)
     steps = cfg.epochs * math.ceil(cfg.crops / cfg.batch_size)
@@ -366,10 +383,10 @@ def train(
     if rank0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / "config.yaml", config_to_yaml(cfg))
-        write_json(run / RUN_FILE, meta)
-    if console is not None:
+        write_run_record(run, meta)
+    if rank0:
         w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
-        console.print(f"class weights ({cfg.class_weights}): {w}")
+        job.message(f"class weights ({cfg.class_weights}): {w}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
     module.bf16 = precision == "bf16-mixed"
@@ -394,26 +411,32 @@ def train(
             default_root_dir=run,  # Lightning's Slurm requeue checkpoint goes into the run
             max_epochs=cfg.epochs,
             max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-            enable_progress_bar=progress,
+            enable_progress_bar=False,  # the caller renders the progress events
             num_sanity_val_steps=0,
             check_val_every_n_epoch=cfg.val_every,
             logger=RunCSVLogger(run),
             enable_checkpointing=True,
             callbacks=[
-                RunRecorder(run, console),
+                RunRecorder(run),
                 *averaging,
                 best,
                 last,
                 WeightsExport(run, meta, best),
+                EpochProgress(job),  # after the checkpoints: an epoch is reported once written
             ],
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
     if rank0 and cfg.tune_decision and (run / f"{cfg.weights}.safetensors").is_file():
-        _tune(run, source, cfg, device, console)  # rank 0 alone: it writes decision.json
+        job.check()  # training is complete; a resumed run only tunes
+        _tune(run, source, cfg, device, job)  # rank 0 alone: it writes decision.json
+    if rank0:
+        job.end(f"run written to {run}")
     return run
 
 
-def _tune(run: Path, source: DataSource, cfg: TrainConfig, device: torch.device, console) -> None:
+def _tune(
+    run: Path, source: DataSource, cfg: TrainConfig, device: torch.device, job: JobProgress
+) -> None:
     """Tune the decision and clean-up on the run's validation images with the weights it
     delivers (``cfg.weights``; ``decision.json``, recorded in ``run.json``)."""
     from tomoseg.inference.tuning import tune_run
@@ -421,14 +444,13 @@ def _tune(run: Path, source: DataSource, cfg: TrainConfig, device: torch.device,
     decision, report = tune_run(
         run, source, split="val", tta=cfg.tta, device=device.type, weights=cfg.weights
     )
-    if console is not None:
-        b, a = report["before"], report["after"]
-        console.print(
-            f"decision tuned on {report['images']} validation images: offset "
-            f"{decision.offset:+g}, min object {decision.min_size} px, max hole "
-            f"{decision.max_hole} px (IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
-            f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f})"
-        )
+    b, a = report["before"], report["after"]
+    job.message(
+        f"decision tuned on {report['images']} validation images: offset "
+        f"{decision.offset:+g}, min object {decision.min_size} px, max hole "
+        f"{decision.max_hole} px (IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
+        f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f})"
+    )
 
 
 def _budget_plan(
@@ -438,18 +460,16 @@ def _budget_plan(
     resume: bool,
     device: torch.device,
     precision: str,
-    console,
 ) -> tuple[TrainConfig, dict]:
     """The epochs of a time-budgeted run: planned from a throughput probe, or on resume the
     plan recorded in ``run.json`` (so the schedule, and the weights, are those of the
     uninterrupted run)."""
-    import json
-
     from tomoseg.inference.tta import parse_tta
     from tomoseg.training.budget import budget_record, plan_epochs, probe_throughput
 
-    if resume and (run / RUN_FILE).is_file():
-        old = json.loads((run / RUN_FILE).read_text()).get("time_budget")
+    record = read_run_record(run, missing_ok=True) if resume else None
+    if record is not None:
+        old = record.get("time_budget")
         if old and old.get("plan", {}).get("epochs"):
             return cfg.model_copy(update={"epochs": int(old["plan"]["epochs"])}), old
     prep = dm.prepared
@@ -486,10 +506,18 @@ def _budget_plan(
             )
         else:  # compiling failed (warned): plan and train eager
             cfg = cfg.model_copy(update={"compile": "off"})
-    if console is not None:
-        console.print(
-            f"time budget {cfg.time_budget:g} min: {probe.seconds_per_step:.3f} s per step, "
-            f"{probe.steps_per_epoch} steps per epoch, validation {probe.validation_seconds:.1f} s "
-            f"-> {plan['epochs']} epochs (~{plan['planned_minutes']:.1f} min planned)"
-        )
     return cfg.model_copy(update={"epochs": plan["epochs"]}), budget_record(probe, plan)
+
+
+def _budget_text(cfg: TrainConfig, record: dict) -> str:
+    """One line on a time budget's plan (from its ``run.json`` record)."""
+    probe, plan = record.get("probe", {}), record.get("plan", {})
+    try:
+        return (
+            f"time budget {cfg.time_budget:g} min: {probe['seconds_per_step']:.3f} s per step, "
+            f"{probe['steps_per_epoch']} steps per epoch, validation "
+            f"{probe['validation_seconds']:.1f} s -> {plan['epochs']} epochs "
+            f"(~{plan['planned_minutes']:.1f} min planned)"
+        )
+    except (KeyError, TypeError, ValueError):
+        return f"time budget {cfg.time_budget:g} min: {cfg.epochs} epochs planned"
