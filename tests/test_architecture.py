@@ -178,3 +178,33 @@ def test_registry_declares_each_networks_depth():
         hp = network_hparams(name, 1, 2, 4, 3)
         assert hp["depth"] == (arch.default_depth if arch.fixed_depth else 3), name
         assert build_model(**hp).hparams_dict["depth"] == hp["depth"], name
+
+
+def _message_texts(node: ast.AST) -> list[str]:
+    """The literal text of an error or warning call's arguments (f-string parts included)."""
+    texts = []
+    for arg in [*getattr(node, "args", []), *(k.value for k in getattr(node, "keywords", []))]:
+        for sub in ast.walk(arg):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                texts.append(sub.value)
+    return texts
+
+
+def test_library_messages_name_parameters_not_options():
+    """Library errors and warnings name parameters (``tile_size=0``, ``use overwrite=True``);
+    only the command line speaks of ``--options`` (it rewrites the names, ``cli_message``)."""
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    calls = {"TomosegError", "Cancelled", "TomosegWarning", "warn", "_warn"}
+    bad = []
+    for mod, path in _modules().items():
+        if _part(mod) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name in calls and any(flag.search(t) for t in _message_texts(node)):
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not bad, "library messages naming --options:\n" + "\n".join(bad)

@@ -263,3 +263,27 @@ def test_dry_run_estimate_is_quick_and_says_what_it_is_based_on(sweep_data):
     }
     assert all(v >= 0 for v in parts.values())
     assert any("timed here" in line for line in est.basis)
+
+
+@pytest.mark.parametrize("weights", ["last", "best"])
+def test_prune_case_keeps_only_the_delivered_weights(tmp_path, weights):
+    from tomoseg.runtime.run_record import write_run_record
+
+    run = tmp_path / "case" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    write_run_record(run, {"config": {"weights": weights}})
+    for name in ("best.safetensors", "last.safetensors", "checkpoints/last.ckpt",
+                 "checkpoints/best-epoch=1.ckpt", "hpc_ckpt_1.ckpt", "metrics.csv"):  # fmt: skip
+        (run / name).write_text("x")
+    gone = sw.prune_case(tmp_path / "case")
+    other = "best" if weights == "last" else "last"
+    assert {p.name for p in gone} == {
+        f"{other}.safetensors",
+        "last.ckpt",
+        "best-epoch=1.ckpt",
+        "hpc_ckpt_1.ckpt",
+    }
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["metrics.csv", "run.json", f"{weights}.safetensors"]
+    )
+    assert sw.prune_case(tmp_path / "case") == []  # idempotent

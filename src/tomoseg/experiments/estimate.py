@@ -1,26 +1,30 @@
-"""The sweep's time estimate (``sweep --dry-run``): seconds of timing, no training, no pixels read
-but one image's.
+"""The sweep's time estimate (``sweep --dry-run``): seconds of timing, no training run, no
+pixels read but one image's.
 
 A case costs (in its own process, :func:`tomoseg.experiments.case.main`):
 
 * ``startup``: starting the process and importing training and evaluation (timed here, once);
 * ``read``: reading its images: train and validation for training, validation again for the
   decision tuning, test for the evaluation (one training image is read here and timed; the
-  others are priced by their pixel count);
-* ``epochs x steps x step``: optimizer steps of ``batch_size`` crops (``ceil(count / batch)``
-  per epoch); a step at the smallest and the largest crop area of the grid is timed here on
-  random data with the run's network, precision and device, the areas between interpolated;
-* ``validations x val``: one sliding-window pass over the validation images every
-  ``val_every`` epochs (a tile of the run's tile size is timed; ``/(1 - overlap)^2`` for the
-  overlap);
-* ``tuning`` and ``evaluation``: the same passes with the run's test-time augmentation, over
-  the validation (``tune_decision``) and the test images;
-* ``epochs x epoch_overhead``: writing ``metrics.csv``, ``curves.png`` (timed) and the two
-  checkpoints and the weights (timed as saves of the network's state).
+  others are priced by their pixel count, taken from the file headers);
+* ``train``: per epoch, ``ceil(count / batch)`` optimizer steps plus cutting and augmenting
+  ``count`` crops. The run's LightningModule (network, loss, metrics, precision) is fitted by
+  Lightning for 8 steps on random crops of the smallest and of the largest crop size of the
+  grid: the median step (linear in a batch's pixels between the two sizes), the first steps'
+  warm-up and the fit's own cost (``overhead``); a crop is cut and augmented by the
+  training's own dataset, timed;
+* ``validation``: every ``val_every`` epochs (and the last), the validation images through the
+  sliding window (the run's tile size, overlap and tile batch) and scored (IoU, BF1): timed on
+  one random image of the mean size, per pixel;
+* ``tuning`` and ``evaluation``: the same with the run's test-time augmentation, over the
+  validation images (with the decision search's scorings) and the test images (scored with and
+  without post-processing);
+* ``overhead``: the warm-up, the fit's own cost and, per epoch, ``curves.png`` and the two checkpoints and
+  the weights (timed as a drawing and saves of the network's state).
 
 The probes run in this process on its threads; a sweep with ``jobs`` > 1 shares the cores
 among cases, so it is not ``jobs`` times faster on CPU. Not modelled: ``torch.compile`` (off
-for short cases: ``compile: auto``), data-loader workers, a busy machine.
+for short cases: ``compile: auto``), data-loader workers, other jobs on the machine.
 """
 
 from __future__ import annotations
@@ -135,11 +139,9 @@ def estimate_sweep(
     read_per_px = (time.perf_counter() - t0) / max(shapes[0][0] * shapes[0][1], 1)
 
     device = resolve_device(cfg.device)
-    bf16 = resolve_precision(cfg.precision, device) == "bf16-mixed"
-    torch.manual_seed(0)
-    hp = network_hparams(cfg.model, in_channels(cfg.context), 2, cfg.width, cfg.depth)
-    net = build_model(**hp).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    precision = resolve_precision(cfg.precision, device)
+    bf16 = precision == "bf16-mixed"
+    in_ch = in_channels(cfg.context)
 
     def crop_hw(size: int) -> tuple[int, int]:
         h, w = round(mean_hw[0]), round(mean_hw[1])
@@ -149,54 +151,22 @@ def estimate_sweep(
         h, w = crop_hw(size)
         return cfg.batch_size if h == w or cfg.rotation == "none" else 1
 
-    def step_seconds(size: int) -> float:
-        h, w = crop_hw(size)
-        x = torch.randn(batch_of(size), hp["in_channels"], h, w, device=device)
-        y = torch.randint(0, 2, (batch_of(size), h, w), device=device)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        net.train()
-        return _time(step)
-
     def area(size: int) -> int:
         h, w = crop_hw(size)
         return h * w
 
+    # training steps: the run's LightningModule (network, loss, metrics, precision) fitted by
+    # Lightning on random crops, 2 and 6 steps: per step, and the cost of a fit beyond them
     small, large = min(sizes, key=area), max(sizes, key=area)
-    timed = {s: step_seconds(s) for s in {small, large}}
-    a0, a1, t0_, t1_ = area(small), area(large), timed[small], timed[large]
+    fits = {s: _fit_seconds(cfg, crop_hw(s), batch_of(s), precision) for s in {small, large}}
+    warm_s = max(w for w, _, _ in fits.values())  # a case's process starts cold
+    fit_s = float(np.mean([f for _, f, _ in fits.values()]))
+    t0_, t1_ = fits[small][2], fits[large][2]
+    a0, a1 = area(small) * batch_of(small), area(large) * batch_of(large)
 
-    def step_at(size: int) -> float:
-        a = area(size)
-        return t0_ if a1 == a0 else t0_ + (t1_ - t0_) * (a - a0) / (a1 - a0)
-
-    # inference, no gradient: images that fit in a tile in one pass each; larger ones by tiles
-    # (a batch of tiles timed, per pixel, with the tiles' overlap)
-    gpu = device.type == "cuda"
-    tile = cfg.tile_size or (1024 if gpu else 256)
-    tile_batch = cfg.tile_batch or (8 if gpu else 4)
-    fits = max(mean_hw) <= tile
-    shape = (1, *crop_hw(FULL)) if fits else (tile_batch, tile, tile)
-    xt = torch.randn(shape[0], hp["in_channels"], shape[1], shape[2], device=device)
-
-    def infer() -> None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            net(xt)
-        if gpu:
-            torch.cuda.synchronize()
-
-    net.eval()
-    overlap = 1.0 if fits else 1.0 / (1.0 - cfg.tile_overlap) ** 2
-    infer_per_px = _time(infer) / (shape[0] * shape[1] * shape[2]) * overlap
-    tta = len(parse_tta(cfg.tta)) + 1.0  # the identity and each transform
+    def step_at(size: int) -> float:  # linear in the pixels of a batch, between the two probes
+        a = area(size) * batch_of(size)
+        return t0_ if a1 == a0 else max(0.0, t0_ + (t1_ - t0_) * (a - a0) / (a1 - a0))
 
     # cutting and augmenting a crop (random pixels of the crop's image size), per crop
     from tomoseg.data.crops import CropBox
@@ -212,12 +182,34 @@ def estimate_sweep(
     per_crop = {s: crop_seconds(s) for s in {small, large}}
 
     def crop_at(size: int) -> float:
-        a = area(size)
+        a = area(size) * batch_of(size)
         c0, c1 = per_crop[small], per_crop[large]
-        return c0 if a1 == a0 else c0 + (c1 - c0) * (a - a0) / (a1 - a0)
+        return c0 if a1 == a0 else max(0.0, c0 + (c1 - c0) * (a - a0) / (a1 - a0))
 
-    # Lightning's own cost: a fit of a one-weight module, one step per epoch, 1 and 3 epochs
-    fit_s, loop_s = _lightning_cost()
+    # validation, tuning and evaluation: one image of the mean size through the sliding window
+    # (the run's tile size, overlap and batch) and scored (IoU, BF1), per pixel
+    from tomoseg.inference.sliding_window import infer_logits
+    from tomoseg.metrics.segmentation import score_image
+
+    torch.manual_seed(0)
+    hp = network_hparams(cfg.model, in_ch, 2, cfg.width, cfg.depth)
+    net = build_model(**hp).to(device).eval()
+    hi, wi = crop_hw(FULL)
+    image = torch.randn(1, in_ch, hi, wi, device=device)
+    truth = (np.random.default_rng(0).random((hi, wi)) > 0.5).astype(np.int16)
+    tile = cfg.tile_size or (1024 if device.type == "cuda" else 256)
+
+    def infer() -> np.ndarray:
+        with torch.no_grad():
+            logits = infer_logits(
+                net, image, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, autocast_bf16=bf16
+            )
+        return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
+    pred = infer()
+    infer_per_px = _time(infer) / (hi * wi)
+    score_per_px = _time(lambda: score_image(truth, pred, 2, cfg.tolerance, "x", [1])) / (hi * wi)
+    tta = len(parse_tta(cfg.tta)) + 1.0  # the identity and each transform
 
     # per epoch: metrics.csv, curves.png, two checkpoints and the weights
     import io as _io
@@ -229,7 +221,7 @@ def estimate_sweep(
     with __import__("tempfile").TemporaryDirectory() as tmp:
         plot_s = _time(lambda: plot_curves(hist, Path(tmp) / "c.png", "x"), repeats=1)
     save_s = _time(lambda: torch.save(state, _io.BytesIO()), repeats=1)
-    per_epoch = plot_s + 3 * save_s + loop_s
+    per_epoch = plot_s + 3 * save_s
 
     # a case's process: start and import what it runs
     t = time.perf_counter()
@@ -241,15 +233,23 @@ def estimate_sweep(
     startup = time.perf_counter() - t
 
     validations = math.ceil(cfg.epochs / max(cfg.val_every, 1))  # every N epochs, and the last
-    val_s = pixels["val"] * infer_per_px
+    val_s = pixels["val"] * (infer_per_px + score_per_px)
+    from tomoseg.inference.tuning import OFFSETS, SIZES
+
+    scorings = len(OFFSETS) + len(SIZES) ** 2  # offsets, then object and hole sizes (at most)
     fixed = {
         "startup": startup,
         # train + val for training, val again for tuning, test for the evaluation
         "read": read_per_px * (pixels["train"] + 2 * pixels["val"] + pixels["test"]),
         "validation": validations * val_s,
-        "tuning": pixels["val"] * infer_per_px * tta if cfg.tune_decision else 0.0,
-        "evaluation": pixels["test"] * infer_per_px * tta,
-        "overhead": fit_s + cfg.epochs * per_epoch,
+        "tuning": (
+            pixels["val"] * (infer_per_px * tta + score_per_px * scorings)
+            if cfg.tune_decision
+            else 0.0
+        ),
+        # with and without the tuned post-processing
+        "evaluation": pixels["test"] * (infer_per_px * tta + 2 * score_per_px),
+        "overhead": warm_s + fit_s + cfg.epochs * per_epoch,
     }
     per_case, parts = {}, {}
     for c in plan_cases(sizes, counts, repeats, cfg.seed):
@@ -261,67 +261,92 @@ def estimate_sweep(
         per_case[c.id], parts[c.id] = t_case, p
     dev = f"{device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads"
     basis = [
-        f"timed here ({dev}): a training step of {batch_of(small)} x "
+        f"timed here ({dev}): a training step of the run's module under Lightning, "
+        f"{batch_of(small)} x "
         f"{'x'.join(map(str, crop_hw(small)))} px ({t0_:.3f} s)"
         + (
             f" and of {batch_of(large)} x {'x'.join(map(str, crop_hw(large)))} px ({t1_:.3f} s)"
             if large != small
             else ""
         )
-        + f", sizes between interpolated by crop area ({', '.join(map(size_label, sizes))})",
-        f"inference {infer_per_px * 1e6:.2f} us per pixel ("
-        + ("whole images" if fits else f"tiles of {tile} px, overlap included")
+        + f", sizes between interpolated by a batch's pixels ({', '.join(map(size_label, sizes))})",
+        f"inference {infer_per_px * 1e6:.2f} us and scoring {score_per_px * 1e6:.2f} us per "
+        "pixel ("
+        + (f"tiles of {tile} px, overlap included" if max(mean_hw) > tile else "whole images")
         + f") x {tta:g} TTA passes for tuning and evaluation; validation every "
         f"{cfg.val_every} epoch(s)",
         f"images: {pixels['train'] / 1e6:.2f} Mpx train, {pixels['val'] / 1e6:.2f} Mpx val, "
         f"{pixels['test'] / 1e6:.2f} Mpx test (from the file headers), read at "
         f"{read_per_px * 1e9:.1f} ns per pixel",
         f"per crop: {crop_at(small) * 1e3:.1f} ms cutting and augmenting (timed)",
-        f"per case: process start {startup:.1f} s, Lightning's fit {fit_s:.1f} s; per epoch "
-        f"{per_epoch:.2f} s of Lightning's loop, checkpoints, weights and curves (timed)",
+        f"per case: process start {startup:.1f} s, first steps' warm-up {warm_s:.1f} s, a fit's "
+        f"own cost {fit_s:.1f} s; per epoch "
+        f"{per_epoch:.2f} s of checkpoints, weights and curves (timed)",
         "not included: torch.compile, other jobs on this machine; --jobs N shares the CPU "
         "cores among N cases",
     ]
     return SweepEstimate(float(sum(per_case.values())), per_case, parts, basis)
 
 
-def _lightning_cost() -> tuple[float, float]:
-    """Seconds of a Lightning fit beyond its steps: ``(per fit, per epoch)``, from fits of a
-    one-weight module with one step per epoch, for 1 and 3 epochs (no logger, no checkpoint)."""
+def _fit_seconds(
+    cfg: TrainConfig, hw: tuple[int, int], batch: int, precision: str
+) -> tuple[float, float, float]:
+    """``(warm-up, a fit's own seconds, seconds per step)`` of the run's LightningModule fitted
+    by Lightning on 8 random ``batch`` x ``hw`` crops (no validation, logger or checkpoint).
+
+    A step is the median of the last 6 steps' times (robust to other work on the machine); the
+    warm-up is what the first 2 steps took beyond it (the kernels of the shape being made: a
+    new process pays it again); a fit's own cost is the rest of the fit's time.
+    """
+    import statistics
+
     import lightning as L
     import torch
 
-    class One(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return (self.w - batch[0]).pow(2).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-        def train_dataloader(self):
-            return torch.utils.data.DataLoader(torch.zeros(1, 1), batch_size=1)
-
-    def fit(epochs: int) -> float:
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        t0 = time.perf_counter()
-        trainer.fit(One())
-        return time.perf_counter() - t0
-
-    from tomoseg.training.trainer import quiet_lightning
+    from tomoseg.data.context import in_channels
+    from tomoseg.runtime.device import resolve_device
+    from tomoseg.training.module import SegModule
+    from tomoseg.training.trainer import make_trainer, quiet_lightning, restored_determinism
 
     quiet_lightning()
-    fit(1)  # warm-up
-    one, three = fit(1), fit(3)
-    per_epoch = max(0.0, (three - one) / 2)
-    return max(0.0, one - per_epoch), per_epoch
+    device = resolve_device(cfg.device)
+    conf = cfg.model_copy(update={"compile": "off", "encoder_weights": None})
+
+    class Steps(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.t0 = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.times.append(time.perf_counter() - self.t0)
+
+    L.seed_everything(0, verbose=False)
+    module = SegModule(conf.model_dump(mode="json"), ["a", "b"], "b", [1.0, 1.0])
+    module.bf16 = precision == "bf16-mixed"
+    n = 8 * batch
+    x = torch.randn(n, in_channels(cfg.context), *hw)
+    y = torch.randint(0, 2, (n, *hw))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
+    steps = Steps()
+    import warnings
+
+    with warnings.catch_warnings(), restored_determinism():
+        warnings.simplefilter("ignore")
+        trainer = make_trainer(
+            device,
+            precision,
+            max_epochs=1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+            callbacks=[steps],
+        )
+        t0 = time.perf_counter()
+        trainer.fit(module, train_dataloaders=loader)
+        total = time.perf_counter() - t0
+    step = statistics.median(steps.times[2:])
+    warm = max(0.0, sum(steps.times[:2]) - 2 * step)
+    return warm, max(0.0, total - sum(steps.times)), step

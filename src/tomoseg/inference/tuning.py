@@ -17,7 +17,6 @@ validation images are easily fitted by a size that also removes real small objec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,7 +274,7 @@ def tune_run(
         TomosegError: not a run, a dataset of other classes, no validation image.
     """
     from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
-    from tomoseg.runtime.checkpoint import RUN_FILE
+    from tomoseg.runtime.run_record import update_run_record
 
     if isinstance(run, Predictor):
         changes: dict[str, Any] = {"postprocess": False}
@@ -311,9 +310,5 @@ def tune_run(
         **report,
     )
     write_json(run_dir / DECISION_FILE, record)
-    meta_file = run_dir / RUN_FILE
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        meta["decision"] = record
-        write_json(meta_file, meta)
+    update_run_record(run_dir, decision=record)
     return decision, report

@@ -253,10 +253,10 @@ def train(
     data: Path | str | DataSource,
     run: Path,
     cfg: TrainConfig,
-    *,
     resume: bool = False,
     overwrite: bool = False,
     spawn: bool = False,
+    *,
     progress: ProgressCallback | JobProgress | bool | None = None,
     cancel: CancelToken | None = None,
 ) -> Path:
