@@ -281,7 +281,7 @@ def test_train_from_images_and_masks_folders(tmp_path, run_cli, one_thread):
     )
     assert run.metrics[0]["epoch"] == 1
     assert json.loads((run.path / "run.json").read_text())["classes"] == ["0", "1"]
-    with pytest.raises(TomosegError, match="--masks"):
+    with pytest.raises(TomosegError, match="masks=DIR"):
         tomoseg.train(images=data / "train" / "images", out=tmp_path / "api2")
 
 

@@ -112,7 +112,7 @@ def test_unreachable_address_is_one_line_quickly(run_cli, sweep_data, tmp_path):
         "sweep", "--data", data, "--out", tmp_path / "sw", *GRID, "--config", cfg_file,
         "--backend", "ray", "--address", "no-port:x",
     )  # fmt: skip
-    assert code == 1 and "--address must be HOST:PORT" in err
+    assert code == 1 and "--address no-port:x must be HOST:PORT" in err
 
 
 @pytest.mark.slow

@@ -58,10 +58,10 @@ def parse_walltime(value: str) -> tuple[int, int, int, int]:
     """
     m = _TIME.match(value.strip())
     if not m:
-        raise TomosegError(f"--time must be HH:MM:SS or D-HH:MM:SS, got {value!r}")
+        raise TomosegError(f"time={value!r} must be HH:MM:SS or D-HH:MM:SS")
     d, h, mi, s = (int(g or 0) for g in m.groups())
     if d == h == mi == s == 0:
-        raise TomosegError("--time must be longer than 00:00:00")
+        raise TomosegError(f"time={value!r} must be longer than 00:00:00")
     return d, h, mi, s
 
 
@@ -72,8 +72,8 @@ def _normalise_command(command: list[str]) -> list[str]:
         cmd = cmd[1:]
     if not cmd or cmd[0].startswith("-"):
         raise TomosegError(
-            "give the tomoseg command to run after --, e.g. "
-            "tomoseg cluster-script slurm -- tomoseg train --data D --out R"
+            "give the tomoseg command to run, e.g. command=['train', ...] (on the command "
+            "line: after --, as in tomoseg cluster-script slurm -- tomoseg train ...)"
         )
     return cmd
 
@@ -96,26 +96,27 @@ def _check(spec: JobSpec) -> list[str]:
         raise TomosegError(f"scheduler must be slurm or pbs, got {spec.scheduler!r}")
     cmd = _normalise_command(spec.command)
     if spec.nodes < 1:
-        raise TomosegError(f"--nodes must be at least 1, got {spec.nodes}")
+        raise TomosegError(f"nodes={spec.nodes} must be at least 1")
     if spec.gpus_per_node < 0:
-        raise TomosegError(
-            f"--gpus-per-node must be 0 (CPU nodes) or more, got {spec.gpus_per_node}"
-        )
+        raise TomosegError(f"gpus_per_node={spec.gpus_per_node} must be 0 (CPU nodes) or more")
     parse_walltime(spec.time)
     if spec.array is not None:
         if cmd[0] != "segment-stack":
             raise TomosegError(
-                "--array splits a segment-stack command; it makes no sense for " + cmd[0]
+                f"array={spec.array} splits a segment-stack command; it makes no sense for {cmd[0]}"
             )
         if spec.array < 1:
-            raise TomosegError(f"--array must be at least 1, got {spec.array}")
+            raise TomosegError(f"array={spec.array} must be at least 1")
         if _has(cmd, "--part"):
-            raise TomosegError("--array adds --part I/N itself; leave --part out of the command")
+            raise TomosegError(
+                f"array={spec.array} adds the part option (I/N) itself; leave it out of the command"
+            )
     if cmd[0] == "train":
         for opt in ("--devices", "--num-nodes"):
             if _has(cmd, opt):
                 raise TomosegError(
-                    f"{opt} is set from --nodes / --gpus-per-node; leave it out of the command"
+                    f"{opt} is set from nodes={spec.nodes} and gpus_per_node={spec.gpus_per_node}; "
+                    "leave it out of the command"
                 )
     return cmd
 
@@ -303,8 +304,8 @@ def submit(scheduler: str, script: str, path: Path | None) -> str:
     found = shutil.which(exe)
     if found is None:
         raise TomosegError(
-            f"--submit: {exe} is not on PATH (not a {scheduler.upper()} login node?); "
-            "submit the printed script there, or leave out --submit"
+            f"submit=True: {exe} is not on PATH (not a {scheduler.upper()} login node?); "
+            "submit the printed script there, or leave out submit=True"
         )
     args = [found] + ([str(path)] if path is not None else [])
     try:
@@ -317,10 +318,10 @@ def submit(scheduler: str, script: str, path: Path | None) -> str:
             env=dict(os.environ),
         )
     except subprocess.TimeoutExpired:
-        raise TomosegError(f"--submit: {exe} did not answer within 120 s") from None
+        raise TomosegError(f"submit=True: {exe} did not answer within 120 s") from None
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
         raise TomosegError(
-            f"--submit: {exe} refused the script: {msg[-1] if msg else proc.returncode}"
+            f"submit=True: {exe} refused the script: {msg[-1] if msg else proc.returncode}"
         )
     return proc.stdout.strip()

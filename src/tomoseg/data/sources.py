@@ -66,14 +66,17 @@ class DataSource:
         from tomoseg.io.datasets import resolve_classes
 
         if data is not None and (images is not None or masks is not None):
-            raise TomosegError("give --data DIR, or --images DIR with --masks DIR, not both")
+            raise TomosegError("give data=DIR, or images=DIR with masks=DIR, not both")
         if data is None:
             if images is None or masks is None:
-                raise TomosegError("give --data DIR, or both --images DIR and --masks DIR")
+                raise TomosegError("give data=DIR, or both images=DIR and masks=DIR")
             names = resolve_classes(classes)
             return cls(None, Path(images), Path(masks), tuple(names) if names else None)
         if classes is not None:
-            raise TomosegError("--classes is for --images/--masks; a dataset lists its classes")
+            names = classes if isinstance(classes, str) else ",".join(classes)
+            raise TomosegError(
+                f"classes={names!r} goes with images=DIR and masks=DIR; a dataset lists its classes"
+            )
         return cls(Path(data), None, None, None)
 
     def describe(self) -> str | dict[str, str]:
@@ -158,7 +161,7 @@ def check_ignore_label(
 def _resolve_ignore(declared: int | None, option: int | None, where: str) -> int | None:
     if declared is not None and option is not None and declared != option:
         raise TomosegError(
-            f"--ignore-label {option} differs from the ignore_label {declared} that {where} declares"
+            f"ignore_label={option} differs from the ignore_label {declared} that {where} declares"
         )
     return declared if declared is not None else option
 
@@ -193,7 +196,7 @@ def hold_out(
         TomosegError: fraction outside (0, 1), or no training image left.
     """
     if not 0 < fraction < 1:
-        raise TomosegError(f"--val-fraction must lie strictly between 0 and 1, got {fraction}")
+        raise TomosegError(f"val_fraction={fraction} must lie strictly between 0 and 1")
     n = len(train)
     rec: dict[str, Any] = {"source": "held out of train", "val_fraction": fraction, "seed": seed}
     if n == 1:
@@ -202,7 +205,7 @@ def hold_out(
         band = max(1, round(fraction * h))
         if band >= h:
             raise TomosegError(
-                f"--val-fraction {fraction} leaves no training rows in the one image '{s.id}'"
+                f"val_fraction={fraction} leaves no training rows in the one image '{s.id}'"
             )
         y0 = h - band
         mask = s.mask.astype(np.int16 if ignore_label is None else s.mask.dtype, copy=True)
@@ -214,7 +217,7 @@ def hold_out(
     n_val = max(1, round(fraction * n))
     if n_val >= n:
         raise TomosegError(
-            f"--val-fraction {fraction} of {n} training images leaves no training image"
+            f"val_fraction={fraction} of {n} training images leaves no training image"
         )
     pick = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     rec["images"] = [train[i].id for i in sorted(pick)]

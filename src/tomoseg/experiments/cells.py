@@ -82,7 +82,7 @@ def plan_cases(sizes: list[int], counts: list[int], repeats: int, base_seed: int
     """All cases, repeat-major (every cell's first repeat before any second repeat), so an
     interrupted sweep already covers the whole grid once. Repeat r uses seed ``base_seed + r``."""
     if repeats < 1:
-        raise TomosegError(f"--repeats must be at least 1, got {repeats}")
+        raise TomosegError(f"repeats={repeats} must be at least 1")
     return [
         Case(s, n, r, base_seed + r) for r, s, n in itertools.product(range(repeats), sizes, counts)
     ]

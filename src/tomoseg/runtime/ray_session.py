@@ -27,7 +27,7 @@ def require_ray() -> Any:
         import ray
     except ImportError:
         raise TomosegError(
-            f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}"
+            f"backend='ray' needs Ray, which is not installed: {INSTALL_HINT}"
         ) from None
     return ray
 
@@ -42,11 +42,9 @@ def _host_port(address: str) -> tuple[str, int] | None:
     try:
         p = int(port) if port else (CLIENT_PORT if client else DEFAULT_PORT)
     except ValueError:
-        raise TomosegError(
-            f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}"
-        ) from None
+        raise TomosegError(f"address={address!r} must be HOST:PORT (or ray://HOST:PORT)") from None
     if not host or not 0 < p < 65536:
-        raise TomosegError(f"--address must be HOST:PORT (or ray://HOST:PORT), got {address!r}")
+        raise TomosegError(f"address={address!r} must be HOST:PORT (or ray://HOST:PORT)")
     return host.strip("[]"), p
 
 
@@ -89,7 +87,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, timeout: f
             except OSError as exc:
                 raise TomosegError(
                     f"cannot reach the Ray cluster at {address} within {timeout:.0f} s "
-                    f"({exc.strerror or exc}); start it with `ray start --head` or leave out --address"
+                    f"({exc.strerror or exc}); start its head node there, or give no address"
                 ) from None
         kwargs["address"] = address
     try:  # in this thread: Ray's start-up does not work from another one
