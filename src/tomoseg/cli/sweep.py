@@ -100,7 +100,8 @@ def _grid(
         data, out, sizes, counts, config_over = sweep_demo_setup(out, progress=show)
     elif data is None or out is None:
         raise TomosegError("give --data DIR and --out DIR (or --demo)")
-    cfg = load_config(config, {**config_over, "epochs": epochs, "max_minutes": max_minutes})
+    overrides = {**config_over, "epochs": epochs, "max_minutes": max_minutes}
+    cfg = load_config(path=config, overrides=overrides)
     return data, out, parse_sizes(sizes), parse_counts(counts), cfg
 
 

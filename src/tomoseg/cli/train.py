@@ -123,15 +123,16 @@ def train(**options: Any) -> None:
 
     out = options["out"]
     source = DataSource.of(
-        options["data"], images=options["images"], masks=options["masks"],
+        data=options["data"], images=options["images"], masks=options["masks"],
         classes=options["classes"],
     )  # fmt: skip
-    cfg = load_config(options["config"], given_on_command_line(options["ctx"], options))
+    overrides = given_on_command_line(options["ctx"], options)
+    cfg = load_config(path=options["config"], overrides=overrides)
     with render.progress_bar(bar=not options["quiet"]) as show, cancel_on_interrupt() as cancel:
         try:
             run_train(
-                source, out, cfg, resume=options["resume"], overwrite=options["overwrite"],
-                progress=show, cancel=cancel,
+                data=source, run=out, cfg=cfg, resume=options["resume"],
+                overwrite=options["overwrite"], progress=show, cancel=cancel,
             )  # fmt: skip
         except Cancelled as exc:
             raise Cancelled(f"{exc}; the same command with --resume continues it") from None
@@ -157,7 +158,7 @@ def lr_find(
     from tomoseg.training.lr_find import lr_range_test
 
     suggestion = lr_range_test(
-        data=data, out=out, cfg=load_config(config), min_lr=min_lr, max_lr=max_lr, steps=steps
+        data=data, out=out, cfg=load_config(path=config), min_lr=min_lr, max_lr=max_lr, steps=steps
     )
     if suggestion == suggestion:  # not NaN
         render.say(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")
