@@ -142,17 +142,15 @@ def dataset_ignore_label(spec: DatasetSpec, where: Path | str) -> int | None:
     return spec.ignore_label  # validated when dataset.json is read
 
 
-def check_ignore_label(
-    value: Any, n_classes: int | None, what: str = "--ignore-label"
-) -> int | None:
+def check_ignore_label(value: Any, n_classes: int | None, what: str = "ignore_label") -> int | None:
     """Validate an ignore label: a mask value >= 0 that is not a class id (None passes)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise TomosegError(f"{what} must be a mask value >= 0, got {value!r}")
+        raise TomosegError(f"{what}={value!r}: must be a mask value >= 0")
     if n_classes is not None and value < n_classes:
         raise TomosegError(
-            f"{what} {value} is a class id (classes are 0..{n_classes - 1}); unannotated "
+            f"{what}={value} is a class id (classes are 0..{n_classes - 1}); unannotated "
             "pixels need a value no class uses, e.g. 255"
         )
     return int(value)

@@ -51,7 +51,7 @@ def score_and_write(
         The :class:`ScoreSummary`.
     """
     if tolerance < 0:
-        raise TomosegError(f"--tolerance must be >= 0, got {tolerance}")
+        raise TomosegError(f"tolerance={tolerance!r}: must be >= 0")
     k = class_index(classes, class_of_interest)
     summary = ScoreSummary(list(classes), classes[k], float(tolerance))
     for image_id, truth, pred, image in items:
@@ -122,7 +122,7 @@ def score_folders(
         The :class:`ScoreSummary` (also written to ``out``).
     """
     if tolerance < 0:
-        raise TomosegError(f"--tolerance must be >= 0, got {tolerance}")
+        raise TomosegError(f"tolerance={tolerance!r}: must be >= 0")
     pairs = pair_files(pred_dir, truth_dir, what="prediction")
     images = list_images(images_dir) if images_dir is not None else {}
     if images_dir is not None:

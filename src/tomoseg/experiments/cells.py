@@ -29,7 +29,7 @@ def _parse_int_list(
     """
     items = [t.strip().lower() for t in str(text).split(",")]
     if any(not t for t in items):
-        raise TomosegError(f"{option} must be a comma-separated list like {example}, got {text!r}")
+        raise TomosegError(f"{option}={text!r}: must be a comma-separated list like {example}")
     values = []
     for t in items:
         if t in words:
@@ -39,23 +39,23 @@ def _parse_int_list(
             v = int(t)
         except ValueError:
             alt = "".join(f" or '{w}'" for w in words)
-            raise TomosegError(f"{option}: '{t}' is not an integer{alt}") from None
+            raise TomosegError(f"{option}={text!r}: '{t}' is not an integer{alt}") from None
         if v < minimum:
-            raise TomosegError(f"{option}: {v} is below the minimum of {minimum}")
+            raise TomosegError(f"{option}={text!r}: {v} is below the minimum of {minimum}")
         values.append(v)
     if len(set(values)) != len(values):
-        raise TomosegError(f"{option} lists a value twice: {text!r}")
+        raise TomosegError(f"{option}={text!r} lists a value twice")
     return values
 
 
 def parse_sizes(text: str) -> list[int]:
     """Parse ``"100,224,full"`` into crop sizes (each >= 16; ``full`` -> 0 = whole images)."""
-    return _parse_int_list(text, "--sizes", "100,224,full", 16, {"full": FULL})
+    return _parse_int_list(text, "sizes", "100,224,full", 16, {"full": FULL})
 
 
 def parse_counts(text: str) -> list[int]:
     """Parse ``"250,500,1000"`` into crop counts (each >= 1)."""
-    return _parse_int_list(text, "--counts", "250,500", 1, {})
+    return _parse_int_list(text, "counts", "250,500", 1, {})
 
 
 def size_label(size: int) -> str:

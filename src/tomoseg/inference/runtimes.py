@@ -83,7 +83,9 @@ def resolve_runtime(runtime: str | None, device: torch.device) -> str:
                 f"available: {', '.join(available_runtimes())}"
             )
         if device.type != "cpu":
-            raise TomosegError(f"runtime {name} runs on the CPU only; use --device cpu or torch")
+            raise TomosegError(
+                f"runtime={name} runs on the CPU only; use device=cpu or runtime=torch"
+            )
     return name
 
 

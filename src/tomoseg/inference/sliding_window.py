@@ -90,5 +90,5 @@ def check_untiled_memory(
     if need > 0.8 * avail:
         raise TomosegError(
             f"a {shape[1]}x{shape[0]} image is too large to segment without tiling "
-            f"(~{need / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available); drop --no-tiling"
+            f"(~{need / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available); segment it in tiles (tiling=True)"
         )

@@ -206,7 +206,7 @@ def validation_items(
         ]
         return items, where
     if src.root is None:
-        raise TomosegError(f"split {split!r} needs a dataset folder (--data)")
+        raise TomosegError(f"split={split!r} needs a dataset folder (data=DIR)")
     pairs = split_pairs(src.root, split)
     check_consecutive(bool(load_dataset(src.root).consecutive), k, f"dataset {src.root}")
     read = context_reader(lambda i: read_image(pairs[i].image), len(pairs), k)

@@ -169,7 +169,5 @@ def resolve_classes(classes: str | Sequence[str] | None, n_min: int = 2) -> list
         return None
     names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
     if len(names) < n_min or any(not n for n in names) or len(set(names)) != len(names):
-        raise TomosegError(
-            f"--classes must name at least {n_min} distinct classes, got {classes!r}"
-        )
+        raise TomosegError(f"classes={classes!r}: must name at least {n_min} distinct classes")
     return names

@@ -34,9 +34,9 @@ def lr_range_test(
     from lightning.pytorch.tuner import Tuner
 
     if not 0 < min_lr < max_lr:
-        raise TomosegError(f"need 0 < --min-lr < --max-lr, got {min_lr}, {max_lr}")
+        raise TomosegError(f"min_lr={min_lr}, max_lr={max_lr}: need 0 < min_lr < max_lr")
     if steps < 5:
-        raise TomosegError(f"--steps must be at least 5, got {steps}")
+        raise TomosegError(f"steps={steps}: must be at least 5")
     quiet_lightning()
     device = resolve_device(cfg.device)
     dm = SegDataModule(data, cfg, need_val=False)

@@ -148,7 +148,7 @@ def _strategy(cfg: TrainConfig, device: torch.device, spawn: bool) -> str:
 
 
 def _start_over(ckpt: Path) -> str:
-    return f"start over with --overwrite (this discards the run in {ckpt.parent.parent})"
+    return f"start over with overwrite=True (this discards the run in {ckpt.parent.parent})"
 
 
 def check_resume_checkpoint(ckpt: Path, module: L.LightningModule) -> None:
