@@ -27,7 +27,7 @@ _LAZY = {
     "segment_stack": "tomoseg.api",
     "score": "tomoseg.api",
     "score_folders": "tomoseg.api",
-    "measure_objects": "tomoseg.api",
+    "measure_objects": "tomoseg.evaluation.objects",
     "Predictor": "tomoseg.inference.predictor",
     "InferenceSettings": "tomoseg.inference.predictor",
     "Cancelled": "tomoseg.utils.progress",
@@ -55,9 +55,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tomoseg.api import Run, measure_objects, score, score_folders, segment_stack, train
+    from tomoseg.api import Run, score, score_folders, segment_stack, train
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
+    from tomoseg.evaluation.objects import measure_objects
     from tomoseg.inference.predictor import InferenceSettings, Predictor
     from tomoseg.utils.progress import Cancelled, ProgressEvent
 

@@ -289,23 +289,3 @@ def score_folders(
         ignore_label=ignore_label,
     )
     return summary.to_dict()
-
-
-def measure_objects(
-    labels: np.ndarray,
-    *,
-    class_id: int = 1,
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    connectivity: int = 26,
-    min_volume: int = 0,
-) -> dict[str, np.ndarray]:
-    """3D objects of one class of a (Z, Y, X) class-id volume, measured as
-    ``skimage.measure.regionprops_table`` measures them (dict of columns).
-
-    See :func:`tomoseg.evaluation.objects.measure_objects`.
-    """
-    from tomoseg.evaluation.objects import measure_objects as _measure
-
-    return _measure(
-        labels, class_id=class_id, spacing=spacing, connectivity=connectivity, min_volume=min_volume
-    )

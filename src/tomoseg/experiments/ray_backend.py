@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +70,33 @@ def _crash_record(out: Path, case: Case, error: Any) -> dict:
     return rec
 
 
+@dataclass(frozen=True)
+class SweepTrials:
+    """What every trial of a sweep needs from the driver.
+
+    Attributes:
+        cases: every case of the grid (finished ones only report their record).
+        data, out, cfg_file: the dataset, the sweep folder and its resolved config file.
+        retry_failed: run failed cases again.
+        on_done: called in the driver with each finished or failed case's record.
+        run_case, load_record: :func:`tomoseg.experiments.sweep.run_case` (what a trial runs,
+            as the local backend does) and ``load_record`` (passed in: the sweep imports this
+            module, not the other way round).
+    """
+
+    cases: list[Case]
+    data: Path
+    out: Path
+    cfg_file: Path
+    retry_failed: bool
+    on_done: Callable[[Case, dict], None]
+    run_case: Callable[[Case, Path, Path, Path, dict], dict]
+    load_record: Callable[[Path, Case], dict | None]
+
+
 def run_cases_ray(
-    cases: list[Case],
-    data: Path,
-    out: Path,
-    cfg_file: Path,
-    retry_failed: bool,
-    on_done: Callable[[Case, dict], None],
-    run_case: Callable[[Case, Path, Path, Path, dict], dict],
-    load_record: Callable[[Path, Case], dict | None],
+    trials: SweepTrials,
+    *,
     address: str | None = None,
     cpus_per_case: int = 1,
     gpus_per_case: float = 0,
@@ -89,11 +107,7 @@ def run_cases_ray(
     """Run the grid's cases as Ray Tune trials (or restore the killed experiment of this grid).
 
     Args:
-        cases: every case of the grid (finished ones only report their record).
-        on_done: called in the driver with each finished or failed case's record.
-        run_case, load_record: :func:`tomoseg.experiments.sweep.run_case` (what a trial runs,
-            as the local backend does) and ``load_record`` (passed in: the sweep imports this
-            module, not the other way round).
+        trials: the cases and what runs and records them.
         address: Ray cluster (None: start Ray here with ``num_cpus`` CPUs, no dashboard).
         cpus_per_case, gpus_per_case: resources of one trial (its ``OMP_NUM_THREADS`` is the
             CPU count; Ray sets ``CUDA_VISIBLE_DEVICES`` to its GPUs).
@@ -122,35 +136,13 @@ def run_cases_ray(
                     f"{flag}={need:g} but the Ray cluster has {have.get(key, 0):g} {key}s; "
                     "every trial would wait forever"
                 )
-        _fit(
-            cases,
-            data,
-            out,
-            cfg_file,
-            retry_failed,
-            on_done,
-            cpus_per_case,
-            gpus_per_case,
-            run_case,
-            load_record,
-            cancel,
-        )
+        _fit(trials, cpus_per_case, gpus_per_case, cancel)
 
 
-def _fit(
-    cases: list[Case],
-    data: Path,
-    out: Path,
-    cfg_file: Path,
-    retry_failed: bool,
-    on_done: Callable[[Case, dict], None],
-    cpus: int,
-    gpus: float,
-    run_case: Callable,
-    load_record: Callable,
-    cancel: CancelToken | None = None,
-) -> None:
+def _fit(trials: SweepTrials, cpus: int, gpus: float, cancel: CancelToken | None = None) -> None:
     from ray import tune
+
+    cases, out, retry_failed = trials.cases, trials.out, trials.retry_failed
 
     try:
         from ray.tune import RunConfig
@@ -163,13 +155,13 @@ def _fit(
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
-            data=str(Path(data).resolve()),
+            data=str(Path(trials.data).resolve()),
             out=str(out.resolve()),
-            cfg_file=str(cfg_file.resolve()),
+            cfg_file=str(trials.cfg_file.resolve()),
             threads=max(int(cpus), 1),
             retry_failed=retry_failed,
-            run_case=run_case,
-            load_record=load_record,
+            run_case=trials.run_case,
+            load_record=trials.load_record,
         ),
         {"cpu": cpus, "gpu": gpus},
     )
@@ -205,7 +197,7 @@ def _fit(
         while not stop.wait(1.0):
             if cancel is not None and cancel.is_set() and not (out / CANCEL_FILE).exists():
                 write_json(out / CANCEL_FILE, {"cancelled": True})  # running cases stop
-            _report_new(out, cases, seen, on_done, load_record)
+            _report_new(out, cases, seen, trials.on_done, trials.load_record)
 
     watcher = threading.Thread(target=poll, name="tomoseg-sweep-watch", daemon=True)
     watcher.start()
@@ -214,7 +206,7 @@ def _fit(
     finally:
         stop.set()
         watcher.join()
-    _report_new(out, cases, seen, on_done, load_record)
+    _report_new(out, cases, seen, trials.on_done, trials.load_record)
     if cancel is not None and cancel.is_set():
         shutil.rmtree(path, ignore_errors=True)  # unfinished trials would not rerun on restore
         return
@@ -222,8 +214,8 @@ def _fit(
         if r.error is None:
             continue
         case = Case(**r.config["case"])
-        if load_record(out, case) is None:
-            on_done(case, _crash_record(out, case, r.error))
+        if trials.load_record(out, case) is None:
+            trials.on_done(case, _crash_record(out, case, r.error))
 
 
 def _stamp(out: Path, case: Case) -> int | None:

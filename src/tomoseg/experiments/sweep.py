@@ -369,24 +369,20 @@ def run_sweep(
             pass  # the loop stops the running cases, then raises
 
     if backend == "ray":
-        from tomoseg.experiments.ray_backend import run_cases_ray
+        from tomoseg.experiments.ray_backend import SweepTrials, run_cases_ray
 
         at = f"Ray at {address}" if address else "a local Ray"
         job.message(
             f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
         )
+        trials = SweepTrials(
+            cases, data, out, cfg_file, retry_failed, on_done, run_case, load_record
+        )
         run_cases_ray(
-            cases,
-            data,
-            out,
-            cfg_file,
-            retry_failed,
-            on_done,
-            run_case,
-            load_record,
-            address,
-            cpus_per_case,
-            gpus_per_case,
+            trials,
+            address=address,
+            cpus_per_case=cpus_per_case,
+            gpus_per_case=gpus_per_case,
             cancel=cancel,
         )
     else:
