@@ -60,7 +60,7 @@ def main(data: Path, out: Path) -> None:
             pred,
             data / "test" / "masks",
             out / name,
-            images_dir=data / "test" / "images",
+            images=data / "test" / "images",
             overwrite=True,
         )
         print(

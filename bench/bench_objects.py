@@ -7,7 +7,7 @@ The volume is a synthetic class-id stack (uint8 OME-Zarr-like Zarr array, 0 = ba
 tubes (radius 3-7 px, running through the stack at an angle; about one sphere per 4 Mvoxel and 18
 tubes per 1920x2300 slice, a density chosen for this benchmark), so that objects cross slab
 faces. Each measurement runs in its own process so its peak RSS is its
-own. Meshes are skipped (``n_meshes=0``): this measures labelling, measuring and writing the
+own. Meshes are skipped (``meshes=0``): this measures labelling, measuring and writing the
 label volume.
 
     python bench/bench_objects.py                         # Z = 32 and 128, slabs of 32
@@ -87,7 +87,7 @@ def worker(spec: dict) -> dict:
         spec["out"],
         connectivity=26,
         chunk_slices=spec["chunk"],
-        n_meshes=0,
+        meshes=0,
         overwrite=True,
     )
     seconds = time.perf_counter() - t0

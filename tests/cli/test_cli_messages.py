@@ -54,11 +54,13 @@ def test_parameter_names_become_cli_message():
     assert cli_message("tile_size=8 is below 16") == "--tile-size 8 is below 16"
     assert cli_message("ignore_label in dataset.json") == "ignore_label in dataset.json"
     assert cli_message("the data has classes") == "the data has classes"  # plain words stay
-    # library parameters not (yet) named as their options
+    # library parameters are named as their options
     assert (
-        cli_message("which='middle' is not last or best") == "--weights middle is not last or best"
+        cli_message("weights='middle': must be last or best")
+        == "--weights middle: must be last or best"
     )
-    assert cli_message("n_meshes=-1 must be >= 0") == "--meshes -1 must be >= 0"
+    assert cli_message("meshes=-1 must be >= 0") == "--meshes -1 must be >= 0"
+    assert cli_message("format='png': must be zarr or tiff") == "--format png: must be zarr or tiff"
     assert cli_message("cancelled; the same call resumes it") == (
         "cancelled; the same command resumes it"
     )

@@ -103,9 +103,9 @@ def test_array_input_equals_the_zarr(tmp_path, kind):
         da = pytest.importorskip("dask.array")
         arr = da.from_array(vol, chunks=(4, 32, 40))
     src = write_classes_zarr(tmp_path / "v.zarr", vol, voxel=(1.0, 0.5, 0.5))
-    ref = analyze_objects(src, tmp_path / "ref", class_name="soma", chunk_slices=5, n_meshes=0)
+    ref = analyze_objects(src, tmp_path / "ref", class_name="soma", chunk_slices=5, meshes=0)
     got = analyze_objects(
-        arr, tmp_path / "arr", class_name="1", chunk_slices=5, n_meshes=0, voxel_size=(1, 0.5, 0.5)
+        arr, tmp_path / "arr", class_name="1", chunk_slices=5, meshes=0, voxel_size=(1, 0.5, 0.5)
     )
     assert got["volume"] == "the input array" and got["count"] == ref["count"] == 3
     assert (tmp_path / "arr" / "objects.csv").read_text() == (
@@ -117,7 +117,7 @@ def test_array_input_equals_the_zarr(tmp_path, kind):
 def test_objects_table_summary_meshes(tmp_path):
     vol = shapes_volume()
     src = write_classes_zarr(tmp_path / "v.zarr", vol, voxel=(1.0, 0.5, 0.5))
-    s = analyze_objects(src, tmp_path / "out", min_volume=3, n_meshes=5)
+    s = analyze_objects(src, tmp_path / "out", min_volume=3, meshes=5)
     out = tmp_path / "out"
     assert s["class"] == "soma" and s["count"] == 2  # the speck is removed
     rows = list(csv.DictReader((out / "objects.csv").open()))
@@ -170,8 +170,8 @@ def test_chunked_analysis_gives_the_same_files(tmp_path):
     rng = np.random.default_rng(5)
     vol = random_volume(rng, (20, 24, 28), 0.3)
     src = write_classes_zarr(tmp_path / "v.zarr", vol)
-    a = analyze_objects(src, tmp_path / "a", connectivity=6, n_meshes=0)
-    b = analyze_objects(src, tmp_path / "b", connectivity=6, chunk_slices=3, n_meshes=0)
+    a = analyze_objects(src, tmp_path / "a", connectivity=6, meshes=0)
+    b = analyze_objects(src, tmp_path / "b", connectivity=6, chunk_slices=3, meshes=0)
     assert a["count"] == b["count"] > 3
     assert (tmp_path / "a" / "objects.csv").read_text() == (
         tmp_path / "b" / "objects.csv"
@@ -223,7 +223,7 @@ def phantom_detection(tmp_path: Path, cfg: dict, min_volume: int) -> dict:
         tmp_path / "objects",
         min_volume=min_volume,
         truth=ph / "truth3d" / "labels.tif",
-        n_meshes=3,
+        meshes=3,
     )
     det = s["detection"]
     print(
@@ -257,7 +257,7 @@ def test_chunked_table_agrees_with_measure_objects(tmp_path):
     vol = shapes_volume()
     voxel = (2.0, 0.5, 0.25)
     src = write_classes_zarr(tmp_path / "v.zarr", vol, voxel=voxel)
-    analyze_objects(src, tmp_path / "out", chunk_slices=4, n_meshes=0)
+    analyze_objects(src, tmp_path / "out", chunk_slices=4, meshes=0)
     rows = list(csv.DictReader((tmp_path / "out" / "objects.csv").open()))
     ref = measure_objects(vol, class_id=1, spacing=voxel)
     shared = [c for c in rows[0] if c in ref]

@@ -93,7 +93,7 @@ def test_tiff_format_and_batched_slices(tmp_path, runs):
     imgs = slices(4, seed=1)
     src = folder(tmp_path / "in", imgs)
     ref = reference(runs[0], imgs)
-    segment_stack(runs[0], src, tmp_path / "t", fmt="tiff", device="cpu")
+    segment_stack(runs[0], src, tmp_path / "t", format="tiff", device="cpu")
     files = sorted((tmp_path / "t" / "labels").glob("*.tif"))
     assert [f.stem for f in files] == [f"z{i:04d}" for i in range(4)]
     assert np.array_equal(np.stack([tifffile.imread(f) for f in files]), ref)
@@ -174,7 +174,7 @@ def test_refuses_other_model_or_input(tmp_path, runs):
     with pytest.raises(TomosegError, match="another input"):
         segment_stack(runs[0], b, out, device="cpu")
     with pytest.raises(TomosegError, match="another format"):
-        segment_stack(runs[0], a, out, fmt="tiff", device="cpu")
+        segment_stack(runs[0], a, out, format="tiff", device="cpu")
     info = segment_stack(runs[1], b, out, device="cpu", overwrite=True)
     assert info["computed"] == 3 and volume(out).shape == (3, *SHAPE)
 
@@ -185,12 +185,12 @@ def test_bad_slices_are_named_and_earlier_ones_stay_finished(tmp_path, runs):
     (src / "z0002.png").write_bytes(b"not a png at all")
     out = tmp_path / "out"
     with pytest.raises(TomosegError, match="z0002") as exc:
-        segment_stack(runs[0], src, out, fmt="tiff", device="cpu")
+        segment_stack(runs[0], src, out, format="tiff", device="cpu")
     assert "\n" not in str(exc.value)
     assert sorted(f.name for f in (out / "progress").iterdir()) == ["000000", "000001"]
     assert sorted(f.stem for f in (out / "labels").glob("*.tif")) == ["z0000", "z0001"]
     write_png(src / "z0002.png", imgs[2])  # repaired: the same call resumes
-    info = segment_stack(runs[0], src, out, fmt="tiff", device="cpu")
+    info = segment_stack(runs[0], src, out, format="tiff", device="cpu")
     assert info["computed"] == 3 and info["skipped"] == 2
     # another shape in the middle
     write_png(src / "z0003.png", np.zeros((40, 40), np.uint8))
@@ -339,7 +339,7 @@ def test_io_workers_equal_threads_byte_for_byte(tmp_path, runs, kind):
     for w in (0, 2):
         outs[w] = tmp_path / f"out{w}"
         info = segment_stack(
-            runs[0], src, outs[w], fmt=fmt, device="cpu", batch_slices=batch, io_workers=w
+            runs[0], src, outs[w], format=fmt, device="cpu", batch_slices=batch, io_workers=w
         )
         assert info["computed"] == 5 and info["nonfinite"]["pixels"] == 63
     if fmt == "zarr":
@@ -421,7 +421,7 @@ def test_io_workers_bad_slice_is_one_error_line(tmp_path, runs, run_cli):
     # a slice of another shape, read in a worker, through the API
     write_png(src / "z0002.png", np.zeros((40, 40), np.uint8))
     with pytest.raises(TomosegError, match=r"slice z0002 has shape \(40, 40\)") as exc:
-        segment_stack(runs[0], src, out, fmt="tiff", device="cpu", io_workers=1)
+        segment_stack(runs[0], src, out, format="tiff", device="cpu", io_workers=1)
     assert "\n" not in str(exc.value)
 
 

@@ -137,7 +137,7 @@ def test_every_path_loads_the_delivered_weights_unless_told(
             got[which] = [p.predict(read_image(f)) for f in images]
         else:
             src = data / "test" / "images"
-            info = tomoseg.segment_stack(distinct, src, out, fmt="tiff", weights=which)
+            info = tomoseg.segment_stack(distinct, src, out, format="tiff", weights=which)
             got[which] = _labels(Path(info["volume"]))
     assert all((g == 1).all() for g in got["best"])
     assert not all((g == 1).all() for g in got[None])

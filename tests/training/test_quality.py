@@ -129,14 +129,14 @@ def test_decision_applies_alike_everywhere(tiny, tmp_path, run_cli):
     q = tomoseg.Predictor.from_run(forced, device="cpu", postprocess=False)
     assert all((q.predict(read_image(f)) == r).all() for f, r in zip(images, ref, strict=True))
     # segment-stack (API), the slices of the test split as a stack
-    info = tomoseg.segment_stack(forced, data / "test" / "images", tmp_path / "s", fmt="tiff")
+    info = tomoseg.segment_stack(forced, data / "test" / "images", tmp_path / "s", format="tiff")
     vol = [read_mask(f) for f in sorted(Path(info["volume"]).iterdir())]
     assert all((v == 1).all() for v in vol)
     stack = json.loads((tmp_path / "s" / "stack.json").read_text())
     assert stack["inference"]["decision"]["offset"] == 1e4
     with pytest.raises(TomosegError, match="another inference.decision"):
         tomoseg.segment_stack(
-            forced, data / "test" / "images", tmp_path / "s", fmt="tiff", postprocess=False
+            forced, data / "test" / "images", tmp_path / "s", format="tiff", postprocess=False
         )
     # evaluate: predictions with it, metrics with and without
     code, out, err = run_cli("evaluate", forced, "--data", data, "--out", tmp_path / "e")
@@ -299,7 +299,7 @@ def test_segment_stack_feeds_the_runs_tta(tiny, tmp_path):
         write_png(src / f"z{i:03d}.png", rng.integers(0, 200, SHAPE).astype(np.uint8))
     import tomoseg
 
-    tomoseg.segment_stack(run, src, tmp_path / "o", fmt="tiff", tta="flips", runtime="torch")
+    tomoseg.segment_stack(run, src, tmp_path / "o", format="tiff", tta="flips", runtime="torch")
     vol = [read_mask(f) for f in sorted((tmp_path / "o" / "labels").iterdir())]
     p = Predictor.from_run(run, device="cpu", tta="flips", runtime="torch")
     for f, v in zip(sorted(src.iterdir()), vol, strict=True):

@@ -26,14 +26,7 @@ __all__ = ["app", "cli_message", "cli_options", "main"]
 
 #: Library parameters named otherwise than the option that sets them (library name -> the
 #: command's parameter); empty once every library parameter takes its option's name.
-LIBRARY_NAMES = {
-    "which": "weights",
-    "n_meshes": "meshes",
-    "pred_dir": "pred",
-    "truth_dir": "truth",
-    "images_dir": "images",
-    "data_dir": "data",
-}
+LIBRARY_NAMES: dict[str, str] = {}
 
 
 def cli_options() -> dict[str, str]:

@@ -57,7 +57,7 @@ def crops(
     from tomoseg.data.crops import export_crops
 
     paths = export_crops(
-        data_dir=data, size=size, count=count, seed=seed, out=out,
+        data=data, size=size, count=count, seed=seed, out=out,
         focus_fraction=focus_fraction, overwrite=overwrite,
     )  # fmt: skip
     render.say(f"{len(paths)} crops written to {out}")
@@ -84,8 +84,8 @@ def score(
     from tomoseg.io.datasets import resolve_classes
 
     summary = score_folders(
-        pred_dir=pred, truth_dir=truth, out=out, classes=resolve_classes(classes),
-        class_of_interest=class_of_interest, tolerance=tolerance, images_dir=images,
+        pred=pred, truth=truth, out=out, classes=resolve_classes(classes),
+        class_of_interest=class_of_interest, tolerance=tolerance, images=images,
         overwrite=overwrite, ignore_label=ignore_label,
     )  # fmt: skip
     render.show_scores(summary)

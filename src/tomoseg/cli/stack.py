@@ -100,8 +100,8 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         return run_segment_stack(
-            run_dir=o["run"], input=o["input"], out=o["out"],
-            fmt="tiff" if o["fmt"] == "tiff" else "zarr", voxel_size=o["voxel_size"],
+            run=o["run"], input=o["input"], out=o["out"],
+            format=o["fmt"], voxel_size=o["voxel_size"],
             unit=o["unit"], overwrite=o["overwrite"], batch_slices=o["batch_slices"],
             allow_gaps=o["allow_gaps"], settings=settings, channel=o["channel"],
             time=o["time"], part=o["part"], verify=o["verify"], backend=o["backend"],
@@ -131,8 +131,8 @@ def objects(
     if connectivity not in (6, 18, 26):
         raise TomosegError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
     summary = analyze_objects(
-        volume_path=volume, out=out, class_name=class_name, connectivity=connectivity,
-        min_volume=min_volume, truth=truth, chunk_slices=chunk_slices, n_meshes=meshes,
+        volume=volume, out=out, class_name=class_name, connectivity=connectivity,
+        min_volume=min_volume, truth=truth, chunk_slices=chunk_slices, meshes=meshes,
         overwrite=overwrite,
     )  # fmt: skip
     for line in render.objects_lines(summary, out):

@@ -309,7 +309,7 @@ def class_fraction_in_crops(
 
 
 def export_crops(
-    data_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
     size: int,
     count: int,
     seed: int,
@@ -325,7 +325,7 @@ def export_crops(
     crop files of an earlier export that the new one does not replace are removed.
 
     Args:
-        data_dir: dataset folder (``dataset.json`` and ``train/{images,masks}``).
+        data: dataset folder (``dataset.json`` and ``train/{images,masks}``).
         size: crop side (>= 16).
         count: number of crops.
         seed: sampling seed.
@@ -342,8 +342,8 @@ def export_crops(
     _check_size(size)
     _check_count(count)
     _check_fraction(focus_fraction)
-    spec = io.load_dataset(data_dir)
-    samples = load_split(data_dir, "train", spec)  # the one class-id rule, as training reads
+    spec = io.load_dataset(data)
+    samples = load_split(data, "train", spec)  # the one class-id rule, as training reads
     images = [s.image for s in samples]
     masks = [s.mask for s in samples]
     boxes = sample_crops(

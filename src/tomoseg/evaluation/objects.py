@@ -541,14 +541,14 @@ def detection_scores(
 
 
 def analyze_objects(
-    volume_path: str | os.PathLike[str] | Any,
+    volume: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str],
     class_name: str | None = None,
     connectivity: int = 26,
     min_volume: int = 0,
     truth: str | os.PathLike[str] | None = None,
     chunk_slices: int | None = None,
-    n_meshes: int = 20,
+    meshes: int = 20,
     mesh_format: str = "ply",
     voxel_size: Any = None,
     match: str = "iou",
@@ -557,7 +557,7 @@ def analyze_objects(
     """Label, measure and mesh the 3D objects of one class of a segmented stack.
 
     Args:
-        volume_path: ``segment_stack`` output folder, its ``labels.zarr`` / ``labels``, any
+        volume: ``segment_stack`` output folder, its ``labels.zarr`` / ``labels``, any
             (Z, Y, X) class-id stack (Zarr, multi-page TIFF, folder of slices), or a (Z, Y, X)
             integer array (numpy, or dask: read slab by slab).
         out: output folder: ``objects.csv``, ``summary.json``, ``volume_histogram.png``,
@@ -568,7 +568,7 @@ def analyze_objects(
         min_volume: objects with fewer voxels are removed.
         truth: multi-page TIFF of true instance labels (e.g. the phantom's truth3d/labels.tif).
         chunk_slices: label slab by slab (this many slices each) to bound memory.
-        n_meshes: surface meshes for this many of the largest objects.
+        meshes: surface meshes for this many of the largest objects.
         mesh_format: ``ply`` or ``stl``.
         voxel_size: (z, y, x); default: from ``stack.json`` / the volume's metadata, else 1.
         match: truth matching rule, ``iou`` or ``coverage`` (see the module doc).
@@ -587,7 +587,7 @@ def analyze_objects(
         raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
     if match not in ("iou", "coverage"):
         raise TomosegError(f"match must be iou or coverage, got {match!r}")
-    vol = _open_volume(volume_path, voxel_size)
+    vol = _open_volume(volume, voxel_size)
     value, name = _class_value(vol, class_name)
     tsrc = None
     if truth is not None:
@@ -638,7 +638,7 @@ def analyze_objects(
 
     volumes = np.array([r["area"] for r in rows], np.float64)
     summary: dict[str, Any] = {
-        "volume": vol.src.where if is_array(volume_path) else str(volume_path),
+        "volume": vol.src.where if is_array(volume) else str(volume),
         "class": name,
         "connectivity": connectivity,
         "min_volume_voxels": int(min_volume),
@@ -665,7 +665,7 @@ def analyze_objects(
     write_json(out / "summary.json", summary)
 
     # optional: meshes of the largest objects, a 3D preview, the volume histogram
-    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(n_meshes))]
+    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(meshes))]
     previews = []
     skipped: list[int] = []
     if order:

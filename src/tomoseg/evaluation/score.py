@@ -90,13 +90,13 @@ def find_dataset_ignore_label(folder: Path, levels: int = 3) -> int | None:
 
 
 def score_folders(
-    pred_dir: Path,
-    truth_dir: Path,
+    pred: Path,
+    truth: Path,
     out: Path,
     classes: list[str] | None = None,
     class_of_interest: str | None = None,
     tolerance: float = 2.0,
-    images_dir: Path | None = None,
+    images: Path | None = None,
     overwrite: bool = False,
     *,
     ignore_label: int | None = None,
@@ -104,35 +104,35 @@ def score_folders(
     """Score every prediction in a folder against the truth of the same file stem.
 
     Args:
-        pred_dir: predicted masks (class ids).
-        truth_dir: true masks (class ids).
+        pred: predicted masks (class ids).
+        truth: true masks (class ids).
         out: report folder (refused if it holds results, unless ``overwrite``).
-        classes: class names; if None, taken from a ``dataset.json`` above ``truth_dir``, else
+        classes: class names; if None, taken from a ``dataset.json`` above ``truth``, else
             ``"0".."K-1"`` with K = largest id in the truths and predictions together + 1 (at
             least 2). A folder of binary masks stored as 0/255 is read as 0/1 (with a warning);
             see :func:`tomoseg.io.images.resolve_class_ids`.
         class_of_interest: for overlays and the table; default the dataset's, else the last class.
         tolerance: BF1 tolerance in pixels.
-        images_dir: optional raw images (same stems) shown in the report panels.
+        images: optional raw images (same stems) shown in the report panels.
         overwrite: replace an earlier report.
         ignore_label: truth value of unannotated pixels (not a class id), left out of every
-            metric; default the ``ignore_label`` of a ``dataset.json`` above ``truth_dir``.
+            metric; default the ``ignore_label`` of a ``dataset.json`` above ``truth``.
 
     Returns:
         The :class:`ScoreSummary` (also written to ``out``).
     """
     if tolerance < 0:
         raise TomosegError(f"tolerance={tolerance!r}: must be >= 0")
-    pairs = pair_files(pred_dir, truth_dir, what="prediction")
-    images = list_images(images_dir) if images_dir is not None else {}
-    if images_dir is not None:
-        missing = [p.id for p in pairs if p.id not in images]
+    pairs = pair_files(pred, truth, what="prediction")
+    image_files = list_images(images) if images is not None else {}
+    if images is not None:
+        missing = [p.id for p in pairs if p.id not in image_files]
         if missing:
-            raise TomosegError(f"no image '{missing[0]}.*' in {images_dir}")
+            raise TomosegError(f"no image '{missing[0]}.*' in {images}")
     if ignore_label is None:
-        ignore_label = find_dataset_ignore_label(Path(truth_dir))
+        ignore_label = find_dataset_ignore_label(Path(truth))
     if classes is None:
-        found = find_dataset_classes(Path(truth_dir))
+        found = find_dataset_classes(Path(truth))
         if found is not None:
             classes, default_coi = found
             class_of_interest = class_of_interest or default_coi
@@ -144,7 +144,7 @@ def score_folders(
         },
         len(classes) if classes is not None else None,
         ignore_label=ignore_label,
-        where={"truth": f"truth folder {truth_dir}", "prediction": f"prediction folder {pred_dir}"},
+        where={"truth": f"truth folder {truth}", "prediction": f"prediction folder {pred}"},
     )
     if classes is None:
         classes = [str(i) for i in range(ids.n_classes)]
@@ -159,7 +159,7 @@ def score_folders(
                 raise TomosegError(
                     f"prediction {p.image} is {pred.shape} but its truth {p.mask} is {truth.shape}"
                 )
-            image = read_image(images[p.id]) if p.id in images else None
+            image = read_image(image_files[p.id]) if p.id in image_files else None
             yield p.id, truth, pred, image
 
     return score_and_write(

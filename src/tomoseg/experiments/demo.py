@@ -81,7 +81,7 @@ def run_demo(
         otsu_pred,
         data / "test" / "masks",
         out / "otsu",
-        images_dir=data / "test" / "images",
+        images=data / "test" / "images",
         overwrite=True,
     )
     job.check()

@@ -77,7 +77,7 @@ def read_decision(run: str | Path, epoch: int | None = None) -> Decision | None:
 
     Args:
         epoch: the epoch of the weights it is to be applied to (their ``run.json``-style
-            metadata); a decision tuned on the weights of another epoch (``which="last"`` when
+            metadata); a decision tuned on the weights of another epoch (``weights="last"`` when
             the best epoch was not the last) is not applied, with a warning.
 
     Raises:

@@ -25,7 +25,7 @@ Outputs (in the folder ``out``):
 * ``labels.zarr`` (default): a Zarr v2 group in OME-NGFF 0.4 layout (``multiscales`` with axes
   z, y, x, their unit and the voxel size as a scale transform, plus ``image-label``) holding the
   uint8 class ids at path ``0``, chunked (1, <=1024, <=1024); napari (napari-ome-zarr) and Fiji
-  (N5 / OME-Zarr readers) open it; or ``labels/<slice id>.tif`` (``fmt="tiff"``);
+  (N5 / OME-Zarr readers) open it; or ``labels/<slice id>.tif`` (``format="tiff"``);
 * ``progress/<index>``: a marker file per finished slice, created only after the slice's
   data is written (empty, or holding the slice's count of non-finite pixels when it has some).
   After ``kill -9`` (or a cancel) the same call computes the slices without a marker, and the
@@ -147,11 +147,11 @@ def _record(
 
 
 def segment_stack(
-    run_dir: Predictor | str | os.PathLike[str],
+    run: Predictor | str | os.PathLike[str],
     input: str | os.PathLike[str] | Any,
     out: str | os.PathLike[str],
     *,
-    fmt: str = "zarr",
+    format: str = "zarr",
     voxel_size: Sequence[float] | str | None = None,
     unit: str | None = None,
     overwrite: bool = False,
@@ -175,13 +175,14 @@ def segment_stack(
     """Segment every slice of a stack into a 3D class-id volume (resumable, cancellable).
 
     Args:
-        run_dir: a :class:`~tomoseg.inference.predictor.Predictor`, or a trained run folder
+        run: a :class:`~tomoseg.inference.predictor.Predictor`, or a trained run folder
             (or ``.safetensors`` file) segmented with ``settings``.
         input: folder of 2D slices, multi-page TIFF, Zarr array / (OME-)Zarr group, or a
             (Z, Y, X) array in memory (numpy, dask: read slice by slice); see
             :mod:`tomoseg.io.sources`.
         out: output folder (``stack.json``, ``labels.zarr`` or ``labels/``, ``progress/``).
-        fmt: ``zarr`` (OME-NGFF 0.4 label volume) or ``tiff`` (one TIFF per slice).
+        format: ``zarr`` (also ``ome-zarr``: an OME-NGFF 0.4 label volume) or ``tiff`` (one
+            TIFF per slice).
         voxel_size: (z, y, x) voxel size; default: the input's metadata, else 1, 1, 1.
         unit: unit of the voxel size (default: the input's, else ``micrometer``).
         overwrite: discard an earlier output in ``out`` (otherwise the same job resumes and
@@ -240,7 +241,7 @@ def segment_stack(
         Cancelled: ``cancel`` was set (a :class:`TomosegError`).
     """
     prog = job_progress("segment-stack", "slice", progress=progress, cancel=cancel)
-    sink = get_sink(fmt)
+    sink = get_sink("zarr" if format == "ome-zarr" else format)
     if int(batch_slices) < 1:
         raise TomosegError(f"batch_slices={batch_slices!r}: must be >= 1")
     _check_backend(backend, io_workers, address, actors, cpus_per_actor, num_cpus)
@@ -248,13 +249,14 @@ def segment_stack(
     voxel = parse_voxel_size(voxel_size)
     src = open_source(input, allow_gaps, channel=channel, time=time)
     if backend == "ray" and executor is None and not verify:
-        executor, settings = _ray(run_dir, settings, address, actors, cpus_per_actor, num_cpus)
-    predictor = as_predictor(run_dir, settings)
+        executor, settings = _ray(run, settings, address, actors, cpus_per_actor, num_cpus)
+    predictor = as_predictor(run, settings)
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
     unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
     info = _record(predictor, src.describe(), sink, voxel, unit)
-    run = predictor.run
-    meta = VolumeMeta(f"{src.name} segmented", voxel, unit, run.classes, run.class_of_interest)
+    meta = VolumeMeta(
+        f"{src.name} segmented", voxel, unit, predictor.classes, predictor.class_of_interest
+    )
     job = StackJob(
         src=src,
         out=Path(out),
