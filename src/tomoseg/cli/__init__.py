@@ -24,9 +24,9 @@ from tomoseg.errors import TomosegError, TomosegWarning
 __all__ = ["app", "cli_message", "cli_options", "main"]
 
 
-#: Library parameters named otherwise than the option that sets them (library name -> the
-#: command's parameter); empty once every library parameter takes its option's name.
-LIBRARY_NAMES: dict[str, str] = {}
+#: Library parameter -> the command's Python parameter, where the command's differs (library
+#: parameters take their option's name; a command avoids shadowing the builtin ``format``).
+LIBRARY_NAMES: dict[str, str] = {"format": "fmt"}
 
 
 def cli_options() -> dict[str, str]:
