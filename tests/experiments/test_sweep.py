@@ -96,6 +96,7 @@ def test_failed_case_recorded_and_others_go_on(tmp_path, sweep_data, monkeypatch
     assert (out / "cases" / "s16_n8_r0" / "case.json").read_text() == before
 
 
+@pytest.mark.slow  # several sweep cases, each a process of its own (~20-45 s)
 def test_resume_after_kill_equals_uninterrupted(tmp_path, sweep_data):
     data, cfg_file = sweep_data
     args = ["--data", str(data), "--sizes", "16,full", "--counts", "8", "--config", str(cfg_file)]
@@ -142,6 +143,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, sweep_data):
     assert _table(out) == _table(ref)
 
 
+@pytest.mark.slow  # several sweep cases, each a process of its own (~20-45 s)
 def test_extension_and_changed_config(tmp_path, sweep_data, run_cli):
     data, cfg_file = sweep_data
     out = tmp_path / "sw"
@@ -203,6 +205,7 @@ def test_jobs_clamped_with_warning():
         sw.clamp_jobs(0, msgs.append)
 
 
+@pytest.mark.slow  # several sweep cases, each a process of its own (~20-45 s)
 def test_cancel_midway_then_rerun_equals_uninterrupted(tmp_path, sweep_data):
     """Cancel from the progress callback while the second case trains (the event set when that
     case reports its first epoch): it stops at its next batch, unrecorded; the rerun resumes
