@@ -211,7 +211,7 @@ def test_bad_slices_are_named_and_earlier_ones_stay_finished(tmp_path, runs):
         ("missing", "input not found"),
         ("not_stack", "not a folder of slices"),
         ("voxel", "three positive numbers"),
-        ("format", "format must be zarr or tiff"),
+        ("format", "format=.png.: must be zarr or tiff"),
     ],
 )
 def test_bad_inputs(tmp_path, runs, case, match):
@@ -230,7 +230,7 @@ def test_bad_inputs(tmp_path, runs, case, match):
         kw["voxel_size"] = (1, 0, 1)
     elif case == "format":
         folder(src, slices(1))
-        kw["fmt"] = "png"
+        kw["format"] = "png"
     with pytest.raises(TomosegError, match=match) as exc:
         segment_stack(runs[0], src, tmp_path / "out", device="cpu", **kw)
     assert "\n" not in str(exc.value)

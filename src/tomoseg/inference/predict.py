@@ -79,7 +79,7 @@ def predict_paths(
             ``overwrite``).
     """
     if format not in ("png", "tif"):
-        raise TomosegError(f"format must be png or tif, got {format!r}")
+        raise TomosegError(f"format={format!r}: must be png or tif")
     items = _inputs([Path(p) for p in inputs])
     predictor = as_predictor(run, settings)
     out = prepare_output_dir(Path(out), overwrite, [f"{i}.{format}" for i, _ in items])

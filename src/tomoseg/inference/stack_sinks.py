@@ -241,5 +241,5 @@ def get_sink(fmt: Any) -> Sink:
         TomosegError: an unknown format, naming the known ones.
     """
     if fmt not in SINKS:
-        raise TomosegError(f"format must be {' or '.join(SINKS)}, got {fmt!r}")
+        raise TomosegError(f"format={fmt!r}: must be {' or '.join(SINKS)}")
     return SINKS[fmt]
