@@ -29,7 +29,7 @@ from tomoseg.data.normalization import (
 )
 from tomoseg.errors import TomosegError
 from tomoseg.inference.postprocess import Decision, clean_labels, read_decision
-from tomoseg.inference.runtimes import inference_engine, resolve_runtime
+from tomoseg.inference.runtimes import TRACE_GUARD, inference_engine, resolve_runtime
 from tomoseg.inference.sliding_window import check_untiled_memory, class_argmax, infer_logits
 from tomoseg.inference.tta import parse_tta, with_tta
 from tomoseg.runtime.checkpoint import WEIGHTS, LoadedRun, load_run
@@ -373,15 +373,16 @@ class Predictor:
         if x.ndim == 3:
             x = x[:, None]  # (B, 1, H, W); with 2.5D context already (B, 2k+1, H, W)
         engine = inference_engine(run.model, self._runtime, bf16)
-        logits = infer_logits(
-            with_tta(engine, self._tta),  # wraps any runtime's callable
-            x.to(self.device),
-            s.tile_size if s.tile_size is not None else cfg.tile_size,
-            cfg.tile_overlap if s.overlap is None else s.overlap,
-            s.tile_batch or cfg.tile_batch,
-            tiling=tiling,
-            autocast_bf16=bf16 and engine is run.model,
-        )
+        with TRACE_GUARD.running():  # no engine is traced in another thread meanwhile
+            logits = infer_logits(
+                with_tta(engine, self._tta),  # wraps any runtime's callable
+                x.to(self.device),
+                s.tile_size if s.tile_size is not None else cfg.tile_size,
+                cfg.tile_overlap if s.overlap is None else s.overlap,
+                s.tile_batch or cfg.tile_batch,
+                tiling=tiling,
+                autocast_bf16=bf16 and engine is run.model,
+            )
         bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
         if bias is not None:
             logits = logits + bias.to(logits.device)[None, :, None, None]

@@ -24,7 +24,8 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,54 @@ _CHECK_TOLERANCE = 0.05  # relative L2 error of the logits vs eager fp32 (bf16 g
 #: ``torch.nn.Module`` globally while it runs, so two threads tracing at once break each other
 #: ("module is not installed as a submodule") and can leave the patch in place for good
 _BUILD_LOCK = threading.Lock()
+
+
+class _TraceGuard:
+    """Tracing excludes running: while ``torch.fx`` traces a network (BatchNorm folding) it
+    patches ``torch.nn.Module.__call__`` for the whole process, and a network running in another
+    thread at that moment fails ("module is not installed as a submodule"). Networks run under
+    :meth:`running` (shared, many threads at once); a build traces under :meth:`tracing`
+    (exclusive), waiting for the running networks to finish their call, and new runs wait for a
+    pending trace (a reader-writer lock that prefers the writer)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._tracing = False
+        self._waiting = 0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._cond:
+            while self._tracing or self._waiting:
+                self._cond.wait()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def tracing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._tracing or self._running:
+                self._cond.wait()
+            self._waiting -= 1
+            self._tracing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._tracing = False
+                self._cond.notify_all()
+
+
+#: every network run of :class:`~tomoseg.inference.predictor.Predictor` holds ``running()``;
+#: every engine build holds ``tracing()``
+TRACE_GUARD = _TraceGuard()
 
 
 def runtime_installed(name: str) -> bool:
@@ -308,7 +357,9 @@ def inference_engine(
     if name == "torch" and (dev.type != "cpu" or not FOLD_TORCH_CPU):
         return model
     key = (name, bool(bf16))
-    with _BUILD_LOCK:  # one build at a time (fx tracing is not thread-safe), once per model
+    # one build at a time (fx tracing is not thread-safe), once per model, never while a network
+    # runs in another thread (TRACE_GUARD)
+    with _BUILD_LOCK, TRACE_GUARD.tracing():
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         if key not in cache:
             engine = Engine(model, name, None, bf16)
