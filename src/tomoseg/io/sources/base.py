@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -89,7 +90,7 @@ class Format(Protocol):
 
 
 @dataclass
-class StackSource:
+class StackSource(ABC):
     """The fields and behaviour the file formats share; each format subclasses it with its
     :meth:`reader`. A file with more axes (an ImageJ hyperstack or OME-TIFF with Z, C and T, an
     OME-Zarr with ``t, c, z, y, x``) is read by its declared axes: ``axes`` and ``axes_shape``
@@ -136,8 +137,10 @@ class StackSource:
                 idx.append(0)
         return tuple(idx)
 
+    @abstractmethod
     def reader(self) -> AbstractContextManager[Callable[[int], np.ndarray]]:
-        raise NotImplementedError
+        """Open the input once: a context manager yielding ``read(i) -> (Y, X) array`` (each
+        format's subclass reads its own files; the base class cannot be instantiated)."""
 
     def resolved(self) -> StackSource:
         return replace(self, path=self.path.resolve(), files=[f.resolve() for f in self.files])
