@@ -132,15 +132,14 @@ def train(
 def _split_settings(options: dict[str, Any]) -> dict[str, Any]:
     """Move the :class:`~tomoseg.InferenceSettings` fields among ``options`` into
     ``options["settings"]`` (one settings object for the library call)."""
-    from dataclasses import fields, replace
+    from dataclasses import fields
 
     from tomoseg.inference.predictor import InferenceSettings
 
     names = {f.name for f in fields(InferenceSettings)}
     given = {k: options.pop(k) for k in list(options) if k in names}
     if given:
-        base = options.get("settings") or InferenceSettings()
-        options["settings"] = replace(base, **given)
+        options["settings"] = InferenceSettings.merged(options.get("settings"), given)
     return options
 
 

@@ -93,6 +93,19 @@ class InferenceSettings:
             raise TomosegError(f"overlap={self.overlap!r}: must be in [0, 1)")
         object.__setattr__(self, "postprocess", bool(self.postprocess))
 
+    @classmethod
+    def merged(
+        cls, settings: InferenceSettings | None, options: dict[str, Any]
+    ) -> InferenceSettings:
+        """``settings`` (default: the defaults) with ``options`` (field -> value) replacing
+        its values: the one way a Predictor, the API and the commands combine the two.
+
+        Raises:
+            TomosegError: an invalid value (as at construction); TypeError: an unknown field.
+        """
+        settings = settings or cls()
+        return replace(settings, **options) if options else settings
+
 
 @dataclass(frozen=True)
 class PredictorSpec:
@@ -212,9 +225,7 @@ class Predictor:
     """
 
     def __init__(self, run: LoadedRun, settings: InferenceSettings | None = None, **options: Any):
-        settings = settings or InferenceSettings()
-        if options:
-            settings = replace(settings, **options)
+        settings = InferenceSettings.merged(settings, options)
         self._run, self._settings = run, settings
         dev = self.device
         self._runtime = resolve_runtime(settings.runtime, dev)
@@ -245,9 +256,7 @@ class Predictor:
             TomosegError: not a run, corrupted weights, an invalid setting, a runtime that is
                 not installed, an unknown TTA transform.
         """
-        settings = settings or InferenceSettings()
-        if options:
-            settings = replace(settings, **options)
+        settings = InferenceSettings.merged(settings, options)
         loaded = load_run(Path(run), settings.weights, device=resolve_device(settings.device))
         return cls(loaded, settings)
 
