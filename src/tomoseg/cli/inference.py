@@ -12,6 +12,7 @@ from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
     DataFolder,
     Device,
+    Intensity,
     Nonfinite,
     NoPostprocess,
     Overwrite,
@@ -38,6 +39,7 @@ def predict(
     tile_batch: TileBatch = None,
     no_tiling: Annotated[bool, typer.Option("--no-tiling", help="Whole slices at once.")] = False,
     nonfinite: Nonfinite = "background",
+    intensity: Intensity = "warn",
     runtime: Runtime = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
@@ -49,7 +51,8 @@ def predict(
 
     settings = inference_settings(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
-        no_postprocess=no_postprocess, tile_size=tile_size, tile_batch=tile_batch,
+        intensity=intensity, no_postprocess=no_postprocess, tile_size=tile_size,
+        tile_batch=tile_batch,
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         paths = predict_paths(
@@ -67,6 +70,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     device: Device = "auto",
     nonfinite: Nonfinite = "background",
+    intensity: Intensity = "warn",
     runtime: Runtime = "auto",
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
@@ -79,7 +83,7 @@ def evaluate(
 
     settings = inference_settings(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
-        no_postprocess=no_postprocess,
+        intensity=intensity, no_postprocess=no_postprocess,
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         summary, sec = evaluate_run(
@@ -101,11 +105,13 @@ def tune(
     tta: Tta = None,
     device: Device = "auto",
     weights: Weights = None,
+    intensity: Intensity = "warn",
 ) -> None:
     """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
     from tomoseg.inference.tuning import tune_run
 
     decision, report = tune_run(
-        run=run, data=data, split=split, tta=tta, device=device, weights=weights
-    )
+        run=run, data=data, split=split, tta=tta, device=device, weights=weights,
+        intensity=intensity,
+    )  # fmt: skip
     render.say(render.tune_line(run, decision, report))

@@ -21,6 +21,14 @@ Nonfinite = Annotated[
         help="NaN/infinite pixels: 'background' (outside the field of view: class 0) or 'error'."
     ),
 ]
+Intensity = Annotated[
+    str,
+    typer.Option(
+        help="Images of another type (8/16-bit, float, signed) than the training images, or "
+        "mostly outside their intensity range: 'warn', 'error' (refuse) or 'rescale' (map "
+        "each image's 0.5-99.5 percentiles onto the run's)."
+    ),
+]
 Runtime = Annotated[
     str,
     typer.Option(help="auto, torch, openvino or onnxruntime (auto: fastest measured, torch)."),

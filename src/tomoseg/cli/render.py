@@ -239,7 +239,8 @@ def tune_line(run: Any, decision: Any, report: Mapping[str, Any]) -> str:
 
 def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
     """The result of ``segment-stack``: slices, rate and volume; a part's place in the whole
-    stack; the non-finite pixels labelled background."""
+    stack; the non-finite pixels labelled background; the slices out of the run's intensity
+    range."""
     if verify:
         return [f"complete: all {info['stack_slices']} slices finished in {info['volume']}"]
     rate = info["slices_per_second"] or 0.0
@@ -263,6 +264,13 @@ def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
             f"{bad['pixels']} non-finite (NaN or infinite) pixels in {bad['slices']} of "
             f"{info['slices']} slices labelled background (outside the field of view); "
             "per slice in stack.json"
+        )
+    off = info.get("intensity") or {}
+    if off.get("slices"):
+        what = "rescaled" if off["rule"] == "rescale" else "segmented as they are"
+        lines.append(
+            f"{off['slices']} of {info['slices']} slices are of another type or mostly outside "
+            f"the run's intensity range ({what}); per slice in stack.json"
         )
     return lines
 

@@ -13,6 +13,7 @@ from tomoseg.cli.options import (
     Address,
     Backend,
     Device,
+    Intensity,
     Nonfinite,
     NoPostprocess,
     Overwrite,
@@ -69,6 +70,7 @@ def segment_stack(
     channel: Channel = None,
     time: TimePoint = None,
     nonfinite: Nonfinite = "background",
+    intensity: Intensity = "warn",
     part: Part = None,
     verify: Verify = False,
     backend: Backend = "local",
@@ -96,7 +98,8 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
         raise TomosegError(f"--format must be ome-zarr or tiff, got {o['fmt']!r}")
     settings = inference_settings(
         device=o["device"], weights=o["weights"], runtime=o["runtime"], tta=o["tta"],
-        nonfinite=o["nonfinite"], no_postprocess=o["no_postprocess"],
+        nonfinite=o["nonfinite"], intensity=o["intensity"],
+        no_postprocess=o["no_postprocess"],
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         return run_segment_stack(

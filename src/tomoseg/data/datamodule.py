@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tomoseg.config.schema import TrainConfig
 from tomoseg.data.augment import augment, build_augmentation
 from tomoseg.data.crops import CropBox, extract_crop, sample_crops
+from tomoseg.data.intensity import IntensityRange, intensity_range
 from tomoseg.data.normalization import Normalization, fit_normalization, normalize
 from tomoseg.data.sources import (
     IGNORE_INDEX,
@@ -149,6 +150,7 @@ class PreparedData:
         spec: classes and class of interest.
         ignore_label: mask value of unannotated pixels in the files (None: none declared).
         norm: intensity normalisation fitted on the finite training pixels.
+        intensity: the training images' dtypes and intensity range (``run.json``).
         counts: (K,) annotated pixels per class in the training masks.
         weights: (K,) loss weights.
         boxes: the N training crops.
@@ -163,6 +165,7 @@ class PreparedData:
     spec: DatasetSpec
     ignore_label: int | None
     norm: Normalization
+    intensity: IntensityRange
     counts: np.ndarray
     weights: np.ndarray
     boxes: list[CropBox]
@@ -222,6 +225,7 @@ def prepare_training_data(
     counts = class_counts(masks, k)
     weights = class_weights(counts, cfg.class_weights, spec.classes)
     norm = fit_normalization([_finite(s.image) for s in loaded.train], seed=cfg.seed)
+    intensity = intensity_range((s.image for s in loaded.train), norm)
     shapes = [s.image.shape for s in loaded.train]
     size = cfg.crop_size or max(max(s) for s in shapes)
     annotated = [m != IGNORE_INDEX for m in masks]
@@ -246,6 +250,7 @@ def prepare_training_data(
         spec=spec,
         ignore_label=ignore,
         norm=norm,
+        intensity=intensity,
         counts=counts,
         weights=weights,
         boxes=boxes,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.data.context import centre, check_consecutive, context_reader
+from tomoseg.data.intensity import IntensityTally
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
@@ -100,6 +101,7 @@ def evaluate_run(
         "evaluate", "image", len(pairs), progress, cancel, hint="rerun the same call to redo it"
     )
     seconds: list[float] = []
+    tally = IntensityTally(predictor.settings.intensity)  # one warning for the split
 
     def items() -> Iterator:
         job.start()
@@ -112,7 +114,7 @@ def evaluate_run(
                     f"image {p.image} is {image.shape} but its mask is {truth.shape}"
                 )
             t0 = time.perf_counter()
-            logits = predictor.logits([stacked], names=[str(p.image)])
+            logits = predictor.logits([stacked], names=[str(p.image)], tally=tally)
             labels = predictor.decide(logits, [image])[0][0]
             seconds.append(time.perf_counter() - t0)
             plain = labels

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.data.context import centre, context_reader
+from tomoseg.data.intensity import IntensityTally
 from tomoseg.data.normalization import count_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
@@ -56,7 +57,9 @@ def predict_paths(
     Args:
         run: a :class:`~tomoseg.inference.predictor.Predictor`, or a run folder segmented with
             ``settings`` (device, weights, runtime, TTA, post-processing, non-finite rule,
-            tiles: :class:`~tomoseg.inference.predictor.InferenceSettings`).
+            intensity rule, tiles: :class:`~tomoseg.inference.predictor.InferenceSettings`);
+            images out of the run's intensity range give one warning for the job (naming
+            the first), by default.
         inputs: image files and folders of images (natural order within a folder).
         out: the mask folder (``<id>.<format>``; ``probabilities/<id>.tif`` (K, H, W) float32).
         format: ``png`` or ``tif``.
@@ -95,11 +98,12 @@ def predict_paths(
         )
     job.start()
     written = []
+    tally = IntensityTally(predictor.settings.intensity)  # one warning for the whole job
     for i, (image_id, path) in enumerate(items):
         t0 = time.perf_counter()
         stacked = read(i)
         labels, prob = predictor.segment(
-            stacked, probabilities=probabilities, tiling=tiling, names=[str(path)]
+            stacked, probabilities=probabilities, tiling=tiling, names=[str(path)], tally=tally
         )
         bad = count_nonfinite(centre(stacked))
         written.append(write_mask(out / f"{image_id}.{format}", labels))

@@ -3,7 +3,7 @@
 Settings at construction, data at call (MONAI's ``SlidingWindowInferer``, nnU-Net's
 ``nnUNetPredictor``): a :class:`Predictor` holds a loaded run (immutable) and one frozen
 :class:`InferenceSettings` (device, weights, runtime, TTA, post-processing, non-finite rule,
-tiles). ``predict``, ``evaluate``, ``tune``, ``segment-stack`` (threads, I/O processes, Ray
+intensity rule, tiles). ``predict``, ``evaluate``, ``tune``, ``segment-stack`` (threads, I/O processes, Ray
 actors, parts) and the API all segment through a Predictor; workers in other processes rebuild
 it from its picklable :class:`PredictorSpec` (run path + settings). Two Predictors of one run
 with different settings never affect each other.
@@ -21,6 +21,11 @@ import numpy as np
 import torch
 
 from tomoseg.data.context import centre, context_reader, in_channels
+from tomoseg.data.intensity import (
+    IntensityCheck,
+    IntensityTally,
+    check_intensity_rule,
+)
 from tomoseg.data.normalization import (
     check_nonfinite_rule,
     nonfinite_mask,
@@ -55,6 +60,12 @@ class InferenceSettings:
             nothing when the run has none).
         nonfinite: NaN / infinite pixels are labelled ``background`` (class 0; the network sees
             the normalisation's lower bound there), or refused (``error``).
+        intensity: an image of another dtype family than the training images (uint8, uint16,
+            float, signed...) or with most of its pixels outside the run's normalisation
+            clip (:mod:`tomoseg.data.intensity`) gives one warning naming it (``warn``), is
+            refused (``error``), or every image's own 0.5 / 99.5 percentiles are mapped
+            linearly onto the run's (``rescale``). A run that records no training intensities
+            (written by an older tomoseg) is never checked.
         tile_size: tile side in px (None: the run's setting; 0 = automatic).
         tile_batch: tiles per forward pass (None: the run's setting).
         overlap: overlap of neighbouring tiles, a fraction of the tile in [0, 1) (None: the
@@ -67,6 +78,7 @@ class InferenceSettings:
     tta: Any = None
     postprocess: bool = True
     nonfinite: str = "background"
+    intensity: str = "warn"
     tile_size: int | None = None
     tile_batch: int | None = None
     overlap: float | None = None
@@ -75,12 +87,14 @@ class InferenceSettings:
         """Check every setting that needs no run (one line naming the parameter).
 
         Raises:
-            TomosegError: an unknown ``weights``, ``nonfinite`` or TTA transform, a tile size
+            TomosegError: an unknown ``weights``, ``nonfinite``, ``intensity`` or TTA
+                transform, a tile size
                 or batch below its minimum, an overlap outside [0, 1).
         """
         if self.weights is not None and self.weights not in WEIGHTS:
             raise TomosegError(f"weights: must be 'last' or 'best', got {self.weights!r}")
         check_nonfinite_rule(self.nonfinite)
+        check_intensity_rule(self.intensity)
         if self.tta is not None:
             object.__setattr__(self, "tta", parse_tta(self.tta))
         for name, low in (("tile_size", 0), ("tile_batch", 1)):
@@ -234,6 +248,7 @@ class Predictor:
             read_decision(run.folder, run.meta.get("epoch")) if settings.postprocess else None
         )
         self._bf16 = resolve_precision(run.config.precision, dev) == "bf16-mixed"
+        self._intensity = IntensityCheck(settings.intensity, run.normalization, run.intensity)
 
     @classmethod
     def from_run(
@@ -249,7 +264,7 @@ class Predictor:
             run: run folder or weights file.
             settings: the inference settings (default: the defaults).
             **options: any :class:`InferenceSettings` field (``device``, ``weights``,
-                ``runtime``, ``tta``, ``postprocess``, ``nonfinite``, ``tile_size``,
+                ``runtime``, ``tta``, ``postprocess``, ``nonfinite``, ``intensity``, ``tile_size``,
                 ``tile_batch``, ``overlap``), replacing ``settings``' value.
 
         Raises:
@@ -324,6 +339,12 @@ class Predictor:
         return self._decision
 
     @property
+    def intensity(self) -> IntensityCheck:
+        """The ``intensity`` rule with what the run was trained on (picklable: stack readers
+        apply it where they read each slice)."""
+        return self._intensity
+
+    @property
     def context(self) -> int:
         """Slices above and below each slice that the network sees (2.5D context; 0: none).
         With context ``k``, :meth:`predict` takes ``tomoseg.context_stack(volume, z, k)``
@@ -348,6 +369,8 @@ class Predictor:
         names: Sequence[str] | None = None,
         tiling: bool = True,
         bf16: bool | None = None,
+        tally: IntensityTally | None = None,
+        checked: bool = False,
     ) -> torch.Tensor:
         """The network's class scores of raw 2D images of one shape, after the calibrated
         decision bias: (B, K, H, W) float32 on the model's device. Logits, or with TTA the log
@@ -361,15 +384,26 @@ class Predictor:
                 when it would not fit in memory).
             bf16: None follows the run's precision on this device (``auto``: bf16 autocast
                 where the CPU or GPU computes bf16 natively).
+            tally: the job these images belong to: its first image out of the run's
+                intensity range is warned about, the others counted (None: each call warns).
+            checked: the ``intensity`` rule was applied where the images were read (a stack
+                reader): not again here.
 
         Raises:
-            TomosegError: non-finite pixels with ``nonfinite="error"``; a shape that does not
-                fit the run's context.
+            TomosegError: non-finite pixels with ``nonfinite="error"``; an image out of the
+                run's intensity range with ``intensity="error"``; a shape that does not fit
+                the run's context.
         """
         run, s = self._run, self._settings
+        names = names if names is not None else [f"image {k}" for k in range(len(images))]
         if s.nonfinite == "error":
             for k, im in enumerate(images):
-                refuse_nonfinite(im, names[k] if names is not None else f"image {k}")
+                refuse_nonfinite(im, names[k])
+        if not checked:  # once per image, before any tile
+            tally = tally if tally is not None else IntensityTally(s.intensity)
+            images = [
+                self._checked(im, name, tally) for im, name in zip(images, names, strict=True)
+            ]
         cfg = run.config
         bf16 = self._bf16 if bf16 is None else bf16
         check_context(self.context, images, names)
@@ -397,6 +431,11 @@ class Predictor:
             logits = logits + bias.to(logits.device)[None, :, None, None]
         return logits
 
+    def _checked(self, image: np.ndarray, name: str, tally: IntensityTally) -> np.ndarray:
+        image, found = self._intensity.apply(image, name)
+        tally.add(found)
+        return image
+
     def decide(
         self,
         logits: torch.Tensor,
@@ -418,6 +457,8 @@ class Predictor:
         names: Sequence[str] | None = None,
         tiling: bool = True,
         bf16: bool | None = None,
+        tally: IntensityTally | None = None,
+        checked: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment raw 2D images of one shape in one pass (tiles of all of them share batches).
 
@@ -425,6 +466,8 @@ class Predictor:
         command and the API: the network sees them filled with the normalisation's lower bound
         (:func:`~tomoseg.data.normalization.normalize`) and they are labelled background
         (class 0, probability 1 for class 0); ``nonfinite="error"`` refuses such an image.
+        Images out of the run's intensity range follow the ``intensity`` rule (see
+        :meth:`logits`: ``tally``, ``checked``).
 
         Returns:
             ``(labels (B, H, W) uint8, probabilities (B, K, H, W) float32)``; the
@@ -434,7 +477,9 @@ class Predictor:
         Raises:
             TomosegError: as :meth:`logits`.
         """
-        logits = self.logits(images, names=names, tiling=tiling, bf16=bf16)
+        logits = self.logits(
+            images, names=names, tiling=tiling, bf16=bf16, tally=tally, checked=checked
+        )
         return self.decide(logits, images, probabilities=probabilities)
 
     def segment(
@@ -455,13 +500,16 @@ class Predictor:
             image: (H, W) array, any size, integer or float dtype (raw intensities, as read from
                 the files the run was trained on); for a run with 2.5D context ``k``
                 (:attr:`context`) the (2k + 1, H, W) stack of the slice and its neighbours.
-                NaN / infinite pixels (of the slice itself) are labelled 0.
+                NaN / infinite pixels (of the slice itself) are labelled 0. An image out of
+                the run's intensity range follows the ``intensity`` setting (one warning
+                per call by default).
 
         Returns:
             (H, W) uint8 class ids.
 
         Raises:
-            TomosegError: not a 2D numeric array; non-finite pixels with ``nonfinite="error"``.
+            TomosegError: not a 2D numeric array; non-finite pixels with ``nonfinite="error"``;
+                out of the run's intensity range with ``intensity="error"``.
         """
         return self.segment(as_image(image, context=self.context), names=["image"])[0]
 
@@ -486,6 +534,9 @@ class Predictor:
                 at a time), or any stack input of :func:`tomoseg.io.sources.open_source` (a
                 folder of slices, a multi-page TIFF, a Zarr).
 
+        Slices out of the run's intensity range follow the ``intensity`` setting; with
+        ``warn``, the volume gives one warning (naming its first such slice).
+
         Returns:
             (Z, H, W) uint8 class ids.
 
@@ -502,10 +553,13 @@ class Predictor:
             )
         src = open_source(volume)
         out = np.zeros((src.n, *src.shape), np.uint8)
+        tally = IntensityTally(self._settings.intensity)
         with src.reader() as read:
             read = context_reader(read, src.n, self.context)
             for z in range(src.n):
-                out[z] = self.predict(read(z))
+                image = as_image(read(z), context=self.context)
+                name = f"slice {src.ids[z]} of {src.where}"
+                out[z] = self.segment(image, names=[name], tally=tally)[0]
         return out
 
 

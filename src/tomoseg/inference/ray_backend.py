@@ -40,17 +40,17 @@ class _SegmentActor:
         if device == "cpu":
             torch.set_num_threads(max(threads, 1))
         self.predictor = spec.build(device=device)
-        self.src, self.nonfinite = job.src, job.nonfinite
+        self.src, self.nonfinite, self.intensity = job.src, job.nonfinite, job.intensity
         self._reading = open_slices(self.src, self.predictor.context)
         self.read = self._reading.__enter__()
         self.sink = job.sink.open(job.out, self.src.ids)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idx = [int(i) for i in batch["i"]]
-        read = [read_slice(self.read, self.src, i, self.nonfinite) for i in idx]
-        labels = segment_many(self.predictor, [img for img, _ in read])
-        for i, lab, (_, bad) in zip(idx, labels, read, strict=True):
-            write_slice(self.sink, i, lab, bad)
+        read = [read_slice(self.read, self.src, i, self.nonfinite, self.intensity) for i in idx]
+        labels = segment_many(self.predictor, [img for img, _, _ in read])
+        for i, lab, (_, bad, found) in zip(idx, labels, read, strict=True):
+            write_slice(self.sink, i, lab, bad, found)  # the driver warns from the markers
         return {"i": np.asarray(idx, dtype=np.int64)}
 
 

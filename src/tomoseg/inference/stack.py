@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tomoseg.data.intensity import IntensityTally
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.inference.stack_executors import Executor, local_executor
@@ -141,9 +142,19 @@ def _record(
         "volume": sink.volume,
         "voxel_size": list(voxel),
         "unit": unit,
-        "inference": {k: predictor.record()[k] for k in ("tta", "decision")},
+        "inference": _inference(predictor),
         "complete": False,
     }
+
+
+def _inference(predictor: Predictor) -> dict[str, Any]:
+    """What ``stack.json`` records of the settings that change the labels: TTA, the decision,
+    and ``intensity`` only when it is ``rescale`` (``warn`` and ``error`` change no label, so an
+    output written before the setting existed resumes)."""
+    rec: dict[str, Any] = {k: predictor.record()[k] for k in ("tta", "decision")}
+    if predictor.settings.intensity == "rescale":
+        rec["intensity"] = "rescale"
+    return rec
 
 
 def segment_stack(
@@ -265,6 +276,8 @@ def segment_stack(
         meta=meta,
         batch=int(batch_slices),
         nonfinite=predictor.settings.nonfinite,
+        intensity=predictor.intensity,
+        tally=IntensityTally(predictor.settings.intensity),
         part=i_n,
         verify=bool(verify),
     ).prepare(bool(overwrite))

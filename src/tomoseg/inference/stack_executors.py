@@ -58,9 +58,10 @@ class Executor(Protocol):
 def segment_many(predictor: Predictor, images: list[np.ndarray]) -> list[np.ndarray]:
     """Class ids of several slices of one shape, in one
     :meth:`~tomoseg.inference.predictor.Predictor.segment_batch` (non-finite pixels were
-    counted, or refused, by the reader; here they become background). The one model call of
-    every local executor."""
-    return list(predictor.segment_batch(images)[0])
+    counted, or refused, by the reader, and the ``intensity`` rule applied there
+    (:func:`~tomoseg.inference.stack_io.read_slice`); here non-finite pixels become
+    background). The one model call of every executor."""
+    return list(predictor.segment_batch(images, checked=True)[0])
 
 
 def _put(q: queue.Queue, item: Any, alive: Callable[[], bool]) -> bool:
@@ -95,8 +96,9 @@ class ThreadExecutor:
                     for i in todo:
                         if stop.is_set():
                             return
-                        img, bad = read_slice(read, src, i, job.nonfinite)
-                        if not _put(q_in, (i, img, bad), lambda: not stop.is_set()):
+                        img, bad, found = read_slice(read, src, i, job.nonfinite, job.intensity)
+                        job.tally.add(found)  # the stack's first such slice: one warning
+                        if not _put(q_in, (i, img, bad, found), lambda: not stop.is_set()):
                             return
             except BaseException as exc:  # handed to the main thread, raised there
                 _put(q_in, exc, lambda: not stop.is_set())
@@ -108,9 +110,9 @@ class ThreadExecutor:
                 item = q_out.get()
                 if item is _DONE:
                     return
-                i, labels, bad = item
+                i, labels, bad, found = item
                 try:
-                    write_slice(sink, i, labels, bad)
+                    write_slice(sink, i, labels, bad, found)
                 except BaseException as exc:
                     writer_errors.append(exc)
                     stop.set()
@@ -131,16 +133,16 @@ class ThreadExecutor:
                     return
                 progress.advance()
 
-        def segment(items: list[tuple[int, np.ndarray, int]]) -> None:
-            labels = segment_many(predictor, [im for _, im, _ in items])
-            for (i, _, bad), lab in zip(items, labels, strict=True):
-                _put(q_out, (i, lab, bad), t_write.is_alive)
+        def segment(items: list[tuple[int, np.ndarray, int, Any]]) -> None:
+            labels = segment_many(predictor, [item[1] for item in items])
+            for (i, _, bad, found), lab in zip(items, labels, strict=True):
+                _put(q_out, (i, lab, bad, found), t_write.is_alive)
 
         try:
             ended = False
             while not ended and not writer_errors:
                 progress.check()  # cancelled: stop before the next slice
-                items: list[tuple[int, np.ndarray, int]] = []
+                items: list[tuple[int, np.ndarray, int, Any]] = []
                 while len(items) < batch:
                     try:
                         item = q_in.get(timeout=0.1)
@@ -201,6 +203,7 @@ class ProcessExecutor:
             n_in,
             n_out,
             predictor.context,
+            job.intensity,
         ) as pool:
             reads: deque[tuple[int, int, Future]] = deque()
             writes: dict[Future, tuple[int, int]] = {}  # future -> (slice, output slot)
@@ -227,7 +230,7 @@ class ProcessExecutor:
                         slot = free_in.pop()
                         reads.append((todo[nxt], slot, pool.read(todo[nxt], slot)))
                         nxt += 1
-                    items: list[tuple[int, int, int, np.ndarray | None]] = []
+                    items: list[tuple[int, int, int, np.ndarray | None, Any]] = []
                     error: BaseException | None = None
                     while reads and len(items) < batch:
                         i, slot, f = reads[0]
@@ -240,18 +243,19 @@ class ProcessExecutor:
                             free_in.append(slot)
                             error = worker_error(exc, f"reading slice {src.ids[i]}")
                             break
-                        bad, packed = f.result()
-                        items.append((i, slot, bad, packed))
+                        bad, packed, found = f.result()
+                        job.tally.add(found)  # the stack's first such slice: one warning
+                        items.append((i, slot, bad, packed, found))
                     if items:
-                        labels = segment_many(predictor, [pool.image(s) for _, s, _, _ in items])
-                        for (i, slot, bad, packed), lab in zip(items, labels, strict=True):
+                        labels = segment_many(predictor, [pool.image(it[1]) for it in items])
+                        for (i, slot, bad, packed, found), lab in zip(items, labels, strict=True):
                             free_in.append(slot)
                             if packed is not None:  # outside the field of view: background
                                 lab[pool.unpack(packed)] = 0
                             while not free_out:
                                 harvest(True)
                             o = free_out.pop()
-                            writes[pool.write(i, o, lab, bad)] = (i, o)
+                            writes[pool.write(i, o, lab, bad, found)] = (i, o)
                         computed += len(items)
                     if error is not None:
                         raise error

@@ -7,9 +7,11 @@ this module) holds numpy, tifffile and zarr only, about 60 MB.
 Worker processes (:class:`IOPool`):
 
 * read slice ``i`` (the same :meth:`SliceSource.reader` as the reader thread, kept open for the
-  worker's life), check its shape and non-finite pixels, normalise it with the run's
+  worker's life), check its shape, non-finite pixels and intensities (the ``intensity`` rule,
+  :mod:`tomoseg.data.intensity`, rescaling it if asked), normalise it with the run's
   normalisation (:func:`~tomoseg.data.normalization.normalize`) into a float32 slot of one shared
-  memory block, and return the count (and the packed mask) of its non-finite pixels;
+  memory block, and return the count (and the packed mask) of its non-finite pixels and its
+  intensity finding;
 * write slice ``i``'s class ids from a uint8 slot of the same block (a zarr chunk or a TIFF), then
   its progress marker, exactly as the writer thread does;
 * ignore SIGINT (Ctrl-C is the owner's to handle) and die with the process that owns the pool:
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from tomoseg.data.context import centre, context_reader, in_channels
+from tomoseg.data.intensity import IntensityCheck, IntensityFinding
 from tomoseg.data.normalization import (
     Normalization,
     as_normalized,
@@ -70,13 +73,22 @@ def open_slices(src: SliceSource, context: int = 0) -> Iterator[Callable[[int], 
         yield context_reader(read, src.n, context)
 
 
-def read_slice(read: Callable[[int], np.ndarray], src: SliceSource, i: int, nonfinite: str):
-    """Slice ``i`` (with its context, if ``read`` gives one) and the count of non-finite pixels
-    of the slice itself, checked as the pipeline requires.
+def read_slice(
+    read: Callable[[int], np.ndarray],
+    src: SliceSource,
+    i: int,
+    nonfinite: str,
+    intensity: IntensityCheck | None = None,
+) -> tuple[np.ndarray, int, IntensityFinding | None]:
+    """Slice ``i`` (with its context, if ``read`` gives one), the count of non-finite pixels
+    of the slice itself and its intensity finding, checked as the pipeline requires: the one
+    place a stack's slice meets the ``intensity`` rule (once per slice; ``rescale`` maps it
+    here, so the Predictor is told ``checked=True``).
 
     Raises:
-        TomosegError: unreadable (from ``read``), another shape than the stack's, or non-finite
-            pixels with ``nonfinite="error"``; naming the slice.
+        TomosegError: unreadable (from ``read``), another shape than the stack's, non-finite
+            pixels with ``nonfinite="error"``, out of the run's intensity range with
+            ``intensity`` ``error``; naming the slice.
     """
     img = read(i)
     own = centre(img)
@@ -87,7 +99,44 @@ def read_slice(read: Callable[[int], np.ndarray], src: SliceSource, i: int, nonf
         )
     if nonfinite == "error":
         refuse_nonfinite(own, f"slice {src.ids[i]} of {src.where}")
-    return img, count_nonfinite(own)
+    found = None
+    if intensity is not None:
+        img, found = intensity.apply(img, f"slice {src.ids[i]} of {src.where}")
+    return img, count_nonfinite(own), found
+
+
+def marker_text(bad: int, found: IntensityFinding | None) -> str:
+    """A progress marker's content: empty, or the count of non-finite pixels on its first
+    line, then ``intensity <dtype> <fraction outside>`` when the slice is out of the run's
+    intensity range (a marker of one line, or empty, is the earlier format)."""
+    if not bad and found is None:
+        return ""
+    text = f"{bad}\n"
+    if found is not None:
+        text += f"intensity {found.dtype} {found.outside}\n"
+    return text
+
+
+def read_marker(path: Path) -> tuple[int, tuple[str, float] | None]:
+    """A progress marker's ``(non-finite count, (dtype, fraction outside) or None)``;
+    ``(0, None)`` for an empty or unreadable one."""
+    try:
+        lines = path.read_text().split("\n") if path.stat().st_size else []
+    except OSError:
+        return 0, None
+    try:
+        bad = int(lines[0].strip() or 0) if lines else 0
+    except ValueError:
+        bad = 0
+    found = None
+    for line in lines[1:]:
+        bits = line.split()
+        if len(bits) == 3 and bits[0] == "intensity":
+            try:
+                found = (bits[1], float(bits[2]))
+            except ValueError:
+                pass
+    return bad, found
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -99,9 +148,17 @@ def _disk_full(exc: BaseException) -> bool:
     return False
 
 
-def write_slice(sink: SliceWriter, i: int, labels: np.ndarray, bad: int) -> None:
-    """Write slice ``i``'s class ids (through a sink's writer), then its progress marker (holding ``bad``, its count of
-    non-finite pixels, when there are some; written whole, then renamed, so it survives a kill).
+def write_slice(
+    sink: SliceWriter,
+    i: int,
+    labels: np.ndarray,
+    bad: int,
+    found: IntensityFinding | None = None,
+) -> None:
+    """Write slice ``i``'s class ids (through a sink's writer), then its progress marker
+    (holding ``bad``, its count of non-finite pixels, and ``found``, its intensity finding,
+    when there are some: :func:`marker_text`; written whole, then renamed, so it survives a
+    kill).
 
     Raises:
         TomosegError: a full disk, or another OSError, naming the slice (one line).
@@ -109,8 +166,9 @@ def write_slice(sink: SliceWriter, i: int, labels: np.ndarray, bad: int) -> None
     marks = sink.out / PROGRESS_DIR
     try:
         sink.write(i, labels)
-        if bad:
-            write_text(marks / f"{i:06d}", f"{bad}\n")
+        text = marker_text(bad, found)
+        if text:
+            write_text(marks / f"{i:06d}", text)
         else:
             (marks / f"{i:06d}").touch()
     except BaseException as exc:
@@ -213,22 +271,23 @@ def _init_worker(cfg: dict[str, Any]) -> None:
     _W["stack"] = contextlib.ExitStack()
 
 
-def _read_task(i: int, slot: int) -> tuple[int, np.ndarray | None]:
+def _read_task(i: int, slot: int) -> tuple[int, np.ndarray | None, IntensityFinding | None]:
     """Read, check and normalise slice ``i`` into input slot ``slot``; returns its count of
-    non-finite pixels and their packed mask (None when there are none)."""
+    non-finite pixels, their packed mask (None when there are none) and its intensity
+    finding."""
     if _W["read"] is None:
         _W["read"] = _W["stack"].enter_context(open_slices(_W["src"], _W["context"]))
-    img, bad = read_slice(_W["read"], _W["src"], i, _W["nonfinite"])
+    img, bad, found = read_slice(_W["read"], _W["src"], i, _W["nonfinite"], _W["intensity"])
     mask = nonfinite_mask(centre(img)) if bad else None
     _W["inputs"][slot] = normalize(img, _W["norm"])
-    return bad, None if mask is None else np.packbits(mask)
+    return bad, None if mask is None else np.packbits(mask), found
 
 
-def _write_task(i: int, slot: int, bad: int) -> int:
+def _write_task(i: int, slot: int, bad: int, found: IntensityFinding | None) -> int:
     """Write slice ``i``'s class ids from output slot ``slot``, then its marker."""
     if _W["sink"] is None:
         _W["sink"] = _W["fmt"].open(_W["out"], _W["src"].ids)
-    write_slice(_W["sink"], i, _W["outputs"][slot], bad)
+    write_slice(_W["sink"], i, _W["outputs"][slot], bad, found)
     return i
 
 
@@ -285,6 +344,7 @@ class IOPool:
         n_in: int,
         n_out: int,
         context: int = 0,
+        intensity: IntensityCheck | None = None,
     ):
         h, w = src.shape
         self.src, self.norm = src, norm
@@ -300,6 +360,7 @@ class IOPool:
             "fmt": get_sink(fmt) if isinstance(fmt, str) else fmt,
             "norm": norm,
             "nonfinite": nonfinite,
+            "intensity": intensity,
             "n_in": n_in,
             "n_out": n_out,
             "context": context,
@@ -315,7 +376,8 @@ class IOPool:
             raise
 
     def read(self, i: int, slot: int) -> Future:
-        """Future of ``(bad, packed mask or None)``; the slice is then :meth:`image` (slot)."""
+        """Future of ``(bad, packed mask or None, intensity finding or None)``; the slice is
+        then :meth:`image` (slot)."""
         with _main_not_reimported():  # a submit may start a worker
             return self.pool.submit(_read_task, i, slot)
 
@@ -323,11 +385,18 @@ class IOPool:
         """The normalised slice in input slot ``slot`` (``normalize`` passes it through)."""
         return as_normalized(self.inputs[slot], self.norm)
 
-    def write(self, i: int, slot: int, labels: np.ndarray, bad: int) -> Future:
+    def write(
+        self,
+        i: int,
+        slot: int,
+        labels: np.ndarray,
+        bad: int,
+        found: IntensityFinding | None = None,
+    ) -> Future:
         """Copy ``labels`` into output slot ``slot`` and write them (then the marker) in a worker."""
         self.outputs[slot] = labels
         with _main_not_reimported():
-            return self.pool.submit(_write_task, i, slot, bad)
+            return self.pool.submit(_write_task, i, slot, bad, found)
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
         """A mask packed by a reader, as a (H, W) bool array."""

@@ -12,7 +12,9 @@ Files of the output folder ``out`` (kept byte-compatible, so old outputs resume)
   is refused unless ``overwrite``;
 * the volume (:mod:`tomoseg.inference.stack_sinks`): ``labels.zarr`` or ``labels/``;
 * ``progress/<index>``: a marker per finished slice, created only after the slice's data is
-  written (empty, or holding the slice's count of non-finite pixels when it has some).
+  written (empty, or holding the slice's count of non-finite pixels and, when it is out of the
+  run's intensity range, its dtype and fraction of pixels outside:
+  :func:`~tomoseg.inference.stack_io.marker_text`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from tomoseg.data.intensity import IntensityCheck, IntensityFinding, IntensityTally, warn_intensity
 from tomoseg.errors import TomosegError
-from tomoseg.inference.stack_io import PROGRESS_DIR
+from tomoseg.inference.stack_io import PROGRESS_DIR, read_marker
 from tomoseg.inference.stack_sinks import Sink, VolumeMeta
 from tomoseg.io.jobs import job_difference
 from tomoseg.io.sources import SliceSource
@@ -130,20 +133,40 @@ def _remove_outputs(out: Path) -> None:
     (out / STACK_FILE).unlink(missing_ok=True)
 
 
-def _nonfinite_summary(marks: Path, ids: list[str]) -> dict[str, Any]:
-    """Non-finite pixels per slice, from the progress markers (a count in the file, else 0)."""
-    per: dict[str, int] = {}
+def _marker_notes(marks: Path, ids: list[str]) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """From the progress markers: non-finite pixels per slice (slices with some), and the
+    slices out of the run's intensity range (slice id -> ``dtype``, ``outside``)."""
+    bad: dict[str, int] = {}
+    off: dict[str, dict[str, Any]] = {}
     for f in sorted(marks.iterdir()) if marks.is_dir() else []:
         if f.name.isdigit() and int(f.name) < len(ids) and f.stat().st_size:
-            try:
-                n = int(f.read_text().strip() or 0)
-            except (OSError, ValueError):
-                continue
+            n, found = read_marker(f)
             if n:
-                per[ids[int(f.name)]] = n
+                bad[ids[int(f.name)]] = n
+            if found is not None:
+                off[ids[int(f.name)]] = {"dtype": found[0], "outside": found[1]}
+    return bad, off
+
+
+def _nonfinite_summary(per: dict[str, int]) -> dict[str, Any]:
+    """``stack.json``'s ``nonfinite``: non-finite pixels in all and per slice."""
     return {
         "rule": "background (class 0): outside the field of view",
         "pixels": sum(per.values()),
+        "slices": len(per),
+        "per_slice": per,
+    }
+
+
+def _intensity_summary(check: IntensityCheck | None, per: dict[str, Any]) -> dict[str, Any]:
+    """``stack.json``'s ``intensity``: the rule, what the run was trained on and the slices out
+    of its range (``checked`` false: the run records no training intensities)."""
+    trained = check.trained if check is not None else None
+    return {
+        "rule": check.rule if check is not None else "warn",
+        "checked": trained is not None,
+        "trained_dtypes": trained.dtypes if trained is not None else None,
+        "range": [trained.lower, trained.upper] if trained is not None else None,
         "slices": len(per),
         "per_slice": per,
     }
@@ -161,6 +184,10 @@ class StackJob:
         meta: the volume's metadata (title, voxel size, unit, classes).
         batch: slices per forward pass.
         nonfinite: ``background`` or ``error`` (the rule for NaN / infinite pixels).
+        intensity: the ``intensity`` rule with what the run was trained on (applied by the
+            slice readers).
+        tally: this call's slices out of the run's intensity range (the first is warned
+            about at once by a local executor; :meth:`finish` warns when none was, e.g. Ray).
         part: ``(I, N)``: only part I of N, into an output shared with the other parts.
         verify: compute nothing; check that every slice is finished.
         span: the slices of this call (the stack, or the part); set by :meth:`prepare`.
@@ -174,6 +201,8 @@ class StackJob:
     meta: VolumeMeta
     batch: int = 1
     nonfinite: str = "background"
+    intensity: IntensityCheck | None = None
+    tally: IntensityTally = field(default_factory=IntensityTally)
     part: tuple[int, int] | None = None
     verify: bool = False
     span: range = field(default_factory=lambda: range(0))
@@ -303,8 +332,11 @@ class StackJob:
             voxel_size=list(info["voxel_size"]),
             unit=info["unit"],
         )
+        bad, off = _marker_notes(self.marks, self.src.ids)
+        summary["intensity"] = _intensity_summary(self.intensity, off)
+        self._warn_intensity(off)
         if not self.shared:
-            summary["nonfinite"] = _nonfinite_summary(self.marks, self.src.ids)
+            summary["nonfinite"] = _nonfinite_summary(bad)
             write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
             return summary
         missing = missing_slices(out, self.src.n)
@@ -320,3 +352,23 @@ class StackJob:
                 "without part)"
             )
         return summary
+
+    def _warn_intensity(self, off: dict[str, dict[str, Any]]) -> None:
+        """The stack's one warning when no executor gave it (Ray actors; or every such slice
+        was finished before this call): naming the first slice out of range and the count."""
+        check = self.intensity
+        if not off or self.tally.warned or check is None or check.rule != "warn":
+            return
+        if check.trained is None:
+            return
+        first, note = next(iter(off.items()))
+        found = IntensityFinding(
+            f"slice {first} of {self.src.where}",
+            note["dtype"],
+            tuple(check.trained.dtypes),
+            note["outside"],
+            check.trained.lower,
+            check.trained.upper,
+        )
+        self.tally.warned = True
+        warn_intensity(found, f" ({len(off)} of {self.src.n} slices are, see stack.json)")

@@ -249,6 +249,7 @@ def tune_run(
     tta: object = None,
     device: str = "auto",
     weights: str | None = None,
+    intensity: str = "warn",
 ) -> tuple[Decision, dict]:
     """Tune a run's decision on its validation images (or a split of a dataset) with the weights
     it delivers, write ``decision.json`` into the run and record it in ``run.json``.
@@ -266,6 +267,9 @@ def tune_run(
         weights: the weights to tune for (for a run folder): ``last``, ``best``, None = the
             run's configured ``weights``. The decision records their epoch and is applied only
             to weights of that epoch (:func:`~tomoseg.inference.postprocess.read_decision`).
+        intensity: images out of the run's intensity range (for a run folder):
+            :class:`~tomoseg.inference.predictor.InferenceSettings`' ``intensity`` (one
+            warning for the first, by default).
 
     Returns:
         ``(decision, report)`` as :func:`tune_decision`, the report with ``source``.
@@ -273,6 +277,7 @@ def tune_run(
     Raises:
         TomosegError: not a run, a dataset of other classes, no validation image.
     """
+    from tomoseg.data.intensity import IntensityTally
     from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
     from tomoseg.runtime.run_record import update_run_record
 
@@ -282,7 +287,9 @@ def tune_run(
             changes["tta"] = tta
         predictor = run.with_settings(**changes)
     else:
-        settings = InferenceSettings(device=device, weights=weights, tta=tta, postprocess=False)
+        settings = InferenceSettings(
+            device=device, weights=weights, tta=tta, postprocess=False, intensity=intensity
+        )
         predictor = as_predictor(run, settings)
     loaded_run = predictor.run
     run_dir = loaded_run.folder
@@ -290,8 +297,9 @@ def tune_run(
     items, where = validation_items(data, loaded_run, split, loaded=loaded)
 
     def scored():
+        tally = IntensityTally(predictor.settings.intensity)  # one warning for the images
         for image_id, image, truth in items:
-            _, prob = predictor.segment(image, probabilities=True, names=[image_id])
+            _, prob = predictor.segment(image, probabilities=True, names=[image_id], tally=tally)
             yield prob, truth
 
     decision, report = tune_decision(

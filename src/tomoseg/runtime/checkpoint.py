@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from tomoseg.config.schema import TrainConfig
+from tomoseg.data.intensity import IntensityRange
 from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.models.registry import build_model
@@ -38,6 +39,9 @@ class LoadedRun:
     meta: dict = field(repr=False)
     #: the ``.safetensors`` file the weights came from (``last``/``best`` as resolved)
     weights_file: Path | None = None
+    #: the training images' dtypes and intensity range (None: a run written before runs
+    #: recorded it; its images are never checked)
+    intensity: IntensityRange | None = None
 
     @property
     def folder(self) -> Path:
@@ -136,4 +140,7 @@ def load_run(
         config=run_config(meta),
         meta=meta,
         weights_file=wfile,
+        intensity=IntensityRange.model_validate(meta["intensity"])
+        if meta.get("intensity")
+        else None,
     )

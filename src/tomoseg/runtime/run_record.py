@@ -1,7 +1,8 @@
 """The run record ``run.json``: the one module that reads and writes it.
 
 A run folder's ``run.json`` records what training resolved before fitting (the network's
-hyperparameters, classes, normalisation, class counts and weights, ignore label, where
+hyperparameters, classes, normalisation, the training images' dtypes and intensity range
+(``intensity``, which inference checks every image against), class counts and weights, ignore label, where
 validation came from, precision, the time-budget plan) and what came after it (the tuned
 decision). Training writes it; training (on resume), tuning and any other reader go through
 :func:`read_run_record`, :func:`write_run_record` and :func:`update_run_record`.

@@ -355,6 +355,8 @@ def train(
         "classes": classes,
         "class_of_interest": coi,
         "normalization": prep.norm.model_dump(),
+        # the training images' dtypes and range: inference checks every image against it
+        "intensity": prep.intensity.model_dump(),
         "class_counts": prep.counts.tolist(),
         "class_weights": prep.weights.tolist(),
         "config": cfg.model_dump(mode="json"),
