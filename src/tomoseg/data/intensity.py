@@ -173,11 +173,11 @@ class IntensityFinding:
         return dtype_family(self.dtype) not in {dtype_family(d) for d in self.trained}
 
     def text(self) -> str:
-        """``<where> is uint16 (the run was trained on uint8 images) and 99.7 % of its pixels
-        lie outside the run's intensity range 31..220``."""
+        """``<where> is uint16 (the run was trained on uint8 images) and has 99.7 % of its
+        pixels outside the run's intensity range 31..220``."""
         kind = " and ".join(self.trained)
         typ = (
-            f"is {self.dtype} (the run was trained on {kind} images) and"
+            f"is {self.dtype} (the run was trained on {kind} images) and has"
             if self.other_type
             else "has"
         )
