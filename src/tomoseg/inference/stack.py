@@ -17,6 +17,12 @@ Non-finite pixels (NaN, +-inf: outside the reconstructed field of view) are labe
 ``nonfinite="error"`` refuses the first such slice instead, naming it and its count (the slices
 before it stay finished).
 
+Slices out of the run's intensity range (another dtype family than the training images, or most
+pixels outside its normalisation clip: :mod:`tomoseg.data.intensity`) are checked once each
+where they are read; the first gives one warning, the summary counts them (``intensity``);
+``intensity="error"`` refuses the first, ``"rescale"`` maps each slice's percentiles onto the
+run's.
+
 Outputs (in the folder ``out``):
 
 * ``stack.json``: the run (path and weights hash), the input (path, slice ids, shape), the
@@ -240,13 +246,16 @@ def segment_stack(
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
         earlier), ``seconds``, ``slices_per_second``, ``voxel_size``, ``unit``, ``nonfinite``
         (``pixels`` and ``slices`` in all, ``per_slice``: slice id -> count of non-finite pixels,
-        slices without any left out); with ``part`` or ``verify``: ``first``, ``last``,
+        slices without any left out), ``intensity`` (``rule``, ``checked``, ``trained_dtypes``,
+        ``range``, ``slices``: how many are out of the run's intensity range, ``per_slice``:
+        slice id -> ``dtype``, ``outside``); with ``part`` or ``verify``: ``first``, ``last``,
         ``part``, ``stack_slices``, ``missing``, ``complete`` instead of ``nonfinite``.
 
     Raises:
         TomosegError: bad input, ``io_workers`` not an integer >= 0, Ray options without
             ``backend="ray"``, a slice of another shape or unreadable (named; the slices before
-            it are finished), non-finite pixels with ``nonfinite="error"`` (named likewise), a
+            it are finished), non-finite pixels with ``nonfinite="error"`` or a slice out of
+            the run's intensity range with ``intensity="error"`` (named likewise), a
             hyperstack with C or T > 1 and no ``channel`` / ``time``, an output of another job,
             a full disk.
         Cancelled: ``cancel`` was set (a :class:`TomosegError`).
