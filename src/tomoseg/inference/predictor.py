@@ -3,10 +3,10 @@
 Settings at construction, data at call (MONAI's ``SlidingWindowInferer``, nnU-Net's
 ``nnUNetPredictor``): a :class:`Predictor` holds a loaded run (immutable) and one frozen
 :class:`InferenceSettings` (device, weights, runtime, TTA, post-processing, non-finite rule,
-intensity rule, tiles). ``predict``, ``evaluate``, ``tune``, ``segment-stack`` (threads, I/O processes, Ray
-actors, parts) and the API all segment through a Predictor; workers in other processes rebuild
-it from its picklable :class:`PredictorSpec` (run path + settings). Two Predictors of one run
-with different settings never affect each other.
+intensity rule, tiles). ``predict``, ``evaluate``, ``tune``, ``segment-stack`` (threads, I/O
+processes, Ray actors, parts) and the API all segment through a Predictor; workers in other
+processes rebuild it from its picklable :class:`PredictorSpec` (run path + settings). Two
+Predictors of one run with different settings never affect each other.
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ class InferenceSettings:
 
         Raises:
             TomosegError: an unknown ``weights``, ``nonfinite``, ``intensity`` or TTA
-                transform, a tile size
-                or batch below its minimum, an overlap outside [0, 1).
+                transform, a tile size or batch below its minimum, an overlap outside [0, 1).
         """
         if self.weights is not None and self.weights not in WEIGHTS:
             raise TomosegError(f"weights: must be 'last' or 'best', got {self.weights!r}")
@@ -264,8 +263,8 @@ class Predictor:
             run: run folder or weights file.
             settings: the inference settings (default: the defaults).
             **options: any :class:`InferenceSettings` field (``device``, ``weights``,
-                ``runtime``, ``tta``, ``postprocess``, ``nonfinite``, ``intensity``, ``tile_size``,
-                ``tile_batch``, ``overlap``), replacing ``settings``' value.
+                ``runtime``, ``tta``, ``postprocess``, ``nonfinite``, ``intensity``,
+                ``tile_size``, ``tile_batch``, ``overlap``), replacing ``settings``' value.
 
         Raises:
             TomosegError: not a run, corrupted weights, an invalid setting, a runtime that is

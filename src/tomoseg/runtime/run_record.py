@@ -2,8 +2,8 @@
 
 A run folder's ``run.json`` records what training resolved before fitting (the network's
 hyperparameters, classes, normalisation, the training images' dtypes and intensity range
-(``intensity``, which inference checks every image against), class counts and weights, ignore label, where
-validation came from, precision, the time-budget plan) and what came after it (the tuned
+(``intensity``, which inference checks every image against), class counts and weights, ignore
+label, where validation came from, precision, the time-budget plan) and what came after it (the tuned
 decision). Training writes it; training (on resume), tuning and any other reader go through
 :func:`read_run_record`, :func:`write_run_record` and :func:`update_run_record`.
 """
