@@ -7,6 +7,7 @@ A format registered without a writer here fails ``test_every_registered_format_h
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,72 @@ def _ome_zarr(d: Path, vol: np.ndarray):
     return d / "in.ome.zarr", VOXEL
 
 
+def _zarr_v3_names(d: Path, vol: np.ndarray):
+    """Zarr v3 with ``dimension_names`` and a length-1 channel axis (c, z, y, x)."""
+    zarr.create_array(
+        str(d / "in.zarr"), data=vol[None], chunks=(1, 1, *SHAPE), dimension_names=["c", "z", "y", "x"]
+    )
+    return d / "in.zarr", None
+
+
+def _data_exchange(d: Path, vol: np.ndarray):
+    """A tomography beamline's Data Exchange file: /exchange/data beside flats and darks."""
+    h5py = pytest.importorskip("h5py")
+    d.mkdir(parents=True)
+    with h5py.File(d / "scan.h5", "w") as f:
+        f.create_dataset("exchange/data_white", data=vol[:2])
+        f.create_dataset("exchange/data", data=vol, chunks=(1, *SHAPE))
+        f["exchange/data"].attrs["element_size_um"] = VOXEL
+    return d / "scan.h5", VOXEL
+
+
+def _ilastik(d: Path, vol: np.ndarray):
+    """An ilastik export: ``exported_data`` (z, y, x, c) with its ``axistags``."""
+    h5py = pytest.importorskip("h5py")
+    import json
+
+    d.mkdir(parents=True)
+    tags = {"axes": [{"key": k, "typeFlags": 2, "resolution": 0, "description": ""} for k in "zyxc"]}
+    with h5py.File(d / "export.h5", "w") as f:
+        f.create_dataset("exported_data", data=vol[..., None], chunks=(1, *SHAPE, 1))
+        f["exported_data"].attrs["axistags"] = json.dumps(tags)
+    return d / "export.h5", None
+
+
+def _mrc(d: Path, vol: np.ndarray):
+    """An MRC volume with its voxel size in angstroms (x, y, z = 5, 5, 20 Å = 0.5, 0.5, 2 nm)."""
+    mrcfile = pytest.importorskip("mrcfile")
+    d.mkdir(parents=True)
+    with mrcfile.new(d / "tomo.rec") as m:
+        m.set_data(vol)
+        m.voxel_size = (5.0, 5.0, 20.0)
+    return d / "tomo.rec", VOXEL
+
+
+def _n5(d: Path, vol: np.ndarray):
+    """An N5 dataset written by tensorstore: dimensions x, y, z (fastest first)."""
+    ts = pytest.importorskip("tensorstore")
+    spec = {
+        "driver": "n5",
+        "kvstore": {"driver": "file", "path": str(d / "in.n5" / "raw")},
+        "metadata": {
+            "dimensions": list(vol.shape[::-1]),
+            "blockSize": [SHAPE[1], SHAPE[0], 1],
+            "dataType": "uint16",
+            "compression": {"type": "gzip"},
+        },
+        "create": True,
+    }
+    arr = ts.open(spec).result()
+    arr[...] = vol.T
+    (d / "in.n5" / "attributes.json").write_text('{"n5": "2.5.1"}')
+    attrs = d / "in.n5" / "raw" / "attributes.json"
+    meta = json.loads(attrs.read_text())
+    meta["pixelResolution"] = {"dimensions": [0.5, 0.5, 2.0], "unit": "um"}
+    attrs.write_text(json.dumps(meta))
+    return d / "in.n5", VOXEL
+
+
 def _numpy(d: Path, vol: np.ndarray):
     return vol.copy(), None
 
@@ -101,7 +168,10 @@ def _dask(d: Path, vol: np.ndarray):
 WRITERS: dict[str, dict[str, Writer]] = {
     "folder": {"folder": _folder},
     "tiff": {"multipage-tiff": _multipage, "ome-tiff": _ome_tiff, "imagej-tiff": _imagej},
-    "zarr": {"zarr": _zarr, "ome-zarr": _ome_zarr},
+    "zarr": {"zarr": _zarr, "ome-zarr": _ome_zarr, "zarr-v3-names": _zarr_v3_names},
+    "hdf5": {"data-exchange": _data_exchange, "ilastik": _ilastik},
+    "mrc": {"mrc": _mrc},
+    "n5": {"n5": _n5},
     "array": {"numpy": _numpy, "dask": _dask},
 }
 CASES = [(kind, name) for kind, ws in WRITERS.items() for name in ws]

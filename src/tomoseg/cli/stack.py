@@ -25,7 +25,10 @@ from tomoseg.cli.options import (
 )
 from tomoseg.errors import TomosegError
 
-Input = Annotated[Path, typer.Argument(help="Folder of slices, multi-page TIFF or Zarr volume.")]
+Input = Annotated[
+    Path,
+    typer.Argument(help="Folder of slices, multi-page TIFF, Zarr, HDF5 (FILE:/dataset), MRC or N5."),
+]
 StackOut = Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")]
 StackFormat = Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")]
 VoxelSize = Annotated[str | None, typer.Option(help="z,y,x voxel size (default: input's).")]
@@ -46,6 +49,16 @@ Channel = Annotated[
     int | None, typer.Option(help="Channel of a hyperstack / OME file with C > 1 (from 0).")
 ]
 TimePoint = Annotated[int | None, typer.Option(help="Time point of a file with T > 1 (from 0).")]
+Dataset = Annotated[
+    str | None,
+    typer.Option(help="Array in an HDF5/Zarr/N5 container, e.g. /exchange/data (or FILE:/path)."),
+]
+Transpose = Annotated[
+    bool, typer.Option("--transpose", help="Read axes not in z,y,x order (e.g. x,y,z) by name.")
+]
+Missing = Annotated[
+    str, typer.Option(help="Slices with chunks missing from a Zarr/N5/HDF5: warn, error, ignore.")
+]
 Part = Annotated[
     str | None, typer.Option(help="I/N: only part I of N (job arrays), into the same --out.")
 ]
@@ -69,6 +82,9 @@ def segment_stack(
     allow_gaps: AllowGaps = False,
     channel: Channel = None,
     time: TimePoint = None,
+    dataset: Dataset = None,
+    transpose: Transpose = False,
+    missing: Missing = "warn",
     nonfinite: Nonfinite = "background",
     intensity: Intensity = "warn",
     part: Part = None,
@@ -107,7 +123,8 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
             format=o["fmt"], voxel_size=o["voxel_size"],
             unit=o["unit"], overwrite=o["overwrite"], batch_slices=o["batch_slices"],
             allow_gaps=o["allow_gaps"], settings=settings, channel=o["channel"],
-            time=o["time"], part=o["part"], verify=o["verify"], backend=o["backend"],
+            time=o["time"], dataset=o["dataset"], transpose=o["transpose"],
+            missing=o["missing"], part=o["part"], verify=o["verify"], backend=o["backend"],
             io_workers=o["io_workers"], address=o["address"], actors=o["actors"],
             cpus_per_actor=o["cpus_per_actor"], progress=show, cancel=cancel,
         )  # fmt: skip

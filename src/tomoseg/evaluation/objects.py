@@ -136,7 +136,8 @@ def _open_volume(volume: Any, voxel_size: Any) -> _Volume:
             target = path / info.get("volume", "labels.zarr")  # type: ignore[union-attr]
         elif (path.parent / STACK_FILE).is_file():
             info = read_stack_info(path.parent)
-    src = open_source(target, allow_gaps=True)
+    # label volumes: writers (tomoseg's own, zarr's default) leave all-background chunks out
+    src = open_source(target, allow_gaps=True, missing="ignore")
     if info and isinstance(src, FolderSource):  # order the slice files as the input was ordered
         src = src.in_order(info.get("input", {}).get("ids") or [])
     classes = coi = None
@@ -591,7 +592,7 @@ def analyze_objects(
     value, name = _class_value(vol, class_name)
     tsrc = None
     if truth is not None:
-        tsrc = open_source(truth, allow_gaps=True)
+        tsrc = open_source(truth, allow_gaps=True, missing="ignore")
         if (tsrc.n, *tsrc.shape) != vol.shape:
             raise TomosegError(
                 f"truth {truth} has shape {(tsrc.n, *tsrc.shape)} but the volume has {vol.shape}"

@@ -524,14 +524,25 @@ class Predictor:
         assert prob is not None
         return prob
 
-    def predict_volume(self, volume: object) -> np.ndarray:
+    def predict_volume(
+        self,
+        volume: object,
+        *,
+        channel: int | None = None,
+        time: int | None = None,
+        dataset: str | None = None,
+        transpose: bool = False,
+        missing: str = "warn",
+    ) -> np.ndarray:
         """Class ids of every slice of a (Z, H, W) volume of consecutive sections, one slice at
         a time (each with its 2.5D context when the run has one, edges replicated).
 
         Args:
             volume: a (Z, H, W) array (numpy, or dask and other lazy arrays: read one slice
                 at a time), or any stack input of :func:`tomoseg.io.sources.open_source` (a
-                folder of slices, a multi-page TIFF, a Zarr).
+                folder of slices, a multi-page TIFF, a Zarr, an HDF5, MRC or N5 file).
+            channel, time, dataset, transpose, missing: how a file input is read, as for
+                :func:`tomoseg.io.sources.open_source`.
 
         Slices out of the run's intensity range follow the ``intensity`` setting; with
         ``warn``, the volume gives one warning (naming its first such slice).
@@ -550,7 +561,14 @@ class Predictor:
             raise TomosegError(
                 f"volume must be a (Z, H, W) array, got shape {tuple(volume.shape)}"  # type: ignore[attr-defined]
             )
-        src = open_source(volume)
+        src = open_source(
+            volume,
+            channel=channel,
+            time=time,
+            dataset=dataset,
+            transpose=transpose,
+            missing=missing,
+        )
         out = np.zeros((src.n, *src.shape), np.uint8)
         tally = IntensityTally(self._settings.intensity)
         with src.reader() as read:

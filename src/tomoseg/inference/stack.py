@@ -177,6 +177,9 @@ def segment_stack(
     settings: InferenceSettings | None = None,
     channel: int | None = None,
     time: int | None = None,
+    dataset: str | None = None,
+    transpose: bool = False,
+    missing: str = "warn",
     part: str | tuple[int, int] | None = None,
     verify: bool = False,
     backend: str = "local",
@@ -216,6 +219,15 @@ def segment_stack(
         channel: channel index of an input with a C axis (ImageJ hyperstack, OME-TIFF,
             OME-Zarr); required when it has more than one channel.
         time: time-point index of an input with a T axis; required when it has more than one.
+        dataset: the array of a container input (HDF5 dataset path, Zarr group member, N5
+            dataset; also ``scan.h5:/exchange/data`` as ``input``); default: its one obvious
+            volume.
+        transpose: read an input whose declared axes are not in Z, Y, X order (x, y, z) by
+            their names (refused without it).
+        missing: slices of a Zarr, N5 or HDF5 input with chunks absent from the store (read as
+            the fill value): ``warn`` (a warning naming them; counted in ``stack.json``'s
+            ``input.missing_chunks`` and the summary), ``error`` (refused before any slice is
+            computed) or ``ignore``.
         part: ``"I/N"`` or ``(I, N)``: compute only part I of N (1-based), a contiguous z range
             aligned to the volume's z-chunks, into an output shared with the other parts
             (created race-free by whichever part comes first; see :func:`part_range`).
@@ -248,12 +260,15 @@ def segment_stack(
         (``pixels`` and ``slices`` in all, ``per_slice``: slice id -> count of non-finite pixels,
         slices without any left out), ``intensity`` (``rule``, ``checked``, ``trained_dtypes``,
         ``range``, ``slices``: how many are out of the run's intensity range, ``per_slice``:
-        slice id -> ``dtype``, ``outside``); with ``part`` or ``verify``: ``first``, ``last``,
+        slice id -> ``dtype``, ``outside``), ``missing_chunks`` (``slices``, ``chunks``,
+        ``per_slice``: the input's slices with chunks absent from its store); with ``part`` or
+        ``verify``: ``first``, ``last``,
         ``part``, ``stack_slices``, ``missing``, ``complete`` instead of ``nonfinite``.
 
     Raises:
-        TomosegError: bad input, ``io_workers`` not an integer >= 0, Ray options without
-            ``backend="ray"``, a slice of another shape or unreadable (named; the slices before
+        TomosegError: bad input (a TIFF cut short, axes out of Z, Y, X order without
+            ``transpose``, missing chunks with ``missing="error"``), ``io_workers`` not an
+            integer >= 0, Ray options without ``backend="ray"``, a slice of another shape or unreadable (named; the slices before
             it are finished), non-finite pixels with ``nonfinite="error"`` or a slice out of
             the run's intensity range with ``intensity="error"`` (named likewise), a
             hyperstack with C or T > 1 and no ``channel`` / ``time``, an output of another job,
@@ -267,7 +282,15 @@ def segment_stack(
     _check_backend(backend, io_workers, address, actors, cpus_per_actor, num_cpus)
     i_n = parse_part(part) if part is not None else None
     voxel = parse_voxel_size(voxel_size)
-    src = open_source(input, allow_gaps, channel=channel, time=time)
+    src = open_source(
+        input,
+        allow_gaps,
+        channel=channel,
+        time=time,
+        dataset=dataset,
+        transpose=transpose,
+        missing=missing,
+    )
     if backend == "ray" and executor is None and not verify:
         executor, settings = _ray(run, settings, address, actors, cpus_per_actor, num_cpus)
     predictor = as_predictor(run, settings)

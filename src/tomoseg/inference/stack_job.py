@@ -45,7 +45,9 @@ def identity(rec: dict) -> dict[str, Any]:
     run, inp = rec.get("run") or {}, rec.get("input") or {}
     return {
         "model": run.get("sha256"),
-        "input": {k: inp.get(k) for k in ("path", "kind", "channel", "time", "fingerprint")},
+        "input": {
+            k: inp.get(k) for k in ("path", "kind", "dataset", "channel", "time", "fingerprint")
+        },
         "input version": {"shape": inp.get("shape"), "ids": inp.get("ids")},
         "format": rec.get("format"),
         # TTA and the tuned decision (absent from a stack.json written before they existed)
@@ -337,6 +339,7 @@ class StackJob:
         self._warn_intensity(off)
         if not self.shared:
             summary["nonfinite"] = _nonfinite_summary(bad)
+            summary["missing_chunks"] = info["input"].get("missing_chunks")
             write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
             return summary
         missing = missing_slices(out, self.src.n)

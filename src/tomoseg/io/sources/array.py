@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io.sources.base import plan_axes, plane, slice_ids
+from tomoseg.io.sources.base import ReadOptions, missing_record, plan_axes, plane, slice_ids
 from tomoseg.utils.format import first_line
 
 
@@ -71,7 +71,9 @@ class ArraySource:
             "axes_shape": [self.n, *self.shape],
             "channel": None,
             "time": None,
+            "dataset": None,
             "ids": self.ids,
+            "missing_chunks": missing_record({}),
             "fingerprint": self.fingerprint,
         }
 
@@ -100,20 +102,19 @@ def fingerprint(array: Any) -> str:
 class ArrayFormat:
     kind = "array"
     description = "a (Z, Y, X) array"
+    containers = False
 
     def claims(self, input: Any) -> bool:
         return is_array(input)
 
-    def open(
-        self, input: Any, *, allow_gaps: bool, channel: int | None, time: int | None
-    ) -> ArraySource:
+    def open(self, input: Any, options: ReadOptions) -> ArraySource:
         shape = tuple(int(n) for n in input.shape)
         if len(shape) != 3:
             raise TomosegError(f"input must be a (Z, Y, X) array, got shape {shape}")
         dt = np.dtype(input.dtype)
         if not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating) or dt.kind == "b"):
             raise TomosegError(f"input must hold integers or floats, got {dt}")
-        _, nz, _, _ = plan_axes("ZYX", shape, channel, time, "the input array")
+        _, nz, _, _ = plan_axes("ZYX", shape, options.channel, options.time, "the input array")
         if nz == 0 or 0 in shape:
             raise TomosegError(f"the input array is empty (shape {shape})")
         dtype = "uint8" if dt.kind == "b" else str(dt)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -12,10 +15,36 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 
 #: axis letters that count slices: Z, and tifffile's generic page axes (I, Q)
 Z_AXES = "ZQI"
+
+#: axis names of metadata (NGFF, Zarr v3 ``dimension_names``, xarray, ilastik ``axistags``, N5
+#: ``axes``) -> tomoseg's axis letter; other names read as ``?`` (unknown)
+AXIS_LETTER = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
+
+#: unit spellings of metadata -> the unit names tomoseg records (OME-NGFF's)
+UNIT_NAMES = {
+    "micron": "micrometer",
+    "\\u00B5m": "micrometer",
+    "µm": "micrometer",
+    "um": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+}
+
+
+def axis_letters(names: Any, ndim: int) -> str:
+    """Axis letters from a list of axis names (None where the names do not fit ``ndim``
+    axes: then ``ZYX`` for the last three axes and ``?`` before them)."""
+    if (
+        isinstance(names, (list, tuple))
+        and len(names) == ndim
+        and all(isinstance(n, str) or n is None for n in names)
+    ):
+        return "".join(AXIS_LETTER.get(str(n).lower(), "?") for n in names)
+    return "?" * (ndim - 3) + "ZYX" if ndim >= 3 else "YX"[-ndim:] if ndim else ""
 
 
 @runtime_checkable
@@ -71,22 +100,55 @@ class SliceSource(Protocol):
     def resolved(self) -> SliceSource: ...
 
 
+#: what ``missing`` may be: warn about slices with missing chunks, refuse them, or say nothing
+MISSING_RULES = ("warn", "error", "ignore")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a stack input is read (the same for every format; a format ignores what it has no use
+    for, and refuses what cannot apply to it).
+
+    Attributes:
+        allow_gaps: accept numbered slice files with holes in the numbering (folders).
+        channel: channel index (0-based) of a file with a C axis.
+        time: time-point index (0-based) of a file with a T axis.
+        dataset: the array inside a container (HDF5 dataset path, Zarr group member, N5
+            dataset); None: the container's one obvious volume.
+        transpose: read a stack whose declared axes are not in Z, Y, X order (x, y, z as N5,
+            HiP-CT and neuroglancer conversions keep) by their names, each plane transposed as
+            read; without it such an order is refused.
+        missing: slices of a chunked store (Zarr, N5, HDF5) with chunks absent from the store
+            (read as the fill value): ``warn`` (one warning naming them, counted in
+            ``describe()``), ``error`` (refused), ``ignore`` (label volumes, whose writers leave
+            all-background chunks out).
+    """
+
+    allow_gaps: bool = False
+    channel: int | None = None
+    time: int | None = None
+    dataset: str | None = None
+    transpose: bool = False
+    missing: str = "warn"
+
+
 class Format(Protocol):
     """A registered input format: one module of :mod:`tomoseg.io.sources`.
 
-    ``claims(input)`` says whether the input is of this format (cheaply: no pixel is read);
-    ``open(input, allow_gaps=..., channel=..., time=...)`` checks it and returns its
-    :class:`SliceSource`, raising :class:`~tomoseg.errors.TomosegError` for a bad one.
+    ``claims(input)`` says whether the input is of this format (cheaply: no pixel is read, no
+    optional library imported); ``open(input, options)`` checks it and returns its
+    :class:`SliceSource`, raising :class:`~tomoseg.errors.TomosegError` for a bad one (or a
+    missing optional library: naming the extra to install). ``containers``: whether the format
+    holds several arrays (``dataset`` chooses one).
     """
 
     kind: str
     description: str
+    containers: bool
 
     def claims(self, input: Any) -> bool: ...
 
-    def open(
-        self, input: Any, *, allow_gaps: bool, channel: int | None, time: int | None
-    ) -> SliceSource: ...
+    def open(self, input: Any, options: ReadOptions) -> SliceSource: ...
 
 
 @dataclass
@@ -110,6 +172,8 @@ class StackSource(ABC):
     channel: int | None = None
     time: int | None = None
     files: list[Path] = field(default_factory=list)
+    dataset: str | None = None
+    missing_chunks: dict[str, int] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -123,11 +187,15 @@ class StackSource(ABC):
     def where(self) -> str:
         return str(self.path)
 
-    def leading(self, i: int) -> tuple[int, ...]:
-        """Indices of the axes before Y, X for slice ``i`` (Z = i, the chosen C and T, else 0)."""
-        idx = []
-        for a in self.axes[:-2]:
-            if a in Z_AXES:
+    def index(self, i: int) -> tuple[int | slice, ...]:
+        """The index of slice ``i`` in the file's array: Z = ``i`` (on the one slice axis), the
+        chosen C and T, 0 on other length-1 axes, all of Y and X."""
+        z = slice_axis(self.axes, self.axes_shape)
+        idx: list[int | slice] = []
+        for k, a in enumerate(self.axes):
+            if a in "YX":
+                idx.append(slice(None))
+            elif k == z:
                 idx.append(i)
             elif a == "C":
                 idx.append(self.channel or 0)
@@ -136,6 +204,44 @@ class StackSource(ABC):
             else:
                 idx.append(0)
         return tuple(idx)
+
+    def leading(self, i: int) -> tuple[int, ...]:
+        """Indices of the axes before Y, X for slice ``i`` (axes ending in Y, X: a TIFF's)."""
+        return tuple(int(k) for k in self.index(i)[:-2])  # type: ignore[arg-type]
+
+    def oriented(self, arr: np.ndarray, i: int) -> np.ndarray:
+        """Slice ``i`` as read by :meth:`index` (its axes in the file's order), as (Y, X)."""
+        a = plane(arr, f"slice {i} of {self.where}")
+        return a.T if self.axes.index("X") < self.axes.index("Y") else a
+
+    def holes(
+        self, chunks: tuple[int, ...], stored: set[tuple[int, ...]] | None
+    ) -> dict[str, int]:
+        """Chunks missing from a chunked store, per slice: ``{slice id: count}`` for the slices
+        that touch a chunk absent from ``stored`` (on their C and T), others left out.
+
+        Args:
+            chunks: the store's chunk (storage unit: shard, block) shape, one size per axis.
+            stored: the grid positions of the chunks present in the store (None: all).
+        """
+        grid = [-(-n // c) for n, c in zip(self.axes_shape, chunks, strict=True)]
+        if stored is None or len(stored) >= int(np.prod(grid)):
+            return {}
+        z = slice_axis(self.axes, self.axes_shape)
+        idx = self.index(0)
+        ranges = [
+            range(g) if k == z or isinstance(idx[k], slice) else [int(idx[k]) // c]  # type: ignore[arg-type]
+            for k, (g, c) in enumerate(zip(grid, chunks, strict=True))
+        ]
+        per_cell: dict[int, int] = {}
+        for cell in itertools.product(*ranges):
+            if cell not in stored:
+                key = cell[z] if z is not None else 0
+                per_cell[key] = per_cell.get(key, 0) + 1
+        cz = chunks[z] if z is not None else 1
+        return {
+            sid: per_cell[i // cz] for i, sid in enumerate(self.ids) if per_cell.get(i // cz)
+        }
 
     @abstractmethod
     def reader(self) -> AbstractContextManager[Callable[[int], np.ndarray]]:
@@ -156,8 +262,16 @@ class StackSource(ABC):
             "axes_shape": list(self.axes_shape),
             "channel": self.channel,
             "time": self.time,
+            "dataset": self.dataset,
             "ids": self.ids,
+            "missing_chunks": missing_record(self.missing_chunks),
         }
+
+
+def missing_record(per_slice: dict[str, int]) -> dict[str, Any]:
+    """``describe()``'s count of missing chunks: ``slices`` concerned, ``chunks`` missing (summed
+    over slices: a chunk spanning several slices counts once per slice) and ``per_slice``."""
+    return {"slices": len(per_slice), "chunks": sum(per_slice.values()), "per_slice": per_slice}
 
 
 # ----------------------------------------------------------------------------- shared checks
@@ -183,33 +297,60 @@ def parse_voxel_size(value: Any) -> tuple[float, float, float] | None:
     return vals  # type: ignore[return-value]
 
 
+def slice_axis(axes: str, shape: tuple[int, ...]) -> int | None:
+    """Position of the slice axis: the one Z-like axis (:data:`Z_AXES`) longer than 1, else the
+    first Z-like axis; None when there is none (a single 2D plane)."""
+    zs = [k for k, a in enumerate(axes) if a in Z_AXES]
+    long = [k for k in zs if shape[k] > 1]
+    return long[0] if long else (zs[0] if zs else None)
+
+
 def plan_axes(
     axes: str,
     shape: tuple[int, ...],
     channel: int | None,
     time: int | None,
     where: str,
+    transpose: bool = False,
 ) -> tuple[str, int, int | None, int | None]:
     """Check the declared axes of a stack and the channel / time selection.
 
+    Slices are read along Z and each plane is (Y, X); C and T are indexed away, as are other
+    axes of length 1 (ilastik's ``zyxc`` with one channel). Z, Y and X must come in that order
+    (C, T and length-1 axes anywhere), unless ``transpose``: then any order is read by its names.
+
     Args:
-        axes: one upper-case letter per axis, ending in ``YX`` (``?`` = unknown meaning).
+        axes: one upper-case letter per axis (``?`` = unknown meaning).
         shape: the size of each axis.
         channel, time: the requested indices (None: the axis must be a singleton, if present).
         where: the input, for messages.
+        transpose: accept Z, Y, X in another order (each plane transposed as read).
 
     Returns:
         ``(axes, slices, channel, time)``: the number of Z slices and the selected indices
         (None where the file has no such axis).
 
     Raises:
-        TomosegError: C > 1 or T > 1 without a selection, a selection out of range, another axis
-            of size > 1 (colour samples, unknown axes), or two slice axes.
+        TomosegError: no Y or X axis, Z / Y / X out of order without ``transpose``, C > 1 or
+            T > 1 without a selection, a selection out of range, another axis of size > 1
+            (colour samples, unknown axes), or two slice axes.
     """
     sizes = dict(zip(axes, shape, strict=True))
     desc = f"axes {axes} ({', '.join(f'{a}={n}' for a, n in zip(axes, shape, strict=True))})"
-    if not axes.endswith("YX"):
+    if "Y" not in axes or "X" not in axes or axes.count("Y") + axes.count("X") != 2:
         raise TomosegError(f"{where} has {desc}; expected 2D grayscale slices (Y, X last)")
+    z = slice_axis(axes, shape)
+    spatial = "".join(
+        "Z" if k == z else a
+        for k, a in enumerate(axes)
+        if a in "YX" or (k == z and shape[k] > 1)
+    )
+    if spatial not in ("YX", "ZYX") and not transpose:
+        raise TomosegError(
+            f"{where} has {desc}: its slices are not (Y, X) planes stacked along the first "
+            "axis; pass transpose=True to read it by its axis names (slices along Z, each "
+            "transposed to Y, X; slower where chunks are thin along Z)"
+        )
     picked: dict[str, int | None] = {}
     for letter, name, value, plural in (
         ("C", "channel", channel, "channels"),
@@ -235,14 +376,14 @@ def plan_axes(
             )
         else:
             picked[name] = int(value)
-    zs = [a for a in axes[:-2] if a in Z_AXES and sizes[a] > 1]
+    zs = [a for a in axes if a in Z_AXES and sizes[a] > 1]
     if len(zs) > 1:
         raise TomosegError(f"{where} has {desc}: two slice axes, expected one Z axis")
-    for a in axes[:-2]:
-        if a not in Z_AXES + "CT" and sizes[a] > 1:
+    for a in axes:
+        if a not in Z_AXES + "CTYX" and sizes[a] > 1:
             what = "colour samples" if a == "S" else f"axis {a}"
             raise TomosegError(f"{where} has {desc}: {what} of size {sizes[a]} is not supported")
-    nz = int(np.prod([sizes[a] for a in axes[:-2] if a in Z_AXES])) if axes[:-2] else 1
+    nz = int(shape[z]) if z is not None else 1
     return axes, nz, picked["channel"], picked["time"]
 
 
@@ -263,3 +404,99 @@ def plane(arr: np.ndarray, what: str) -> np.ndarray:
 def slice_ids(n: int) -> list[str]:
     """``z0000`` .. : the ids of ``n`` slices without names (at least four digits)."""
     return [f"z{z:0{max(4, len(str(n - 1)))}d}" for z in range(n)]
+
+
+def stored_keys(folder: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Relative ``/``-separated paths of the files under ``folder`` (a chunked store's keys),
+    without hidden files (``.zarray``, ...) and the metadata files named in ``skip``."""
+    root = str(folder)
+    keys = []
+    for base, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(base, root)
+        for f in files:
+            if not f.startswith(".") and f not in skip:
+                keys.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+    return keys
+
+
+def check_missing(src: Any, rule: str) -> None:
+    """Apply the ``missing`` rule to a source's slices with missing chunks
+    (``src.missing_chunks``, found by its format when it opened the input).
+
+    Raises:
+        TomosegError: ``rule`` not one of :data:`MISSING_RULES`; slices with missing chunks and
+            ``rule="error"``.
+
+    Warns:
+        TomosegWarning: slices with missing chunks and ``rule="warn"``, naming them.
+    """
+    if rule not in MISSING_RULES:
+        raise TomosegError(f"missing={rule!r}: must be warn, error or ignore")
+    holes: dict[str, int] = getattr(src, "missing_chunks", None) or {}
+    if rule == "ignore" or not holes:
+        return
+    shown = ", ".join(f"{sid} ({n} chunk{'s' if n > 1 else ''})" for sid, n in list(holes.items())[:8])
+    more = f" and {len(holes) - 8} more" if len(holes) > 8 else ""
+    what = f"{len(holes)} slice{'s' if len(holes) > 1 else ''} of {src.where}"
+    if rule == "error":
+        raise TomosegError(
+            f"{what} lack chunks in the store (an interrupted copy?): {shown}{more}; copy it "
+            "again, or pass missing='warn' to read them as the fill value"
+        )
+    warnings.warn(
+        f"{what} lack chunks in the store, read as the fill value: {shown}{more} (an "
+        "interrupted copy, or chunks left out by a writer because they held only the fill "
+        "value); missing='error' refuses such an input",
+        TomosegWarning,
+        stacklevel=3,
+    )
+
+
+def need(module: str, what: str) -> Any:
+    """Import an optional reader library, or say which extra installs it.
+
+    Raises:
+        TomosegError: the library is not installed (naming ``tomoseg[formats]``).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TomosegError(
+            f"reading {what} needs the Python package {module.split('.')[0]}: "
+            "pip install 'tomoseg[formats]'"
+        ) from None
+
+
+def pick_dataset(
+    found: dict[str, tuple[int, ...]], preferred: tuple[str, ...], where: str
+) -> str:
+    """The array of a container to read when no ``dataset`` is given: the first of
+    ``preferred`` present (Data Exchange's ``exchange/data``, ilastik's ``exported_data``,
+    ...), else the one array with 3 or more axes, else the one 2D array.
+
+    Args:
+        found: array path (without a leading ``/``) -> shape, every array of the container.
+        preferred: paths read by default when present, in order.
+        where: the container, for messages.
+
+    Raises:
+        TomosegError: no array, or several and none obvious (listing them and ``dataset``).
+    """
+    for name in preferred:
+        if name in found:
+            return name
+    pool = [k for k, s in found.items() if len(s) >= 3] or [
+        k for k, s in found.items() if len(s) == 2
+    ]
+    if len(pool) == 1:
+        return pool[0]
+    if not pool:
+        raise TomosegError(f"{where} holds no image array (2D or more)")
+    listing = ", ".join(f"/{k} {tuple(found[k])}" for k in pool[:6])
+    more = f" and {len(pool) - 6} more" if len(pool) > 6 else ""
+    raise TomosegError(
+        f"{where} holds {len(pool)} arrays: {listing}{more}; choose one with dataset='/{pool[0]}'"
+    )

@@ -14,7 +14,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.images import list_images, read_image
-from tomoseg.io.sources.base import StackSource, plan_axes
+from tomoseg.io.sources.base import ReadOptions, StackSource, plan_axes
 
 
 @dataclass
@@ -42,20 +42,19 @@ class FolderSource(StackSource):
 class FolderFormat:
     kind = "folder"
     description = "a folder of slices"
+    containers = False
 
     def claims(self, input: Any) -> bool:
         return isinstance(input, (str, os.PathLike)) and Path(input).is_dir()
 
-    def open(
-        self, input: Any, *, allow_gaps: bool, channel: int | None, time: int | None
-    ) -> FolderSource:
+    def open(self, input: Any, options: ReadOptions) -> FolderSource:
         p = Path(input)
         files = list_images(p)  # natural order; raises on an empty folder
         ids = list(files)
-        if not allow_gaps:
+        if not options.allow_gaps:
             check_gaps(ids, p)
         first = read_image(files[ids[0]])
-        plan_axes("ZYX", (len(ids), *first.shape), channel, time, f"folder {p}")
+        plan_axes("ZYX", (len(ids), *first.shape), options.channel, options.time, f"folder {p}")
         return FolderSource(
             p, ids, first.shape, str(first.dtype), files=list(files.values()),
             axes="ZYX", axes_shape=(len(ids), *first.shape),

@@ -1,9 +1,14 @@
 """Multi-page TIFF: plain stacks, ImageJ hyperstacks and OME-TIFF, read page by page by their
-declared axes (tifffile's first series)."""
+declared axes (tifffile's first series; of a flat pyramid, its full-resolution level).
+
+A file cut short (an interrupted copy: its page chain points past the end of the file, or it
+holds fewer pages than its ImageJ ``images``, OME ``SizeZ x SizeC x SizeT`` or tifffile
+``shape`` declares) is refused at open, naming both counts and the byte where the file ends."""
 
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +21,14 @@ import tifffile
 
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.images import TIFF_SUFFIXES
-from tomoseg.io.sources.base import StackSource, parse_voxel_size, plan_axes, plane, slice_ids
+from tomoseg.io.sources.base import (
+    ReadOptions,
+    StackSource,
+    parse_voxel_size,
+    plan_axes,
+    plane,
+    slice_ids,
+)
 from tomoseg.utils.format import first_line
 
 
@@ -52,6 +64,7 @@ class TiffSource(StackSource):
 class TiffFormat:
     kind = "tiff"
     description = "a multi-page TIFF"
+    containers = False
 
     def claims(self, input: Any) -> bool:
         return (
@@ -60,10 +73,8 @@ class TiffFormat:
             and not Path(input).is_dir()
         )
 
-    def open(
-        self, input: Any, *, allow_gaps: bool, channel: int | None, time: int | None
-    ) -> TiffSource:
-        p = Path(input)
+    def open(self, input: Any, options: ReadOptions) -> TiffSource:
+        p, channel, time = Path(input), options.channel, options.time
         try:
             with tifffile.TiffFile(p) as tf:
                 if not tf.series or len(tf.pages) == 0:
@@ -73,14 +84,22 @@ class TiffFormat:
                 dtype = str(series.dtype)
                 voxel, unit = tiff_voxel(tf)
                 ij = tf.imagej_metadata if tf.is_imagej else None
+                check_complete(tf, p)
                 npages = len(series.pages)
-                if len(tf.pages) > npages and not (tf.is_imagej or tf.is_ome):
-                    other = tf.pages[npages]
+                reduced = sum(len(level.pages) for level in series.levels[1:])
+                if (
+                    len(tf.pages) > npages + reduced
+                    and not (tf.is_imagej or tf.is_ome)
+                    and not _reduced_levels(tf, npages + reduced)
+                ):
+                    other = tf.pages[npages + reduced]
                     raise TomosegError(
-                        f"page {npages} of {p} has shape {tuple(other.shape)} but the pages "
+                        f"page {npages + reduced} of {p} has shape {tuple(other.shape)} but the pages "
                         f"before it have {tuple(series.keyframe.shape)}; a stack's slices must "
                         "all have one shape"
                     )
+        except TomosegError:
+            raise
         except (OSError, tifffile.TiffFileError, ValueError) as exc:
             raise TomosegError(f"not a readable TIFF: {p} ({first_line(exc)})") from None
         if axes.endswith("S") and shape[-1] > 1:
@@ -109,6 +128,113 @@ class TiffFormat:
             p, slice_ids(nz), shape[-2:], dtype, voxel, unit,  # type: ignore[arg-type]
             axes=axes, axes_shape=shape, channel=ch, time=tm,
         )  # fmt: skip
+
+
+def _reduced_levels(tf: tifffile.TiffFile, start: int) -> bool:
+    """Whether the pages from ``start`` on are reduced-resolution copies of the stack before
+    them (a flat pyramid that tifffile reads as other series): each group of ``start`` pages
+    shares one shape, smaller in Y and X than the group before it."""
+    n, total = start, len(tf.pages)
+    if n == 0 or (total - n) % n:
+        return False
+    prev = tuple(tf.pages[0].shape)
+    for k in range(n, total, n):
+        shapes = {tuple(tf.pages[j].shape) for j in range(k, k + n)}
+        shape = next(iter(shapes))
+        if len(shapes) != 1 or len(shape) != len(prev) or not (
+            shape[0] < prev[0] and shape[1] < prev[1]
+        ):
+            return False
+        prev = shape
+    return True
+
+
+def check_complete(tf: tifffile.TiffFile, path: Path) -> None:
+    """Refuse a TIFF cut short: its page chain points past the end of the file, its last page's
+    data runs past it, or it holds fewer pages than its metadata declares (ImageJ ``images``,
+    OME ``SizeZ x SizeC x SizeT``, tifffile's ``shape``). tifffile itself reads such a file as
+    the pages it finds (often one), which would be a silent wrong volume.
+
+    Raises:
+        TomosegError: naming the declared and present page counts and the byte where the file
+            ends.
+    """
+    size = int(tf.filehandle.size)
+    pages = tf.pages
+    found = len(pages)
+    declared, by = _declared_pages(tf)
+    chain = None  # where the next page should start, when the chain points past the end
+    pos = pages.next_page_offset
+    if pos is not None:
+        fh = tf.filehandle
+        fh.seek(pos)
+        raw = fh.read(tf.tiff.offsetsize)
+        if len(raw) < tf.tiff.offsetsize:
+            chain = pos
+        elif (nxt := int(struct.unpack(tf.tiff.offsetformat, raw)[0])) >= size:
+            chain = nxt
+    if chain is None and tf.is_imagej and found == 1 and declared > 1:
+        first = pages.first  # ImageJ's one-page layout (stacks > 4 GB): planes follow page 0
+        found = max(1, min(declared, (size - int(first.dataoffsets[0])) // max(first.nbytes, 1)))
+    last = pages[len(pages) - 1] if len(pages) else None
+    offsets = getattr(last, "dataoffsets", ()) or ()
+    counts = getattr(last, "databytecounts", ()) or ()
+    end = max((int(o) + int(c) for o, c in zip(offsets, counts, strict=False)), default=0)
+    if chain is None and end <= size and declared <= found:
+        return
+    said = f"its {by} declares {declared} pages but it holds {found}" if declared > found else (
+        f"it holds {found} page{'s' if found != 1 else ''}"
+    )
+    if chain is not None:
+        where = f"; page {found} should start at byte {chain}"
+    elif end > size:
+        where = f"; page {found - 1}'s data runs to byte {end}"
+    else:
+        where = ""
+    raise TomosegError(
+        f"TIFF {path} is cut short (an interrupted copy?): {said}, and the file ends at byte "
+        f"{size}{where}; copy it again from the original"
+    )
+
+
+def _declared_pages(tf: tifffile.TiffFile) -> tuple[int, str]:
+    """(pages the file's metadata declares, which metadata) or (0, "") when it declares none."""
+    ij = tf.imagej_metadata if tf.is_imagej else None
+    if ij and int(ij.get("images", 1) or 1) > 1:
+        return int(ij["images"]), "ImageJ metadata (images)"
+    if tf.is_ome and tf.ome_metadata:
+        n = _ome_planes(tf.ome_metadata)
+        if n:
+            return n, "OME metadata (SizeZ x SizeC x SizeT)"
+    if tf.is_shaped:  # tifffile's own stacks: {"shape": [...]} in the first page's description
+        shaped = [s for s in tf.series if s.kind == "shaped"]
+        n = sum(int(np.prod(s.shape)) // max(int(np.prod(s.keyframe.shape)), 1) for s in shaped)
+        if n > 1:
+            return n, "tifffile metadata (shape)"
+    return 0, ""
+
+
+def _ome_planes(xml: str) -> int:
+    """Planes the OME-XML declares in this file (SizeZ x SizeT x SizeC / samples, summed over
+    its images); 0 when unknown or when its images live in other files too."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return 0
+    if any(e.tag.endswith("UUID") and e.attrib.get("FileName") for e in root.iter()):
+        return 0  # a multi-file OME dataset: the planes are spread over files
+    total = 0
+    for px in (e for e in root.iter() if e.tag.endswith("Pixels")):
+        try:
+            z, c, t = (int(px.attrib.get(f"Size{a}", 1)) for a in "ZCT")
+        except ValueError:
+            return 0
+        channel = next((e for e in px if e.tag.endswith("Channel")), None)
+        spp = int(channel.attrib.get("SamplesPerPixel", 1)) if channel is not None else 1
+        total += z * t * max(c // max(spp, 1), 1)
+    return total
 
 
 def _plain_imagej_stack(ij: dict | None) -> bool:

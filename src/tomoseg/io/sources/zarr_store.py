@@ -1,5 +1,7 @@
-"""Zarr arrays and Zarr / OME-Zarr groups (the first multiscale level, else the first array),
-read by their declared axes (NGFF ``axes``, xarray's ``_ARRAY_DIMENSIONS``)."""
+"""Zarr v2 / v3 arrays and Zarr / OME-Zarr groups (``dataset``, else the first multiscale level,
+else the first array), read by their declared axes: NGFF ``axes``, Zarr v3 ``dimension_names``,
+xarray's ``_ARRAY_DIMENSIONS``. Chunks absent from the store are found at open (a listing of the
+array's folder, no chunk read) and counted per slice (``missing``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tomoseg.errors import TomosegError
-from tomoseg.io.sources.base import StackSource, parse_voxel_size, plan_axes, plane, slice_ids
+from tomoseg.io.sources.base import (
+    ReadOptions,
+    StackSource,
+    parse_voxel_size,
+    plan_axes,
+    slice_ids,
+    stored_keys,
+)
 from tomoseg.utils.format import first_line
 
 
@@ -27,16 +36,16 @@ class ZarrSource(StackSource):
 
     @contextmanager
     def reader(self) -> Iterator[Callable[[int], np.ndarray]]:
-        arr = open_zarr_array(self.path)[0]
+        arr = open_zarr_array(self.path, self.array_path)[0]
 
         def read_zarr(i: int) -> np.ndarray:
             try:
-                a = np.asarray(arr[self.leading(i)])
+                a = np.asarray(arr[self.index(i)])
             except Exception as exc:  # corrupt chunk: zarr/numcodecs raise various types
                 raise TomosegError(
                     f"slice {i} of {self.path} is unreadable: {first_line(exc)}"
                 ) from None
-            return plane(a, f"slice {i} of {self.path}")
+            return self.oriented(a, i)
 
         yield read_zarr
 
@@ -58,35 +67,64 @@ def is_zarr(p: Path) -> bool:
 class ZarrFormat:
     kind = "zarr"
     description = "a Zarr array/group"
+    containers = True
 
     def claims(self, input: Any) -> bool:
         return isinstance(input, (str, os.PathLike)) and is_zarr(Path(input))
 
-    def open(
-        self, input: Any, *, allow_gaps: bool, channel: int | None, time: int | None
-    ) -> ZarrSource:
+    def open(self, input: Any, options: ReadOptions) -> ZarrSource:
         p = Path(input)
-        arr, sub, voxel, unit, axes = open_zarr_array(p)
+        arr, sub, voxel, unit, axes = open_zarr_array(p, options.dataset)
         shape = tuple(int(n) for n in arr.shape)
-        axes, nz, ch, tm = plan_axes(axes, shape, channel, time, f"Zarr {p}")
+        axes, nz, ch, tm = plan_axes(
+            axes, shape, options.channel, options.time, f"Zarr {p}", options.transpose
+        )
         if nz == 0:
             raise TomosegError(f"Zarr array in {p} holds no slice")
-        h, w = shape[-2:]
-        return ZarrSource(
-            p, slice_ids(nz), (h, w), str(arr.dtype), voxel, unit,
+        sizes = dict(zip(axes, shape, strict=True))
+        src = ZarrSource(
+            p, slice_ids(nz), (sizes["Y"], sizes["X"]), str(arr.dtype), voxel, unit,
             axes=axes, axes_shape=shape, channel=ch, time=tm, array_path=sub,
+            dataset=options.dataset and sub,
         )  # fmt: skip
+        if options.missing != "ignore":
+            src.missing_chunks = src.holes(*_stored_chunks(arr))
+        return src
 
 
-def open_zarr_array(path: Path):
+def _stored_chunks(arr: Any) -> tuple[tuple[int, ...], set[tuple[int, ...]] | None]:
+    """(storage unit shape, grid positions of the units in the store) of a Zarr array on a local
+    file system (shards when sharded, else chunks); None (all) when the store is another."""
+    unit = tuple(int(n) for n in arr.metadata.chunk_grid.chunk_shape)
+    root = getattr(arr.store, "root", None)
+    if root is None:
+        return unit, None
+    folder = Path(root) / arr.path if arr.path else Path(root)
+    meta = arr.metadata
+    enc = getattr(meta, "chunk_key_encoding", None)
+    sep = getattr(meta, "dimension_separator", None) or "."
+    stored = set()
+    for key in stored_keys(folder, skip=("zarr.json",)):
+        try:
+            cell = enc.decode_chunk_key(key) if enc is not None else key.split(sep)
+            stored.add(tuple(int(c) for c in cell))
+        except (ValueError, TypeError):
+            continue  # not a chunk (a child group's files, a stray file)
+    return unit, stored
+
+
+def open_zarr_array(path: Path, dataset: str | None = None):
     """(array, array path in the store, voxel size or None, unit or None, axes) of a Zarr input.
 
-    ``axes`` has one upper-case letter per array axis: from the NGFF ``multiscales`` axes of a
-    group, or an array's ``_ARRAY_DIMENSIONS`` (xarray), else ``ZYX`` for the last three axes and
-    ``?`` (unknown) before them.
+    ``dataset`` names the array of a group to read (default: the first multiscale level of an
+    OME-Zarr, else the first array). ``axes`` has one upper-case letter per array axis: from
+    the NGFF ``multiscales`` axes of a group, the array's Zarr v3 ``dimension_names`` or its
+    ``_ARRAY_DIMENSIONS`` (xarray, Zarr v2), else ``ZYX`` for the last three axes and ``?``
+    (unknown) before them.
 
     Raises:
-        TomosegError: not openable, a group without an array, fewer than two axes.
+        TomosegError: not openable, a group without an array, no array at ``dataset``, fewer
+            than two axes.
     """
     import zarr
 
@@ -96,17 +134,21 @@ def open_zarr_array(path: Path):
         raise TomosegError(f"cannot open Zarr {path}: {first_line(exc)}") from None
     voxel, unit, sub, names = None, None, None, None
     if isinstance(node, zarr.Array):
+        if dataset not in (None, "", "/"):
+            raise TomosegError(f"dataset={dataset!r}: Zarr {path} is an array, not a group")
         arr = node
     else:
         attrs = dict(node.attrs)
         ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-        if ms:
+        if dataset is not None:
+            sub = dataset.strip("/")
+        elif ms:
             try:
                 sub = ms[0]["datasets"][0]["path"]
                 names = _ngff_axis_names(ms[0])
                 voxel, unit = _ngff_scale(ms[0], names)
             except (KeyError, IndexError, TypeError):
-                sub = None
+                sub, names = None, None
         if sub is None:
             keys = sorted(node.array_keys())
             if not keys:
@@ -115,12 +157,17 @@ def open_zarr_array(path: Path):
         try:
             arr = node[sub]
         except KeyError:
-            raise TomosegError(f"Zarr group {path} has no array '{sub}'") from None
+            keys = ", ".join(sorted(node.array_keys())[:6]) or "none"
+            raise TomosegError(
+                f"Zarr group {path} has no array '{sub}' (its arrays: {keys})"
+            ) from None
         if not isinstance(arr, zarr.Array):
             raise TomosegError(f"'{sub}' in Zarr group {path} is not an array")
     shape = tuple(int(n) for n in arr.shape)
     if names is None:
-        dims = dict(arr.attrs).get("_ARRAY_DIMENSIONS")
+        dims = getattr(arr.metadata, "dimension_names", None)  # Zarr v3
+        if not dims or not all(isinstance(d, str) for d in dims):
+            dims = dict(arr.attrs).get("_ARRAY_DIMENSIONS")
         if isinstance(dims, list) and all(isinstance(d, str) for d in dims):
             names = dims
     if names is not None and len(names) == len(shape):
