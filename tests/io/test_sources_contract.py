@@ -92,7 +92,10 @@ def _ome_zarr(d: Path, vol: np.ndarray):
 def _zarr_v3_names(d: Path, vol: np.ndarray):
     """Zarr v3 with ``dimension_names`` and a length-1 channel axis (c, z, y, x)."""
     zarr.create_array(
-        str(d / "in.zarr"), data=vol[None], chunks=(1, 1, *SHAPE), dimension_names=["c", "z", "y", "x"]
+        str(d / "in.zarr"),
+        data=vol[None],
+        chunks=(1, 1, *SHAPE),
+        dimension_names=["c", "z", "y", "x"],
     )
     return d / "in.zarr", None
 
@@ -114,7 +117,9 @@ def _ilastik(d: Path, vol: np.ndarray):
     import json
 
     d.mkdir(parents=True)
-    tags = {"axes": [{"key": k, "typeFlags": 2, "resolution": 0, "description": ""} for k in "zyxc"]}
+    tags = {
+        "axes": [{"key": k, "typeFlags": 2, "resolution": 0, "description": ""} for k in "zyxc"]
+    }
     with h5py.File(d / "export.h5", "w") as f:
         f.create_dataset("exported_data", data=vol[..., None], chunks=(1, *SHAPE, 1))
         f["exported_data"].attrs["axistags"] = json.dumps(tags)

@@ -27,7 +27,9 @@ from tomoseg.errors import TomosegError
 
 Input = Annotated[
     Path,
-    typer.Argument(help="Folder of slices, multi-page TIFF, Zarr, HDF5 (FILE:/dataset), MRC or N5."),
+    typer.Argument(
+        help="Folder of slices, multi-page TIFF, Zarr, HDF5 (FILE:/dataset), MRC or N5."
+    ),
 ]
 StackOut = Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")]
 StackFormat = Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")]

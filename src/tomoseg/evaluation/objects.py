@@ -63,6 +63,7 @@ from tomoseg.io.sources import (
     is_array,
     open_source,
     parse_voxel_size,
+    split_dataset,
 )
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
 from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_text
@@ -127,10 +128,11 @@ def _open_volume(volume: Any, voxel_size: Any) -> _Volume:
     info = None
     target = volume
     if not is_array(volume):
-        path = Path(volume)
+        file, dataset = split_dataset(volume, None)  # scan.h5:/labels
+        path = Path(file)
         if not path.exists():
-            raise TomosegError(f"label volume not found: {path}")
-        target = path
+            raise TomosegError(f"label volume not found: {Path(volume)}")
+        target = path if dataset is None else volume
         if path.is_dir() and (path / STACK_FILE).is_file():
             info = read_stack_info(path)
             target = path / info.get("volume", "labels.zarr")  # type: ignore[union-attr]
@@ -567,7 +569,8 @@ def analyze_objects(
         class_name: class to analyse (default: the run's class of interest).
         connectivity: 6, 18 or 26.
         min_volume: objects with fewer voxels are removed.
-        truth: multi-page TIFF of true instance labels (e.g. the phantom's truth3d/labels.tif).
+        truth: true instance labels, any stack input (e.g. the phantom's truth3d/labels.tif,
+            an HDF5 dataset as ``file.h5:/truth``).
         chunk_slices: label slab by slab (this many slices each) to bound memory.
         meshes: surface meshes for this many of the largest objects.
         mesh_format: ``ply`` or ``stl``.

@@ -214,9 +214,7 @@ class StackSource(ABC):
         a = plane(arr, f"slice {i} of {self.where}")
         return a.T if self.axes.index("X") < self.axes.index("Y") else a
 
-    def holes(
-        self, chunks: tuple[int, ...], stored: set[tuple[int, ...]] | None
-    ) -> dict[str, int]:
+    def holes(self, chunks: tuple[int, ...], stored: set[tuple[int, ...]] | None) -> dict[str, int]:
         """Chunks missing from a chunked store, per slice: ``{slice id: count}`` for the slices
         that touch a chunk absent from ``stored`` (on their C and T), others left out.
 
@@ -239,9 +237,7 @@ class StackSource(ABC):
                 key = cell[z] if z is not None else 0
                 per_cell[key] = per_cell.get(key, 0) + 1
         cz = chunks[z] if z is not None else 1
-        return {
-            sid: per_cell[i // cz] for i, sid in enumerate(self.ids) if per_cell.get(i // cz)
-        }
+        return {sid: per_cell[i // cz] for i, sid in enumerate(self.ids) if per_cell.get(i // cz)}
 
     @abstractmethod
     def reader(self) -> AbstractContextManager[Callable[[int], np.ndarray]]:
@@ -341,9 +337,7 @@ def plan_axes(
         raise TomosegError(f"{where} has {desc}; expected 2D grayscale slices (Y, X last)")
     z = slice_axis(axes, shape)
     spatial = "".join(
-        "Z" if k == z else a
-        for k, a in enumerate(axes)
-        if a in "YX" or (k == z and shape[k] > 1)
+        "Z" if k == z else a for k, a in enumerate(axes) if a in "YX" or (k == z and shape[k] > 1)
     )
     if spatial not in ("YX", "ZYX") and not transpose:
         raise TomosegError(
@@ -436,7 +430,9 @@ def check_missing(src: Any, rule: str) -> None:
     holes: dict[str, int] = getattr(src, "missing_chunks", None) or {}
     if rule == "ignore" or not holes:
         return
-    shown = ", ".join(f"{sid} ({n} chunk{'s' if n > 1 else ''})" for sid, n in list(holes.items())[:8])
+    shown = ", ".join(
+        f"{sid} ({n} chunk{'s' if n > 1 else ''})" for sid, n in list(holes.items())[:8]
+    )
     more = f" and {len(holes) - 8} more" if len(holes) > 8 else ""
     what = f"{len(holes)} slice{'s' if len(holes) > 1 else ''} of {src.where}"
     if rule == "error":
@@ -470,9 +466,7 @@ def need(module: str, what: str) -> Any:
         ) from None
 
 
-def pick_dataset(
-    found: dict[str, tuple[int, ...]], preferred: tuple[str, ...], where: str
-) -> str:
+def pick_dataset(found: dict[str, tuple[int, ...]], preferred: tuple[str, ...], where: str) -> str:
     """The array of a container to read when no ``dataset`` is given: the first of
     ``preferred`` present (Data Exchange's ``exchange/data``, ilastik's ``exported_data``,
     ...), else the one array with 3 or more axes, else the one 2D array.

@@ -116,7 +116,7 @@ class Hdf5Format:
             )
             if nz == 0 or 0 in shape:
                 raise TomosegError(f"{where} is empty (shape {shape})")
-            dtype = "uint8" if dset.dtype == bool else str(dset.dtype)
+            dtype = "uint8" if dset.dtype.kind == "b" else str(dset.dtype)
             sizes = dict(zip(axes, shape, strict=True))
             voxel = _element_size(dset, axes)
             src = Hdf5Source(
@@ -136,7 +136,7 @@ def _datasets(f: Any, h5py: Any) -> dict[str, tuple[int, ...]]:
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset) and obj.ndim >= 2:
             dt = obj.dtype
-            if np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating) or dt == bool:
+            if np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating) or dt.kind == "b":
                 found[name] = tuple(int(n) for n in obj.shape)
 
     f.visititems(visit)
@@ -192,4 +192,3 @@ def _allocated(dset: Any) -> set[tuple[int, ...]] | None:
     for k in range(n):
         add(dset.id.get_chunk_info(k))
     return stored
-

@@ -110,9 +110,7 @@ class N5Format:
             name = options.dataset.strip("/")
             if not isinstance(_attrs(p / name).get("dimensions"), list):
                 listing = ", ".join(f"/{k}" for k in list(_datasets(p))[:6]) or "none"
-                raise TomosegError(
-                    f"N5 {p} has no dataset '/{name}' (its datasets: {listing})"
-                )
+                raise TomosegError(f"N5 {p} has no dataset '/{name}' (its datasets: {listing})")
         elif not isinstance(_attrs(p).get("dimensions"), list):
             found = _datasets(p)
             s0 = tuple(k for k in found if k.rsplit("/", 1)[-1] == "s0")
@@ -167,7 +165,9 @@ def _stored_blocks(folder: Path) -> set[tuple[int, ...]]:
     return stored
 
 
-def _resolution(attrs: dict[str, Any], axes: str) -> tuple[tuple[float, float, float] | None, str | None]:
+def _resolution(
+    attrs: dict[str, Any], axes: str
+) -> tuple[tuple[float, float, float] | None, str | None]:
     """Voxel size (z, y, x) and unit from ``pixelResolution`` or ``resolution`` + ``units``."""
     pr = attrs.get("pixelResolution")
     if isinstance(pr, dict):

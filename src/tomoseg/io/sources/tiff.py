@@ -141,8 +141,10 @@ def _reduced_levels(tf: tifffile.TiffFile, start: int) -> bool:
     for k in range(n, total, n):
         shapes = {tuple(tf.pages[j].shape) for j in range(k, k + n)}
         shape = next(iter(shapes))
-        if len(shapes) != 1 or len(shape) != len(prev) or not (
-            shape[0] < prev[0] and shape[1] < prev[1]
+        if (
+            len(shapes) != 1
+            or len(shape) != len(prev)
+            or not (shape[0] < prev[0] and shape[1] < prev[1])
         ):
             return False
         prev = shape
@@ -182,8 +184,10 @@ def check_complete(tf: tifffile.TiffFile, path: Path) -> None:
     end = max((int(o) + int(c) for o, c in zip(offsets, counts, strict=False)), default=0)
     if chain is None and end <= size and declared <= found:
         return
-    said = f"its {by} declares {declared} pages but it holds {found}" if declared > found else (
-        f"it holds {found} page{'s' if found != 1 else ''}"
+    said = (
+        f"its {by} declares {declared} pages but it holds {found}"
+        if declared > found
+        else (f"it holds {found} page{'s' if found != 1 else ''}")
     )
     if chain is not None:
         where = f"; page {found} should start at byte {chain}"

@@ -18,6 +18,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.io.sources.base import (
     ReadOptions,
     StackSource,
+    axis_letters,
     parse_voxel_size,
     plan_axes,
     slice_ids,
@@ -101,14 +102,18 @@ def _stored_chunks(arr: Any) -> tuple[tuple[int, ...], set[tuple[int, ...]] | No
         return unit, None
     folder = Path(root) / arr.path if arr.path else Path(root)
     meta = arr.metadata
-    enc = getattr(meta, "chunk_key_encoding", None)
-    sep = getattr(meta, "dimension_separator", None) or "."
+    enc = getattr(meta, "chunk_key_encoding", None)  # Zarr v3; v2: dimension_separator
+    sep = enc.separator if enc is not None else (meta.dimension_separator or ".")
+    prefix = "c" if enc is not None and enc.name == "default" else ""
     stored = set()
     for key in stored_keys(folder, skip=("zarr.json",)):
+        if prefix:  # v3 default keys: c/1/0/0 (c alone for a 0-d array)
+            if not key.startswith(prefix):
+                continue
+            key = key[len(prefix) :].lstrip(sep)
         try:
-            cell = enc.decode_chunk_key(key) if enc is not None else key.split(sep)
-            stored.add(tuple(int(c) for c in cell))
-        except (ValueError, TypeError):
+            stored.add(tuple(int(c) for c in key.split(sep)))
+        except ValueError:
             continue  # not a chunk (a child group's files, a stray file)
     return unit, stored
 
@@ -166,22 +171,14 @@ def open_zarr_array(path: Path, dataset: str | None = None):
     shape = tuple(int(n) for n in arr.shape)
     if names is None:
         dims = getattr(arr.metadata, "dimension_names", None)  # Zarr v3
-        if not dims or not all(isinstance(d, str) for d in dims):
-            dims = dict(arr.attrs).get("_ARRAY_DIMENSIONS")
-        if isinstance(dims, list) and all(isinstance(d, str) for d in dims):
-            names = dims
-    if names is not None and len(names) == len(shape):
-        axes = "".join(_AXIS_LETTER.get(str(n).lower(), "?") for n in names)
-    elif len(shape) >= 3:
-        axes = "?" * (len(shape) - 3) + "ZYX"
-    else:
-        axes = "YX"[-len(shape) :]
+        if not dims or not any(isinstance(d, str) for d in dims):
+            dims = dict(arr.attrs).get("_ARRAY_DIMENSIONS")  # xarray on Zarr v2
+        if isinstance(dims, (list, tuple)) and all(isinstance(d, str | None) for d in dims):
+            names = list(dims)
+    axes = axis_letters(names, len(shape))
     if len(shape) < 2:
         raise TomosegError(f"Zarr array in {path} has shape {shape}; expected (Z, Y, X)")
     return arr, sub, voxel, unit, axes
-
-
-_AXIS_LETTER = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
 
 
 def _ngff_axis_names(ms: dict) -> list[str] | None:
