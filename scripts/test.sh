@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0            # CPU build; see README for a GPU
-.venv/bin/pip install -q -e '.[test,cluster,openvino,onnxruntime]'   # Ray (--backend ray), CPU runtimes
+.venv/bin/pip install -q -e '.[test,cluster,openvino,onnxruntime,formats]'   # Ray, CPU runtimes, HDF5/MRC/N5
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/pytest "$@"                      # the default suite (not slow)

@@ -9,8 +9,8 @@ are the same byte for byte whichever executor computes them.
 
 Inputs (shape (Z, Y, X)): every registered slice source (:mod:`tomoseg.io.sources`): a folder
 of 2D slices in natural sort order of their names (``z2`` before ``z10``), a multi-page TIFF
-(ImageJ hyperstack, OME-TIFF) read page by page, a Zarr array or Zarr / OME-Zarr group, or an
-array in memory (numpy, dask).
+(ImageJ hyperstack, OME-TIFF) read page by page, a Zarr array or Zarr / OME-Zarr group, an HDF5
+dataset, an MRC file, an N5 dataset, or an array in memory (numpy, dask).
 
 Non-finite pixels (NaN, +-inf: outside the reconstructed field of view) are labelled background
 (class 0) by the one rule of the Predictor; the summary counts them per slice (``nonfinite``).
@@ -197,8 +197,9 @@ def segment_stack(
     Args:
         run: a :class:`~tomoseg.inference.predictor.Predictor`, or a trained run folder
             (or ``.safetensors`` file) segmented with ``settings``.
-        input: folder of 2D slices, multi-page TIFF, Zarr array / (OME-)Zarr group, or a
-            (Z, Y, X) array in memory (numpy, dask: read slice by slice); see
+        input: folder of 2D slices, multi-page TIFF, Zarr array / (OME-)Zarr group, HDF5 file
+            (``scan.h5:/exchange/data``), MRC file, N5 dataset or container, or a (Z, Y, X)
+            array in memory (numpy, dask: read slice by slice); see
             :mod:`tomoseg.io.sources`.
         out: output folder (``stack.json``, ``labels.zarr`` or ``labels/``, ``progress/``).
         format: ``zarr`` (also ``ome-zarr``: an OME-NGFF 0.4 label volume) or ``tiff`` (one

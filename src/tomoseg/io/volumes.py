@@ -1,6 +1,6 @@
 """Stack outputs: the files of a ``segment_stack`` output folder and its ``stack.json``.
 
-The inputs (folders of slices, multi-page TIFF, Zarr / OME-Zarr, arrays) are read by
+The inputs (folders of slices, multi-page TIFF, Zarr / OME-Zarr, HDF5, MRC, N5, arrays) are read by
 :mod:`tomoseg.io.sources`; :func:`open_source` and :func:`parse_voxel_size` are re-exported here.
 """
 

@@ -71,11 +71,6 @@ class N5Source(StackSource):
 
         yield read
 
-    def resolved(self) -> N5Source:
-        from dataclasses import replace
-
-        return replace(self, path=self.path.resolve())
-
 
 def _attrs(folder: Path) -> dict[str, Any]:
     try:
