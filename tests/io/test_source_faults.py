@@ -190,7 +190,7 @@ HOLES = {
 @pytest.mark.parametrize("kind", list(HOLES))
 def test_missing_chunk_warns_naming_the_slice_or_is_refused(tmp_path, kind):
     inp = HOLES[kind](tmp_path, content())
-    with pytest.warns(TomosegWarning, match=r"1 slice of .* lack chunks .*z0002 \(1 chunk\)"):
+    with pytest.warns(TomosegWarning, match=r"1 slice of .* lacks chunks .*z0002 \(1 chunk\)"):
         src = open_source(inp)
     assert src.describe()["missing_chunks"] == {
         "slices": 1,

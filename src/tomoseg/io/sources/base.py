@@ -435,13 +435,14 @@ def check_missing(src: Any, rule: str) -> None:
     )
     more = f" and {len(holes) - 8} more" if len(holes) > 8 else ""
     what = f"{len(holes)} slice{'s' if len(holes) > 1 else ''} of {src.where}"
+    what += " lack" if len(holes) > 1 else " lacks"
     if rule == "error":
         raise TomosegError(
-            f"{what} lack chunks in the store (an interrupted copy?): {shown}{more}; copy it "
+            f"{what} chunks in the store (an interrupted copy?): {shown}{more}; copy it "
             "again, or pass missing='warn' to read them as the fill value"
         )
     warnings.warn(
-        f"{what} lack chunks in the store, read as the fill value: {shown}{more} (an "
+        f"{what} chunks in the store, read as the fill value: {shown}{more} (an "
         "interrupted copy, or chunks left out by a writer because they held only the fill "
         "value); missing='error' refuses such an input",
         TomosegWarning,

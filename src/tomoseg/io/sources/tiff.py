@@ -7,6 +7,7 @@ holds fewer pages than its ImageJ ``images``, OME ``SizeZ x SizeC x SizeT`` or t
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import warnings
@@ -76,7 +77,7 @@ class TiffFormat:
     def open(self, input: Any, options: ReadOptions) -> TiffSource:
         p, channel, time = Path(input), options.channel, options.time
         try:
-            with tifffile.TiffFile(p) as tf:
+            with _tifffile_quiet(), tifffile.TiffFile(p) as tf:
                 if not tf.series or len(tf.pages) == 0:
                     raise TomosegError(f"TIFF {p} holds no page")
                 series = tf.series[0]
@@ -128,6 +129,19 @@ class TiffFormat:
             p, slice_ids(nz), shape[-2:], dtype, voxel, unit,  # type: ignore[arg-type]
             axes=axes, axes_shape=shape, channel=ch, time=tm,
         )  # fmt: skip
+
+
+@contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """tifffile's log records (a broken page chain, invalid metadata) dropped while a file is
+    opened: :func:`check_complete` and the checks after it report the fault in one line."""
+    log = logging.getLogger("tifffile")
+    drop = logging.Filter("tifffile.never")  # passes only records of that (absent) logger
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def _reduced_levels(tf: tifffile.TiffFile, start: int) -> bool:
