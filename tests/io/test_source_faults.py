@@ -139,6 +139,20 @@ def test_flat_pyramid_tiff_is_read_at_full_resolution(tmp_path):
         assert np.array_equal(read_all(src), vol), name
 
 
+def test_stack_written_page_by_page_is_one_stack(tmp_path):
+    """``TiffWriter.write`` per slice makes each page a tifffile series of its own."""
+    vol = content()
+    for reduced in (False, True):
+        f = tmp_path / f"pages-{reduced}.tif"
+        with tifffile.TiffWriter(f) as w:
+            for s in vol:
+                w.write(s, contiguous=False)
+            for s in vol if reduced else []:
+                w.write(s[::2, ::2], subfiletype=1, contiguous=False)
+        src = open_source(f)
+        assert (src.n, *src.shape) == vol.shape and np.array_equal(read_all(src), vol)
+
+
 # ----------------------------------------------------------------------------- missing chunks
 
 

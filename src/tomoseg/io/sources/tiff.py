@@ -35,9 +35,12 @@ from tomoseg.utils.format import first_line
 
 @dataclass
 class TiffSource(StackSource):
-    """Slice ``i`` is one page of the file's first series (never the whole stack)."""
+    """Slice ``i`` is one page of the file's first series (never the whole stack), or page
+    ``pages[i]`` of the file for a stack written page by page (tifffile makes each such page a
+    series of its own)."""
 
     kind: ClassVar[str] = "tiff"
+    pages: list[int] | None = None
 
     @contextmanager
     def reader(self) -> Iterator[Callable[[int], np.ndarray]]:
@@ -46,11 +49,12 @@ class TiffSource(StackSource):
         except (OSError, tifffile.TiffFileError, ValueError) as exc:
             raise TomosegError(f"cannot open {self.path}: {first_line(exc)}") from None
         with tf:
-            pages = tf.series[0].pages
+            pages = tf.series[0].pages if self.pages is None else tf.pages
             lead = self.axes_shape[:-2]
 
             def read_page(i: int) -> np.ndarray:
                 k = int(np.ravel_multi_index(self.leading(i), lead)) if lead else 0
+                k = k if self.pages is None else self.pages[i]
                 try:
                     arr = pages[k].asarray()  # one page: never the whole stack
                 except Exception as exc:  # tifffile raises many types for broken pages
@@ -88,7 +92,11 @@ class TiffFormat:
                 check_complete(tf, p)
                 npages = len(series.pages)
                 reduced = sum(len(level.pages) for level in series.levels[1:])
-                if (
+                by_page = _page_by_page(tf)
+                if by_page is not None:  # one series per page: read them as one stack
+                    axes, shape = "I" + axes, (len(by_page), *shape)
+                    npages = len(by_page)
+                elif (
                     len(tf.pages) > npages + reduced
                     and not (tf.is_imagej or tf.is_ome)
                     and not _reduced_levels(tf, npages + reduced)
@@ -127,8 +135,25 @@ class TiffFormat:
             )
         return TiffSource(
             p, slice_ids(nz), shape[-2:], dtype, voxel, unit,  # type: ignore[arg-type]
-            axes=axes, axes_shape=shape, channel=ch, time=tm,
+            axes=axes, axes_shape=shape, channel=ch, time=tm, pages=by_page,
         )  # fmt: skip
+
+
+def _page_by_page(tf: tifffile.TiffFile) -> list[int] | None:
+    """The page indices of a stack written page by page (``TiffWriter.write`` per slice: each
+    page is a series of its own, with its reduced levels if any), when there are several such
+    series of one shape and dtype; else None."""
+    series = tf.series
+    if len(series) < 2 or tf.is_imagej or tf.is_ome:
+        return None
+    first = series[0]
+    if any(len(s.pages) != 1 or s.shape != first.shape or s.dtype != first.dtype for s in series):
+        return None
+    if sum(1 + sum(len(lv.pages) for lv in s.levels[1:]) for s in series) != len(tf.pages):
+        return None
+    index = {int(pg.offset): k for k, pg in enumerate(tf.pages)}
+    found = [index.get(int(s.pages[0].offset)) for s in series]
+    return None if None in found else found  # type: ignore[return-value]
 
 
 @contextmanager
