@@ -27,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def content() -> np.ndarray:
-    """(Z, Y, X) uint16: noise with a bright square per slice."""
+    """(Z, Y, X) uint8: noise with a bright square per slice."""
     rng = np.random.default_rng(1)
-    vol = rng.integers(0, 40, (Z, *SHAPE)).astype(np.uint16)
+    vol = rng.integers(0, 40, (Z, *SHAPE)).astype(np.uint8)  # the run was trained on 8-bit
     for z in range(Z):
         y, x = rng.integers(0, SHAPE[0] - 10), rng.integers(0, SHAPE[1] - 10)
         vol[z, y : y + 8, x : x + 8] += 80
@@ -173,7 +173,7 @@ def _n5_hole(d: Path, vol: np.ndarray) -> Path:
         "metadata": {
             "dimensions": list(vol.shape[::-1]),
             "blockSize": [SHAPE[1], SHAPE[0], 1],
-            "dataType": "uint16",
+            "dataType": "uint8",
             "compression": {"type": "raw"},
         },
         "create": True,
@@ -356,7 +356,7 @@ def test_n5_container_picks_its_full_resolution(tmp_path):
             "metadata": {
                 "dimensions": list(v.shape[::-1]),
                 "blockSize": [16, 16, 1],
-                "dataType": "uint16",
+                "dataType": "uint8",
                 "compression": {"type": "raw"},
             },
             "create": True,
