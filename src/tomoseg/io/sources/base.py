@@ -402,15 +402,23 @@ def slice_ids(n: int) -> list[str]:
 
 def stored_keys(folder: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Relative ``/``-separated paths of the files under ``folder`` (a chunked store's keys),
-    without hidden files (``.zarray``, ...) and the metadata files named in ``skip``."""
-    root = str(folder)
-    keys = []
-    for base, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = os.path.relpath(base, root)
-        for f in files:
-            if not f.startswith(".") and f not in skip:
-                keys.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+    without hidden files (``.zarray``, ...) and the metadata files named in ``skip``; one
+    directory listing per folder, no file opened."""
+    keys: list[str] = []
+    todo = [(str(folder), "")]
+    while todo:
+        path, prefix = todo.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith(".") or e.name in skip:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                todo.append((e.path, f"{prefix}{e.name}/"))
+            else:
+                keys.append(prefix + e.name)
     return keys
 
 
