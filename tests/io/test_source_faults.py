@@ -346,6 +346,20 @@ def test_hdf5_dataset_by_path_option_or_default(tmp_path, run, ref, run_cli):
     assert "another input.dataset" in line
 
 
+def test_data_exchange_reconstruction_voxel_size(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    f = tmp_path / "recon.h5"
+    with h5py.File(f, "w") as h:
+        h["exchange/data"] = content()
+        h["measurement/instrument/detection_system/objective/resolution"] = 0.65
+        h["measurement/instrument/detection_system/objective/resolution"].attrs["units"] = "microns"
+    src = open_source(f)
+    assert src.voxel_size == (0.65, 0.65, 0.65) and src.unit == "micrometer"
+    with h5py.File(f, "a") as h:
+        h["exchange/theta"] = np.linspace(0, 180, Z)  # projections: z is the angle
+    assert open_source(f).voxel_size is None
+
+
 def test_n5_container_picks_its_full_resolution(tmp_path):
     ts = pytest.importorskip("tensorstore")
     vol = content()

@@ -27,6 +27,7 @@ AXIS_LETTER = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "
 #: unit spellings of metadata -> the unit names tomoseg records (OME-NGFF's)
 UNIT_NAMES = {
     "micron": "micrometer",
+    "microns": "micrometer",
     "\\u00B5m": "micrometer",
     "µm": "micrometer",
     "um": "micrometer",

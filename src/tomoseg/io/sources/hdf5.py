@@ -5,7 +5,9 @@ The dataset: ``dataset`` (or ``scan.h5:/exchange/data``), else Data Exchange's
 ``/exchange/data`` (tomography beamlines), ilastik's ``exported_data``, else the file's only
 array with 3 or more axes. Axes: ilastik's ``axistags`` attribute (JSON, one ``key`` per axis),
 else Z, Y, X for the last three. Voxel size: the ``element_size_um`` attribute (z, y, x in
-micrometers; ilastik, Fiji's HDF5 plugin). Chunks never written (unallocated: read as the fill
+micrometers; ilastik, Fiji's HDF5 plugin), else for a Data Exchange reconstruction the
+objective's ``resolution`` (``/measurement/instrument/detection_system/objective/resolution``;
+not for projections, whose first axis is the angle). Chunks never written (unallocated: read as the fill
 value) are counted per slice (``missing``).
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.sources.base import (
+    UNIT_NAMES,
     ReadOptions,
     StackSource,
     axis_letters,
@@ -118,10 +121,12 @@ class Hdf5Format:
                 raise TomosegError(f"{where} is empty (shape {shape})")
             dtype = "uint8" if dset.dtype.kind == "b" else str(dset.dtype)
             sizes = dict(zip(axes, shape, strict=True))
-            voxel = _element_size(dset, axes)
+            voxel, unit = _element_size(dset, axes), "micrometer"
+            if voxel is None and name.startswith("exchange/"):
+                voxel, unit = _data_exchange_pixel(f)
             src = Hdf5Source(
                 p, slice_ids(nz), (sizes["Y"], sizes["X"]), dtype, voxel,
-                "micrometer" if voxel else None, axes=axes, axes_shape=shape, channel=ch,
+                unit if voxel else None, axes=axes, axes_shape=shape, channel=ch,
                 time=tm, dataset=name,
             )  # fmt: skip
             if options.missing != "ignore" and dset.chunks is not None:
@@ -168,6 +173,26 @@ def _element_size(dset: Any, axes: str) -> tuple[float, float, float] | None:
         return parse_voxel_size(vals[-3:]) if len(vals) >= 3 else None
     except TomosegError:
         return None
+
+
+#: Data Exchange's pixel size (tomography beamlines: APS 2-BM, 7-BM, 32-ID)
+DX_PIXEL = "measurement/instrument/detection_system/objective/resolution"
+
+
+def _data_exchange_pixel(f: Any) -> tuple[tuple[float, float, float] | None, str | None]:
+    """Isotropic voxel size of a reconstructed Data Exchange volume: the objective's
+    ``resolution`` (its ``units`` attribute, else micrometer); None for projections (the file
+    has ``/exchange/theta``: the first axis is then the rotation angle, not z)."""
+    if DX_PIXEL not in f or "exchange/theta" in f:
+        return None, None
+    try:
+        r = float(np.ravel(f[DX_PIXEL][()])[0])
+        voxel = parse_voxel_size([r, r, r])
+    except (TomosegError, ValueError, TypeError, IndexError):
+        return None, None
+    unit = f[DX_PIXEL].attrs.get("units", "micrometer")
+    unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+    return voxel, UNIT_NAMES.get(unit, unit)
 
 
 def _allocated(dset: Any) -> set[tuple[int, ...]] | None:
