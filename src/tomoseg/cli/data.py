@@ -8,23 +8,36 @@ from typing import Annotated
 import typer
 
 from tomoseg.cli import render
-from tomoseg.cli.options import Overwrite, Seed
+from tomoseg.cli.options import (
+    Images,
+    ImageSuffix,
+    Instances,
+    Masks,
+    MaskSuffix,
+    Overwrite,
+    Seed,
+    data_source,
+)
 
 
 def check(
     data: Annotated[Path | None, typer.Option(help="Dataset folder with dataset.json.")] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Folder of images (instead of --data).")
-    ] = None,
-    masks: Annotated[Path | None, typer.Option(help="Folder of masks, matched by stem.")] = None,
+    images: Images = None,
+    masks: Masks = None,
     ignore_label: Annotated[
         int | None, typer.Option(help="Mask value of unannotated pixels (dataset.json's wins).")
     ] = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
 ) -> None:
-    """Read every image/mask pair; report shapes, types, class and annotated fractions."""
+    """Read every image/mask pair; report classes, shapes, types, class and annotated fractions."""
     from tomoseg.data.check import check_data
 
-    report = check_data(data=data, images=images, masks=masks, ignore_label=ignore_label)
+    report = check_data(
+        data=data, images=images, masks=masks, ignore_label=ignore_label,
+        image_suffix=image_suffix, mask_suffix=mask_suffix, instances=instances,
+    )  # fmt: skip
     render.show_check(report)
 
 

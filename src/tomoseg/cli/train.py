@@ -21,7 +21,17 @@ from pydantic.fields import FieldInfo
 
 from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
-from tomoseg.cli.options import Config, Overwrite, Quiet
+from tomoseg.cli.options import (
+    Config,
+    Images,
+    ImageSuffix,
+    Instances,
+    Masks,
+    MaskSuffix,
+    Overwrite,
+    Quiet,
+    data_source,
+)
 from tomoseg.config.schema import TrainConfig
 from tomoseg.utils.progress import Cancelled
 
@@ -35,11 +45,11 @@ RUN_OPTIONS: dict[str, Any] = {
         ],
         None,
     ),
-    "images": (
-        Annotated[Path | None, typer.Option(help="Folder of training images (instead of --data).")],
-        None,
-    ),
-    "masks": (Annotated[Path | None, typer.Option(help="Folder of their masks, by stem.")], None),
+    "images": (Images, None),
+    "masks": (Masks, None),
+    "image_suffix": (ImageSuffix, None),
+    "mask_suffix": (MaskSuffix, None),
+    "instances": (Instances, None),
     "classes": (
         Annotated[
             str | None, typer.Option(help="Class names for --images/--masks, e.g. 'bg,cell'.")
@@ -117,14 +127,14 @@ def given_on_command_line(ctx: typer.Context, options: dict[str, Any]) -> dict[s
 def train(**options: Any) -> None:
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
     from tomoseg.config.schema import load_config
-    from tomoseg.data.sources import DataSource
     from tomoseg.training.trainer import is_rank_zero
     from tomoseg.training.trainer import train as run_train
 
     out = options["out"]
-    source = DataSource.of(
-        data=options["data"], images=options["images"], masks=options["masks"],
-        classes=options["classes"],
+    source = data_source(
+        options["data"], options["images"], options["masks"], classes=options["classes"],
+        image_suffix=options["image_suffix"], mask_suffix=options["mask_suffix"],
+        instances=options["instances"],
     )  # fmt: skip
     overrides = given_on_command_line(options["ctx"], options)
     cfg = load_config(path=options["config"], overrides=overrides)

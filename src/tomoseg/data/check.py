@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 
 from tomoseg.data.normalization import count_nonfinite
-from tomoseg.data.samples import load_pairs
+from tomoseg.data.samples import load_labelled
 from tomoseg.data.sources import annotated_fraction, check_ignore_label, dataset_ignore_label
 from tomoseg.data.statistics import class_counts
 from tomoseg.errors import TomosegError
-from tomoseg.io.datasets import Pair, load_dataset, pair_files, split_pairs
+from tomoseg.io.datasets import Pair, load_dataset
 
 
 def check_data(
@@ -21,48 +21,72 @@ def check_data(
     masks: Path | None = None,
     *,
     ignore_label: int | None = None,
+    image_suffix: str | None = None,
+    mask_suffix: str | None = None,
+    instances: str | None = None,
 ) -> dict[str, Any]:
-    """Read every pair of a dataset (or an images/masks folder pair) and summarise it.
+    """Read every pair of a dataset (or images with their masks) and summarise it, by the
+    rules training reads them with (:func:`~tomoseg.data.samples.load_labelled`): what ``check``
+    accepts, ``train`` accepts, and the reverse.
 
     With an ignore label (``dataset.json``'s ``ignore_label``, else ``ignore_label``) or NaN
     image pixels, the summary gives the annotated fraction of the pixels (lowest and mean per
-    image) and a line per split lists each image's annotated fraction.
+    image) and a line per split lists each image's annotated fraction. A volume pair counts
+    one image per z-slice.
+
+    Args:
+        data, images, masks, image_suffix, mask_suffix, instances: the data, as
+            :meth:`~tomoseg.data.sources.DataSource.of` takes them.
+        ignore_label: mask value of unannotated pixels where no ``dataset.json`` declares one.
 
     Returns:
-        ``{"title": str, "rows": [...], "per_image": [str, ...], "notes": [str, ...]}``: one
-        row per split, mapping the columns (``split``, ``pairs``, ``shapes``, ``image dtype``,
-        ``intensity range``, ``class fractions``, ``annotated (min/mean per image)``) to text.
+        ``{"title": str, "classes": [str, ...], "rows": [...], "per_image": [str, ...],
+        "notes": [str, ...]}``: the classes (the dataset's, else inferred from the masks' ids),
+        one row per split, mapping the columns (``split``, ``pairs``, ``shapes``,
+        ``image dtype``, ``intensity range``, ``class fractions``,
+        ``annotated (min/mean per image)``) to text.
 
     Raises:
-        TomosegError: neither ``data`` nor both ``images`` and ``masks``; on the first bad file,
-            naming it.
+        TomosegError: neither ``data`` nor both ``images`` and ``masks``; on the first bad file
+            or label rule, naming it.
     """
-    if data is None and (images is None or masks is None):
-        raise TomosegError("give data=DIR, or both images=DIR and masks=DIR")
-    groups, classes, ignore_label = _groups(data, images, masks, ignore_label)
-    k = len(classes) if classes else None
-    check_ignore_label(ignore_label, k)
+    from tomoseg.data.sources import DataSource
+
+    source = DataSource.of(
+        data, images=images, masks=masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
+        instances=instances,
+    )  # fmt: skip
+    groups, classes, ignore_label = _groups(source, ignore_label)
+    check_ignore_label(ignore_label, len(classes) if classes else None)
     report: dict[str, Any] = {"title": f"data check: {data or images}", "rows": []}
     report.update(per_image=[], notes=[])
     for split, pairs in groups.items():
-        samples = load_pairs(pairs, k, ignore_label=ignore_label)  # the one class-id rule
+        k = len(classes) if classes else None
+        samples, ids = load_labelled(
+            pairs, k, ignore_label=ignore_label, instances=source.instances
+        )  # the one label rule, as training reads
+        if classes is None:
+            report["inferred"] = True
+        classes = classes or ids.classes
         report["rows"].append(_split_row(split, samples, classes, ignore_label, report))
+    report["classes"] = list(classes or [])
+    if source.instances == "binarize":
+        report["notes"].append("instance labels binarised: every object is class 1")
     return report
 
 
 def _groups(
-    data: Path | None, images: Path | None, masks: Path | None, ignore_label: int | None
+    source: Any, ignore_label: int | None
 ) -> tuple[dict[str, list[Pair]], list[str] | None, int | None]:
     """The pairs per split, the class names (None without dataset.json) and the ignore label
     (dataset.json's wins)."""
-    if data is None:
-        return {"pairs": pair_files(images, masks)}, None, ignore_label  # type: ignore[arg-type]
+    if source.root is None:
+        return {"pairs": source.pairs()}, None, ignore_label
+    data = source.root
     spec = load_dataset(data)
     declared = dataset_ignore_label(spec, Path(data) / "dataset.json")
     groups = {
-        split: split_pairs(data, split)
-        for split in ("train", "val", "test")
-        if (Path(data) / split).is_dir()
+        split: source.pairs(split) for split in ("train", "val", "test") if (data / split).is_dir()
     }
     if not groups:
         raise TomosegError(f"dataset {data} has no train/val/test split folders")
