@@ -9,6 +9,7 @@ import typer
 
 from tomoseg.cli import render
 from tomoseg.cli.options import (
+    DataOrImages,
     Images,
     ImageSuffix,
     Instances,
@@ -56,10 +57,15 @@ def phantom(
 
 
 def crops(
-    data: Annotated[Path, typer.Option(help="Dataset folder with dataset.json.")],
     size: Annotated[int, typer.Option(help="Crop side S in pixels (>= 16).")],
     count: Annotated[int, typer.Option(help="Number of crops N.")],
     out: Annotated[Path, typer.Option(help="Folder for images/, masks/ and crops.csv.")],
+    data: DataOrImages = None,
+    images: Images = None,
+    masks: Masks = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
     seed: Seed = 0,
     focus_fraction: Annotated[
         float, typer.Option(help="Fraction centred on the class of interest.")
@@ -69,8 +75,12 @@ def crops(
     """Export the N random SxS training crops as image/mask pairs for inspection."""
     from tomoseg.data.crops import export_crops
 
+    source = data_source(
+        data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
+        instances=instances,
+    )  # fmt: skip
     paths = export_crops(
-        data=data, size=size, count=count, seed=seed, out=out,
+        data=source, size=size, count=count, seed=seed, out=out,
         focus_fraction=focus_fraction, overwrite=overwrite,
     )  # fmt: skip
     render.say(f"{len(paths)} crops written to {out}")
@@ -90,6 +100,7 @@ def score(
         int | None,
         typer.Option(help="Truth value of unannotated pixels (e.g. 255): left out of scores."),
     ] = None,
+    instances: Instances = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted masks against true masks: accuracy, IoU, BF1, overlays."""
@@ -99,7 +110,7 @@ def score(
     summary = score_folders(
         pred=pred, truth=truth, out=out, classes=resolve_classes(classes),
         class_of_interest=class_of_interest, tolerance=tolerance, images=images,
-        overwrite=overwrite, ignore_label=ignore_label,
+        overwrite=overwrite, ignore_label=ignore_label, instances=instances or "error",
     )  # fmt: skip
     render.show_scores(summary)
     render.say(f"report: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/, {out}/panels/")

@@ -12,6 +12,9 @@ import typer
 
 RunFolder = Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")]
 DataFolder = Annotated[Path, typer.Option(help="Dataset folder.")]
+DataOrImages = Annotated[
+    Path | None, typer.Option("--data", help="Dataset folder (or --images with --masks).")
+]
 Device = Annotated[str, typer.Option(help="auto, cpu or gpu.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]

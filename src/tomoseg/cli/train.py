@@ -23,6 +23,7 @@ from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
     Config,
+    DataOrImages,
     Images,
     ImageSuffix,
     Instances,
@@ -156,8 +157,13 @@ train.__signature__ = train_signature()  # type: ignore[attr-defined]
 
 
 def lr_find(
-    data: Annotated[Path, typer.Option(help="Dataset folder.")],
     out: Annotated[Path, typer.Option(help="Folder for lr_find.png and lr_find.csv.")],
+    data: DataOrImages = None,
+    images: Images = None,
+    masks: Masks = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
     config: Config = None,
     min_lr: Annotated[float, typer.Option(help="Lowest learning rate tried.")] = 1e-6,
     max_lr: Annotated[float, typer.Option(help="Highest learning rate tried.")] = 1.0,
@@ -167,8 +173,17 @@ def lr_find(
     from tomoseg.config.schema import load_config
     from tomoseg.training.lr_find import lr_range_test
 
+    source = data_source(
+        data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
+        instances=instances,
+    )  # fmt: skip
     suggestion = lr_range_test(
-        data=data, out=out, cfg=load_config(path=config), min_lr=min_lr, max_lr=max_lr, steps=steps
+        data=source,
+        out=out,
+        cfg=load_config(path=config),
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
     )
     if suggestion == suggestion:  # not NaN
         render.say(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")

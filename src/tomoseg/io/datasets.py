@@ -129,13 +129,13 @@ def _one_folder(
     return imgs, masks
 
 
-def same_folder_error(folder: Path, what: str = "images") -> TomosegError:
+def same_folder_error(folder: Path) -> TomosegError:
     """One folder given for images and masks, without the name endings that tell them apart."""
     names = [_stem(f) for f in folder.iterdir()] if folder.is_dir() else []
     seen = [s for s in MASK_SUFFIXES if any(n.endswith(s) for n in names)]
     hint = f"mask_suffix='{seen[0] if seen else '_masks'}' (the ending of the mask names)"
     return TomosegError(
-        f"{what}={folder} and masks={folder} are one folder: every file would be its own mask; "
+        f"images={folder} and masks={folder} are one folder: every file would be its own mask; "
         f"where images and masks share a folder (img_001.tif with img_001_masks.png, as cellpose "
         f"lays them out) give {hint}"
     )
@@ -179,9 +179,9 @@ def pair_files(
         if ip.resolve() == mp.resolve():
             raise TomosegError(f"{what}={ip} is also the mask file: give the mask file")
         return [Pair(id=_stem(ip), image=ip, mask=mp)]
-    if ip.resolve() == mp.resolve():
-        if not (mask_suffix or image_suffix):
-            raise same_folder_error(ip, "images" if what == "image" else "pred")
+    if ip.resolve() == mp.resolve() and (what == "image" or mask_suffix or image_suffix):
+        if not (mask_suffix or image_suffix):  # (a prediction folder may be its own truth)
+            raise same_folder_error(ip)
         imgs, masks = _one_folder(list_inputs(ip), image_suffix, mask_suffix, ip)
     else:
         imgs = _strip(list_inputs(ip), image_suffix, what, ip)
@@ -421,9 +421,7 @@ def split_pairs(
     d = Path(root) / split
     if not (d / "images").is_dir() or not (d / "masks").is_dir():
         raise TomosegError(f"dataset {root} has no '{split}' split ({d}/images and {d}/masks)")
-    return pair_files(
-        d / "images", d / "masks", image_suffix=image_suffix, mask_suffix=mask_suffix
-    )
+    return pair_files(d / "images", d / "masks", image_suffix=image_suffix, mask_suffix=mask_suffix)
 
 
 def resolve_classes(classes: str | Sequence[str] | None, n_min: int = 2) -> list[str] | None:
