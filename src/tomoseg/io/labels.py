@@ -174,7 +174,10 @@ def _from_one(v: set[int]) -> int:
 
 
 def _check_from_one(
-    effective: Mapping[str, set[int]], n_classes: int | None, where: Mapping[str, str]
+    effective: Mapping[str, set[int]],
+    n_classes: int | None,
+    where: Mapping[str, str],
+    ignore_label: int | None,
 ) -> None:
     """Refuse ids 1..K (no 0) against classes 0..K-1 on the other side (ilastik's export)."""
     for group, v in effective.items():
@@ -191,10 +194,16 @@ def _check_from_one(
             if n_classes is not None or not against:
                 continue
             other = f"{where.get(against[0], against[0])}, counted from 0"
+        unlabelled = (
+            " (where 0 marks unannotated pixels, as ilastik's label export writes them, set "
+            "those to 255 first and give ignore_label=255)"
+            if ignore_label == 0
+            else ""
+        )
         raise TomosegError(
             f"{where.get(group, group)} holds ids 1..{k} with no 0, against {other}: labels "
             "numbered from 1 (ilastik's Simple Segmentation export) are one class off; "
-            f"subtract 1 from every mask so that its classes are 0..{k - 1}"
+            f"subtract 1 from every mask so that its classes are 0..{k - 1}{unlabelled}"
         )
 
 
@@ -282,7 +291,7 @@ def resolve_labels(
             )
             v = {1 if i == 255 else i for i in v}
         effective[group] = v
-    _check_from_one(effective, n_classes, where)
+    _check_from_one(effective, n_classes, where, ignore_label)
     every = set().union(*effective.values()) if effective else set()
     if n_classes is None:
         k = max(max(every, default=0) + 1, 2)
