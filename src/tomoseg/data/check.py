@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tomoseg.data.normalization import count_nonfinite
-from tomoseg.data.samples import load_labelled
+from tomoseg.data.samples import Sample, iter_labelled
 from tomoseg.data.sources import annotated_fraction, check_ignore_label, dataset_ignore_label
 from tomoseg.data.statistics import class_counts
 from tomoseg.errors import TomosegError
@@ -59,14 +60,12 @@ def check_data(
     groups, classes, ignore_label = _groups(source, ignore_label)
     check_ignore_label(ignore_label, len(classes) if classes else None)
     report: dict[str, Any] = {"title": f"data check: {data or images}", "rows": []}
-    report.update(per_image=[], notes=[])
+    report.update(per_image=[], notes=[], inferred=classes is None)
     for split, pairs in groups.items():
         k = len(classes) if classes else None
-        samples, ids = load_labelled(
+        ids, samples = iter_labelled(  # the one label rule, as training reads
             pairs, k, ignore_label=ignore_label, instances=source.instances
-        )  # the one label rule, as training reads
-        if classes is None:
-            report["inferred"] = True
+        )
         classes = classes or ids.classes
         report["rows"].append(_split_row(split, samples, classes, ignore_label, report))
     report["classes"] = list(classes or [])
@@ -93,48 +92,62 @@ def _groups(
     return groups, spec.classes, declared if declared is not None else ignore_label
 
 
+class _Row:
+    """What one split's row sums up, one sample at a time (no sample is kept)."""
+
+    def __init__(self, k: int) -> None:
+        self.counts = np.zeros(k, np.int64)
+        self.ann: list[tuple[str, float]] = []
+        self.shapes: set[tuple[int, ...]] = set()
+        self.dtypes: set[str] = set()
+        self.lo, self.hi, self.bad = float("inf"), float("-inf"), 0
+
+    def add(self, s: Sample, ignore_label: int | None) -> None:
+        self.counts += class_counts([s.mask], len(self.counts), ignore_label=ignore_label)
+        self.ann.append((s.id, annotated_fraction(s.mask, s.image, ignore_label)))
+        self.shapes.add(s.image.shape)
+        self.dtypes.add(str(s.image.dtype))
+        finite = s.image[np.isfinite(s.image)] if s.image.dtype.kind == "f" else s.image
+        if finite.size:
+            self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
+        self.bad += count_nonfinite(s.image)
+
+
 def _split_row(
     split: str,
-    samples: list,
-    classes: list[str] | None,
+    samples: Iterable[Sample],
+    classes: list[str],
     ignore_label: int | None,
     report: dict[str, Any],
 ) -> dict[str, str]:
-    """One split's row of the summary (its per-image line and notes go into ``report``)."""
-    kk = len(classes) if classes else max(_top_id(s.mask, ignore_label) for s in samples) + 1
-    counts = class_counts([s.mask for s in samples], kk, ignore_label=ignore_label)
-    ann = [annotated_fraction(s.mask, s.image, ignore_label) for s in samples]
+    """One split's row of the summary (its per-image line and notes go into ``report``); the
+    samples are read one at a time."""
+    row = _Row(len(classes))
+    for s in samples:
+        row.add(s, ignore_label)
+    ann = [a for _, a in row.ann]
     if min(ann) < 1:
         report["per_image"].append(
             f"annotated fraction per image [{split}]: "
-            + ", ".join(f"{s.id} {100 * a:.1f}%" for s, a in zip(samples, ann, strict=True))
+            + ", ".join(f"{i} {100 * a:.1f}%" for i, a in row.ann)
         )
-    shapes = sorted({s.image.shape for s in samples})
-    finite = [s.image[np.isfinite(s.image)] for s in samples]
-    lo = min((float(f.min()) for f in finite if f.size), default=float("nan"))
-    hi = max((float(f.max()) for f in finite if f.size), default=float("nan"))
-    bad = sum(count_nonfinite(s.image) for s in samples)
-    if bad:
+    if row.bad:
         report["notes"].append(
-            f"{split}: {bad} non-finite (NaN or infinite) image pixels, treated as outside "
+            f"{split}: {row.bad} non-finite (NaN or infinite) image pixels, treated as outside "
             "the field of view"
         )
-    names = classes or [str(i) for i in range(kk)]
+    shapes = sorted(row.shapes)
     shape_txt = ", ".join("x".join(map(str, s)) for s in shapes[:3])
+    lo, hi = (row.lo, row.hi) if row.lo <= row.hi else (float("nan"), float("nan"))
+    total = row.counts.sum()
     return {
         "split": split,
-        "pairs": str(len(samples)),
+        "pairs": str(len(ann)),
         "shapes": shape_txt + (" ..." if len(shapes) > 3 else ""),
-        "image dtype": ", ".join(sorted({str(s.image.dtype) for s in samples})),
+        "image dtype": ", ".join(sorted(row.dtypes)),
         "intensity range": f"{lo:g}..{hi:g}",
         "class fractions": ", ".join(
-            f"{n} {100 * c / counts.sum():.2f}%" for n, c in zip(names, counts, strict=True)
+            f"{n} {100 * c / total:.2f}%" for n, c in zip(classes, row.counts, strict=True)
         ),
         "annotated (min/mean per image)": f"{100 * min(ann):.1f}% / {100 * sum(ann) / len(ann):.1f}%",
     }
-
-
-def _top_id(mask: np.ndarray, ignore_label: int | None) -> int:
-    if ignore_label is not None:
-        mask = mask[mask != ignore_label]
-    return int(mask.max()) if mask.size else 0

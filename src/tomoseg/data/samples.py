@@ -3,6 +3,7 @@ z-slice)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import (
     DatasetSpec,
+    Item,
     ItemReader,
     Pair,
     expand_pairs,
@@ -62,11 +64,7 @@ def load_labelled(
     with ItemReader() as reader:
         for it in items:
             image, mask = reader.pair(it)
-            if image.shape != mask.shape:
-                raise TomosegError(
-                    f"image {it.pair.image} is {image.shape} but its mask {it.where} is "
-                    f"{mask.shape}"
-                )
+            _same_shape(it, image, mask)
             raw.append(Sample(it.id, image, mask))
     if not raw:
         return raw, ClassIds(n_classes or 2, ignore_label=ignore_label)
@@ -83,6 +81,51 @@ def load_labelled(
         for s, it in zip(raw, items, strict=True)
     ]
     return samples, ids
+
+
+def iter_labelled(
+    pairs: list[Pair],
+    n_classes: int | None,
+    *,
+    ignore_label: int | None = None,
+    instances: str = "error",
+) -> tuple[ClassIds, Iterator[Sample]]:
+    """:func:`load_labelled` in bounded memory: the masks are read once to decide the label
+    rule, then the samples are read again one at a time as the iterator is consumed (a volume
+    one slice at a time).
+
+    Returns:
+        ``(ids, samples)``.
+
+    Raises:
+        TomosegError: as :func:`load_labelled` (a shape mismatch while iterating).
+    """
+    items = expand_pairs(pairs)
+    with ItemReader() as reader:
+        stats = [label_stats(reader.mask(it), ignore_label) for it in items]
+    ids = resolve_labels(
+        {"masks": stats},
+        n_classes,
+        ignore_label=ignore_label,
+        instances=instances,
+        where={"masks": f"masks folder {pairs[0].mask.parent}" if pairs else "masks"},
+    )
+
+    def samples() -> Iterator[Sample]:
+        with ItemReader() as reader:
+            for it in items:
+                image, mask = reader.pair(it)
+                _same_shape(it, image, mask)
+                yield Sample(it.id, image, ids.apply("masks", mask, it.where))
+
+    return ids, samples()
+
+
+def _same_shape(it: Item, image: np.ndarray, mask: np.ndarray) -> None:
+    if image.shape != mask.shape:
+        raise TomosegError(
+            f"image {it.pair.image} is {image.shape} but its mask {it.where} is {mask.shape}"
+        )
 
 
 def load_pairs(
