@@ -338,3 +338,28 @@ def test_evaluate_reads_truths_by_the_label_rule(tmp_path, run_cli, run2):
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert [i["id"] for i in m["per_image"]] == ["img_000", "img_001", "img_002"]
     assert m["classes"] == ["background", "fg"]
+
+
+@pytest.mark.slow
+def test_crops_lr_find_and_tune_take_images_and_masks(tmp_path, run_cli):
+    """The data options of train, on crops, lr-find and tune: a volume pair and cellpose's
+    one folder."""
+    img, lab = volume_pair(tmp_path / "v", z=5)
+    code, _, err = run_cli("crops", "--images", img, "--masks", lab, "--size", "16",
+                           "--count", "6", "--out", tmp_path / "cr")  # fmt: skip
+    assert code == 0, err
+    rows = (tmp_path / "cr" / "crops.csv").read_text().splitlines()[1:]
+    assert len(rows) == 6 and all(r.split(",")[1].startswith("vol_z") for r in rows)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("".join(f"{k}: {v}\n" for k, v in TINY_TRAIN.items()) + "device: cpu\n")
+    d = cellpose_folder(tmp_path / "cp")
+    code, out, err = run_cli("lr-find", "--images", d, "--masks", d, "--mask-suffix", "_masks",
+                             "--out", tmp_path / "lr", "--config", cfg, "--steps", "5")  # fmt: skip
+    assert code == 0 and (tmp_path / "lr" / "lr_find.csv").is_file(), err
+    one_error(run_cli, "lr-find", "--images", d, "--masks", d, "--out", tmp_path / "lr2")
+    code, _, err = run_cli("train", "--images", img, "--masks", lab,
+                           *train_args(tmp_path / "run"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli("tune", tmp_path / "run", "--images", img, "--masks", lab,
+                             "--device", "cpu")  # fmt: skip
+    assert code == 0 and "decision.json" in out, err
