@@ -92,10 +92,8 @@ def evaluate(
     and without the run's tuned post-processing."""
     from tomoseg.inference.evaluate import evaluate_run
 
-    source = data_source(
-        data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
-        instances=instances,
-    )  # fmt: skip
+    source = data_source(data, images, masks, image_suffix=image_suffix,
+                         mask_suffix=mask_suffix, instances=instances)  # fmt: skip
     settings = inference_settings(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
         intensity=intensity, no_postprocess=no_postprocess,
