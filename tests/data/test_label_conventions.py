@@ -235,7 +235,7 @@ def test_images_equal_masks_refused_and_cellpose_suffix(tmp_path, run_cli):
 def test_nnunet_image_suffix(tmp_path, run_cli):
     d = nnunet_folders(tmp_path / "nn")
     line = one_error(run_cli, "check", "--images", d / "imagesTr", "--masks", d / "labelsTr")
-    assert "without a mask" in line and "case_000_0000" in line
+    assert "without a mask" in line and "case_000_0000" in line and "--image-suffix _0000" in line
     code, out, err = run_cli("check", "--images", d / "imagesTr", "--masks", d / "labelsTr",
                              "--image-suffix", "_0000")  # fmt: skip
     assert code == 0 and "classes: 0, 1" in out, err

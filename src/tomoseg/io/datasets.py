@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -189,9 +190,15 @@ def pair_files(
     only_img = [k for k in imgs if k not in masks]
     only_mask = [k for k in masks if k not in imgs]
     if only_img:
+        i = only_img[0]
+        tail = re.search(r"_\d{4}$", i)
+        hint = (
+            f"; nnU-Net names images with a channel ending: give image_suffix='{tail.group()}'"
+            if tail and not image_suffix and i[: tail.start()] in masks
+            else ""
+        )
         raise TomosegError(
-            f"{what} without a mask: {imgs[only_img[0]]} (no '{only_img[0]}{mask_suffix}.*' in "
-            f"{masks_dir})"
+            f"{what} without a mask: {imgs[i]} (no '{i}{mask_suffix}.*' in {masks_dir}){hint}"
         )
     if only_mask:
         raise TomosegError(
