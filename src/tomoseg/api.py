@@ -69,6 +69,9 @@ def train(
     images: PathLike | None = None,
     masks: PathLike | None = None,
     classes: Sequence[str] | str | None = None,
+    image_suffix: str | None = None,
+    mask_suffix: str | None = None,
+    instances: str | None = None,
     config: PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -82,9 +85,16 @@ def train(
         data: dataset folder (``dataset.json``, ``train/``; ``val/`` optional: without it a
             seeded ``val_fraction`` of the training images is held out, see ``run.json``).
         out: run folder (required).
-        images: folder of training images, instead of ``data`` (with ``masks``).
-        masks: folder of their masks (class ids), matched by file stem.
+        images: folder of training images, instead of ``data`` (with ``masks``), or one image
+            volume (multi-page TIFF, Zarr, ...: each z-slice is a training image).
+        masks: folder of their masks (class ids), matched by file name; the label volume of
+            an ``images`` volume; ``images`` itself with ``mask_suffix``.
         classes: class names for ``images``/``masks`` (default ``"0".."K-1"`` from the masks).
+        image_suffix: the ending of every image name, not part of its id (nnU-Net's ``_0000``).
+        mask_suffix: the ending of every mask name (cellpose's ``_masks``).
+        instances: masks that look like instance labels (one id per object, as napari and
+            cellpose write them): ``"error"`` (default: refused) or ``"binarize"`` (every
+            object class 1).
         config: YAML config, or a bundled name (``default``, ``seed``); default: the defaults.
         resume: continue an interrupted run from its last checkpoint.
         overwrite: replace an existing run in ``out``.
@@ -113,7 +123,10 @@ def train(
 
     if out is None:
         raise TomosegError("out: give the run folder to write")
-    source = DataSource.of(data, images=images, masks=masks, classes=classes)
+    source = DataSource.of(
+        data, images=images, masks=masks, classes=classes, image_suffix=image_suffix,
+        mask_suffix=mask_suffix, instances=instances,
+    )  # fmt: skip
     cfg = load_config(config, options)
     return Run(
         run_train(
@@ -193,6 +206,7 @@ def score(
     class_of_interest: str | None = None,
     tolerance: float = 2.0,
     ignore_label: int | None = None,
+    instances: str = "error",
 ) -> dict[str, Any]:
     """Accuracy, per-class IoU and MATLAB-``bfscore`` boundary F1 of one predicted label image.
 
@@ -202,11 +216,14 @@ def score(
         classes: class names (K = len); default ``"0".."K-1"`` with K = the largest id in truth
             and prediction together + 1 (at least 2). A binary mask stored as 0/255 is read as
             0/1 (with a :class:`~tomoseg.TomosegWarning`), by the rule of ``tomoseg score``
-            (:func:`tomoseg.io.images.resolve_class_ids`).
+            (:func:`tomoseg.io.labels.resolve_labels`).
         class_of_interest: recorded in the result; default the last class.
         tolerance: BF1 distance tolerance in pixels (>= 0).
         ignore_label: truth value of unannotated pixels (e.g. 255; not a class id): they count
             for nothing, so a prediction differing from the truth only there scores 1.
+        instances: a truth or prediction that looks like instance labels: ``"error"``
+            (refused) or ``"binarize"`` (read as 0 / 1). Ids numbered from 1 against ids
+            from 0 are refused (:mod:`tomoseg.io.labels`).
 
     Returns:
         The ``metrics.json`` content for this one image: ``classes``, ``class_of_interest``,
@@ -217,14 +234,15 @@ def score(
         TomosegError: shapes differ, ids out of range or not integers, ``ignore_label`` a
             class id.
     """
-    from tomoseg.io.images import resolve_class_ids, unique_ids
+    from tomoseg.io.labels import label_stats, resolve_labels
     from tomoseg.metrics.segmentation import ScoreSummary, score_image
 
     t, p = _label_image(truth, "truth"), _label_image(pred, "pred")
-    ids = resolve_class_ids(
-        {"truth": unique_ids([t]), "pred": unique_ids([p])},
+    ids = resolve_labels(
+        {"truth": [label_stats(t, ignore_label)], "pred": [label_stats(p)]},
         len(classes) if classes is not None else None,
         ignore_label=ignore_label,
+        instances=instances,
     )
     t, p = ids.apply("truth", t), ids.apply("pred", p)
     if classes is None:
@@ -264,12 +282,15 @@ def score_folders(
     images: PathLike | None = None,
     overwrite: bool = False,
     ignore_label: int | None = None,
+    instances: str = "error",
 ) -> dict[str, Any]:
     """Score every predicted mask in a folder against the truth of the same file stem and write
     the report (``tomoseg score``: ``metrics.json``, ``per_image.csv``, overlays, panels).
 
     ``ignore_label``: truth value of unannotated pixels, left out of every metric (default:
-    the ``ignore_label`` of a ``dataset.json`` above ``truth``).
+    the ``ignore_label`` of a ``dataset.json`` above ``truth``). ``instances``: truths that look
+    like instance labels are refused (``"error"``) or read as 0 / 1 (``"binarize"``). Volumes
+    (a predicted label volume against its true one) are scored slice by slice.
 
     Returns:
         The ``metrics.json`` content.
@@ -286,5 +307,6 @@ def score_folders(
         Path(images) if images else None,
         overwrite,
         ignore_label=ignore_label,
+        instances=instances,
     )
     return summary.to_dict()

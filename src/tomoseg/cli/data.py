@@ -8,23 +8,37 @@ from typing import Annotated
 import typer
 
 from tomoseg.cli import render
-from tomoseg.cli.options import Overwrite, Seed
+from tomoseg.cli.options import (
+    DataOrImages,
+    Images,
+    ImageSuffix,
+    Instances,
+    Masks,
+    MaskSuffix,
+    Overwrite,
+    Seed,
+    data_source,
+)
 
 
 def check(
     data: Annotated[Path | None, typer.Option(help="Dataset folder with dataset.json.")] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Folder of images (instead of --data).")
-    ] = None,
-    masks: Annotated[Path | None, typer.Option(help="Folder of masks, matched by stem.")] = None,
+    images: Images = None,
+    masks: Masks = None,
     ignore_label: Annotated[
         int | None, typer.Option(help="Mask value of unannotated pixels (dataset.json's wins).")
     ] = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
 ) -> None:
-    """Read every image/mask pair; report shapes, types, class and annotated fractions."""
+    """Read every image/mask pair; report classes, shapes, types, class and annotated fractions."""
     from tomoseg.data.check import check_data
 
-    report = check_data(data=data, images=images, masks=masks, ignore_label=ignore_label)
+    report = check_data(
+        data=data, images=images, masks=masks, ignore_label=ignore_label,
+        image_suffix=image_suffix, mask_suffix=mask_suffix, instances=instances,
+    )  # fmt: skip
     render.show_check(report)
 
 
@@ -43,10 +57,15 @@ def phantom(
 
 
 def crops(
-    data: Annotated[Path, typer.Option(help="Dataset folder with dataset.json.")],
     size: Annotated[int, typer.Option(help="Crop side S in pixels (>= 16).")],
     count: Annotated[int, typer.Option(help="Number of crops N.")],
     out: Annotated[Path, typer.Option(help="Folder for images/, masks/ and crops.csv.")],
+    data: DataOrImages = None,
+    images: Images = None,
+    masks: Masks = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
     seed: Seed = 0,
     focus_fraction: Annotated[
         float, typer.Option(help="Fraction centred on the class of interest.")
@@ -56,8 +75,12 @@ def crops(
     """Export the N random SxS training crops as image/mask pairs for inspection."""
     from tomoseg.data.crops import export_crops
 
+    source = data_source(
+        data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
+        instances=instances,
+    )  # fmt: skip
     paths = export_crops(
-        data=data, size=size, count=count, seed=seed, out=out,
+        data=source, size=size, count=count, seed=seed, out=out,
         focus_fraction=focus_fraction, overwrite=overwrite,
     )  # fmt: skip
     render.say(f"{len(paths)} crops written to {out}")
@@ -77,6 +100,7 @@ def score(
         int | None,
         typer.Option(help="Truth value of unannotated pixels (e.g. 255): left out of scores."),
     ] = None,
+    instances: Instances = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted masks against true masks: accuracy, IoU, BF1, overlays."""
@@ -86,7 +110,7 @@ def score(
     summary = score_folders(
         pred=pred, truth=truth, out=out, classes=resolve_classes(classes),
         class_of_interest=class_of_interest, tolerance=tolerance, images=images,
-        overwrite=overwrite, ignore_label=ignore_label,
+        overwrite=overwrite, ignore_label=ignore_label, instances=instances or "error",
     )  # fmt: skip
     render.show_scores(summary)
     render.say(f"report: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/, {out}/panels/")

@@ -10,9 +10,14 @@ import typer
 from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
-    DataFolder,
+    DataOrImages,
     Device,
+    Images,
+    ImageSuffix,
+    Instances,
     Intensity,
+    Masks,
+    MaskSuffix,
     Nonfinite,
     NoPostprocess,
     Overwrite,
@@ -22,6 +27,7 @@ from tomoseg.cli.options import (
     TileSize,
     Tta,
     Weights,
+    data_source,
     inference_settings,
 )
 
@@ -65,9 +71,14 @@ def predict(
 
 def evaluate(
     run: RunFolder,
-    data: DataFolder,
     out: Annotated[Path, typer.Option(help="Report folder (as tomoseg score writes).")],
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    data: DataOrImages = None,
+    images: Images = None,
+    masks: Masks = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate (of --data).")] = "test",
     device: Device = "auto",
     nonfinite: Nonfinite = "background",
     intensity: Intensity = "warn",
@@ -81,16 +92,19 @@ def evaluate(
     and without the run's tuned post-processing."""
     from tomoseg.inference.evaluate import evaluate_run
 
+    source = data_source(data, images, masks, image_suffix=image_suffix,
+                         mask_suffix=mask_suffix, instances=instances)  # fmt: skip
     settings = inference_settings(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
         intensity=intensity, no_postprocess=no_postprocess,
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         summary, sec = evaluate_run(
-            run=run, data=data, out=out, settings=settings, split=split, overwrite=overwrite,
+            run=run, data=source, out=out, settings=settings, split=split, overwrite=overwrite,
             progress=show, cancel=cancel,
         )  # fmt: skip
-    render.show_scores(summary, title=f"{run} on {data} [{split}] (%)")
+    where = f"{data} [{split}]" if data is not None else str(images)
+    render.show_scores(summary, title=f"{run} on {where} (%)")
     render.say(
         f"{sec:.2f} s per slice; report: {out}/metrics.json, per_image.csv, overlays/, panels/"
     )
@@ -98,7 +112,12 @@ def evaluate(
 
 def tune(
     run: RunFolder,
-    data: DataFolder,
+    data: DataOrImages = None,
+    images: Images = None,
+    masks: Masks = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
     split: Annotated[
         str, typer.Option(help="Split to tune on (default: the run's validation images).")
     ] = "val",
@@ -110,8 +129,12 @@ def tune(
     """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
     from tomoseg.inference.tuning import tune_run
 
+    source = data_source(
+        data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
+        instances=instances,
+    )  # fmt: skip
     decision, report = tune_run(
-        run=run, data=data, split=split, tta=tta, device=device, weights=weights,
+        run=run, data=source, split=split, tta=tta, device=device, weights=weights,
         intensity=intensity,
     )  # fmt: skip
     render.say(render.tune_line(run, decision, report))

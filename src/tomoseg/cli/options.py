@@ -12,6 +12,9 @@ import typer
 
 RunFolder = Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")]
 DataFolder = Annotated[Path, typer.Option(help="Dataset folder.")]
+DataOrImages = Annotated[
+    Path | None, typer.Option("--data", help="Dataset folder (or --images with --masks).")
+]
 Device = Annotated[str, typer.Option(help="auto, cpu or gpu.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
@@ -60,6 +63,32 @@ IgnoreLabel = Annotated[
     int | None,
     typer.Option(help="Mask value of unannotated pixels (where no dataset.json says)."),
 ]
+Images = Annotated[
+    Path | None,
+    typer.Option(help="Folder of images, or one image volume (instead of --data)."),
+]
+Masks = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of their masks matched by file name (may be --images with --mask-suffix), "
+        "or the label volume of an --images volume."
+    ),
+]
+ImageSuffix = Annotated[
+    str | None,
+    typer.Option(help="Ending of every image name, not part of its id (nnU-Net: _0000)."),
+]
+MaskSuffix = Annotated[
+    str | None,
+    typer.Option(help="Ending of every mask name (cellpose: _masks, also _mask, _label)."),
+]
+Instances = Annotated[
+    str | None,
+    typer.Option(
+        help="Masks that look like instance labels (one id per object): error (default) or "
+        "binarize (every object class 1)."
+    ),
+]
 Config = Annotated[
     Path | None, typer.Option(help="YAML config (or a bundled name: seed, default).")
 ]
@@ -68,6 +97,26 @@ Address = Annotated[
     str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+def data_source(
+    data: Path | None = None,
+    images: Path | None = None,
+    masks: Path | None = None,
+    *,
+    classes: str | None = None,
+    image_suffix: str | None = None,
+    mask_suffix: str | None = None,
+    instances: str | None = None,
+) -> Any:
+    """The :class:`~tomoseg.data.sources.DataSource` of a command's data options (``--data``, or
+    ``--images`` with ``--masks``, and how to pair and read them)."""
+    from tomoseg.data.sources import DataSource
+
+    return DataSource.of(
+        data, images=images, masks=masks, classes=classes, image_suffix=image_suffix,
+        mask_suffix=mask_suffix, instances=instances,
+    )  # fmt: skip
 
 
 def inference_settings(*, no_postprocess: bool = False, **options: Any) -> Any:

@@ -94,6 +94,8 @@ def show_check(report: Mapping[str, Any]) -> None:
     """Print what :func:`tomoseg.data.check.check_data` found: its table, the annotated
     fraction per image, the notes and the verdict."""
     show_table(report["title"], [report["rows"]], numbers=False)
+    how = "inferred from the masks' ids" if report.get("inferred") else "from dataset.json"
+    say(f"classes: {', '.join(report['classes'])} ({how})")
     for line in report["per_image"]:
         say(line)
     for note in report["notes"]:

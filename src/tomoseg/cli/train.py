@@ -21,7 +21,18 @@ from pydantic.fields import FieldInfo
 
 from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
-from tomoseg.cli.options import Config, Overwrite, Quiet
+from tomoseg.cli.options import (
+    Config,
+    DataOrImages,
+    Images,
+    ImageSuffix,
+    Instances,
+    Masks,
+    MaskSuffix,
+    Overwrite,
+    Quiet,
+    data_source,
+)
 from tomoseg.config.schema import TrainConfig
 from tomoseg.utils.progress import Cancelled
 
@@ -35,11 +46,11 @@ RUN_OPTIONS: dict[str, Any] = {
         ],
         None,
     ),
-    "images": (
-        Annotated[Path | None, typer.Option(help="Folder of training images (instead of --data).")],
-        None,
-    ),
-    "masks": (Annotated[Path | None, typer.Option(help="Folder of their masks, by stem.")], None),
+    "images": (Images, None),
+    "masks": (Masks, None),
+    "image_suffix": (ImageSuffix, None),
+    "mask_suffix": (MaskSuffix, None),
+    "instances": (Instances, None),
     "classes": (
         Annotated[
             str | None, typer.Option(help="Class names for --images/--masks, e.g. 'bg,cell'.")
@@ -117,14 +128,14 @@ def given_on_command_line(ctx: typer.Context, options: dict[str, Any]) -> dict[s
 def train(**options: Any) -> None:
     """Train a network on N random SxS crops; write curves, metrics and checkpoints to --out."""
     from tomoseg.config.schema import load_config
-    from tomoseg.data.sources import DataSource
     from tomoseg.training.trainer import is_rank_zero
     from tomoseg.training.trainer import train as run_train
 
     out = options["out"]
-    source = DataSource.of(
-        data=options["data"], images=options["images"], masks=options["masks"],
-        classes=options["classes"],
+    source = data_source(
+        options["data"], options["images"], options["masks"], classes=options["classes"],
+        image_suffix=options["image_suffix"], mask_suffix=options["mask_suffix"],
+        instances=options["instances"],
     )  # fmt: skip
     overrides = given_on_command_line(options["ctx"], options)
     cfg = load_config(path=options["config"], overrides=overrides)
@@ -146,8 +157,13 @@ train.__signature__ = train_signature()  # type: ignore[attr-defined]
 
 
 def lr_find(
-    data: Annotated[Path, typer.Option(help="Dataset folder.")],
     out: Annotated[Path, typer.Option(help="Folder for lr_find.png and lr_find.csv.")],
+    data: DataOrImages = None,
+    images: Images = None,
+    masks: Masks = None,
+    image_suffix: ImageSuffix = None,
+    mask_suffix: MaskSuffix = None,
+    instances: Instances = None,
     config: Config = None,
     min_lr: Annotated[float, typer.Option(help="Lowest learning rate tried.")] = 1e-6,
     max_lr: Annotated[float, typer.Option(help="Highest learning rate tried.")] = 1.0,
@@ -157,8 +173,17 @@ def lr_find(
     from tomoseg.config.schema import load_config
     from tomoseg.training.lr_find import lr_range_test
 
+    source = data_source(
+        data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
+        instances=instances,
+    )  # fmt: skip
     suggestion = lr_range_test(
-        data=data, out=out, cfg=load_config(path=config), min_lr=min_lr, max_lr=max_lr, steps=steps
+        data=source,
+        out=out,
+        cfg=load_config(path=config),
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
     )
     if suggestion == suggestion:  # not NaN
         render.say(f"suggested learning rate: {suggestion:.2e} (plot: {out}/lr_find.png)")

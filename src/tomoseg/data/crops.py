@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 import tomoseg.io as io
-from tomoseg.data.samples import load_split
 from tomoseg.errors import TomosegError
 
 MIN_CROP_SIZE = 16
@@ -325,7 +324,9 @@ def export_crops(
     crop files of an earlier export that the new one does not replace are removed.
 
     Args:
-        data: dataset folder (``dataset.json`` and ``train/{images,masks}``).
+        data: dataset folder (``dataset.json`` and ``train/{images,masks}``), or a
+            :class:`~tomoseg.data.sources.DataSource` (images with their masks; a volume pair
+            gives one image per z-slice).
         size: crop side (>= 16).
         count: number of crops.
         seed: sampling seed.
@@ -342,8 +343,12 @@ def export_crops(
     _check_size(size)
     _check_count(count)
     _check_fraction(focus_fraction)
-    spec = io.load_dataset(data)
-    samples = load_split(data, "train", spec)  # the one class-id rule, as training reads
+    from tomoseg.data.sources import DataSource, load_training_samples
+
+    loaded = load_training_samples(  # the one label rule, as training reads
+        DataSource.of(data), ignore_label=None, val_fraction=0.5, seed=seed, need_val=False
+    )
+    spec, samples = loaded.spec, loaded.train
     images = [s.image for s in samples]
     masks = [s.mask for s in samples]
     boxes = sample_crops(

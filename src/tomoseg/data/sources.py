@@ -24,69 +24,124 @@ from typing import Any
 import numpy as np
 
 from tomoseg.data.context import check_consecutive, with_context
-from tomoseg.data.samples import Sample, load_pairs
+from tomoseg.data.samples import Sample, load_labelled, load_pairs
 from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, pair_files, split_pairs
 from tomoseg.io.images import natural_key
+from tomoseg.io.labels import check_ignore_label as labels_check_ignore
 
 IGNORE_INDEX = -1  #: mask value of unannotated pixels inside training (int16 masks)
 
 
 @dataclass(frozen=True)
 class DataSource:
-    """A dataset folder, or an images folder with a masks folder (matched by file stem).
+    """A dataset folder, or images with their masks (folders matched by file name, or one
+    image volume with its label volume), and how to read their labels.
 
     Attributes:
         root: dataset folder holding ``dataset.json`` and ``train/`` (``val/`` optional).
-        images: folder of training images (instead of ``root``).
-        masks: folder of their masks (class ids), with ``images``.
+        images: folder of training images (instead of ``root``), or one image file or volume.
+        masks: folder of their masks (class ids), with ``images``; the mask file of an image
+            file; may be ``images`` itself with ``mask_suffix``.
         classes: class names for ``images``/``masks``; default ``"0".."K-1"`` from the largest
             id in the masks.
+        image_suffix: the ending of every image name, not part of its id (nnU-Net's ``_0000``).
+        mask_suffix: the ending of every mask name (cellpose's ``_masks``).
+        instances: masks that look like instance labels: ``"error"`` (refused) or
+            ``"binarize"`` (every object class 1); see :mod:`tomoseg.io.labels`.
     """
 
     root: Path | None = None
     images: Path | None = None
     masks: Path | None = None
     classes: tuple[str, ...] | None = None
+    image_suffix: str = ""
+    mask_suffix: str = ""
+    instances: str = "error"
 
     @classmethod
     def of(
         cls,
-        data: str | os.PathLike[str] | None = None,
+        data: str | os.PathLike[str] | DataSource | None = None,
         *,
         images: str | os.PathLike[str] | None = None,
         masks: str | os.PathLike[str] | None = None,
         classes: str | list[str] | tuple[str, ...] | None = None,
+        image_suffix: str | None = None,
+        mask_suffix: str | None = None,
+        instances: str | None = None,
     ) -> DataSource:
-        """Check and build a source: ``data``, or ``images`` with ``masks``.
+        """Check and build a source: ``data``, or ``images`` with ``masks`` (a source given as
+        ``data`` is returned as it is).
 
         Raises:
-            TomosegError: neither or both given, only one of images/masks, classes with data.
+            TomosegError: neither or both given, only one of images/masks, classes with data,
+                ``instances`` not one of ``error``, ``binarize``.
         """
         from tomoseg.io.datasets import resolve_classes
+        from tomoseg.io.labels import check_instances
 
+        if isinstance(data, DataSource):
+            return data
+        how = {
+            "image_suffix": image_suffix or "",
+            "mask_suffix": mask_suffix or "",
+            "instances": check_instances(instances or "error"),
+        }
         if data is not None and (images is not None or masks is not None):
             raise TomosegError("give data=DIR, or images=DIR with masks=DIR, not both")
         if data is None:
             if images is None or masks is None:
                 raise TomosegError("give data=DIR, or both images=DIR and masks=DIR")
             names = resolve_classes(classes)
-            return cls(None, Path(images), Path(masks), tuple(names) if names else None)
+            return cls(None, Path(images), Path(masks), tuple(names) if names else None, **how)
         if classes is not None:
             names = classes if isinstance(classes, str) else ",".join(classes)
             raise TomosegError(
                 f"classes={names!r} goes with images=DIR and masks=DIR; a dataset lists its classes"
             )
-        return cls(Path(data), None, None, None)
+        return cls(Path(data), None, None, None, **how)
 
     def describe(self) -> str | dict[str, str]:
-        """What ``run.json`` records as ``data``."""
+        """What ``run.json`` records as ``data`` (the name endings and ``instances`` where
+        they are not the defaults)."""
+        how = {
+            k: v
+            for k, v in (
+                ("image_suffix", self.image_suffix),
+                ("mask_suffix", self.mask_suffix),
+                ("instances", "binarize" if self.instances == "binarize" else ""),
+            )
+            if v
+        }
         if self.root is not None:
-            return str(self.root.resolve())
+            if not how:
+                return str(self.root.resolve())
+            return {"data": str(self.root.resolve()), **how}
         return {
             "images": str(Path(self.images).resolve()),
             "masks": str(Path(self.masks).resolve()),
+            **how,
         }  # type: ignore[arg-type]
+
+    def pairs(self, split: str = "train") -> list[Pair]:
+        """The image/mask pairs of a split of the dataset (``images``/``masks``: all of them,
+        whatever ``split``).
+
+        Raises:
+            TomosegError: as :func:`~tomoseg.io.datasets.pair_files`.
+        """
+        how = {"image_suffix": self.image_suffix, "mask_suffix": self.mask_suffix}
+        if self.root is not None:
+            return split_pairs(self.root, split, **how)
+        return pair_files(self.images, self.masks, **how)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        """The source as messages name it."""
+        if self.root is not None:
+            return f"dataset {self.root}"
+        return f"images {self.images}"
 
 
 @dataclass
@@ -143,17 +198,10 @@ def dataset_ignore_label(spec: DatasetSpec, where: Path | str) -> int | None:
 
 
 def check_ignore_label(value: Any, n_classes: int | None, what: str = "ignore_label") -> int | None:
-    """Validate an ignore label: a mask value >= 0 that is not a class id (None passes)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise TomosegError(f"{what}={value!r}: must be a mask value >= 0")
-    if n_classes is not None and value < n_classes:
-        raise TomosegError(
-            f"{what}={value} is a class id (classes are 0..{n_classes - 1}); unannotated "
-            "pixels need a value no class uses, e.g. 255"
-        )
-    return int(value)
+    """Validate an ignore label: a mask value >= 0 that is not a class id (None passes); the
+    rule of :func:`tomoseg.io.labels.check_ignore_label`."""
+    labels_check_ignore(value, n_classes, what)
+    return None if value is None else int(value)
 
 
 def _resolve_ignore(declared: int | None, option: int | None, where: str) -> int | None:
@@ -226,19 +274,6 @@ def hold_out(
     )
 
 
-def _masks_classes(pairs: list[Pair], ignore_label: int | None) -> list[str]:
-    from tomoseg.io.images import read_mask
-
-    top = 0
-    for p in pairs:
-        m = read_mask(p.mask)
-        if ignore_label is not None:
-            m = m[m != ignore_label]
-        if m.size:
-            top = max(top, int(m.max()))
-    return [str(i) for i in range(max(top + 1, 2))]
-
-
 def load_training_samples(
     source: DataSource,
     *,
@@ -266,6 +301,7 @@ def load_training_samples(
         TomosegError: missing folders or files, bad masks, bad ignore label or fraction, mixed
             bit depths.
     """
+    how = {"instances": source.instances}
     if source.root is not None:
         spec = load_dataset(source.root)
         ignore = _resolve_ignore(
@@ -274,21 +310,19 @@ def load_training_samples(
             f"{source.root / 'dataset.json'}",
         )
         k = len(spec.classes)
-        train = load_pairs(split_pairs(source.root, "train"), k, ignore_label=ignore)
+        train = load_pairs(source.pairs("train"), k, ignore_label=ignore, **how)
         has_val = (source.root / "val").is_dir()
         val = (
-            load_pairs(split_pairs(source.root, "val"), k, ignore_label=ignore)
+            load_pairs(source.pairs("val"), k, ignore_label=ignore, **how)
             if need_val and has_val
             else []
         )
         where = f"split 'val' of {source.root}" if has_val else None
     else:
-        pairs = pair_files(source.images, source.masks)  # type: ignore[arg-type]
         ignore = check_ignore_label(ignore_label, None)
-        names = list(source.classes) if source.classes else _masks_classes(pairs, ignore)
-        check_ignore_label(ignore, len(names))
-        spec = DatasetSpec(classes=names)
-        train = load_pairs(pairs, len(names), ignore_label=ignore)
+        n = len(source.classes) if source.classes else None
+        train, ids = load_labelled(source.pairs(), n, ignore_label=ignore, **how)
+        spec = DatasetSpec(classes=list(source.classes) if source.classes else ids.classes)
         val, where = [], None
     _check_bit_depths(train + val)
     record: dict[str, Any] = {}
@@ -297,8 +331,7 @@ def load_training_samples(
             record = {"source": where, "images": [s.id for s in val]}
         else:
             train, val, record = hold_out(train, val_fraction, seed, ignore)
-    name = f"dataset {source.root}" if source.root is not None else f"images folder {source.images}"
-    return LoadedSamples(spec, ignore, train, val, record, name)
+    return LoadedSamples(spec, ignore, train, val, record, source.name)
 
 
 def training_mask(sample: Sample, ignore_label: int | None) -> np.ndarray:

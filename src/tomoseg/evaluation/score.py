@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
-from tomoseg.io.datasets import load_dataset, pair_files
-from tomoseg.io.images import list_images, read_image, read_mask, resolve_class_ids, unique_ids
+from tomoseg.io.datasets import Item, ItemReader, expand_pairs, load_dataset, pair_files
+from tomoseg.io.images import as_mask, list_images, read_image, read_mask
+from tomoseg.io.labels import LabelStats, label_stats, resolve_labels
 from tomoseg.io.writers import prepare_output_dir
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import class_index, write_overlays, write_score_files
@@ -100,6 +101,7 @@ def score_folders(
     overwrite: bool = False,
     *,
     ignore_label: int | None = None,
+    instances: str = "error",
 ) -> ScoreSummary:
     """Score every prediction in a folder against the truth of the same file stem.
 
@@ -110,13 +112,19 @@ def score_folders(
         classes: class names; if None, taken from a ``dataset.json`` above ``truth``, else
             ``"0".."K-1"`` with K = largest id in the truths and predictions together + 1 (at
             least 2). A folder of binary masks stored as 0/255 is read as 0/1 (with a warning);
-            see :func:`tomoseg.io.images.resolve_class_ids`.
+            see :func:`tomoseg.io.labels.resolve_labels` (ids from 1 against ids from 0, and
+            instance labels, are refused).
         class_of_interest: for overlays and the table; default the dataset's, else the last class.
         tolerance: BF1 tolerance in pixels.
         images: optional raw images (same stems) shown in the report panels.
         overwrite: replace an earlier report.
         ignore_label: truth value of unannotated pixels (not a class id), left out of every
             metric; default the ``ignore_label`` of a ``dataset.json`` above ``truth``.
+        instances: ``"binarize"`` reads truths (and predictions) that look like instance
+            labels as 0 / 1; ``"error"`` refuses them.
+
+    A predicted label volume and its true volume (multi-page TIFF, Zarr, ...) are scored slice
+    by slice (ids ``name_z0000``, ...), one slice in memory at a time.
 
     Returns:
         The :class:`ScoreSummary` (also written to ``out``).
@@ -136,35 +144,49 @@ def score_folders(
         if found is not None:
             classes, default_coi = found
             class_of_interest = class_of_interest or default_coi
-    # the ids of truths and predictions together decide K and a 0/255 storage (one pass)
-    ids = resolve_class_ids(
-        {
-            "truth": unique_ids(read_mask(p.mask) for p in pairs),
-            "prediction": unique_ids(read_mask(p.image) for p in pairs),
-        },
+    # the ids of truths and predictions together decide K, 0/255 storage, ids from 1 and
+    # instance labels (one pass, one slice at a time)
+    refs = expand_pairs(pairs)
+    stats: dict[str, list[LabelStats]] = {"truth": [], "prediction": []}
+    with ItemReader() as reader:
+        for r in refs:
+            stats["truth"].append(label_stats(reader.mask(r), ignore_label))
+            stats["prediction"].append(label_stats(_prediction(reader, r)))
+    ids = resolve_labels(
+        stats,
         len(classes) if classes is not None else None,
         ignore_label=ignore_label,
+        instances=instances,
         where={"truth": f"truth folder {truth}", "prediction": f"prediction folder {pred}"},
     )
     if classes is None:
-        classes = [str(i) for i in range(ids.n_classes)]
+        classes = ids.classes
     class_index(classes, class_of_interest)  # unknown names fail before anything is written
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
 
     def items() -> Iterator[ScoreItem]:
-        for p in pairs:
-            truth = ids.read("truth", p.mask)
-            pred = ids.read("prediction", p.image)
-            if truth.shape != pred.shape:
-                raise TomosegError(
-                    f"prediction {p.image} is {pred.shape} but its truth {p.mask} is {truth.shape}"
-                )
-            image = read_image(image_files[p.id]) if p.id in image_files else None
-            yield p.id, truth, pred, image
+        with ItemReader() as reader:
+            for r in refs:
+                truth = ids.apply("truth", reader.mask(r), r.where)
+                pred = ids.apply("prediction", _prediction(reader, r), r.pair.image)
+                if truth.shape != pred.shape:
+                    raise TomosegError(
+                        f"prediction {r.pair.image} is {pred.shape} but its truth {r.where} "
+                        f"is {truth.shape}"
+                    )
+                image = read_image(image_files[r.id]) if r.id in image_files else None
+                yield r.id, truth, pred, image
 
     return score_and_write(
         items(), classes, class_of_interest, tolerance, out, ignore_label=ignore_label
     )
+
+
+def _prediction(reader: ItemReader, ref: Item) -> np.ndarray:
+    """The predicted labels of an item (the pair's first file), checked as a mask."""
+    if ref.z is None:
+        return read_mask(ref.pair.image)
+    return as_mask(reader.image(ref), f"slice {ref.z} of {ref.pair.image}")
 
 
 def _max_id(mask: np.ndarray, ignore_label: int | None) -> int:

@@ -11,10 +11,11 @@ import numpy as np
 
 from tomoseg.data.context import centre, check_consecutive, context_reader
 from tomoseg.data.intensity import IntensityTally
+from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
-from tomoseg.io.datasets import DatasetSpec, load_dataset, split_pairs
-from tomoseg.io.images import read_image, read_mask, resolve_class_ids, unique_ids
+from tomoseg.io.datasets import DatasetSpec, Item, ItemReader, expand_pairs, load_dataset
+from tomoseg.io.labels import ClassIds, label_stats, resolve_labels
 from tomoseg.io.writers import prepare_output_dir, write_mask
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import write_score_files
@@ -33,9 +34,38 @@ def check_run_matches(classes: Sequence[str], spec: DatasetSpec) -> None:
         )
 
 
+def _split_items(
+    source: DataSource, split: str, predictor: Predictor
+) -> tuple[DatasetSpec, int | None, list[Item], str]:
+    """What ``evaluate`` scores: the dataset's description (the run's classes for
+    images/masks), the ignore label, the items (a volume's slices) and the masks' folder."""
+    if source.root is not None:
+        spec = load_dataset(source.root)
+        check_run_matches(predictor.classes, spec)
+        masks = str(source.root / split / "masks")
+        return spec, spec.ignore_label, expand_pairs(source.pairs(split)), masks
+    if source.classes is not None:
+        check_run_matches(predictor.classes, DatasetSpec(classes=list(source.classes)))
+    spec = DatasetSpec(classes=list(predictor.classes))
+    ignore = predictor.run.config.ignore_label
+    return spec, ignore, expand_pairs(source.pairs()), str(source.masks)
+
+
+def _truth_ids(
+    refs: list[Item], k: int, ignore: int | None, instances: str, masks: str
+) -> ClassIds:
+    """The label rule over every truth, one slice at a time."""
+    with ItemReader() as reader:
+        stats = [label_stats(reader.mask(r), ignore) for r in refs]
+    return resolve_labels(
+        {"truth": stats}, k, ignore_label=ignore, instances=instances,
+        where={"truth": f"truth folder {masks}"},
+    )  # fmt: skip
+
+
 def evaluate_run(
     run: Predictor | str | os.PathLike[str],
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | DataSource,
     out: str | os.PathLike[str],
     *,
     settings: InferenceSettings | None = None,
@@ -49,7 +79,9 @@ def evaluate_run(
     Args:
         run: a :class:`~tomoseg.inference.predictor.Predictor`, or a run folder segmented with
             ``settings`` (:class:`~tomoseg.inference.predictor.InferenceSettings`).
-        data: the dataset folder.
+        data: the dataset folder, or a :class:`~tomoseg.data.sources.DataSource` (images
+            with their masks, folders or volumes: all of them are scored, whatever ``split``;
+            the run's ``ignore_label`` applies).
         out: the report folder (``metrics.json``, ``per_image.csv``, ``predictions/``,
             ``overlays/``, ``panels/``).
         split: the split to segment and score.
@@ -60,8 +92,9 @@ def evaluate_run(
 
     The dataset's ``ignore_label`` (partial labels) counts for nothing in the scores, with and
     without the tuned decision alike (one scoring rule for both blocks). The truths are read by
-    the one class-id rule (:func:`~tomoseg.io.images.resolve_class_ids`: 0/255 binary masks
-    read as 0/1, ids checked against the run's classes).
+    the one label rule (:func:`~tomoseg.io.labels.resolve_labels`: 0/255 binary masks read as
+    0/1, ids from 1 and instance labels refused unless binarised, ids checked against the
+    run's classes). A volume pair is scored slice by slice.
 
     The predictions are made with the Predictor's TTA and decision tuned on validation
     (``decision.json``, unless ``postprocess`` is off); the same network outputs are also scored
@@ -79,55 +112,48 @@ def evaluate_run(
     """
     from tomoseg.evaluation.score import RESULT_NAMES, score_and_write
 
-    data, out = Path(data), Path(out)
-    spec = load_dataset(data)
-    pairs = split_pairs(data, split)
+    source = DataSource.of(data)
+    out = Path(out)
     predictor = as_predictor(run, settings)
-    check_run_matches(predictor.classes, spec)
-    masks_dir = data / split / "masks"
-    ids = resolve_class_ids(
-        {"truth": unique_ids(read_mask(p.mask) for p in pairs)},
-        len(predictor.classes),
-        ignore_label=spec.ignore_label,
-        where={"truth": f"truth folder {masks_dir}"},
-    )
+    spec, ignore, refs, masks_dir = _split_items(source, split, predictor)
+    ids = _truth_ids(refs, len(predictor.classes), ignore, source.instances, masks_dir)
     out = prepare_output_dir(out, overwrite, RESULT_NAMES)
     k = predictor.context
-    check_consecutive(bool(spec.consecutive), k, f"dataset {data}")
-    read = context_reader(lambda i: read_image(pairs[i].image), len(pairs), k)  # 2.5D
+    check_consecutive(bool(spec.consecutive), k, source.name)
+    reader = ItemReader()
+    read = context_reader(lambda i: reader.image(refs[i]), len(refs), k)  # 2.5D
     tolerance = float(predictor.run.config.tolerance)
     raw = ScoreSummary(predictor.classes, predictor.class_of_interest, tolerance)
     job = job_progress(
-        "evaluate", "image", len(pairs), progress, cancel, hint="rerun the same call to redo it"
+        "evaluate", "image", len(refs), progress, cancel, hint="rerun the same call to redo it"
     )
     seconds: list[float] = []
     tally = IntensityTally(predictor.settings.intensity)  # one warning for the split
 
     def items() -> Iterator:
         job.start()
-        for i, p in enumerate(pairs):
+        for i, p in enumerate(refs):
             stacked = read(i)
             image = centre(stacked)
-            truth = ids.read("truth", p.mask)
+            truth = ids.apply("truth", reader.mask(p), p.where)
             if image.shape != truth.shape:
                 raise TomosegError(
-                    f"image {p.image} is {image.shape} but its mask is {truth.shape}"
+                    f"image {p.pair.image} is {image.shape} but its mask is {truth.shape}"
                 )
             t0 = time.perf_counter()
-            logits = predictor.logits([stacked], names=[str(p.image)], tally=tally)
+            logits = predictor.logits([stacked], names=[str(p.pair.image)], tally=tally)
             labels = predictor.decide(logits, [image])[0][0]
             seconds.append(time.perf_counter() - t0)
             plain = labels
             if predictor.decision is not None:
                 plain = predictor.decide(logits, [image], postprocess=False)[0][0]
             raw.images.append(
-                score_image(
-                    truth, plain, len(raw.classes), tolerance, p.id, ignore_label=spec.ignore_label
-                )
+                score_image(truth, plain, len(raw.classes), tolerance, p.id, ignore_label=ignore)
             )
             write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image
             job.advance(message=f"{p.id}: {seconds[-1]:.2f} s")
+        reader.close()
 
     summary = score_and_write(
         items(),
@@ -135,7 +161,7 @@ def evaluate_run(
         predictor.class_of_interest,
         tolerance,
         out,
-        ignore_label=spec.ignore_label,
+        ignore_label=ignore,
     )
     summary.without_postprocess = raw
     summary.inference = predictor.record()

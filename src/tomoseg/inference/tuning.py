@@ -187,10 +187,10 @@ def validation_items(
     Returns:
         ``([(id, image, truth), ...], where they come from)``.
     """
-    from tomoseg.data.context import centre, check_consecutive, context_reader
+    from tomoseg.data.context import check_consecutive, with_context
+    from tomoseg.data.samples import load_pairs
     from tomoseg.data.sources import DataSource, training_mask
-    from tomoseg.io.datasets import load_dataset, split_pairs
-    from tomoseg.io.images import read_image, read_mask
+    from tomoseg.io.datasets import load_dataset
 
     src = source if isinstance(source, DataSource) else DataSource.of(source)
     k = int(run.config.context)
@@ -207,16 +207,17 @@ def validation_items(
         return items, where
     if src.root is None:
         raise TomosegError(f"split={split!r} needs a dataset folder (data=DIR)")
-    pairs = split_pairs(src.root, split)
-    check_consecutive(bool(load_dataset(src.root).consecutive), k, f"dataset {src.root}")
-    read = context_reader(lambda i: read_image(pairs[i].image), len(pairs), k)
-    out = []
-    for i, pair in enumerate(pairs):
-        image = read(i)
-        truth = read_mask(pair.mask, len(run.classes)).astype(np.int16)
-        if np.issubdtype(image.dtype, np.floating):
-            truth[~np.isfinite(centre(image))] = IGNORE_INDEX
-        out.append((pair.id, image, truth))
+    spec = load_dataset(src.root)
+    check_consecutive(bool(spec.consecutive), k, f"dataset {src.root}")
+    samples = load_pairs(  # the one label rule, as training reads
+        src.pairs(split), len(run.classes), ignore_label=spec.ignore_label,
+        instances=src.instances,
+    )  # fmt: skip
+    images = with_context([s.image for s in samples], k)
+    out = [
+        (s.id, im, training_mask(s, spec.ignore_label))
+        for s, im in zip(samples, images, strict=True)
+    ]
     return out, f"split {split!r} of {src.root}"
 
 

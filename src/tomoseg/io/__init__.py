@@ -16,14 +16,13 @@ from tomoseg.io.images import (
     IMAGE_SUFFIXES,
     LOSSY_SUFFIXES,
     TIFF_SUFFIXES,
-    ClassIds,
     list_images,
     read_image,
     read_mask,
     read_stack,
-    resolve_class_ids,
     unique_ids,
 )
+from tomoseg.io.labels import ClassIds, label_stats, resolve_class_ids, resolve_labels
 from tomoseg.io.ome_zarr import (
     create_label_array,
     write_ngff_attrs,
@@ -57,6 +56,7 @@ __all__ = [
     "TIFF_SUFFIXES",
     "atomic_write",
     "create_label_array",
+    "label_stats",
     "list_images",
     "load_dataset",
     "open_source",
@@ -69,6 +69,7 @@ __all__ = [
     "read_stack",
     "resolve_class_ids",
     "resolve_classes",
+    "resolve_labels",
     "split_pairs",
     "unique_ids",
     "write_image",

@@ -1,18 +1,15 @@
 """Reading 2D images and masks (PNG, JPEG, TIFF) with their dtype, and folders of them.
 
-Two rules for label files (masks, truths, predictions) hold on every path, because every path
-reads them here: they must be lossless (:func:`read_mask` refuses JPEG), and the number of
-classes and a 0/255 storage of binary masks are decided from all the label files of a job
-together (:func:`resolve_class_ids`).
+Label files (masks, truths, predictions) are read here on every path, so they are lossless on
+every path (:func:`read_mask` refuses JPEG); how their ids are read (0/255 storage, ids from 1,
+instance labels, the number of classes) is decided by :mod:`tomoseg.io.labels`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.errors import TomosegError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -154,7 +151,8 @@ def read_mask(path: str | os.PathLike[str], n_classes: int | None = None) -> np.
         n_classes: if given, every value must lie in ``0..n_classes-1``.
 
     Returns:
-        Array of shape (H, W), dtype uint8 (or int32 when ids exceed 255).
+        Array of shape (H, W), dtype uint8 (int32 when ids exceed 255, as napari's int32 and
+        uint32 labels do).
 
     Raises:
         TomosegError: JPEG (lossy) file, RGB mask, float mask, 3D mask, values out of range.
@@ -163,15 +161,29 @@ def read_mask(path: str | os.PathLike[str], n_classes: int | None = None) -> np.
     arr = _to_gray(_read_raw(p, lossless=True), p, "mask")
     if arr.ndim != 2:
         raise TomosegError(f"expected a 2D mask but {p} holds an array of shape {arr.shape}")
+    return as_mask(arr, p, n_classes)
+
+
+def as_mask(arr: np.ndarray, where: object, n_classes: int | None = None) -> np.ndarray:
+    """Check a 2D label array read from ``where`` (a file, a slice of a volume) and give it the
+    dtype of :func:`read_mask`: uint8, int32 when ids exceed 255, int64 beyond int32.
+
+    Raises:
+        TomosegError: float or other non-integer values, negative ids, ids out of
+            ``0..n_classes-1``.
+    """
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise TomosegError(f"mask must hold integer class ids, found {arr.dtype} values: {p}")
+        raise TomosegError(f"mask must hold integer class ids, found {arr.dtype} values: {where}")
+    if not arr.size:
+        raise TomosegError(f"mask is empty (shape {arr.shape}): {where}")
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or (n_classes is not None and hi >= n_classes):
         limit = f"0..{n_classes - 1}" if n_classes is not None else ">= 0"
-        raise TomosegError(f"mask values {lo}..{hi} outside {limit} in {p}")
-    return arr.astype(np.uint8 if hi < 256 else np.int32, copy=False)
+        raise TomosegError(f"mask values {lo}..{hi} outside {limit} in {where}")
+    dtype = np.uint8 if hi < 256 else np.int32 if hi < 2**31 else np.int64
+    return arr.astype(dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- class ids
@@ -183,115 +195,6 @@ def unique_ids(masks: Iterable[np.ndarray]) -> set[int]:
     for m in masks:
         found.update(int(v) for v in np.unique(np.asarray(m)))
     return found
-
-
-@dataclass(frozen=True)
-class ClassIds:
-    """How the label files of one job are to be read (see :func:`resolve_class_ids`).
-
-    Attributes:
-        n_classes: K; every id read lies in ``0..K-1`` (or is the ignore label).
-        stored_255: the groups (e.g. ``"truth"``) holding binary masks stored as 0/255, read
-            as 0/1.
-    """
-
-    n_classes: int
-    stored_255: frozenset[str] = frozenset()
-    ignore_label: int | None = None
-
-    def apply(self, group: str, mask: np.ndarray, where: object = None) -> np.ndarray:
-        """A mask of ``group`` as class ids: 0/255 storage read as 0/1, ids checked.
-
-        Raises:
-            TomosegError: an id outside ``0..K-1`` (naming ``where``).
-        """
-        m = np.asarray(mask)
-        if group in self.stored_255:
-            m = (m == 255).astype(np.uint8)
-        ids = unique_ids([m]) - ({self.ignore_label} if self.ignore_label is not None else set())
-        bad = sorted(i for i in ids if not 0 <= i < self.n_classes)
-        if bad:
-            raise TomosegError(
-                f"mask values {', '.join(map(str, bad[:5]))} outside 0..{self.n_classes - 1} "
-                f"in {where or group}"
-            )
-        return m
-
-    def read(self, group: str, path: str | os.PathLike[str]) -> np.ndarray:
-        """:func:`read_mask` then :meth:`apply`."""
-        return self.apply(group, read_mask(path), path)
-
-
-def resolve_class_ids(
-    ids: Mapping[str, Iterable[int]],
-    n_classes: int | None = None,
-    *,
-    ignore_label: int | None = None,
-    where: Mapping[str, str] | None = None,
-) -> ClassIds:
-    """Decide the class ids of a job from all its label files together: the one rule of
-    ``score``, ``evaluate``, ``check``, ``train`` and :func:`tomoseg.score`.
-
-    * A group (a folder of masks, or the truth or prediction array) whose ids are exactly
-      {0, 255} (or {255}) is a binary mask stored as 0/255 (an image editor's default): it is
-      read as 0/1 and a :class:`~tomoseg.errors.TomosegWarning` says so. Not when 255 is a
-      valid class id (``n_classes > 255``) or the ignore label.
-    * With ``n_classes`` (from ``dataset.json``, ``classes`` or the run), every id must lie in
-      ``0..K-1``.
-    * Without it, K is the largest id of all groups together + 1 (at least 2); ids that leave
-      most of ``0..K-1`` unused (e.g. {0, 1, 255}) are refused: give the classes.
-
-    Args:
-        ids: group name (``truth``, ``prediction``, ``masks``) -> the ids found in its files.
-        n_classes: K when known.
-        ignore_label: an id that marks unlabelled pixels (not a class).
-        where: group name -> the folder, for messages (default: the group name).
-
-    Returns:
-        The :class:`ClassIds` to read the files with.
-
-    Raises:
-        TomosegError: ids out of range, or sparse ids without ``n_classes``.
-    """
-    where = dict(where or {})
-    stored: set[str] = set()
-    effective: dict[str, set[int]] = {}
-    for group, vals in ids.items():
-        v = {int(i) for i in vals} - ({ignore_label} if ignore_label is not None else set())
-        if (
-            255 in v
-            and v <= {0, 255}
-            and (n_classes is None or n_classes <= 255)
-            and ignore_label != 255
-        ):
-            stored.add(group)
-            warnings.warn(
-                f"{where.get(group, group)} holds binary masks stored as 0/255: read as class "
-                "ids 0/1",
-                TomosegWarning,
-                stacklevel=2,
-            )
-            v = {1 if i == 255 else i for i in v}
-        effective[group] = v
-    every = set().union(*effective.values()) if effective else set()
-    if n_classes is None:
-        k = max(max(every, default=0) + 1, 2)
-        if k > 16 and len(every) * 2 < k:
-            listed = ", ".join(map(str, sorted(every)[:8]))
-            raise TomosegError(
-                f"class ids {listed} of {' and '.join(where.get(g, g) for g in ids)} would make "
-                f"{k} classes, most of them unused; give the class names (classes, or a "
-                "dataset.json) to say how many classes there are"
-            )
-        n_classes = k
-    for group, v in effective.items():
-        bad = sorted(i for i in v if not 0 <= i < n_classes)
-        if bad:
-            raise TomosegError(
-                f"mask values {', '.join(map(str, bad[:5]))} outside 0..{n_classes - 1} in "
-                f"{where.get(group, group)} (the class ids of {n_classes} classes)"
-            )
-    return ClassIds(int(n_classes), frozenset(stored), ignore_label)
 
 
 def list_images(folder: str | os.PathLike[str]) -> dict[str, Path]:

@@ -8,6 +8,7 @@ import lightning as L
 
 from tomoseg.config.schema import TrainConfig
 from tomoseg.data.datamodule import SegDataModule
+from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.runtime.device import resolve_device, resolve_precision
@@ -16,7 +17,7 @@ from tomoseg.training.trainer import make_trainer, quiet_lightning, restored_det
 
 
 def lr_range_test(
-    data: Path,
+    data: Path | DataSource,
     out: Path,
     cfg: TrainConfig,
     min_lr: float = 1e-6,
@@ -26,7 +27,8 @@ def lr_range_test(
     """Learning-rate range test (Lightning's ``Tuner.lr_find``): the loss of a short run whose
     learning rate grows exponentially from ``min_lr`` to ``max_lr``.
 
-    Writes ``lr_find.csv`` and ``lr_find.png`` (with the suggested rate marked) into ``out``.
+    ``data``: a dataset folder, or a :class:`~tomoseg.data.sources.DataSource` (images with
+    their masks). Writes ``lr_find.csv`` and ``lr_find.png`` (with the suggested rate marked) into ``out``.
 
     Returns:
         The suggested learning rate (steepest descent of the smoothed loss).

@@ -387,6 +387,8 @@ def train(
         write_text(run / "config.yaml", config_to_yaml(cfg))
         write_run_record(run, meta)
     if rank0:
+        how = "inferred from the masks' ids" if source.root is None and not source.classes else ""
+        job.message(f"classes: {', '.join(classes)} ({how or 'given'}; class of interest {coi})")
         w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
         job.message(f"class weights ({cfg.class_weights}): {w}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
