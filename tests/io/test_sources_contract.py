@@ -267,3 +267,28 @@ def test_array_with_channel_is_refused():
 
     with pytest.raises(TomosegError, match="channel=1 is out of range: the input array has no C"):
         open_source(content(), channel=1)
+
+
+@pytest.mark.parametrize(("kind", "name"), [c for c in CASES if c[0] not in ("array", "folder")])
+def test_every_volume_format_is_a_labelled_sub_volume(tmp_path, kind, name):
+    """An image volume with its label volume, in each file format: the same training samples
+    (one per z-slice, the label rule applied) as the multi-page TIFF pair."""
+    from tomoseg.data.sources import DataSource, load_training_samples
+
+    vol = content()
+    lab = (vol > 60).astype(np.uint16)
+
+    def samples(k: str, n: str):
+        img, _ = WRITERS[k][n](tmp_path / f"{n}-img", vol)
+        msk, _ = WRITERS[k][n](tmp_path / f"{n}-lab", lab)
+        src = DataSource.of(images=img, masks=msk)
+        got = load_training_samples(src, ignore_label=None, val_fraction=0.25, seed=0)
+        return sorted(got.train + got.val, key=lambda s: s.id)
+
+    ref = samples("tiff", "multipage-tiff") if name != "multipage-tiff" else None
+    got = samples(kind, name)
+    assert len(got) == Z
+    for z, s in enumerate(got):
+        assert np.array_equal(s.image, vol[z]) and np.array_equal(s.mask, lab[z]), (name, z)
+    if ref is not None:
+        assert [s.id.split("_")[-1] for s in got] == [s.id.split("_")[-1] for s in ref]

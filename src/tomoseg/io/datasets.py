@@ -53,8 +53,6 @@ def list_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
     Raises:
         TomosegError: folder missing or empty, or two entries sharing an id.
     """
-    from tomoseg.io.sources import FORMATS
-
     d = Path(folder)
     if not d.is_dir():
         raise TomosegError(f"folder not found: {d}")
@@ -63,9 +61,7 @@ def list_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
         if f.name.startswith("."):
             continue
         image = f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-        if not image and not any(
-            fmt.kind not in ("folder", "array") and fmt.claims(f) for fmt in FORMATS
-        ):
+        if not image and not _volume_format_claims(f):
             continue
         stem = _stem(f)
         if stem in found:
@@ -76,6 +72,18 @@ def list_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
     if not found:
         raise TomosegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or volumes in folder {d}")
     return found
+
+
+def _volume_format_claims(path: Path) -> bool:
+    """Whether a registered volume format (not a folder of slices, not an array) reads it."""
+    from tomoseg.io.sources import FORMATS
+
+    return any(fmt.kind not in ("folder", "array") and fmt.claims(path) for fmt in FORMATS)
+
+
+def _one_input(path: Path) -> bool:
+    """A file, or a store that is one volume (a Zarr or N5 folder): not a folder of inputs."""
+    return path.is_file() or (path.is_dir() and _volume_format_claims(path))
 
 
 def _stem(path: Path) -> str:
@@ -173,9 +181,9 @@ def pair_files(
     ip, mp = Path(images_dir), Path(masks_dir)
     if not ip.exists() or not mp.exists():
         raise TomosegError(f"not found: {ip if not ip.exists() else mp}")
-    if ip.is_file() or mp.is_file():
-        if not (ip.is_file() and mp.is_file()):
-            f, d = (ip, mp) if ip.is_file() else (mp, ip)
+    if _one_input(ip) or _one_input(mp):
+        if not (_one_input(ip) and _one_input(mp)):
+            f, d = (ip, mp) if _one_input(ip) else (mp, ip)
             raise TomosegError(f"{f} is a file but {d} a folder: give two files or two folders")
         if ip.resolve() == mp.resolve():
             raise TomosegError(f"{what}={ip} is also the mask file: give the mask file")
