@@ -24,6 +24,7 @@ from tomoseg.errors import TomosegError, TomosegWarning
 _LAZY = {
     "Run": "tomoseg.api",
     "train": "tomoseg.api",
+    "fine_tune": "tomoseg.api",
     "segment_stack": "tomoseg.api",
     "score": "tomoseg.api",
     "score_folders": "tomoseg.api",
@@ -47,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "context_stack",
+    "fine_tune",
     "measure_objects",
     "score",
     "score_folders",
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tomoseg.api import Run, score, score_folders, segment_stack, train
+    from tomoseg.api import Run, fine_tune, score, score_folders, segment_stack, train
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
     from tomoseg.evaluation.objects import measure_objects

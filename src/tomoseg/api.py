@@ -142,6 +142,70 @@ def train(
     )
 
 
+def fine_tune(
+    run: PathLike | Run,
+    images: Any,
+    labels: Any,
+    out: PathLike,
+    *,
+    ignore_label: int | None = None,
+    time_budget: float | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **options: Any,
+) -> Run:
+    """Fine-tune a run on labelled slices given as arrays (``tomoseg train --init RUN`` on
+    folders): a new run in ``out`` that starts from ``run``'s weights and keeps its network,
+    classes, normalisation and class weights, and records it as ``parent`` in ``run.json``.
+    ``run`` is never written to.
+
+    Args:
+        run: the parent run (folder or :class:`Run`).
+        images: (N, H, W) array, or a list of (H, W) arrays, of raw intensities.
+        labels: their class ids (same shapes); pixels equal to ``ignore_label`` are
+            unannotated and count for nothing (a slice corrected in places trains there only).
+        out: the new run folder.
+        ignore_label: mask value of unannotated pixels (e.g. 255; None: all annotated).
+        time_budget: minutes for the whole fine-tune (sets the epochs), or
+        epochs: epochs (default: the parent's).
+        resume: continue a cancelled fine-tune of the same arrays in ``out``.
+        overwrite: replace an existing run in ``out``.
+        progress, cancel: as :func:`train`.
+        **options: other :class:`~tomoseg.TrainConfig` fields (``lr``, ``crops``, ``seed``,
+            ``device``, ...).
+
+    Returns:
+        The new :class:`Run`.
+
+    Raises:
+        TomosegError: ``run`` is not a run or is ``out``; arrays that do not fit (shapes, ids
+            neither a class nor ``ignore_label``); a network option that differs from the
+            parent's.
+    """
+    from tomoseg.training.fine_tune import fine_tune as _fine_tune
+
+    parent = run.path if isinstance(run, Run) else Path(run)
+    return Run(
+        _fine_tune(
+            parent,
+            images,
+            labels,
+            out,
+            ignore_label=ignore_label,
+            time_budget=time_budget,
+            epochs=epochs,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            cancel=cancel,
+            **options,
+        )
+    )
+
+
 def _split_settings(options: dict[str, Any]) -> dict[str, Any]:
     """Move the :class:`~tomoseg.InferenceSettings` fields among ``options`` into
     ``options["settings"]`` (one settings object for the library call)."""

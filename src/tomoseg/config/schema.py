@@ -41,6 +41,11 @@ class TrainConfig(BaseModel):
         default=None,
         description="SegNet: start the encoder from a VGG16-BN (or SegNet) state dict file",
     )
+    init: Path | None = Field(
+        default=None,
+        description="fine-tune: start from this run's weights, keeping its network, classes and "
+        "normalisation (its config.yaml is the base config); the run records it as its parent",
+    )
     # data
     ignore_label: int | None = Field(
         default=None,
@@ -243,6 +248,12 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         TomosegError: unreadable file, unknown or ill-typed key (pydantic's message, one line).
     """
     data: dict[str, Any] = {}
+    init = (overrides or {}).get("init")
+    parent = path is None and init is not None
+    if parent:  # a fine-tune's defaults are its parent's config
+        path = Path(init) / "config.yaml"
+        if not path.is_file():
+            raise TomosegError(f"init={str(init)!r}: not a tomoseg run folder (no config.yaml)")
     if path is not None:
         p = Path(path)
         if not p.exists() and (CONFIG_DIR / f"{p.name}.yaml").is_file():
@@ -258,6 +269,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         if not isinstance(loaded, dict):
             raise TomosegError(f"config {p} must be a mapping of keys to values")
         data.update(loaded)
+        if parent:
+            data.pop("time_budget", None)  # the parent's plan: a fine-tune plans its own
+            data.pop("max_minutes", None)
+            data.pop("encoder_weights", None)  # the parent's weights replace them
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given.get("time_budget") is not None and given.get("epochs") is not None:
         raise TomosegError(

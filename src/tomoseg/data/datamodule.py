@@ -196,7 +196,12 @@ def _finite(img: np.ndarray) -> np.ndarray:
 
 
 def prepare_training_data(
-    source: DataSource | Path | str, cfg: TrainConfig, *, need_val: bool = True
+    source: DataSource | Path | str,
+    cfg: TrainConfig,
+    *,
+    need_val: bool = True,
+    norm: Normalization | None = None,
+    weights: np.ndarray | None = None,
 ) -> PreparedData:
     """Read a source and compute everything training needs (what ``train()`` records in
     ``run.json`` before fitting, and what :class:`SegDataModule` serves).
@@ -205,6 +210,10 @@ def prepare_training_data(
         source: a :class:`DataSource` or a dataset folder.
         cfg: the run's configuration (``ignore_label``, ``val_fraction``, crops, weights, seed).
         need_val: False: no validation images (``lr-find``).
+        norm: the intensity normalisation to use (a fine-tune keeps its parent's); None: fitted
+            on the finite training pixels.
+        weights: (K,) loss weights to use (a fine-tune keeps its parent's, so a few corrected
+            slices without some class still train); None: from the class counts.
 
     Raises:
         TomosegError: bad data (see :func:`~tomoseg.data.sources.load_training_samples`), a
@@ -223,8 +232,10 @@ def prepare_training_data(
     k = len(spec.classes)
     masks = [training_mask(s, ignore) for s in loaded.train]
     counts = class_counts(masks, k)
-    weights = class_weights(counts, cfg.class_weights, spec.classes)
-    norm = fit_normalization([_finite(s.image) for s in loaded.train], seed=cfg.seed)
+    if weights is None:
+        weights = class_weights(counts, cfg.class_weights, spec.classes)
+    if norm is None:
+        norm = fit_normalization([_finite(s.image) for s in loaded.train], seed=cfg.seed)
     intensity = intensity_range((s.image for s in loaded.train), norm)
     shapes = [s.image.shape for s in loaded.train]
     size = cfg.crop_size or max(max(s) for s in shapes)
@@ -277,16 +288,25 @@ class SegDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, source: DataSource | Path | str, cfg: TrainConfig, need_val: bool = True
+        self,
+        source: DataSource | Path | str,
+        cfg: TrainConfig,
+        need_val: bool = True,
+        *,
+        norm: Normalization | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.source, self.cfg, self.need_val = source, cfg, need_val
+        self.norm, self.weights = norm, weights  # a fine-tune's, from its parent
         self.prepared: PreparedData | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read the data and compute normalisation, class weights and crops (idempotent)."""
         if self.prepared is None:
-            self.prepared = prepare_training_data(self.source, self.cfg, need_val=self.need_val)
+            self.prepared = prepare_training_data(
+                self.source, self.cfg, need_val=self.need_val, norm=self.norm, weights=self.weights
+            )
 
     def _data(self) -> PreparedData:
         if self.prepared is None:

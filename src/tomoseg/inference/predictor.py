@@ -186,6 +186,45 @@ def decide(
     return labels, prob
 
 
+#: what :meth:`Predictor.predict_uncertainty` can measure
+UNCERTAINTY_MEASURES = ("entropy", "margin", "disagreement")
+
+
+def uncertainty_of(prob: np.ndarray, measure: str = "entropy") -> np.ndarray:
+    """Per-pixel uncertainty of the class decision from class probabilities, in [0, 1].
+
+    * ``entropy``: Shannon entropy of the softmax divided by ``log K`` (0: one class has
+      probability 1; 1: all K classes equally likely), as MONAI Label's and ilastik's
+      uncertainty maps.
+    * ``margin``: ``1 - (p_first - p_second)``, one minus the gap between the two most
+      probable classes (Scheffer et al., 2001, "margin sampling"); 1 on a tie.
+
+    Args:
+        prob: (K, H, W) or (B, K, H, W) probabilities (sum 1 over K), any float dtype.
+        measure: ``entropy`` or ``margin``.
+
+    Returns:
+        (H, W) or (B, H, W) float32.
+
+    Raises:
+        TomosegError: an unknown ``measure``, fewer than 2 classes.
+    """
+    if measure not in ("entropy", "margin"):
+        raise TomosegError(f"measure={measure!r}: must be 'entropy' or 'margin'")
+    p = np.asarray(prob, dtype=np.float32)
+    axis = p.ndim - 3
+    k = p.shape[axis]
+    if k < 2:
+        raise TomosegError(f"prob has {k} class: uncertainty needs at least 2")
+    if measure == "entropy":
+        h = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=axis)
+        return np.clip(h / np.log(k), 0.0, 1.0).astype(np.float32)
+    top = np.sort(p, axis=axis)
+    first = np.take(top, k - 1, axis=axis)
+    second = np.take(top, k - 2, axis=axis)
+    return np.clip(1.0 - (first - second), 0.0, 1.0).astype(np.float32)
+
+
 def as_image(image: object, name: str = "image", context: int = 0) -> np.ndarray:
     """Check an array given to the API: a 2D grayscale image of integers or floats, or for a
     run with 2.5D context ``k`` a (2k + 1, H, W) stack of the slice and its neighbours.
@@ -523,6 +562,47 @@ class Predictor:
         prob = self.segment(image, probabilities=True, names=["image"])[1]
         assert prob is not None
         return prob
+
+    def predict_uncertainty(self, image: object, *, measure: str = "entropy") -> np.ndarray:
+        """Per-pixel uncertainty of the class decision of one image, in [0, 1].
+
+        ``entropy`` and ``margin`` are computed from :meth:`predict_proba` (with TTA, the
+        probabilities averaged over the passes), see :func:`uncertainty_of`.
+        ``disagreement`` (TTA on only) is the fraction of TTA passes whose own decision
+        (argmax of that pass's class scores) differs from :meth:`predict`'s label: 0 where all
+        passes agree, at most ``1 - 1/passes``.
+
+        Args:
+            image: as :meth:`predict` ((H, W), or (2k + 1, H, W) with 2.5D context).
+            measure: ``entropy`` (default), ``margin`` or ``disagreement``.
+
+        Returns:
+            (H, W) float32 in [0, 1]; NaN / infinite pixels of the image (labelled background
+            with probability 1) have uncertainty 0.
+
+        Raises:
+            TomosegError: an unknown ``measure``; ``disagreement`` without TTA
+                (``tta="flips"`` or ``"all"``); as :meth:`predict`.
+        """
+        if measure not in UNCERTAINTY_MEASURES:
+            raise TomosegError(
+                f"measure={measure!r}: must be one of {', '.join(UNCERTAINTY_MEASURES)}"
+            )
+        image = as_image(image, context=self.context)
+        if measure != "disagreement":
+            labels, prob = self.segment(image, probabilities=True, names=["image"])
+            assert prob is not None
+            return uncertainty_of(prob, measure)
+        if len(self._tta) < 2:
+            raise TomosegError(
+                "measure='disagreement' compares TTA passes: give tta='flips' or tta='all'"
+            )
+        labels = self.predict(image)
+        differ = np.zeros(labels.shape, np.float32)
+        for t in self._tta:  # one pass per transform, each decided on its own
+            one = Predictor(self._run, replace(self._settings, tta=(t,)))
+            differ += one.segment(image, names=["image"])[0] != labels
+        return differ / len(self._tta)
 
     def predict_volume(
         self,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from tomoseg._version import __version__
@@ -24,6 +25,7 @@ from tomoseg.models.registry import get_architecture, network_hparams
 from tomoseg.runtime.device import resolve_device, resolve_precision
 from tomoseg.runtime.run_record import RUN_FILE, read_run_record, write_run_record
 from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
+from tomoseg.training.parent import check_fits, load_parent, parent_record, parent_source
 from tomoseg.training.recording import (
     EpochProgress,
     RunCSVLogger,
@@ -318,6 +320,8 @@ def train(
     job = job_progress("train", "epoch", cfg.epochs, progress, cancel)
     job.check()  # cancelled before it started: nothing is written
     get_architecture(cfg.model)  # an unknown network fails before anything is written
+    # a fine-tune: its parent is loaded (and never the run folder) before anything is touched
+    parent = load_parent(cfg, run) if cfg.init is not None else None
     quiet_lightning()
     parse_tta(cfg.tta)  # an unknown transform fails before anything is read
     device = resolve_device(cfg.device)
@@ -341,10 +345,19 @@ def train(
         last_ckpt = run / "checkpoints" / "last.ckpt"
         ckpt = last_ckpt if resume and last_ckpt.is_file() else None
     source = data if isinstance(data, DataSource) else DataSource.of(data)
-    dm = SegDataModule(source, cfg)
+    inherited: dict[str, Any] = {}
+    if parent is not None:
+        source = parent_source(source, parent)
+        inherited = {
+            "norm": parent.normalization,
+            "weights": np.asarray(parent.meta["class_weights"], np.float32),
+        }
+    dm = SegDataModule(source, cfg, **inherited)
     dm.setup("fit")  # what run.json records is known before fitting
     prep = dm.prepared
     assert prep is not None
+    if parent is not None:
+        check_fits(parent, cfg, prep)
     classes, coi = prep.spec.classes, prep.spec.class_of_interest
     meta = {
         "tomoseg_version": __version__,
@@ -366,6 +379,8 @@ def train(
         "validation": prep.validation,
         "precision": precision,
     }
+    if parent is not None:
+        meta["parent"] = parent_record(parent)
     if cfg.time_budget is not None:
         if multi_process(cfg):
             raise TomosegError(
@@ -395,6 +410,8 @@ def train(
     module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
     module.bf16 = precision == "bf16-mixed"
     module.compile_steps = compiled
+    if parent is not None:  # start from the parent's weights (a checkpoint resumed replaces them)
+        module.net.load_state_dict(parent.model.state_dict())
     if ckpt is not None:
         check_resume_checkpoint(ckpt, module)
     best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
