@@ -320,3 +320,18 @@ def show_stack_demo(summary: Mapping[str, Any]) -> None:
         f"  table and meshes   {out}/objects/objects.csv, {out}/objects/meshes/, preview "
         f"{out}/objects/preview.png"
     )
+
+
+def suggest_lines(result: Mapping[str, Any]) -> list[str]:
+    """``tomoseg suggest``'s output: one line per suggested slice, then the stack's range."""
+    scores = [s for s in result["scores"] if s == s]
+    lines = [f"label next ({result['measure']}, most uncertain first, spread over z):"]
+    lines += [
+        f"  {s['rank']:>2}. slice {s['index']} ({s['id']}): uncertainty {s['score']:.3f}"
+        for s in result["slices"]
+    ]
+    if scores:
+        lines.append(
+            f"{len(scores)} slices scored: uncertainty {min(scores):.3f} to {max(scores):.3f}"
+        )
+    return lines

@@ -159,3 +159,29 @@ def objects(
     )  # fmt: skip
     for line in render.objects_lines(summary, out):
         render.say(line)
+
+
+def suggest(
+    run: RunFolder,
+    input: Input,
+    n: Annotated[int, typer.Option("--n", help="How many slices to suggest.")] = 5,
+    spacing: Annotated[
+        int | None,
+        typer.Option(help="Minimum distance in slices between suggestions (default: Z / 2n)."),
+    ] = None,
+    measure: Annotated[str, typer.Option(help="entropy or margin of the softmax.")] = "entropy",
+    device: Device = "auto",
+    tta: Tta = None,
+    weights: Weights = None,
+) -> None:
+    """Rank the slices to label next: most uncertain first, spread over z."""
+    from tomoseg.inference.suggest import suggest as run_suggest
+
+    settings = inference_settings(device=device, tta=tta, weights=weights)
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        result = run_suggest(
+            run, input, n=n, spacing=spacing, measure=measure, settings=settings,
+            progress=show, cancel=cancel,
+        )  # fmt: skip
+    for line in render.suggest_lines(result):
+        render.say(line)

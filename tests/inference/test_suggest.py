@@ -1,0 +1,60 @@
+"""Slices to label next: per-slice uncertainty ranked with a spread over z (API and CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_TRAIN, make_dataset
+from PIL import Image
+
+import tomoseg
+from tomoseg.errors import TomosegError
+from tomoseg.inference.predictor import Predictor, uncertainty_of
+from tomoseg.inference.suggest import rank_slices, suggest
+
+
+def test_rank_spreads_the_picks_over_z():
+    scores = np.zeros(20)
+    scores[5:9] = [0.9, 0.95, 0.92, 0.91]  # one uncertain cluster
+    scores[15] = 0.5
+    assert rank_slices(scores, 1) == [6]
+    picks = rank_slices(scores, 2)  # spacing 20 // 4 = 5: the cluster gives one
+    assert picks == [6, 15]
+    assert rank_slices(scores, 2, spacing=1) == [6, 7]  # no spread: the cluster's top two
+    assert len(set(rank_slices(scores, 20))) == 20  # spacing relaxed to give all of them
+    with pytest.raises(TomosegError, match="n=0"):
+        rank_slices(scores, 0)
+    with pytest.raises(TomosegError, match="spacing=0"):
+        rank_slices(scores, 2, spacing=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("suggest")
+    data = make_dataset(root / "data", shape=(40, 48), n={"train": 3, "val": 1, "test": 6})
+    run = tomoseg.train(data, root / "run", **TINY_TRAIN)
+    files = sorted((data / "test" / "images").iterdir())
+    return run.path, np.stack([np.asarray(Image.open(f)) for f in files])
+
+
+def test_suggest_scores_are_the_mean_uncertainty(tiny):
+    run, volume = tiny
+    got = suggest(run, volume, n=2)
+    p = Predictor.from_run(run)
+    want = [float(uncertainty_of(p.predict_proba(s)).mean()) for s in volume]
+    np.testing.assert_allclose(got["scores"], want, rtol=1e-6)
+    assert [s["index"] for s in got["slices"]] == rank_slices(want, 2)
+
+
+def test_suggest_command(tiny, tmp_path, run_cli):
+    run, volume = tiny
+    stack = tmp_path / "stack.tif"
+    tomoseg_tiff = pytest.importorskip("tifffile")
+    tomoseg_tiff.imwrite(stack, volume)
+    code, out, err = run_cli("suggest", run, stack, "--n", "3")
+    assert code == 0, err
+    assert out.count("uncertainty") == 4 and " 1. slice " in out
+    code, _, err = run_cli("suggest", run, stack, "--n", "0")
+    assert code == 1 and err.startswith("error: --n 0") and err.count("\n") == 1
