@@ -33,6 +33,7 @@ LAYERS: dict[str, float] = {
     "cluster": 7,
     "api": 8,
     "cli": 9,
+    "napari": 9,  # a front end beside the CLI (the only part that imports napari or Qt)
     # the top-level package itself: its lazy names are the API's (``tomoseg.train``, ...)
     "": 8,
 }
@@ -208,3 +209,21 @@ def test_library_messages_name_parameters_not_options():
             if name in calls and any(flag.search(t) for t in _message_texts(node)):
                 bad.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not bad, "library messages naming --options:\n" + "\n".join(bad)
+
+
+def test_only_the_napari_plugin_imports_a_gui():
+    """The base install has no Qt: napari, magicgui and Qt bindings are imported only by
+    ``tomoseg.napari``."""
+    gui = ("napari", "magicgui", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt")
+    bad = []
+    for mod, path in _modules().items():
+        if _part(mod) == "napari":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            bad += [f"{mod}: {n}" for n in names if n.split(".")[0] in gui]
+    assert not bad, "GUI imports outside tomoseg.napari:\n" + "\n".join(bad)

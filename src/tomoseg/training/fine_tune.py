@@ -152,3 +152,64 @@ def fine_tune(
     return train(
         data, out, cfg, resume=resume, overwrite=overwrite, progress=progress, cancel=cancel
     )
+
+
+def train_arrays(
+    images: object,
+    labels: object,
+    out: str | os.PathLike[str],
+    *,
+    classes: Sequence[str],
+    class_of_interest: str | None = None,
+    ignore_label: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **options: Any,
+) -> Path:
+    """Train a new run on labelled slices given as arrays (a viewer's image and annotation
+    layers): the arrays are written as a dataset in ``out/training_data/`` and trained on as
+    :func:`tomoseg.train` trains a dataset folder.
+
+    Args:
+        images: (N, H, W) array or N (H, W) arrays of raw intensities.
+        labels: their class ids (0..K-1); pixels equal to ``ignore_label`` are unannotated.
+        out: the run folder.
+        classes: the K class names.
+        class_of_interest: default the last class.
+        ignore_label: mask value of unannotated pixels (e.g. 255; None: all annotated).
+        overwrite, progress, cancel: as :func:`tomoseg.train`.
+        **options: any :class:`~tomoseg.config.TrainConfig` field (``time_budget``, ...).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        TomosegError: arrays that do not fit (shapes, ids), fewer than 2 classes, an unknown
+            class of interest, options (as ``train``).
+    """
+    from tomoseg.config.schema import load_config
+    from tomoseg.training.trainer import RUN_RESULTS, train
+
+    out = Path(out)
+    names = [str(c) for c in classes]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise TomosegError(f"classes={names!r}: give at least 2 distinct class names")
+    coi = class_of_interest or names[-1]
+    if coi not in names:
+        raise TomosegError(f"class_of_interest={coi!r} is not one of {names}")
+    cfg = load_config(None, options)
+    held = [n for n in RUN_RESULTS if (out / n).exists()]
+    if held and not overwrite:
+        raise TomosegError(
+            f"run folder {out} already holds a run ({held[0]}); use overwrite=True to replace it"
+        )
+    data = write_fine_tune_data(
+        out / "training_data",
+        _stack(images, "images"),
+        _stack(labels, "labels"),
+        names,
+        coi,
+        ignore_label,
+    )
+    return train(data, out, cfg, overwrite=overwrite, progress=progress, cancel=cancel)

@@ -1,0 +1,75 @@
+"""napari reader: ``segment-stack`` outputs as a Labels layer at their voxel size, and every
+stack tomoseg reads (folder of slices, multi-page TIFF, Zarr / OME-Zarr) as an Image layer;
+both lazily (dask: a slice is read when shown), so a stack of thousands of slices opens at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tomoseg.errors import TomosegError
+from tomoseg.io.volumes import STACK_FILE, ZARR_NAME, open_source, read_stack_info
+
+LayerData = list[tuple[Any, dict[str, Any], str]]
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
+    """napari's ``get_reader`` hook: a reader for a ``segment-stack`` output folder or any
+    stack input of :func:`tomoseg.io.sources.open_source`, None for anything else."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if (p / STACK_FILE).is_file() and (p / ZARR_NAME).is_dir():
+        return read_stack_output
+    try:
+        open_source(p)
+    except (TomosegError, OSError, ValueError):
+        return None
+    return read_stack
+
+
+def read_stack_output(path: str | os.PathLike[str]) -> LayerData:
+    """The labels of a ``segment-stack`` output folder (OME-Zarr ``labels.zarr/0``) as a lazy
+    Labels layer with the voxel size of ``stack.json`` as its scale; its uncertainty
+    (``uncertainty.zarr``, when written) as an Image layer."""
+    import dask.array as da
+    import zarr
+
+    p = Path(path if not isinstance(path, list) else path[0])
+    info = read_stack_info(p) or {}
+    scale = tuple(float(v) for v in info.get("voxel_size") or (1.0, 1.0, 1.0))
+    labels = da.from_zarr(zarr.open_array(str(p / ZARR_NAME / "0"), mode="r"))
+    meta = {"name": f"{p.name} labels", "scale": scale, "metadata": {"tomoseg_stack": str(p)}}
+    return [(labels, meta, "labels")]
+
+
+def read_stack(path: str | os.PathLike[str]) -> LayerData:
+    """A stack input as a lazy (dask) Image layer: one slice read per chunk, through the same
+    source tomoseg segments from, at the voxel size its metadata declares."""
+    p = Path(path if not isinstance(path, list) else path[0])
+    src = open_source(p)
+    image = lazy_stack(src)
+    scale = tuple(float(v) for v in src.voxel_size) if src.voxel_size else (1.0, 1.0, 1.0)
+    return [(image, {"name": p.stem, "scale": scale}, "image")]
+
+
+def lazy_stack(src: Any) -> Any:
+    """A (Z, Y, X) dask array of a :class:`~tomoseg.io.sources.SliceSource`, one chunk per
+    slice."""
+    import dask.array as da
+    from dask import delayed
+
+    def one(z: int) -> Any:
+        with src.reader() as read:
+            return read(z)
+
+    first = one(0)
+    slices = [
+        da.from_delayed(delayed(one)(z), shape=first.shape, dtype=first.dtype) for z in range(src.n)
+    ]
+    return da.stack(slices)
