@@ -58,3 +58,39 @@ def test_suggest_command(tiny, tmp_path, run_cli):
     assert out.count("uncertainty") == 4 and " 1. slice " in out
     code, _, err = run_cli("suggest", run, stack, "--n", "0")
     assert code == 1 and err.startswith("error: --n 0") and err.count("\n") == 1
+
+
+def test_segment_stack_writes_uncertainty_and_suggest_reads_it(tiny, tmp_path, run_cli):
+    import json
+    import threading
+
+    import zarr
+
+    from tomoseg.utils.progress import Cancelled
+
+    run, volume = tiny
+    out = tmp_path / "seg"
+    stop = threading.Event()
+
+    def cancel_after_two(event):
+        if event.kind == "advance" and event.done >= 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):  # a cancelled job resumes to the same volumes
+        tomoseg.segment_stack(run, volume, out, uncertainty=True, progress=cancel_after_two,
+                              cancel=stop)  # fmt: skip
+    info = tomoseg.segment_stack(run, volume, out, uncertainty=True)
+    assert 0 < info["computed"] < len(volume)
+    p = Predictor.from_run(run)
+    unc = zarr.open_array(str(out / "uncertainty.zarr" / "0"), mode="r")
+    assert unc.dtype == np.float32 and unc.shape == volume.shape
+    for z in range(len(volume)):
+        np.testing.assert_allclose(unc[z], p.predict_uncertainty(volume[z]), atol=1e-5)
+    rec = json.loads((out / "stack.json").read_text())
+    want = [float(uncertainty_of(p.predict_proba(s)).mean()) for s in volume]
+    np.testing.assert_allclose(rec["uncertainty"]["scores"], want, atol=1e-5)
+    got = suggest(run, out, n=2)  # the stored scores, no inference
+    assert [s["index"] for s in got["slices"]] == rank_slices(want, 2)
+    code, _, err = run_cli("segment-stack", run, out, "--out", tmp_path / "x", "--uncertainty",
+                           "--io-workers", "2")  # fmt: skip
+    assert code == 1 and err.startswith("error: --uncertainty") and err.count("\n") == 1

@@ -274,6 +274,11 @@ def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
             f"{off['slices']} of {info['slices']} slices are of another type or mostly outside "
             f"the run's intensity range ({what}); per slice in stack.json"
         )
+    if info.get("uncertainty"):
+        lines.append(
+            f"uncertainty -> {info['uncertainty']} (score per slice in stack.json; "
+            "tomoseg suggest ranks them)"
+        )
     return lines
 
 

@@ -69,6 +69,14 @@ Verify = Annotated[
 ]
 Actors = Annotated[int | None, typer.Option(help="Ray: actors (default: one per GPU, else 1).")]
 CpusPerActor = Annotated[int, typer.Option(help="Ray: CPUs per actor.")]
+Uncertainty = Annotated[
+    bool,
+    typer.Option(
+        "--uncertainty",
+        help="Also write uncertainty.zarr (entropy of the softmax, 0-1) and a score per slice "
+        "in stack.json (for tomoseg suggest).",
+    ),
+]
 
 
 def segment_stack(
@@ -99,6 +107,7 @@ def segment_stack(
     tta: Tta = None,
     no_postprocess: NoPostprocess = False,
     weights: Weights = None,
+    uncertainty: Uncertainty = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
@@ -128,7 +137,8 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
             time=o["time"], dataset=o["dataset"], transpose=o["transpose"],
             missing=o["missing"], part=o["part"], verify=o["verify"], backend=o["backend"],
             io_workers=o["io_workers"], address=o["address"], actors=o["actors"],
-            cpus_per_actor=o["cpus_per_actor"], progress=show, cancel=cancel,
+            cpus_per_actor=o["cpus_per_actor"], uncertainty=o["uncertainty"],
+            progress=show, cancel=cancel,
         )  # fmt: skip
 
 

@@ -189,6 +189,7 @@ def segment_stack(
     cpus_per_actor: int = 1,
     num_cpus: int | None = None,
     executor: Executor | None = None,
+    uncertainty: bool = False,
     progress: ProgressCallback | JobProgress | None = None,
     cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
@@ -249,6 +250,11 @@ def segment_stack(
         num_cpus: ``ray``: CPUs of the local Ray started without ``address``.
         executor: computes the slices instead of the one ``backend`` chooses
             (:class:`~tomoseg.inference.stack_executors.Executor`).
+        uncertainty: also write the per-pixel uncertainty of the class decision (normalised
+            entropy of the softmax, from the same forward pass) as ``uncertainty.zarr`` (float32
+            OME-Zarr, 0-1) and each slice's mean as ``stack.json``'s ``uncertainty.scores``
+            (what ``tomoseg suggest`` ranks); with the reader and writer threads only
+            (``backend="local"``, ``io_workers=0``), not with ``part``.
         progress: receives a :class:`~tomoseg.utils.progress.ProgressEvent` per finished slice
             (``done`` counts the slices finished before a resume too), in the calling thread.
         cancel: a :class:`threading.Event` (anything with ``is_set()``): when set, the job
@@ -282,6 +288,11 @@ def segment_stack(
         raise TomosegError(f"batch_slices={batch_slices!r}: must be >= 1")
     _check_backend(backend, io_workers, address, actors, cpus_per_actor, num_cpus)
     i_n = parse_part(part) if part is not None else None
+    if uncertainty and (backend != "local" or io_workers or i_n is not None or verify):
+        raise TomosegError(
+            "uncertainty=True is written by the reader and writer threads: use it with "
+            "backend='local' and io_workers=0, without part or verify"
+        )
     voxel = parse_voxel_size(voxel_size)
     src = open_source(
         input,
@@ -298,6 +309,8 @@ def segment_stack(
     voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
     unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
     info = _record(predictor, src.describe(), sink, voxel, unit)
+    if uncertainty:  # a resume with and without it are different jobs
+        info["inference"]["uncertainty"] = "entropy"
     meta = VolumeMeta(
         f"{src.name} segmented", voxel, unit, predictor.classes, predictor.class_of_interest
     )
@@ -313,11 +326,14 @@ def segment_stack(
         tally=IntensityTally(predictor.settings.intensity),
         part=i_n,
         verify=bool(verify),
+        uncertainty=bool(uncertainty),
     ).prepare(bool(overwrite))
     prog.set_total(len(job.span), done=job.finished)
     prog.start()
     computed = 0
     if job.todo:
+        if uncertainty and executor is None:
+            io_workers = 0  # the threads write the second volume
         executor = executor or local_executor(io_workers, predictor.device.type != "cpu")
         computed = executor.run(job, predictor, prog)
     summary = job.finish(computed)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from tomoseg.inference.stack_io import IOPool, open_slices, read_slice, worker_error, write_slice
+from tomoseg.inference.stack_uncertainty import MEASURE, UncertaintyWriter
 
 if TYPE_CHECKING:
     from tomoseg.inference.predictor import Predictor
@@ -89,6 +90,7 @@ class ThreadExecutor:
         stop = threading.Event()
         writer_errors: list[BaseException] = []
         sink = job.sink.open(job.out, src.ids)
+        maps = UncertaintyWriter(job.out) if job.uncertainty else None
 
         def reader() -> None:
             try:
@@ -110,8 +112,10 @@ class ThreadExecutor:
                 item = q_out.get()
                 if item is _DONE:
                     return
-                i, labels, bad, found = item
+                i, labels, bad, found, unc = item
                 try:
+                    if maps is not None:  # before the slice's marker: a finished slice has it
+                        maps.write(i, unc)
                     write_slice(sink, i, labels, bad, found)
                 except BaseException as exc:
                     writer_errors.append(exc)
@@ -134,9 +138,16 @@ class ThreadExecutor:
                 progress.advance()
 
         def segment(items: list[tuple[int, np.ndarray, int, Any]]) -> None:
-            labels = segment_many(predictor, [item[1] for item in items])
-            for (i, _, bad, found), lab in zip(items, labels, strict=True):
-                _put(q_out, (i, lab, bad, found), t_write.is_alive)
+            images = [item[1] for item in items]
+            if maps is None:
+                labels, unc = segment_many(predictor, images), [None] * len(items)
+            else:  # the uncertainty of the softmax the labels are decided from (one pass)
+                from tomoseg.inference.predictor import uncertainty_of
+
+                lab_b, prob = predictor.segment_batch(images, probabilities=True, checked=True)
+                labels, unc = list(lab_b), list(uncertainty_of(prob, MEASURE))
+            for (i, _, bad, found), lab, u in zip(items, labels, unc, strict=True):
+                _put(q_out, (i, lab, bad, found, u), t_write.is_alive)
 
         try:
             ended = False

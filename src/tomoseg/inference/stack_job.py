@@ -31,6 +31,14 @@ from tomoseg.data.intensity import IntensityCheck, IntensityFinding, IntensityTa
 from tomoseg.errors import TomosegError
 from tomoseg.inference.stack_io import PROGRESS_DIR, read_marker
 from tomoseg.inference.stack_sinks import Sink, VolumeMeta
+from tomoseg.inference.stack_uncertainty import (
+    MEASURE,
+    SCORES_DIR,
+    UNCERTAINTY_NAME,
+    create_volume,
+    read_scores,
+    volume_ok,
+)
 from tomoseg.io.jobs import job_difference
 from tomoseg.io.sources import SliceSource
 from tomoseg.io.volumes import STACK_FILE, TIFF_DIR, ZARR_NAME, read_stack_info
@@ -128,7 +136,7 @@ def _publish_once(path: Path, obj: Any) -> bool:
 
 
 def _remove_outputs(out: Path) -> None:
-    for name in (ZARR_NAME, TIFF_DIR, PROGRESS_DIR):
+    for name in (ZARR_NAME, TIFF_DIR, PROGRESS_DIR, UNCERTAINTY_NAME, SCORES_DIR):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -192,6 +200,8 @@ class StackJob:
             about at once by a local executor; :meth:`finish` warns when none was, e.g. Ray).
         part: ``(I, N)``: only part I of N, into an output shared with the other parts.
         verify: compute nothing; check that every slice is finished.
+        uncertainty: also write the uncertainty volume and per-slice scores
+            (:mod:`tomoseg.inference.stack_uncertainty`).
         span: the slices of this call (the stack, or the part); set by :meth:`prepare`.
         todo: the slices of ``span`` without a marker (to compute); set by :meth:`prepare`.
     """
@@ -207,6 +217,7 @@ class StackJob:
     tally: IntensityTally = field(default_factory=IntensityTally)
     part: tuple[int, int] | None = None
     verify: bool = False
+    uncertainty: bool = False
     span: range = field(default_factory=lambda: range(0))
     todo: list[int] = field(default_factory=list)
     t0: float = field(default_factory=perf_counter)
@@ -258,11 +269,17 @@ class StackJob:
         else:
             prepare_output_dir(out, overwrite, [ZARR_NAME, TIFF_DIR, PROGRESS_DIR])
             _remove_outputs(out)
+        if resume and self.uncertainty and not volume_ok(out, self.src):
+            resume = False  # the uncertainty volume is gone: start over
+            _remove_outputs(out)
         if not resume:
             if self.marks.is_dir():
                 shutil.rmtree(self.marks)
             write_json(out / STACK_FILE, info)
             self.sink.create(out, self.src, self.meta)
+            if self.uncertainty:
+                chunks = (1, *(min(n, 1024) for n in self.src.shape))
+                create_volume(out, self.src, chunks, self.meta.voxel, self.meta.unit)
         else:
             write_json(out / STACK_FILE, info)
             self.sink.update(out, self.meta)  # a new voxel size or unit only changes metadata
@@ -340,7 +357,15 @@ class StackJob:
         if not self.shared:
             summary["nonfinite"] = _nonfinite_summary(bad)
             summary["missing_chunks"] = info["input"].get("missing_chunks")
-            write_json(out / STACK_FILE, {**info, "complete": True, "summary": summary})
+            final = {**info, "complete": True, "summary": summary}
+            if self.uncertainty:
+                summary["uncertainty"] = str(out / UNCERTAINTY_NAME)
+                final["uncertainty"] = {
+                    "measure": MEASURE,
+                    "volume": UNCERTAINTY_NAME,
+                    "scores": read_scores(out, self.src.n),  # mean per slice, in stack order
+                }
+            write_json(out / STACK_FILE, final)
             return summary
         missing = missing_slices(out, self.src.n)
         summary.update(stack_slices=self.src.n, missing=len(missing), complete=not missing)

@@ -109,6 +109,21 @@ def rank_slices(scores: Any, n: int, *, spacing: int | None = None) -> list[int]
     return picked
 
 
+def _stored_scores(stack: Any, measure: str) -> tuple[list[str], np.ndarray] | None:
+    """The slice ids and per-slice scores of a complete ``segment_stack`` output written with
+    ``uncertainty=True`` in the same ``measure`` (None for anything else)."""
+    from tomoseg.io.volumes import read_stack_info
+
+    if not isinstance(stack, (str, os.PathLike)) or not os.path.isdir(stack):
+        return None
+    info = read_stack_info(stack)
+    unc = (info or {}).get("uncertainty") or {}
+    if not info or not info.get("complete") or unc.get("measure") != measure:
+        return None
+    scores = np.array([np.nan if v is None else v for v in unc["scores"]], np.float64)
+    return list(info["input"]["ids"]), scores
+
+
 def suggest(
     run: Predictor | str | os.PathLike[str],
     stack: Any,
@@ -123,7 +138,9 @@ def suggest(
     """Rank a stack's slices to label next (``tomoseg suggest``).
 
     Args:
-        run, stack, measure, settings, progress, cancel: as :func:`slice_scores`.
+        run, stack, measure, settings, progress, cancel: as :func:`slice_scores`; ``stack``
+            may also be a ``segment_stack`` output written with ``uncertainty=True``, whose
+            per-slice scores are ranked without running the network again.
         n, spacing: as :func:`rank_slices`.
 
     Returns:
@@ -136,14 +153,19 @@ def suggest(
     from tomoseg.io.sources import open_source
 
     rank_slices([0.0], n, spacing=spacing)  # bad n or spacing fails before any inference
-    src = open_source(stack)
-    scores = slice_scores(
-        run, src, measure=measure, settings=settings, progress=progress, cancel=cancel
-    )
+    stored = _stored_scores(stack, measure)
+    if stored is not None:  # a segment-stack output with uncertainty: its scores
+        ids, scores = stored
+    else:
+        src = open_source(stack)
+        ids = src.ids
+        scores = slice_scores(
+            run, src, measure=measure, settings=settings, progress=progress, cancel=cancel
+        )
     picks = rank_slices(scores, n, spacing=spacing)
     return {
         "slices": [
-            {"rank": r + 1, "index": z, "id": src.ids[z], "score": float(scores[z])}
+            {"rank": r + 1, "index": z, "id": ids[z], "score": float(scores[z])}
             for r, z in enumerate(picks)
         ],
         "scores": [float(v) for v in scores],
