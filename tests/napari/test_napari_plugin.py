@@ -242,3 +242,4 @@ def test_reader_opens_stacks_and_stack_outputs(tiny, tmp_path):
     np.testing.assert_array_equal(np.asarray(labels)[0], p.predict(vol[0]))
     (tmp_path / "notes.txt").write_text("x")
     assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader(str(run))(str(run)) == [(None,)]  # a run folder: read, nothing to show

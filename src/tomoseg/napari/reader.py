@@ -12,6 +12,7 @@ from typing import Any
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.volumes import STACK_FILE, ZARR_NAME, open_source, read_stack_info
+from tomoseg.runtime.run_record import RUN_FILE
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 
@@ -26,11 +27,21 @@ def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
     p = Path(path)
     if (p / STACK_FILE).is_file() and (p / ZARR_NAME).is_dir():
         return read_stack_output
+    if (p / RUN_FILE).is_file():
+        return read_run
+    if p.is_file() and p.suffix.lower() not in (".tif", ".tiff"):
+        return None  # one image file is a slice, not a stack: napari's own readers open it
     try:
         open_source(p)
     except (TomosegError, OSError, ValueError):
         return None
     return read_stack
+
+
+def read_run(path: str | os.PathLike[str]) -> LayerData:
+    """A training run folder holds weights, not images: nothing to show (napari's "read, no
+    layers" answer); choose it as the run of the Segment widget."""
+    return [(None,)]  # type: ignore[list-item]
 
 
 def read_stack_output(path: str | os.PathLike[str]) -> LayerData:

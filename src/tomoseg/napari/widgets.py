@@ -109,11 +109,17 @@ def segment_volume(
     return Segmentation(run, slices, labels, prob, unc, p.classes, p.class_of_interest)
 
 
-def edited_slices(labels: np.ndarray, original: np.ndarray | None) -> dict[int, np.ndarray]:
-    """The annotations of a Labels layer, per slice that has any: with ``original`` (the
-    segmentation the layer started from), the pixels the user changed hold their class id and
-    the rest :data:`IGNORE`; without it the layer is an annotation layer (napari's 0 = not
-    annotated, ``k`` = class ``k - 1``)."""
+def edited_slices(
+    labels: np.ndarray, original: np.ndarray | None, *, whole: bool = True
+) -> dict[int, np.ndarray]:
+    """The annotations of a Labels layer, per slice that has any.
+
+    With ``original`` (the segmentation the layer started from), a slice the user changed is
+    annotated: everywhere (``whole``: the user reviewed the slice, so what was left is
+    accepted) or only where changed (the rest :data:`IGNORE`). Without ``original`` the layer
+    is an annotation layer (napari's 0 = not annotated, ``k`` = class ``k - 1``).
+    Slices the user did not touch are left out.
+    """
     vol = np.asarray(labels)
     vol = vol[None] if vol.ndim == 2 else vol
     out = {}
@@ -121,7 +127,7 @@ def edited_slices(labels: np.ndarray, original: np.ndarray | None) -> dict[int, 
         s = vol[z]
         if original is not None:
             touched = s != original[z]
-            lab = np.where(touched, s, IGNORE)
+            lab = s if whole else np.where(touched, s, IGNORE)
         else:
             touched = s > 0
             lab = np.where(touched, s.astype(np.int64) - 1, IGNORE)
@@ -276,9 +282,11 @@ def _next_folder(run: Path) -> Path:
 class FineTuneWidget(_Widget):
     """Fine-tune a run on the slices the user corrected in a Labels layer, then re-segment.
 
-    With a layer the Segment widget wrote, the changed pixels are the annotations (the rest
-    counts as unannotated); with any other Labels layer, napari's 0 is not annotated and
-    ``k`` is class ``k - 1``. The new run (default ``<run>-ft<N>`` beside the run) records the
+    With a layer the Segment widget wrote, the slices the user changed are the training data:
+    whole (``train on``: corrected slices, the default: what was left unchanged is accepted as
+    right) or only the changed pixels (the rest unannotated; on the phantom this made the run
+    much worse, docs/napari.md); untouched slices are left out. With any other Labels layer,
+    napari's 0 is not annotated and ``k`` is class ``k - 1``. The new run (default ``<run>-ft<N>`` beside the run) records the
     run as its parent; the run is never written to. The new segmentation goes to a Labels
     layer ``<image> labels <new run>``.
     """
@@ -289,12 +297,15 @@ class FineTuneWidget(_Widget):
         self.corrected = ComboBox(label="corrected labels", choices=_layers(napari_viewer, Labels))
         self.out = LineEdit(label="new run (blank: <run>-ftN)", value="")
         self.minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=600)
+        self.train_on = ComboBox(
+            label="train on", choices=["corrected slices", "changed pixels only"]
+        )
         self.resegment = ComboBox(label="then segment", choices=["whole volume", "nothing"])
         self.button = PushButton(text="Fine-tune")
         super().__init__(
             napari_viewer,
-            [self.run, self.image, self.corrected, self.out, self.minutes, self.resegment,
-             self.button],
+            [self.run, self.image, self.corrected, self.out, self.minutes, self.train_on,
+             self.resegment, self.button],
         )  # fmt: skip
         self.button.changed.connect(self.fine_tune)
         #: extra :func:`tomoseg.fine_tune` options (tests: ``epochs`` instead of the budget)
@@ -322,7 +333,11 @@ class FineTuneWidget(_Widget):
                     f"{tuple(volume.shape)}"
                 )
             run = self._run_folder(labels)
-            edits = edited_slices(np.asarray(lab), labels.metadata.get("tomoseg_original"))
+            edits = edited_slices(
+                np.asarray(lab),
+                labels.metadata.get("tomoseg_original"),
+                whole=self.train_on.value == "corrected slices",
+            )
             if not edits:
                 raise TomosegError(
                     f"labels layer {labels.name!r}: no corrected pixel (paint on a few slices)"
