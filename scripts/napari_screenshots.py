@@ -65,16 +65,38 @@ def composite(viewer, z: int) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def shot(viewer, widget, z: int, path: Path, gl: bool) -> None:
-    """The canvas at slice ``z`` beside the widget, as one PNG."""
+def canvas(viewer, z: int, gl: bool, only: list[str] | None = None):
+    """The canvas at slice ``z`` (``only``: with just these layers visible) as a PIL image."""
+    from PIL import Image as PILImage
+
+    shown = {layer.name: layer.visible for layer in viewer.layers}
+    if only is not None:
+        for layer in viewer.layers:
+            layer.visible = layer.name in only
+    try:
+        if gl:
+            viewer.dims.set_current_step(0, z)
+            return PILImage.fromarray(viewer.screenshot(canvas_only=True)[..., :3])
+        return PILImage.fromarray(composite(viewer, z)).resize((512, 512), PILImage.NEAREST)
+    finally:
+        for layer in viewer.layers:
+            layer.visible = shown[layer.name]
+
+
+def shot(viewer, widget, z: int, path: Path, gl: bool, also: list[str] | None = None) -> None:
+    """The canvas at slice ``z`` (and a second one with only the layers ``also``) beside the
+    widget, as one PNG."""
     from PIL import Image as PILImage
     from qtpy.QtCore import QBuffer, QIODevice
 
-    if gl:
-        viewer.dims.set_current_step(0, z)
-        canvas = PILImage.fromarray(viewer.screenshot(canvas_only=True)[..., :3])
-    else:
-        canvas = PILImage.fromarray(composite(viewer, z)).resize((512, 512), PILImage.NEAREST)
+    first = canvas(viewer, z, gl)
+    if also:
+        second = canvas(viewer, z, gl, also)
+        both = PILImage.new("RGB", (first.width + second.width + 8, first.height), (38, 41, 48))
+        both.paste(first, (0, 0))
+        both.paste(second, (first.width + 8, 0))
+        first = both
+    canvas_img = first
     native = widget.native
     native.resize(max(native.sizeHint().width(), 420), max(native.sizeHint().height(), 512))
     buf = QBuffer()
@@ -83,10 +105,10 @@ def shot(viewer, widget, z: int, path: Path, gl: bool) -> None:
     import io
 
     panel = PILImage.open(io.BytesIO(bytes(buf.data()))).convert("RGB")
-    h = max(canvas.height, panel.height)
-    out = PILImage.new("RGB", (canvas.width + panel.width, h), (38, 41, 48))
-    out.paste(canvas, (0, 0))
-    out.paste(panel, (canvas.width, 0))
+    h = max(canvas_img.height, panel.height)
+    out = PILImage.new("RGB", (canvas_img.width + panel.width, h), (38, 41, 48))
+    out.paste(canvas_img, (0, 0))
+    out.paste(panel, (canvas_img.width, 0))
     out.save(path)
     print(f"{path}: slice {z}, canvas by {'viewer.screenshot' if gl else 'layer colormaps'}")
 
@@ -110,7 +132,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--run", type=Path, default=None, help="default: train an under-trained one")
     ap.add_argument("--work", type=Path, default=Path("/tmp/napari_shots"))
-    ap.add_argument("--budget", type=float, default=1.0, help="fine-tune minutes")
+    ap.add_argument("--budget", type=float, default=2.0, help="fine-tune minutes")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -144,16 +166,16 @@ def main() -> None:
     seg.run.value, seg.image.value = str(run), viewer.layers["phantom"]
     seg.segment()
     wait(seg)
-    viewer.layers["phantom uncertainty"].visible = True
-    viewer.layers["phantom uncertainty"].opacity = 0.6
-    shot(viewer, seg, 17, a.out / "segment.png", gl)
+    unc = viewer.layers["phantom uncertainty"]
+    unc.visible, unc.blending, unc.opacity = False, "translucent", 1.0
+    # left: the labels over the image; right: the uncertainty (magma, 0 black to 1 white)
+    shot(viewer, seg, 17, a.out / "segment.png", gl, also=["phantom uncertainty"])
 
     nxt = W.NextSlicesWidget(viewer)
     nxt.run.value, nxt.image.value, nxt.n.value = str(run), viewer.layers["phantom"], 3
     nxt.rank()
     wait(nxt)
     nxt.go_next()
-    viewer.layers["phantom uncertainty"].visible = False
     shot(viewer, nxt, nxt.slices[0], a.out / "next_slices.png", gl)
 
     labels = viewer.layers["phantom labels"]

@@ -204,9 +204,11 @@ def test_objects_table_points_and_centring(viewer, qtbot):
     assert o.table.shape[0] == 2
     pts = viewer.layers["seg objects"]
     np.testing.assert_allclose(sorted(pts.data[:, 0]), [1.5, 4.5])
-    o.table.native.selectRow(1)
-    z = viewer.dims.point[0]
-    assert z == pytest.approx(float(o.result["centroid-0"][1]), abs=2.0)
+    assert o.table.data[0][1] == 72 and o.table.data[1][1] == 32  # largest first
+    o.table.native.selectRow(1)  # the smaller object, label 1: z 1-2 at 2 per slice
+    assert viewer.dims.point[0] == pytest.approx(3.0, abs=1.0)
+    o.table.native.selectRow(0)  # label 2: z 4-5
+    assert viewer.dims.point[0] == pytest.approx(9.0, abs=1.0)
 
 
 def test_next_slices_rank_and_jump(viewer, qtbot, tiny):

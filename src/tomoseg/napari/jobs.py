@@ -82,6 +82,7 @@ class Job(Container):
             return fn(progress=emit, cancel=token)
 
         def returned(result: Any) -> None:
+            self.bar.value = self.bar.max  # done (also for a job without progress events)
             try:
                 done(result)
             except Exception as exc:  # a result that cannot be shown: one line, no dialog

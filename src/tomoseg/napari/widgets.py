@@ -444,9 +444,12 @@ class ObjectsWidget(_Widget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         self.layer = ComboBox(label="labels", choices=_layers(napari_viewer, Labels))
         self.class_id = SpinBox(label="class id", value=1, min=1, max=255)
+        self.min_volume = SpinBox(label="min voxels", value=10, min=0, max=10**9)
         self.button = PushButton(text="Measure")
         self.table = Table()
-        super().__init__(napari_viewer, [self.layer, self.class_id, self.button, self.table])
+        super().__init__(
+            napari_viewer, [self.layer, self.class_id, self.min_volume, self.button, self.table]
+        )
         self.table.native.setSortingEnabled(True)
         self.table.native.itemSelectionChanged.connect(self._centre)
         self.button.changed.connect(self.measure)
@@ -458,21 +461,29 @@ class ObjectsWidget(_Widget):
         if layer is None:
             self.job.fail("labels: choose a Labels layer")
             return None
-        data, class_id = layer.data, int(self.class_id.value)
+        data, class_id, smallest = layer.data, int(self.class_id.value), int(self.min_volume.value)
         spacing = tuple(float(v) for v in layer.scale[-3:]) if layer.ndim == 3 else (1.0,) * 3
 
         def work(progress: Any, cancel: Any) -> dict[str, np.ndarray]:
             import tomoseg
 
             vol = np.asarray(as_volume(data, f"labels layer {layer.name!r}"))
-            return tomoseg.measure_objects(vol, class_id=class_id, spacing=spacing)
+            return tomoseg.measure_objects(
+                vol, class_id=class_id, spacing=spacing, min_volume=smallest
+            )
 
         return self.job.start(work, lambda result: self._done(layer, spacing, result))
 
     def _done(self, layer: Labels, spacing: tuple[float, ...], result: dict) -> None:
         self.result = result
+        order = np.argsort(-np.asarray(result["num_pixels"]), kind="stable")  # largest first
         cols = ["label", "num_pixels", "area", "centroid-0", "centroid-1", "centroid-2"]
-        self.table.value = {c: [float(v) for v in result[c]] for c in cols if c in result}
+        self.table.value = {
+            c: [int(v) if c in ("label", "num_pixels") else round(float(v), 2) for v in
+                np.asarray(result[c])[order]]
+            for c in cols
+            if c in result
+        }  # fmt: skip
         centres = np.stack([result[f"centroid-{k}"] / spacing[k] for k in range(3)], axis=1)
         name = f"{layer.name} objects"
         if name in self.viewer.layers:
