@@ -274,12 +274,17 @@ def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
             f"{off['slices']} of {info['slices']} slices are of another type or mostly outside "
             f"the run's intensity range ({what}); per slice in stack.json"
         )
-    if info.get("uncertainty"):
-        lines.append(
-            f"uncertainty -> {info['uncertainty']} (score per slice in stack.json; "
-            "tomoseg suggest ranks them)"
-        )
-    return lines
+    return lines + uncertainty_lines(info)
+
+
+def uncertainty_lines(info: Mapping[str, Any]) -> list[str]:
+    """Where ``segment-stack --uncertainty`` wrote the uncertainty (nothing without it)."""
+    if not info.get("uncertainty"):
+        return []
+    return [
+        f"uncertainty -> {info['uncertainty']} (score per slice in stack.json; "
+        "tomoseg suggest ranks them)"
+    ]
 
 
 def objects_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
