@@ -14,6 +14,13 @@ The script runs one ordinary tomoseg command with the launcher it needs:
   rerun). ``--array N`` makes a job array whose element I runs ``segment-stack ... --part I/N``.
   A ``--backend ray`` command on several nodes gets a Ray cluster started on the job's nodes
   (head on the first) and ``--address`` pointing at it.
+
+Nothing the user gives runs as shell code except ``env`` (a shell line the user writes on
+purpose): every argument of the command is quoted with :func:`shlex.quote`, so ``$(...)``,
+backquotes, ``;`` or newlines in a file name reach tomoseg as they are; only the variables the
+script itself adds (the array index, the Ray address) are expanded. Header values (job name,
+partition or queue, account) may not hold whitespace or control characters, which would end
+the ``#SBATCH`` / ``#PBS`` line and start a shell line.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from tomoseg.errors import TomosegError
 SCHEDULERS = ("slurm", "pbs")
 RAY_PORT = 6379
 RDZV_PORT = 29500
-_TIME = re.compile(r"^(?:(\d+)-)?(\d{1,4}):([0-5]\d):([0-5]\d)$")
+_TIME = re.compile(r"(?:(\d+)-)?(\d{1,4}):([0-5]\d):([0-5]\d)")
+#: characters a scheduler header value may hold (job names, partitions, queues, accounts)
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9._+@%:,=/-]+")
 
 
 @dataclass
@@ -56,7 +65,7 @@ def parse_walltime(value: str) -> tuple[int, int, int, int]:
     Raises:
         TomosegError: another format or a zero time.
     """
-    m = _TIME.match(value.strip())
+    m = _TIME.fullmatch(value.strip())
     if not m:
         raise TomosegError(f"time={value!r} must be HH:MM:SS or D-HH:MM:SS")
     d, h, mi, s = (int(g or 0) for g in m.groups())
@@ -67,7 +76,7 @@ def parse_walltime(value: str) -> tuple[int, int, int, int]:
 
 def _normalise_command(command: list[str]) -> list[str]:
     """``tomoseg <sub> ...`` (a leading ``tomoseg`` is optional); checks a subcommand is there."""
-    cmd = [c for c in command]
+    cmd = [str(c) for c in command]
     if cmd and Path(cmd[0]).name == "tomoseg":
         cmd = cmd[1:]
     if not cmd or cmd[0].startswith("-"):
@@ -75,7 +84,33 @@ def _normalise_command(command: list[str]) -> list[str]:
             "give the tomoseg command to run, e.g. command=['train', ...] (on the command "
             "line: after --, as in tomoseg cluster-script slurm -- tomoseg train ...)"
         )
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", cmd[0]):
+        raise TomosegError(f"command: {cmd[0]!r} is not a tomoseg command (e.g. train)")
     return cmd
+
+
+class _Expanded(str):
+    """An argument the script itself adds that holds one of its shell variables (double-quoted,
+    expanded when the job runs); every other argument is quoted with :func:`shlex.quote`."""
+
+
+def _quoted(args: list[str]) -> str:
+    """``args`` as a shell command line: each one reaches the program exactly as given."""
+    return " ".join(f'"{a}"' if isinstance(a, _Expanded) else shlex.quote(a) for a in args)
+
+
+def _check_header(name: str, value: str | None) -> None:
+    """Refuse a header value that would end its ``#SBATCH``/``#PBS`` line or split it.
+
+    Raises:
+        TomosegError: ``value`` is empty or holds whitespace, a control character or a
+            character outside letters, digits and ``._+@%:,=/-``.
+    """
+    if value is not None and not _HEADER_VALUE.fullmatch(value):
+        raise TomosegError(
+            f"{name}={value!r} may hold only letters, digits and ._+@%:,=/- (no spaces, "
+            "newlines or other control characters: they would end the scheduler's header line)"
+        )
 
 
 def _has(cmd: list[str], *opts: str) -> bool:
@@ -100,6 +135,9 @@ def _check(spec: JobSpec) -> list[str]:
     if spec.gpus_per_node < 0:
         raise TomosegError(f"gpus_per_node={spec.gpus_per_node} must be 0 (CPU nodes) or more")
     parse_walltime(spec.time)
+    _check_header("job_name", spec.job_name)
+    _check_header("partition", spec.partition)
+    _check_header("account", spec.account)
     if spec.array is not None:
         if cmd[0] != "segment-stack":
             raise TomosegError(
@@ -183,9 +221,9 @@ def job_script(spec: JobSpec) -> str:
     slurm = spec.scheduler == "slurm"
     part_var = "${SLURM_ARRAY_TASK_ID}" if slurm else "${PBS_ARRAY_INDEX}"
     if spec.array is not None:
-        cmd = cmd + ["--part", f"{part_var}/{spec.array}"]
+        cmd = cmd + ["--part", _Expanded(f"{part_var}/{spec.array}")]
     if ray_multi and not _has(cmd, "--address"):
-        cmd = cmd + ["--address", "$ray_address"]
+        cmd = cmd + ["--address", _Expanded("$ray_address")]
     lines = ["#!/bin/bash"]
     if slurm:
         d = [
@@ -195,7 +233,7 @@ def job_script(spec: JobSpec) -> str:
         ]
         if gpus:
             d.append(f"--gpus-per-node={gpus}")
-        d.append(f"--time={spec.time}")
+        d.append(f"--time={spec.time.strip()}")
         if spec.partition:
             d.append(f"--partition={spec.partition}")
         if spec.account:
@@ -233,16 +271,6 @@ def job_script(spec: JobSpec) -> str:
         lines.append(spec.env)
     lines.append("")
 
-    def quoted(args: list[str]) -> str:
-        # keep the scheduler's variables expandable, quote everything else
-        out = []
-        for a in args:
-            if "$" in a:
-                out.append('"' + a.replace('"', '\\"') + '"')
-            else:
-                out.append(shlex.quote(a))
-        return " ".join(out)
-
     if is_train:
         out_dir = _value(cmd, "--out")
         if slurm:
@@ -252,9 +280,9 @@ def job_script(spec: JobSpec) -> str:
                     'resume=""',
                     f'if [ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 ] && [ -f {shlex.quote(out_dir + "/config.yaml")} ]; then resume=--resume; fi',
                 ]
-                lines.append("srun --kill-on-bad-exit=1 tomoseg " + quoted(cmd) + " $resume")
+                lines.append("srun --kill-on-bad-exit=1 tomoseg " + _quoted(cmd) + " $resume")
             else:
-                lines.append("srun --kill-on-bad-exit=1 tomoseg " + quoted(cmd))
+                lines.append("srun --kill-on-bad-exit=1 tomoseg " + _quoted(cmd))
         else:
             per_node = max(gpus, 1)
             launch = (
@@ -265,7 +293,7 @@ def job_script(spec: JobSpec) -> str:
                     else f'--rdzv-backend=c10d --rdzv-endpoint="$head:{RDZV_PORT}" --rdzv-id="$PBS_JOBID"'
                 )
                 + " -m tomoseg.cli "
-                + quoted(cmd)
+                + _quoted(cmd)
             )
             if nodes == 1:
                 lines.append(launch)
@@ -283,11 +311,11 @@ def job_script(spec: JobSpec) -> str:
             lines += [
                 "# requeue shortly before the time limit; the command resumes when rerun",
                 "trap 'scontrol requeue \"$SLURM_JOB_ID\"' USR1",
-                "tomoseg " + quoted(cmd) + " &",
+                "tomoseg " + _quoted(cmd) + " &",
                 "wait $!",
             ]
         else:
-            lines.append("tomoseg " + quoted(cmd))
+            lines.append("tomoseg " + _quoted(cmd))
     return "\n".join(lines) + "\n"
 
 
