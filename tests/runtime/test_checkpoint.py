@@ -18,9 +18,9 @@ from tomoseg.config.schema import TrainConfig, load_config
 from tomoseg.errors import TomosegError
 from tomoseg.io.images import read_image, read_mask
 from tomoseg.runtime.checkpoint import (
-    _read_metadata,
     delivered_weights,
     load_run,
+    weights_file_metadata,
     weights_metadata,
 )
 from tomoseg.training.trainer import train
@@ -43,7 +43,7 @@ def tiny(one_thread, tmp_path_factory) -> tuple[Path, Path]:
 def _rewrite(wfile: Path, *, bias: float = 0.0, drop_setting: bool = False) -> None:
     """Rewrite a weights file in place: the class of interest's output bias raised by ``bias``;
     with ``drop_setting``, metadata as a run written before the ``weights`` setting had it."""
-    meta = _read_metadata(wfile)
+    meta = weights_file_metadata(wfile)
     state = load_file(str(wfile))
     if bias:
         model = load_run(wfile).model

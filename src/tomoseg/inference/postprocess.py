@@ -9,16 +9,23 @@ sweep, :class:`tomoseg.Predictor`); ``evaluate`` reports the metrics with and wi
 
 from __future__ import annotations
 
-import json
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.utils.files import load_json, validated
 
 DECISION_FILE = "decision.json"
+#: the largest logit offset a ``decision.json`` may hold (tuning searches -2..2; a logit
+#: offset of 100 already decides every pixel)
+MAX_OFFSET = 100.0
+#: the largest object or hole size (pixels) a ``decision.json`` may hold: a 65536 x 65536 slice
+MAX_SIZE = 2**32
 
 
 @dataclass(frozen=True)
@@ -72,28 +79,60 @@ def clean_labels(labels: np.ndarray, decision: Decision) -> np.ndarray:
     return out
 
 
-def read_decision(run: str | Path, epoch: int | None = None) -> Decision | None:
+class DecisionFields(BaseModel):
+    """The ``decision`` of a ``decision.json``: class id, finite offset, bounded sizes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    class_id: int = Field(ge=0)
+    offset: float = Field(default=0.0, ge=-MAX_OFFSET, le=MAX_OFFSET)
+    min_size: int = Field(default=0, ge=0, le=MAX_SIZE)
+    max_hole: int = Field(default=0, ge=0, le=MAX_SIZE)
+
+    @field_validator("offset")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class DecisionRecord(BaseModel):
+    """What tomoseg reads from a ``decision.json`` (the tuning report's other fields are kept
+    unread)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    decision: DecisionFields
+    epoch: int | None = Field(default=None, ge=0)
+
+
+def read_decision(
+    run: str | Path, epoch: int | None = None, num_classes: int | None = None
+) -> Decision | None:
     """The run folder's tuned decision, or None when it has none.
 
     Args:
         epoch: the epoch of the weights it is to be applied to (their ``run.json``-style
             metadata); a decision tuned on the weights of another epoch (``weights="last"`` when
             the best epoch was not the last) is not applied, with a warning.
+        num_classes: the run's classes K: the decision's class id must be below it.
 
     Raises:
-        TomosegError: a malformed ``decision.json``.
+        TomosegError: a malformed ``decision.json`` (bounded JSON, :class:`DecisionRecord`; a
+            class id that is not one of the ``num_classes``), naming the file and the field.
     """
     f = Path(run) / DECISION_FILE
     if not f.is_file():
         return None
-    try:
-        data = json.loads(f.read_text())
-        decision = Decision(
-            **{k: data["decision"][k] for k in ("class_id", "offset", "min_size", "max_hole")}
+    record = validated(DecisionRecord, load_json(f), str(f))
+    decision = Decision(**record.decision.model_dump())
+    if num_classes is not None and decision.class_id >= num_classes:
+        raise TomosegError(
+            f"malformed {f}: decision.class_id: {decision.class_id} is not a class of this run "
+            f"(0..{num_classes - 1})"
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TomosegError(f"malformed {f}: {exc}") from None
-    tuned = data.get("epoch")
+    tuned = record.epoch
     if epoch is not None and tuned is not None and int(tuned) != int(epoch):
         warnings.warn(
             f"{f} was tuned on the weights of epoch {tuned}, not on these (epoch {epoch}): "

@@ -283,7 +283,9 @@ class Predictor:
         self._runtime = resolve_runtime(settings.runtime, dev)
         self._tta = settings.tta if settings.tta is not None else parse_tta(run.config.tta)
         self._decision = (
-            read_decision(run.folder, run.meta.get("epoch")) if settings.postprocess else None
+            read_decision(run.folder, run.meta.get("epoch"), len(run.classes))
+            if settings.postprocess
+            else None
         )
         self._bf16 = resolve_precision(run.config.precision, dev) == "bf16-mixed"
         self._intensity = IntensityCheck(settings.intensity, run.normalization, run.intensity)

@@ -3,7 +3,6 @@ samples of pairs of volumes (each z-slice one sample)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.images import (
@@ -26,7 +25,11 @@ from tomoseg.io.images import (
     read_mask,
 )
 from tomoseg.io.sources.base import slice_ids
-from tomoseg.utils.format import pydantic_message
+from tomoseg.utils.files import load_json, validated
+
+#: the most classes a dataset may declare: class ids are stored as uint8 label images (0..255),
+#: and one value is left for an ignore label (``tomoseg.models.registry.MAX_CLASSES``)
+MAX_CLASSES = 255
 
 SPLITS = ("train", "val", "test")
 
@@ -355,11 +358,11 @@ class DatasetSpec(BaseModel):
     The class of interest defaults to the last class (for two classes: the foreground).
     """
 
-    classes: list[str] = Field(min_length=2)
+    classes: list[str] = Field(min_length=2, max_length=MAX_CLASSES)
     class_of_interest: str | None = None
     name: str | None = None
     #: mask value of unannotated pixels (partial labels): not a class id, e.g. 255
-    ignore_label: int | None = None
+    ignore_label: int | None = Field(default=None, le=2**31 - 1)
     #: each split's images, in natural order of file stem, are consecutive sections of one
     #: volume (needed for 2.5D context: ``TrainConfig.context``)
     consecutive: bool = False
@@ -412,16 +415,10 @@ def load_dataset(root: str | os.PathLike[str]) -> DatasetSpec:
     f = r / "dataset.json"
     if not f.is_file():
         raise TomosegError(f"dataset.json missing in {r} (it must list the 'classes')")
-    try:
-        raw = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TomosegError(f"malformed {f}: {exc}") from None
+    raw = load_json(f)
     if not isinstance(raw, dict):
         raise TomosegError(f"malformed {f}: expected a JSON object")
-    try:
-        return DatasetSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise TomosegError(f"malformed {f}: {pydantic_message(exc)}") from None
+    return validated(DatasetSpec, raw, str(f))
 
 
 def split_pairs(

@@ -6,12 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from tomoseg.errors import TomosegError
+from tomoseg.io.datasets import MAX_CLASSES
 from tomoseg.models.layers import PadToStride
 from tomoseg.models.segnet import build_segnet
 from tomoseg.models.unet import build_unet
+from tomoseg.utils.files import check_memory
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,34 @@ REGISTRY: dict[str, Architecture] = {
 }
 ARCHITECTURES = tuple(REGISTRY)
 
+#: The largest networks tomoseg builds (a run's metadata is checked against them before any
+#: weights are allocated). Width: channels of the first level, 8x SegNet's 64 (the paper's
+#: networks use 32-64). Depth: levels, as ``TrainConfig.depth`` allows. Input channels: a 2.5D
+#: context of up to 8 slices each side is 17, with room to spare. Classes:
+#: :data:`tomoseg.io.datasets.MAX_CLASSES` (label images are uint8).
+MAX_WIDTH = 512
+MAX_DEPTH = 7
+MAX_IN_CHANNELS = 64
+
 # ----------------------------------------------------------------------------- factory
 
 
-def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+def _check_positive_int(value: Any, name: str, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise TomosegError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise TomosegError(f"{name} must be at most {maximum}, got {value!r}")
     return value
+
+
+def parameter_count(
+    spec: Architecture, in_channels: int, num_classes: int, width: int, depth: int
+) -> int:
+    """The number of parameters of a network, counted on PyTorch's ``meta`` device (built
+    without allocating its weights)."""
+    with torch.device("meta"):
+        net, _ = spec.build(in_channels, num_classes, width, depth)
+    return sum(p.numel() for p in net.parameters())
 
 
 def get_architecture(name: str) -> Architecture:
@@ -119,13 +143,18 @@ def build_model(
         (``build_model(**model.hparams_dict)`` rebuilds it).
 
     Raises:
-        TomosegError: unknown name or invalid sizes.
+        TomosegError: unknown name, invalid sizes or sizes above :data:`MAX_WIDTH`,
+            :data:`MAX_DEPTH`, :data:`MAX_IN_CHANNELS`, :data:`MAX_CLASSES`, or a network whose
+            float32 weights would not fit in the machine's memory (counted before they are
+            allocated).
     """
     spec = get_architecture(name)
-    _check_positive_int(in_channels, "in_channels")
-    _check_positive_int(num_classes, "num_classes", 2)
-    w = spec.default_width if width is None else _check_positive_int(width, "width")
-    d = spec.default_depth if depth is None else _check_positive_int(depth, "depth", 2)
+    _check_positive_int(in_channels, "in_channels", 1, MAX_IN_CHANNELS)
+    _check_positive_int(num_classes, "num_classes", 2, MAX_CLASSES)
+    w = spec.default_width if width is None else _check_positive_int(width, "width", 1, MAX_WIDTH)
+    d = spec.default_depth if depth is None else _check_positive_int(depth, "depth", 2, MAX_DEPTH)
+    n = parameter_count(spec, in_channels, num_classes, w, d)
+    check_memory(4 * n, f"a {spec.name} of width {w} and depth {d} ({n:.3g} parameters)")
     net, stride = spec.build(in_channels, num_classes, w, d)
     hparams = {
         "name": spec.name,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -15,7 +16,12 @@ from tomoseg.data.intensity import IntensityRange
 from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.models.registry import build_model
-from tomoseg.runtime.run_record import RUN_FILE  # noqa: F401 - the run record's owner names it
+from tomoseg.runtime.run_record import (
+    RUN_FILE,  # noqa: F401 - the run record's owner names it
+    WeightsRecord,
+)
+from tomoseg.utils.files import loads_json, validated
+from tomoseg.utils.format import pydantic_message
 
 # ----------------------------------------------------------------------------- runs on disk
 
@@ -62,17 +68,28 @@ def run_config(meta: dict) -> TrainConfig:
     cfg.setdefault("decision", "weighted")
     cfg.setdefault("weights", "best")  # runs written before the setting delivered best
     known = TrainConfig.model_fields
-    return TrainConfig.model_validate({k: v for k, v in cfg.items() if k in known})
+    try:
+        return TrainConfig.model_validate({k: v for k, v in cfg.items() if k in known})
+    except ValidationError as exc:
+        raise TomosegError(f"config: {pydantic_message(exc)}") from None
 
 
 WEIGHTS = ("last", "best")
 
 
-def _read_metadata(wfile: Path) -> dict:
+def weights_file_metadata(wfile: Path) -> object:
+    """The tomoseg metadata of a safetensors file as parsed (None where it has none), read with
+    bounded JSON (:func:`~tomoseg.utils.files.loads_json`); not yet checked (:class:`WeightsRecord`).
+
+    Raises:
+        SafetensorError, OSError: not a readable safetensors file.
+        TomosegError: metadata that is not bounded JSON.
+    """
     from safetensors import safe_open
 
     with safe_open(str(wfile), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("tomoseg", "null"))
+        text = (f.metadata() or {}).get("tomoseg")
+    return None if text is None else loads_json(text, f"{wfile} (metadata)")
 
 
 def delivered_weights(run: Path) -> str:
@@ -84,9 +101,9 @@ def delivered_weights(run: Path) -> str:
         wfile = Path(run) / f"{which}.safetensors"
         if wfile.is_file():
             try:
-                meta = _read_metadata(wfile)
+                meta = weights_file_metadata(wfile)
                 return run_config(meta).weights if isinstance(meta, dict) else "best"
-            except (SafetensorError, OSError, ValueError, json.JSONDecodeError):
+            except (SafetensorError, OSError, ValueError):  # TomosegError among them
                 return "best"
     return "best"
 
@@ -117,13 +134,22 @@ def load_run(
     if not wfile.is_file():
         raise TomosegError(f"no trained weights at {wfile} (is {run} a tomoseg run folder?)")
     try:
-        meta = _read_metadata(wfile)
-        state = load_file(str(wfile))
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        meta = weights_file_metadata(wfile)
+    except (SafetensorError, OSError) as exc:
         raise TomosegError(f"corrupted checkpoint {wfile}: {str(exc).splitlines()[0]}") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise TomosegError(f"{wfile} is not a tomoseg checkpoint (no tomoseg metadata)")
-    model = build_model(**meta["model"])
+    # every number that decides an allocation is checked before the weights are read
+    validated(WeightsRecord, meta, f"{wfile} (metadata)")
+    try:
+        config = run_config(meta)
+        model = build_model(**meta["model"])
+    except TomosegError as exc:
+        raise TomosegError(f"{wfile} (metadata): {exc}") from None
+    try:
+        state = load_file(str(wfile))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TomosegError(f"corrupted checkpoint {wfile}: {str(exc).splitlines()[0]}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -137,7 +163,7 @@ def load_run(
         classes=list(meta["classes"]),
         class_of_interest=meta["class_of_interest"],
         normalization=Normalization.model_validate(meta["normalization"]),
-        config=run_config(meta),
+        config=config,
         meta=meta,
         weights_file=wfile,
         intensity=IntensityRange.model_validate(meta["intensity"])

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.reporting.figures import plot_curves
-from tomoseg.runtime.checkpoint import weights_metadata
+from tomoseg.runtime.checkpoint import weights_file_metadata, weights_metadata
 from tomoseg.training.module import SegModule
 from tomoseg.utils.format import cell, fmt
 from tomoseg.utils.progress import Cancelled, JobProgress
@@ -293,15 +293,11 @@ def net_state(trainer, pl: SegModule) -> dict:
 
 def _stored(path: Path) -> dict:
     """The tomoseg metadata of a safetensors file ({} if absent or unreadable)."""
-    import json
-
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("tomoseg", "{}")) or {}
+        meta = weights_file_metadata(path)
     except Exception:  # noqa: BLE001 - missing or broken: re-export
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _row_text(row: dict, coi: str) -> str:
