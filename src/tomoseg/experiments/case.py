@@ -22,6 +22,7 @@ from pathlib import Path
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
 from tomoseg.experiments.cells import Case
+from tomoseg.utils.files import loads_json
 from tomoseg.utils.format import first_line
 from tomoseg.utils.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cancel-file", required=True, type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    case = Case(**json.loads(args.case))
+    case = Case(**loads_json(args.case, "the case argument"))
 
     def report(event: ProgressEvent) -> None:
         _emit(

@@ -18,6 +18,7 @@ from tomoseg.io.datasets import load_dataset, split_pairs
 from tomoseg.io.images import read_image
 from tomoseg.io.writers import write_mask
 from tomoseg.synthetic.phantom import generate_phantom, otsu_baseline
+from tomoseg.utils.files import load_json
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 DEMO_SHAPE = (384, 384)
@@ -147,13 +148,11 @@ def sweep_demo_setup(
 
 def phantom_stack(data: Path, path: Path) -> Path:
     """Write the phantom's slices, all splits in z order, as one multi-page TIFF (page by page)."""
-    import json
-
     import tifffile
 
     from tomoseg.io.writers import atomic_write
 
-    spec = json.loads((Path(data) / "dataset.json").read_text())
+    spec = load_json(Path(data) / "dataset.json")
     slices = sorted((i, split) for split, ids in spec["splits"].items() for i in ids)
 
     def write(tmp: Path) -> None:

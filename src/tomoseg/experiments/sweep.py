@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep
 from tomoseg.io.datasets import load_dataset, split_pairs
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
+from tomoseg.utils.files import load_json, loads_json
 from tomoseg.utils.format import cell, first_line
 from tomoseg.utils.progress import (
     Cancelled,
@@ -120,8 +120,8 @@ def run_case(
         assert proc.stdout is not None
         for line in proc.stdout:
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
+                event = loads_json(line, "a case's progress event")
+            except TomosegError:  # a line that is not an event (a library's own output)
                 continue
             if not isinstance(event, dict):
                 continue
@@ -137,9 +137,9 @@ def run_case(
         write_json(folder / "case.json", record)
         return record
     try:
-        metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        metrics = load_json(folder / "eval" / "metrics.json")
         rows = list(csv.DictReader((folder / "run" / "metrics.csv").open()))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, TomosegError) as exc:
         record.update(status="failed", error=f"results unreadable: {exc}")
         write_json(folder / "case.json", record)
         return record
@@ -193,9 +193,10 @@ def load_record(out: Path, case: Case) -> dict | None:
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
+        record = load_json(f)
+    except (OSError, TomosegError):  # unfinished or damaged: the case runs again
         return None
+    return record if isinstance(record, dict) else None
 
 
 def job_envs(jobs: int) -> list[dict[str, str]]:
@@ -343,7 +344,7 @@ def run_sweep(
     else:
         jobs = clamp_jobs(jobs, job.message)
     cfg_file = prepare_sweep(out, data, cfg, sizes, counts, repeats)
-    grid = json.loads((out / SWEEP_FILE).read_text())["grid"]
+    grid = load_json(out / SWEEP_FILE)["grid"]
     cases = plan_cases(grid["sizes"], grid["counts"], grid["repeats"], cfg.seed)
     todo = []
     for c in cases:
@@ -521,7 +522,7 @@ def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
     """Rebuild ``results.csv``, the heatmaps and ``report.html`` from the case records."""
     from tomoseg.experiments.report import write_report
 
-    meta = json.loads((out / SWEEP_FILE).read_text())
+    meta = load_json(out / SWEEP_FILE)
     classes, coi = meta["classes"], meta["class_of_interest"]
     grid = meta["grid"]
     records = collect(out, cases)

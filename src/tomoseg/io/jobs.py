@@ -4,12 +4,12 @@ silently mixes results of another one into the folder."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tomoseg.errors import TomosegError
+from tomoseg.utils.files import MAX_JSON_BYTES, loads_json
 from tomoseg.utils.format import first_line
 
 
@@ -59,12 +59,17 @@ def job_difference(
 def read_record(path: str | Path) -> dict[str, Any] | None:
     """A job record (JSON, or YAML for ``.yaml``/``.yml``) as a dict; None when the file is absent.
 
+    JSON is read with its size, nesting and integers bounded
+    (:func:`~tomoseg.utils.files.loads_json`); YAML with ``yaml.safe_load`` (no Python tags).
+
     Raises:
-        TomosegError: unreadable or not a mapping.
+        TomosegError: unreadable, too large, or not a mapping.
     """
     p = Path(path)
     if not p.is_file():
         return None
+    if p.stat().st_size > MAX_JSON_BYTES:
+        raise TomosegError(f"malformed {p}: larger than the {MAX_JSON_BYTES} bytes a record has")
     try:
         text = p.read_text()
         if p.suffix in (".yaml", ".yml"):
@@ -72,8 +77,10 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml/json/decoding errors of many types
+            data = loads_json(text, str(p))
+    except TomosegError:
+        raise
+    except Exception as exc:  # yaml/decoding errors of many types
         raise TomosegError(f"malformed {p}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise TomosegError(f"malformed {p}: expected a mapping")

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.utils.files import check_memory
 
 #: axis letters that count slices: Z, and tifffile's generic page axes (I, Q)
 Z_AXES = "ZQI"
@@ -379,7 +380,31 @@ def plan_axes(
             what = "colour samples" if a == "S" else f"axis {a}"
             raise TomosegError(f"{where} has {desc}: {what} of size {sizes[a]} is not supported")
     nz = int(shape[z]) if z is not None else 1
+    check_stack_size(nz, (sizes["Y"], sizes["X"]), where)
     return axes, nz, picked["channel"], picked["time"]
+
+
+#: the most slices a stack may have (its slice ids are listed in memory and in ``stack.json``;
+#: a FIB-SEM or tomography stack has thousands)
+MAX_SLICES = 1_000_000
+#: bytes per pixel a slice needs while it is segmented (read, normalised float32, class scores)
+SLICE_BYTES_PER_PIXEL = 16
+
+
+def check_stack_size(nz: int, yx: tuple[int, ...], where: str) -> None:
+    """Refuse a stack whose declared size (a file's header: a Zarr ``.zarray``, TIFF tags) is
+    beyond what can be read, before anything is allocated for it.
+
+    Raises:
+        TomosegError: more than :data:`MAX_SLICES` slices, or one slice that would not fit in the
+            machine's memory (:data:`SLICE_BYTES_PER_PIXEL` per pixel).
+    """
+    if nz > MAX_SLICES:
+        raise TomosegError(
+            f"{where} declares {nz} slices, more than the {MAX_SLICES} a stack may have"
+        )
+    h, w = (int(n) for n in yx)
+    check_memory(h * w * SLICE_BYTES_PER_PIXEL, f"one slice of {where} ({h} x {w} pixels)")
 
 
 def plane(arr: np.ndarray, what: str) -> np.ndarray:

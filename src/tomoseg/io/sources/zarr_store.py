@@ -1,7 +1,13 @@
 """Zarr v2 / v3 arrays and Zarr / OME-Zarr groups (``dataset``, else the first multiscale level,
 else the first array), read by their declared axes: NGFF ``axes``, Zarr v3 ``dimension_names``,
 xarray's ``_ARRAY_DIMENSIONS``. Chunks absent from the store are found at open (a listing of the
-array's folder, no chunk read) and counted per slice (``missing``)."""
+array's folder, no chunk read) and counted per slice (``missing``).
+
+A store's metadata is input: the NGFF ``multiscales`` are checked by :class:`NgffMultiscale`
+(pydantic) and a dataset path may not leave the store; the declared shape and chunk size are
+checked (:func:`~tomoseg.io.sources.base.check_stack_size`, :func:`check_memory`) before anything
+is allocated for them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.sources.base import (
@@ -24,7 +31,38 @@ from tomoseg.io.sources.base import (
     slice_ids,
     stored_keys,
 )
+from tomoseg.utils.files import check_memory, confined, validated
 from tomoseg.utils.format import first_line
+
+
+class NgffTransform(BaseModel):
+    """An NGFF coordinate transformation (only ``scale`` is read)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    scale: list[float] | None = Field(default=None, max_length=8)
+
+
+class NgffDataset(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    path: str
+    coordinateTransformations: list[NgffTransform] = Field(default=[], max_length=8)  # noqa: N815
+
+
+class NgffAxis(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = "?"
+    unit: str | None = None
+
+
+class NgffMultiscale(BaseModel):
+    """The first entry of an OME-NGFF ``multiscales`` attribute (0.3: axes as names; 0.4+: as
+    objects), as far as tomoseg reads it."""
+
+    model_config = ConfigDict(extra="allow")
+    datasets: list[NgffDataset] = Field(min_length=1)
+    axes: list[NgffAxis | str] | None = Field(default=None, max_length=8)
+    coordinateTransformations: list[NgffTransform] | None = Field(default=None, max_length=8)  # noqa: N815
 
 
 @dataclass
@@ -80,6 +118,11 @@ class ZarrFormat:
         axes, nz, ch, tm = plan_axes(
             axes, shape, options.channel, options.time, f"Zarr {p}", options.transpose
         )
+        try:  # a slice is read by decoding whole chunks: their size is declared too
+            chunk = int(np.prod(arr.chunks, dtype=np.float64)) * arr.dtype.itemsize
+        except (AttributeError, NotImplementedError, TypeError):  # irregular chunk grids
+            chunk = 0
+        check_memory(chunk, f"one chunk of Zarr {p} ({arr.chunks})")
         if nz == 0:
             raise TomosegError(f"Zarr array in {p} holds no slice")
         sizes = dict(zip(axes, shape, strict=True))
@@ -144,16 +187,21 @@ def open_zarr_array(path: Path, dataset: str | None = None):
         arr = node
     else:
         attrs = dict(node.attrs)
-        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+        ome = attrs.get("ome")
+        ms = attrs.get("multiscales") or (ome.get("multiscales") if isinstance(ome, dict) else None)
         if dataset is not None:
             sub = dataset.strip("/")
+            if sub:
+                confined(path, sub, f"dataset={dataset!r}")
         elif ms:
-            try:
-                sub = ms[0]["datasets"][0]["path"]
-                names = _ngff_axis_names(ms[0])
-                voxel, unit = _ngff_scale(ms[0], names)
-            except (KeyError, IndexError, TypeError):
-                sub, names = None, None
+            where = f"Zarr {path} (NGFF metadata)"
+            if not isinstance(ms, list):
+                raise TomosegError(f"malformed {where}: multiscales: must be a list")
+            first = validated(NgffMultiscale, ms[0], f"{where} multiscales.0")
+            sub = first.datasets[0].path
+            confined(path, sub, f"{where} multiscales.0.datasets.0.path")
+            names = _ngff_axis_names(first)
+            voxel, unit = _ngff_scale(first, names)
         if sub is None:
             keys = sorted(node.array_keys())
             if not keys:
@@ -161,7 +209,7 @@ def open_zarr_array(path: Path, dataset: str | None = None):
             sub = keys[0]
         try:
             arr = node[sub]
-        except KeyError:
+        except Exception:  # KeyError, or the store's own errors for odd keys
             keys = ", ".join(sorted(node.array_keys())[:6]) or "none"
             raise TomosegError(
                 f"Zarr group {path} has no array '{sub}' (its arrays: {keys})"
@@ -181,25 +229,24 @@ def open_zarr_array(path: Path, dataset: str | None = None):
     return arr, sub, voxel, unit, axes
 
 
-def _ngff_axis_names(ms: dict) -> list[str] | None:
-    """Axis names of an NGFF multiscale (0.4: dicts with ``name``; 0.3: strings)."""
-    axes = ms.get("axes")
-    if not axes:
+def _ngff_axis_names(ms: NgffMultiscale) -> list[str] | None:
+    """Axis names of an NGFF multiscale (0.4: objects with ``name``; 0.3: strings)."""
+    if not ms.axes:
         return None
-    return [a.get("name", "?") if isinstance(a, dict) else str(a) for a in axes]
+    return [a.name if isinstance(a, NgffAxis) else a for a in ms.axes]
 
 
 def _ngff_scale(
-    ms: dict, names: list[str] | None = None
+    ms: NgffMultiscale, names: list[str] | None = None
 ) -> tuple[tuple[float, float, float] | None, str | None]:
     """Voxel size (z, y, x) and unit from an NGFF multiscale's first dataset (None if absent)."""
     scale = None
-    for t in ms["datasets"][0].get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            scale = t.get("scale")
-    for t in ms.get("coordinateTransformations", []) or []:
-        if t.get("type") == "scale" and scale is not None:
-            scale = [a * b for a, b in zip(scale, t["scale"], strict=False)]
+    for t in ms.datasets[0].coordinateTransformations:
+        if t.type == "scale":
+            scale = t.scale
+    for t in ms.coordinateTransformations or []:
+        if t.type == "scale" and scale is not None and t.scale is not None:
+            scale = [a * b for a, b in zip(scale, t.scale, strict=False)]
     voxel = None
     if scale is not None and names and len(names) == len(scale):
         by = {str(n).lower(): v for n, v in zip(names, scale, strict=True)}
@@ -211,8 +258,8 @@ def _ngff_scale(
             voxel = parse_voxel_size(zyx)
         except TomosegError:
             voxel = None
-    axes = ms.get("axes") or []
+    axes = ms.axes or []
     unit = None
-    if axes and isinstance(axes[-1], dict):
-        unit = axes[-1].get("unit")
+    if axes and isinstance(axes[-1], NgffAxis):
+        unit = axes[-1].unit
     return voxel, unit
