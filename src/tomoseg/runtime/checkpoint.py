@@ -95,8 +95,8 @@ def weights_file_metadata(wfile: Path) -> object:
 def delivered_weights(run: Path) -> str:
     """Which weights a run folder delivers when not told: its configured ``weights`` (``last``
     by default; ``best`` for runs written before the setting existed), read from the metadata
-    of its weights files. ``best`` where the folder has no readable weights (``load_run`` then
-    says what is missing)."""
+    of its weights files. ``best`` where the folder has no weights (``load_run`` then says what is
+    missing); the file itself where its metadata is unreadable (``load_run`` then says why)."""
     for which in WEIGHTS:
         wfile = Path(run) / f"{which}.safetensors"
         if wfile.is_file():
@@ -104,7 +104,7 @@ def delivered_weights(run: Path) -> str:
                 meta = weights_file_metadata(wfile)
                 return run_config(meta).weights if isinstance(meta, dict) else "best"
             except (SafetensorError, OSError, ValueError):  # TomosegError among them
-                return "best"
+                return which  # load_run reads it and says what is wrong with it
     return "best"
 
 
