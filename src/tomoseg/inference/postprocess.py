@@ -21,9 +21,9 @@ from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.utils.files import load_json, validated
 
 DECISION_FILE = "decision.json"
-#: the largest logit offset a ``decision.json`` may hold (tuning searches -2..2; a logit
-#: offset of 100 already decides every pixel)
-MAX_OFFSET = 100.0
+#: the largest logit offset a ``decision.json`` may hold (tuning searches -2..2; an offset of
+#: 1e6 already decides every pixel, and stays finite in float32 and bfloat16 logits)
+MAX_OFFSET = 1e6
 #: the largest object or hole size (pixels) a ``decision.json`` may hold: a 65536 x 65536 slice
 MAX_SIZE = 2**32
 
