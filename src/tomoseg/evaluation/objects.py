@@ -146,8 +146,12 @@ def _open_volume(volume: Any, voxel_size: Any) -> _Volume:
     if info:
         classes, coi = info.get("classes"), info.get("class_of_interest")
     elif isinstance(src, ZarrSource):
-        meta = src.attrs().get("tomoseg", {})
+        meta = src.attrs().get("tomoseg")
+        meta = meta if isinstance(meta, dict) else {}
         classes, coi = meta.get("classes"), meta.get("class_of_interest")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            classes = None  # attributes of another writer: the labels speak for themselves
+        coi = coi if isinstance(coi, str) else None
     voxel = parse_voxel_size(voxel_size)
     unit = (info or {}).get("unit") or src.unit
     if voxel is None and info and info.get("voxel_size"):
