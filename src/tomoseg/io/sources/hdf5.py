@@ -13,7 +13,6 @@ value) are counted per slice (``missing``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from tomoseg.io.sources.base import (
     plan_axes,
     slice_ids,
 )
+from tomoseg.utils.files import loads_json
 from tomoseg.utils.format import first_line
 
 #: file name endings read as HDF5 (also any file starting with the HDF5 signature)
@@ -154,7 +154,7 @@ def _axistags(dset: Any) -> list[str] | None:
     if raw is None:
         return None
     try:
-        tags = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        tags = loads_json(raw if isinstance(raw, bytes) else str(raw), "axistags")
         return [str(a["key"]) for a in tags["axes"]]
     except (ValueError, KeyError, TypeError):
         return None

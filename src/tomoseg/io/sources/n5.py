@@ -13,7 +13,6 @@ are counted per slice (``missing``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from tomoseg.io.sources.base import (
     slice_ids,
     stored_keys,
 )
+from tomoseg.utils.files import load_json
 from tomoseg.utils.format import first_line
 
 ATTRS = "attributes.json"
@@ -74,8 +74,8 @@ class N5Source(StackSource):
 
 def _attrs(folder: Path) -> dict[str, Any]:
     try:
-        value = json.loads((folder / ATTRS).read_text())
-    except (OSError, ValueError):
+        value = load_json(folder / ATTRS)
+    except (OSError, ValueError):  # TomosegError (unbounded JSON) is a ValueError
         return {}
     return value if isinstance(value, dict) else {}
 
