@@ -67,7 +67,7 @@ from tomoseg.io.sources import (
     split_dataset,
 )
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
-from tomoseg.io.writers import atomic_write, write_json, write_text
+from tomoseg.io.writers import atomic_write, write_json, write_text, writing
 from tomoseg.reporting.objects import mesh_preview, volume_histogram
 from tomoseg.utils.format import first_line
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
@@ -718,8 +718,9 @@ def analyze_objects(
         summary["detection"] = det
     # the main products first: nothing optional below can cost them
     summary["meshes"] = 0
-    write_text(out / "objects.csv", _csv_text(rows))
-    write_json(out / "summary.json", summary)
+    with writing("the objects table", out):
+        write_text(out / "objects.csv", _csv_text(rows))
+        write_json(out / "summary.json", summary)
 
     # optional: meshes of the largest objects, a 3D preview, the volume histogram
     previews = []
@@ -761,9 +762,10 @@ def analyze_objects(
         except Exception as exc:
             _warn(f"{what} was not written: {first_line(exc)}")
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
-    write_json(out / "summary.json", summary)
-    finish_job_folder(out)
+    with writing("the objects table", out):
+        write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
+        write_json(out / "summary.json", summary)
+        finish_job_folder(out)
     job.end(f"{summary['count']} objects -> {out}")
     return summary
 

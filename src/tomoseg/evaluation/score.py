@@ -17,6 +17,7 @@ from tomoseg.io.datasets import Item, ItemReader, expand_pairs, load_dataset, pa
 from tomoseg.io.images import as_mask, list_images, read_image, read_mask
 from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.labels import LabelStats, label_stats, resolve_labels
+from tomoseg.io.writers import writing
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import class_index, write_overlays, write_score_files
 from tomoseg.utils.format import first_line
@@ -210,10 +211,11 @@ def score_folders(
                 yield r.id, truth, pred, image
                 job.advance()
 
-    summary = score_and_write(
-        items(), classes, class_of_interest, tolerance, Path(out), ignore_label=ignore_label
-    )
-    finish_job_folder(out)
+    with writing("the score report", out):
+        summary = score_and_write(
+            items(), classes, class_of_interest, tolerance, Path(out), ignore_label=ignore_label
+        )
+        finish_job_folder(out)
     job.end(f"report: {out}")
     return summary
 

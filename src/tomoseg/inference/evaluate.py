@@ -18,7 +18,7 @@ from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predict
 from tomoseg.io.datasets import DatasetSpec, Item, ItemReader, expand_pairs, load_dataset
 from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.labels import ClassIds, label_stats, resolve_labels
-from tomoseg.io.writers import write_mask
+from tomoseg.io.writers import write_mask, writing
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import write_score_files
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
@@ -164,7 +164,8 @@ def evaluate_run(
             raw.images.append(
                 score_image(truth, plain, len(raw.classes), tolerance, p.id, ignore_label=ignore)
             )
-            write_mask(out / "predictions" / f"{p.id}.png", labels)
+            with writing(f"the prediction of {p.id}", out):
+                write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image
             job.advance(message=f"{p.id}: {seconds[-1]:.2f} s")
         reader.close()
@@ -179,7 +180,8 @@ def evaluate_run(
     )
     summary.without_postprocess = raw
     summary.inference = predictor.record()
-    write_score_files(summary, out)
-    finish_job_folder(out)
+    with writing("the evaluation report", out):
+        write_score_files(summary, out)
+        finish_job_folder(out)
     job.end(f"report: {out}")
     return summary, float(np.mean(seconds))

@@ -16,7 +16,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
 from tomoseg.io.jobs import file_sha256, finish_job_folder, open_job_folder
-from tomoseg.io.writers import write_image, write_mask
+from tomoseg.io.writers import write_image, write_mask, writing
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 
@@ -141,9 +141,10 @@ def predict_paths(
             stacked, probabilities=probabilities, tiling=tiling, names=[str(path)], tally=tally
         )
         bad = count_nonfinite(centre(stacked))
-        if probabilities:
-            write_image(out / probs[i], prob.astype(np.float32))
-        write_mask(out / masks[i], labels)
+        with writing(f"the mask of {image_id}", out):
+            if probabilities:
+                write_image(out / probs[i], prob.astype(np.float32))
+            write_mask(out / masks[i], labels)
         job.advance(
             message=f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in "
             f"{time.perf_counter() - t0:.2f} s"

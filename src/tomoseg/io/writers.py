@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -10,7 +11,8 @@ import socket
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,51 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         tmp_path.unlink(missing_ok=True)
         raise
     return dst
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk (``ENOSPC``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def writing(what: str, where: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failed write inside the block into one line naming what was being written: the
+    one rule for a full disk in every command (``disk full while writing <what>; free space
+    and rerun to resume``) and for other ``OSError`` s on a file in the folder ``where``
+    or of no file (``cannot write <what> in <where>``; others, a file read elsewhere, pass
+    unchanged).
+    What was finished before stays (every file is written atomically).
+
+    Raises:
+        TomosegError: as above.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if is_disk_full(exc):
+            raise TomosegError(
+                f"disk full while writing {what}; free space and rerun to resume"
+            ) from None
+        if isinstance(exc, OSError) and _inside(exc.filename, where):
+            raise TomosegError(f"cannot write {what} in {where}: {exc.strerror or exc}") from None
+        raise
+
+
+def _inside(filename: object, folder: str | os.PathLike[str]) -> bool:
+    if filename is None:
+        return True
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    try:
+        return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(folder))
+    except (TypeError, ValueError):
+        return False
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
