@@ -33,45 +33,58 @@ TINY = {**TINY_TRAIN, "tile_size": 0, "precision": "32"}
 SHAPE = (48, 56)
 
 
-def build_inputs(root: Path) -> dict[str, Path]:
-    """Everything the long commands read: a dataset (``data``; 4 validation, 12 test images),
-    a trained run (``run``), a stack of 24 slices (``stack``), a class-id volume with many
-    objects (``volume``), and folders of predictions and truths to score (``pred``,
-    ``truth``; 30 images)."""
-    from tomoseg.config.schema import load_config
-    from tomoseg.training.trainer import train
+class Inputs:
+    """Everything the long commands read, each group built when first asked for (a test of
+    ``score`` or ``objects`` needs no training), under ``root``:
 
-    data = make_dataset(root / "data", shape=SHAPE, n={"train": 3, "val": 4, "test": 12})
-    run = train(data, root / "run", load_config(None, TINY), progress=False)
-    rng = np.random.default_rng(3)
-    stack = root / "stack.tif"
-    tifffile.imwrite(stack, rng.integers(0, 200, (24, *SHAPE), dtype=np.uint8))
-    volume = np.zeros((10, 64, 64), np.uint8)
-    for _ in range(40):
-        z, y, x = rng.integers(0, 8), rng.integers(0, 58), rng.integers(0, 58)
-        volume[
-            z : z + rng.integers(2, 4), y : y + rng.integers(3, 7), x : x + rng.integers(3, 7)
-        ] = 1
-    tifffile.imwrite(root / "volume.tif", volume)
-    truth, pred = root / "scores" / "truth", root / "scores" / "pred"
-    for d in (truth, pred):
-        d.mkdir(parents=True)
-    from PIL import Image
+    * ``data`` (a dataset: 4 validation, 12 test images), ``run`` (a run trained on it),
+      ``stack`` (a multi-page TIFF of 24 slices);
+    * ``volume`` (a class-id volume with many objects), ``pred`` and ``truth`` (30 masks each
+      to score).
+    """
 
-    for i in range(30):
-        t = (rng.random((64, 80)) > 0.7).astype(np.uint8)
-        p = t.copy()
-        p[rng.random(t.shape) > 0.9] ^= 1
-        Image.fromarray(t).save(truth / f"m{i:02d}.png")
-        Image.fromarray(p).save(pred / f"m{i:02d}.png")
-    return {
-        "data": data,
-        "run": Path(run),
-        "stack": stack,
-        "volume": root / "volume.tif",
-        "pred": pred,
-        "truth": truth,
-    }
+    def __init__(self, root: Path):
+        self.root, self.paths = root, {}
+
+    def __getitem__(self, key: str) -> Path:
+        if key not in self.paths:
+            group = self._trained if key in ("data", "run", "stack") else self._light
+            self.paths.update(group(self.root))
+        return self.paths[key]
+
+    @staticmethod
+    def _trained(root: Path) -> dict[str, Path]:
+        from tomoseg.config.schema import load_config
+        from tomoseg.training.trainer import train
+
+        data = make_dataset(root / "data", shape=SHAPE, n={"train": 3, "val": 4, "test": 12})
+        run = train(data, root / "run", load_config(None, TINY), progress=False)
+        rng = np.random.default_rng(3)
+        stack = root / "stack.tif"
+        tifffile.imwrite(stack, rng.integers(0, 200, (24, *SHAPE), dtype=np.uint8))
+        return {"data": data, "run": Path(run), "stack": stack}
+
+    @staticmethod
+    def _light(root: Path) -> dict[str, Path]:
+        from PIL import Image
+
+        rng = np.random.default_rng(4)
+        volume = np.zeros((10, 64, 64), np.uint8)
+        for _ in range(40):
+            z, y, x = rng.integers(0, 8), rng.integers(0, 58), rng.integers(0, 58)
+            dz, dy, dx = rng.integers(2, 4), rng.integers(3, 7), rng.integers(3, 7)
+            volume[z : z + dz, y : y + dy, x : x + dx] = 1
+        tifffile.imwrite(root / "volume.tif", volume)
+        truth, pred = root / "scores" / "truth", root / "scores" / "pred"
+        for d in (truth, pred):
+            d.mkdir(parents=True)
+        for i in range(30):
+            t = (rng.random((64, 80)) > 0.7).astype(np.uint8)
+            p = t.copy()
+            p[rng.random(t.shape) > 0.9] ^= 1
+            Image.fromarray(t).save(truth / f"m{i:02d}.png")
+            Image.fromarray(p).save(pred / f"m{i:02d}.png")
+        return {"volume": root / "volume.tif", "pred": pred, "truth": truth}
 
 
 def events(log: Path) -> list[dict[str, Any]]:
@@ -151,7 +164,7 @@ __all__ = [
     "SHAPE",
     "TINY",
     "assert_same_outputs",
-    "build_inputs",
+    "Inputs",
     "contents",
     "events",
     "kill_at",

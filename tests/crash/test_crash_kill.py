@@ -7,7 +7,7 @@ user does and is killed with SIGKILL as soon as it reports the chosen event (``c
 same command is then run again (``train``: with ``--resume``, how a training resumes), and its
 outputs are compared with an uninterrupted run's: the same files, byte for byte (JSON without
 timings), and no temporary file left behind. Each point takes a subprocess start (torch import)
-and a run: slow.
+and a run: slow, but for one cheap point of ``score`` and ``objects`` (no training).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from crashkit import TINY, assert_same_outputs, build_inputs, kill_at, temporaries, without_timing
+from crashkit import TINY, Inputs, assert_same_outputs, kill_at, temporaries, without_timing
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,14 @@ class Case:
     its outputs compare."""
 
     job: str
-    args: Callable[[dict[str, Path], Path], list[Any]]
+    args: Callable[[Inputs, Path], list[Any]]
     points: tuple[tuple[str, int], ...]
     rerun: tuple[str, ...] = ()
     compare: Callable[[Path, Path], None] = assert_same_outputs
     #: the output is a copy of the trained run (``tune`` writes into it)
     in_run: bool = False
+    #: the kill point cheap enough for the default suite (no training, a few seconds)
+    quick: tuple[str, int] | None = None
 
 
 def _same_decision(a: Path, b: Path) -> None:
@@ -64,7 +66,7 @@ def _same_training(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _train_args(i: dict[str, Path], out: Path) -> list[Any]:
+def _train_args(i: Inputs, out: Path) -> list[Any]:
     cfg = out.parent / "train.yaml"
     cfg.write_text(yaml.safe_dump({**TINY, "crops": 160, "epochs": 4}))
     return ["train", "--data", i["data"], "--out", out, "--config", cfg, "--quiet"]
@@ -94,11 +96,13 @@ CASES: dict[str, Case] = {
         "score",
         lambda i, o: ["score", "--pred", i["pred"], "--truth", i["truth"], "--out", o],
         (("start", 0), ("advance", 10), ("advance", 24)),
+        quick=("advance", 10),
     ),
     "objects": Case(  # 5 slabs labelled, 5 written, then 20 meshes and the preview
         "objects",
         lambda i, o: ["objects", i["volume"], "--out", o, "--chunk-slices", "2"],
         (("advance", 2), ("advance", 7), ("advance", 12)),
+        quick=("advance", 12),
     ),
     "tune": Case(
         "tune",
@@ -127,16 +131,19 @@ TRAIN_XFAIL = pytest.mark.xfail(
     "atomically) in parallel; a kill during a checkpoint save may still lose last.ckpt here",
 )
 POINTS = [
-    pytest.param(name, point, id=f"{name}-{point[0]}{point[1]}",
-                 marks=[TRAIN_XFAIL] if name == "train" else [])
+    pytest.param(
+        name, point, id=f"{name}-{point[0]}{point[1]}",
+        marks=([TRAIN_XFAIL] if name == "train" else [])
+        + ([] if point == case.quick else [pytest.mark.slow]),
+    )
     for name, case in CASES.items()
     for point in case.points
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
-    return build_inputs(tmp_path_factory.mktemp("inputs"))
+def inputs(tmp_path_factory) -> Inputs:
+    return Inputs(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture(scope="module")
