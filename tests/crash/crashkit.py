@@ -124,16 +124,22 @@ def temporaries(folder: Path) -> list[Path]:
 _TIMING = re.compile(r"second|elapsed|time|date|eta$")
 
 
-def without_timing(obj: Any) -> Any:
-    """A JSON value without the keys that hold durations or dates."""
+def without_timing(obj: Any, drop: tuple[str, ...] = ()) -> Any:
+    """A JSON value without the keys that hold durations or dates (and the keys ``drop``)."""
     if isinstance(obj, dict):
-        return {k: without_timing(v) for k, v in obj.items() if not _TIMING.search(k)}
+        return {
+            k: without_timing(v, drop)
+            for k, v in obj.items()
+            if not _TIMING.search(k) and k not in drop
+        }
     if isinstance(obj, list):
-        return [without_timing(v) for v in obj]
+        return [without_timing(v, drop) for v in obj]
     return obj
 
 
-def contents(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def contents(
+    folder: Path, skip: tuple[str, ...] = (), drop: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Relative path -> content of every file in ``folder``: bytes, or for JSON the parsed value
     without timings and with the folder's own path written ``OUT`` (so two output folders
     compare equal when they hold the same results)."""
@@ -145,15 +151,17 @@ def contents(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
             continue
         if p.suffix == ".json":
             text = p.read_text().replace(str(folder.resolve()), "OUT").replace(str(folder), "OUT")
-            out[rel] = without_timing(json.loads(text))
+            out[rel] = without_timing(json.loads(text), drop)
         else:
             out[rel] = p.read_bytes()
     return out
 
 
-def assert_same_outputs(a: Path, b: Path, skip: tuple[str, ...] = ()) -> None:
+def assert_same_outputs(
+    a: Path, b: Path, skip: tuple[str, ...] = (), drop: tuple[str, ...] = ()
+) -> None:
     """``a`` and ``b`` hold the same files with the same contents (see :func:`contents`)."""
-    ca, cb = contents(a, skip), contents(b, skip)
+    ca, cb = contents(a, skip, drop), contents(b, skip, drop)
     assert sorted(ca) == sorted(cb), (sorted(set(ca) ^ set(cb)))[:10]
     differ = [k for k in ca if ca[k] != cb[k]]
     assert not differ, f"files differ: {differ[:10]}"

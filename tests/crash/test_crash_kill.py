@@ -115,6 +115,8 @@ CASES: dict[str, Case] = {
         "segment-stack",
         lambda i, o: ["segment-stack", i["run"], i["stack"], "--out", o, "--device", "cpu"],
         (("start", 0), ("advance", 8), ("advance", 16)),
+        # the summary counts the slices of the last call: computed now or found done
+        compare=lambda a, b: assert_same_outputs(a, b, drop=("computed", "skipped")),
     ),
     "train": Case(
         "train",
