@@ -35,7 +35,7 @@ LOG_WIDTH = 240
 
 #: An environment variable: where it names a file, every progress event a command reports is
 #: appended to it as one JSON line (``job``, ``kind``, ``unit``, ``done``, ``total``), before
-#: it is drawn. For tests that act at a job's own progress (``tests/crash/`` kills each long
+#: it is drawn. For tests that act at a job's own progress (``tests/test_crash.py`` kills each long
 #: command at chosen events) and for tools that follow a job without its terminal.
 PROGRESS_LOG_ENV = "TOMOSEG_PROGRESS_LOG"
 
