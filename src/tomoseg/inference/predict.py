@@ -42,7 +42,7 @@ def _inputs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
 
 def run_identity(predictor: Predictor) -> dict[str, object]:
     """What decides a Predictor's labels, for a job record: the weights' SHA-256, the TTA, the
-    tuned decision applied and the non-finite rule."""
+    tuned decision applied, the non-finite and the intensity rules."""
     wfile = predictor.run.weights_file
     record = predictor.record()
     return {
@@ -50,6 +50,7 @@ def run_identity(predictor: Predictor) -> dict[str, object]:
         "tta": record["tta"],
         "decision": record["decision"],
         "nonfinite": predictor.settings.nonfinite,
+        "intensity": predictor.settings.intensity,
     }
 
 
