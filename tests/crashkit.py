@@ -61,7 +61,7 @@ class Inputs:
         run = train(data, root / "run", load_config(None, TINY), progress=False)
         rng = np.random.default_rng(3)
         stack = root / "stack.tif"
-        tifffile.imwrite(stack, rng.integers(0, 200, (24, *SHAPE), dtype=np.uint8))
+        tifffile.imwrite(stack, rng.integers(0, 100, (24, *SHAPE), dtype=np.uint8))
         return {"data": data, "run": Path(run), "stack": stack}
 
     @staticmethod
