@@ -129,7 +129,8 @@ def test_scoring_and_objects_do_not_import_torch():
 
 def test_tests_mirror_the_packages():
     """Each folder of ``tests/`` is named after the package whose modules its tests exercise;
-    what spans packages (the API, the layout, the shared input cases, real data) stays at the top."""
+    what spans packages (the API, the layout, the shared input cases, every command's crash
+    consistency, real data) stays at the top."""
     tests = Path(__file__).resolve().parent
     folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
     packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
@@ -137,7 +138,8 @@ def test_tests_mirror_the_packages():
     names = [p.name for p in tests.rglob("test_*.py")]
     assert len(names) == len(set(names)), "test module names must be unique across folders"
     top = {p.name for p in tests.glob("test_*.py")}
-    assert top <= {"test_api.py", "test_architecture.py", "test_cases.py", "test_realdata.py"}, top
+    spanning = {"test_api.py", "test_architecture.py", "test_cases.py", "test_crash.py"}
+    assert top <= spanning | {"test_realdata.py"}, top
 
 
 def _compared_strings(node: ast.Compare) -> set[str]:

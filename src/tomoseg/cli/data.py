@@ -104,13 +104,16 @@ def score(
     overwrite: Overwrite = False,
 ) -> None:
     """Score predicted masks against true masks: accuracy, IoU, BF1, overlays."""
+    from tomoseg.cli.cancel import cancel_on_interrupt
     from tomoseg.evaluation.score import score_folders
     from tomoseg.io.datasets import resolve_classes
 
-    summary = score_folders(
-        pred=pred, truth=truth, out=out, classes=resolve_classes(classes),
-        class_of_interest=class_of_interest, tolerance=tolerance, images=images,
-        overwrite=overwrite, ignore_label=ignore_label, instances=instances or "error",
-    )  # fmt: skip
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        summary = score_folders(
+            pred=pred, truth=truth, out=out, classes=resolve_classes(classes),
+            class_of_interest=class_of_interest, tolerance=tolerance, images=images,
+            overwrite=overwrite, ignore_label=ignore_label, instances=instances or "error",
+            progress=show, cancel=cancel,
+        )  # fmt: skip
     render.show_scores(summary)
     render.say(f"report: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/, {out}/panels/")

@@ -133,8 +133,9 @@ def tune(
         data, images, masks, image_suffix=image_suffix, mask_suffix=mask_suffix,
         instances=instances,
     )  # fmt: skip
-    decision, report = tune_run(
-        run=run, data=source, split=split, tta=tta, device=device, weights=weights,
-        intensity=intensity,
-    )  # fmt: skip
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        decision, report = tune_run(
+            run=run, data=source, split=split, tta=tta, device=device, weights=weights,
+            intensity=intensity, progress=show, cancel=cancel,
+        )  # fmt: skip
     render.say(render.tune_line(run, decision, report))

@@ -8,6 +8,8 @@ terminal, or into plain lines that never wrap mid-number when the output is a fi
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,12 @@ from tomoseg.utils.progress import ProgressEvent
 
 #: Width of the lines written to a file or pipe: wide enough that no summary line wraps.
 LOG_WIDTH = 240
+
+#: An environment variable: where it names a file, every progress event a command reports is
+#: appended to it as one JSON line (``job``, ``kind``, ``unit``, ``done``, ``total``), before
+#: it is drawn. For tests that act at a job's own progress (``tests/test_crash.py`` kills each long
+#: command at chosen events) and for tools that follow a job without its terminal.
+PROGRESS_LOG_ENV = "TOMOSEG_PROGRESS_LOG"
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -155,8 +163,11 @@ class ProgressRenderer:
         self._first: dict[str, int] = {}  # units done before this call, per job
         self._outer = ""
         self._logged = -float("inf")
+        self._events = os.environ.get(PROGRESS_LOG_ENV) or None
 
     def __call__(self, event: ProgressEvent) -> None:
+        if self._events:
+            self._append(event)
         if event.kind == "message":
             self.out.print(event.message, markup=False, highlight=False)
         elif self.live:
@@ -166,6 +177,12 @@ class ProgressRenderer:
             summary = f": {event.message}" if event.message else ""
             line = f"{event.job}: {_counts(event)}{eta}{summary}"
             self.out.print(line, markup=False, highlight=False)
+
+    def _append(self, event: ProgressEvent) -> None:
+        """One JSON line for the event in the file named by :data:`PROGRESS_LOG_ENV`."""
+        keys = ("job", "kind", "unit", "done", "total")
+        with open(self._events, "a") as f:  # type: ignore[arg-type]
+            f.write(json.dumps({k: getattr(event, k) for k in keys}) + "\n")
 
     def _log_due(self, event: ProgressEvent) -> bool:
         """Whether a unit gets its line in a log: one with a summary always, the last one, and

@@ -162,11 +162,12 @@ def objects(
 
     if connectivity not in (6, 18, 26):
         raise TomosegError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
-    summary = analyze_objects(
-        volume=volume, out=out, class_name=class_name, connectivity=connectivity,
-        min_volume=min_volume, truth=truth, chunk_slices=chunk_slices, meshes=meshes,
-        overwrite=overwrite,
-    )  # fmt: skip
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        summary = analyze_objects(
+            volume=volume, out=out, class_name=class_name, connectivity=connectivity,
+            min_volume=min_volume, truth=truth, chunk_slices=chunk_slices, meshes=meshes,
+            overwrite=overwrite, progress=show, cancel=cancel,
+        )  # fmt: skip
     for line in render.objects_lines(summary, out):
         render.say(line)
 

@@ -55,6 +55,7 @@ import cc3d
 import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.ome_zarr import create_label_array
 from tomoseg.io.sources import (
     FolderSource,
@@ -66,9 +67,10 @@ from tomoseg.io.sources import (
     split_dataset,
 )
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
-from tomoseg.io.writers import atomic_write, prepare_output_dir, write_json, write_text
+from tomoseg.io.writers import atomic_write, write_json, write_text, writing
 from tomoseg.reporting.objects import mesh_preview, volume_histogram
 from tomoseg.utils.format import first_line
+from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 __all__ = [
     "CONNECTIVITIES",
@@ -79,6 +81,10 @@ __all__ = [
 ]
 
 CONNECTIVITIES = (6, 18, 26)
+#: the files whose presence means an output folder holds results
+RESULT_NAMES = ("objects.csv", "summary.json")
+#: everything else ``analyze_objects`` writes (removed when an earlier job is replaced)
+_PRODUCTS = ("objects.zarr", "meshes", "preview.png", "volume_histogram.png")
 _MOMENTS = ("z", "y", "x", "zz", "yy", "xx", "zy", "zx", "yx")
 COLUMNS = (
     "label",
@@ -262,7 +268,12 @@ class _Labelling:
 
 
 def _label(
-    vol: _Volume, value: int | None, connectivity: int, min_volume: int, chunk: int
+    vol: _Volume,
+    value: int | None,
+    connectivity: int,
+    min_volume: int,
+    chunk: int,
+    each_slab: Callable[[], None] | None = None,
 ) -> _Labelling:
     nz = vol.shape[0]
     slabs = [(z, min(z + chunk, nz)) for z in range(0, nz, chunk)]
@@ -291,6 +302,8 @@ def _label(
             if len(slabs) == 1:
                 single = lab
             offset += n
+            if each_slab is not None:
+                each_slab()
     total = offset
     roots = np.arange(total + 1, dtype=np.int64)
     for a in list(uf.parent):
@@ -560,6 +573,8 @@ def analyze_objects(
     voxel_size: Any = None,
     match: str = "iou",
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
     """Label, measure and mesh the 3D objects of one class of a segmented stack.
 
@@ -581,9 +596,22 @@ def analyze_objects(
         voxel_size: (z, y, x); default: from ``stack.json`` / the volume's metadata, else 1.
         match: truth matching rule, ``iou`` or ``coverage`` (see the module doc).
         overwrite: replace earlier results in ``out``.
+        progress: receives one ``step`` event per slab labelled, per slab written to
+            ``objects.zarr`` and per mesh.
+        cancel: a token (:class:`threading.Event`) checked after each step.
+
+    After a ``kill -9``, a full disk or a cancel (at any step, meshes and preview included)
+    the same call starts the job again, without ``overwrite``, to the uninterrupted result
+    (:func:`~tomoseg.io.jobs.open_job_folder`; every file is written atomically, and
+    the job record in ``out`` is marked complete only at the end).
 
     Returns:
         The summary (also written to ``summary.json``), with ``detection`` when ``truth`` is given.
+
+    Raises:
+        TomosegError: bad parameters, an unknown class, a truth of another shape, an output
+            folder holding results.
+        Cancelled: ``cancel`` was set.
     """
     t0 = time.perf_counter()
     _check_connectivity(connectivity)
@@ -604,11 +632,31 @@ def analyze_objects(
             raise TomosegError(
                 f"truth {truth} has shape {(tsrc.n, *tsrc.shape)} but the volume has {vol.shape}"
             )
-    out = prepare_output_dir(out, overwrite, ["objects.csv", "summary.json"])
+    identity = {
+        "volume": vol.src.where if is_array(volume) else str(Path(volume).resolve()),
+        "class": name,
+        "connectivity": connectivity,
+        "min_volume": int(min_volume),
+        "truth": None if truth is None else str(Path(truth).resolve()),
+        "chunk_slices": chunk_slices,
+        "meshes": int(meshes),
+        "mesh_format": mesh_format,
+        "voxel_size": list(vol.voxel_size),
+        "match": match,
+    }
+    out = Path(out)
+    open_job_folder(
+        out, "objects", identity, overwrite=overwrite, result_names=RESULT_NAMES,
+        replaced=(*RESULT_NAMES, *_PRODUCTS),
+    )  # fmt: skip
+    job = job_progress("objects", "step", None, progress, cancel, hint="the same call redoes it")
+    job.start()
     nz = vol.shape[0]
     chunk = int(chunk_slices or nz)
-    lab = _label(vol, value, connectivity, int(min_volume), chunk)
+    lab = _label(vol, value, connectivity, int(min_volume), chunk, each_slab=job.advance)
     rows = _measure(lab.stats, vol.voxel_size, vol.shape)
+    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(meshes))]
+    job.set_total(2 * len(lab.slabs) + len(order))
 
     # label volume for napari (uint32), written slab by slab; truth overlaps on the way
     arr = create_label_array(
@@ -643,6 +691,7 @@ def analyze_objects(
                 tl = read(treader, z0, z1).astype(np.int64)
                 _accumulate_truth(final, tl, overlaps, true_sizes)
             del final
+            job.advance()
 
     volumes = np.array([r["area"] for r in rows], np.float64)
     summary: dict[str, Any] = {
@@ -669,11 +718,11 @@ def analyze_objects(
         summary["detection"] = det
     # the main products first: nothing optional below can cost them
     summary["meshes"] = 0
-    write_text(out / "objects.csv", _csv_text(rows))
-    write_json(out / "summary.json", summary)
+    with writing("the objects table", out):
+        write_text(out / "objects.csv", _csv_text(rows))
+        write_json(out / "summary.json", summary)
 
     # optional: meshes of the largest objects, a 3D preview, the volume histogram
-    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(meshes))]
     previews = []
     skipped: list[int] = []
     if order:
@@ -687,6 +736,7 @@ def analyze_objects(
         except Exception as exc:  # marching cubes fails on degenerate shapes
             skipped.append(r["label"])
             _warn(f"no mesh for object {r['label']} ({r['num_pixels']} voxels): {first_line(exc)}")
+            job.advance()
             continue
         area, mvol = float(m.area), abs(float(m.volume))
         r["surface_area"] = area
@@ -699,6 +749,7 @@ def analyze_objects(
             except Exception:  # too thin for the coarse step: show the full mesh
                 coarse = m
         previews.append((r["label"], coarse))
+        job.advance()
     summary["meshes"] = len(order) - len(skipped)
     if skipped:
         summary["meshes_skipped"] = skipped
@@ -711,8 +762,11 @@ def analyze_objects(
         except Exception as exc:
             _warn(f"{what} was not written: {first_line(exc)}")
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
-    write_json(out / "summary.json", summary)
+    with writing("the objects table", out):
+        write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
+        write_json(out / "summary.json", summary)
+        finish_job_folder(out)
+    job.end(f"{summary['count']} objects -> {out}")
     return summary
 
 

@@ -15,11 +15,13 @@ import numpy as np
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.datasets import Item, ItemReader, expand_pairs, load_dataset, pair_files
 from tomoseg.io.images import as_mask, list_images, read_image, read_mask
+from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.labels import LabelStats, label_stats, resolve_labels
-from tomoseg.io.writers import prepare_output_dir
+from tomoseg.io.writers import writing
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import class_index, write_overlays, write_score_files
 from tomoseg.utils.format import first_line
+from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 RESULT_NAMES = ("metrics.json", "per_image.csv")
 
@@ -102,6 +104,8 @@ def score_folders(
     *,
     ignore_label: int | None = None,
     instances: str = "error",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> ScoreSummary:
     """Score every prediction in a folder against the truth of the same file stem.
 
@@ -122,12 +126,24 @@ def score_folders(
             metric; default the ``ignore_label`` of a ``dataset.json`` above ``truth``.
         instances: ``"binarize"`` reads truths (and predictions) that look like instance
             labels as 0 / 1; ``"error"`` refuses them.
+        progress: receives one ``image`` event per image (or slice of a volume) scored.
+        cancel: a token (:class:`threading.Event`) checked after each image.
 
     A predicted label volume and its true volume (multi-page TIFF, Zarr, ...) are scored slice
     by slice (ids ``name_z0000``, ...), one slice in memory at a time.
 
+    A ``kill -9``, a full disk or a cancel leaves no report (``metrics.json`` and
+    ``per_image.csv`` are written last, atomically; an earlier report replaced with
+    ``overwrite`` is removed first): the same call afterwards starts again, without
+    ``overwrite`` (:func:`~tomoseg.io.jobs.open_job_folder`).
+
     Returns:
         The :class:`ScoreSummary` (also written to ``out``).
+
+    Raises:
+        TomosegError: no pairs, unknown classes, masks of different shapes, an output folder
+            holding results.
+        Cancelled: ``cancel`` was set.
     """
     if tolerance < 0:
         raise TomosegError(f"tolerance={tolerance!r}: must be >= 0")
@@ -162,9 +178,26 @@ def score_folders(
     if classes is None:
         classes = ids.classes
     class_index(classes, class_of_interest)  # unknown names fail before anything is written
-    out = prepare_output_dir(out, overwrite, RESULT_NAMES)
+    identity = {
+        "pred": str(Path(pred).resolve()),
+        "truth": str(Path(truth).resolve()),
+        "images": None if images is None else str(Path(images).resolve()),
+        "classes": list(classes),
+        "class_of_interest": class_of_interest,
+        "tolerance": float(tolerance),
+        "ignore_label": ignore_label,
+        "instances": instances,
+    }
+    open_job_folder(
+        out, "score", identity, overwrite=overwrite, result_names=RESULT_NAMES,
+        replaced=RESULT_NAMES,
+    )  # fmt: skip
+    job = job_progress(
+        "score", "image", len(refs), progress, cancel, hint="rerun the same call to redo it"
+    )
 
     def items() -> Iterator[ScoreItem]:
+        job.start()
         with ItemReader() as reader:
             for r in refs:
                 truth = ids.apply("truth", reader.mask(r), r.where)
@@ -176,10 +209,15 @@ def score_folders(
                     )
                 image = read_image(image_files[r.id]) if r.id in image_files else None
                 yield r.id, truth, pred, image
+                job.advance()
 
-    return score_and_write(
-        items(), classes, class_of_interest, tolerance, out, ignore_label=ignore_label
-    )
+    with writing("the score report", out):
+        summary = score_and_write(
+            items(), classes, class_of_interest, tolerance, Path(out), ignore_label=ignore_label
+        )
+        finish_job_folder(out)
+    job.end(f"report: {out}")
+    return summary
 
 
 def _prediction(reader: ItemReader, ref: Item) -> np.ndarray:

@@ -13,10 +13,12 @@ from tomoseg.data.context import centre, check_consecutive, context_reader
 from tomoseg.data.intensity import IntensityTally
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
+from tomoseg.inference.predict import run_identity
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
 from tomoseg.io.datasets import DatasetSpec, Item, ItemReader, expand_pairs, load_dataset
+from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.labels import ClassIds, label_stats, resolve_labels
-from tomoseg.io.writers import prepare_output_dir, write_mask
+from tomoseg.io.writers import write_mask, writing
 from tomoseg.metrics.segmentation import ScoreSummary, score_image
 from tomoseg.reporting.scores import write_score_files
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
@@ -87,8 +89,12 @@ def evaluate_run(
         split: the split to segment and score.
         overwrite: replace a report already in ``out``.
         progress: receives one ``image`` event per image scored.
-        cancel: a token (:class:`threading.Event`) checked after each image; nothing of the
-            report is written before the end, so a rerun starts again.
+        cancel: a token (:class:`threading.Event`) checked after each image.
+
+    A ``kill -9``, a full disk or a cancel leaves no report (``metrics.json`` and
+    ``per_image.csv`` are written last, atomically; an earlier report replaced with
+    ``overwrite`` is removed first): the same call afterwards starts the job again, without
+    ``overwrite`` (:func:`~tomoseg.io.jobs.open_job_folder`).
 
     The dataset's ``ignore_label`` (partial labels) counts for nothing in the scores, with and
     without the tuned decision alike (one scoring rule for both blocks). The truths are read by
@@ -117,7 +123,15 @@ def evaluate_run(
     predictor = as_predictor(run, settings)
     spec, ignore, refs, masks_dir = _split_items(source, split, predictor)
     ids = _truth_ids(refs, len(predictor.classes), ignore, source.instances, masks_dir)
-    out = prepare_output_dir(out, overwrite, RESULT_NAMES)
+    where = {
+        k: None if v is None else str(Path(v).resolve())
+        for k, v in (("data", source.root), ("images", source.images), ("masks", source.masks))
+    }
+    identity = {**run_identity(predictor), **where, "split": split}
+    open_job_folder(
+        out, "evaluate", identity, overwrite=overwrite, result_names=RESULT_NAMES,
+        replaced=RESULT_NAMES,
+    )  # fmt: skip
     k = predictor.context
     check_consecutive(bool(spec.consecutive), k, source.name)
     reader = ItemReader()
@@ -150,7 +164,8 @@ def evaluate_run(
             raw.images.append(
                 score_image(truth, plain, len(raw.classes), tolerance, p.id, ignore_label=ignore)
             )
-            write_mask(out / "predictions" / f"{p.id}.png", labels)
+            with writing(f"the prediction of {p.id}", out):
+                write_mask(out / "predictions" / f"{p.id}.png", labels)
             yield p.id, truth, labels, image
             job.advance(message=f"{p.id}: {seconds[-1]:.2f} s")
         reader.close()
@@ -165,6 +180,8 @@ def evaluate_run(
     )
     summary.without_postprocess = raw
     summary.inference = predictor.record()
-    write_score_files(summary, out)
+    with writing("the evaluation report", out):
+        write_score_files(summary, out)
+        finish_job_folder(out)
     job.end(f"report: {out}")
     return summary, float(np.mean(seconds))

@@ -41,7 +41,6 @@ Outputs (in the folder ``out``):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -61,6 +60,7 @@ from tomoseg.inference.stack_job import (
     part_range,
 )
 from tomoseg.inference.stack_sinks import Sink, VolumeMeta, get_sink
+from tomoseg.io.jobs import file_sha256
 from tomoseg.io.sources import open_source, parse_voxel_size
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
@@ -68,14 +68,6 @@ __all__ = ["BACKENDS", "missing_slices", "parse_part", "part_range", "segment_st
 
 #: where the slices are computed: ``local`` (threads or I/O processes here) or ``ray``
 BACKENDS = ("local", "ray")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_backend(
@@ -139,7 +131,7 @@ def _record(
         "run": {
             "path": str(Path(run.path).resolve()),
             "weights": wfile.name,
-            "sha256": _sha256(wfile),
+            "sha256": file_sha256(wfile),
         },
         "classes": run.classes,
         "class_of_interest": run.class_of_interest,

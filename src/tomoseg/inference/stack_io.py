@@ -26,7 +26,6 @@ the "leaked" segment it cleans up).
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.machinery
 import multiprocessing
 import os
@@ -55,7 +54,7 @@ from tomoseg.data.normalization import (
 from tomoseg.errors import TomosegError
 from tomoseg.inference.stack_sinks import Sink, SliceWriter, get_sink
 from tomoseg.io.sources import SliceSource
-from tomoseg.io.writers import write_text
+from tomoseg.io.writers import write_text, writing
 
 PROGRESS_DIR = "progress"
 
@@ -139,15 +138,6 @@ def read_marker(path: Path) -> tuple[int, tuple[str, float] | None]:
     return bad, found
 
 
-def _disk_full(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def write_slice(
     sink: SliceWriter,
     i: int,
@@ -164,23 +154,13 @@ def write_slice(
         TomosegError: a full disk, or another OSError, naming the slice (one line).
     """
     marks = sink.out / PROGRESS_DIR
-    try:
+    with writing(f"slice {sink.ids[i]}", sink.out):
         sink.write(i, labels)
         text = marker_text(bad, found)
         if text:
             write_text(marks / f"{i:06d}", text)
         else:
             (marks / f"{i:06d}").touch()
-    except BaseException as exc:
-        if _disk_full(exc):
-            raise TomosegError(
-                f"disk full while writing slice {sink.ids[i]}; free space and rerun to resume"
-            ) from None
-        if isinstance(exc, OSError):
-            raise TomosegError(
-                f"cannot write slice {sink.ids[i]} in {sink.out}: {exc.strerror or exc}"
-            ) from None
-        raise
 
 
 # ----------------------------------------------------------------------------- worker processes

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -42,7 +41,12 @@ from tomoseg.inference.stack_uncertainty import (
 from tomoseg.io.jobs import job_difference
 from tomoseg.io.sources import SliceSource
 from tomoseg.io.volumes import STACK_FILE, TIFF_DIR, ZARR_NAME, read_stack_info
-from tomoseg.io.writers import prepare_output_dir, write_json
+from tomoseg.io.writers import (
+    prepare_output_dir,
+    remove_stale_temporaries,
+    temporary_path,
+    write_json,
+)
 
 _NO_EXTRAS: dict[str, Any] = {"tta": ["identity"], "decision": None}
 
@@ -125,7 +129,7 @@ def _ranges(idx: list[int], ids: list[str]) -> str:
 def _publish_once(path: Path, obj: Any) -> bool:
     """Write JSON to ``path`` only if it does not exist, atomically (a hard link of a finished
     temporary file: readers never see half a file). Returns whether this call wrote it."""
-    tmp = write_json(path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new"), obj)
+    tmp = write_json(temporary_path(path.parent, path.suffix), obj)
     try:
         os.link(tmp, path)
         return True
@@ -250,6 +254,7 @@ class StackJob:
             self._prepare_shared(overwrite)
         else:
             self._prepare_whole(overwrite)
+        remove_stale_temporaries(self.out)  # of writes a kill interrupted
         return self
 
     def _prepare_whole(self, overwrite: bool) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +28,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.io.ome_zarr import create_label_array, write_ngff_attrs
 from tomoseg.io.sources import SliceSource
 from tomoseg.io.volumes import TIFF_DIR, ZARR_NAME
-from tomoseg.io.writers import atomic_write
+from tomoseg.io.writers import atomic_write, temporary_path
 
 MAX_CHUNK = 1024
 
@@ -146,10 +145,7 @@ class OmeZarrSink:
         rename wins and the others drop theirs (same content)."""
         if self.ok(out, src):
             return
-        tmp = out / f".{ZARR_NAME}.{os.getpid()}.{threading.get_ident()}.new"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = temporary_path(out, directory=True)
         try:
             self.create(tmp, src, meta)  # writes tmp/labels.zarr
             try:

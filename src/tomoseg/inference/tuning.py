@@ -28,6 +28,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.inference.postprocess import DECISION_FILE, Decision, clean_labels, decision_record
 from tomoseg.io.writers import write_json
 from tomoseg.metrics.segmentation import nanmean, score_image
+from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 if TYPE_CHECKING:
     from tomoseg.data.sources import LoadedSamples
@@ -251,6 +252,8 @@ def tune_run(
     device: str = "auto",
     weights: str | None = None,
     intensity: str = "warn",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> tuple[Decision, dict]:
     """Tune a run's decision on its validation images (or a split of a dataset) with the weights
     it delivers, write ``decision.json`` into the run and record it in ``run.json``.
@@ -271,12 +274,18 @@ def tune_run(
         intensity: images out of the run's intensity range (for a run folder):
             :class:`~tomoseg.inference.predictor.InferenceSettings`' ``intensity`` (one
             warning for the first, by default).
+        progress: receives one ``image`` event per validation image segmented.
+        cancel: a token (:class:`threading.Event`) checked after each image.
+
+    ``decision.json`` is written once, at the end, atomically: a ``kill -9``, a full disk or a
+    cancel leaves the run's earlier decision as it was, and the same call tunes again.
 
     Returns:
         ``(decision, report)`` as :func:`tune_decision`, the report with ``source``.
 
     Raises:
         TomosegError: not a run, a dataset of other classes, no validation image.
+        Cancelled: ``cancel`` was set.
     """
     from tomoseg.data.intensity import IntensityTally
     from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
@@ -296,12 +305,17 @@ def tune_run(
     run_dir = loaded_run.folder
     loaded = run_samples(data, loaded_run)  # read once: validation images and the size bounds
     items, where = validation_items(data, loaded_run, split, loaded=loaded)
+    job = job_progress(
+        "tune", "image", len(items), progress, cancel, hint="the same call tunes again"
+    )
 
     def scored():
+        job.start()
         tally = IntensityTally(predictor.settings.intensity)  # one warning for the images
         for image_id, image, truth in items:
             _, prob = predictor.segment(image, probabilities=True, names=[image_id], tally=tally)
             yield prob, truth
+            job.advance()
 
     decision, report = tune_decision(
         scored(),
@@ -320,4 +334,5 @@ def tune_run(
     )
     write_json(run_dir / DECISION_FILE, record)
     update_run_record(run_dir, decision=record)
+    job.end(f"decision written to {run_dir / DECISION_FILE}")
     return decision, report

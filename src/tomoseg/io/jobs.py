@@ -1,16 +1,33 @@
 """The one check of "does this output folder hold the same job": used by ``train`` (config.yaml),
-``sweep`` (sweep.json) and ``segment-stack`` (stack.json), so a rerun resumes its own job and never
-silently mixes results of another one into the folder."""
+``sweep`` (sweep.json), ``segment-stack`` (stack.json) and, through :func:`open_job_folder`
+(``.tomoseg-job.json``), ``predict``, ``evaluate``, ``score`` and ``objects``, so a rerun resumes
+its own job (after a ``kill -9`` too) and never silently mixes results of another one into the
+folder."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tomoseg.errors import TomosegError
+from tomoseg.io.writers import prepare_output_dir, write_json
 from tomoseg.utils.files import MAX_JSON_BYTES, loads_json
 from tomoseg.utils.format import first_line
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks: how a job record names the
+    weights it was computed with."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -128,3 +145,93 @@ def check_same_job(
             f"{folder} holds {what} with another {key} ({was!r} there, {now!r} now); {remedy}"
         )
     return old
+
+
+# ----------------------------------------------------------------------------- job folders
+
+#: the job record of ``predict``, ``evaluate``, ``score`` and ``objects`` in their output folder
+JOB_FILE = ".tomoseg-job.json"
+
+
+def open_job_folder(
+    out: str | Path,
+    job: str,
+    identity: Mapping[str, Any],
+    *,
+    overwrite: bool,
+    result_names: Iterable[str],
+    replaced: Iterable[str] = (),
+    keep_finished: bool = False,
+) -> bool:
+    """Prepare the output folder of a job that a ``kill -9`` may interrupt, so that the same
+    call afterwards finishes it: the one rule of ``predict``, ``evaluate``, ``score`` and
+    ``objects`` (``train`` and ``segment_stack`` keep their own records, ``config.yaml`` and
+    ``stack.json``, under the same "same job" rule, :func:`job_difference`).
+
+    The folder's :data:`JOB_FILE` records the job (``job``, ``identity``, ``complete``): it is
+    written before the first result and marked complete by :func:`finish_job_folder` after the
+    last. A folder holding an unfinished run of the same job:
+
+    * ``keep_finished`` (a job whose every unit is a result of its own, as ``predict``'s
+      masks): is resumed, the caller skipping what is there (every file being written
+      atomically); with other settings it is refused unless ``overwrite``;
+    * otherwise (a job whose results only mean something complete): is started again,
+      whatever its settings, without ``overwrite``.
+
+    Otherwise :func:`~tomoseg.io.writers.prepare_output_dir`'s rule holds (a folder holding
+    ``result_names``, or another job's unfinished run, is refused unless ``overwrite``). On
+    every fresh start the ``replaced`` files and folders are removed first, so that a run
+    killed after replacing some of an earlier job's results never leaves them mixed with the
+    new ones. The temporary files of interrupted writes are removed in every case.
+
+    Args:
+        out: the output folder.
+        job: the job's name (``predict``, ``objects``, ...).
+        identity: the settings that decide the results (JSON-serialisable).
+        overwrite: replace the results of an earlier job.
+        result_names: names (relative to ``out``) whose presence means "holds results".
+        replaced: names (relative to ``out``) this job writes: removed on a fresh start.
+        keep_finished: resume an unfinished run, keeping what it finished.
+
+    Returns:
+        Whether the call resumes an unfinished run (only with ``keep_finished``).
+
+    Raises:
+        TomosegError: the folder holds results (or an unfinished run of other settings) and
+            ``overwrite`` is False; it is not writable; its record is malformed.
+    """
+    d = Path(out)
+    identity = json.loads(json.dumps(identity))  # as the record holds it (tuples as lists)
+    old = read_record(d / JOB_FILE) if d.is_dir() else None
+    unfinished = old is not None and not old.get("complete") and not overwrite
+    if unfinished and old.get("job") != job:  # type: ignore[union-attr]
+        raise TomosegError(
+            f"{d} holds an unfinished {old.get('job')!r} job; use overwrite=True to replace it"  # type: ignore[union-attr]
+        )
+    if unfinished and keep_finished:
+        held = old.get("identity")  # type: ignore[union-attr]
+        diff = job_difference(held if isinstance(held, Mapping) else {}, identity)
+        if diff is not None:
+            key, was, now = diff
+            shown = f"{len(was)} items" if isinstance(was, list) and len(was) > 4 else repr(was)
+            raise TomosegError(
+                f"{d} holds an unfinished {job} job with another {key} ({shown} there); "
+                "use overwrite=True to replace it"
+            )
+        prepare_output_dir(d, True, ())
+        return True
+    prepare_output_dir(d, overwrite or unfinished, result_names)
+    for name in replaced:
+        p = d / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    write_json(d / JOB_FILE, {"job": job, "identity": identity, "complete": False})
+    return False
+
+
+def finish_job_folder(out: str | Path) -> None:
+    """Mark the job of :func:`open_job_folder` in ``out`` complete (after its last result)."""
+    record = read_record(Path(out) / JOB_FILE) or {}
+    write_json(Path(out) / JOB_FILE, {**record, "complete": True})

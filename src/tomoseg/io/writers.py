@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +34,103 @@ def _umask() -> int:
     return mask
 
 
+#: how a temporary name starts: ``.tmp-<host>-<pid>-<random><suffix>`` (:func:`temporary_path`)
+TMP_PREFIX = ".tmp-"
+#: a suffix longer than this is left off a temporary name (it only helps a writer that picks
+#: its format by the suffix; tomoseg's writers name the format)
+_MAX_SUFFIX = 10
+_TMP_NAME = re.compile(r"^\.tmp-([0-9a-f]{6})-(\d+)-[a-z0-9_]{8}(\.[^/]{0,10})?$")
+#: a temporary file of another machine is stale after this many seconds (no single file takes
+#: a day to write); one of this machine is stale as soon as its process has ended
+STALE_AFTER = 24 * 3600.0
+
+
+def _host_tag() -> str:
+    """Six hex digits naming this machine in temporary names (a CRC of its host name)."""
+    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}"
+
+
+def temporary_path(
+    folder: str | os.PathLike[str], suffix: str = "", *, directory: bool = False
+) -> Path:
+    """A new, empty temporary file (or folder, ``directory=True``) in ``folder``, named
+    ``.tmp-<host>-<pid>-<8 random characters><suffix>``: at most 36 characters whatever the
+    final name, so a temporary name never fails as "File name too long" where the final one
+    fits; the host and process in the name let :func:`remove_stale_temporaries` tell an
+    interrupted write from one in progress. ``suffix`` longer than 10 characters is left off.
+    """
+    d = Path(folder)
+    sfx = suffix if len(suffix) <= _MAX_SUFFIX and "/" not in suffix else ""
+    prefix = f"{TMP_PREFIX}{_host_tag()}-{os.getpid()}-"
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=sfx, dir=d))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=sfx, dir=d)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or not ours to signal: it exists
+        return True
+    return True
+
+
+def _stale(path: Path) -> bool:
+    m = _TMP_NAME.match(path.name)
+    if m is None:
+        return False
+    if m.group(1) == _host_tag():
+        return not _alive(int(m.group(2)))
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_AFTER
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files and folders of interrupted writes (:func:`temporary_path`)
+    in ``folder`` and below: those of a process of this machine that has ended (a ``kill -9``,
+    a power cut), and those of other machines older than :data:`STALE_AFTER`. A write in
+    progress (a live process, another node of a cluster sharing the folder) is left alone.
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            p = Path(root) / name
+            if not _stale(p):
+                continue
+            if name in dirs:
+                dirs.remove(name)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     The rename is atomic on POSIX, so readers see either the old file or the new one, never a
-    half-written file.
+    half-written file. The temporary name is short (:func:`temporary_path`), so any ``path``
+    whose name fits the file system can be written; it is removed when ``write`` fails, and by
+    :func:`remove_stale_temporaries` after a ``kill -9``.
 
     Returns:
         The final path.
     """
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp" + dst.suffix, dir=dst.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temporary_path(dst.parent, dst.suffix)
     try:
         write(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
@@ -49,6 +139,51 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         tmp_path.unlink(missing_ok=True)
         raise
     return dst
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk (``ENOSPC``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def writing(what: str, where: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failed write inside the block into one line naming what was being written: the
+    one rule for a full disk in every command (``disk full while writing <what>; free space
+    and rerun to resume``) and for other ``OSError`` s on a file in the folder ``where``
+    or of no file (``cannot write <what> in <where>``; others, a file read elsewhere, pass
+    unchanged).
+    What was finished before stays (every file is written atomically).
+
+    Raises:
+        TomosegError: as above.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if is_disk_full(exc):
+            raise TomosegError(
+                f"disk full while writing {what}; free space and rerun to resume"
+            ) from None
+        if isinstance(exc, OSError) and _inside(exc.filename, where):
+            raise TomosegError(f"cannot write {what} in {where}: {exc.strerror or exc}") from None
+        raise
+
+
+def _inside(filename: object, folder: str | os.PathLike[str]) -> bool:
+    if filename is None:
+        return True
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    try:
+        return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(folder))
+    except (TypeError, ValueError):
+        return False
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -80,7 +215,9 @@ def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
 def prepare_output_dir(
     out: str | os.PathLike[str], overwrite: bool, result_names: Iterable[str]
 ) -> Path:
-    """Create an output folder, refusing one that already holds results unless ``overwrite``.
+    """Create an output folder, refusing one that already holds results unless ``overwrite``;
+    the temporary files of interrupted writes in it are removed
+    (:func:`remove_stale_temporaries`).
 
     Args:
         out: folder to write into.
@@ -101,8 +238,8 @@ def prepare_output_dir(
             )
     try:
         d.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=d, prefix=".write-test-", delete=True)
-        probe.close()
+        temporary_path(d).unlink()  # can we write here?
     except OSError as exc:
         raise TomosegError(f"output folder {d} is not writable ({exc.strerror or exc})") from None
+    remove_stale_temporaries(d)
     return d
