@@ -101,20 +101,41 @@ def _main(args: list[str], debug: bool) -> int:
     except (TomosegError, TyperException, MemoryError, OSError) as exc:
         if debug:
             raise
-        text, code = _failure(exc)
+        text, code = _failure(exc, args)
         error_line(text)
         return code
     return code if isinstance(code, int) else 0
 
 
-def _failure(exc: BaseException) -> tuple[str, int]:
-    """The ``error:`` text and exit status of an expected failure."""
+#: options that lower a command's memory, in the order a memory message suggests them
+MEMORY_OPTIONS = ("--batch-size", "--batch-slices", "--tile-batch", "--tile-size", "--crop-size")
+
+
+def memory_options(args: list[str]) -> list[str]:
+    """The options of :data:`MEMORY_OPTIONS` that the command in ``args`` has."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    words = [a for a in args if not a.startswith("-")]
+    cmd = getattr(group, "commands", {}).get(words[0]) if words else None
+    while cmd is not None and hasattr(cmd, "commands") and len(words) > 1:  # a sub-group
+        words = words[1:]
+        cmd = cmd.commands.get(words[0])
+    have = {o for p in getattr(cmd, "params", []) for o in getattr(p, "opts", [])}
+    return [o for o in MEMORY_OPTIONS if o in have]
+
+
+def _failure(exc: BaseException, args: list[str] | None = None) -> tuple[str, int]:
+    """The ``error:`` text and exit status of an expected failure (``args``: the command line,
+    whose command's own options a memory message suggests)."""
     if isinstance(exc, TomosegError):  # a Cancelled job among them
         return cli_message(str(exc)), 1
     if isinstance(exc, TyperException):
         return exc.format_message().replace("\n", " "), exc.exit_code or 2
     if isinstance(exc, MemoryError):
-        return "out of memory (try a smaller --batch-size or tile size)", 1
+        opts = memory_options(args or [])
+        hint = f" (try a smaller {' or '.join(opts)})" if opts else ""
+        return f"out of memory{hint}", 1
     assert isinstance(exc, OSError)
     where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
     return f"{exc.strerror or exc}{where}", 1

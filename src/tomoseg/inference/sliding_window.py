@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -10,6 +9,7 @@ from monai.inferers import sliding_window_inference
 
 from tomoseg.errors import TomosegError
 from tomoseg.runtime.device import auto_tiles
+from tomoseg.utils.memory import available_memory
 
 
 @torch.no_grad()
@@ -64,14 +64,6 @@ def class_argmax(logits: torch.Tensor) -> torch.Tensor:
         ids.masked_fill_(better, k)
         best = torch.where(better, logits[:, k], best)
     return ids
-
-
-def available_memory() -> int:
-    """Bytes of physical memory available now (Linux; a large number elsewhere)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
 
 
 def check_untiled_memory(

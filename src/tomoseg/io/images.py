@@ -7,6 +7,7 @@ instance labels, the number of classes) is decided by :mod:`tomoseg.io.labels`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -15,14 +16,24 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from tomoseg.errors import TomosegError
+from tomoseg.io.headers import (
+    check_plane,
+    check_tiff_page,
+    open_pil,
+    page_name,
+    route_tifffile_log,
+)
+from tomoseg.utils.format import first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: lossy formats: fine for images, refused for label files
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+route_tifffile_log()  # tifffile's complaints about a file: debug records, not terminal lines
 
 
 # ----------------------------------------------------------------------------- reading
@@ -35,7 +46,9 @@ def natural_key(text: str) -> list[Any]:
 
 def _read_raw(path: Path, lossless: bool = False) -> np.ndarray:
     """Read a file into an array without interpreting it; raise TomosegError if unreadable
-    (or, with ``lossless``, if it is a JPEG whatever its name)."""
+    (or, with ``lossless``, if it is a JPEG whatever its name). Every header is checked before
+    a pixel is decoded (:mod:`tomoseg.io.headers`: empty, impossible or too large for memory);
+    a TIFF page that cannot be decoded is named."""
     if not path.exists():
         raise TomosegError(f"file not found: {path}")
     if not path.is_file():
@@ -46,18 +59,111 @@ def _read_raw(path: Path, lossless: bool = False) -> np.ndarray:
     try:
         if suffix in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tf:
-                if lossless and tf.pages and tf.pages[0].compression in _LOSSY_TIFF:
+                pages, shape = checked_pages(tf, path)
+                if lossless and tf.pages.first.compression in _LOSSY_TIFF:
                     raise _lossy(path)
-                return np.asarray(tf.asarray())
-        with Image.open(path) as im:
+                arr = _decode_pages(pages, path)
+                return arr.reshape(shape) if shape and arr.size == math.prod(shape) else arr
+        with open_pil(path) as im:
             if lossless and im.format == "JPEG":
                 raise _lossy(path)
             return np.asarray(im)
     except PermissionError:
         raise TomosegError(f"cannot read {path}: permission denied") from None
-    except (UnidentifiedImageError, tifffile.TiffFileError, ValueError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TomosegError(f"not a readable image: {path} ({reason})") from None
+    except MemoryError:
+        raise TomosegError(f"not enough memory to read {path}") from None
+    except (
+        UnidentifiedImageError,
+        tifffile.TiffFileError,
+        ValueError,
+        OSError,
+        RuntimeError,
+    ) as exc:
+        if isinstance(exc, TomosegError):
+            raise
+        raise TomosegError(f"not a readable image: {path} ({first_line(exc)})") from None
+
+
+def checked_pages(
+    tf: tifffile.TiffFile, path: Path, whole: bool = True
+) -> tuple[list[Any], tuple[int, ...] | None]:
+    """The pages of a TIFF's first series and its shape (None when tifffile cannot group the
+    pages), each header checked (:func:`check_tiff_page`; the memory bound counts them all
+    together when ``whole``).
+
+    Raises:
+        TomosegError: no page, a page of another shape than the first (named), a bad header.
+    """
+    size = path.stat().st_size
+    try:
+        series = tf.series[0] if tf.series else None
+        pages = list(series.pages) if series is not None else []
+        shape = tuple(int(n) for n in series.shape) if series is not None else None
+    except (RuntimeError, ValueError, IndexError, tifffile.TiffFileError):
+        pages, shape = [], None  # tifffile could not group the pages: find the odd one below
+    if not pages or any(p is None for p in pages):
+        pages, shape = _plain_pages(tf, path), None
+    n = len(pages)
+    first = getattr(pages[0], "keyframe", None) or pages[0]
+    for p in pages:
+        where = page_name(path, p.index, len(tf.pages))
+        if isinstance(p, tifffile.TiffFrame):  # its own header, not its keyframe's
+            try:
+                p = p.aspage()
+            except (RuntimeError, ValueError, tifffile.TiffFileError) as exc:
+                raise TomosegError(f"{where} is unreadable: {first_line(exc)}") from None
+        _same_size(p, first, path)
+        check_tiff_page(p, where, size, whole=False)
+    if whole:
+        bits = int(first.bitspersample) * int(first.samplesperpixel)
+        check_plane(str(path), n * int(first.imagelength), int(first.imagewidth), bits)
+    return pages, shape
+
+
+def _plain_pages(tf: tifffile.TiffFile, path: Path) -> list[Any]:
+    """Every page of a TIFF read one by one (no series), refusing the first of another shape."""
+    tf.pages.useframes = False
+    tf.pages.set_keyframe(0)
+    out = []
+    total = len(tf.pages)
+    for i in range(total):
+        try:
+            page = tf.pages[i]
+        except (RuntimeError, ValueError, tifffile.TiffFileError) as exc:
+            raise TomosegError(
+                f"{page_name(path, i, total)} is unreadable: {first_line(exc)}"
+            ) from None
+        if out:
+            _same_size(page, out[0], path)
+        out.append(page)
+    if not out:
+        raise TomosegError(f"TIFF {path} holds no page")
+    return out
+
+
+def _same_size(page: Any, first: Any, path: Path) -> None:
+    """Refuse a page whose size differs from the first page's, naming it."""
+    if (page.imagelength, page.imagewidth) != (first.imagelength, first.imagewidth):
+        raise TomosegError(
+            f"page {page.index} of {path} is {page.imagewidth}x{page.imagelength} pixels but "
+            f"page 0 is {first.imagewidth}x{first.imagelength}: it is corrupt, or the file "
+            "is not one stack"
+        )
+
+
+def _decode_pages(pages: list[Any], path: Path) -> np.ndarray:
+    """Decode checked pages (one page: (H, W) or (H, W, S); several: stacked), naming the
+    page that fails."""
+    arrays = []
+    for p in pages:
+        try:
+            arrays.append(p.asarray())
+        except Exception as exc:  # tifffile and imagecodecs raise many types for broken data
+            if isinstance(exc, (MemoryError, KeyboardInterrupt)):
+                raise
+            where = page_name(path, p.index, len(pages))
+            raise TomosegError(f"{where} is unreadable: {first_line(exc)}") from None
+    return arrays[0] if len(arrays) == 1 else np.stack(arrays)
 
 
 _LOSSY_TIFF = {6, 7, 34892, 50001}  # JPEG (old, new), lossy JPEG DNG, WebP compressions

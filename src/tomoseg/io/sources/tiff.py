@@ -21,7 +21,8 @@ import numpy as np
 import tifffile
 
 from tomoseg.errors import TomosegError, TomosegWarning
-from tomoseg.io.images import TIFF_SUFFIXES
+from tomoseg.io.headers import check_plane
+from tomoseg.io.images import TIFF_SUFFIXES, checked_pages
 from tomoseg.io.sources.base import (
     ReadOptions,
     StackSource,
@@ -55,12 +56,14 @@ class TiffSource(StackSource):
             def read_page(i: int) -> np.ndarray:
                 k = int(np.ravel_multi_index(self.leading(i), lead)) if lead else 0
                 k = k if self.pages is None else self.pages[i]
+                page = pages[k]
+                where = f"page {page.index} ({self.ids[i]}) of {self.path}"  # the file's count
                 try:
-                    arr = pages[k].asarray()  # one page: never the whole stack
+                    arr = page.asarray()  # one page: never the whole stack
                 except Exception as exc:  # tifffile raises many types for broken pages
-                    raise TomosegError(
-                        f"page {k} ({self.ids[i]}) of {self.path} is unreadable: {first_line(exc)}"
-                    ) from None
+                    if isinstance(exc, (MemoryError, KeyboardInterrupt)):
+                        raise
+                    raise TomosegError(f"{where} is unreadable: {first_line(exc)}") from None
                 return plane(arr, f"page {k} of {self.path}")
 
             yield read_page
@@ -82,14 +85,20 @@ class TiffFormat:
         p, channel, time = Path(input), options.channel, options.time
         try:
             with _tifffile_quiet(), tifffile.TiffFile(p) as tf:
-                if not tf.series or len(tf.pages) == 0:
+                if len(tf.pages) == 0:
+                    raise TomosegError(f"TIFF {p} holds no page")
+                check_complete(tf, p)
+                checked_pages(tf, p, whole=False)  # every page's header, the odd page named
+                key = tf.pages.first  # one page is read at a time: it must fit in memory
+                bits = int(key.bitspersample) * int(key.samplesperpixel)
+                check_plane(str(p), int(key.imagelength), int(key.imagewidth), bits)
+                if not tf.series:
                     raise TomosegError(f"TIFF {p} holds no page")
                 series = tf.series[0]
                 axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
                 dtype = str(series.dtype)
                 voxel, unit = tiff_voxel(tf)
                 ij = tf.imagej_metadata if tf.is_imagej else None
-                check_complete(tf, p)
                 npages = len(series.pages)
                 reduced = sum(len(level.pages) for level in series.levels[1:])
                 by_page = _page_by_page(tf)
@@ -109,7 +118,7 @@ class TiffFormat:
                     )
         except TomosegError:
             raise
-        except (OSError, tifffile.TiffFileError, ValueError) as exc:
+        except (OSError, tifffile.TiffFileError, ValueError, RuntimeError) as exc:
             raise TomosegError(f"not a readable TIFF: {p} ({first_line(exc)})") from None
         if axes.endswith("S") and shape[-1] > 1:
             raise TomosegError(
