@@ -51,11 +51,19 @@ class Decision:
         return self.offset == 0 and self.min_size == 0 and self.max_hole == 0
 
 
-def clean_labels(labels: np.ndarray, decision: Decision) -> np.ndarray:
+def clean_labels(
+    labels: np.ndarray, decision: Decision, open_edges: tuple[bool, bool] = (False, False)
+) -> np.ndarray:
     """Apply the clean-up part of a decision to one (H, W) label image (a new array).
 
     Small objects of the class become class 0; small holes in it become the class
     (``skimage.morphology.remove_small_objects`` / ``remove_small_holes``, connectivity 2).
+
+    Args:
+        open_edges: whether the top / bottom row is a cut through a larger slice (a band of
+            rows, :mod:`tomoseg.inference.bands`): objects and holes touching a cut edge are
+            kept as they are (they go on beyond it), as if a large object or background lay
+            across the cut.
     """
     if decision.min_size <= 0 and decision.max_hole <= 0:
         return labels
@@ -64,19 +72,41 @@ def clean_labels(labels: np.ndarray, decision: Decision) -> np.ndarray:
     out = np.array(labels, copy=True)
     fg = out == decision.class_id
     if decision.min_size > 0:
+        padded, crop = _pad_edges(fg, open_edges, True, decision.min_size)
         try:  # scikit-image >= 0.26: objects of at most max_size pixels go
-            kept = remove_small_objects(fg, max_size=decision.min_size - 1, connectivity=2)
+            kept = remove_small_objects(padded, max_size=decision.min_size - 1, connectivity=2)
         except TypeError:  # older: objects of fewer than min_size pixels go
-            kept = remove_small_objects(fg, min_size=decision.min_size, connectivity=2)
+            kept = remove_small_objects(padded, min_size=decision.min_size, connectivity=2)
+        kept = kept[crop]
         out[fg & ~kept] = 0
         fg = kept
     if decision.max_hole > 0:
+        padded, crop = _pad_edges(fg, open_edges, False, decision.max_hole + 1)
         try:
-            filled = remove_small_holes(fg, max_size=decision.max_hole, connectivity=2)
+            filled = remove_small_holes(padded, max_size=decision.max_hole, connectivity=2)
         except TypeError:
-            filled = remove_small_holes(fg, area_threshold=decision.max_hole + 1, connectivity=2)
-        out[filled & ~fg] = decision.class_id
+            filled = remove_small_holes(
+                padded, area_threshold=decision.max_hole + 1, connectivity=2
+            )
+        out[filled[crop] & ~fg] = decision.class_id
     return out
+
+
+def _pad_edges(
+    mask: np.ndarray, open_edges: tuple[bool, bool], value: bool, size: int
+) -> tuple[np.ndarray, slice]:
+    """``mask`` with rows of ``value`` (at least ``size`` pixels) added above / below at the
+    open edges: whatever touches an open edge joins them and is never small. Returns the padded
+    mask and the row slice giving the original rows back."""
+    top, bottom = open_edges
+    if not (top or bottom):
+        return mask, slice(None)
+    n = -(-size // max(mask.shape[1], 1))  # rows of padding holding at least ``size`` pixels
+    block = np.full((n, mask.shape[1]), value, bool)
+    parts = [block] * top + [mask] + [block] * bottom
+    return np.concatenate(parts), slice(
+        n if top else 0, n + mask.shape[0] if top else mask.shape[0]
+    )
 
 
 class DecisionFields(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -10,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.data.context import centre, context_reader
-from tomoseg.data.intensity import IntensityTally
+from tomoseg.data.intensity import SAMPLE_PIXELS, IntensityTally
 from tomoseg.data.normalization import count_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
-from tomoseg.io.images import IMAGE_SUFFIXES, list_images, read_image
+from tomoseg.io.images import IMAGE_SUFFIXES, image_rows, list_images, read_image
 from tomoseg.io.jobs import file_sha256, finish_job_folder, open_job_folder
-from tomoseg.io.writers import write_image, write_mask, writing
+from tomoseg.io.writers import write_image, write_mask, write_mask_rows, writing
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 
@@ -52,6 +53,46 @@ def run_identity(predictor: Predictor) -> dict[str, object]:
         "nonfinite": predictor.settings.nonfinite,
         "intensity": predictor.settings.intensity,
     }
+
+
+def _by_bands(
+    predictor: Predictor, path: Path, dest: Path, tally: IntensityTally
+) -> tuple[tuple[int, int], int] | None:
+    """Segment a slice too tall for one pass that can be read by bands (a TIFF,
+    :func:`~tomoseg.io.images.image_rows`), writing its mask by bands too; None when the slice
+    is small, its format is read whole, or ``intensity="rescale"`` needs the whole slice.
+
+    The intensity rule looks at the slice's regular grid of pixels
+    (:func:`~tomoseg.data.intensity.sample_pixels`), gathered band by band: the same pixels as
+    on the whole slice.
+
+    Returns:
+        ``((H, W), non-finite pixels)``, or None.
+    """
+    if predictor.settings.intensity == "rescale":
+        return None
+    with image_rows(path) as reader:
+        if reader is None or not predictor.banded(*reader.shape):
+            return None
+        h, w = reader.shape
+        step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
+        chunk = step * max(1, 4_000_000 // (w * step))  # rows read at a time: about 4 Mpx
+        grid = np.concatenate(
+            [reader.rows(y, min(y + chunk, h))[::step, ::step] for y in range(0, h, chunk)]
+        )
+        predictor.check_intensity(grid, str(path), tally)
+        seen = [0, 0]  # rows counted, non-finite pixels in them
+
+        def rows(y0: int, y1: int) -> list[np.ndarray]:
+            band = reader.rows(y0, y1)
+            if y1 > seen[0]:  # the halo rows of the band before are not counted twice
+                seen[1] += count_nonfinite(band[max(seen[0] - y0, 0) :])
+                seen[0] = y1
+            return [band]
+
+        bands = predictor.label_bands(rows, reader.shape, names=[str(path)], checked=True)
+        write_mask_rows(dest, reader.shape, bands)
+        return reader.shape, seen[1]
 
 
 def predict_paths(
@@ -137,17 +178,24 @@ def predict_paths(
     for i in todo:
         image_id, path = items[i]
         t0 = time.perf_counter()
-        stacked = read(i)
-        labels, prob = predictor.segment(
-            stacked, probabilities=probabilities, tiling=tiling, names=[str(path)], tally=tally
-        )
-        bad = count_nonfinite(centre(stacked))
-        with writing(f"the mask of {image_id}", out):
-            if probabilities:
-                write_image(out / probs[i], prob.astype(np.float32))
-            write_mask(out / masks[i], labels)
+        done = None
+        if not (k or probabilities or not tiling):  # read, segmented, written by bands of rows
+            with writing(f"the mask of {image_id}", out):
+                done = _by_bands(predictor, path, out / masks[i], tally)
+        if done is not None:
+            shape, bad = done
+        else:
+            stacked = read(i)
+            labels, prob = predictor.segment(
+                stacked, probabilities=probabilities, tiling=tiling, names=[str(path)], tally=tally
+            )
+            shape, bad = labels.shape, count_nonfinite(centre(stacked))
+            with writing(f"the mask of {image_id}", out):
+                if probabilities:
+                    write_image(out / probs[i], prob.astype(np.float32))
+                write_mask(out / masks[i], labels)
         job.advance(
-            message=f"{image_id}: {labels.shape[1]}x{labels.shape[0]} in "
+            message=f"{image_id}: {shape[1]}x{shape[0]} in "
             f"{time.perf_counter() - t0:.2f} s"
             + (f" ({bad} non-finite pixels labelled background)" if bad else ""),
             nonfinite=bad,

@@ -12,7 +12,7 @@ Predictors of one run with different settings never affect each other.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,13 @@ from tomoseg.data.normalization import (
     refuse_nonfinite,
 )
 from tomoseg.errors import TomosegError
+from tomoseg.inference.bands import CleanStream, band_rows_for, bands_needed, plan_bands
 from tomoseg.inference.postprocess import Decision, clean_labels, read_decision
 from tomoseg.inference.runtimes import TRACE_GUARD, inference_engine, resolve_runtime
 from tomoseg.inference.sliding_window import check_untiled_memory, class_argmax, infer_logits
 from tomoseg.inference.tta import parse_tta, with_tta
 from tomoseg.runtime.checkpoint import WEIGHTS, LoadedRun, load_run
-from tomoseg.runtime.device import resolve_device, resolve_precision
+from tomoseg.runtime.device import auto_tiles, resolve_device, resolve_precision
 from tomoseg.runtime.logit_adjustment import decision_bias
 
 
@@ -70,6 +71,10 @@ class InferenceSettings:
         tile_batch: tiles per forward pass (None: the run's setting).
         overlap: overlap of neighbouring tiles, a fraction of the tile in [0, 1) (None: the
             run's setting).
+        band_rows: a tall slice is segmented by bands of about this many rows, each with the
+            halo of tiles around it, so one slice of any size takes bounded memory and gets the
+            same labels (:mod:`tomoseg.inference.bands`); None: automatic (bands of about 8
+            Mpx, at least 4 rows of tiles, for slices taller than one band); 0: whole slices.
     """
 
     device: str = "auto"
@@ -82,6 +87,7 @@ class InferenceSettings:
     tile_size: int | None = None
     tile_batch: int | None = None
     overlap: float | None = None
+    band_rows: int | None = None
 
     def __post_init__(self) -> None:
         """Check every setting that needs no run (one line naming the parameter).
@@ -96,7 +102,7 @@ class InferenceSettings:
         check_intensity_rule(self.intensity)
         if self.tta is not None:
             object.__setattr__(self, "tta", parse_tta(self.tta))
-        for name, low in (("tile_size", 0), ("tile_batch", 1)):
+        for name, low in (("tile_size", 0), ("tile_batch", 1), ("band_rows", 0)):
             v = getattr(self, name)
             if v is not None and (
                 isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low
@@ -411,6 +417,7 @@ class Predictor:
         bf16: bool | None = None,
         tally: IntensityTally | None = None,
         checked: bool = False,
+        roi: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """The network's class scores of raw 2D images of one shape, after the calibrated
         decision bias: (B, K, H, W) float32 on the model's device. Logits, or with TTA the log
@@ -428,6 +435,8 @@ class Predictor:
                 intensity range is warned about, the others counted (None: each call warns).
             checked: the ``intensity`` rule was applied where the images were read (a stack
                 reader): not again here.
+            roi: the tile (height, width) of the whole slice when ``images`` are bands of it
+                (:meth:`label_bands`).
 
         Raises:
             TomosegError: non-finite pixels with ``nonfinite="error"``; an image out of the
@@ -465,11 +474,21 @@ class Predictor:
                 s.tile_batch or cfg.tile_batch,
                 tiling=tiling,
                 autocast_bf16=bf16 and engine is run.model,
+                roi=roi,
             )
         bias = decision_bias(run.meta.get("class_weights"), cfg.decision)
         if bias is not None:
             logits = logits + bias.to(logits.device)[None, :, None, None]
         return logits
+
+    def check_intensity(self, image: np.ndarray, name: str, tally: IntensityTally) -> None:
+        """The intensity rule (``warn`` or ``error``) on an image or on its regular grid of
+        pixels (a slice read by bands); ``rescale`` needs the image itself (:meth:`logits`).
+
+        Raises:
+            TomosegError: out of range with ``intensity="error"``.
+        """
+        self._checked(image, name, tally)
 
     def _checked(self, image: np.ndarray, name: str, tally: IntensityTally) -> np.ndarray:
         image, found = self._intensity.apply(image, name)
@@ -517,10 +536,86 @@ class Predictor:
         Raises:
             TomosegError: as :meth:`logits`.
         """
+        h, w = images[0].shape[-2:] if len(images) else (0, 0)
+        if tiling and not probabilities and self.banded(h, w):
+            labels = np.empty((len(images), h, w), np.uint8)
+            if not checked:  # the intensity rule on each whole slice, once
+                tally = tally if tally is not None else IntensityTally(self._settings.intensity)
+                names = names if names is not None else [f"image {k}" for k in range(len(images))]
+                images = [self._checked(im, n, tally) for im, n in zip(images, names, strict=True)]
+            rows = lambda a, b: [im[..., a:b, :] for im in images]  # noqa: E731
+            bands = self.label_bands(rows, (h, w), names=names, bf16=bf16, checked=True)
+            for y0, y1, lab in bands:
+                labels[:, y0:y1] = lab
+            return labels, None
         logits = self.logits(
             images, names=names, tiling=tiling, bf16=bf16, tally=tally, checked=checked
         )
         return self.decide(logits, images, probabilities=probabilities)
+
+    def _tiles(self, h: int, w: int) -> tuple[int, int, float]:
+        """The tile (height, width) on an (h, w) slice and the overlap, as resolved for it."""
+        s, cfg = self._settings, self._run.config
+        size = s.tile_size if s.tile_size is not None else cfg.tile_size
+        size = auto_tiles(size, 1, self.device)[0]
+        return min(size, h), min(size, w), cfg.tile_overlap if s.overlap is None else s.overlap
+
+    def banded(self, height: int, width: int) -> bool:
+        """Whether an (height, width) slice is segmented by bands of rows (``band_rows``)."""
+        roi_h, roi_w, overlap = self._tiles(height, width)
+        return bands_needed(height, width, roi_h, overlap, self._settings.band_rows)
+
+    def label_bands(
+        self,
+        rows: Callable[[int, int], Sequence[np.ndarray]],
+        shape: tuple[int, int],
+        *,
+        names: Sequence[str] | None = None,
+        bf16: bool | None = None,
+        tally: IntensityTally | None = None,
+        checked: bool = False,
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The labels of slices read by bands of rows: the same labels as
+        :meth:`segment_batch` gives the whole slices (see :mod:`tomoseg.inference.bands`),
+        in bounded memory.
+
+        Args:
+            rows: ``rows(y0, y1)`` -> the raw rows ``[y0, y1)`` of each slice ((y1 - y0, W)
+                arrays, or (2k + 1, y1 - y0, W) with 2.5D context).
+            shape: the slices' (H, W).
+            names: the slices' names for messages.
+            tally, checked: the intensity rule's job and whether it was applied to the whole
+                slices already (as :meth:`logits`; otherwise it is applied to each band).
+
+        Yields:
+            ``(y0, y1, labels)``: rows ``[y0, y1)`` as (B, y1 - y0, W) uint8, in order,
+            covering ``[0, H)`` once.
+
+        Raises:
+            TomosegError: as :meth:`logits`.
+        """
+        h, w = shape
+        roi_h, roi_w, overlap = self._tiles(h, w)
+        per = band_rows_for(w, roi_h, overlap, self._settings.band_rows)
+        stream = CleanStream(self._decision, h)
+        for band in plan_bands(h, roi_h, overlap, per):
+            raw = list(rows(band.in0, band.in1))
+            logits = self.logits(
+                raw, names=names, bf16=bf16, roi=(roi_h, roi_w), tally=tally, checked=checked
+            )
+            cut = slice(band.out0 - band.in0, band.out1 - band.in0)
+            offset = (
+                None if self._decision is None else replace(self._decision, min_size=0, max_hole=0)
+            )
+            labels, _ = decide(logits[:, :, cut], [], offset, probabilities=False)
+            del logits
+            masks = [nonfinite_mask(centre(im)[cut]) for im in raw]
+            bad = None
+            if any(m is not None for m in masks):
+                bad = np.stack(
+                    [m if m is not None else np.zeros(labels.shape[1:], bool) for m in masks]
+                )
+            yield from stream.push(band.out0, labels, bad)
 
     def segment(
         self, image: np.ndarray, *, probabilities: bool = False, **kwargs: Any

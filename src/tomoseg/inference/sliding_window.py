@@ -21,6 +21,7 @@ def infer_logits(
     tile_batch: int = 0,
     tiling: bool = True,
     autocast_bf16: bool = False,
+    roi: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Class logits of full-size images by overlapping tiles blended with a Gaussian window.
 
@@ -33,6 +34,9 @@ def infer_logits(
         tile_batch: tiles per forward pass (memory ~ tile_batch x tile_size^2).
         tiling: False runs the whole slice at once (memory grows with the slice).
         autocast_bf16: run the network under bf16 autocast.
+        roi: the tile's (height, width) when ``image`` is a band of a taller slice (the
+            slice's tile, :mod:`tomoseg.inference.bands`); default: ``tile_size`` cut to the
+            image.
 
     Returns:
         (B, K, H, W) float32 logits (blended).
@@ -42,7 +46,8 @@ def infer_logits(
     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast_bf16):
         if not tiling:
             return model(image).float()
-        roi = (min(tile_size, image.shape[-2]), min(tile_size, image.shape[-1]))
+        if roi is None:
+            roi = (min(tile_size, image.shape[-2]), min(tile_size, image.shape[-1]))
         out = sliding_window_inference(
             image, roi, tile_batch, lambda x: model(x).float(), overlap=overlap, mode="gaussian"
         )

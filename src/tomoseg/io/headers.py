@@ -47,8 +47,11 @@ DEFLATE_RATIO = 1032.0
 READ_COPIES = 2
 #: share of the available memory that one image may take
 MEMORY_SHARE = 0.8
-#: lowest bits per pixel of each Pillow mode (a PNG "L" or "P" may hold 1-bit pixels)
+#: lowest bits per pixel in the file of each Pillow mode (a PNG "L" or "P" may hold 1-bit pixels)
 _PIL_BITS = {"1": 1, "L": 1, "P": 1, "LA": 16, "I;16": 16, "I;16B": 16, "I": 16, "F": 32}
+#: bits per pixel of each Pillow mode once decoded (Pillow keeps 1-bit images as bytes and
+#: RGB with a padding byte)
+_PIL_MEMORY_BITS = {"1": 8, "L": 8, "P": 8, "LA": 32, "I;16": 16, "I;16B": 16, "I": 32, "F": 32}
 
 
 def plane_bytes(height: int, width: int, bits: int) -> int:
@@ -67,6 +70,7 @@ def check_plane(
     max_ratio: float | None = None,
     whole: bool = True,
     available: int | None = None,
+    memory_bits: int | None = None,
 ) -> None:
     """The header checks of one plane (see the module's docstring).
 
@@ -78,6 +82,7 @@ def check_plane(
         max_ratio: the compression's largest decoded/stored ratio (None: no bound).
         whole: the plane is to be decoded whole (False: read by bands, no memory bound).
         available: bytes of memory available (default: :func:`available_memory`).
+        memory_bits: bits per pixel once decoded in memory (default: ``bits``).
 
     Raises:
         TomosegError: an empty plane, a size the stored bytes cannot hold, or more memory than
@@ -94,6 +99,7 @@ def check_plane(
             "decoded: the file is truncated or its header is corrupt"
         )
     if whole:
+        decoded = plane_bytes(height, width, memory_bits or bits)
         need = READ_COPIES * decoded
         avail = available_memory() if available is None else available
         if need > MEMORY_SHARE * avail:
@@ -131,8 +137,9 @@ def open_pil(path: Path, *, whole: bool = True) -> Iterator[Image.Image]:
         bits = _PIL_BITS.get(im.mode, 8 * bands)
         ratio = DEFLATE_RATIO if im.format == "PNG" else None
         check_plane(
-            str(path), h, w, bits, stored=os.path.getsize(path), max_ratio=ratio, whole=whole
-        )
+            str(path), h, w, bits, stored=os.path.getsize(path), max_ratio=ratio, whole=whole,
+            memory_bits=_PIL_MEMORY_BITS.get(im.mode, 32),
+        )  # fmt: skip
         yield im
 
 

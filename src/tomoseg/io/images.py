@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +325,97 @@ def list_images(folder: str | os.PathLike[str]) -> dict[str, Path]:
     if not found:
         raise TomosegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {d}")
     return found
+
+
+# ----------------------------------------------------------------------------- bands of rows
+
+
+@dataclass(frozen=True)
+class RowReader:
+    """A 2D image read by bands of rows (:func:`image_rows`).
+
+    Attributes:
+        shape: (H, W) of the image.
+        dtype: its numpy dtype name.
+        rows: ``rows(y0, y1)`` -> rows ``[y0, y1)`` as a (y1 - y0, W) array (bool as uint8).
+    """
+
+    shape: tuple[int, int]
+    dtype: str
+    rows: Any
+
+
+@contextmanager
+def image_rows(path: str | os.PathLike[str]) -> Iterator[RowReader | None]:
+    """Open a 2D image to be read by bands of rows where its format allows it, else None.
+
+    A one-page grayscale TIFF is read by bands: through a memory map when its pixels are stored
+    uncompressed in one block (rows read from where they lie, not memory-mapped: mapped pages
+    would count in the process's memory), through tifffile's Zarr store of its strips
+    or tiles otherwise (``TiffPage.aszarr``: only the strips or tiles a band touches are
+    decoded). PNG and JPEG cannot be (Pillow decodes whole images), nor a TIFF page stored as
+    one compressed strip: None, and the caller reads the image whole (:func:`read_image`).
+
+    Yields:
+        A :class:`RowReader`, or None.
+
+    Raises:
+        TomosegError: a header that is refused (:func:`check_tiff_page`), a band that cannot be
+            decoded (naming the file).
+    """
+    p = Path(path)
+    if p.suffix.lower() not in TIFF_SUFFIXES or not p.is_file():
+        yield None
+        return
+    try:
+        tf = tifffile.TiffFile(p)
+    except (OSError, ValueError, RuntimeError, tifffile.TiffFileError):
+        yield None  # read_image says what is wrong
+        return
+    with tf:
+        page = tf.pages.first
+        if len(tf.pages) != 1 or int(page.samplesperpixel) != 1 or len(page.shape) != 2:
+            yield None
+            return
+        check_tiff_page(page, str(p), p.stat().st_size, whole=False)
+        if page.is_memmappable:  # uncompressed in one block: rows read where they lie
+            data: Any = _Contiguous(p, int(page.dataoffsets[0]), page.shape, page.dtype, tf)
+        elif len(page.dataoffsets) > 1:
+            import zarr
+
+            data = zarr.open(page.aszarr(), mode="r")
+        else:
+            yield None
+            return
+
+        def rows(y0: int, y1: int) -> np.ndarray:
+            try:
+                arr = np.asarray(data[y0:y1])
+            except Exception as exc:  # tifffile and imagecodecs raise many types
+                if isinstance(exc, (MemoryError, KeyboardInterrupt)):
+                    raise
+                raise TomosegError(
+                    f"rows {y0}..{y1 - 1} of {p} are unreadable: {first_line(exc)}"
+                ) from None
+            return arr.astype(np.uint8) if arr.dtype == bool else arr
+
+        yield RowReader((int(page.shape[0]), int(page.shape[1])), str(page.dtype), rows)
+
+
+class _Contiguous:
+    """Rows of an uncompressed image stored in one block of a file, read with ``os.pread``
+    (indexing ``[y0:y1]`` gives a (y1 - y0, W) array)."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: Any, tf: Any):
+        self.path, self.offset, self.shape = path, offset, (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype).newbyteorder(tf.byteorder)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        y0, y1, _ = rows.indices(self.shape[0])
+        row = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            raw = os.pread(f.fileno(), (y1 - y0) * row, self.offset + y0 * row)
+        if len(raw) != (y1 - y0) * row:
+            raise OSError(f"the file ends before row {y1 - 1}")
+        arr = np.frombuffer(raw, self.dtype).reshape(y1 - y0, self.shape[1])
+        return arr.astype(self.dtype.newbyteorder("="), copy=False)

@@ -212,6 +212,45 @@ def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
     return write_image(path, m.astype(dtype, copy=False))
 
 
+def write_mask_rows(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int],
+    bands: Iterable[tuple[int, int, np.ndarray]],
+    rows_per_strip: int = 64,
+) -> Path:
+    """Atomically write a uint8 class-id mask arriving by bands of rows (``(y0, y1, (y1 - y0,
+    W) or (1, y1 - y0, W) array)``, in order, covering ``[0, H)``).
+
+    A TIFF is written strip by strip as the bands arrive (tifffile, uncompressed strips of
+    ``rows_per_strip`` rows): the mask is never held whole. Other formats (PNG: Pillow writes
+    whole images) gather the bands into one (H, W) array first (1 byte per pixel).
+    """
+    p = Path(path)
+    h, w = shape
+    if p.suffix.lower() not in TIFF_SUFFIXES:
+        mask = np.empty((h, w), np.uint8)
+        for y0, y1, lab in bands:
+            mask[y0:y1] = np.asarray(lab).reshape(y1 - y0, w)
+        return write_image(p, mask)
+
+    def strips() -> Iterable[bytes]:
+        held = np.empty((0, w), np.uint8)
+        for _, _, lab in bands:
+            held = np.concatenate([held, np.asarray(lab, np.uint8).reshape(-1, w)])
+            while len(held) >= rows_per_strip:
+                yield held[:rows_per_strip].tobytes()
+                held = held[rows_per_strip:]
+        if len(held):
+            yield held.tobytes()
+
+    return atomic_write(
+        p,
+        lambda t: tifffile.imwrite(
+            t, strips(), shape=(h, w), dtype=np.uint8, rowsperstrip=rows_per_strip
+        ),
+    )
+
+
 def prepare_output_dir(
     out: str | os.PathLike[str], overwrite: bool, result_names: Iterable[str]
 ) -> Path:
