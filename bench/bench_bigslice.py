@@ -43,8 +43,9 @@ def make_slice(path: Path, n: int, seed: int = 0) -> None:
     out = tifffile.memmap(path, shape=(n, n), dtype=np.uint16)
     for y in range(0, n, 1000):
         h = min(1000, n - y)
-        blobs = np.kron(rng.random((h // 10 + 1, n // 10 + 1)) > 0.6, np.ones((10, 10)))
-        out[y : y + h] = (blobs[:h, :n] * 20000 + rng.integers(0, 8000, (h, n))).astype(np.uint16)
+        blobs = (rng.random((h // 10 + 1, n // 10 + 1)) > 0.6).astype(np.uint16) * 20000
+        blobs = blobs.repeat(10, 0).repeat(10, 1)[:h, :n]
+        out[y : y + h] = blobs + rng.integers(0, 8000, (h, n), dtype=np.uint16)
     out.flush()
     del out
 

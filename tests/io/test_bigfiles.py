@@ -209,3 +209,15 @@ def test_the_memory_message_names_the_commands_own_options():
     assert "--batch-size" in text and "--crop-size" in text, text
     text, _ = _failure(MemoryError(), ["segment-stack", "RUN", "x.tif", "--out", "o"])
     assert "--batch-slices" in text and "--tile-size" not in text, text
+
+
+@pytest.mark.slow
+def test_a_legitimate_13400_px_png_is_read(tmp_path):
+    """179.6 Mpx: above Pillow's default limit (DecompressionBombError before)."""
+    big = tmp_path / "big.png"
+    arr = np.zeros((13400, 13400), np.uint8)
+    arr[::100, ::100] = 7
+    Image.fromarray(arr).save(big)
+    del arr
+    got = read_image(big)
+    assert got.shape == (13400, 13400) and got[100, 200] == 7 and got[1, 1] == 0
