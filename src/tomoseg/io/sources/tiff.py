@@ -87,11 +87,11 @@ class TiffFormat:
             with _tifffile_quiet(), tifffile.TiffFile(p) as tf:
                 if len(tf.pages) == 0:
                     raise TomosegError(f"TIFF {p} holds no page")
-                check_complete(tf, p)
-                checked_pages(tf, p, whole=False)  # every page's header, the odd page named
                 key = tf.pages.first  # one page is read at a time: it must fit in memory
                 bits = int(key.bitspersample) * int(key.samplesperpixel)
                 check_plane(str(p), int(key.imagelength), int(key.imagewidth), bits)
+                check_complete(tf, p)
+                checked_pages(tf, p, whole=False)  # every page's header, the odd page named
                 if not tf.series:
                     raise TomosegError(f"TIFF {p} holds no page")
                 series = tf.series[0]
