@@ -87,11 +87,13 @@ class TiffFormat:
             with _tifffile_quiet(), tifffile.TiffFile(p) as tf:
                 if len(tf.pages) == 0:
                     raise TomosegError(f"TIFF {p} holds no page")
-                key = tf.pages.first  # one page is read at a time: it must fit in memory
+                key = tf.pages.first
                 bits = int(key.bitspersample) * int(key.samplesperpixel)
-                check_plane(str(p), int(key.imagelength), int(key.imagewidth), bits)
+                size = (str(p), int(key.imagelength), int(key.imagewidth), bits)
+                check_plane(*size, whole=False)  # an empty page: not "cut short"
                 check_complete(tf, p)
                 checked_pages(tf, p, whole=False)  # every page's header, the odd page named
+                check_plane(*size)  # one page is read at a time: it must fit in memory
                 if not tf.series:
                     raise TomosegError(f"TIFF {p} holds no page")
                 series = tf.series[0]
