@@ -94,8 +94,8 @@ def check_plane(
     decoded = plane_bytes(height, width, bits)
     if stored is not None and max_ratio is not None and decoded > stored * max_ratio + 4096:
         raise TomosegError(
-            f"{where}: its header declares {size} pixels ({human_bytes(decoded)}) but the file "
-            f"holds {stored} bytes of image data, at most {human_bytes(stored * max_ratio)} "
+            f"{where}: its header declares {size} pixels (at least {human_bytes(decoded)}) but "
+            f"the file holds {stored} bytes of image data, at most {human_bytes(stored * max_ratio)} "
             "decoded: the file is truncated or its header is corrupt"
         )
     if whole:
