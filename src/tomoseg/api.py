@@ -96,7 +96,9 @@ def train(
             cellpose write them): ``"error"`` (default: refused) or ``"binarize"`` (every
             object class 1).
         config: YAML config, or a bundled name (``default``, ``seed``); default: the defaults.
-        resume: continue an interrupted run from its last checkpoint.
+        resume: continue an interrupted run from its last checkpoint; ``tomoseg.train(out=RUN,
+            resume=True)`` needs nothing else (the data and config are in the run folder;
+            ``options`` given change what may change on resume, such as ``epochs``).
         overwrite: replace an existing run in ``out``.
         progress: receives the run's progress events, one per finished epoch (see
             :func:`tomoseg.training.trainer.train`).
@@ -123,15 +125,21 @@ def train(
 
     if out is None:
         raise TomosegError("out: give the run folder to write")
-    source = DataSource.of(
-        data, images=images, masks=masks, classes=classes, image_suffix=image_suffix,
-        mask_suffix=mask_suffix, instances=instances,
-    )  # fmt: skip
+    run = Path(out)
+    if resume and data is None and images is None and masks is None:
+        source = None  # the data the run recorded in its run.json
+    else:
+        source = DataSource.of(
+            data, images=images, masks=masks, classes=classes, image_suffix=image_suffix,
+            mask_suffix=mask_suffix, instances=instances,
+        )  # fmt: skip
+    if config is None and resume and (run / "config.yaml").is_file():
+        config = run / "config.yaml"  # the run's own config, changed by the options given
     cfg = load_config(config, options)
     return Run(
         run_train(
             source,
-            Path(out),
+            run,
             cfg,
             resume=resume,
             overwrite=overwrite,

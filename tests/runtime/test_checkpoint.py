@@ -168,7 +168,7 @@ def test_tune_weights_records_and_applies_to_them(distinct, tiny):
     data, _ = tiny
     from tomoseg.inference.tuning import tune_run
 
-    tune_run(distinct, data, weights="best", device="cpu")
+    tune_run(distinct, data, weights="best", device="cpu", overwrite=True)
     rec = json.loads((distinct / "decision.json").read_text())
     assert rec["weights"] == "best"
     assert rec["epoch"] == load_run(distinct, "best").meta["epoch"]

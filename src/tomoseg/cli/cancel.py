@@ -1,4 +1,5 @@
-"""Ctrl-C during a long job: the first asks the job to stop cleanly, the second aborts."""
+"""Ctrl-C (and, for ``train``, SIGTERM) during a long job: the first signal asks the job to stop
+cleanly, a second one aborts."""
 
 from __future__ import annotations
 
@@ -16,13 +17,22 @@ STOPPING = (
 )
 
 
+class SignalEvent(threading.Event):
+    """A :class:`threading.Event` that also records the signal that set it (``signum``)."""
+
+    signum: int | None = None
+
+
 @contextmanager
-def cancel_on_interrupt() -> Iterator[threading.Event]:
-    """Yield a :class:`threading.Event` to pass as a library job's ``cancel=``; while the
-    block runs, the first SIGINT (Ctrl-C) sets it (the job stops at its next check and raises
-    :class:`~tomoseg.utils.progress.Cancelled`), a second one raises ``KeyboardInterrupt``
-    (abort now, as without the handler). Outside the main thread no handler is installed."""
-    event = threading.Event()
+def cancel_on_interrupt(
+    signals: tuple[int, ...] = (signal.SIGINT,), stopping: str = STOPPING
+) -> Iterator[SignalEvent]:
+    """Yield a :class:`SignalEvent` to pass as a library job's ``cancel=``; while the block
+    runs, the first of ``signals`` (SIGINT: Ctrl-C) sets it and prints ``stopping`` (the job
+    stops at its next check and raises :class:`~tomoseg.utils.progress.Cancelled`), a second
+    one raises ``KeyboardInterrupt`` (abort now, as without the handler). Outside the main
+    thread no handler is installed."""
+    event = SignalEvent()
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
@@ -30,11 +40,14 @@ def cancel_on_interrupt() -> Iterator[threading.Event]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if event.is_set():
             raise KeyboardInterrupt
+        event.signum = signum
         event.set()
-        err_console.print(STOPPING, markup=False, highlight=False, soft_wrap=True)
+        err_console.print(stopping, markup=False, highlight=False, soft_wrap=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            if h is not None:  # None: a handler not installed from Python, left as it is
+                signal.signal(s, h)

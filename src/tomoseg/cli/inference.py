@@ -10,6 +10,7 @@ import typer
 from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
+    AllowIncomplete,
     DataOrImages,
     Device,
     Images,
@@ -51,6 +52,7 @@ def predict(
     no_postprocess: NoPostprocess = False,
     weights: Weights = None,
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
     from tomoseg.inference.predict import predict_paths
@@ -59,6 +61,7 @@ def predict(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
         intensity=intensity, no_postprocess=no_postprocess, tile_size=tile_size,
         tile_batch=tile_batch,
+        allow_incomplete=allow_incomplete,
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         paths = predict_paths(
@@ -87,6 +90,7 @@ def evaluate(
     no_postprocess: NoPostprocess = False,
     weights: Weights = None,
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
 ) -> None:
     """Segment a split's full-size images and score them (accuracy, IoU, BF1, overlays), with
     and without the run's tuned post-processing."""
@@ -96,7 +100,7 @@ def evaluate(
                          mask_suffix=mask_suffix, instances=instances)  # fmt: skip
     settings = inference_settings(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
-        intensity=intensity, no_postprocess=no_postprocess,
+        intensity=intensity, no_postprocess=no_postprocess, allow_incomplete=allow_incomplete,
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         summary, sec = evaluate_run(
@@ -125,6 +129,10 @@ def tune(
     device: Device = "auto",
     weights: Weights = None,
     intensity: Intensity = "warn",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run's decision.json.")
+    ] = False,
+    allow_incomplete: AllowIncomplete = False,
 ) -> None:
     """(Re)tune a run's decision and clean-up on validation images; writes RUN/decision.json."""
     from tomoseg.inference.tuning import tune_run
@@ -136,6 +144,7 @@ def tune(
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         decision, report = tune_run(
             run=run, data=source, split=split, tta=tta, device=device, weights=weights,
-            intensity=intensity, progress=show, cancel=cancel,
+            intensity=intensity, progress=show, cancel=cancel, overwrite=overwrite,
+            allow_incomplete=allow_incomplete,
         )  # fmt: skip
     render.say(render.tune_line(run, decision, report))

@@ -97,6 +97,13 @@ Address = Annotated[
     str | None, typer.Option(help="Ray cluster HOST:PORT (default: start Ray here).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+AllowIncomplete = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete",
+        help="Use a run whose training did not finish (the weights of its last finished epoch).",
+    ),
+]
 
 
 def data_source(

@@ -11,6 +11,7 @@ from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
     Address,
+    AllowIncomplete,
     Backend,
     Device,
     Intensity,
@@ -109,6 +110,7 @@ def segment_stack(
     weights: Weights = None,
     uncertainty: Uncertainty = False,
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
 ) -> None:
     """Segment a whole stack with bounded memory; rerun the same command to resume."""
     info = _run_stack(dict(locals()))
@@ -127,6 +129,7 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
         device=o["device"], weights=o["weights"], runtime=o["runtime"], tta=o["tta"],
         nonfinite=o["nonfinite"], intensity=o["intensity"],
         no_postprocess=o["no_postprocess"],
+        allow_incomplete=o["allow_incomplete"],
     )  # fmt: skip
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
         return run_segment_stack(

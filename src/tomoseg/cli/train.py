@@ -11,6 +11,8 @@ override the config file (``--config``): an option left at its default keeps the
 from __future__ import annotations
 
 import inspect
+import shlex
+import signal
 import types
 import typing
 from pathlib import Path
@@ -34,12 +36,22 @@ from tomoseg.cli.options import (
     data_source,
 )
 from tomoseg.config.schema import TrainConfig
+from tomoseg.errors import TomosegError
 from tomoseg.utils.progress import Cancelled
 
 #: ``train``'s options beyond the config's fields: where the data is and what to do with the
 #: run folder.
 RUN_OPTIONS: dict[str, Any] = {
-    "out": (Annotated[Path, typer.Option(help="Run folder.")], inspect.Parameter.empty),
+    "run": (
+        Annotated[
+            Path | None,
+            typer.Argument(
+                metavar="RUN", help="Run folder to continue (with --resume; the same as --out)."
+            ),
+        ],
+        None,
+    ),
+    "out": (Annotated[Path | None, typer.Option(help="Run folder.")], None),
     "data": (
         Annotated[
             Path | None, typer.Option(help="Dataset folder (train split; val split optional).")
@@ -59,7 +71,14 @@ RUN_OPTIONS: dict[str, Any] = {
     ),
     "config": (Config, None),
     "resume": (
-        Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")],
+        Annotated[
+            bool,
+            typer.Option(
+                "--resume",
+                help="Continue an interrupted run: tomoseg train --resume RUN (its data and "
+                "config are in the run folder; options given change them).",
+            ),
+        ],
         False,
     ),
     "overwrite": (Overwrite, False),
@@ -131,26 +150,82 @@ def train(**options: Any) -> None:
     from tomoseg.training.trainer import is_rank_zero
     from tomoseg.training.trainer import train as run_train
 
-    out = options["out"]
-    source = data_source(
-        options["data"], options["images"], options["masks"], classes=options["classes"],
-        image_suffix=options["image_suffix"], mask_suffix=options["mask_suffix"],
-        instances=options["instances"],
-    )  # fmt: skip
+    out = run_folder(options["run"], options["out"])
+    source = training_data(options, resume=options["resume"])
     overrides = given_on_command_line(options["ctx"], options)
-    cfg = load_config(path=options["config"], overrides=overrides)
-    with render.progress_bar(bar=not options["quiet"]) as show, cancel_on_interrupt() as cancel:
+    config = options["config"]
+    if config is None and options["resume"] and (out / "config.yaml").is_file():
+        config = out / "config.yaml"  # the run's own config, changed by the options given
+    cfg = load_config(path=config, overrides=overrides)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    with (
+        render.progress_bar(bar=not options["quiet"]) as show,
+        cancel_on_interrupt(signals, STOPPING) as cancel,
+    ):
         try:
             run_train(
                 data=source, run=out, cfg=cfg, resume=options["resume"],
                 overwrite=options["overwrite"], progress=show, cancel=cancel,
             )  # fmt: skip
-        except Cancelled as exc:
-            raise Cancelled(f"{exc}; the same command with --resume continues it") from None
+        except (Cancelled, KeyboardInterrupt) as exc:
+            interrupted(out, getattr(exc, "signum", None) or cancel.signum)
     if is_rank_zero():  # under DDP every process runs this command; rank 0 wrote the run
         render.say(
             f"run written to {out}: metrics.csv, curves.png, best.safetensors, last.safetensors"
         )
+
+
+#: what the first Ctrl-C (or SIGTERM) during training prints
+STOPPING = (
+    "interrupt: stopping after the current batch (the finished epochs are kept); "
+    "press Ctrl-C again to abort now"
+)
+
+
+def run_folder(run: Path | None, out: Path | None) -> Path:
+    """The run folder: ``--out``, or the ``RUN`` argument (``train --resume RUN``).
+
+    Raises:
+        typer.BadParameter: neither given, or two different folders.
+    """
+    if run is not None and out is not None and Path(run) != Path(out):
+        raise typer.BadParameter(f"RUN {run} and --out {out} name two folders; give one")
+    folder = run if run is not None else out
+    if folder is None:
+        raise typer.BadParameter("give the run folder: --out RUN (or tomoseg train --resume RUN)")
+    return Path(folder)
+
+
+def training_data(options: dict[str, Any], resume: bool) -> Any:
+    """The :class:`~tomoseg.data.sources.DataSource` of ``--data`` / ``--images`` + ``--masks``;
+    None when resuming without them (the run's ``run.json`` records its data)."""
+    names = ("data", "images", "masks", "classes", "image_suffix", "mask_suffix", "instances")
+    if resume and all(options[k] is None for k in names):
+        return None
+    return data_source(
+        options["data"], options["images"], options["masks"], classes=options["classes"],
+        image_suffix=options["image_suffix"], mask_suffix=options["mask_suffix"],
+        instances=options["instances"],
+    )  # fmt: skip
+
+
+def interrupted(out: Path, signum: int | None) -> None:
+    """Say how far an interrupted training got and how to resume it, in one ``error:`` line,
+    and exit with 128 + the signal's number (130: Ctrl-C, 143: SIGTERM)."""
+    from tomoseg.runtime.run_record import progress_text, read_run_record
+
+    try:
+        record = read_run_record(out, missing_ok=True)
+    except TomosegError:
+        record = None
+    if record is None:  # stopped before the run folder was written: nothing to resume
+        render.error_line("interrupted before training started; nothing was written")
+    else:
+        render.error_line(
+            f"interrupted after {progress_text(record)}; "
+            f"resume with tomoseg train --resume {shlex.quote(str(out))}"
+        )
+    raise typer.Exit(128 + int(signum or signal.SIGINT))
 
 
 train.__signature__ = train_signature()  # type: ignore[attr-defined]

@@ -102,6 +102,25 @@ class DataSource:
             )
         return cls(Path(data), None, None, None, **how)
 
+    @classmethod
+    def from_record(
+        cls, data: object, classes: object = None, where: str | os.PathLike[str] = "the run"
+    ) -> DataSource:
+        """The source a run recorded as ``data`` in its ``run.json`` (:meth:`describe`): a
+        dataset folder, or ``{"images", "masks"}`` folders read with the run's ``classes``.
+
+        Raises:
+            TomosegError: no such record, naming ``where``.
+        """
+        if isinstance(data, str) and data:
+            return cls.of(data)
+        if isinstance(data, dict) and isinstance(data.get("images"), str):
+            names = [str(c) for c in classes] if isinstance(classes, list) else None
+            return cls.of(images=data["images"], masks=data.get("masks"), classes=names)
+        raise TomosegError(
+            f"{where}: its run.json records no training data to resume with; give data=DIR"
+        )
+
     def describe(self) -> str | dict[str, str]:
         """What ``run.json`` records as ``data`` (the name endings and ``instances`` where
         they are not the defaults)."""

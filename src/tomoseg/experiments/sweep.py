@@ -6,6 +6,7 @@ import csv
 import io as _io
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,22 @@ def _fate_shared(cmd: list[str]) -> list[str]:
 CaseEvents = Callable[[Case, dict], None]
 
 
+#: exit statuses of a case process that was stopped rather than failed: cancelled, or ended by
+#: SIGTERM / SIGINT / SIGHUP (a scheduler's time limit, a closed terminal) outside training
+STOPPED = (CANCELLED_EXIT, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP, 143, 130, 129)
+
+
+def _trained(run: Path) -> bool:
+    """Whether a case's run finished training (its ``run.json`` says ``complete``)."""
+    from tomoseg.runtime.run_record import is_complete, read_run_record
+
+    try:
+        record = read_run_record(run)
+    except TomosegError:
+        return False
+    return is_complete(record)
+
+
 def run_case(
     case: Case,
     data: Path,
@@ -98,7 +115,9 @@ def run_case(
 
     Returns:
         The case record written to ``cases/<id>/case.json`` (``done`` or ``failed``), or None
-        when the case was cancelled (nothing recorded: a rerun resumes it).
+        when the case was cancelled or stopped by a signal (SIGTERM) before its run was
+        complete (nothing recorded: a rerun resumes it). A case is ``done`` only when its
+        process succeeded and its run's ``run.json`` says ``complete``.
     """
     folder = out / "cases" / case.id
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,8 +149,8 @@ def run_case(
             elif on_event is not None:
                 on_event(case, event)
         code = proc.wait()
-    if code == CANCELLED_EXIT:
-        return None
+    if code in STOPPED or (code == 0 and not _trained(folder / "run")):
+        return None  # stopped (cancelled, SIGTERM): unrecorded, the rerun resumes it
     if code != 0:
         record.update(status="failed", error=f"{step}: " + _last_error_line(log.read_text()))
         write_json(folder / "case.json", record)

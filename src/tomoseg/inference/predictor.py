@@ -75,6 +75,8 @@ class InferenceSettings:
             halo of tiles around it, so one slice of any size takes bounded memory and gets the
             same labels (:mod:`tomoseg.inference.bands`); None: automatic (bands of about 8
             Mpx, at least 4 rows of tiles, for slices taller than one band); 0: whole slices.
+        allow_incomplete: use a run whose training did not finish (its ``run.json`` says
+            ``complete: false``; the weights of its last finished epoch); refused otherwise.
     """
 
     device: str = "auto"
@@ -88,6 +90,7 @@ class InferenceSettings:
     tile_batch: int | None = None
     overlap: float | None = None
     band_rows: int | None = None
+    allow_incomplete: bool = False
 
     def __post_init__(self) -> None:
         """Check every setting that needs no run (one line naming the parameter).
@@ -111,6 +114,7 @@ class InferenceSettings:
         if self.overlap is not None and not 0 <= float(self.overlap) < 1:
             raise TomosegError(f"overlap={self.overlap!r}: must be in [0, 1)")
         object.__setattr__(self, "postprocess", bool(self.postprocess))
+        object.__setattr__(self, "allow_incomplete", bool(self.allow_incomplete))
 
     @classmethod
     def merged(
@@ -311,14 +315,21 @@ class Predictor:
             settings: the inference settings (default: the defaults).
             **options: any :class:`InferenceSettings` field (``device``, ``weights``,
                 ``runtime``, ``tta``, ``postprocess``, ``nonfinite``, ``intensity``,
-                ``tile_size``, ``tile_batch``, ``overlap``), replacing ``settings``' value.
+                ``tile_size``, ``tile_batch``, ``overlap``, ``allow_incomplete``), replacing
+                ``settings``' value.
 
         Raises:
-            TomosegError: not a run, corrupted weights, an invalid setting, a runtime that is
+            TomosegError: not a run, a run whose training did not finish (unless
+                ``allow_incomplete``), corrupted weights, an invalid setting, a runtime that is
                 not installed, an unknown TTA transform.
         """
         settings = InferenceSettings.merged(settings, options)
-        loaded = load_run(Path(run), settings.weights, device=resolve_device(settings.device))
+        loaded = load_run(
+            Path(run),
+            settings.weights,
+            device=resolve_device(settings.device),
+            allow_incomplete=settings.allow_incomplete,
+        )
         return cls(loaded, settings)
 
     def with_settings(self, **changes: Any) -> Predictor:
@@ -328,7 +339,7 @@ class Predictor:
         Raises:
             TomosegError: ``device`` or ``weights`` changed, or an invalid setting.
         """
-        for key in ("device", "weights"):
+        for key in ("device", "weights", "allow_incomplete"):
             if key in changes and changes[key] != getattr(self._settings, key):
                 raise TomosegError(f"{key}: load the run again to change it (Predictor.from_run)")
         return Predictor(self._run, replace(self._settings, **changes))

@@ -254,6 +254,9 @@ def tune_run(
     intensity: str = "warn",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    overwrite: bool = False,
+    allow_incomplete: bool = False,
+    lock: bool = True,
 ) -> tuple[Decision, dict]:
     """Tune a run's decision on its validation images (or a split of a dataset) with the weights
     it delivers, write ``decision.json`` into the run and record it in ``run.json``.
@@ -276,6 +279,14 @@ def tune_run(
             warning for the first, by default).
         progress: receives one ``image`` event per validation image segmented.
         cancel: a token (:class:`threading.Event`) checked after each image.
+        overwrite: replace the run's ``decision.json`` where it has one (refused otherwise).
+        allow_incomplete: tune a run whose training did not finish (for a run folder).
+        lock: hold the run folder's lock (:class:`~tomoseg.io.locks.FolderLock`) while
+            tuning and writing, so that no training writes it meanwhile (False: the caller
+            holds it, as ``train`` does).
+
+    The data must hold the run's classes (the check ``evaluate`` makes): a run is never
+    changed by a command aimed at other data.
 
     ``decision.json`` is written once, at the end, atomically: a ``kill -9``, a full disk or a
     cancel leaves the run's earlier decision as it was, and the same call tunes again.
@@ -284,12 +295,15 @@ def tune_run(
         ``(decision, report)`` as :func:`tune_decision`, the report with ``source``.
 
     Raises:
-        TomosegError: not a run, a dataset of other classes, no validation image.
+        TomosegError: not a run, an incomplete run, a decision already there without
+            ``overwrite``, a dataset of other classes, no validation image, a run folder
+            another process is writing.
         Cancelled: ``cancel`` was set.
     """
-    from tomoseg.data.intensity import IntensityTally
+    import contextlib
+
     from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
-    from tomoseg.runtime.run_record import update_run_record
+    from tomoseg.io.locks import FolderLock
 
     if isinstance(run, Predictor):
         changes: dict[str, Any] = {"postprocess": False}
@@ -298,12 +312,42 @@ def tune_run(
         predictor = run.with_settings(**changes)
     else:
         settings = InferenceSettings(
-            device=device, weights=weights, tta=tta, postprocess=False, intensity=intensity
+            device=device,
+            weights=weights,
+            tta=tta,
+            postprocess=False,
+            intensity=intensity,
+            allow_incomplete=allow_incomplete,
         )
         predictor = as_predictor(run, settings)
+    run_dir = predictor.run.folder
+    with FolderLock(run_dir, "run folder") if lock else contextlib.nullcontext():
+        return _tune_and_record(predictor, data, split, weights, overwrite, progress, cancel)
+
+
+def _tune_and_record(
+    predictor: Predictor,
+    data: object,
+    split: str,
+    weights: str | None,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> tuple[Decision, dict]:
+    """:func:`tune_run` once the Predictor is built (and the run folder locked)."""
+    from tomoseg.data.intensity import IntensityTally
+    from tomoseg.inference.evaluate import check_run_matches
+    from tomoseg.runtime.run_record import update_run_record
+
     loaded_run = predictor.run
     run_dir = loaded_run.folder
+    if (run_dir / DECISION_FILE).is_file() and not overwrite:
+        raise TomosegError(
+            f"run {run_dir} already holds a tuned decision ({DECISION_FILE}); "
+            "use overwrite=True to replace it"
+        )
     loaded = run_samples(data, loaded_run)  # read once: validation images and the size bounds
+    check_run_matches(loaded_run.classes, loaded.spec)  # as evaluate: never tune on other data
     items, where = validation_items(data, loaded_run, split, loaded=loaded)
     job = job_progress(
         "tune", "image", len(items), progress, cancel, hint="the same call tunes again"

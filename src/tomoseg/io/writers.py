@@ -117,13 +117,37 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     return removed
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], durable: bool = False
+) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
-    The rename is atomic on POSIX, so readers see either the old file or the new one, never a
-    half-written file. The temporary name is short (:func:`temporary_path`), so any ``path``
-    whose name fits the file system can be written; it is removed when ``write`` fails, and by
-    :func:`remove_stale_temporaries` after a ``kill -9``.
+    The rename is atomic on POSIX (the temporary file is in ``path``'s own folder, never in
+    ``$TMPDIR``), so readers see either the old file or the new one, never a half-written
+    file; a kill or a full disk during ``write`` leaves the old file as it was. The temporary
+    name is short (:func:`temporary_path`), so any ``path`` whose name fits the file system can
+    be written; it is removed when ``write`` fails, and by :func:`remove_stale_temporaries`
+    after a ``kill -9``.
+
+    Args:
+        path: the destination.
+        write: writes the content into the path it is given.
+        durable: flush the file and the rename to the disk before returning (``fsync``; for
+            checkpoints, which must survive a crash of the machine too).
 
     Returns:
         The final path.
@@ -134,10 +158,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     try:
         write(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        if durable:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_path, dst)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync_folder(dst.parent)
     return dst
 
 

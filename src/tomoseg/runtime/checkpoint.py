@@ -19,6 +19,7 @@ from tomoseg.models.registry import build_model
 from tomoseg.runtime.run_record import (
     RUN_FILE,  # noqa: F401 - the run record's owner names it
     WeightsRecord,
+    check_complete,
 )
 from tomoseg.utils.files import loads_json, validated
 from tomoseg.utils.format import pydantic_message
@@ -109,7 +110,11 @@ def delivered_weights(run: Path) -> str:
 
 
 def load_run(
-    run: Path, weights: str | None = None, device: torch.device | None = None
+    run: Path,
+    weights: str | None = None,
+    device: torch.device | None = None,
+    *,
+    allow_incomplete: bool = False,
 ) -> LoadedRun:
     """Load a run folder written by ``tomoseg train`` (weights via safetensors: no pickle).
 
@@ -120,14 +125,17 @@ def load_run(
             of interest); None = the run's configured ``weights`` (:func:`delivered_weights`).
             Ignored when ``run`` is a ``.safetensors`` file.
         device: where to put the model (CPU by default).
+        allow_incomplete: load a run whose training did not finish (``run.json`` says
+            ``complete: false``: interrupted, or still training); refused otherwise.
 
     Raises:
-        TomosegError: missing or corrupted files, weights that do not fit the recorded model,
-            an unknown ``weights``.
+        TomosegError: an incomplete run (unless ``allow_incomplete``), missing or corrupted
+            files, weights that do not fit the recorded model, an unknown ``weights``.
     """
     if weights is not None and weights not in WEIGHTS:
         raise TomosegError(f"weights: must be 'last' or 'best', got {weights!r}")
     run = Path(run)
+    check_complete(run.parent if run.suffix == ".safetensors" else run, allow_incomplete)
     if run.suffix != ".safetensors" and weights is None:
         weights = delivered_weights(run)
     wfile = run if run.suffix == ".safetensors" else run / f"{weights}.safetensors"

@@ -3,8 +3,8 @@
 A run folder's ``run.json`` records what training resolved before fitting (the network's
 hyperparameters, classes, normalisation, the training images' dtypes and intensity range
 (``intensity``, which inference checks every image against), class counts and weights, ignore
-label, where validation came from, precision, the time-budget plan) and what came after it (the tuned
-decision). Training writes it; training (on resume), tuning and any other reader go through
+label, where validation came from, precision, the time-budget plan) and what came after it (the
+finished epochs ``epochs_done``, ``complete`` once the run is finished, the tuned decision). Training writes it; training (on resume), tuning and any other reader go through
 :func:`read_run_record`, :func:`write_run_record` and :func:`update_run_record`.
 
 The weights files (``best``/``last.safetensors``) carry the same record in their metadata, with
@@ -103,6 +103,10 @@ class RunRecord(BaseModel):
     config: dict[str, Any] | None = None
     time_budget: TimeBudgetRecord | None = None
     epoch: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
+    #: whether training finished (None: a run written before the field, which is complete)
+    complete: bool | None = None
+    #: the epochs finished so far
+    epochs_done: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunRecord:
@@ -179,3 +183,46 @@ def update_run_record(run: Path | str, **fields: Any) -> dict[str, Any] | None:
     record.update(fields)
     write_run_record(run, record)
     return record
+
+
+def is_complete(record: dict[str, Any] | None) -> bool:
+    """Whether a run record describes a finished run: its ``complete`` field (runs written
+    before the field existed were written only at the end, so a record without it is complete;
+    so is a folder without ``run.json``)."""
+    return record is None or record.get("complete", True) is not False
+
+
+def progress_text(record: dict[str, Any]) -> str:
+    """``epoch E of N`` of a run record (its ``epochs_done`` and the planned epochs)."""
+    done = record.get("epochs_done", 0)
+    total = (record.get("config") or {}).get("epochs", "?")
+    return f"epoch {done} of {total}"
+
+
+def check_complete(run: Path | str, allow_incomplete: bool = False) -> None:
+    """Refuse a run whose training did not finish (interrupted, or still running), in one line.
+
+    Every command and function that loads a run for inference goes through it
+    (:func:`~tomoseg.runtime.checkpoint.load_run`).
+
+    Args:
+        run: the run folder (a folder without ``run.json``, such as a bare weights folder, is
+            not checked).
+        allow_incomplete: use it anyway (its weights are those of the last finished epoch).
+
+    Raises:
+        TomosegError: the run's ``run.json`` says ``complete: false``.
+    """
+    if allow_incomplete:
+        return
+    record = read_run_record(run, missing_ok=True)
+    if is_complete(record):
+        return
+    assert record is not None
+    done = record.get("epochs_done", 0)
+    total = (record.get("config") or {}).get("epochs", "?")
+    raise TomosegError(
+        f"run {Path(run)} is incomplete ({done} of {total} epochs trained; interrupted, or "
+        "still training): finish it (train with resume=True) or use allow_incomplete=True to "
+        "use it as it is"
+    )

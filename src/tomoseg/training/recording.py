@@ -20,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.reporting.figures import plot_curves
 from tomoseg.runtime.checkpoint import weights_file_metadata, weights_metadata
+from tomoseg.runtime.run_record import update_run_record
+from tomoseg.training.checkpoint_io import RunModelCheckpoint
 from tomoseg.training.module import SegModule
 from tomoseg.utils.format import cell, fmt
 from tomoseg.utils.progress import Cancelled, JobProgress
@@ -209,7 +211,9 @@ def checkpoint_callbacks(run: Path, monitor: str) -> tuple[ModelCheckpoint, Mode
     """Lightning's ``ModelCheckpoint`` pair of a run, both saved at the end of each training
     epoch: ``checkpoints/best-epoch=E.ckpt`` (highest ``monitor``, the validation IoU of the
     class of interest; one kept) and ``checkpoints/last.ckpt`` (every epoch, for ``--resume``;
-    saved after the best one, so it records the best one's state).
+    saved after the best one, so it records the best one's state). Their state names the
+    checkpoints relative to the folder
+    (:class:`~tomoseg.training.checkpoint_io.RunModelCheckpoint`).
 
     Returns:
         ``(best, last)``.
@@ -221,8 +225,8 @@ def checkpoint_callbacks(run: Path, monitor: str) -> tuple[ModelCheckpoint, Mode
         "enable_version_counter": False,
         "auto_insert_metric_name": True,
     }
-    best = ModelCheckpoint(filename="best-{epoch}", monitor=monitor, mode="max", **common)
-    last = ModelCheckpoint(filename="last", monitor=None, **common)
+    best = RunModelCheckpoint(filename="best-{epoch}", monitor=monitor, mode="max", **common)
+    last = RunModelCheckpoint(filename="last", monitor=None, **common)
     return best, last
 
 
@@ -276,6 +280,19 @@ class WeightsExport(Checkpoint):
             self.run / f"{which}.safetensors",
             lambda t: save_file(state, str(t), metadata=weights_metadata(meta)),
         )
+
+
+class RunStatus(Checkpoint):
+    """Records in ``run.json`` how many epochs are finished (``epochs_done``), once the epoch's
+    checkpoint and weights are written (a ``Checkpoint``: Lightning runs it after
+    ``ModelCheckpoint``; list it after :class:`WeightsExport`). Rank 0 writes."""
+
+    def __init__(self, run: Path):
+        self.run = Path(run)
+
+    def on_train_epoch_end(self, trainer, pl: SegModule) -> None:
+        if trainer.is_global_zero and pl.history:
+            update_run_record(self.run, epochs_done=int(pl.history[-1]["epoch"]))
 
 
 def net_state(trainer, pl: SegModule) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,34 @@ from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
 from tomoseg.errors import TomosegError
 from tomoseg.io.jobs import check_same_job
-from tomoseg.io.writers import write_text
+from tomoseg.io.locks import FolderLock
+from tomoseg.io.writers import remove_stale_temporaries, write_text
 from tomoseg.models.registry import get_architecture, network_hparams
 from tomoseg.runtime.device import resolve_device, resolve_precision
-from tomoseg.runtime.run_record import RUN_FILE, read_run_record, write_run_record
+from tomoseg.runtime.run_record import (
+    RUN_FILE,
+    read_run_record,
+    update_run_record,
+    write_run_record,
+)
+from tomoseg.training.checkpoint_io import RunCheckpointIO
 from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
 from tomoseg.training.parent import check_fits, load_parent, parent_record, parent_source
 from tomoseg.training.recording import (
     EpochProgress,
     RunCSVLogger,
     RunRecorder,
+    RunStatus,
     WeightsExport,
     checkpoint_callbacks,
 )
-from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
+from tomoseg.utils.progress import (
+    Cancelled,
+    CancelToken,
+    JobProgress,
+    ProgressCallback,
+    job_progress,
+)
 
 RUN_RESULTS = ("config.yaml", RUN_FILE, "metrics.csv", "last.safetensors")
 #: settings a resumed run may change: how long and where, not what is trained (a run may
@@ -153,11 +168,14 @@ def _start_over(ckpt: Path) -> str:
     return f"start over with overwrite=True (this discards the run in {ckpt.parent.parent})"
 
 
-def check_resume_checkpoint(ckpt: Path, module: L.LightningModule) -> None:
+def check_resume_checkpoint(ckpt: Path, module: L.LightningModule) -> int:
     """Refuse a checkpoint that cannot be resumed from, in one line naming it.
 
     Loads it without executing code (``weights_only``) and checks that it is a Lightning
     training checkpoint of this run's network (keys and shapes).
+
+    Returns:
+        The epochs it finished.
 
     Raises:
         TomosegError: truncated, damaged or tampered file, or weights of another network.
@@ -188,6 +206,8 @@ def check_resume_checkpoint(ckpt: Path, module: L.LightningModule) -> None:
         raise TomosegError(
             f"cannot resume: {ckpt} does not hold this run's network ({what}); {_start_over(ckpt)}"
         )
+    history = ck.get("tomoseg_history")
+    return len(history) if isinstance(history, list) else int(ck["epoch"]) + 1
 
 
 def quiet_lightning() -> None:
@@ -251,10 +271,128 @@ def make_trainer(
     )
 
 
-def train(
-    data: Path | str | DataSource,
+class Interrupted(Cancelled):
+    """Training stopped by a signal (SIGTERM: what ``kill`` and Slurm's time limit send); the
+    run is left as after a cancel (resumable). ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def fit(
+    trainer: L.Trainer, module: SegModule, dm: SegDataModule, ckpt: Path | None, job: JobProgress
+) -> None:
+    """``trainer.fit`` of a run (from ``ckpt`` when resuming, loaded as weights only), with
+    Lightning's ways of ending the process turned into exceptions: SIGTERM, which Lightning
+    turns into ``SystemExit(None)`` (status 0, no word), raises :class:`Interrupted`; a
+    ``KeyboardInterrupt``, which Lightning turns into ``sys.exit(1)``, is raised again.
+
+    Raises:
+        Interrupted: SIGTERM during training.
+        KeyboardInterrupt: as it came.
+    """
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    except SIGTERMException:
+        total = "" if job.total is None else f"/{job.total}"
+        raise Interrupted(
+            f"train interrupted by SIGTERM after {len(module.history)}{total} epochs; "
+            "train with resume=True continues it",
+            signal.SIGTERM,
+        ) from None
+    except SystemExit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _epochs_done(run: Path) -> int:
+    """The finished epochs ``run.json`` records (0 where it records none)."""
+    record = read_run_record(run, missing_ok=True) or {}
+    try:
+        return int(record.get("epochs_done", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def resume_inputs(
     run: Path,
-    cfg: TrainConfig,
+    data: Path | str | DataSource | None = None,
+    cfg: TrainConfig | None = None,
+    resume: bool = True,
+) -> tuple[Path | str | DataSource, TrainConfig]:
+    """The data and configuration of the run in ``run`` for ``train(resume=True)``: ``data``
+    and ``cfg`` where given, else the data recorded in its ``run.json`` (a dataset folder, or
+    images and masks folders with the run's class names) and its ``config.yaml``.
+
+    Raises:
+        TomosegError: ``data`` or ``cfg`` missing without ``resume``; no run to resume.
+    """
+    from tomoseg.config.schema import load_config
+
+    if not resume:
+        missing = "data" if data is None else "cfg"
+        raise TomosegError(f"{missing}: give it (only a resumed run reads it from its folder)")
+    if cfg is None:
+        if not (run / "config.yaml").is_file():
+            raise TomosegError(f"resume=True: {run} holds no run to resume (no config.yaml)")
+        cfg = load_config(run / "config.yaml")
+    if data is None:
+        record = read_run_record(run)
+        assert record is not None
+        data = DataSource.from_record(record.get("data"), record.get("classes"), where=run)
+    return data, cfg
+
+
+#: temporary names of earlier tomoseg versions: ``.NAME.XXXXXXXX.tmp.SUFFIX``
+_FORMER_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")
+
+
+def remove_interrupted_writes(run: Path) -> list[Path]:
+    """Remove what interrupted writes left in a run folder (call it holding its lock): the
+    temporary files of ended processes (:func:`~tomoseg.io.writers.remove_stale_temporaries`)
+    and those of the former naming (``.last.safetensors.XXXXXXXX.tmp.safetensors``), which
+    name no process.
+
+    Returns:
+        The former-named files removed.
+    """
+    remove_stale_temporaries(run)
+    gone = []
+    for folder in (run, run / "checkpoints"):
+        for f in folder.glob(".*.tmp*") if folder.is_dir() else ():
+            if f.is_file() and _FORMER_TEMPORARY.match(f.name):
+                f.unlink(missing_ok=True)
+                gone.append(f)
+    return gone
+
+
+@contextlib.contextmanager
+def run_folder_lock(run: Path, rank0: bool):
+    """Hold the run folder's :class:`~tomoseg.io.locks.FolderLock` (rank 0: the one writer);
+    a folder this call created and left empty (refused data) is removed again."""
+    if not rank0:
+        yield
+        return
+    created = not run.exists()
+    try:
+        with FolderLock(run, "run folder"):
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                run.rmdir()  # only when empty
+
+
+def train(
+    data: Path | str | DataSource | None,
+    run: Path,
+    cfg: TrainConfig | None,
     resume: bool = False,
     overwrite: bool = False,
     spawn: bool = False,
@@ -279,11 +417,20 @@ def train(
     and writes the run folder. A job that Slurm requeued (``SLURM_RESTART_COUNT`` > 0) whose run
     folder already holds its run resumes it (``resume`` implied, ``overwrite`` ignored).
 
+    The run folder is locked while this function writes it (:class:`~tomoseg.io.locks.FolderLock`:
+    a second writer is refused naming the first), and temporary files an interrupted write left
+    in it are removed first. ``run.json`` records ``complete: false`` and the finished epochs
+    (``epochs_done``) while training, and ``complete: true`` once the run is finished (tuned
+    included); every command that loads a run refuses an incomplete one unless told.
+    Checkpoints are written atomically and loaded as weights only
+    (:mod:`tomoseg.training.checkpoint_io`), their paths relative to the run folder.
+
     Args:
         data: dataset folder (``train``; ``val`` optional: without it ``cfg.val_fraction`` is
-            held out), or a :class:`~tomoseg.data.sources.DataSource` (images + masks folders).
+            held out), or a :class:`~tomoseg.data.sources.DataSource` (images + masks folders);
+            None with ``resume``: the data recorded in the run's ``run.json``.
         run: run folder.
-        cfg: validated configuration.
+        cfg: validated configuration; None with ``resume``: the run's own ``config.yaml``.
         resume: continue an interrupted run from ``checkpoints/last.ckpt``.
         overwrite: replace an existing run.
         spawn: several processes on this machine without a launcher are started with
@@ -311,10 +458,14 @@ def train(
         TomosegError: bad data or options, more devices than there are, a run folder in the
             way, a checkpoint that cannot be resumed from.
         Cancelled: ``cancel`` was set (a :class:`~tomoseg.errors.TomosegError`).
+        Interrupted: SIGTERM stopped the training (a :class:`Cancelled`; without it, Lightning
+            would end the process with status 0 and no word).
     """
     from tomoseg.inference.tta import parse_tta
 
     run = Path(run)
+    if data is None or cfg is None:
+        data, cfg = resume_inputs(run, data, cfg, resume)
     if isinstance(progress, bool):  # the former progress-bar switch: no callback
         progress = None
     job = job_progress("train", "epoch", cfg.epochs, progress, cancel)
@@ -331,128 +482,144 @@ def train(
     hardware = {"devices": cfg.devices, "num_nodes": cfg.num_nodes, "strategy": strategy}
     # this process's rank, before anything is written (a Trainer is cheap to make)
     rank0 = make_trainer(device, precision, deterministic=None, **hardware).is_global_zero
-    requeued = slurm_restarts() > 0 and not resume and (run / "config.yaml").is_file()
-    if requeued:
-        resume, overwrite = True, False
+    with run_folder_lock(run, rank0):
+        if rank0:  # what a kill -9 or a full disk left half-written (nobody else writes now)
+            remove_interrupted_writes(run)
+        requeued = slurm_restarts() > 0 and not resume and (run / "config.yaml").is_file()
+        if requeued:
+            resume, overwrite = True, False
+            if rank0:
+                job.message(f"Slurm requeued this job: resuming the run in {run}")
+        if overwrite:  # Lightning would resume from its requeue checkpoints (each rank looks)
+            for f in run.glob("hpc_ckpt_*.ckpt"):
+                f.unlink(missing_ok=True)
         if rank0:
-            job.message(f"Slurm requeued this job: resuming the run in {run}")
-    if overwrite:  # Lightning would resume from its requeue checkpoints (each rank looks)
-        for f in run.glob("hpc_ckpt_*.ckpt"):
-            f.unlink(missing_ok=True)
-    if rank0:
-        ckpt = _check_run_folder(run, cfg, resume, overwrite)
-    else:  # rank 0 checks the run folder; the others only need the checkpoint
-        last_ckpt = run / "checkpoints" / "last.ckpt"
-        ckpt = last_ckpt if resume and last_ckpt.is_file() else None
-    source = data if isinstance(data, DataSource) else DataSource.of(data)
-    inherited: dict[str, Any] = {}
-    if parent is not None:
-        source = parent_source(source, parent)
-        inherited = {
-            "norm": parent.normalization,
-            "weights": np.asarray(parent.meta["class_weights"], np.float32),
+            ckpt = _check_run_folder(run, cfg, resume, overwrite)
+        else:  # rank 0 checks the run folder; the others only need the checkpoint
+            last_ckpt = run / "checkpoints" / "last.ckpt"
+            ckpt = last_ckpt if resume and last_ckpt.is_file() else None
+        source = data if isinstance(data, DataSource) else DataSource.of(data)
+        inherited: dict[str, Any] = {}
+        if parent is not None:
+            source = parent_source(source, parent)
+            inherited = {
+                "norm": parent.normalization,
+                "weights": np.asarray(parent.meta["class_weights"], np.float32),
+            }
+        dm = SegDataModule(source, cfg, **inherited)
+        dm.setup("fit")  # what run.json records is known before fitting
+        prep = dm.prepared
+        assert prep is not None
+        if parent is not None:
+            check_fits(parent, cfg, prep)
+        classes, coi = prep.spec.classes, prep.spec.class_of_interest
+        meta = {
+            "tomoseg_version": __version__,
+            # 2k + 1 input channels with 2.5D context; a fixed-depth network's depth (registry)
+            "model": network_hparams(
+                cfg.model, in_channels(cfg.context), len(classes), cfg.width, cfg.depth
+            ),
+            "classes": classes,
+            "class_of_interest": coi,
+            "normalization": prep.norm.model_dump(),
+            # the training images' dtypes and range: inference checks every image against it
+            "intensity": prep.intensity.model_dump(),
+            "class_counts": prep.counts.tolist(),
+            "class_weights": prep.weights.tolist(),
+            "config": cfg.model_dump(mode="json"),
+            "data": source.describe(),
+            "ignore_label": prep.ignore_label,
+            "annotated_fraction": prep.annotated,
+            "validation": prep.validation,
+            "precision": precision,
+            "complete": False,  # until the run is finished (is_complete, check_complete)
+            "epochs_done": _epochs_done(run) if resume else 0,
         }
-    dm = SegDataModule(source, cfg, **inherited)
-    dm.setup("fit")  # what run.json records is known before fitting
-    prep = dm.prepared
-    assert prep is not None
-    if parent is not None:
-        check_fits(parent, cfg, prep)
-    classes, coi = prep.spec.classes, prep.spec.class_of_interest
-    meta = {
-        "tomoseg_version": __version__,
-        # 2k + 1 input channels with 2.5D context; a fixed-depth network's depth (registry)
-        "model": network_hparams(
-            cfg.model, in_channels(cfg.context), len(classes), cfg.width, cfg.depth
-        ),
-        "classes": classes,
-        "class_of_interest": coi,
-        "normalization": prep.norm.model_dump(),
-        # the training images' dtypes and range: inference checks every image against it
-        "intensity": prep.intensity.model_dump(),
-        "class_counts": prep.counts.tolist(),
-        "class_weights": prep.weights.tolist(),
-        "config": cfg.model_dump(mode="json"),
-        "data": source.describe(),
-        "ignore_label": prep.ignore_label,
-        "annotated_fraction": prep.annotated,
-        "validation": prep.validation,
-        "precision": precision,
-    }
-    if parent is not None:
-        meta["parent"] = parent_record(parent)
-    if cfg.time_budget is not None:
-        if multi_process(cfg):
-            raise TomosegError(
-                "time_budget plans the epochs from one process's throughput: with several "
-                "devices or nodes give epochs instead"
-            )
-        cfg, meta["time_budget"] = _budget_plan(run, cfg, dm, resume, device, precision)
+        if parent is not None:
+            meta["parent"] = parent_record(parent)
+        if cfg.time_budget is not None:
+            if multi_process(cfg):
+                raise TomosegError(
+                    "time_budget plans the epochs from one process's throughput: with several "
+                    "devices or nodes give epochs instead"
+                )
+            cfg, meta["time_budget"] = _budget_plan(run, cfg, dm, resume, device, precision)
+            if rank0:
+                job.message(_budget_text(cfg, meta["time_budget"]))
+            meta["config"] = cfg.model_dump(mode="json")
+        # torch.compile for the training steps (training/module.py: compile_wanted, train_forward)
+        steps = cfg.epochs * math.ceil(cfg.crops / cfg.batch_size)
+        compiled = cfg.crop_size > 0 and compile_wanted(cfg.compile, steps)
+        meta["compiled"] = compiled
+        ema_decay = ema_decay_for(cfg.ema_decay, steps)  # "auto" resolved by the run's length
+        meta["ema_decay"] = ema_decay
         if rank0:
-            job.message(_budget_text(cfg, meta["time_budget"]))
-        meta["config"] = cfg.model_dump(mode="json")
-    # torch.compile for the training steps (training/module.py: compile_wanted, train_forward)
-    steps = cfg.epochs * math.ceil(cfg.crops / cfg.batch_size)
-    compiled = cfg.crop_size > 0 and compile_wanted(cfg.compile, steps)
-    meta["compiled"] = compiled
-    ema_decay = ema_decay_for(cfg.ema_decay, steps)  # "auto" resolved by the run's length
-    meta["ema_decay"] = ema_decay
-    if rank0:
-        run.mkdir(parents=True, exist_ok=True)
-        write_text(run / "config.yaml", config_to_yaml(cfg))
-        write_run_record(run, meta)
-    if rank0:
-        how = "inferred from the masks' ids" if source.root is None and not source.classes else ""
-        job.message(f"classes: {', '.join(classes)} ({how or 'given'}; class of interest {coi})")
-        w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
-        job.message(f"class weights ({cfg.class_weights}): {w}")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
-    module.bf16 = precision == "bf16-mixed"
-    module.compile_steps = compiled
-    if parent is not None:  # start from the parent's weights (a checkpoint resumed replaces them)
-        module.net.load_state_dict(parent.model.state_dict())
-    if ckpt is not None:
-        check_resume_checkpoint(ckpt, module)
-    best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
-    averaging: list[L.Callback] = []
-    if ema_decay is not None:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+            run.mkdir(parents=True, exist_ok=True)
+            write_text(run / "config.yaml", config_to_yaml(cfg))
+            write_run_record(run, meta)
+        if rank0:
+            how = (
+                "inferred from the masks' ids" if source.root is None and not source.classes else ""
+            )
+            job.message(
+                f"classes: {', '.join(classes)} ({how or 'given'}; class of interest {coi})"
+            )
+            w = ", ".join(f"{n} {v:.3g}" for n, v in zip(classes, prep.weights, strict=True))
+            job.message(f"class weights ({cfg.class_weights}): {w}")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        module = SegModule(cfg.model_dump(mode="json"), classes, coi, prep.weights.tolist())
+        module.bf16 = precision == "bf16-mixed"
+        module.compile_steps = compiled
+        # start from the parent's weights (a checkpoint resumed replaces them)
+        if parent is not None:
+            module.net.load_state_dict(parent.model.state_dict())
+        if ckpt is not None:
+            done = check_resume_checkpoint(ckpt, module)
+            if rank0 and done != meta["epochs_done"]:
+                meta["epochs_done"] = done
+                update_run_record(run, epochs_done=done)
+        best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
+        averaging: list[L.Callback] = []
+        if ema_decay is not None:
+            from lightning.pytorch.callbacks import EMAWeightAveraging
 
-        # BatchNorm's running statistics are averaged with the weights (use_buffers=True), so
-        # the averaged network is consistent without a re-estimation pass.
-        averaging.append(EMAWeightAveraging(decay=ema_decay, use_buffers=True))
-    with restored_determinism():
-        trainer = make_trainer(
-            device,
-            precision,
-            **hardware,
-            # each process draws its own crops and validation images (EpochSampler, RankSplit)
-            use_distributed_sampler=False,
-            default_root_dir=run,  # Lightning's Slurm requeue checkpoint goes into the run
-            max_epochs=cfg.epochs,
-            max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-            enable_progress_bar=False,  # the caller renders the progress events
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=cfg.val_every,
-            logger=RunCSVLogger(run),
-            enable_checkpointing=True,
-            callbacks=[
-                RunRecorder(run),
-                *averaging,
-                best,
-                last,
-                WeightsExport(run, meta, best),
-                EpochProgress(job),  # after the checkpoints: an epoch is reported once written
-            ],
-        )
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    if rank0 and cfg.tune_decision and (run / f"{cfg.weights}.safetensors").is_file():
-        job.check()  # training is complete; a resumed run only tunes
-        _tune(run, source, cfg, device, job)  # rank 0 alone: it writes decision.json
-    if rank0:
-        job.end(f"run written to {run}")
-    return run
+            # BatchNorm's running statistics are averaged with the weights (use_buffers=True), so
+            # the averaged network is consistent without a re-estimation pass.
+            averaging.append(EMAWeightAveraging(decay=ema_decay, use_buffers=True))
+        with restored_determinism():
+            trainer = make_trainer(
+                device,
+                precision,
+                **hardware,
+                # each process draws its own crops and validation images (EpochSampler, RankSplit)
+                use_distributed_sampler=False,
+                default_root_dir=run,  # Lightning's Slurm requeue checkpoint goes into the run
+                max_epochs=cfg.epochs,
+                max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+                enable_progress_bar=False,  # the caller renders the progress events
+                num_sanity_val_steps=0,
+                check_val_every_n_epoch=cfg.val_every,
+                logger=RunCSVLogger(run),
+                enable_checkpointing=True,
+                plugins=[RunCheckpointIO()],  # atomic writes, weights-only loads
+                callbacks=[
+                    RunRecorder(run),
+                    *averaging,
+                    best,
+                    last,
+                    WeightsExport(run, meta, best),
+                    RunStatus(run),  # epochs_done, once the epoch's files are written
+                    EpochProgress(job),  # after the checkpoints: an epoch is reported once written
+                ],
+            )
+            fit(trainer, module, dm, ckpt, job)
+        if rank0 and cfg.tune_decision and (run / f"{cfg.weights}.safetensors").is_file():
+            job.check()  # training is complete; a resumed run only tunes
+            _tune(run, source, cfg, device, job)  # rank 0 alone: it writes decision.json
+        if rank0:
+            update_run_record(run, complete=True)
+            job.end(f"run written to {run}")
+        return run
 
 
 def _tune(
@@ -463,7 +630,15 @@ def _tune(
     from tomoseg.inference.tuning import tune_run
 
     decision, report = tune_run(
-        run, source, split="val", tta=cfg.tta, device=device.type, weights=cfg.weights
+        run,
+        source,
+        split="val",
+        tta=cfg.tta,
+        device=device.type,
+        weights=cfg.weights,
+        overwrite=True,  # the run's own decision, on its own data
+        allow_incomplete=True,  # the run is complete once tuned
+        lock=False,  # train holds the run folder's lock
     )
     b, a = report["before"], report["after"]
     job.message(
