@@ -262,7 +262,9 @@ def test_cli_evaluate_and_tune_warn_once(phantom_run, tmp_path, run_cli):
     assert code == 0 and len(lines) == 1 and "is uint16" in lines[0], err
     tuned = tmp_path / "run"
     shutil.copytree(run, tuned)
-    code, _, err = run_cli("tune", tuned, "--data", d16, "--split", "test", "--intensity", "error")
+    code, _, err = run_cli(
+        "tune", tuned, "--data", d16, "--split", "test", "--intensity", "error", "--overwrite"
+    )
     assert code == 1 and "is uint16" in err and "--intensity rescale" in err, err
 
 

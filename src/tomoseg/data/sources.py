@@ -107,19 +107,26 @@ class DataSource:
         cls, data: object, classes: object = None, where: str | os.PathLike[str] = "the run"
     ) -> DataSource:
         """The source a run recorded as ``data`` in its ``run.json`` (:meth:`describe`): a
-        dataset folder, or ``{"images", "masks"}`` folders read with the run's ``classes``.
+        dataset folder, or images and masks read with the run's ``classes`` (where they are
+        not the ``"0".."K-1"`` inferred from the masks), with the recorded name endings and
+        ``instances``.
 
         Raises:
-            TomosegError: no such record, naming ``where``.
+            TomosegError: no such record, naming ``where``; as :meth:`of`.
         """
         if isinstance(data, str) and data:
             return cls.of(data)
-        if isinstance(data, dict) and isinstance(data.get("images"), str):
-            names = [str(c) for c in classes] if isinstance(classes, list) else None
-            return cls.of(images=data["images"], masks=data.get("masks"), classes=names)
-        raise TomosegError(
-            f"{where}: its run.json records no training data to resume with; give data=DIR"
-        )
+        if not isinstance(data, dict) or not isinstance(data.get("data", data.get("images")), str):
+            raise TomosegError(
+                f"{where}: its run.json records no training data to resume with; give data=DIR"
+            )
+        how = {k: data.get(k) for k in ("image_suffix", "mask_suffix", "instances")}
+        if isinstance(data.get("data"), str):
+            return cls.of(data["data"], **how)
+        names = [str(c) for c in classes] if isinstance(classes, list) else None
+        if names == [str(i) for i in range(len(names or []))]:
+            names = None  # inferred from the masks' ids, as in training
+        return cls.of(images=data["images"], masks=data.get("masks"), classes=names, **how)
 
     def describe(self) -> str | dict[str, str]:
         """What ``run.json`` records as ``data`` (the name endings and ``instances`` where
