@@ -185,3 +185,60 @@ def test_a_sweep_case_stopped_by_sigterm_is_not_done(tmp_path):
     assert _record(out / "cases" / case.id / "run")["complete"] is False
     rec = sw.run_case(case, data, out, cfg_file, env)  # the rerun resumes it
     assert rec is not None and rec["status"] == "done" and rec["epochs"] == 3
+
+
+def _mount_tmpfs(where: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` at ``where``; the reason when it cannot be done here."""
+    if sys.platform != "linux" or shutil.which("mount") is None:
+        return "a small file system is mounted as a Linux tmpfs with the mount command"
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    if res.returncode != 0:
+        return f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}"
+    return None
+
+
+def test_a_full_disk_during_training_keeps_the_last_checkpoint(setup, tmp_path, run_cli):
+    """The run folder on a real file system that fills up after epoch 1 (the process is paused
+    while a filler takes the free space): one ``error:`` line, epoch 1's checkpoint still
+    loads, and once space is freed ``train --resume RUN`` alone finishes the run."""
+    data, cfg = setup
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    why = _mount_tmpfs(disk, "64m")
+    if why:
+        pytest.skip(why)
+    try:
+        run = disk / "run"
+        proc = subprocess.Popen(
+            _train_cmd(data, run, cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wait_for(lambda: _epochs_done(run) >= 1, "epoch 1 recorded in run.json", proc=proc)
+        proc.send_signal(signal.SIGSTOP)
+        done = _epochs_done(run)
+        before = (run / "checkpoints" / "last.ckpt").read_bytes()
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # take every free byte
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=EVENT_DEADLINE)
+        text = err.decode()
+        errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+        assert proc.returncode not in (0, None) and len(errors) == 1, text
+        assert "Traceback" not in text and ("disk full" in errors[0] or "space" in errors[0])
+        if _epochs_done(run) == done:  # the failed save left the previous checkpoint whole
+            assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert ckpt["epoch"] >= done - 1
+        filler.unlink()
+        code, _, e = run_cli("train", "--resume", run, "--quiet")
+        assert code == 0, e
+        assert _record(run)["complete"] is True and _epochs_done(run) == 3
+        assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
