@@ -74,6 +74,7 @@ def test_train_evaluate_predict_cli(tmp_path, run_cli):
     assert code == 1 and "classes" in err
 
 
+@pytest.mark.slow  # long (10-25 s): keeps the default suite within 5 minutes
 def test_demo_network_beats_threshold(tmp_path):
     from tomoseg.experiments.demo import run_demo
 

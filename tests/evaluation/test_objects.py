@@ -235,6 +235,7 @@ def phantom_detection(tmp_path: Path, cfg: dict, min_volume: int) -> dict:
     return det
 
 
+@pytest.mark.slow  # long (10-25 s): keeps the default suite within 5 minutes
 def test_phantom_objects_match_the_3d_truth(tmp_path):
     """A model trained for ~15 s on CPU, whole phantom segmented, objects vs the 3D truth.
 

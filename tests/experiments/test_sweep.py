@@ -62,6 +62,7 @@ def sweep_data(tmp_path):
     return data, cfg_file
 
 
+@pytest.mark.slow  # long (10-25 s): keeps the default suite within 5 minutes
 def test_failed_case_recorded_and_others_go_on(tmp_path, sweep_data, monkeypatch):
     data, cfg_file = sweep_data
     real = sw.case_command

@@ -153,6 +153,7 @@ def test_cli_verify_lists_missing(tmp_path, runs, run_cli):
     assert code == 0 and "complete: all 5 slices" in out
 
 
+@pytest.mark.slow  # long (10-25 s): keeps the default suite within 5 minutes
 def test_concurrent_processes_one_killed_then_rerun(tmp_path, runs):
     """Two ``tomoseg segment-stack --part`` processes start together; part 1 gets ``kill -9``
     midway, part 2 finishes; rerunning part 1 completes a volume equal to the single run."""

@@ -110,6 +110,7 @@ def test_actors_equal_local_run_resume_and_parts(tmp_path, run_dir, ray_up):
     assert missing_slices(out, 7) == [] and tree(out) == tree(tmp_path / "single")
 
 
+@pytest.mark.slow  # long (10-25 s): keeps the default suite within 5 minutes
 def test_actors_feed_the_2_5d_context_like_the_local_run(tmp_path, ray_up):
     """A run with context 1: every actor reads each slice's neighbours (open_slices), also
     across the boundary of its batch and of a part."""
