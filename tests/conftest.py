@@ -160,10 +160,38 @@ def run_cli(capsys):
     return run
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory so far (bytes; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def one_error(run_cli, *args, warnings: bool = True, max_growth: int | None = None) -> str:
+    """Run a CLI command that must fail and return its one ``error:`` line.
+
+    Asserts exit status 1, exactly one ``error:`` line and no traceback; every other line of
+    stderr a ``warning:`` (none at all with ``warnings=False``); with ``max_growth`` (bytes),
+    the peak resident memory grew by less than that (the input was refused before any
+    allocation its numbers decide)."""
+    before = peak_rss()
+    code, _, err = run_cli(*args)
+    lines = err.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    allowed = ("error:", "warning:") if warnings else ("error:",)
+    assert all(ln.startswith(allowed) for ln in lines), err
+    if max_growth is not None:
+        assert peak_rss() - before < max_growth, "refusing the input allocated memory"
+    return errors[0]
+
+
 __all__ = [
     "EVENT_DEADLINE",
     "TINY_TRAIN",
     "make_dataset",
+    "one_error",
+    "peak_rss",
     "shared_dataset",
     "sigkill_when",
     "tifffile",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import one_error
 from PIL import Image
 
 import tomoseg
@@ -63,17 +64,6 @@ def blobs_run(cases, one_thread, tmp_path_factory) -> Path:
 
 def labels_of(out: Path) -> np.ndarray:
     return np.asarray(zarr.open_array(str(out / "labels.zarr" / "0"), mode="r")[:])
-
-
-def one_error(run_cli, *args) -> str:
-    """Run a command that must fail: exactly one ``error:`` line, no traceback."""
-    code, _, err = run_cli(*args)
-    errors = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
-    assert code != 0 and len(errors) == 1 and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1 or all(
-        ln.startswith(("error:", "warning:")) for ln in err.strip().splitlines()
-    ), err
-    return errors[0]
 
 
 # ----------------------------------------------------------------------------- mask-255

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import TINY_TRAIN, make_dataset, one_error, write_png
 
 import tomoseg
-from tests.conftest import TINY_TRAIN, make_dataset, write_png
 from tomoseg.errors import TomosegError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,16 +108,6 @@ def uint32_folders(root: Path, k: int = 3) -> Path:
         (root / "masks").mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(root / "masks" / f"s{i}.tif", mask.astype(np.uint32))
     return root
-
-
-def one_error(run_cli, *args) -> str:
-    """Run a command that must fail: exactly one ``error:`` line, no traceback."""
-    code, _, err = run_cli(*args)
-    lines = err.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
-    assert all(ln.startswith(("error:", "warning:")) for ln in lines), err
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from conftest import make_dataset
@@ -21,18 +21,9 @@ from tomoseg.io.volumes import read_stack_info
 FAST_FAIL_BYTES = 400 * 2**20
 
 
-def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
 def one_error(run_cli, *args) -> str:
-    """Run the CLI; assert one ``error:`` line, exit 1 and no large allocation; the line."""
-    before = _peak()
-    code, out, err = run_cli(*args)
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert _peak() - before < FAST_FAIL_BYTES, "refusing the file allocated memory"
-    return lines[0]
+    """The one ``error:`` line, nothing else printed, no large allocation."""
+    return conftest.one_error(run_cli, *args, warnings=False, max_growth=FAST_FAIL_BYTES)
 
 
 # ----------------------------------------------------------------------------- dataset.json

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import TINY_TRAIN, make_dataset
+from conftest import TINY_TRAIN, make_dataset, one_error
 
 import tomoseg
 from tomoseg.errors import TomosegError, TomosegWarning
@@ -50,16 +50,6 @@ def run(one_thread, tmp_path_factory) -> Path:
 def ref(run) -> np.ndarray:
     p = tomoseg.Predictor.from_run(run, device="cpu")
     return np.stack([p.predict(s) for s in content()])
-
-
-def one_error(run_cli, *args) -> str:
-    """Run a command that must fail: exactly one ``error:`` line, no traceback."""
-    code, _, err = run_cli(*args)
-    lines = err.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
-    assert all(ln.startswith(("error:", "warning:")) for ln in lines), err
-    return errors[0]
 
 
 def labels_of(out: Path) -> np.ndarray:

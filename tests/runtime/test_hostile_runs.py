@@ -5,9 +5,9 @@ allocation their numbers decide."""
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from conftest import write_png
@@ -33,6 +33,11 @@ META = {
 FAST_FAIL_BYTES = 400 * 2**20
 
 
+def one_error(run_cli, *args) -> str:
+    """The one ``error:`` line, nothing else printed, no large allocation."""
+    return conftest.one_error(run_cli, *args, warnings=False, max_growth=FAST_FAIL_BYTES)
+
+
 def _deep(n: int) -> str:
     return "[" * n + "]" * n
 
@@ -47,20 +52,6 @@ def make_run(folder: Path, meta_text: str | None = None, **meta) -> Path:
     save_file(state, str(folder / "last.safetensors"), metadata={"tomoseg": text})
     (folder / "run.json").write_text(json.dumps(META))
     return folder
-
-
-def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def one_error(run_cli, *args) -> str:
-    """Run the CLI; assert one ``error:`` line, exit 1 and no large allocation; the line."""
-    before = _peak()
-    code, out, err = run_cli(*args)
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert _peak() - before < FAST_FAIL_BYTES, "refusing the file allocated memory"
-    return lines[0]
 
 
 @pytest.fixture
