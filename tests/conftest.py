@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,10 +189,28 @@ def one_error(run_cli, *args, warnings: bool = True, max_growth: int | None = No
     return errors[0]
 
 
+def mount_tmpfs(where: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` at ``where``; the reason when it cannot be done here."""
+    if sys.platform != "linux":
+        return "a small file system is mounted as a Linux tmpfs"
+    if shutil.which("mount") is None:
+        return "no mount command"
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        return f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}"
+    return None
+
+
 __all__ = [
     "EVENT_DEADLINE",
     "TINY_TRAIN",
     "make_dataset",
+    "mount_tmpfs",
     "one_error",
     "peak_rss",
     "shared_dataset",

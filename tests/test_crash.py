@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import write_png
+from conftest import mount_tmpfs, write_png
 from crashkit import (
     JOB_FILE,
     SHAPE,
@@ -386,23 +386,6 @@ def test_predict_disk_full_then_resume(tmp_path, trained, run_cli, monkeypatch):
     assert (out / JOB_FILE).is_file()
 
 
-def _mount_tmpfs(where: Path, size: str) -> str | None:
-    """Mount a tmpfs of ``size`` at ``where``; the reason when it cannot be done here."""
-    if sys.platform != "linux":
-        return "a small file system is mounted as a Linux tmpfs"
-    if shutil.which("mount") is None:
-        return "no mount command"
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        return f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}"
-    return None
-
-
 @pytest.mark.slow
 def test_predict_on_a_really_full_disk_then_resume(tmp_path, trained, run_cli):
     """A real full file system (a 48 KiB tmpfs: about ten small files): one error line, what
@@ -417,7 +400,7 @@ def test_predict_on_a_really_full_disk_then_resume(tmp_path, trained, run_cli):
     assert run_cli(*args, "--out", tmp_path / "ref")[0] == 0
     disk = tmp_path / "disk"
     disk.mkdir()
-    why = _mount_tmpfs(disk, "48k")
+    why = mount_tmpfs(disk, "48k")
     if why:
         pytest.skip(why)
     try:

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import EVENT_DEADLINE, TINY_TRAIN, make_dataset, sigkill_when, wait_for
+from conftest import (
+    EVENT_DEADLINE,
+    TINY_TRAIN,
+    make_dataset,
+    mount_tmpfs,
+    sigkill_when,
+    wait_for,
+)
 
 from tomoseg.config.schema import load_config
 from tomoseg.training.trainer import train
@@ -187,17 +194,6 @@ def test_a_sweep_case_stopped_by_sigterm_is_not_done(tmp_path):
     assert rec is not None and rec["status"] == "done" and rec["epochs"] == 3
 
 
-def _mount_tmpfs(where: Path, size: str) -> str | None:
-    """Mount a tmpfs of ``size`` at ``where``; the reason when it cannot be done here."""
-    if sys.platform != "linux" or shutil.which("mount") is None:
-        return "a small file system is mounted as a Linux tmpfs with the mount command"
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                         capture_output=True, text=True, check=False)  # fmt: skip
-    if res.returncode != 0:
-        return f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}"
-    return None
-
-
 def test_a_full_disk_during_training_keeps_the_last_checkpoint(setup, tmp_path, run_cli):
     """The run folder on a real file system that fills up after epoch 1 (the process is paused
     while a filler takes the free space): one ``error:`` line, epoch 1's checkpoint still
@@ -205,7 +201,7 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint(setup, tmp_path, 
     data, cfg = setup
     disk = tmp_path / "disk"
     disk.mkdir()
-    why = _mount_tmpfs(disk, "64m")
+    why = mount_tmpfs(disk, "64m")
     if why:
         pytest.skip(why)
     try:
