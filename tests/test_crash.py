@@ -132,7 +132,7 @@ CASES: dict[str, Case] = {
     ),
     "tune": Case(
         "tune",
-        lambda i, o: ["tune", o, "--data", i["data"], "--device", "cpu"],
+        lambda i, o: ["tune", o, "--data", i["data"], "--device", "cpu", "--overwrite"],
         (("start", 0), ("advance", 2)),
         compare=_same_decision,
         in_run=True,
