@@ -153,16 +153,10 @@ CASES: dict[str, Case] = {
     ),  # fmt: skip
 }
 
-TRAIN_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="train's checkpoints are being made crash-safe (written in the run folder, renamed "
-    "atomically) in parallel; a kill during a checkpoint save may still lose last.ckpt here",
-)
 POINTS = [
     pytest.param(
         name, point, id=f"{name}-{point[0]}{point[1]}",
-        marks=([TRAIN_XFAIL] if name == "train" else [])
-        + ([] if point == case.quick else [pytest.mark.slow]),
+        marks=[] if point == case.quick else [pytest.mark.slow],
     )
     for name, case in CASES.items()
     for point in case.points
