@@ -145,6 +145,27 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One tiny two-class run for the modules that only read it (uncertainty, suggest,
+    fine-tuning from it, the napari widgets): ``(dataset folder, run folder)``; the dataset's
+    ``test`` split holds six (40, 48) slices. Trained once per session, on one torch thread;
+    no test writes into either folder."""
+    import torch
+
+    import tomoseg
+
+    root = tmp_path_factory.mktemp("small_run")
+    data = make_dataset(root / "data", shape=(40, 48), n={"train": 3, "val": 1, "test": 6})
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tomoseg.train(data, root / "run", **TINY_TRAIN)
+    finally:
+        torch.set_num_threads(n)
+    return data, run.path
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")

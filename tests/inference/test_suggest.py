@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, make_dataset
 from PIL import Image
 
 import tomoseg
@@ -30,13 +29,11 @@ def test_rank_spreads_the_picks_over_z():
         rank_slices(scores, 2, spacing=0)
 
 
-@pytest.fixture(scope="module")
-def tiny(one_thread, tmp_path_factory) -> tuple[Path, np.ndarray]:
-    root = tmp_path_factory.mktemp("suggest")
-    data = make_dataset(root / "data", shape=(40, 48), n={"train": 3, "val": 1, "test": 6})
-    run = tomoseg.train(data, root / "run", **TINY_TRAIN)
+@pytest.fixture
+def tiny(small_run) -> tuple[Path, np.ndarray]:
+    data, run = small_run
     files = sorted((data / "test" / "images").iterdir())
-    return run.path, np.stack([np.asarray(Image.open(f)) for f in files])
+    return run, np.stack([np.asarray(Image.open(f)) for f in files])
 
 
 def test_suggest_scores_are_the_mean_uncertainty(tiny):

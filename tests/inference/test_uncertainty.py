@@ -7,20 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, make_dataset
 from PIL import Image
 
-import tomoseg
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import Predictor, uncertainty_of
 
 
-@pytest.fixture(scope="module")
-def tiny(one_thread, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("uncertainty")
-    data = make_dataset(root / "data", shape=(40, 48), n={"train": 3, "val": 1, "test": 1})
-    run = tomoseg.train(data, root / "run", **TINY_TRAIN)
-    return data, run.path
+@pytest.fixture
+def tiny(small_run) -> tuple[Path, Path]:
+    return small_run
 
 
 def test_entropy_and_margin_by_hand():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EVENT_DEADLINE, TINY_TRAIN, make_dataset
+from conftest import EVENT_DEADLINE, TINY_TRAIN
 from PIL import Image
 
 pytest.importorskip("napari", reason="napari is not installed (pip install 'tomoseg[napari]')")
@@ -57,16 +57,14 @@ def viewer(request, qtbot):
     return ViewerModel()
 
 
-@pytest.fixture(scope="module")
-def tiny(one_thread, tmp_path_factory):
+@pytest.fixture
+def tiny(small_run):
     """A run and a (6, 40, 48) volume with its truth."""
-    root = tmp_path_factory.mktemp("napari")
-    data = make_dataset(root / "data", shape=(40, 48), n={"train": 3, "val": 1, "test": 6})
-    run = tomoseg.train(data, root / "run", **TINY_TRAIN)
+    data, run = small_run
     files = sorted((data / "test" / "images").iterdir())
     vol = np.stack([np.asarray(Image.open(f)) for f in files])
     truth = np.stack([np.asarray(Image.open(data / "test" / "masks" / f.name)) for f in files])
-    return run.path, vol, truth
+    return run, vol, truth
 
 
 def _finish(qtbot, widget, start):

@@ -8,19 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, make_dataset
+from conftest import make_dataset
 from PIL import Image
 
 import tomoseg
 from tomoseg.errors import TomosegError
 
 
-@pytest.fixture(scope="module")
-def parent(one_thread, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fine_tune")
-    data = make_dataset(root / "data", shape=(40, 48), n={"train": 3, "val": 1, "test": 1})
-    run = tomoseg.train(data, root / "parent", **TINY_TRAIN)
-    return data, run.path
+@pytest.fixture
+def parent(small_run) -> tuple[Path, Path]:
+    return small_run
 
 
 def _pairs(data: Path, split: str = "train") -> tuple[list[np.ndarray], list[np.ndarray]]:
