@@ -2,7 +2,7 @@
 gives the uninterrupted result, and leaves no temporary file behind.
 
 * **kill -9** (``test_kill_then_same_command_equals_uninterrupted``): for each command
-  (``predict``, ``evaluate``, ``score``, ``objects``, ``tune``, ``segment-stack``, ``train``)
+  (``predict``, ``evaluate``, ``score``, ``objects``, ``paths``, ``tune``, ``segment-stack``, ``train``)
   and each of its kill points, a subprocess runs the command as a user does and is killed with
   SIGKILL as soon as it reports the chosen progress event (``crashkit``); the same command is
   then run again (``train``: with ``--resume``, how a training resumes) and its outputs are
@@ -129,6 +129,12 @@ CASES: dict[str, Case] = {
         "objects",
         lambda i, o: ["objects", i["volume"], "--out", o, "--chunk-slices", "2"],
         (("advance", 2), ("advance", 7), ("advance", 12)),
+    ),
+    "paths": Case(  # 5 slabs skeletonised, the somas, the tables, the preview
+        "paths",
+        lambda i, o: ["paths", i["volume"], "--out", o, "--class", "1", "--chunk-slices", "2"],
+        (("advance", 2), ("advance", 5), ("advance", 6)),
+        quick=("advance", 2),
     ),
     "tune": Case(
         "tune",

@@ -8,6 +8,7 @@ The Python API (see ``docs/api.md``)::
     labels = tomoseg.Predictor.from_run(run.path).predict(image)
     tomoseg.score(truth, labels)
     tomoseg.measure_objects(volume, class_id=1, spacing=(2.0, 0.65, 0.65))
+    tomoseg.measure_paths(volume, class_id=2, spacing=(2.0, 0.65, 0.65))
 
 Names are imported lazily (PEP 562, as scikit-image does), so ``import tomoseg`` and
 ``tomoseg.score`` never import torch.
@@ -29,6 +30,7 @@ _LAZY = {
     "score": "tomoseg.api",
     "score_folders": "tomoseg.api",
     "measure_objects": "tomoseg.evaluation.objects",
+    "measure_paths": "tomoseg.evaluation.paths",
     "Predictor": "tomoseg.inference.predictor",
     "InferenceSettings": "tomoseg.inference.predictor",
     "Cancelled": "tomoseg.utils.progress",
@@ -50,6 +52,7 @@ __all__ = [
     "context_stack",
     "fine_tune",
     "measure_objects",
+    "measure_paths",
     "score",
     "score_folders",
     "segment_stack",
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
     from tomoseg.evaluation.objects import measure_objects
+    from tomoseg.evaluation.paths import measure_paths
     from tomoseg.inference.predictor import InferenceSettings, Predictor
     from tomoseg.utils.progress import Cancelled, ProgressEvent
 

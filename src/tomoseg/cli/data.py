@@ -48,11 +48,22 @@ def phantom(
     slices: Annotated[int, typer.Option(help="Number of consecutive slices (>= 3).")] = 12,
     seed: Seed = 0,
     overwrite: Overwrite = False,
+    label_vessels: Annotated[
+        bool,
+        typer.Option(
+            "--label-vessels",
+            help="Label the vessels too (class 2; truth3d/ gains classes.tif and the vessels' "
+            "centre lines and radii, vessels.json).",
+        ),
+    ] = False,
 ) -> None:
     """Write a synthetic tomography dataset: somas (class 1) among look-alike vessels."""
     from tomoseg.synthetic.phantom import generate_phantom
 
-    info = generate_phantom(out=out, shape=shape, slices=slices, seed=seed, overwrite=overwrite)
+    info = generate_phantom(
+        out=out, shape=shape, slices=slices, seed=seed, overwrite=overwrite,
+        label_vessels=label_vessels,
+    )  # fmt: skip
     render.say(f"phantom written to {out}: {info}")
 
 

@@ -304,6 +304,24 @@ def uncertainty_lines(info: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def paths_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
+    """The result of ``paths``: counts, total length and where the files are."""
+    unit = summary.get("unit") or "voxel"
+    lines = [
+        f"{summary['objects']} paths, {summary['branches']} branches, {summary['junctions']} "
+        f"junctions, {summary['end_points']} end points; total length "
+        f"{summary['total_length']:.6g} {unit}",
+        f"tables {out}/branches.csv, {out}/objects.csv; graph {out}/paths.graphml; "
+        f"SWC {out}/swc/; preview {out}/preview.png",
+    ]
+    if summary.get("soma_class") is not None:
+        lines.append(
+            f"{summary['soma_contacts']} path ends reach {summary['somas_reached']} "
+            f"{summary['soma_class']} objects ({out}/somas/)"
+        )
+    return lines
+
+
 def objects_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
     """The result of ``objects``: the count and files, and the detection scores vs a truth."""
     lines = [

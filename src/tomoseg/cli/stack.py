@@ -1,4 +1,4 @@
-"""Whole-stack commands: ``segment-stack`` and ``objects``."""
+"""Whole-stack commands: ``segment-stack``, ``objects``, ``paths`` and ``suggest``."""
 
 from __future__ import annotations
 
@@ -172,6 +172,42 @@ def objects(
             overwrite=overwrite, progress=show, cancel=cancel,
         )  # fmt: skip
     for line in render.objects_lines(summary, out):
+        render.say(line)
+
+
+def paths(
+    volume: Annotated[
+        Path, typer.Argument(help="Output folder of segment-stack (or a label volume).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for branches.csv, SWC, GraphML, preview.")],
+    class_name: Annotated[str, typer.Option("--class", help="The tubular class (name or id).")],
+    soma_class: Annotated[
+        str | None, typer.Option(help="Class of the somas the paths reach (name or id).")
+    ] = None,
+    chunk_slices: Annotated[
+        int | None, typer.Option(help="Skeletonise slab by slab (bounded memory).")
+    ] = None,
+    voxel_size: Annotated[
+        str | None, typer.Option(help="Voxel size Z,Y,X (default: from the volume's metadata).")
+    ] = None,
+    units: Annotated[
+        str, typer.Option(help="physical, voxel, or auto (physical where the size is known).")
+    ] = "auto",
+    contact: Annotated[
+        float | None, typer.Option(help="Largest gap from a path's end to a soma (physical).")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Paths of a tubular class: skeletons, branch lengths and radii, SWC, GraphML with somas."""
+    from tomoseg.evaluation.paths import analyze_paths
+
+    with render.progress_bar() as show, cancel_on_interrupt() as cancel:
+        summary = analyze_paths(
+            volume=volume, out=out, class_name=class_name, soma_class=soma_class,
+            chunk_slices=chunk_slices, voxel_size=voxel_size, units=units, contact=contact,
+            overwrite=overwrite, progress=show, cancel=cancel,
+        )  # fmt: skip
+    for line in render.paths_lines(summary, out):
         render.say(line)
 
 

@@ -66,7 +66,7 @@ SMOOTH_VOXELS = 2.0
 #: extra slices read on each side of a slab for the distance transform (radii)
 HALO = 16
 #: TEASAR parameters (kimimaro): the invalidation ball is ``scale * radius + const`` (physical
-#: units; const is given in voxels of the smallest side), the penalty field kimimaro's default
+#: units; const is given in voxels of the largest side), the penalty field kimimaro's default
 TEASAR = {"scale": 1.5, "const_voxels": 2.0, "pdrf_scale": 100000, "pdrf_exponent": 4}
 BRANCH_COLUMNS = (
     "branch",
@@ -226,9 +226,8 @@ def _skeletonize_slab(
     voxel: tuple[float, float, float],
 ) -> _Part:
     """Skeletonise slices ``z0..z1`` (inclusive: the face slice shared with the next slab)."""
-    import edt
-
     kimimaro = _need("kimimaro")
+    edt = _need("edt")  # kimimaro's distance transform (seung-lab)
     h0, h1 = max(0, z0 - HALO), min(nz, z1 + 1 + HALO)
     block = read(h0, h1)
     binary = (block == class_id).view(np.uint8) if block.dtype != bool else block.view(np.uint8)
@@ -245,7 +244,7 @@ def _skeletonize_slab(
     inner = np.ascontiguousarray(binary[core])
     del binary
     params = {k: v for k, v in TEASAR.items() if k != "const_voxels"}
-    params["const"] = TEASAR["const_voxels"] * min(voxel)
+    params["const"] = TEASAR["const_voxels"] * max(voxel)
     skels = kimimaro.skeletonize(
         inner, teasar_params=params, anisotropy=voxel, dust_threshold=0, progress=False,
         fix_branching=True, fix_borders=True, parallel=1,
@@ -258,9 +257,47 @@ def _skeletonize_slab(
         edges.append(np.asarray(sk.edges, np.int64) + off)
         off += len(v)
     v = np.concatenate(verts)
+    e = np.concatenate(edges)
+    v, e = _trim_faces(v, e, np.array([0, 0, 0]), np.array([z1 - z0, *dist.shape[1:]]) - [0, 1, 1])
     radii = dist[v[:, 0] + (z0 - h0), v[:, 1], v[:, 2]].astype(np.float32)
     v[:, 0] += z0
-    return _Part(v, np.concatenate(edges), radii, mip)
+    return _Part(v, e, radii, mip)
+
+
+def _trim_faces(v: np.ndarray, e: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """Cut the runs along a face of the block from a skeleton's end points.
+
+    kimimaro's ``fix_borders`` makes a path cross a face at the centre of the object's section
+    there, but the path still goes on along the face to TEASAR's target on the section's rim.
+    From every end point lying on a face, the vertices on that face are removed up to the last
+    one before the path leaves it (the centre the neighbouring block's skeleton reaches too).
+    """
+    n = len(v)
+    if not len(e):
+        return v, e
+    adj = _adjacency(e, n)
+    deg = np.diff(adj.indptr)
+    face_of = np.zeros((n, 6), bool)
+    for a in range(3):
+        face_of[:, 2 * a] = v[:, a] == lo[a]
+        face_of[:, 2 * a + 1] = v[:, a] == hi[a]
+    drop = np.zeros(n, bool)
+    for start in np.flatnonzero((deg == 1) & face_of.any(1)):
+        faces = face_of[start]
+        run, prev, cur = [], -1, int(start)
+        while True:
+            nxt = [int(x) for x in adj.indices[adj.indptr[cur] : adj.indptr[cur + 1]] if x != prev]
+            if deg[cur] > 2 or len(nxt) != 1 or not (face_of[nxt[0]] & faces).any():
+                break
+            run.append(cur)
+            prev, cur = cur, nxt[0]
+        drop[run] = True
+    if not drop.any():
+        return v, e
+    keep = ~drop
+    e = e[keep[e[:, 0]] & keep[e[:, 1]]]
+    new = np.cumsum(keep) - 1
+    return v[keep], new[e]
 
 
 @dataclass
@@ -333,19 +370,70 @@ class _Measured:
     tree_edges: np.ndarray
     junctions: int
     end_points: int
+    graph: _Graph  # the pruned skeleton the measurements are of
+
+
+def _adjacency(edges: np.ndarray, n: int) -> Any:
+    from scipy.sparse import coo_matrix
+
+    e = edges
+    rows, cols = np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]]
+    return coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
+
+
+def _paths(adj: Any, g: _Graph, voxel: tuple[float, float, float]) -> list[np.ndarray]:
+    """The branches of a skeleton graph (skan): each an array of vertex ids from one end point
+    or junction to the next."""
+    if not adj.nnz:
+        return []
+    skan_csr = _need("skan.csr")
+    pg = skan_csr.PathGraph.from_graph(
+        adj=adj, node_coordinates=g.coords.astype(np.float64), node_values=g.radii,
+        spacing=np.asarray(voxel, np.float64),
+    )  # fmt: skip
+    ptr, ind = pg.paths.indptr, pg.paths.indices  # row i: the voxels of path i, in order
+    out = [np.asarray(ind[ptr[i] : ptr[i + 1]], np.int64) for i in range(pg.n_paths)]
+    return [p for p in out if len(p) >= 2]
+
+
+def _prune(g: _Graph, voxel: tuple[float, float, float]) -> _Graph:
+    """Remove spurs: terminal branches shorter than the TEASAR invalidation ball of their
+    junction (``scale * radius + const``), the artefacts of a rough surface; repeated until none
+    is left (at most 5 rounds)."""
+    v = np.asarray(voxel, np.float64)
+    const = TEASAR["const_voxels"] * max(voxel)
+    keep = np.ones(len(g.coords), bool)
+    edges = g.edges
+    for _ in range(5):
+        adj = _adjacency(edges, len(g.coords))
+        degree = np.diff(adj.indptr)
+        drop = []
+        for ids in _paths(adj, g, voxel):
+            s, t = degree[ids[0]], degree[ids[-1]]
+            if not ((s == 1 and t >= 3) or (s >= 3 and t == 1)):
+                continue
+            j = ids[-1] if t >= 3 else ids[0]
+            if _smoothed_length(g.coords[ids] * v) < TEASAR["scale"] * g.radii[j] + const:
+                drop.append(ids[:-1] if t >= 3 else ids[1:])
+        if not drop:
+            break
+        keep[np.concatenate(drop)] = False
+        edges = edges[keep[edges[:, 0]] & keep[edges[:, 1]]]
+    new = np.cumsum(keep) - 1
+    return _Graph(g.coords[keep], g.radii[keep], new[edges], g.mip, g.extra)
 
 
 def _measure(g: _Graph, voxel: tuple[float, float, float]) -> _Measured:
     """Branches (skan) and per-object totals of a joined skeleton."""
-    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    g = _prune(g, voxel)
     n = len(g.coords)
     v = np.asarray(voxel, np.float64)
     if n == 0:
-        return _Measured([], [], {}, np.zeros(0, np.int64), g.edges, 0, 0)
+        return _Measured([], [], {}, np.zeros(0, np.int64), g.edges, 0, 0, g)
     e = g.edges
-    adj = coo_matrix((np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])), shape=(n, n)).tocsr()  # fmt: skip
+    adj = _adjacency(e, n)
     _, comp = connected_components(adj, directed=False)
     # objects numbered in raster order of their first voxel (coords are sorted)
     first = np.full(comp.max() + 1, n)
@@ -354,18 +442,8 @@ def _measure(g: _Graph, voxel: tuple[float, float, float]) -> _Measured:
     rank[np.argsort(first)] = np.arange(1, len(first) + 1)
     obj = rank[comp]
     degree = np.diff(adj.indptr)
-    branches: list[dict[str, Any]] = []
     nodes: dict[int, dict[str, Any]] = {}
-    if len(e):
-        skan_csr = _need("skan.csr")
-        pg = skan_csr.PathGraph.from_graph(
-            adj=adj, node_coordinates=g.coords.astype(np.float64), node_values=g.radii, spacing=v
-        )
-        ptr, ind = pg.paths.indptr, pg.paths.indices  # row i: the voxels of path i, in order
-        for i in range(pg.n_paths):
-            ids = np.asarray(ind[ptr[i] : ptr[i + 1]], np.int64)
-            if len(ids) >= 2:
-                branches.append({"ids": ids})
+    branches = [{"ids": ids} for ids in _paths(adj, g, voxel)]
     # junction clusters: junction voxels joined by a branch shorter than their radius
     parent = {int(k): int(k) for k in np.flatnonzero(degree >= 3)}
 
@@ -454,7 +532,7 @@ def _measure(g: _Graph, voxel: tuple[float, float, float]) -> _Measured:
                 "somas": 0,
             }
         )
-    return _Measured(out, objects, nodes, obj, e, len(jid), len(eid))
+    return _Measured(out, objects, nodes, obj, e, len(jid), len(eid), g)
 
 
 # ----------------------------------------------------------------------------- somas
@@ -547,8 +625,7 @@ def _graphml(m: _Measured, contacts: dict[int, tuple[int, float]], somas: dict[i
 
 def _swc_texts(g: _Graph, m: _Measured, voxel: tuple[float, float, float]) -> dict[int, str]:
     """One SWC per object (osteoid's writer, kimimaro's skeleton class): x y z physical, radius."""
-    from osteoid import Skeleton
-
+    skeleton_class = _need("osteoid").Skeleton  # kimimaro's skeleton class and SWC writer
     texts = {}
     if not len(g.coords):
         return texts
@@ -564,12 +641,16 @@ def _swc_texts(g: _Graph, m: _Measured, voxel: tuple[float, float, float]) -> di
         ids = order[bounds[o - 1] : bounds[o]]
         local[ids] = np.arange(len(ids))
         ee = e[eorder[ebounds[o - 1] : ebounds[o]]]
-        sk = Skeleton(
+        sk = skeleton_class(
             vertices=(g.coords[ids] * v)[:, ::-1].astype(np.float32),
             edges=local[ee].astype(np.uint32),
             radii=g.radii[ids].astype(np.float32),
         )
-        texts[o] = sk.to_swc(contributors="tomoseg paths")
+        text = sk.to_swc(contributors="tomoseg paths")
+        # the same skeleton gives the same file: no date in the header
+        texts[o] = "".join(
+            ln for ln in text.splitlines(True) if not ln.startswith("# VERSION_DATE")
+        )
     return texts
 
 
@@ -668,9 +749,12 @@ def measure_paths(
         raise TomosegError(f"labels must hold integer class ids, got {arr.dtype}")
     voxel = parse_voxel_size(spacing) or (1.0, 1.0, 1.0)
     nz = arr.shape[0]
-    part = _skeletonize_slab(lambda a, b: arr[a:b], nz, 0, nz - 1, int(class_id), soma_class_id, voxel)
+    part = _skeletonize_slab(
+        lambda a, b: arr[a:b], nz, 0, nz - 1, int(class_id), soma_class_id, voxel
+    )
     g = _join([part], voxel)
     m = _measure(g, voxel)
+    g = m.graph
     somas: dict[int, dict] = {}
     contacts: dict[int, tuple[int, float]] = {}
     if soma_class_id is not None:
@@ -801,7 +885,9 @@ def analyze_paths(
         out, "paths", identity, overwrite=overwrite, result_names=RESULT_NAMES,
         replaced=(*RESULT_NAMES, *_PRODUCTS), keep_finished=True,
     )  # fmt: skip
-    job = job_progress("paths", "step", len(slabs) + 3, progress, cancel, hint="the same call resumes it")
+    job = job_progress(
+        "paths", "step", len(slabs) + 3, progress, cancel, hint="the same call resumes it"
+    )
     job.start()
     (out / "slabs").mkdir(exist_ok=True)
     parts = []
@@ -822,6 +908,7 @@ def analyze_paths(
     g = _join(parts, vol.voxel_size)
     del parts
     m = _measure(g, vol.voxel_size)
+    g = m.graph
     somas: dict[int, dict] = {}
     contacts: dict[int, tuple[int, float]] = {}
     if sid is not None:
@@ -855,7 +942,9 @@ def analyze_paths(
             write_text(out / "swc" / f"object_{o:06d}.swc", text)
     job.advance(message="tables, graph and SWC")
     try:
-        _preview(g, m, out / "preview.png", f"{name}: {len(m.objects)} paths, {len(m.branches)} branches")
+        _preview(
+            g, m, out / "preview.png", f"{name}: {len(m.objects)} paths, {len(m.branches)} branches"
+        )
     except Exception as exc:
         _warn(f"preview.png was not written: {first_line(exc)}")
     summary["seconds"] = round(time.perf_counter() - t0, 3)

@@ -455,6 +455,8 @@ class PhantomScene:
         self.dropped_somas = 0
         self.somas: list[_Soma] = self._place_somas(n_somas)
         self.n_vessels = 0
+        #: each vessel's centre line: ((K, 3) float (z, y, x) voxel points, (K,) radii in voxels)
+        self.vessel_lines: list[tuple[np.ndarray, np.ndarray]] = []
         self._spheres = self._make_spheres()
         self._texture = _Noise3D(
             self.seed, _STREAM_TEXTURE, [0.1 * m, 0.04 * m, 0.015 * m, 0.006 * m, 0.0025 * m],
@@ -609,6 +611,7 @@ class PhantomScene:
                 if keep[-1] != len(pos) - 1:
                     keep = np.append(keep, len(pos) - 1)
                 parts.append((pos[keep], rad[keep], np.full(keep.size, level), np.ones(keep.size)))
+                self.vessel_lines.append((pos[keep], rad[keep]))
                 self.n_vessels += 1
         # Glia: small isolated spheres.
         rng = _rng(self.seed, _STREAM_GLIA)
@@ -679,6 +682,70 @@ class PhantomScene:
         rlo, rhi = self.vessel_radius_range
         logr = math.log(r0) + 0.3 * _smooth_noise(rng, n, 0.08 * m / ds, 1)[:, 0]
         return pos, np.clip(np.exp(logr), rlo, rhi)
+
+    def vessel_truth(self) -> dict[str, Any]:
+        """The vessels' analytic centre lines inside the slab, where no soma covers them.
+
+        Returns:
+            ``vessels``: one entry per vessel reaching the slab, with ``points`` (K, 3) (z, y, x)
+            voxel coordinates of its centre line (0.3 local radii apart), ``radii`` (K,) voxels,
+            ``visible`` (K,) (inside the slab and outside every soma), ``length`` (the visible
+            polyline's length, voxels) and ``mean_radius`` (length-weighted over that part);
+            ``total_length``, ``mean_radius`` over all vessels, and ``crossings``: pairs of
+            vessels whose visible tubes overlap (each meeting gives a junction of the skeleton).
+        """
+        from scipy.spatial import cKDTree
+
+        lim = np.array([self.slices - 1, self.height - 1, self.width - 1], np.float64)
+        out, total, rsum = [], 0.0, 0.0
+        pts_all, rad_all, owner = [], [], []
+        for pos, rad in self.vessel_lines:
+            vis = np.all((pos >= 0) & (pos <= lim), axis=1)
+            for soma in self.somas:
+                near = np.flatnonzero(
+                    vis & (np.linalg.norm(pos - soma.center, axis=1) < soma.bound)
+                )
+                if near.size:
+                    d = pos[near] - soma.center
+                    u = soma.local(d[:, 0], d[:, 1], d[:, 2])
+                    vis[near[soma.inside(u)]] = False
+            if not vis.any():
+                continue
+            both = vis[1:] & vis[:-1]
+            seg = np.linalg.norm(np.diff(pos, axis=0), axis=1) * both
+            r_mid = 0.5 * (rad[1:] + rad[:-1])
+            length = float(seg.sum())
+            total += length
+            rsum += float((seg * r_mid).sum())
+            k = len(out)
+            out.append(
+                {
+                    "points": np.round(pos, 3).tolist(),
+                    "radii": np.round(rad, 4).tolist(),
+                    "visible": vis.tolist(),
+                    "length": round(length, 4),
+                    "mean_radius": round(float((seg * r_mid).sum() / length), 4)
+                    if length
+                    else None,
+                }
+            )
+            pts_all.append(pos[vis])
+            rad_all.append(rad[vis])
+            owner.append(np.full(int(vis.sum()), k))
+        crossings = set()
+        if len(pts_all) > 1:
+            pts, rad, own = np.concatenate(pts_all), np.concatenate(rad_all), np.concatenate(owner)
+            tree = cKDTree(pts)
+            for i, j in tree.query_pairs(2.0 * float(rad.max())):
+                if own[i] != own[j] and np.linalg.norm(pts[i] - pts[j]) < rad[i] + rad[j]:
+                    crossings.add((min(own[i], own[j]), max(own[i], own[j])))
+        return {
+            "units": "voxels",
+            "total_length": round(total, 4),
+            "mean_radius": round(rsum / total, 4) if total else None,
+            "crossings": len(crossings),
+            "vessels": out,
+        }
 
     # -- slice rendering
 
@@ -902,6 +969,7 @@ def generate_phantom(
     n_somas: int | None = None,
     params: PhantomParams | dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    label_vessels: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic tomography dataset (somas among look-alike vessels) to ``out``.
 
@@ -921,6 +989,10 @@ def generate_phantom(
         n_somas: number of somas to place in the scene (default: from the soma fraction).
         params: generator knobs (:class:`PhantomParams` or a dict of its fields).
         progress: called as ``progress(done, total)`` after each slice.
+        label_vessels: label the vessels too: classes background, soma, vessel (masks 0, 1,
+            2), and the 3D truth gains ``truth3d/classes.tif`` (multi-page uint8 class ids) and
+            ``truth3d/vessels.json`` (the vessels' centre lines and radii,
+            :meth:`PhantomScene.vessel_truth`).
 
     Returns:
         Summary: ``out``, ``shape``, ``slices``, ``seed``, ``splits`` (slices per split),
@@ -945,6 +1017,7 @@ def generate_phantom(
     counts = np.zeros(n_obj + 1, np.int64)
     sums = np.zeros((3, n_obj + 1), np.float64)
     fractions = {"soma": 0.0, "vessel": 0.0}
+    class_pages: list[Any] = []  # the truth3d/classes.tif writer, with label_vessels
 
     def pages() -> Iterator[np.ndarray]:
         for z in range(nz):
@@ -952,7 +1025,11 @@ def generate_phantom(
             split = split_of[z]
             name = slice_id(z, nz)
             write_image(root / split / "images" / f"{name}.tif", to_uint16(img))
-            write_mask(root / split / "masks" / f"{name}.png", (labels > 0).astype(np.uint8))
+            mask = (labels > 0).astype(np.uint8)
+            if label_vessels:
+                mask[vessels] = 2
+                class_pages[0].write(mask, contiguous=True, photometric="minisblack")
+            write_mask(root / split / "masks" / f"{name}.png", mask)
             flat = np.flatnonzero(labels)
             lab = labels.ravel()[flat]
             c = np.bincount(lab, minlength=n_obj + 1)
@@ -977,7 +1054,17 @@ def generate_phantom(
                 metadata={"axes": "ZYX"},
             )
 
-    atomic_write(root / "truth3d" / "labels.tif", write_stack)
+    if label_vessels:
+
+        def write_both(tmp_classes: Path) -> None:
+            with tifffile.TiffWriter(tmp_classes) as cw:
+                class_pages.append(cw)
+                atomic_write(root / "truth3d" / "labels.tif", write_stack)
+
+        atomic_write(root / "truth3d" / "classes.tif", write_both)
+        write_json(root / "truth3d" / "vessels.json", scene.vessel_truth())
+    else:
+        atomic_write(root / "truth3d" / "labels.tif", write_stack)
     objects = []
     for k, soma in enumerate(scene.somas, start=1):
         if counts[k] == 0:  # cannot happen: every kept soma was found in the slab
@@ -1005,7 +1092,7 @@ def generate_phantom(
         root / "dataset.json",
         {
             "name": "phantom",
-            "classes": CLASSES,
+            "classes": [*CLASSES, "vessel"] if label_vessels else CLASSES,
             "class_of_interest": "soma",
             "modality": "synthetic X-ray tomography (somas among look-alike vessels)",
             "seed": scene.seed,
@@ -1014,7 +1101,15 @@ def generate_phantom(
             "intensity_scale": INTENSITY_SCALE,
             "splits": ids,
             "consecutive": True,  # each split is a run of consecutive z slices (2.5D context)
-            "truth3d": {"labels": "truth3d/labels.tif", "objects": "truth3d/objects.json"},
+            "truth3d": {
+                "labels": "truth3d/labels.tif",
+                "objects": "truth3d/objects.json",
+                **(
+                    {"classes": "truth3d/classes.tif", "vessels": "truth3d/vessels.json"}
+                    if label_vessels
+                    else {}
+                ),
+            },
             "params": scene.params.model_dump(),
         },
     )
