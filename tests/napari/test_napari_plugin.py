@@ -243,3 +243,20 @@ def test_reader_opens_stacks_and_stack_outputs(tiny, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(run))(str(run)) == [(None,)]  # a run folder: read, nothing to show
+
+
+def test_reader_opens_a_paths_output(tmp_path):
+    pytest.importorskip("kimimaro")
+    lab = np.zeros((12, 32, 32), np.uint8)
+    zz, yy, xx = np.indices(lab.shape)
+    lab[((yy - 16) ** 2 + (xx - 16) ** 2 < 9) & (zz < 9)] = 2
+    lab[9:12, 10:22, 10:22] = 1
+    out = tmp_path / "paths"
+    from tomoseg.evaluation.paths import analyze_paths
+
+    analyze_paths(lab, out, class_name=2, soma_class=1, voxel_size=(2, 0.5, 0.5))
+    (skel, meta, kind), (nodes, nmeta, nkind) = get_reader(str(out))(str(out))
+    assert kind == nkind == "points" and skel.shape[1] == 3
+    assert skel[:, 0].max() <= 2 * 11 and (meta["size"] > 0).all()  # physical z: 2 per slice
+    assert set(meta["properties"]["object"]) == {1}
+    assert sorted(nmeta["face_color"]) == ["cyan", "yellow", "yellow"]

@@ -269,3 +269,34 @@ def test_time_one_full_size_slice(capsys: pytest.CaptureFixture[str]) -> None:
             f"\nphantom 1920x2300: scene {t1 - t0:.2f} s, one slice {t2 - t1:.2f} s "
             f"({len(scene.somas)} somas, {scene.n_vessels} vessels)"
         )
+
+
+# ----------------------------------------------------------------------------- labelled vessels
+
+
+def test_label_vessels_adds_the_class_and_the_centre_lines(phantom, tmp_path) -> None:
+    """Same images and soma masks as the default; masks gain class 2 where a vessel shows;
+    truth3d gains the class volume and the vessels' centre lines (visible where no soma is)."""
+    out, _ = phantom
+    lv = tmp_path / "lv"
+    generate_phantom(lv, SHAPE, SLICES, seed=0, label_vessels=True)
+    meta = json.loads((lv / "dataset.json").read_text())
+    assert meta["classes"] == ["background", "soma", "vessel"]
+    assert json.loads((out / "dataset.json").read_text())["classes"] == ["background", "soma"]
+    assert not (out / "truth3d" / "classes.tif").exists()
+    classes = tifffile.imread(lv / "truth3d" / "classes.tif")
+    somas = tifffile.imread(lv / "truth3d" / "labels.tif")
+    assert classes.shape == (SLICES, *SHAPE) and classes.dtype == np.uint8
+    assert np.array_equal(classes == 1, somas > 0) and (classes == 2).any()
+    for split in ("train", "test"):
+        for f in sorted((out / split / "images").iterdir())[:2]:
+            z = int(f.stem[1:])
+            assert f.read_bytes() == (lv / split / "images" / f.name).read_bytes()
+            assert np.array_equal(read_mask(lv / split / "masks" / f"{f.stem}.png"), classes[z])
+    truth = json.loads((lv / "truth3d" / "vessels.json").read_text())
+    assert truth["total_length"] > 0 and truth["mean_radius"] > 0
+    v = truth["vessels"][0]
+    assert len(v["points"]) == len(v["radii"]) == len(v["visible"])
+    pts = np.array([p for v in truth["vessels"] for p, s in zip(v["points"], v["visible"]) if s])
+    zi = np.clip(np.rint(pts).astype(int), 0, np.array([SLICES - 1, *SHAPE]) - 1)
+    assert (classes[tuple(zi.T)] == 2).mean() > 0.9  # visible centre-line points lie in vessels

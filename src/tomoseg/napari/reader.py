@@ -1,6 +1,9 @@
 """napari reader: ``segment-stack`` outputs as a Labels layer at their voxel size, and every
 stack tomoseg reads (folder of slices, multi-page TIFF, Zarr / OME-Zarr) as an Image layer;
 both lazily (dask: a slice is read when shown), so a stack of thousands of slices opens at once.
+A ``paths`` output folder opens as Points layers (its skeletons from the SWC files, sized by
+their radii, and its junctions, end points and somas) in physical coordinates, over the
+``segment-stack`` labels at their voxel size.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def get_reader(path: str | list[str]) -> Callable[[Any], LayerData] | None:
             return None
         path = path[0]
     p = Path(path)
+    if (p / "paths.graphml").is_file() and (p / "branches.csv").is_file():
+        return read_paths_output
     if (p / STACK_FILE).is_file() and (p / ZARR_NAME).is_dir():
         return read_stack_output
     if (p / RUN_FILE).is_file():
@@ -57,6 +62,50 @@ def read_stack_output(path: str | os.PathLike[str]) -> LayerData:
     labels = da.from_zarr(zarr.open_array(str(p / ZARR_NAME / "0"), mode="r"))
     meta = {"name": f"{p.name} labels", "scale": scale, "metadata": {"tomoseg_stack": str(p)}}
     return [(labels, meta, "labels")]
+
+
+def read_paths_output(path: str | os.PathLike[str]) -> LayerData:
+    """A ``paths`` output folder: the skeleton points of its SWC files (``x y z radius``,
+    physical) as a Points layer sized by their diameters, with the object of each point as a
+    property; the branches' junctions (red) and end points (yellow) of ``branches.csv`` and the
+    somas (cyan, the centroids of ``somas/objects.csv``) as a second Points layer."""
+    import csv
+
+    import numpy as np
+
+    p = Path(path if not isinstance(path, list) else path[0])
+    pts, sizes, objects = [], [], []
+    for f in sorted((p / "swc").glob("object_*.swc")):
+        a = np.loadtxt(f, comments="#", ndmin=2)
+        if a.size:
+            pts.append(a[:, [4, 3, 2]])  # SWC: id type x y z radius parent
+            sizes.append(2.0 * a[:, 5])
+            objects.append(np.full(len(a), int(f.stem.rsplit("_", 1)[-1])))
+    layers: LayerData = []
+    if pts:
+        meta = {
+            "name": f"{p.name} skeletons", "size": np.concatenate(sizes),
+            "properties": {"object": np.concatenate(objects)}, "face_color": "orange",
+        }  # fmt: skip
+        layers.append((np.concatenate(pts), meta, "points"))
+    nodes: dict[str, tuple[float, float, float]] = {}
+    with open(p / "branches.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            for end in ("src", "dst"):
+                key = r[f"junction_{end}"] or f"end {r['branch']} {end}"
+                nodes[key] = tuple(float(r[f"{a}_{end}"]) for a in "zyx")  # type: ignore[assignment]
+    colors = ["red" if k.startswith("j") else "yellow" for k in nodes]
+    coords = list(nodes.values())
+    somas = p / "somas" / "objects.csv"
+    if somas.is_file():
+        with open(somas, newline="") as fh:
+            for r in csv.DictReader(fh):
+                coords.append(tuple(float(r[f"centroid-{i}"]) for i in range(3)))
+                colors.append("cyan")
+    if coords:
+        meta = {"name": f"{p.name} junctions, ends, somas", "face_color": colors, "size": 4}
+        layers.append((np.asarray(coords, np.float64), meta, "points"))
+    return layers or [(None,)]  # type: ignore[list-item]
 
 
 def read_stack(path: str | os.PathLike[str]) -> LayerData:
