@@ -297,6 +297,8 @@ def test_label_vessels_adds_the_class_and_the_centre_lines(phantom, tmp_path) ->
     assert truth["total_length"] > 0 and truth["mean_radius"] > 0
     v = truth["vessels"][0]
     assert len(v["points"]) == len(v["radii"]) == len(v["visible"])
-    pts = np.array([p for v in truth["vessels"] for p, s in zip(v["points"], v["visible"]) if s])
+    pts = np.array(
+        [p for v in truth["vessels"] for p, s in zip(v["points"], v["visible"], strict=True) if s]
+    )
     zi = np.clip(np.rint(pts).astype(int), 0, np.array([SLICES - 1, *SHAPE]) - 1)
     assert (classes[tuple(zi.T)] == 2).mean() > 0.9  # visible centre-line points lie in vessels
