@@ -52,3 +52,29 @@ def test_paths_cli_errors_are_one_line(tmp_path, run_cli):
         run_cli, "paths", tmp_path / "nope.tif", "--out", tmp_path / "d", "--class", "2"
     )
     assert "not found" in err
+
+
+def test_paths_cli_class_names_of_an_ome_zarr_volume(tmp_path, run_cli):
+    from tomoseg.io.ome_zarr import create_label_array
+
+    lab = tifffile.imread(_volume(tmp_path / "classes.tif"))
+    arr = create_label_array(
+        tmp_path / "labels.zarr", lab.shape, "uint8", (1, 32, 32), (2.0, 0.5, 0.5), "micrometer",
+        classes=["background", "soma", "vessel"],
+        extra={"tomoseg": {"classes": ["background", "soma", "vessel"]}},
+    )  # fmt: skip
+    arr[:] = lab
+    code, out, err = run_cli(
+        "paths", tmp_path / "labels.zarr", "--out", tmp_path / "p", "--class", "vessel",
+        "--soma-class", "soma", "--units", "physical",
+    )  # fmt: skip
+    assert code == 0 and "warning" not in err, err
+    assert "micrometer" in out and "reach 1 soma objects" in out
+    err = one_error(
+        run_cli, "paths", tmp_path / "labels.zarr", "--out", tmp_path / "q", "--class", "nope"
+    )
+    assert "'nope'" in err and "vessel" in err
+    err = one_error(
+        run_cli, "paths", tmp_path / "labels.zarr", "--out", tmp_path / "r", "--class", "7"
+    )
+    assert "--class 7" in err and "ids 0-2" in err

@@ -175,14 +175,19 @@ def _open(volume: Any, voxel_size: Any, units: str) -> _Input:
 
 
 def _class_id(vol: _Input, name: str | int | None, what: str) -> tuple[int, str]:
-    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-        return int(name), str(name)
+    """(class id, name) of a class given by name or id; a volume with class names refuses a
+    name or an id it does not have (a volume without names: any id, an absent one is empty)."""
     if name is None:
         raise TomosegError(f"{what}=None: name the class whose paths to measure")
     if vol.classes and name in vol.classes:
         return vol.classes.index(name), str(name)
-    if str(name).isdigit():
-        return int(name), str(name)
+    if (isinstance(name, (int, np.integer)) and not isinstance(name, bool)) or str(name).isdigit():
+        cid = int(name)
+        if vol.classes and not 0 < cid < len(vol.classes):
+            raise TomosegError(
+                f"{what}={cid}: the volume's classes are {vol.classes} (ids 0-{len(vol.classes) - 1})"
+            )
+        return cid, vol.classes[cid] if vol.classes else str(cid)
     if vol.classes:
         raise TomosegError(f"unknown class '{name}': the volume's classes are {vol.classes}")
     raise TomosegError(
