@@ -15,10 +15,13 @@ them. Measured:
   crossing of two straight tubes is one or two junctions of a skeleton);
 * soma contacts (path ends that reach a soma) against the truth's (a vessel's centre line
   entering a soma inside the slab);
-* seconds and peak RSS of each run in its own process, in memory and slab by slab, on the
+* seconds (wall and CPU) and peak RSS of each run in its own process, in memory and slab by slab, on the
   first half of the slices and on all of them (so that the growth with Z shows), and the
-  projection: seconds per voxel times the full volume's voxels; peak memory scaled by the slice
+  projection: CPU seconds per voxel times the full volume's voxels (CPU time, as the machine
+  may be shared; the vessels' share of the volume as in the phantom); peak memory scaled by the slice
   area (a slab's buffers grow with it, not with Z).
+
+The preview of the last run is kept as ``OUT/preview.png``.
 
     python bench/bench_paths.py /tmp/paths-bench                       # 512x512, 64 slices
     python bench/bench_paths.py /tmp/pb --shape 256x256 --slices 32 --chunk 8   # a smoke test
@@ -39,15 +42,26 @@ FULL = (1800, 1920, 2300)
 
 
 def worker(spec: dict) -> dict:
-    """One ``analyze_paths`` run in this process: seconds, peak RSS, the summary."""
+    """One ``analyze_paths`` run in this process: seconds (wall and CPU), peak RSS, the summary."""
+    import resource
+
     from tomoseg.evaluation.paths import analyze_paths
 
-    t0 = time.perf_counter()
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
     summary = analyze_paths(
         spec["volume"], spec["out"], class_name=2, soma_class=1,
         chunk_slices=spec["chunk"], units="voxel", overwrite=True,
     )  # fmt: skip
-    return {"seconds": time.perf_counter() - t0, "peak_mib": peak_rss_mib(), "summary": summary}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": cpu() - c0,
+        "peak_mib": peak_rss_mib(),
+        "summary": summary,
+    }
 
 
 def truth_contacts(vessels: list[dict], lim: np.ndarray) -> int:
@@ -146,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": name,
             "slices": nz,
             "seconds": round(r["seconds"], 1),
+            "cpu_seconds": round(r["cpu_seconds"], 1),
             "peak_mib": round(r["peak_mib"]),
             "total_length": round(s["total_length"], 1),
             "mean_radius": round(mean_r, 3),
@@ -162,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         rows.append(row)
         print(
-            f"{name}: {nz} slices, {row['seconds']} s, peak {row['peak_mib']} MiB; length "
+            f"{name}: {nz} slices, {row['seconds']} s ({row['cpu_seconds']} s CPU), peak "
+            f"{row['peak_mib']} MiB; length "
             f"{row['total_length']}"
             + (
                 f" ({row['length_error']:+.1%}), mean radius {mean_r:.3f} "
@@ -176,16 +192,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     last = rows[-1]
-    per_voxel = last["seconds"] / (args.slices * h * w)
+    per_voxel = last["cpu_seconds"] / (args.slices * h * w)  # CPU time: the machine may be shared
     area = FULL[1] * FULL[2] / (h * w)
     print(
         f"projected for {FULL[0]}x{FULL[1]}x{FULL[2]} (slabs of {args.chunk}): "
-        f"{per_voxel * np.prod(FULL) / 3600:.1f} h at {per_voxel * 1e9:.0f} s per Gvoxel, "
+        f"{per_voxel * np.prod(FULL) / 3600:.1f} h of one core at {per_voxel * 1e9:.0f} CPU s "
+        "per Gvoxel, "
         f"peak memory ~{last['peak_mib'] * area / 1024:.1f} GiB (x{area:.1f} the slice area; "
         f"{rows[1]['peak_mib']} -> {last['peak_mib']} MiB from {rows[1]['slices']} to "
         f"{last['slices']} slices)"
     )
     print(json.dumps(rows, indent=2))
+    shutil.copy(Path(runs[list(runs)[-1]]["dir"]) / "preview.png", out / "preview.png")
     shutil.rmtree(out / "paths", ignore_errors=True)
     return 0
 
