@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=16, help="slices per slab")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-in-memory", action="store_true", help="only the runs slab by slab")
     ap.set_defaults(shape="512x512")
     args = parse_or_serve(ap, argv, worker)
     if args is None:
@@ -132,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     classes = ph / "truth3d" / "classes.tif"
     half = subset(classes, out / "half.tif", args.slices // 2)
     runs = {}
-    for name, vol, chunk in (
+    plan = [
         ("in memory", classes, None),
         (f"slabs of {args.chunk}, half", half, args.chunk),
         (f"slabs of {args.chunk}", classes, args.chunk),
-    ):
+    ]
+    for name, vol, chunk in plan[1:] if args.no_in_memory else plan:
         res = out / "paths" / name.replace(" ", "_").replace(",", "")
         runs[name] = r = in_subprocess(
             __file__, {"volume": str(vol), "out": str(res), "chunk": chunk, "variant": name}
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{per_voxel * np.prod(FULL) / 3600:.1f} h of one core at {per_voxel * 1e9:.0f} CPU s "
         "per Gvoxel, "
         f"peak memory ~{last['peak_mib'] * area / 1024:.1f} GiB (x{area:.1f} the slice area; "
-        f"{rows[1]['peak_mib']} -> {last['peak_mib']} MiB from {rows[1]['slices']} to "
+        f"{rows[-2]['peak_mib']} -> {last['peak_mib']} MiB from {rows[-2]['slices']} to "
         f"{last['slices']} slices)"
     )
     print(json.dumps(rows, indent=2))

@@ -265,7 +265,10 @@ def _skeletonize_slab(
         off += len(v)
     v = np.concatenate(verts)
     e = np.concatenate(edges)
-    v, e = _trim_faces(v, e, np.array([0, 0, 0]), np.array([z1 - z0, *dist.shape[1:]]) - [0, 1, 1])
+    # the volume's faces; a face shared with the next slab keeps its runs until the join
+    lo = np.array([0 if z0 == 0 else -1, 0, 0])
+    hi = np.array([z1 - z0 if z1 == nz - 1 else -1, dist.shape[1] - 1, dist.shape[2] - 1])
+    v, e = _trim_faces(v, e, lo, hi)
     radii = _ridge(dist, v + [z0 - h0, 0, 0])
     v[:, 0] += z0
     return _Part(v, e, radii, mip)
@@ -417,9 +420,12 @@ def _paths(adj: Any, g: _Graph, voxel: tuple[float, float, float]) -> list[np.nd
 
 def _prune(g: _Graph, voxel: tuple[float, float, float]) -> _Graph:
     """Remove spurs: terminal branches shorter than the TEASAR invalidation ball of their
-    junction (``scale * radius + const``), the artefacts of a rough surface; repeated until none
-    is left (at most 5 rounds)."""
+    junction (``scale * radius + const``), the artefacts of a rough surface, and terminal
+    branches lying in the face slice two slabs share (``g.extra["planes"]``: each slab's path
+    crosses it at the section's centre and runs on along it to a rim, see :func:`_trim_faces`);
+    repeated until none is left (at most 5 rounds)."""
     v = np.asarray(voxel, np.float64)
+    planes = np.asarray(g.extra.get("planes", []), np.int64)
     const = TEASAR["const_voxels"] * max(voxel)
     keep = np.ones(len(g.coords), bool)
     edges = g.edges
@@ -432,8 +438,14 @@ def _prune(g: _Graph, voxel: tuple[float, float, float]) -> _Graph:
             if not ((s == 1 and t >= 3) or (s >= 3 and t == 1)):
                 continue
             j = ids[-1] if t >= 3 else ids[0]
-            if _smoothed_length(g.coords[ids] * v) < TEASAR["scale"] * g.radii[j] + const:
-                drop.append(ids[:-1] if t >= 3 else ids[1:])
+            tip = ids[:-1] if t >= 3 else ids[1:]
+            z = g.coords[tip, 0]
+            on_face = bool(planes.size) and (z == z[0]).all() and bool(np.isin(z[0], planes))
+            if (
+                on_face
+                or _smoothed_length(g.coords[ids] * v) < TEASAR["scale"] * g.radii[j] + const
+            ):
+                drop.append(tip)
         if not drop:
             break
         keep[np.concatenate(drop)] = False
@@ -563,27 +575,39 @@ def _contacts(
     shape: tuple[int, int, int],
     voxel: tuple[float, float, float],
     contact: float,
+    slab: int | None = None,
 ) -> dict[int, tuple[int, float]]:
     """End point vertex -> (soma label, gap): the nearest soma voxel within the end point's
-    radius plus ``contact`` (physical), read from a soma label volume cube by cube."""
+    radius plus ``contact`` (physical). The soma label volume is read once per group of
+    ``slab`` slices holding end points (the box around their neighbourhoods), not per point."""
     v = np.asarray(voxel)
-    found = {}
+    found: dict[int, tuple[int, float]] = {}
+    ends = []
     for node, attrs in m.nodes.items():
-        if attrs["kind"] != "end":
+        if attrs["kind"] == "end":
+            c = np.array([attrs["z"], attrs["y"], attrs["x"]]) / v
+            reach = attrs["radius"] + contact
+            half = np.ceil(reach / v).astype(int)
+            lo = np.maximum(np.rint(c).astype(int) - half, 0)
+            hi = np.minimum(np.rint(c).astype(int) + half + 1, shape)
+            ends.append((node, c, reach, lo, hi))
+    step = int(slab or shape[0])
+    for z0 in range(0, shape[0], step):
+        group = [e for e in ends if z0 <= round(e[1][0]) < z0 + step]
+        if not group:
             continue
-        c = np.array([attrs["z"], attrs["y"], attrs["x"]]) / v
-        reach = attrs["radius"] + contact
-        half = np.ceil(reach / v).astype(int)
-        lo = np.maximum(np.rint(c).astype(int) - half, 0)
-        hi = np.minimum(np.rint(c).astype(int) + half + 1, shape)
-        cube = np.asarray(lookup((slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))))
-        idx = np.argwhere(cube > 0)
-        if not len(idx):
-            continue
-        d = np.linalg.norm((idx + lo - c) * v, axis=1)
-        k = int(np.argmin(d))
-        if d[k] <= reach:
-            found[node] = (int(cube[tuple(idx[k])]), float(d[k]))
+        blo = np.min([e[3] for e in group], axis=0)
+        bhi = np.max([e[4] for e in group], axis=0)
+        box = np.asarray(lookup(tuple(slice(a, b) for a, b in zip(blo, bhi, strict=True))))
+        for node, c, reach, lo, hi in group:
+            cube = box[tuple(slice(a, b) for a, b in zip(lo - blo, hi - blo, strict=True))]
+            idx = np.argwhere(cube > 0)
+            if not len(idx):
+                continue
+            d = np.linalg.norm((idx + lo - c) * v, axis=1)
+            k = int(np.argmin(d))
+            if d[k] <= reach:
+                found[node] = (int(cube[tuple(idx[k])]), float(d[k]))
     return found
 
 
@@ -612,7 +636,7 @@ def _soma_contacts(
             voxel_size=vol.voxel_size if vol.known else None, progress=None, cancel=job.cancel,
         )  # fmt: skip
     labels = zarr.open_array(str(where / "objects.zarr" / "0"), mode="r")
-    contacts = _contacts(m, lambda s: labels[s], vol.shape, vol.voxel_size, gap)
+    contacts = _contacts(m, lambda s: labels[s], vol.shape, vol.voxel_size, gap, chunk_slices)
     somas: dict[int, dict[str, Any]] = {}
     with open(where / "objects.csv", newline="") as f:
         for r in csv.DictReader(f):
@@ -925,6 +949,7 @@ def analyze_paths(
             parts.append(part)
             job.advance(message=f"slab {k + 1}/{len(slabs)}")
     g = _join(parts, vol.voxel_size)
+    g.extra["planes"] = [z1 for _, z1 in slabs[:-1]]
     del parts
     m = _measure(g, vol.voxel_size)
     g = m.graph
