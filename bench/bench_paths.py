@@ -17,9 +17,10 @@ them. Measured:
   entering a soma inside the slab);
 * seconds (wall and CPU) and peak RSS of each run in its own process, in memory and slab by slab, on the
   first half of the slices and on all of them (so that the growth with Z shows), and the
-  projection: CPU seconds per voxel times the full volume's voxels (CPU time, as the machine
-  may be shared; the vessels' share of the volume as in the phantom); peak memory scaled by the slice
-  area (a slab's buffers grow with it, not with Z).
+  projection: the CPU seconds per voxel between the two slab runs (start-up left out; CPU time,
+  as the machine may be shared; vessels filling the volume as in the phantom) times the full
+  volume's voxels; peak memory scaled by the slice area (an upper bound: a slab's buffers grow
+  with it, not with Z, the interpreter's share does not grow).
 
 The preview of the last run is kept as ``OUT/preview.png``.
 
@@ -193,14 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['soma_contacts']} soma contacts ({s['somas_reached']} somas)",
             flush=True,
         )
-    last = rows[-1]
-    per_voxel = last["cpu_seconds"] / (args.slices * h * w)  # CPU time: the machine may be shared
+    last, first = rows[-1], rows[-2]
+    # the marginal CPU time between the half and the whole volume: start-up (imports, skan's
+    # numba compilation) left out; CPU time as the machine may be shared
+    extra = (last["slices"] - first["slices"]) * h * w
+    per_voxel = (last["cpu_seconds"] - first["cpu_seconds"]) / extra
     area = FULL[1] * FULL[2] / (h * w)
     print(
         f"projected for {FULL[0]}x{FULL[1]}x{FULL[2]} (slabs of {args.chunk}): "
         f"{per_voxel * np.prod(FULL) / 3600:.1f} h of one core at {per_voxel * 1e9:.0f} CPU s "
-        "per Gvoxel, "
-        f"peak memory ~{last['peak_mib'] * area / 1024:.1f} GiB (x{area:.1f} the slice area; "
+        "per Gvoxel (marginal, half to whole volume), "
+        f"peak memory <= {last['peak_mib'] * area / 1024:.1f} GiB (x{area:.1f} the slice area; "
         f"{rows[-2]['peak_mib']} -> {last['peak_mib']} MiB from {rows[-2]['slices']} to "
         f"{last['slices']} slices)"
     )
