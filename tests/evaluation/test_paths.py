@@ -200,3 +200,13 @@ def test_phantom_vessel_class_measured(tmp_path):
     assert set(np.unique(lab)) <= {0, 1, 2} and (lab == 2).any()
     res = measure_paths(lab, class_id=2, soma_class_id=1)
     assert res["total_length"] == pytest.approx(truth["total_length"], rel=0.15)
+
+
+def test_missing_extra_is_one_error_naming_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kimimaro", None)  # import kimimaro now raises ImportError
+    lab = np.zeros((4, 8, 8), np.uint8)
+    lab[:, 3:5, 3:5] = 1
+    with pytest.raises(TomosegError, match=r"tomoseg\[skeletons\]"):
+        measure_paths(lab, class_id=1)
