@@ -640,10 +640,9 @@ def _soma_contacts(
     somas: dict[int, dict[str, Any]] = {}
     with open(where / "objects.csv", newline="") as f:
         for r in csv.DictReader(f):
-            somas[int(r["label"])] = {
-                "z": float(r["centroid-0"]), "y": float(r["centroid-1"]),
-                "x": float(r["centroid-2"]), "volume": float(r["area"]),
-            }  # fmt: skip
+            names = {"z": "centroid-0", "y": "centroid-1", "x": "centroid-2", "volume": "area",
+                     "voxels": "num_pixels"}  # fmt: skip
+            somas[int(r["label"])] = {k: float(r[c]) for k, c in names.items() if r.get(c)}
     return contacts, somas
 
 

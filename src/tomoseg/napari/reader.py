@@ -100,8 +100,9 @@ def read_paths_output(path: str | os.PathLike[str]) -> LayerData:
     if somas.is_file():
         with open(somas, newline="") as fh:
             for r in csv.DictReader(fh):
-                coords.append(tuple(float(r[f"centroid-{i}"]) for i in range(3)))
-                colors.append("cyan")
+                if all(r.get(f"centroid-{i}") for i in range(3)):
+                    coords.append(tuple(float(r[f"centroid-{i}"]) for i in range(3)))
+                    colors.append("cyan")
     if coords:
         meta = {"name": f"{p.name} junctions, ends, somas", "face_color": colors, "size": 4}
         layers.append((np.asarray(coords, np.float64), meta, "points"))
