@@ -25,6 +25,7 @@ _LAZY = {
     "Run": "tomoseg.api",
     "train": "tomoseg.api",
     "fine_tune": "tomoseg.api",
+    "export": "tomoseg.api",
     "segment_stack": "tomoseg.api",
     "score": "tomoseg.api",
     "score_folders": "tomoseg.api",
@@ -48,6 +49,7 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "context_stack",
+    "export",
     "fine_tune",
     "measure_objects",
     "score",
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tomoseg.api import Run, fine_tune, score, score_folders, segment_stack, train
+    from tomoseg.api import Run, export, fine_tune, score, score_folders, segment_stack, train
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
     from tomoseg.evaluation.objects import measure_objects

@@ -256,7 +256,7 @@ def _descr(prep: Prepared, folder: Path, *, name: str, authors: list[str], licen
         postprocessing=[s.SoftmaxDescr(kwargs=s.SoftmaxKwargs(axis=s.AxisId("channel")))],
     )  # fmt: skip
     version = s.Version(torch.__version__.split("+")[0])
-    bias = [float(b) for b in prep.net.bias.flatten()]
+    bias = [float(b) + 0.0 for b in prep.net.bias.flatten()]  # + 0.0: no -0.0
     weights = s.WeightsDescr(
         pytorch_state_dict=s.PytorchStateDictWeightsDescr(
             source=folder / "weights.pt",
@@ -329,6 +329,45 @@ def _channel_ids(classes: list[str]) -> list[str]:
     return out
 
 
+#: the order of the weights in the package's rdf.yaml: ilastik's and deepImageJ's preference
+WEIGHTS_ORDER = ("torchscript", "pytorch_state_dict", "onnx")
+
+
+def _torchscript_first(package: Path) -> None:
+    """Rewrite the package's ``rdf.yaml`` with its weights in :data:`WEIGHTS_ORDER` (the spec's
+    writer lists them alphabetically; consumers that take the first format they run see
+    TorchScript first). Every other file is copied as it is."""
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(package) as z:
+        entries = [(i, z.read(i.filename)) for i in z.infolist()]
+    rdf = next(i for i, _ in entries if i.filename in ("rdf.yaml", "bioimageio.yaml"))
+    doc = yaml.safe_load(dict((i.filename, b) for i, b in entries)[rdf.filename])
+    weights = doc["weights"]
+    first = {k: weights[k] for k in WEIGHTS_ORDER if k in weights}
+    doc["weights"] = {**first, **{k: v for k, v in weights.items() if k not in first}}
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode()
+    with zipfile.ZipFile(package, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, data in entries:
+            z.writestr(info, text if info is rdf else data)
+
+
+def check_package(package: Path) -> None:
+    """Validate a written package as its consumers read it (``bioimageio.spec``, files and
+    their SHA-256 checked).
+
+    Raises:
+        TomosegError: the validator's first complaint.
+    """
+    spec = bioimageio_spec()
+    descr = spec.load_description(str(package), perform_io_checks=True)
+    if getattr(descr, "type", None) != "model" or not hasattr(descr, "weights"):
+        summary = getattr(descr, "validation_summary", descr)
+        raise TomosegError(f"the package fails validation: {first_complaint(summary)}")
+
+
 def write_package(
     prep: Prepared,
     out: Path,
@@ -382,7 +421,11 @@ def write_package(
             )  # fmt: skip
         except ValidationError as exc:
             raise TomosegError(f"the package fails validation: {first_complaint(exc)}") from exc
-        atomic_write(
-            out, lambda tmp_zip: save_bioimageio_package(descr, output_path=tmp_zip)
-        )
+
+        def write(tmp_zip: Path) -> None:
+            save_bioimageio_package(descr, output_path=tmp_zip)
+            _torchscript_first(tmp_zip)
+            check_package(tmp_zip)
+
+        atomic_write(out, write)
     return Exported(out, "bioimageio", 0.0, diffs, prep.crop)

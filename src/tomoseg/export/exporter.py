@@ -273,6 +273,9 @@ def export_run(
     if format == "bioimageio":
         for module in ("bioimageio.spec", "onnx"):
             need(module)
+        from tomoseg.runtime.package import check_license
+
+        check_license(license)
     prep = prepare(Path(run), weights=weights, data=data)
     if format == "bioimageio":
         from tomoseg.export.bioimageio import write_package

@@ -88,23 +88,52 @@ def _fix_serializers() -> None:
         f.__code__ = namespace[f.__name__].__code__
 
 
+def _loc(parts: Any) -> str:
+    """A pydantic error location without its internal steps (``function-after[...]``)."""
+    return ".".join(str(p) for p in parts if "[" not in str(p) and "(" not in str(p))
+
+
+def _short(msg: str, limit: int = 160) -> str:
+    msg = " ".join(str(msg).split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
 def first_complaint(summary_or_exc: Any) -> str:
-    """The validator's first complaint, one line (``loc: message``)."""
+    """The validator's first complaint, one line (``loc: message``, at most 160 characters of
+    message)."""
     errors = getattr(summary_or_exc, "errors", None)
     if callable(errors):  # a pydantic ValidationError
         try:
             first = errors()[0]
-            loc = ".".join(str(p) for p in first.get("loc", ()))
-            return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
+            loc = _loc(first.get("loc", ()))
+            return f"{loc}: {_short(first.get('msg'))}" if loc else _short(first.get("msg"))
         except Exception:  # noqa: BLE001 - fall back to the message
             pass
-    details = getattr(summary_or_exc, "details", None)
-    for d in details or []:
+    for d in getattr(summary_or_exc, "details", None) or []:
         for e in getattr(d, "errors", []) or []:
-            loc = ".".join(str(p) for p in getattr(e, "loc", ()))
-            return f"{loc}: {e.msg}" if loc else str(e.msg)
+            loc = _loc(getattr(e, "loc", ()))
+            return f"{loc}: {_short(e.msg)}" if loc else _short(e.msg)
     text = str(summary_or_exc).strip().splitlines()
-    return text[0] if text else type(summary_or_exc).__name__
+    return _short(text[0]) if text else type(summary_or_exc).__name__
+
+
+def check_license(license: str) -> None:
+    """Refuse a licence that is not an SPDX id (as the package's validator would, but before
+    the network is traced).
+
+    Raises:
+        TomosegError: naming the licence.
+    """
+    bioimageio_spec()
+    from bioimageio.spec._internal.license_id import LicenseId
+
+    try:
+        LicenseId(license)
+    except ValueError:
+        raise TomosegError(
+            f"the package fails validation: license={license!r} is not an SPDX licence id "
+            "(e.g. CC-BY-4.0, MIT)"
+        ) from None
 
 
 def read_package(path: Path) -> Any:
