@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image
 
@@ -201,7 +202,7 @@ def _readme(prep: Prepared, name: str, evaluation: Path | None, diffs: dict[str,
         "- command: `tomoseg train --data DATA --out RUN --config config.yaml` "
         "(the attached `config.yaml` holds every setting)",
         "",
-        "## Checks",
+        "## Validation",
         "",
         "The TorchScript and ONNX weights reproduce tomoseg's probabilities on the test input "
         "(float32): largest absolute difference "
@@ -235,6 +236,7 @@ def _descr(prep: Prepared, folder: Path, *, name: str, authors: list[str], licen
             s.SpaceInputAxis(id=s.AxisId("x"), size=space),
         ],
         test_tensor=s.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=s.FileDescr(source=folder / "sample_input.tif"),
         data=s.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=[
             s.EnsureDtypeDescr(kwargs=s.EnsureDtypeKwargs(dtype="float32")),
@@ -252,6 +254,7 @@ def _descr(prep: Prepared, folder: Path, *, name: str, authors: list[str], licen
             s.SpaceOutputAxis(id=s.AxisId("x"), size=s.SizeReference(tensor_id=tid_in, axis_id=s.AxisId("x"))),
         ],
         test_tensor=s.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=s.FileDescr(source=folder / "sample_output.tif"),
         data=s.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
         postprocessing=[s.SoftmaxDescr(kwargs=s.SoftmaxKwargs(axis=s.AxisId("channel")))],
     )  # fmt: skip
@@ -407,6 +410,8 @@ def write_package(
         shutil.copyfile(network_module.__file__, folder / "tomoseg_network.py")
         np.save(folder / "test_input.npy", prep.raw)
         np.save(folder / "test_output.npy", prep.reference)
+        tifffile.imwrite(folder / "sample_input.tif", prep.raw)  # (B, C, Y, X), as the axes
+        tifffile.imwrite(folder / "sample_output.tif", prep.reference)
         _cover(prep, folder / "cover.png")
         (folder / "README.md").write_text(_readme(prep, name, evaluation, diffs))
         attachments = []
