@@ -429,7 +429,7 @@ def export(
     """
     from dataclasses import asdict
 
-    from tomoseg.export.exporter import export_run
+    from tomoseg.sharing.exporter import export_run
 
     result = export_run(
         run.path if isinstance(run, Run) else run, out, format=format, weights=weights,

@@ -36,7 +36,8 @@ def export(
     license: Annotated[str, typer.Option(help="Licence, an SPDX id.")] = "CC-BY-4.0",
     tag: Annotated[list[str] | None, typer.Option(help="Extra tag (repeat).")] = None,
     evaluation: Annotated[
-        Path | None, typer.Option(help="A tomoseg evaluate report: its test scores go in the README.")
+        Path | None,
+        typer.Option(help="A tomoseg evaluate report: its test scores go in the README."),
     ] = None,
 ) -> None:
     """Share a trained network: a bioimage.io package, a TorchScript or an ONNX file."""

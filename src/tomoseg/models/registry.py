@@ -53,11 +53,20 @@ class Architecture:
 #: channels-last, bf16 autocast, K outputs).
 REGISTRY: dict[str, Architecture] = {
     "segnet": Architecture(
-        "segnet", build_segnet, 64, 5, "Badrinarayanan et al., TPAMI 2017", fixed_depth=True,
+        "segnet",
+        build_segnet,
+        64,
+        5,
+        "Badrinarayanan et al., TPAMI 2017",
+        fixed_depth=True,
         doi="10.1109/TPAMI.2016.2644615",
     ),  # fmt: skip
     "unet": Architecture(
-        "unet", build_unet, 32, 5, "Ronneberger et al., MICCAI 2015; MONAI",
+        "unet",
+        build_unet,
+        32,
+        5,
+        "Ronneberger et al., MICCAI 2015; MONAI",
         doi="10.1007/978-3-319-24574-4_28",
     ),  # fmt: skip
 }

@@ -144,7 +144,8 @@ def load_run(
         raise TomosegError(f"weights: must be 'last' or 'best', got {weights!r}")
     run = Path(run)
     if is_package(run):
-        return load_package(run, device)
+        fields = load_package(run, device)
+        return LoadedRun(config=run_config(fields["meta"]), **fields)
     check_complete(run.parent if run.suffix == ".safetensors" else run, allow_incomplete)
     if run.suffix != ".safetensors" and weights is None:
         weights = delivered_weights(run)

@@ -84,7 +84,11 @@ def _fix_serializers() -> None:
         src = src.replace(marker, "")
         src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith("@"))
         namespace: dict[str, Any] = {}
-        exec(compile(src, inspect.getsourcefile(f) or "<bioimageio>", "exec"), f.__globals__, namespace)  # noqa: S102
+        exec(
+            compile(src, inspect.getsourcefile(f) or "<bioimageio>", "exec"),
+            f.__globals__,
+            namespace,
+        )  # noqa: S102
         f.__code__ = namespace[f.__name__].__code__
 
 
@@ -148,12 +152,17 @@ def read_package(path: Path) -> Any:
     descr = spec.load_description(str(path), perform_io_checks=False)
     if getattr(descr, "type", None) != "model" or not hasattr(descr, "inputs"):
         summary = getattr(descr, "validation_summary", descr)
-        raise TomosegError(f"{path} fails validation as a bioimage.io model: {first_complaint(summary)}")
+        raise TomosegError(
+            f"{path} fails validation as a bioimage.io model: {first_complaint(summary)}"
+        )
     return descr
 
 
 def _axes(tensor: Any) -> list[str]:
-    return [str(getattr(a, "type", "")) if a.type in ("batch", "channel") else str(a.id) for a in tensor.axes]
+    return [
+        str(getattr(a, "type", "")) if a.type in ("batch", "channel") else str(a.id)
+        for a in tensor.axes
+    ]
 
 
 def check_2d(descr: Any, path: Path) -> None:
@@ -214,8 +223,10 @@ def _files_folder(path: Path, decision: bytes | None) -> Path:
     return folder
 
 
-def load_package(path: Path, device: torch.device | None = None) -> Any:
-    """A package written by ``tomoseg export`` as a :class:`~tomoseg.runtime.checkpoint.LoadedRun`.
+def load_package(path: Path, device: torch.device | None = None) -> dict[str, Any]:
+    """A package written by ``tomoseg export``, as the fields of a
+    :class:`~tomoseg.runtime.checkpoint.LoadedRun` but its ``config`` (which
+    :func:`~tomoseg.runtime.checkpoint.run_config` makes of ``meta``).
 
     Raises:
         TomosegError: not found, fails validation, not a 2D segmentation network (its axes),
@@ -224,7 +235,6 @@ def load_package(path: Path, device: torch.device | None = None) -> Any:
     """
     from tomoseg.data.normalization import Normalization
     from tomoseg.models.registry import build_model
-    from tomoseg.runtime.checkpoint import LoadedRun, run_config
 
     descr = read_package(path)
     check_2d(descr, path)
@@ -237,12 +247,18 @@ def load_package(path: Path, device: torch.device | None = None) -> Any:
             "weights): tomoseg runs the packages that tomoseg export writes"
         )
     try:
-        state = torch.load(io.BytesIO(sd.get_reader().read()), map_location="cpu", weights_only=True)
+        state = torch.load(
+            io.BytesIO(sd.get_reader().read()), map_location="cpu", weights_only=True
+        )
         model = build_model(**info["model"])
-        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        model.load_state_dict(
+            {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        )
         bias = state["bias"].flatten().double()
     except (RuntimeError, KeyError, OSError, ValueError) as exc:
-        raise TomosegError(f"{path}: weights do not fit its network: {str(exc).splitlines()[0]}") from None
+        raise TomosegError(
+            f"{path}: weights do not fit its network: {str(exc).splitlines()[0]}"
+        ) from None
     model.eval().to(device or torch.device("cpu"))
     norm = _normalization(descr, path)
     decision = _attachment(descr, "decision.json")
@@ -259,15 +275,14 @@ def load_package(path: Path, device: torch.device | None = None) -> Any:
         "which": info.get("weights"),
         "package": str(path),
     }
-    return LoadedRun(
-        path=path,
-        model=model,
-        classes=list(info["classes"]),
-        class_of_interest=info["class_of_interest"],
-        normalization=Normalization(**norm),
-        config=run_config(meta),
-        meta=meta,
-        weights_file=path,
-        intensity=None,
-        files=_files_folder(path, decision),
-    )
+    return {
+        "path": path,
+        "model": model,
+        "classes": list(info["classes"]),
+        "class_of_interest": info["class_of_interest"],
+        "normalization": Normalization(**norm),
+        "meta": meta,
+        "weights_file": path,
+        "intensity": None,
+        "files": _files_folder(path, decision),
+    }

@@ -3,7 +3,7 @@
 The package (a ``.zip``) holds:
 
 * weights: ``pytorch_state_dict`` (the source; the architecture is ``tomoseg_network.py``,
-  :mod:`tomoseg.export.network`, which needs ``pip install tomoseg``), ``torchscript`` and
+  :mod:`tomoseg.sharing.network`, which needs ``pip install tomoseg``), ``torchscript`` and
   ``onnx`` converted from it (consumers choose by their own order; ilastik and deepImageJ take
   TorchScript first);
 * one input ``raw`` (batch, channel, y, x): channel 1, or ``2k + 1`` slices ``z-k .. z+k`` with
@@ -36,8 +36,12 @@ from PIL import Image
 
 from tomoseg._version import __version__
 from tomoseg.errors import TomosegError
-from tomoseg.export import network as network_module
-from tomoseg.export.exporter import (
+from tomoseg.io.writers import atomic_write
+from tomoseg.models.registry import get_architecture
+from tomoseg.runtime.package import bioimageio_spec, first_complaint
+from tomoseg.sharing import network as network_module
+from tomoseg.sharing.files import OPSET, context_channel_names, export_onnx, traced
+from tomoseg.sharing.prepare import (
     TOLERANCE,
     Exported,
     Prepared,
@@ -45,10 +49,6 @@ from tomoseg.export.exporter import (
     onnx_diff,
     torchscript_diff,
 )
-from tomoseg.export.files import OPSET, context_channel_names, export_onnx, traced
-from tomoseg.runtime.package import bioimageio_spec, first_complaint
-from tomoseg.io.writers import atomic_write
-from tomoseg.models.registry import get_architecture
 from tomoseg.utils.files import load_json
 
 #: where tomoseg is cited from
@@ -266,8 +266,13 @@ def _descr(prep: Prepared, folder: Path, *, name: str, authors: list[str], licen
             architecture=s.ArchitectureFromFileDescr(
                 source=folder / "tomoseg_network.py",
                 callable=s.Identifier("TomosegNetwork"),
-                kwargs={**{k_: hp[k_] for k_ in ("name", "in_channels", "num_classes", "width",
-                                                 "depth")}, "bias": bias},
+                kwargs={
+                    **{
+                        k_: hp[k_]
+                        for k_ in ("name", "in_channels", "num_classes", "width", "depth")
+                    },
+                    "bias": bias,
+                },
             ),  # fmt: skip
             pytorch_version=version,
         ),
@@ -398,7 +403,9 @@ def write_package(
     with tempfile.TemporaryDirectory(prefix="tomoseg-export-") as tmp:
         folder = Path(tmp)
         example = torch.from_numpy(prep.normalized)
-        torch.jit.save(traced(prep.net, example, prep.stride), str(folder / "weights_torchscript.pt"))
+        torch.jit.save(
+            traced(prep.net, example, prep.stride), str(folder / "weights_torchscript.pt")
+        )
         export_onnx(prep.net, example, folder / "weights.onnx")
         diffs = {
             "torchscript": torchscript_diff(folder / "weights_torchscript.pt", prep),

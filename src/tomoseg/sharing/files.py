@@ -12,7 +12,6 @@ innermost layer that was running when tracing failed (:func:`trace_failure`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from tomoseg.errors import TomosegError
-from tomoseg.export.network import TomosegNetwork
+from tomoseg.sharing.network import TomosegNetwork
 
 #: the ONNX opset of exported files (that of tomoseg's ONNX runtimes)
 OPSET = 17
