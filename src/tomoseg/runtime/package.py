@@ -33,9 +33,12 @@ _PATCHED = False
 
 
 def is_package(path: str | Path) -> bool:
-    """Whether ``path`` names a bioimage.io package: a ``.zip`` file, or an ``rdf.yaml`` /
-    ``*.bioimageio.yaml`` description."""
+    """Whether ``path`` names a bioimage.io package: a ``.zip`` file, an ``rdf.yaml`` /
+    ``*.bioimageio.yaml`` description, or an unpacked package's folder (an ``rdf.yaml`` and no
+    ``.safetensors`` weights of a run)."""
     p = Path(path)
+    if p.is_dir():
+        return (p / "rdf.yaml").is_file() and not any(p.glob("*.safetensors"))
     return p.suffix.lower() == ".zip" or p.name.endswith(PACKAGE_NAMES)
 
 
@@ -236,6 +239,8 @@ def load_package(path: Path, device: torch.device | None = None) -> dict[str, An
     from tomoseg.data.normalization import Normalization
     from tomoseg.models.registry import build_model
 
+    if path.is_dir():
+        path = path / "rdf.yaml"
     descr = read_package(path)
     check_2d(descr, path)
     extra = getattr(descr.config, "model_extra", None) or {}
