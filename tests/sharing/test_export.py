@@ -170,3 +170,118 @@ def test_torchscript_and_onnx_files_reproduce_tomoseg(run_cli, small_run, tmp_pa
         prob = torch.softmax(torch.from_numpy(scores), 1).numpy()[0]
         assert np.abs(prob - want_prob).max() < 1e-4, fmt  # fp32, another size than the test crop
         assert side["output"]["classes"] == ["background", "fg"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["torchscript", "onnx"])
+def test_another_tools_package_runs_with_its_own_preprocessing(
+    run_cli, small_run, tmp_path, weights
+):
+    from bioimageio.core import load_model_description, predict
+
+    import tomoseg
+    from tomoseg.io.images import read_image
+
+    data, _ = small_run
+    files = sorted((data / "test" / "images").iterdir())
+    image = read_image(files[0]).astype(np.float32)  # (40, 48): 16 + 8n both
+    package = foreign_package(tmp_path / weights, image, weights)
+    ref = predict(model=load_model_description(package), inputs=image[None, None])
+    want = ref.members["prob"].data.values[0]  # (K, H, W), bioimage.io's own pipeline
+    p = tomoseg.Predictor.from_run(package)
+    assert p.classes == ["bg", "nucleus"] and p.decision is None
+    assert np.abs(p.predict_proba(image) - want).max() < 1e-4  # fp32
+    np.testing.assert_array_equal(p.predict(image), want.argmax(0))
+    code, _, err = run_cli(
+        "segment-stack", package, data / "test" / "images", "--out", tmp_path / "s"
+    )
+    assert code == 0, err
+
+
+def foreign_package(folder: Path, image: np.ndarray, weights: str) -> Path:
+    """Another tool's package: a 3x3 convolution, per-image zero-mean-unit-variance
+    preprocessing, softmax postprocessing, sizes 16 + 8n."""
+    from tomoseg.runtime.package import bioimageio_spec
+
+    spec = bioimageio_spec()
+    from bioimageio.spec.generic.v0_3 import Author, CiteEntry
+    from bioimageio.spec.model import v0_5 as s
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1)).eval()
+    x = torch.from_numpy(((image - image.mean()) / (image.std() + 1e-6)).astype(np.float32))[
+        None, None
+    ]
+    with torch.no_grad():
+        logits = net(x)
+    if weights == "torchscript":
+        torch.jit.save(torch.jit.trace(net, x), str(folder / "w.pt"))
+        wd = s.WeightsDescr(
+            torchscript=s.TorchscriptWeightsDescr(
+                source=folder / "w.pt", pytorch_version=s.Version("2.0")
+            )
+        )
+    else:
+        torch.onnx.export(
+            net,
+            (x,),
+            str(folder / "w.onnx"),
+            input_names=["i"],
+            output_names=["o"],
+            dynamic_axes={"i": {0: "b", 2: "h", 3: "w"}, "o": {0: "b", 2: "h", 3: "w"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        wd = s.WeightsDescr(onnx=s.OnnxWeightsDescr(source=folder / "w.onnx", opset_version=17))
+    np.save(folder / "in.npy", image[None, None].astype(np.float32))
+    np.save(folder / "out.npy", torch.softmax(logits, 1).numpy())
+    size = s.ParameterizedSize(min=16, step=8)
+    tid = s.TensorId("image")
+    descr = s.ModelDescr(
+        name="other tool nuclei",
+        description="a network of another tool",
+        authors=[Author(name="Someone Else")],
+        cite=[CiteEntry(text="x", doi="10.1000/xyz")],
+        license="MIT",
+        inputs=[
+            s.InputTensorDescr(
+                id=tid,
+                axes=[
+                    s.BatchAxis(),
+                    s.ChannelAxis(channel_names=["raw"]),
+                    s.SpaceInputAxis(id=s.AxisId("y"), size=size),
+                    s.SpaceInputAxis(id=s.AxisId("x"), size=size),
+                ],
+                test_tensor=s.FileDescr(source=folder / "in.npy"),
+                preprocessing=[
+                    s.ZeroMeanUnitVarianceDescr(
+                        kwargs=s.ZeroMeanUnitVarianceKwargs(
+                            axes=[s.AxisId("y"), s.AxisId("x")], eps=1e-6
+                        )
+                    )
+                ],
+            )
+        ],
+        outputs=[
+            s.OutputTensorDescr(
+                id=s.TensorId("prob"),
+                axes=[
+                    s.BatchAxis(),
+                    s.ChannelAxis(channel_names=["bg", "nucleus"]),
+                    s.SpaceOutputAxis(
+                        id=s.AxisId("y"), size=s.SizeReference(tensor_id=tid, axis_id=s.AxisId("y"))
+                    ),
+                    s.SpaceOutputAxis(
+                        id=s.AxisId("x"), size=s.SizeReference(tensor_id=tid, axis_id=s.AxisId("x"))
+                    ),
+                ],
+                test_tensor=s.FileDescr(source=folder / "out.npy"),
+                postprocessing=[s.SoftmaxDescr(kwargs=s.SoftmaxKwargs(axis=s.AxisId("channel")))],
+            )
+        ],
+        weights=wd,
+    )
+    out = folder.parent / f"{folder.name}.zip"
+    spec.save_bioimageio_package(descr, output_path=out)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -53,6 +54,9 @@ class LoadedRun:
     #: the folder of the run's files (``decision.json``) where it is not ``path`` (a
     #: bioimage.io package: :mod:`tomoseg.runtime.package`)
     files: Path | None = None
+    #: another tool's package: its preprocessing of each whole image, after ``normalization``
+    #: (then the identity): (H, W) float32 -> (C, H, W) float32 (None: tomoseg's own)
+    prepare: Any = None
 
     @property
     def folder(self) -> Path:

@@ -22,6 +22,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tomoseg.errors import TomosegError
@@ -227,9 +228,11 @@ def _files_folder(path: Path, decision: bytes | None) -> Path:
 
 
 def load_package(path: Path, device: torch.device | None = None) -> dict[str, Any]:
-    """A package written by ``tomoseg export``, as the fields of a
-    :class:`~tomoseg.runtime.checkpoint.LoadedRun` but its ``config`` (which
-    :func:`~tomoseg.runtime.checkpoint.run_config` makes of ``meta``).
+    """A package, as the fields of a :class:`~tomoseg.runtime.checkpoint.LoadedRun` but its
+    ``config`` (which :func:`~tomoseg.runtime.checkpoint.run_config` makes of ``meta``): one
+    written by ``tomoseg export`` as its run; another tool's as :func:`load_foreign_package`
+    (its weights in a :class:`PackageNetwork`, its preprocessing a :class:`PackagePreprocessing`
+    of each whole image, no tuned decision).
 
     Raises:
         TomosegError: not found, fails validation, not a 2D segmentation network (its axes),
@@ -247,10 +250,7 @@ def load_package(path: Path, device: torch.device | None = None) -> dict[str, An
     info = extra.get("tomoseg")
     sd = descr.weights.pytorch_state_dict
     if not isinstance(info, dict) or "model" not in info or sd is None:
-        raise TomosegError(
-            f"{path} is not a tomoseg package (no config.tomoseg with pytorch_state_dict "
-            "weights): tomoseg runs the packages that tomoseg export writes"
-        )
+        return load_foreign_package(descr, path, device)
     try:
         state = torch.load(
             io.BytesIO(sd.get_reader().read()), map_location="cpu", weights_only=True
@@ -290,4 +290,200 @@ def load_package(path: Path, device: torch.device | None = None) -> dict[str, An
         "weights_file": path,
         "intensity": None,
         "files": _files_folder(path, decision),
+    }
+
+
+# ----------------------------------------------------------------------------- other tools' packages
+
+#: postprocessing steps whose output tomoseg turns back into class scores (others are refused)
+KNOWN_POSTPROCESSING = ("softmax", "sigmoid", "ensure_dtype")
+
+
+class PackagePreprocessing:
+    """A package's input preprocessing, applied by bioimageio.core's own operators to each
+    whole image before tomoseg tiles it (so statistics such as ``zero_mean_unit_variance`` or
+    ``scale_range`` percentiles are the image's, not a tile's). Picklable: it holds the
+    package's path and sets the operators up where it is first called.
+
+    Call: (H, W) raw image (float32; non-finite pixels already 0) -> (C, H, W) float32.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self.source = Path(source)
+        self._ops: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self.source, "_ops": None}
+
+    def _setup(self) -> Any:
+        from bioimageio.core.proc_setup import setup_pre_and_postprocessing
+
+        descr = read_package(self.source)
+        pre, _ = setup_pre_and_postprocessing(descr, [])
+        tensor = descr.inputs[0]
+        dims = tuple(str(a.id) for a in tensor.axes)
+        return pre, str(tensor.id), dims
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from bioimageio.core.sample import Sample
+        from bioimageio.core.tensor import Tensor
+
+        if self._ops is None:
+            self._ops = self._setup()
+        pre, tid, dims = self._ops
+        arr = np.asarray(image, np.float32)
+        arr = arr.reshape((1,) * (len(dims) - arr.ndim) + arr.shape)
+        sample = Sample(members={tid: Tensor.from_numpy(arr, dims=dims)}, stat={}, id=None)
+        for op in pre:
+            op(sample)
+        out = np.asarray(sample.members[tid].data, np.float32)
+        return out.reshape((-1, *out.shape[-2:]))  # (C, H, W)
+
+
+class PackageNetwork(torch.nn.Module):
+    """Another tool's network (TorchScript, ONNX or PyTorch state dict) called as tomoseg calls
+    its own: (B, C, h, w) preprocessed float32 tiles -> (B, K, h, w) class scores, padded to
+    the sizes the package accepts (reflect, or replicate when too small) and cropped back. A
+    ``softmax`` output is taken before the softmax (the network's scores); a one-channel
+    ``sigmoid`` (or plain one-channel) output ``s`` becomes the two scores ``(0, s)``.
+
+    Attributes:
+        foldable: False: tomoseg's CPU runtime does not fold BatchNorm into it.
+    """
+
+    foldable = False
+
+    def __init__(self, run: Any, min_size: tuple[int, int], step: tuple[int, int], batch: bool):
+        super().__init__()
+        self._run = run
+        self._probe = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # the device
+        self.min_size, self.step, self.batch = min_size, step, batch
+
+    def _size(self, n: int, d: int) -> int:
+        low, step = self.min_size[d], self.step[d]
+        if n <= low or not step:
+            return low if step or n <= low else n
+        return low + -(-(n - low) // step) * step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        th, tw = self._size(h, 0), self._size(w, 1)
+        if (th, tw) != (h, w):
+            ph, pw = th - h, tw - w
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+        if self.batch:
+            y = self._run(x)
+        else:
+            y = torch.stack([self._run(x[i]) for i in range(x.shape[0])])
+        if y.ndim == 3:
+            y = y[:, None]
+        if y.shape[1] == 1:
+            y = torch.cat([torch.zeros_like(y), y], 1)
+        return y[..., :h, :w].float()
+
+
+def _sizes(tensor: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(min, step) of the input's y and x axes (a fixed size: step 0)."""
+    mins, steps = [], []
+    for a in tensor.axes:
+        if str(a.id) in ("y", "x"):
+            size = a.size
+            if isinstance(size, int):
+                mins.append(size)
+                steps.append(0)
+            else:
+                mins.append(int(getattr(size, "min", 1)))
+                steps.append(int(getattr(size, "step", 1)))
+    return (mins[0], mins[1]), (steps[0], steps[1])
+
+
+def _runner(descr: Any, path: Path) -> Any:
+    """A callable running the package's weights on a torch tensor: TorchScript first, then
+    ONNX (ONNX Runtime, CPU), then the PyTorch state dict (bioimageio.core's loader)."""
+    w = descr.weights
+    if w.torchscript is not None:
+        module = torch.jit.load(io.BytesIO(w.torchscript.get_reader().read()), map_location="cpu")
+        module.eval()
+
+        def run_ts(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x.cpu()).to(x.device)
+
+        return run_ts
+    if w.onnx is not None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(
+            w.onnx.get_reader().read(), providers=["CPUExecutionProvider"]
+        )
+        name = session.get_inputs()[0].name
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            out = session.run(None, {name: np.ascontiguousarray(x.cpu().numpy(), np.float32)})
+            return torch.from_numpy(out[0]).to(x.device)
+
+        return run_onnx
+    if w.pytorch_state_dict is not None:
+        from bioimageio.core.backends.pytorch_backend import load_torch_model
+
+        net = load_torch_model(w.pytorch_state_dict, devices=["cpu"]).eval()
+
+        def run_sd(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return net(x.cpu()).to(x.device)
+
+        return run_sd
+    raise TomosegError(
+        f"{path}: tomoseg runs TorchScript, ONNX or PyTorch state dict weights; this package has "
+        + ", ".join(k for k, v in w if v is not None)
+    )
+
+
+def load_foreign_package(descr: Any, path: Path, device: torch.device | None) -> dict[str, Any]:
+    """Another tool's 2D segmentation package as the fields of a LoadedRun (see
+    :func:`load_package`).
+
+    Raises:
+        TomosegError: postprocessing other than softmax / sigmoid, weights of another format.
+    """
+    from tomoseg.data.normalization import Normalization
+
+    out = descr.outputs[0]
+    steps = [str(p.id) for p in out.postprocessing]
+    unknown = [s for s in steps if s not in KNOWN_POSTPROCESSING]
+    if unknown:
+        raise TomosegError(
+            f"{path}: its output postprocessing {', '.join(unknown)} is not a class decision "
+            "tomoseg can take (softmax or sigmoid)"
+        )
+    channel = next((a for a in out.axes if a.type == "channel"), None)
+    names = [str(c) for c in getattr(channel, "channel_names", [])] or ["foreground"]
+    classes = names if len(names) > 1 else ["background", names[0]]
+    axes = [a.type for a in descr.inputs[0].axes]
+    low, step = _sizes(descr.inputs[0])
+    model = PackageNetwork(_runner(descr, path), low, step, batch="batch" in axes)
+    model.eval().to(device or torch.device("cpu"))
+    tile = max(low) if not all(step) else None
+    config: dict[str, Any] = {"model": "unet", "decision": "weighted", "precision": "32"}
+    if tile:
+        config["tile_size"] = tile
+    meta = {
+        "model": {"name": "package", "width": 16},
+        "classes": classes,
+        "class_of_interest": classes[-1],
+        "normalization": {"lower": 0.0, "upper": 1.0},
+        "config": config,
+        "package": str(path),
+    }
+    return {
+        "path": path,
+        "model": model,
+        "classes": classes,
+        "class_of_interest": classes[-1],
+        "normalization": Normalization(lower=0.0, upper=1.0, clip=False),
+        "meta": meta,
+        "weights_file": path,
+        "intensity": None,
+        "prepare": PackagePreprocessing(path),
     }
