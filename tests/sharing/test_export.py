@@ -285,3 +285,27 @@ def foreign_package(folder: Path, image: np.ndarray, weights: str) -> Path:
     out = folder.parent / f"{folder.name}.zip"
     spec.save_bioimageio_package(descr, output_path=out)
     return out
+
+
+@pytest.mark.slow
+def test_a_2_5d_run_exports_its_context_channels(tmp_path):
+    import bioimageio.core
+    from conftest import TINY_TRAIN, make_dataset
+
+    import tomoseg
+
+    data = make_dataset(tmp_path / "data", n={"train": 3, "val": 1, "test": 2})
+    spec = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**spec, "consecutive": True}))
+    run = tomoseg.train(data, tmp_path / "run", **{**TINY_TRAIN, "context": 1}).path
+    package = tmp_path / "ctx.zip"
+    tomoseg.export(run, package)
+    with zipfile.ZipFile(package) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+    assert rdf["inputs"][0]["axes"][1]["channel_names"] == ["z-1", "z", "z+1"]
+    assert bioimageio.core.test_model(package).status == "passed"
+    from tomoseg.io.images import read_image
+
+    volume = np.stack([read_image(f) for f in sorted((data / "test" / "images").iterdir())])
+    want = tomoseg.Predictor.from_run(run).predict_volume(volume)
+    np.testing.assert_array_equal(tomoseg.Predictor.from_run(package).predict_volume(volume), want)

@@ -231,7 +231,7 @@ def _descr(prep: Prepared, folder: Path, *, name: str, authors: list[str], licen
         description="raw grayscale intensities (the training images' units)",
         axes=[
             s.BatchAxis(),
-            s.ChannelAxis(channel_names=[s.Identifier(c) for c in context_channel_names(k)]),
+            s.ChannelAxis(channel_names=context_channel_names(k)),
             s.SpaceInputAxis(id=s.AxisId("y"), size=space),
             s.SpaceInputAxis(id=s.AxisId("x"), size=space),
         ],
@@ -249,7 +249,7 @@ def _descr(prep: Prepared, folder: Path, *, name: str, authors: list[str], licen
         description="class probabilities (softmax over the channels)",
         axes=[
             s.BatchAxis(),
-            s.ChannelAxis(channel_names=[s.Identifier(c) for c in _channel_ids(meta["classes"])]),
+            s.ChannelAxis(channel_names=_channel_ids(meta["classes"])),
             s.SpaceOutputAxis(id=s.AxisId("y"), size=s.SizeReference(tensor_id=tid_in, axis_id=s.AxisId("y"))),
             s.SpaceOutputAxis(id=s.AxisId("x"), size=s.SizeReference(tensor_id=tid_in, axis_id=s.AxisId("x"))),
         ],
