@@ -31,6 +31,7 @@ LAYERS: dict[str, float] = {
     "training": 6,
     "experiments": 7,
     "cluster": 7,
+    "sharing": 7,  # sharing a trained network (bioimage.io packages, TorchScript, ONNX)
     "api": 8,
     "cli": 9,
     "napari": 9,  # a front end beside the CLI (the only part that imports napari or Qt)

@@ -26,6 +26,7 @@ _LAZY = {
     "Run": "tomoseg.api",
     "train": "tomoseg.api",
     "fine_tune": "tomoseg.api",
+    "export": "tomoseg.api",
     "segment_stack": "tomoseg.api",
     "score": "tomoseg.api",
     "score_folders": "tomoseg.api",
@@ -50,6 +51,7 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "context_stack",
+    "export",
     "fine_tune",
     "measure_objects",
     "measure_paths",
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tomoseg.api import Run, fine_tune, score, score_folders, segment_stack, train
+    from tomoseg.api import Run, export, fine_tune, score, score_folders, segment_stack, train
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
     from tomoseg.evaluation.objects import measure_objects

@@ -382,3 +382,58 @@ def score_folders(
         instances=instances,
     )
     return summary.to_dict()
+
+
+def export(
+    run: PathLike | Run,
+    out: PathLike,
+    *,
+    format: str = "bioimageio",
+    weights: str | None = None,
+    overwrite: bool = False,
+    data: PathLike | None = None,
+    name: str | None = None,
+    authors: Sequence[str] | None = None,
+    license: str = "CC-BY-4.0",
+    tags: Sequence[str] | None = None,
+    evaluation: PathLike | None = None,
+) -> dict[str, Any]:
+    """Share a trained network with other tools (``tomoseg export``; ``docs/export.md``).
+
+    Args:
+        run: the run folder (or :class:`Run`).
+        out: the file to write: a bioimage.io package (``NAME.zip``: Fiji/deepImageJ,
+            ilastik, napari and BiaPy open it, and so does tomoseg), or a TorchScript / ONNX
+            file (its normalisation in ``<out>.json`` beside it).
+        format: ``bioimageio``, ``torchscript`` or ``onnx``.
+        weights: ``last`` or ``best`` (None: the run's delivered weights).
+        overwrite: replace ``out``.
+        data: the dataset whose first training image gives the test input (default: the
+            run's training data).
+        name: the package's name (default: the run folder's).
+        authors: the package's authors (default: your login name).
+        license: the package's licence, an SPDX id.
+        tags: tags added to the package's own (``tomoseg``, ``segmentation``, ``2d``, ...).
+        evaluation: a ``tomoseg evaluate`` report (folder or ``metrics.json``) whose test
+            scores the package's README gives.
+
+    Returns:
+        ``path``, ``format``, ``seconds``, ``max_abs_diff`` (per weights format, the largest
+        absolute difference of its class probabilities from tomoseg's on the test input,
+        fp32 on the CPU), ``test_input`` and ``sidecar`` (the JSON beside a file).
+
+    Raises:
+        TomosegError: an unknown ``format``, ``out`` exists (``overwrite``), an incomplete
+            run, a network that cannot be traced (naming the layer), a package that fails
+            validation (the validator's first complaint), ``tomoseg[export]`` not installed.
+    """
+    from dataclasses import asdict
+
+    from tomoseg.sharing.exporter import export_run
+
+    result = export_run(
+        run.path if isinstance(run, Run) else run, out, format=format, weights=weights,
+        overwrite=overwrite, data=data, name=name, authors=list(authors) if authors else None,
+        license=license, tags=list(tags) if tags else None, evaluation=evaluation,
+    )  # fmt: skip
+    return asdict(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tomoseg.cli import data, inference, misc, stack, sweep, train
+from tomoseg.cli import data, export, inference, misc, stack, sweep, train
 
 app = typer.Typer(
     add_completion=False,
@@ -28,5 +28,6 @@ app.command(name="segment-stack")(stack.segment_stack)
 app.command()(stack.objects)
 app.command()(stack.paths)
 app.command()(stack.suggest)
+app.command()(export.export)
 app.command()(misc.demo)
 app.command(name="cluster-script")(misc.cluster_script)

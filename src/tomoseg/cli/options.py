@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-RunFolder = Annotated[Path, typer.Argument(help="Run folder from tomoseg train.")]
+RunFolder = Annotated[
+    Path, typer.Argument(help="Run folder from tomoseg train (or a package from tomoseg export).")
+]
 DataFolder = Annotated[Path, typer.Option(help="Dataset folder.")]
 DataOrImages = Annotated[
     Path | None, typer.Option("--data", help="Dataset folder (or --images with --masks).")

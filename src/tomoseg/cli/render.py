@@ -380,3 +380,12 @@ def suggest_lines(result: Mapping[str, Any]) -> list[str]:
             f"{len(scores)} slices scored: uncertainty {min(scores):.3f} to {max(scores):.3f}"
         )
     return lines
+
+
+def show_export(result: Mapping[str, Any]) -> None:
+    """What ``export`` wrote and how closely its weights reproduce tomoseg's probabilities."""
+    say(f"wrote {result['path']} ({result['format']}) in {result['seconds']:.1f} s")
+    for fmt, diff in result["max_abs_diff"].items():
+        say(f"{fmt}: probabilities within {diff:.2g} of tomoseg's on the test input (fp32)")
+    if result.get("sidecar"):
+        say(f"normalisation and classes: {result['sidecar']}")

@@ -20,12 +20,14 @@ from tomoseg.errors import TomosegError
 
 
 class Normalization(BaseModel):
-    """Percentile clip fitted on training images: ``x -> clip((x - lower) / (upper - lower), 0, 1)``."""
+    """Percentile clip fitted on training images: ``x -> clip((x - lower) / (upper - lower), 0, 1)``
+    (``clip=False``: not clipped; a bioimage.io package's own preprocessing follows it)."""
 
     lower: float
     upper: float
     p_low: float = 0.5
     p_high: float = 99.5
+    clip: bool = True
 
 
 def fit_normalization(
@@ -109,7 +111,7 @@ def normalize(img: np.ndarray, norm: Normalization) -> np.ndarray:
     bad = nonfinite_mask(arr)
     if bad is not None:
         out[bad] = 0.0  # outside the field of view: the normalisation's lower bound
-    return np.clip(out, 0.0, 1.0, out=out)
+    return np.clip(out, 0.0, 1.0, out=out) if norm.clip else out
 
 
 #: what to do with non-finite pixels at inference: label them background, or refuse the image

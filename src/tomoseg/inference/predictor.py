@@ -472,7 +472,10 @@ class Predictor:
             check_untiled_memory(
                 (h * len(images), w), run.meta["model"]["width"] or 16, len(run.classes)
             )
-        x = torch.from_numpy(np.stack([normalize(im, run.normalization) for im in images]))
+        arrays = [normalize(im, run.normalization) for im in images]
+        if run.prepare is not None:  # another tool's package: its own preprocessing
+            arrays = [run.prepare(a) for a in arrays]
+        x = torch.from_numpy(np.stack(arrays))
         if x.ndim == 3:
             x = x[:, None]  # (B, 1, H, W); with 2.5D context already (B, 2k+1, H, W)
         engine = inference_engine(run.model, self._runtime, bf16)

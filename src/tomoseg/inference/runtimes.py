@@ -354,8 +354,10 @@ def inference_engine(
     """
     dev = next(model.parameters()).device
     name = resolve_runtime(runtime, dev)
-    if name == "torch" and (dev.type != "cpu" or not FOLD_TORCH_CPU):
-        return model
+    if name == "torch" and (
+        dev.type != "cpu" or not FOLD_TORCH_CPU or not getattr(model, "foldable", True)
+    ):
+        return model  # (another tool's network from a package is not folded)
     key = (name, bool(bf16))
     # one build at a time (fx tracing is not thread-safe), once per model, never while a network
     # runs in another thread (TRACE_GUARD)

@@ -31,6 +31,7 @@ class Architecture:
         source: the paper or library it comes from.
         fixed_depth: whether ``default_depth`` is the only depth the network has (SegNet's five
             VGG blocks): a run's configured ``depth`` is then not used (:meth:`depth_for`).
+        doi: the DOI of the paper (an exported model package cites it).
     """
 
     name: str
@@ -39,6 +40,7 @@ class Architecture:
     default_depth: int
     source: str
     fixed_depth: bool = False
+    doi: str = ""
 
     def depth_for(self, depth: int | None) -> int:
         """The depth a network of this architecture is built with when a run's config asks for
@@ -51,9 +53,22 @@ class Architecture:
 #: channels-last, bf16 autocast, K outputs).
 REGISTRY: dict[str, Architecture] = {
     "segnet": Architecture(
-        "segnet", build_segnet, 64, 5, "Badrinarayanan et al., TPAMI 2017", fixed_depth=True
-    ),
-    "unet": Architecture("unet", build_unet, 32, 5, "Ronneberger et al., MICCAI 2015; MONAI"),
+        "segnet",
+        build_segnet,
+        64,
+        5,
+        "Badrinarayanan et al., TPAMI 2017",
+        fixed_depth=True,
+        doi="10.1109/TPAMI.2016.2644615",
+    ),  # fmt: skip
+    "unet": Architecture(
+        "unet",
+        build_unet,
+        32,
+        5,
+        "Ronneberger et al., MICCAI 2015; MONAI",
+        doi="10.1007/978-3-319-24574-4_28",
+    ),  # fmt: skip
 }
 ARCHITECTURES = tuple(REGISTRY)
 

@@ -23,6 +23,15 @@ VGG16_BN_CONV_INDICES = (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40)
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
+def _traced_unpool(x: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Max-unpooling as a scatter into zeros shaped ``like`` (the feature map that was pooled):
+    the same values as ``nn.MaxUnpool2d`` (2x2 windows, stride 2: every index once), in a form
+    that traces with free sizes and exports to ONNX (``F.max_unpool2d`` checks traced sizes as
+    Python booleans in PyTorch 2.13, and ONNX's exporter has no ``max_unpool2d``)."""
+    out = torch.zeros_like(like).flatten(2)
+    return out.scatter(2, idx.flatten(2), x.flatten(2)).view_as(like)
+
+
 class SegNet(nn.Module):
     """SegNet (Badrinarayanan, Kendall & Cipolla, TPAMI 2017) for 2D images.
 
@@ -76,13 +85,17 @@ class SegNet(nn.Module):
         """Return logits (B, K, H, W) for an input (B, C, H, W)."""
         indices: list[torch.Tensor] = []
         sizes: list[torch.Size] = []
+        shapes: list[torch.Tensor] = []  # the pooled feature maps, kept while traced only
+        tracing = torch.jit.is_tracing()  # TorchScript / ONNX export (tomoseg export)
         for block in self.encoder:
             x = block(x)
             sizes.append(x.shape[-2:])
+            if tracing:
+                shapes.append(x)
             x, idx = self.pool(x)
             indices.append(idx)
         for block, idx, size in zip(self.decoder, reversed(indices), reversed(sizes), strict=True):
-            x = self.unpool(x, idx, output_size=size)
+            x = _traced_unpool(x, idx, shapes.pop()) if tracing else self.unpool(x, idx, size)
             x = block(x)
         return self.head(x)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from tomoseg.data.intensity import IntensityRange
 from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.models.registry import build_model
+from tomoseg.runtime.package import is_package, load_package
 from tomoseg.runtime.run_record import (
     RUN_FILE,  # noqa: F401 - the run record's owner names it
     WeightsRecord,
@@ -49,10 +51,18 @@ class LoadedRun:
     #: the training images' dtypes and intensity range (None: a run written before runs
     #: recorded it; its images are never checked)
     intensity: IntensityRange | None = None
+    #: the folder of the run's files (``decision.json``) where it is not ``path`` (a
+    #: bioimage.io package: :mod:`tomoseg.runtime.package`)
+    files: Path | None = None
+    #: another tool's package: its preprocessing of each whole image, after ``normalization``
+    #: (then the identity): (H, W) float32 -> (C, H, W) float32 (None: tomoseg's own)
+    prepare: Any = None
 
     @property
     def folder(self) -> Path:
         """The run folder (the folder of a ``.safetensors`` file given directly)."""
+        if self.files is not None:
+            return self.files
         return self.path.parent if self.path.suffix == ".safetensors" else self.path
 
     @property
@@ -116,11 +126,13 @@ def load_run(
     *,
     allow_incomplete: bool = False,
 ) -> LoadedRun:
-    """Load a run folder written by ``tomoseg train`` (weights via safetensors: no pickle).
+    """Load a run folder written by ``tomoseg train`` (weights via safetensors: no pickle), or a
+    bioimage.io package written by ``tomoseg export`` (:mod:`tomoseg.runtime.package`).
 
     Args:
-        run: run folder (holding ``run.json`` and ``<weights>.safetensors``), or a
-            ``.safetensors`` file.
+        run: run folder (holding ``run.json`` and ``<weights>.safetensors``), a
+            ``.safetensors`` file, or a package (``.zip``, ``rdf.yaml``; ``weights`` and
+            ``allow_incomplete`` do not apply).
         weights: ``last`` (the end of the schedule) or ``best`` (by validation IoU of the class
             of interest); None = the run's configured ``weights`` (:func:`delivered_weights`).
             Ignored when ``run`` is a ``.safetensors`` file.
@@ -135,6 +147,9 @@ def load_run(
     if weights is not None and weights not in WEIGHTS:
         raise TomosegError(f"weights: must be 'last' or 'best', got {weights!r}")
     run = Path(run)
+    if is_package(run):
+        fields = load_package(run, device)
+        return LoadedRun(config=run_config(fields["meta"]), **fields)
     check_complete(run.parent if run.suffix == ".safetensors" else run, allow_incomplete)
     if run.suffix != ".safetensors" and weights is None:
         weights = delivered_weights(run)
