@@ -78,6 +78,8 @@ __all__ = [
     "canonical_partition",
     "detection_scores",
     "label_objects",
+    "measure_objects",
+    "split_labels",
 ]
 
 CONNECTIVITIES = (6, 18, 26)
@@ -239,8 +241,11 @@ def _face_pairs(prev: np.ndarray, cur: np.ndarray, connectivity: int) -> np.ndar
     return np.unique(np.concatenate(found), axis=0)
 
 
-def _slab_stats(lab: np.ndarray, n: int, z0: int) -> dict[str, np.ndarray]:
-    """Per-label (1..n) voxel counts, first and second coordinate moments, bounding boxes."""
+def _slab_stats(
+    lab: np.ndarray, n: int, z0: int, y0: int = 0, x0: int = 0
+) -> dict[str, np.ndarray]:
+    """Per-label (1..n) voxel counts, first and second coordinate moments, bounding boxes, for
+    labels ``lab`` whose first voxel lies at ``(z0, y0, x0)`` of the volume."""
     st = cc3d.statistics(lab, no_slice_conversion=True)
     counts = np.asarray(st["voxel_counts"], np.int64)[1 : n + 1]
     bb = np.asarray(st["bounding_boxes"], np.int64)[1 : n + 1]
@@ -248,13 +253,15 @@ def _slab_stats(lab: np.ndarray, n: int, z0: int) -> dict[str, np.ndarray]:
     ids = lab.ravel()[idx].astype(np.int64)
     z, y, x = (c.astype(np.float64) for c in np.unravel_index(idx, lab.shape))
     z += z0
+    y += y0
+    x += x0
     coords = {"z": z, "y": y, "x": x}
     out = {"count": counts}
     for m in _MOMENTS:
         w = coords[m[0]] if len(m) == 1 else coords[m[0]] * coords[m[1]]
         out[m] = np.bincount(ids, weights=w, minlength=n + 1)[1:]
-    out["lo"] = np.stack([bb[:, 0] + z0, bb[:, 2], bb[:, 4]], 1)
-    out["hi"] = np.stack([bb[:, 1] + z0, bb[:, 3], bb[:, 5]], 1) + 1  # half-open
+    out["lo"] = np.stack([bb[:, 0] + z0, bb[:, 2] + y0, bb[:, 4] + x0], 1)
+    out["hi"] = np.stack([bb[:, 1] + z0, bb[:, 3] + y0, bb[:, 5] + x0], 1) + 1  # half-open
     return out
 
 
@@ -393,6 +400,186 @@ def canonical_partition(labels: np.ndarray) -> np.ndarray:
     mapping = np.zeros(len(u), np.uint32)
     mapping[np.flatnonzero(fg)[order]] = np.arange(1, fg.sum() + 1)
     return mapping[np.searchsorted(u, flat)].reshape(np.shape(labels))
+
+
+# ----------------------------------------------------------------------------- splitting
+
+#: objects whose bounding box holds more voxels are not split (distance transform, h-maxima and
+#: watershed take about 40 bytes a voxel): a warning names them
+SPLIT_MAX_VOXELS = 1 << 26
+
+
+@dataclass
+class _Pieces:
+    """What :func:`_split_objects` made of objects 1..N: ids 1..N stay (unsplit objects) or are
+    replaced by new ids N+1.. (the pieces of a split object)."""
+
+    keys: dict[int, int]  # id -> raster index of its first voxel (ids that exist)
+    stats: dict[int, dict[str, np.ndarray]]  # new id -> its statistics (one-row arrays)
+    split: int  # objects split
+    skipped: list[int]  # objects too large to split (left whole)
+
+
+def _first_key(mask: np.ndarray, origin: np.ndarray, shape: tuple[int, int, int]) -> int:
+    """Raster index in the volume of the first voxel of ``mask`` (a box at ``origin``)."""
+    z, y, x = np.unravel_index(int(np.argmax(mask.ravel())), mask.shape)
+    return int(np.ravel_multi_index((z + origin[0], y + origin[1], x + origin[2]), shape))
+
+
+def _split_objects(
+    arr: Any,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    chunk: int,
+    spacing: tuple[float, float, float],
+    h: float,
+    min_distance: float,
+    connectivity: int,
+    each: Callable[[], None] | None = None,
+) -> _Pieces:
+    """Split objects 1..N of ``arr`` in place (:func:`tomoseg.evaluation.split.split_mask`).
+
+    ``arr``: (Z, Y, X) uint32 labels 1..N (numpy or zarr, read and written slab by slab);
+    ``lo``, ``hi``: (N, 3) bounding boxes (end exclusive). An object no taller than ``chunk``
+    slices lies in two consecutive slabs, which are held in memory together (the memory bound
+    of the chunked run); a taller one is read in its bounding box on its own. Every object is
+    split on its own mask, so the result does not depend on ``chunk``.
+    """
+    from tomoseg.evaluation.split import split_mask
+
+    shape = tuple(int(v) for v in arr.shape)
+    nz = shape[0]
+    n = len(lo)
+    out = _Pieces({}, {}, 0, [])
+    next_id = [n + 1]
+
+    def one(label: int, crop: np.ndarray, origin: np.ndarray) -> bool:
+        mask = crop == label
+        pieces, m = split_mask(mask, spacing, h, min_distance, connectivity)
+        if m < 2:
+            out.keys[label] = _first_key(mask, origin, shape)  # type: ignore[arg-type]
+            return False
+        st = _slab_stats(pieces.astype(np.uint32), m, *(int(v) for v in origin))
+        ids = np.arange(next_id[0], next_id[0] + m, dtype=np.int64)
+        for j in range(m):
+            t = int(ids[j])
+            out.keys[t] = _first_key(pieces == j + 1, origin, shape)  # type: ignore[arg-type]
+            out.stats[t] = {k: v[j : j + 1] for k, v in st.items()}
+        crop[mask] = ids[pieces[mask] - 1]
+        next_id[0] += m
+        out.split += 1
+        return True
+
+    tall, by_slab = [], {}
+    for i in range(n):
+        box = hi[i] - lo[i]
+        if int(np.prod(box)) > SPLIT_MAX_VOXELS:
+            first = np.asarray(arr[lo[i][0], lo[i][1] : hi[i][1], lo[i][2] : hi[i][2]]) == i + 1
+            out.keys[i + 1] = _first_key(first[None], lo[i], shape)  # type: ignore[arg-type]
+            out.skipped.append(i + 1)
+        elif box[0] > chunk:
+            tall.append(i)
+        else:
+            by_slab.setdefault(int(hi[i][0] - 1) // chunk, []).append(i)
+    held: tuple[int, np.ndarray, bool] | None = None  # (z0, labels, modified) of the slab below
+    for k, z0 in enumerate(range(0, nz, chunk)):
+        z1 = min(z0 + chunk, nz)
+        cur = np.array(arr[z0:z1])
+        buf, zb = (cur, z0) if held is None else (np.concatenate([held[1], cur]), held[0])
+        changed = False
+        for i in by_slab.get(k, []):
+            sl = tuple(slice(int(a) - (zb if d == 0 else 0), int(b) - (zb if d == 0 else 0))
+                       for d, (a, b) in enumerate(zip(lo[i], hi[i], strict=True)))  # fmt: skip
+            changed |= one(i + 1, buf[sl], lo[i])
+        if held is not None:
+            below = len(held[1])
+            if changed or held[2]:
+                arr[held[0] : held[0] + below] = buf[:below]
+            cur, modified = buf[below:], changed
+        else:
+            modified = changed
+        held = (z0, cur, modified)
+        if each is not None:
+            each()
+    if held is not None and held[2]:
+        arr[held[0] : held[0] + len(held[1])] = held[1]
+    for i in tall:
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[i], hi[i], strict=True))
+        crop = np.array(arr[sl])
+        if one(i + 1, crop, lo[i]):
+            arr[sl] = crop
+    if each is not None:
+        each()
+    return out
+
+
+def split_labels(
+    objects: np.ndarray,
+    spacing: Any = (1.0, 1.0, 1.0),
+    *,
+    connectivity: int = 26,
+    split_h: float | None = None,
+    split_min_distance: float | None = None,
+) -> np.ndarray:
+    """Tell touching objects apart in an in-memory object label volume.
+
+    Args:
+        objects: (Z, Y, X) uint32 labels 1..N of connected objects (as :func:`label_objects`).
+        spacing: (z, y, x) voxel size.
+        connectivity: the objects' connectivity (6, 18 or 26).
+        split_h, split_min_distance: see :func:`analyze_objects` (physical units).
+
+    Returns:
+        uint32 labels, numbered in raster order of each object's first voxel.
+    """
+    from tomoseg.evaluation.split import split_defaults
+
+    _check_connectivity(connectivity)
+    spacing = parse_voxel_size(spacing)
+    work = np.array(objects, dtype=np.uint32)
+    n = int(work.max()) if work.size else 0
+    counts = np.bincount(work.ravel(), minlength=n + 1)[1:]
+    boxes = _boxes(work, n)
+    lo = np.array([[s.start for s in b] for b in boxes], np.int64).reshape(-1, 3)
+    hi = np.array([[s.stop for s in b] for b in boxes], np.int64).reshape(-1, 3)
+    h, md = split_defaults(counts, spacing, split_h, split_min_distance)
+    pieces = _split_objects(work, lo, hi, max(1, work.shape[0]), spacing, h, md, connectivity)
+    mapping, _ = _renumber(pieces, n)
+    return mapping[work]
+
+
+def _boxes(labels: np.ndarray, n: int) -> list[tuple[slice, slice, slice]]:
+    """Bounding boxes of labels 1..n (``scipy.ndimage.find_objects``; every label present)."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(labels, n)
+    if any(b is None for b in boxes):
+        raise TomosegError("objects must be numbered 1..N without gaps")
+    return boxes  # type: ignore[return-value]
+
+
+def _renumber(pieces: _Pieces, n: int) -> tuple[np.ndarray, list[int]]:
+    """``(mapping, order)``: ``mapping[id]`` is the final label of an id of
+    :func:`_split_objects` (numbered in raster order of first voxels, as unsplit labelling
+    numbers them); ``order[f - 1]`` is the id that became label ``f``."""
+    order = sorted(pieces.keys, key=pieces.keys.__getitem__)
+    size = max([n, *pieces.keys]) + 1
+    mapping = np.zeros(size, np.uint32)
+    mapping[np.asarray(order, np.int64)] = np.arange(1, len(order) + 1, dtype=np.uint32)
+    return mapping, order
+
+
+def _split_stats(
+    stats: dict[str, np.ndarray], pieces: _Pieces, order: list[int]
+) -> dict[str, np.ndarray]:
+    """Per final label statistics: an unsplit object's own, a piece's from its box."""
+    rows = [
+        {k: v[t - 1 : t] for k, v in stats.items()} if t not in pieces.stats else pieces.stats[t]
+        for t in order
+    ]
+    if not rows:
+        return _empty_stats()
+    return {k: np.concatenate([r[k] for r in rows]) for k in stats}
 
 
 def _check_connectivity(c: int) -> None:
@@ -575,6 +762,10 @@ def analyze_objects(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    split: bool = False,
+    split_h: float | None = None,
+    split_min_distance: float | None = None,
+    unit: str | None = None,
 ) -> dict[str, Any]:
     """Label, measure and mesh the 3D objects of one class of a segmented stack.
 
@@ -599,6 +790,17 @@ def analyze_objects(
         progress: receives one ``step`` event per slab labelled, per slab written to
             ``objects.zarr`` and per mesh.
         cancel: a token (:class:`threading.Event`) checked after each step.
+        split: tell touching objects apart (:mod:`tomoseg.evaluation.split`: a seeded
+            watershed on the distance transform of each connected component, in its bounding
+            box; the chunked run gives the same objects). ``min_volume`` applies to the
+            connected components before the split.
+        split_h: smallest height of a body's centre above the neck to its neighbour, in the
+            voxel size's unit (default: a quarter of the typical object radius).
+        split_min_distance: seeds closer than this are merged, in the voxel size's unit
+            (default: half the typical object radius).
+        unit: unit of ``voxel_size`` (default: the volume's, else ``micrometer`` when
+            ``voxel_size`` is given). Without a voxel size from the volume or ``voxel_size``,
+            every physical column is in voxels and the summary says so (``unit: null``).
 
     After a ``kill -9``, a full disk or a cancel (at any step, meshes and preview included)
     the same call starts the job again, without ``overwrite``, to the uninterrupted result
@@ -644,6 +846,8 @@ def analyze_objects(
         "voxel_size": list(vol.voxel_size),
         "match": match,
     }
+    if split:  # absent without it: earlier unfinished jobs keep their identity
+        identity["split"] = {"h": split_h, "min_distance": split_min_distance}
     out = Path(out)
     open_job_folder(
         out, "objects", identity, overwrite=overwrite, result_names=RESULT_NAMES,
@@ -654,9 +858,9 @@ def analyze_objects(
     nz = vol.shape[0]
     chunk = int(chunk_slices or nz)
     lab = _label(vol, value, connectivity, int(min_volume), chunk, each_slab=job.advance)
-    rows = _measure(lab.stats, vol.voxel_size, vol.shape)
-    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(meshes))]
-    job.set_total(2 * len(lab.slabs) + len(order))
+    n_slabs, n_cc = len(lab.slabs), len(lab.stats["count"])
+    passes = 2 * n_slabs + (2 * n_slabs + 1 if split else 0)
+    job.set_total(passes + min(max(0, int(meshes)), n_cc))
 
     # label volume for napari (uint32), written slab by slab; truth overlaps on the way
     arr = create_label_array(
@@ -670,28 +874,17 @@ def analyze_objects(
     )
     overlaps: dict[tuple[int, int], int] = {}
     true_sizes: dict[int, int] = {}
-    read = _slab_reader(vol.src)
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        reader = stack.enter_context(vol.src.reader()) if lab.single is None else None
-        treader = stack.enter_context(tsrc.reader()) if tsrc is not None else None
-        for k, (z0, z1) in enumerate(lab.slabs):
-            if lab.single is not None:
-                final = lab.single
-            else:
-                s = cc3d.connected_components(
-                    _binary(read(reader, z0, z1), value),
-                    connectivity=connectivity,
-                    out_dtype=np.uint32,
-                )
-                final = _relabel_slab(s, lab, k)
-            arr[z0:z1] = final
-            if treader is not None:
-                tl = read(treader, z0, z1).astype(np.int64)
-                _accumulate_truth(final, tl, overlaps, true_sizes)
-            del final
-            job.advance()
+    truth_pass = (tsrc, overlaps, true_sizes)
+    _write_labels(vol, value, connectivity, lab, arr, None if split else truth_pass, job.advance)
+    stats, split_info = lab.stats, None
+    if split:
+        stats, split_info = _split_pass(
+            arr, lab, vol, chunk, connectivity, split_h, split_min_distance, truth_pass,
+            job.advance,
+        )  # fmt: skip
+    rows = _measure(stats, vol.voxel_size, vol.shape)
+    order = sorted(rows, key=lambda r: (-r["num_pixels"], r["label"]))[: max(0, int(meshes))]
+    job.set_total(passes + len(order))
 
     volumes = np.array([r["area"] for r in rows], np.float64)
     summary: dict[str, Any] = {
@@ -706,6 +899,8 @@ def analyze_objects(
         **_summary_stats(volumes),
         "touching_border": int(sum(r["touches_border"] for r in rows)),
     }
+    if split_info is not None:
+        summary["split"] = split_info
     if tsrc is not None:
         pred_sizes = {r["label"]: r["num_pixels"] for r in rows}
         kept_true = {t: n for t, n in true_sizes.items() if n >= max(int(min_volume), 1)}
@@ -774,6 +969,93 @@ def _warn(message: str) -> None:
     warnings.warn(message, TomosegWarning, stacklevel=3)
 
 
+def _write_labels(
+    vol: _Volume,
+    value: int | None,
+    connectivity: int,
+    lab: _Labelling,
+    arr: Any,
+    truth_pass: tuple[SliceSource | None, dict, dict] | None,
+    advance: Callable[[], None],
+) -> None:
+    """Write the final connected-component labels slab by slab (relabelled from cc3d again,
+    or the in-memory labels), with the truth overlaps when ``truth_pass`` is given."""
+    from contextlib import ExitStack
+
+    read = _slab_reader(vol.src)
+    tsrc, overlaps, true_sizes = truth_pass or (None, {}, {})
+    with ExitStack() as stack:
+        reader = stack.enter_context(vol.src.reader()) if lab.single is None else None
+        treader = stack.enter_context(tsrc.reader()) if tsrc is not None else None
+        for k, (z0, z1) in enumerate(lab.slabs):
+            if lab.single is not None:
+                final = lab.single
+            else:
+                s = cc3d.connected_components(
+                    _binary(read(reader, z0, z1), value),
+                    connectivity=connectivity,
+                    out_dtype=np.uint32,
+                )
+                final = _relabel_slab(s, lab, k)
+            arr[z0:z1] = final
+            if treader is not None:
+                tl = read(treader, z0, z1).astype(np.int64)
+                _accumulate_truth(final, tl, overlaps, true_sizes)
+            del final
+            advance()
+
+
+def _split_pass(
+    arr: Any,
+    lab: _Labelling,
+    vol: _Volume,
+    chunk: int,
+    connectivity: int,
+    split_h: float | None,
+    split_min_distance: float | None,
+    truth_pass: tuple[SliceSource | None, dict, dict],
+    advance: Callable[[], None],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Split the touching objects of the written labels, renumber them slab by slab (with the
+    truth overlaps); the statistics of the final objects and what the split did."""
+    from contextlib import ExitStack
+
+    from tomoseg.evaluation.split import split_defaults
+
+    n = len(lab.stats["count"])
+    h, md = split_defaults(lab.stats["count"], vol.voxel_size, split_h, split_min_distance)
+    pieces = _split_objects(
+        arr, lab.stats["lo"], lab.stats["hi"], chunk, vol.voxel_size, h, md, connectivity, advance
+    )
+    mapping, order = _renumber(pieces, n)
+    tsrc, overlaps, true_sizes = truth_pass
+    read = _slab_reader(tsrc) if tsrc is not None else None
+    with ExitStack() as stack:
+        treader = stack.enter_context(tsrc.reader()) if tsrc is not None else None
+        for z0, z1 in lab.slabs:
+            final = mapping[np.asarray(arr[z0:z1])]
+            arr[z0:z1] = final
+            if treader is not None and read is not None:
+                _accumulate_truth(
+                    final, read(treader, z0, z1).astype(np.int64), overlaps, true_sizes
+                )
+            advance()
+    if pieces.skipped:
+        _warn(
+            f"{len(pieces.skipped)} objects too large to split (more than {SPLIT_MAX_VOXELS} "
+            "voxels in their bounding box) were left whole"
+        )
+    info = {
+        "h": h,
+        "min_distance": md,
+        "connected_components": n,
+        "objects_split": pieces.split,
+        "objects_too_large": len(pieces.skipped),
+        "method": "seeded watershed on the distance transform (h-maxima seeds)",
+    }
+    return _split_stats(lab.stats, pieces, order), info
+
+
 def _accumulate_truth(
     pred: np.ndarray,
     truth: np.ndarray,
@@ -814,6 +1096,9 @@ def measure_objects(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     connectivity: int = 26,
     min_volume: int = 0,
+    split: bool = False,
+    split_h: float | None = None,
+    split_min_distance: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Label the 3D objects of one class of an in-memory class-id volume and measure them.
 
@@ -828,6 +1113,8 @@ def measure_objects(
         spacing: (z, y, x) voxel size in physical units.
         connectivity: 6, 18 or 26.
         min_volume: objects with fewer voxels are dropped (before numbering).
+        split, split_h, split_min_distance: tell touching objects apart, as
+            :func:`analyze_objects` does (the same objects, numbered the same way).
 
     Returns:
         Dict of equal-length 1-D arrays, one entry per object: ``label``, ``num_pixels``
@@ -854,6 +1141,11 @@ def measure_objects(
     ):
         raise TomosegError(f"min_volume={min_volume!r}: must be an integer >= 0")
     objects = label_objects(arr, connectivity, int(min_volume), value=int(class_id))
+    if split:
+        objects = split_labels(
+            objects, spacing, connectivity=connectivity, split_h=split_h,
+            split_min_distance=split_min_distance,
+        )  # fmt: skip
     table = regionprops_table(objects, properties=("label", "num_pixels"))
     if len(table["label"]):
         table = regionprops_table(objects, properties=REGIONPROPS, spacing=spacing)
