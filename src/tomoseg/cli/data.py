@@ -56,13 +56,21 @@ def phantom(
             "centre lines and radii, vessels.json).",
         ),
     ] = False,
+    touching: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of the somas placed in clusters of 2-3 touching somas (0-1); the 3D "
+            "truth keeps one label per soma."
+        ),
+    ] = 0.0,
 ) -> None:
     """Write a synthetic tomography dataset: somas (class 1) among look-alike vessels."""
     from tomoseg.synthetic.phantom import generate_phantom
 
+    params = {"touching": touching} if touching else None
     info = generate_phantom(
         out=out, shape=shape, slices=slices, seed=seed, overwrite=overwrite,
-        label_vessels=label_vessels,
+        label_vessels=label_vessels, params=params,
     )  # fmt: skip
     render.say(f"phantom written to {out}: {info}")
 

@@ -328,6 +328,14 @@ def objects_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
         f"{summary['count']} objects; table {out}/objects.csv, summary {out}/summary.json, "
         f"meshes {out}/meshes/"
     ]
+    sp = summary.get("split")
+    if sp:
+        units = summary.get("units", "")
+        lines.append(
+            f"split: {sp['connected_components']} connected components -> {summary['count']} "
+            f"objects ({sp['objects_split']} split; h {sp['h']:.3g}, min distance "
+            f"{sp['min_distance']:.3g} {units})"
+        )
     det = summary.get("detection")
     if det:
         lines.append(

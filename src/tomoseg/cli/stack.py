@@ -145,19 +145,53 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
         )  # fmt: skip
 
 
+ObjVolume = Annotated[Path, typer.Argument(help="Output folder of segment-stack (or its volume).")]
+ObjOut = Annotated[Path, typer.Option(help="Folder for objects.csv, summary, meshes, preview.")]
+ObjClass = Annotated[str | None, typer.Option("--class", help="Class to analyse.")]
+Truth = Annotated[
+    Path | None, typer.Option(help="3D truth instance labels (e.g. phantom truth3d/labels.tif).")
+]
+ChunkSlices = Annotated[int | None, typer.Option(help="Label slab by slab (bounded memory).")]
+Split = Annotated[
+    bool,
+    typer.Option(
+        "--split",
+        help="Tell touching objects apart (seeded watershed on the distance transform).",
+    ),
+]
+SplitH = Annotated[
+    float | None,
+    typer.Option(
+        help="--split: smallest height of a body's centre above the neck to its neighbour, in "
+        "the voxel size's unit (default: 0.1 x the typical object radius)."
+    ),
+]
+SplitMinDistance = Annotated[
+    float | None,
+    typer.Option(
+        help="--split: merge seeds closer than this, in the voxel size's unit (default: 0.5 x "
+        "the typical object radius)."
+    ),
+]
+ObjVoxelSize = Annotated[
+    str | None, typer.Option(help="z,y,x voxel size (default: the volume's; else in voxels).")
+]
+
+
 def objects(
-    volume: Annotated[Path, typer.Argument(help="Output folder of segment-stack (or its volume).")],
-    out: Annotated[Path, typer.Option(help="Folder for objects.csv, summary, meshes, preview.")],
-    class_name: Annotated[str | None, typer.Option("--class", help="Class to analyse.")] = None,
+    volume: ObjVolume,
+    out: ObjOut,
+    class_name: ObjClass = None,
     connectivity: Annotated[int, typer.Option(help="6, 18 or 26.")] = 26,
     min_volume: Annotated[int, typer.Option(help="Remove objects below this many voxels.")] = 0,
-    truth: Annotated[
-        Path | None, typer.Option(help="3D truth labels (e.g. phantom truth3d/labels.tif).")
-    ] = None,
-    chunk_slices: Annotated[
-        int | None, typer.Option(help="Label slab by slab (bounded memory).")
-    ] = None,
+    truth: Truth = None,
+    chunk_slices: ChunkSlices = None,
     meshes: Annotated[int, typer.Option(help="Meshes for the N largest objects.")] = 20,
+    split: Split = False,
+    split_h: SplitH = None,
+    split_min_distance: SplitMinDistance = None,
+    voxel_size: ObjVoxelSize = None,
+    unit: Unit = None,
     overwrite: Overwrite = False,
 ) -> None:
     """3D objects of a class: counts, volumes, shapes, meshes, preview (and detection scores)."""
@@ -165,12 +199,10 @@ def objects(
 
     if connectivity not in (6, 18, 26):
         raise TomosegError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
+    o = dict(locals())
+    o.pop("analyze_objects")
     with render.progress_bar() as show, cancel_on_interrupt() as cancel:
-        summary = analyze_objects(
-            volume=volume, out=out, class_name=class_name, connectivity=connectivity,
-            min_volume=min_volume, truth=truth, chunk_slices=chunk_slices, meshes=meshes,
-            overwrite=overwrite, progress=show, cancel=cancel,
-        )  # fmt: skip
+        summary = analyze_objects(**o, progress=show, cancel=cancel)
     for line in render.objects_lines(summary, out):
         render.say(line)
 

@@ -55,6 +55,7 @@ import cc3d
 import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.evaluation.split import check_split_params, split_defaults, split_mask
 from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.ome_zarr import create_label_array
 from tomoseg.io.sources import (
@@ -64,6 +65,7 @@ from tomoseg.io.sources import (
     is_array,
     open_source,
     parse_voxel_size,
+    resolve_voxel_size,
     split_dataset,
 )
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
@@ -129,7 +131,7 @@ class _Volume:
         return (self.src.n, *self.src.shape)
 
 
-def _open_volume(volume: Any, voxel_size: Any) -> _Volume:
+def _open_volume(volume: Any, voxel_size: Any, unit: str | None = None) -> _Volume:
     """The class-id volume to analyse: a ``segment_stack`` output folder (its ``stack.json``
     gives the classes, the voxel size and the slice order), its volume, any stack input, or a
     (Z, Y, X) array (:func:`tomoseg.io.sources.open_source`)."""
@@ -160,12 +162,21 @@ def _open_volume(volume: Any, voxel_size: Any) -> _Volume:
         if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
             classes = None  # attributes of another writer: the labels speak for themselves
         coi = coi if isinstance(coi, str) else None
-    voxel = parse_voxel_size(voxel_size)
-    unit = (info or {}).get("unit") or src.unit
-    if voxel is None and info and info.get("voxel_size"):
-        voxel = parse_voxel_size(info["voxel_size"])
-    voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
+    if src.n < 2:
+        raise TomosegError(
+            f"{src.where} is one 2D image (shape {src.shape}): 3D objects need a (Z, Y, X) "
+            "volume of at least 2 slices"
+        )
+    recorded, recorded_unit = src.voxel_size, src.unit
+    if info and info.get("voxel_size"):
+        recorded, recorded_unit = parse_voxel_size(info["voxel_size"]), info.get("unit")
+    voxel, unit = resolve_voxel_size(parse_voxel_size(voxel_size), unit, recorded, recorded_unit)
     return _Volume(src, classes, coi, voxel, unit)
+
+
+def _in_voxels(vol: _Volume) -> bool:
+    """No voxel size is known: lengths and volumes are in voxels."""
+    return vol.unit is None and tuple(vol.voxel_size) == (1.0, 1.0, 1.0)
 
 
 def _class_value(vol: _Volume, class_name: str | None) -> tuple[int | None, str]:
@@ -445,8 +456,6 @@ def _split_objects(
     of the chunked run); a taller one is read in its bounding box on its own. Every object is
     split on its own mask, so the result does not depend on ``chunk``.
     """
-    from tomoseg.evaluation.split import split_mask
-
     shape = tuple(int(v) for v in arr.shape)
     nz = shape[0]
     n = len(lo)
@@ -532,8 +541,6 @@ def split_labels(
     Returns:
         uint32 labels, numbered in raster order of each object's first voxel.
     """
-    from tomoseg.evaluation.split import split_defaults
-
     _check_connectivity(connectivity)
     spacing = parse_voxel_size(spacing)
     work = np.array(objects, dtype=np.uint32)
@@ -707,14 +714,18 @@ def detection_scores(
     pred_sizes: dict[int, int],
     true_sizes: dict[int, int],
     match: str = "iou",
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Object-level precision / recall from voxel overlaps (one-to-one, greedy by score).
+    """Object-level precision / recall / F1 from voxel overlaps (one-to-one, greedy by score).
 
     Args:
         pairs: (predicted label, true label) -> overlapping voxels.
         pred_sizes: predicted label -> voxels (the objects that count).
         true_sizes: true label -> voxels (the objects that count).
-        match: ``iou`` (IoU >= 0.5) or ``coverage`` (covers >= 50 % of the true object).
+        match: ``iou`` (IoU >= threshold) or ``coverage`` (covers >= threshold of the true
+            object).
+        threshold: the score a match needs (0.5; 0.75 for the MitoEM challenge's strict
+            matching).
     """
     cands = []
     for (p, t), inter in pairs.items():
@@ -724,7 +735,7 @@ def detection_scores(
             score = inter / (pred_sizes[p] + true_sizes[t] - inter)
         else:
             score = inter / true_sizes[t]
-        if score >= 0.5:
+        if score >= threshold:
             cands.append((score, p, t))
     cands.sort(key=lambda c: (-c[0], c[1], c[2]))
     used_p, used_t = set(), set()
@@ -740,6 +751,7 @@ def detection_scores(
         "matched": tp,
         "precision": tp / n_pred if n_pred else None,
         "recall": tp / n_true if n_true else None,
+        "f1": 2 * tp / (n_pred + n_true) if n_pred + n_true else None,
         "count_relative_error": (n_pred - n_true) / n_true if n_true else None,
     }
 
@@ -825,8 +837,14 @@ def analyze_objects(
         raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
     if match not in ("iou", "coverage"):
         raise TomosegError(f"match must be iou or coverage, got {match!r}")
-    vol = _open_volume(volume, voxel_size)
+    check_split_params(split_h, split_min_distance)
+    vol = _open_volume(volume, voxel_size, unit)
     value, name = _class_value(vol, class_name)
+    if _in_voxels(vol):
+        _warn(
+            "the volume records no voxel size: volumes, centroids and lengths are in voxels "
+            "(give voxel_size=Z,Y,X for physical units)"
+        )
     tsrc = None
     if truth is not None:
         tsrc = open_source(truth, allow_gaps=True, missing="ignore")
@@ -858,6 +876,8 @@ def analyze_objects(
     nz = vol.shape[0]
     chunk = int(chunk_slices or nz)
     lab = _label(vol, value, connectivity, int(min_volume), chunk, each_slab=job.advance)
+    if value is not None and not vol.classes and len(lab.final_of) == 1:
+        raise TomosegError(f"class_name={class_name}: no voxel of the volume holds this class id")
     n_slabs, n_cc = len(lab.slabs), len(lab.stats["count"])
     passes = 2 * n_slabs + (2 * n_slabs + 1 if split else 0)
     job.set_total(passes + min(max(0, int(meshes)), n_cc))
@@ -896,15 +916,23 @@ def analyze_objects(
         "shape": list(vol.shape),
         "voxel_size": list(vol.voxel_size),
         "unit": vol.unit,
+        "units": "voxels" if _in_voxels(vol) else (vol.unit or "voxel size (no unit)"),
         **_summary_stats(volumes),
         "touching_border": int(sum(r["touches_border"] for r in rows)),
     }
     if split_info is not None:
         summary["split"] = split_info
-    if tsrc is not None:
+    kind = _truth_kind(tsrc, true_sizes, chunk, connectivity) if tsrc is not None else None
+    if kind is not None:
+        _warn(f"truth {truth} {kind}: no detection scores (give instance labels, one per object)")
+        summary["truth_warning"] = kind
+    elif tsrc is not None:
         pred_sizes = {r["label"]: r["num_pixels"] for r in rows}
         kept_true = {t: n for t, n in true_sizes.items() if n >= max(int(min_volume), 1)}
         det = detection_scores(overlaps, pred_sizes, kept_true, match)
+        strict = detection_scores(overlaps, pred_sizes, kept_true, match, threshold=0.75)
+        for k in ("precision", "recall", "f1"):
+            det[f"{k}_75"] = strict[k]  # at 0.75 (the MitoEM challenge's strict matching)
         det["true_objects_all"] = len(true_sizes)
         det["truth"] = str(truth)
         det["match_rule"] = (
@@ -949,7 +977,7 @@ def analyze_objects(
     if skipped:
         summary["meshes_skipped"] = skipped
     for what, make in (
-        ("volume_histogram.png", lambda: volume_histogram(volumes, vol.unit, out / "volume_histogram.png", name)),
+        ("volume_histogram.png", lambda: volume_histogram(volumes, "voxel" if _in_voxels(vol) else vol.unit, out / "volume_histogram.png", name)),
         ("preview.png", lambda: mesh_preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")),
     ):  # fmt: skip
         try:
@@ -1020,8 +1048,6 @@ def _split_pass(
     truth overlaps); the statistics of the final objects and what the split did."""
     from contextlib import ExitStack
 
-    from tomoseg.evaluation.split import split_defaults
-
     n = len(lab.stats["count"])
     h, md = split_defaults(lab.stats["count"], vol.voxel_size, split_h, split_min_distance)
     pieces = _split_objects(
@@ -1054,6 +1080,24 @@ def _split_pass(
         "method": "seeded watershed on the distance transform (h-maxima seeds)",
     }
     return _split_stats(lab.stats, pieces, order), info
+
+
+def _truth_kind(
+    tsrc: SliceSource, true_sizes: dict[int, int], chunk: int, connectivity: int
+) -> str | None:
+    """None for instance labels; a description when the truth is a class mask: a few label
+    values (at most 8) holding more than twice as many connected objects (one more pass over
+    the truth, only then)."""
+    if not true_sizes or len(true_sizes) > 8:
+        return None
+    tvol = _Volume(tsrc, None, None, (1.0, 1.0, 1.0), None)
+    n = len(_label(tvol, None, connectivity, 0, chunk).stats["count"])
+    if n <= 2 * len(true_sizes):
+        return None
+    return (
+        f"holds class ids rather than instance labels ({len(true_sizes)} label value(s) for "
+        f"{n} connected objects)"
+    )
 
 
 def _accumulate_truth(
@@ -1140,6 +1184,7 @@ def measure_objects(
         or min_volume < 0
     ):
         raise TomosegError(f"min_volume={min_volume!r}: must be an integer >= 0")
+    check_split_params(split_h, split_min_distance)
     objects = label_objects(arr, connectivity, int(min_volume), value=int(class_id))
     if split:
         objects = split_labels(

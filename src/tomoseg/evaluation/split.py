@@ -39,10 +39,10 @@ from scipy import ndimage
 
 from tomoseg.errors import TomosegError
 
-__all__ = ["split_defaults", "split_mask", "typical_radius"]
+__all__ = ["check_split_params", "split_defaults", "split_mask", "typical_radius"]
 
 #: default seed dynamic and seed distance, as fractions of the typical object radius
-H_FRACTION = 0.25
+H_FRACTION = 0.1
 MIN_DISTANCE_FRACTION = 0.5
 
 
@@ -64,6 +64,21 @@ def typical_radius(counts: np.ndarray, spacing: Sequence[float]) -> float | None
     return float((3.0 * volume / (4.0 * math.pi)) ** (1 / 3))
 
 
+def check_split_params(split_h: float | None, split_min_distance: float | None) -> None:
+    """Raise :class:`TomosegError` unless ``split_h`` is None or > 0 and ``split_min_distance``
+    None or >= 0 (finite numbers)."""
+    for name, v, positive in (
+        ("split_h", split_h, True),
+        ("split_min_distance", split_min_distance, False),
+    ):
+        if v is None:
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not number or v < 0 or (positive and v == 0):
+            what = "a positive number" if positive else "a number >= 0"
+            raise TomosegError(f"{name}={v!r}: must be {what} (in the voxel size's unit)")
+
+
 def split_defaults(
     counts: np.ndarray,
     spacing: Sequence[float],
@@ -76,16 +91,7 @@ def split_defaults(
     Raises:
         TomosegError: a value that is not a positive finite number (``min_distance`` may be 0).
     """
-    for name, v, positive in (
-        ("split_h", split_h, True),
-        ("split_min_distance", split_min_distance, False),
-    ):
-        if v is None:
-            continue
-        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if not number or v < 0 or (positive and v == 0):
-            what = "a positive number" if positive else "a number >= 0"
-            raise TomosegError(f"{name}={v!r}: must be {what} (in the voxel size's unit)")
+    check_split_params(split_h, split_min_distance)
     r = typical_radius(counts, spacing) or 1.0
     h = float(split_h) if split_h is not None else H_FRACTION * r
     md = float(split_min_distance) if split_min_distance is not None else MIN_DISTANCE_FRACTION * r

@@ -61,7 +61,7 @@ from tomoseg.inference.stack_job import (
 )
 from tomoseg.inference.stack_sinks import Sink, VolumeMeta, get_sink
 from tomoseg.io.jobs import file_sha256
-from tomoseg.io.sources import open_source, parse_voxel_size
+from tomoseg.io.sources import open_source, parse_voxel_size, resolve_voxel_size
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
 __all__ = ["BACKENDS", "missing_slices", "parse_part", "part_range", "segment_stack"]
@@ -197,8 +197,10 @@ def segment_stack(
         out: output folder (``stack.json``, ``labels.zarr`` or ``labels/``, ``progress/``).
         format: ``zarr`` (also ``ome-zarr``: an OME-NGFF 0.4 label volume) or ``tiff`` (one
             TIFF per slice).
-        voxel_size: (z, y, x) voxel size; default: the input's metadata, else 1, 1, 1.
-        unit: unit of the voxel size (default: the input's, else ``micrometer``).
+        voxel_size: (z, y, x) voxel size; default: the input's metadata, else none (recorded
+            as 1, 1, 1 without a unit: lengths and volumes are then in voxels).
+        unit: unit of the voxel size (default: the input's; ``micrometer`` for a given
+            ``voxel_size``; none when no voxel size is known).
         overwrite: discard an earlier output in ``out`` (otherwise the same job resumes and
             another one is refused).
         batch_slices: slices per forward pass.
@@ -298,8 +300,7 @@ def segment_stack(
     if backend == "ray" and executor is None and not verify:
         executor, settings = _ray(run, settings, address, actors, cpus_per_actor, num_cpus)
     predictor = as_predictor(run, settings)
-    voxel = voxel or src.voxel_size or (1.0, 1.0, 1.0)
-    unit = unit or (src.unit if voxel_size is None else None) or "micrometer"
+    voxel, unit = resolve_voxel_size(voxel, unit, src.voxel_size, src.unit)
     info = _record(predictor, src.describe(), sink, voxel, unit)
     if uncertainty:  # a resume with and without it are different jobs
         info["inference"]["uncertainty"] = "entropy"

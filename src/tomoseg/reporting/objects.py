@@ -17,7 +17,8 @@ def volume_histogram(volumes: np.ndarray, unit: str | None, path: Path, what: st
 
     Args:
         volumes: (N,) float physical volumes of the objects.
-        unit: the voxel size's unit (the axis reads ``unit^3``), or None.
+        unit: the voxel size's unit (the axis reads ``unit^3``); ``voxel`` for volumes in voxels
+            (no voxel size known); None for a voxel size without a unit.
         path: the PNG to write (atomically).
         what: the class analysed, for the title.
     """
@@ -29,7 +30,10 @@ def volume_histogram(volumes: np.ndarray, unit: str | None, path: Path, what: st
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if len(volumes):
         ax.hist(volumes, bins=min(50, max(5, len(volumes) // 3)), color="#3a7bd5")
-    ax.set_xlabel(f"volume ({unit}^3)" if unit else "volume (voxels x voxel size)")
+    if unit == "voxel":
+        ax.set_xlabel("volume (voxels)")
+    else:
+        ax.set_xlabel(f"volume ({unit}^3)" if unit else "volume (voxels x voxel size)")
     ax.set_ylabel("objects")
     ax.set_title(f"{what}: {len(volumes)} objects")
     fig.tight_layout()

@@ -75,6 +75,7 @@ _FULL_3D = np.ones((3, 3, 3), dtype=bool)
 # Independent random streams of one seed, so that adding a feature does not reshuffle the others.
 _STREAM_SOMAS, _STREAM_VESSELS, _STREAM_GLIA, _STREAM_TEXTURE, _STREAM_SHADING = 1, 2, 3, 4, 5
 _STREAM_RINGS, _STREAM_SLICE = 6, 7
+_STREAM_TOUCHING = 8
 
 
 class PhantomParams(BaseModel):
@@ -96,6 +97,11 @@ class PhantomParams(BaseModel):
     soma_gap: float = Field(0.2, ge=0.0)
     """Smallest gap between the bounding spheres of two somas, as a fraction of the mean soma
     radius (at least 2 voxels)."""
+    touching: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of the somas placed in clusters of 2-3 touching somas (along the line between
+    two centres, the somas overlap by 10-30 % of the smaller one's reach, before the surface
+    roughness, so a few such pairs end up not touching; where two overlap, the later one's
+    voxels win in the instance truth). 0: every soma stands alone."""
     vessel_fraction: float = Field(0.05, ge=0.0, le=0.3)
     """Target vessel volume fraction inside the slab."""
     vessel_radius: tuple[float, float] = (0.1, 0.36)
@@ -453,6 +459,9 @@ class PhantomScene:
         vlo, vhi = vr
         self.vessel_radius_range = (vlo, max(vhi, vlo))
         self.dropped_somas = 0
+        self.clusters: list[int] = []
+        self.cluster_of: dict[int, int] = {}  # id(soma) -> its cluster
+        self.touching_somas: set[int] = set()  # id(soma) of somas touching another one
         self.somas: list[_Soma] = self._place_somas(n_somas)
         self.n_vessels = 0
         #: each vessel's centre line: ((K, 3) float (z, y, x) voxel points, (K,) radii in voxels)
@@ -488,6 +497,8 @@ class PhantomScene:
         centers = np.zeros((0, 3))
         bounds = np.zeros(0)
         placed: list[_Soma] = []
+        trng = _rng(self.seed, _STREAM_TOUCHING)  # its own stream: touching=0 changes nothing
+        groups: list[range] = []
         failures, max_failures = 0, 200 + 50 * target
         while len(placed) < target and failures < max_failures:
             a0 = rng.uniform(lo, hi)
@@ -506,16 +517,113 @@ class PhantomScene:
             placed.append(soma)
             centers = np.vstack([centers, c])
             bounds = np.append(bounds, soma.bound)
+            if p.touching > 0 and trng.random() < p.touching / (2.5 - 1.5 * p.touching):
+                start = len(placed) - 1
+                for _ in range(int(trng.integers(1, 3))):
+                    if len(placed) >= target:
+                        break
+                    mate = self._mate(trng, placed[start:], centers[:start], bounds[:start], gap)
+                    if mate is not None:
+                        placed.append(mate)
+                        centers = np.vstack([centers, mate.center])
+                        bounds = np.append(bounds, mate.bound)
+                if len(placed) - start > 1:
+                    groups.append(range(start, len(placed)))
         visible = []
-        for soma in placed:
+        clustered = {i for g in groups for i in g}
+        for i, soma in enumerate(placed):
+            if i in clustered:
+                continue
             n_comp = self._soma_components(soma)
             if n_comp == 1:
                 visible.append(soma)
             elif n_comp > 1:
                 self.dropped_somas += 1
+        for g in groups:  # a cluster: its somas in the order they are drawn (later ones win)
+            members = [placed[i] for i in g]
+            comps, touch = self._cluster_parts(members)
+            if any(n > 1 for n in comps):
+                self.dropped_somas += sum(n > 0 for n in comps)
+                continue
+            for soma, n, t in zip(members, comps, touch, strict=True):
+                if n == 1:
+                    self.cluster_of[id(soma)] = len(self.clusters)
+                    if t:
+                        self.touching_somas.add(id(soma))
+                    visible.append(soma)
+            self.clusters.append(len(self.clusters))
+        rank = {id(soma): i for i, soma in enumerate(placed)}
+        visible.sort(key=lambda soma: rank[id(soma)])
         if len(visible) > np.iinfo(np.uint16).max:
             raise TomosegError(f"too many somas ({len(visible)}) for uint16 labels; use fewer")
         return visible
+
+    def _mate(
+        self,
+        rng: np.random.Generator,
+        members: list[_Soma],
+        centers: np.ndarray,
+        bounds: np.ndarray,
+        gap: float,
+    ) -> _Soma | None:
+        """A soma touching one of ``members`` (along the line between their centres, the two
+        overlap by 10-30 % of the smaller one's reach), apart from the other members and clear
+        of every soma outside the cluster (``centers``, ``bounds``, ``gap``); None after 20
+        tries."""
+
+        def reach(soma: _Soma, d: np.ndarray) -> float:  # centre to surface along d (no lobes)
+            return float(1.0 / np.linalg.norm((soma.rot.T @ d) / soma.radii))
+
+        lo, hi = self.soma_radius_range
+        for _ in range(20):
+            base = members[int(rng.integers(len(members)))]
+            d = _unit(rng.standard_normal(3))
+            mate = _make_soma(rng, np.zeros(3), rng.uniform(lo, hi), self.params)
+            ra, rb = reach(base, d), reach(mate, d)
+            mate.center = base.center + d * (ra + rb - rng.uniform(0.1, 0.3) * min(ra, rb))
+            apart = True
+            for m in members:
+                if m is not base:
+                    u = _unit(mate.center - m.center)
+                    apart &= np.linalg.norm(mate.center - m.center) >= 0.8 * (
+                        reach(m, u) + reach(mate, u)
+                    )
+            clear = not (
+                bounds.size
+                and np.any(
+                    np.linalg.norm(centers - mate.center, axis=1) < bounds + mate.bound + gap
+                )
+            )
+            if apart and clear:
+                return mate
+        return None
+
+    def _cluster_parts(self, members: list[_Soma]) -> tuple[list[int], list[bool]]:
+        """For each soma of a cluster drawn in order (a later one wins where two overlap): the
+        number of 26-connected components of its voxels in the slab, and whether it touches
+        another member (26-adjacent voxels)."""
+        boxes = [b for b in (self._soma_box(m) for m in members) if b is not None]
+        if not boxes:
+            return [0] * len(members), [False] * len(members)
+        box = tuple(
+            slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3)
+        )
+        zz, yy, xx = (np.arange(s.start, s.stop, dtype=np.float64) for s in box)
+        lab = np.zeros((zz.size, yy.size, xx.size), np.uint8)
+        step = max(1, 500_000 // (yy.size * xx.size))
+        for k, soma in enumerate(members, start=1):
+            c = soma.center
+            for a in range(0, zz.size, step):
+                dz = (zz[a : a + step] - c[0])[:, None, None]
+                u = soma.local(dz, (yy - c[1])[None, :, None], (xx - c[2])[None, None, :])
+                lab[a : a + step][soma.inside(u)] = k
+        comps, touch = [], []
+        for k in range(1, len(members) + 1):
+            mine = lab == k
+            comps.append(int(ndimage.label(mine, structure=_FULL_3D)[1]) if mine.any() else 0)
+            near = ndimage.binary_dilation(mine, structure=_FULL_3D)
+            touch.append(bool((near & (lab > 0) & ~mine).any()))
+        return comps, touch
 
     def _soma_box(self, soma: _Soma, z: int | None = None) -> tuple[slice, ...] | None:
         """Voxel bounding box of a soma clipped to the slab/image (or to slice ``z``)."""
@@ -977,7 +1085,8 @@ def generate_phantom(
     ``{train,val,test}/masks/<id>.png`` (uint8 class ids, 1 = soma) with ``id = z0000, ...``
     split consecutively in z; ``truth3d/labels.tif`` (multi-page uint16 soma instance labels, one
     page per slice) and ``truth3d/objects.json`` (the somas that reach the slab, with voxel
-    counts and centroids measured on the written labels). Slices are rendered and written one at
+    counts and centroids measured on the written labels; with ``params={"touching": f}``, each
+    clustered soma's ``cluster`` and whether it ``touching`` another soma). Slices are rendered and written one at
     a time; ``dataset.json`` is written last.
 
     Args:
@@ -1076,6 +1185,14 @@ def generate_phantom(
                 "center_zyx": [round(float(v), 3) for v in soma.center],
                 "radii": [round(float(v), 3) for v in soma.radii],
                 "voxels": int(counts[k]),
+                **(
+                    {
+                        "cluster": scene.cluster_of[id(soma)],
+                        "touching": id(soma) in scene.touching_somas,
+                    }
+                    if id(soma) in scene.cluster_of
+                    else {}
+                ),
             }
         )
     write_json(
@@ -1084,6 +1201,7 @@ def generate_phantom(
             "count": len(objects),
             "labels": "truth3d/labels.tif",
             "connectivity": "each soma is one 26-connected component",
+            "touching": sum(bool(o.get("touching")) for o in objects),
             "objects": objects,
         },
     )
@@ -1120,6 +1238,7 @@ def generate_phantom(
         "seed": scene.seed,
         "splits": {s: len(v) for s, v in ids.items()},
         "somas": len(objects),
+        "touching_somas": sum(bool(o.get("touching")) for o in objects),
         "vessels": scene.n_vessels,
         "soma_fraction": round(fractions["soma"], 4),
         "vessel_fraction": round(fractions["vessel"], 4),

@@ -24,6 +24,7 @@ from tomoseg.io.sources.base import (
     StackSource,
     check_missing,
     parse_voxel_size,
+    resolve_voxel_size,
 )
 from tomoseg.io.sources.folder import FolderFormat, FolderSource
 from tomoseg.io.sources.hdf5 import Hdf5Format, Hdf5Source
@@ -155,5 +156,6 @@ __all__ = [
     "is_array",
     "open_source",
     "parse_voxel_size",
+    "resolve_voxel_size",
     "split_dataset",
 ]

@@ -295,6 +295,31 @@ def parse_voxel_size(value: Any) -> tuple[float, float, float] | None:
     return vals  # type: ignore[return-value]
 
 
+def resolve_voxel_size(
+    given: tuple[float, float, float] | None,
+    unit: str | None,
+    recorded: tuple[float, float, float] | None,
+    recorded_unit: str | None,
+) -> tuple[tuple[float, float, float], str | None]:
+    """The voxel size and unit to use: the given size (in ``unit``, else ``micrometer``), else
+    the recorded one (in ``unit``, else its own unit), else ``(1, 1, 1)`` with no unit: sizes in
+    voxels, never silently taken for micrometres.
+
+    Raises:
+        TomosegError: a unit without any voxel size to go with it.
+    """
+    if given is not None:
+        return given, unit or "micrometer"
+    if recorded is not None:
+        return recorded, unit or recorded_unit
+    if unit:
+        raise TomosegError(
+            f"unit={unit!r} needs a voxel size, and the input records none: give "
+            "voxel_size=Z,Y,X (e.g. 0.65,0.65,0.65)"
+        )
+    return (1.0, 1.0, 1.0), None
+
+
 def slice_axis(axes: str, shape: tuple[int, ...]) -> int | None:
     """Position of the slice axis: the one Z-like axis (:data:`Z_AXES`) longer than 1, else the
     first Z-like axis; None when there is none (a single 2D plane)."""
