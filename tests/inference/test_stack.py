@@ -101,6 +101,16 @@ def test_tiff_format_and_batched_slices(tmp_path, runs):
     assert (volume(tmp_path / "b") == ref).mean() > 0.999
 
 
+def test_no_voxel_size_is_recorded_as_voxels_not_micrometres(tmp_path, runs):
+    src = folder(tmp_path / "in", slices(2, seed=4))  # PNG-like TIFFs: no physical size
+    info = segment_stack(runs[0], src, tmp_path / "o", device="cpu")
+    assert info["voxel_size"] == [1.0, 1.0, 1.0] and info["unit"] is None
+    ms = zarr.open_group(str(tmp_path / "o" / "labels.zarr"), mode="r").attrs["multiscales"][0]
+    assert all("unit" not in a for a in ms["axes"])
+    with pytest.raises(TomosegError, match="unit='micrometer' needs a voxel size.*voxel_size="):
+        segment_stack(runs[0], src, tmp_path / "u", unit="micrometer", device="cpu")
+
+
 def test_multipage_tiff_and_zarr_inputs(tmp_path, runs, monkeypatch):
     imgs = slices(3, seed=2)
     ref = reference(runs[0], imgs)
