@@ -98,29 +98,98 @@ def split_defaults(
     return h, md
 
 
-def _merge_close(seeds: np.ndarray, n: int, spacing: np.ndarray, min_distance: float) -> int:
-    """Give seeds whose centroids are closer than ``min_distance`` one id (in place); the number
-    of seeds left."""
-    if n < 2 or min_distance <= 0:
-        return n
-    centres = np.array(ndimage.center_of_mass(seeds > 0, seeds, range(1, n + 1))) * spacing
-    parent = list(range(n + 1))
+class _Sets:
+    """Union-find over ids 1..n; each set keeps its highest peak (``peak``, the root's)."""
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
+    def __init__(self, peak: np.ndarray) -> None:
+        self.parent = np.arange(len(peak))
+        self.peak = peak.astype(np.float64).copy()
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        while p[a] != a:
+            p[a] = p[p[a]]
+            a = int(p[a])
         return a
 
-    dist = np.linalg.norm(centres[:, None, :] - centres[None, :, :], axis=-1)
-    for i, j in zip(*np.nonzero(np.triu(dist < min_distance, 1)), strict=True):
-        a, b = find(int(i) + 1), find(int(j) + 1)
+    def join(self, low: int, high: int) -> None:
+        self.parent[low] = high
+
+    def roots(self) -> np.ndarray:
+        return np.array([self.find(k) for k in range(len(self.parent))])
+
+
+def _saddles(basins: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Adjacent basin pairs ``(E, 2)`` and the height of the pass between them ``(E,)``: the
+    highest ``min(dist[a], dist[b])`` over 26-adjacent voxels ``a``, ``b`` of the two basins."""
+    pairs, heights = [], []
+    offsets = [o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]  # 13 half-neighbourhood offsets
+    for o in offsets:
+        d = [v - 1 for v in o]
+        a_sl = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(d, basins.shape, strict=True))
+        b_sl = tuple(slice(max(0, k), n - max(0, -k)) for k, n in zip(d, basins.shape, strict=True))
+        a, b = basins[a_sl], basins[b_sl]
+        sel = (a != b) & (a > 0) & (b > 0)
+        if sel.any():
+            ia, ib = a[sel], b[sel]
+            pairs.append(np.stack([np.minimum(ia, ib), np.maximum(ia, ib)], 1))
+            heights.append(np.minimum(dist[a_sl][sel], dist[b_sl][sel]))
+    if not pairs:
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    pair, height = np.concatenate(pairs).astype(np.int64), np.concatenate(heights)
+    key = pair[:, 0] * (int(basins.max()) + 1) + pair[:, 1]
+    order = np.lexsort((-height, key))  # per pair, its highest pass first
+    key, pair, height = key[order], pair[order], height[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    return pair[first], height[first]
+
+
+def _merge_shallow(basins: np.ndarray, n: int, dist: np.ndarray, h: float) -> np.ndarray:
+    """Merge basins whose peak stands less than ``h`` above the pass to a higher one: flooding
+    the passes from the highest down, the set with the lower peak joins the other when its
+    peak minus the pass is under ``h`` (the dynamics of the maxima, Grimaud 1992). Returns the
+    root id of every basin id 0..n."""
+    peak = np.zeros(n + 1)
+    inside = basins > 0
+    np.maximum.at(peak, basins[inside], dist[inside])
+    sets = _Sets(peak)
+    pairs, heights = _saddles(basins, dist)
+    for (i, j), pass_height in zip(pairs[np.argsort(-heights, kind="stable")],
+                                    np.sort(heights)[::-1], strict=True):  # fmt: skip
+        ri, rj = sets.find(int(i)), sets.find(int(j))
+        if ri == rj:
+            continue
+        low, high = (ri, rj) if (sets.peak[ri], -ri) < (sets.peak[rj], -rj) else (rj, ri)
+        if sets.peak[low] - pass_height < h:
+            sets.join(low, high)
+    return sets.roots()
+
+
+def _merge_close(
+    roots: np.ndarray, markers: np.ndarray, spacing: np.ndarray, min_distance: float
+) -> np.ndarray:
+    """Merge the sets of basins (``roots``: the root of every basin id 0..n, a root being the
+    basin with the set's highest peak) whose peaks (the centroids of their root basins' seed
+    plateaus, physical) lie closer than ``min_distance``; the new root of every basin id."""
+    ids = np.unique(roots[1:])
+    if len(ids) < 2 or min_distance <= 0:
+        return roots
+    where = np.nonzero(markers)
+    seed = markers[where]
+    count = np.bincount(seed, minlength=len(roots))[ids]
+    pos = (
+        np.stack(
+            [np.bincount(seed, weights=w, minlength=len(roots))[ids] / count for w in where], 1
+        )
+        * spacing
+    )
+    sets = _Sets(np.zeros(len(roots)))
+    dist_ij = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    for i, j in zip(*np.nonzero(np.triu(dist_ij < min_distance, 1)), strict=True):
+        a, b = sets.find(int(ids[i])), sets.find(int(ids[j]))
         if a != b:
-            parent[max(a, b)] = min(a, b)
-    roots = np.array([find(k) for k in range(n + 1)])
-    uniq, new = np.unique(roots, return_inverse=True)
-    seeds[...] = new[seeds]
-    return len(uniq) - 1
+            sets.join(max(a, b), min(a, b))
+    return sets.roots()[roots]
 
 
 def split_mask(
@@ -150,24 +219,27 @@ def split_mask(
     # the digital ball is smaller than the continuous one)
     if mask.sum() * float(np.prod(spacing_arr)) < 0.5 * 2 * (4 / 3) * math.pi * h**3:
         return whole, 1
-    from skimage.morphology import local_maxima, reconstruction
+    from skimage.morphology import local_maxima
     from skimage.segmentation import watershed
 
     padded = np.pad(mask, 1)
     dist = ndimage.distance_transform_edt(padded, sampling=spacing_arr)
-    rec = reconstruction(np.maximum(dist - h, 0.0), dist, method="dilation")
-    peaks = local_maxima(rec, connectivity=3) & padded
     full = ndimage.generate_binary_structure(3, 3)
-    seeds, n = ndimage.label(peaks, structure=full)
-    n = _merge_close(seeds, n, spacing_arr, min_distance)
+    markers, n = ndimage.label(local_maxima(dist, connectivity=3) & padded, structure=full)
     if n < 2:
         return whole, 1
     conn = {6: 1, 18: 2, 26: 3}[connectivity]
-    lab = watershed(-dist, seeds, mask=padded, connectivity=conn)[1:-1, 1:-1, 1:-1]
+    basins = watershed(-dist, markers, mask=padded, connectivity=conn)
+    roots = _merge_close(_merge_shallow(basins, n, dist, h), markers, spacing_arr, min_distance)
+    if len(np.unique(roots[1:])) < 2:
+        return whole, 1
+    pieces = roots[basins[1:-1, 1:-1, 1:-1]]
     # number the pieces in raster order of their first voxel
-    ids, first = np.unique(lab.ravel(), return_index=True)
+    ids, first = np.unique(pieces.ravel(), return_index=True)
     keep = ids > 0
+    if keep.sum() < 2:
+        return whole, 1
     order = np.argsort(first[keep])
     remap = np.zeros(int(ids.max()) + 1, np.int32)
     remap[ids[keep][order]] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return remap[lab], int(keep.sum())
+    return remap[pieces], int(keep.sum())
