@@ -163,3 +163,34 @@ def test_phantom_touching_clusters_keep_an_exact_instance_truth(tmp_path):
     generate_phantom(tmp_path / "b", (64, 64), 6, seed=2, params={"touching": 0.0})
     for f in ("truth3d/labels.tif", "train/images/z0000.tif"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+class CancelAfter:
+    """A cancel token set from its ``n``-th check on (the job checks after each step)."""
+
+    def __init__(self, n: int):
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.n
+
+
+@pytest.mark.parametrize("step", [7, 12], ids=["splitting", "renumbering"])
+def test_split_interrupted_resumes_to_the_same_result(tmp_path, step):
+    """Slabs of 14 slices (3): steps 1-6 label and write, 7-10 split, 11-13 renumber."""
+    from tomoseg.utils.progress import Cancelled
+
+    vol, _ = cluster_volume()
+    kw = {"split": True, "chunk_slices": 14, "meshes": 0}
+    ref = analyze_objects(vol, tmp_path / "ref", **kw)
+    with pytest.raises(Cancelled):
+        analyze_objects(vol, tmp_path / "out", cancel=CancelAfter(step), **kw)
+    again = analyze_objects(vol, tmp_path / "out", **kw)
+    assert again["count"] == ref["count"] == 8
+    for f in ("objects.csv",):
+        assert (tmp_path / "out" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes()
+    assert np.array_equal(
+        zarr_labels(tmp_path / "out" / "objects.zarr"),
+        zarr_labels(tmp_path / "ref" / "objects.zarr"),
+    )
