@@ -30,12 +30,24 @@ The table and ``summary.json`` are written before the optional products (meshes,
 preview): a mesh that cannot be made (e.g. of a 1-voxel-thick sheet) is skipped with a
 :class:`~tomoseg.errors.TomosegWarning` naming the object, never at the cost of the table.
 
+Touching objects (``split``): each connected component is split on its own, in its bounding
+box, by a seeded watershed on its distance transform (:mod:`tomoseg.evaluation.split`); the
+pieces are numbered like components (raster order of their first voxel), so a chunked run gives
+the same array as an in-memory one (:func:`measure_objects` with ``split=True`` too).
+
+Units: the voxel size comes from ``voxel_size``, else ``stack.json`` / the volume's metadata;
+without one every physical column is in voxels, the summary says so (``"units": "voxels"``)
+and a warning names ``voxel_size``.
+
 Truth check (``truth``, a multi-page TIFF of instance labels such as the phantom's
 ``truth3d/labels.tif``): a predicted object matches a true object when their voxel IoU is at
 least 0.5 (``match="iou"``, the default) or when it covers at least half of the true object
 (``match="coverage"``); matching is one-to-one, greedy by decreasing score. True objects under
 ``min_volume`` voxels are left out (they could not be detected by construction); both counts are
-reported.
+reported. Precision, recall and F1 are also given at IoU >= 0.75 (``precision_75``, ...: the
+strict matching of the MitoEM challenge). A truth that holds class ids rather than instance
+labels (at most 8 values, more than twice as many connected objects) gives a warning and no
+scores.
 """
 
 from __future__ import annotations
