@@ -163,7 +163,7 @@ SplitH = Annotated[
     float | None,
     typer.Option(
         help="--split: smallest height of a body's centre above the neck to its neighbour, in "
-        "the voxel size's unit (default: 0.1 x the typical object radius)."
+        "the voxel size's unit (default: 0.05 x the typical object radius)."
     ),
 ]
 SplitMinDistance = Annotated[

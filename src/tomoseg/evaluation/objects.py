@@ -819,7 +819,7 @@ def analyze_objects(
             box; the chunked run gives the same objects). ``min_volume`` applies to the
             connected components before the split.
         split_h: smallest height of a body's centre above the neck to its neighbour, in the
-            voxel size's unit (default: a quarter of the typical object radius).
+            voxel size's unit (default: 0.05 times the typical object radius).
         split_min_distance: seeds closer than this are merged, in the voxel size's unit
             (default: half the typical object radius).
         unit: unit of ``voxel_size`` (default: the volume's, else ``micrometer`` when

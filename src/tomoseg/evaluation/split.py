@@ -23,10 +23,11 @@ the volume was read (whole or slab by slab), nor on the order the objects are pr
 
 Defaults (:func:`split_defaults`) are tied to the typical object radius ``r``: the radius of the
 equal-volume sphere of the object holding the median voxel (a voxel-weighted median over the
-connected components, which small debris does not move): ``h = 0.25 r``, ``min_distance =
-0.5 r``. Two equal balls of radius ``r`` whose centres are ``d`` apart have a neck of radius
-``sqrt(r^2 - d^2 / 4)``: with ``h = 0.25 r`` they are told apart while ``d > 1.32 r``, i.e. while
-they overlap by less than about a third of their diameter.
+connected components, which small debris does not move): ``h = 0.05 r``, ``min_distance =
+0.5 r`` (chosen on phantoms with touching somas, ``bench/bench_split.py``: a larger ``h``
+misses more touching pairs, and the somas' rough surfaces make no seed as deep as ``0.05 r``).
+Two equal balls of radius ``r`` whose centres are ``d`` apart have a neck of radius
+``sqrt(r^2 - d^2 / 4)``: with ``h = 0.05 r`` they are told apart while ``d > 0.62 r``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tomoseg.errors import TomosegError
 __all__ = ["check_split_params", "split_defaults", "split_mask", "typical_radius"]
 
 #: default seed dynamic and seed distance, as fractions of the typical object radius
-H_FRACTION = 0.1
+H_FRACTION = 0.05
 MIN_DISTANCE_FRACTION = 0.5
 
 
