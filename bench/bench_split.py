@@ -100,13 +100,14 @@ def score(pred: np.ndarray, truth: np.ndarray, touching: set[int], inside: set[i
     }
 
 
-def network_labels(ph: Path, work: Path) -> np.ndarray:
+def network_labels(ph: Path, work: Path, epochs: int, crops: int) -> np.ndarray:
     """Soma class of a small network trained on the phantom's train split, every slice."""
     from tomoseg.api import segment_stack
     from tomoseg.config.schema import load_config
     from tomoseg.training.trainer import train
 
-    cfg = {"width": 8, "depth": 3, "crop_size": 64, "crops": 256, "epochs": 20, "batch_size": 8}
+    cfg = {"width": 8, "depth": 3, "crop_size": 64, "crops": crops, "epochs": epochs,
+           "batch_size": 8}  # fmt: skip
     run = train(ph, work / "run", load_config(None, cfg), progress=False)
     spec = json.loads((ph / "dataset.json").read_text())
     slices = work / "slices"
@@ -136,7 +137,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict:
     sources = {"truth mask": truth > 0}
     if args.network:
         t0 = time.perf_counter()
-        sources["network"] = network_labels(ph, args.out / f"net_{seed}")
+        sources["network"] = network_labels(
+            ph, args.out / f"net_{seed}", args.net_epochs, args.net_crops
+        )
         print(f"seed {seed}: network trained and applied in {time.perf_counter() - t0:.0f} s")
     res: dict = {
         "seed": seed, "somas": info["somas"], "touching": len(touching),
@@ -222,6 +225,8 @@ def main() -> None:
     ap.add_argument("--h-fractions", type=float, nargs="*", default=[0.1, 0.4])
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--network", action="store_true")
+    ap.add_argument("--net-epochs", type=int, default=20)
+    ap.add_argument("--net-crops", type=int, default=256)
     args = ap.parse_args()
     warnings.filterwarnings("ignore", "the volume records no voxel size")  # a phantom: voxels
     args.out.mkdir(parents=True, exist_ok=True)
