@@ -35,7 +35,13 @@ Input = Annotated[
 StackOut = Annotated[Path, typer.Option(help="Output folder (labels.zarr or labels/, stack.json).")]
 StackFormat = Annotated[str, typer.Option("--format", help="ome-zarr or tiff.")]
 VoxelSize = Annotated[str | None, typer.Option(help="z,y,x voxel size (default: input's).")]
-Unit = Annotated[str | None, typer.Option(help="Unit of the voxel size, e.g. micrometer.")]
+Unit = Annotated[
+    str | None,
+    typer.Option(
+        help="Unit of the voxel size, e.g. nanometer (default: the input's; micrometer for a "
+        "given --voxel-size)."
+    ),
+]
 BatchSlices = Annotated[int, typer.Option(help="Slices per forward pass (GPU).")]
 IoWorkers = Annotated[
     int | None,
