@@ -163,7 +163,10 @@ def _open(volume: Any, voxel_size: Any, units: str) -> _Input:
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         classes = None
     given = parse_voxel_size(voxel_size)
-    found = given or parse_voxel_size(info.get("voxel_size")) or src.voxel_size
+    # a stack.json voxel size counts only with its unit: a job on an input without one records
+    # (1, 1, 1) and no unit, which is voxels, not micrometres (the rule of `objects`)
+    recorded = parse_voxel_size(info.get("voxel_size")) if info.get("unit") else None
+    found = given or recorded or src.voxel_size
     if units == "physical" and found is None:
         raise TomosegError(
             f"{src.where} declares no voxel size: give it as voxel_size=Z,Y,X "
