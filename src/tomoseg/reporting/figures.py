@@ -26,7 +26,10 @@ def _pyplot():
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, coi: str) -> None:
     """Draw loss, accuracy, IoU of the class of interest, BF1 and seconds per epoch against the
-    epoch (train and val) into ``path`` (PNG).
+    epoch (train and val) into ``path`` (PNG). Where a run averages its weights, validation
+    scores the averaged weights (``val``, the delivered ones) and, while the average warms up,
+    the raw ones too (``val_raw_iou_<coi>``, ``val_raw_bf1_<coi>``: a third line, "val, raw
+    weights").
 
     Args:
         history: one row per epoch (``metrics.csv``'s columns: ``epoch``, ``train_loss``,
@@ -39,13 +42,15 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, coi: str) -> N
     panels = [
         ("loss", "train_loss", "val_loss"),
         ("global accuracy", "train_accuracy", "val_accuracy"),
-        (f"IoU {coi}", f"train_iou_{coi}", f"val_iou_{coi}"),
-        (f"BF1 {coi} (val, full images)", None, f"val_bf1_{coi}"),
+        (f"IoU {coi}", f"train_iou_{coi}", f"val_iou_{coi}", f"val_raw_iou_{coi}"),
+        (f"BF1 {coi} (val, full images)", None, f"val_bf1_{coi}", f"val_raw_bf1_{coi}"),
         ("seconds per epoch", "seconds", None),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, tr, va) in zip(axes, panels, strict=True):
-        for key, label in ((tr, "train"), (va, "val")):
+    for ax, (title, tr, va, *raw) in zip(axes, panels, strict=True):
+        averaged = bool(raw) and any(raw[0] in r for r in history)
+        lines = [(tr, "train"), (va, "val, averaged weights" if averaged else "val")]
+        for key, label in lines + [(k, "val, raw weights") for k in raw]:
             if key and any(key in r for r in history):
                 ax.plot(ep, [r.get(key, np.nan) for r in history], marker="o", ms=3, label=label)
         ax.set_title(title)

@@ -68,6 +68,7 @@ def plan_epochs(
     tuning_passes: float = 0.0,
     epoch_overhead: float = EPOCH_OVERHEAD_SECONDS,
     max_epochs: int = 10_000,
+    double_validation_epochs: int = 0,
 ) -> dict[str, Any]:
     """The number of epochs whose whole run fits in the budget.
 
@@ -84,6 +85,9 @@ def plan_epochs(
             one pass per TTA transform, plus scoring).
         epoch_overhead: seconds per epoch outside training and validation steps (checkpoints,
             exports, metrics.csv and curves.png).
+        double_validation_epochs: the first epochs whose validations score two networks (the
+            averaged and the raw weights while a weight average warms up,
+            :mod:`tomoseg.training.averaging`).
 
     Returns:
         ``epochs``, ``planned_minutes`` (all included), ``budget_minutes``,
@@ -104,7 +108,10 @@ def plan_epochs(
     available = budget - reserve
 
     def cost(e: int) -> float:
-        return e * (probe.epoch_seconds + epoch_overhead) + validations(e, val_every) * val
+        passes = validations(e, val_every) + validations(
+            min(e, double_validation_epochs), val_every
+        )
+        return e * (probe.epoch_seconds + epoch_overhead) + passes * val
 
     if cost(1) > available:
         one = cost(1) + reserve - MARGIN * budget

@@ -112,6 +112,10 @@ class SegModule(L.LightningModule):
             )
         self.train_scores = TrainScores(k)
         self.val_scores = ValidationScores(k)
+        # the raw weights' scores while the weight average warms up (training/averaging.py)
+        self.raw_scores = ValidationScores(k)
+        self.raw_result: dict[str, Any] | None = None
+        self.averaging_decay: float | None = None  # set by WarmupEMA after each update
         self.val_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.epoch_lr = float("nan")
@@ -159,6 +163,7 @@ class SegModule(L.LightningModule):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_compiled_net", None)  # copies (EMA's average, pickling) stay eager
+        state.pop("raw_net", None)
         return state
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -174,6 +179,7 @@ class SegModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.val_result = None  # set only in epochs that validate
+        self.raw_result = None
         self.train_scores.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -198,15 +204,24 @@ class SegModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.val_scores.reset()
+        self.raw_scores.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if batch is None:  # a placeholder of a process with one image fewer (DDP)
             return
         x, y, i = batch
         x, y = x[None].to(self.device), y.to(self.device)
+        self.val_scores.update(*self._score(self.net, x, y, i))
+        raw = self.__dict__.get("raw_net")  # set by WarmupEMA while the average warms up
+        if raw is not None:
+            self.raw_scores.update(*self._score(raw, x, y, i))
+
+    def _score(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, i: Any):
+        """Score one validation image (x (1, C, H, W), y (H, W)) with ``net``:
+        (:func:`~tomoseg.metrics.segmentation.score_image`'s result, loss)."""
         c = self.cfg
         logits = infer_logits(
-            self.net,
+            net,
             x,
             c.tile_size,
             c.tile_overlap,
@@ -226,12 +241,15 @@ class SegModule(L.LightningModule):
             [self.coi],
             ignore_label=IGNORE_INDEX,
         )
-        self.val_scores.update(score, loss)
+        return score, loss
 
     def on_validation_epoch_end(self) -> None:
-        """Reduce the validation states (across processes) and log the monitored value."""
+        """Reduce the validation states (across processes) and log the monitored value: the
+        IoU of the weights the run delivers (the average, where weights are averaged)."""
         res = {k: v.numpy() for k, v in self.val_scores.compute().items()}
         self.val_result = res
+        if self.__dict__.pop("raw_net", None) is not None:  # the raw weights were scored too
+            self.raw_result = {k: v.numpy() for k, v in self.raw_scores.compute().items()}
         coi = self.classes[self.coi]
         self.log(f"val_iou_{coi}", float(res["iou"][self.coi]), logger=False, prog_bar=False)
 
@@ -272,6 +290,12 @@ class SegModule(L.LightningModule):
                 row[f"val_iou_{name}"] = float(v)
             row[f"val_bf1_{coi}"] = float(val["bf1"][self.coi])
             row[f"val_pooled_iou_{coi}"] = float(val["pooled_iou"][self.coi])
+        raw = self.raw_result
+        if val is not None and raw is not None:  # the raw weights, beside their average
+            row[f"val_raw_iou_{coi}"] = float(raw["iou"][self.coi])
+            row[f"val_raw_bf1_{coi}"] = float(raw["bf1"][self.coi])
+        if self.averaging_decay is not None:
+            row["ema_decay"] = self.averaging_decay
         return row
 
     @property

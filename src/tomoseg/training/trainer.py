@@ -581,11 +581,12 @@ def train(
         best, last = checkpoint_callbacks(run, f"val_iou_{coi}")
         averaging: list[L.Callback] = []
         if ema_decay is not None:
-            from lightning.pytorch.callbacks import EMAWeightAveraging
+            from tomoseg.training.averaging import WarmupEMA
 
-            # BatchNorm's running statistics are averaged with the weights (use_buffers=True), so
-            # the averaged network is consistent without a re-estimation pass.
-            averaging.append(EMAWeightAveraging(decay=ema_decay, use_buffers=True))
+            # Lightning's WeightAveraging with a warm-up of the decay (the average follows the
+            # raw weights early); BatchNorm's running statistics are averaged with the weights,
+            # so the averaged network is consistent without a re-estimation pass.
+            averaging.append(WarmupEMA(ema_decay))
         with restored_determinism():
             trainer = make_trainer(
                 device,
@@ -661,6 +662,7 @@ def _budget_plan(
     plan recorded in ``run.json`` (so the schedule, and the weights, are those of the
     uninterrupted run)."""
     from tomoseg.inference.tta import parse_tta
+    from tomoseg.training.averaging import warmup_updates
     from tomoseg.training.budget import budget_record, plan_epochs, probe_throughput
 
     record = read_run_record(run, missing_ok=True) if resume else None
@@ -685,7 +687,11 @@ def _budget_plan(
     bf16 = precision == "bf16-mixed"
     probe = probe_throughput(scratch(False), dm, device, bf16)
     passes = (len(parse_tta(cfg.tta)) + 1.0) if cfg.tune_decision else 0.0
-    plan = plan_epochs(cfg.time_budget or 0.0, probe, val_every=cfg.val_every, tuning_passes=passes)
+    # while a weight average warms up, validation also scores the raw weights (averaging.py)
+    decay = ema_decay_for(cfg.ema_decay, 10**9)
+    doubled = 0 if decay is None else math.ceil(warmup_updates(decay) / probe.steps_per_epoch)
+    kw = {"val_every": cfg.val_every, "tuning_passes": passes, "double_validation_epochs": doubled}
+    plan = plan_epochs(cfg.time_budget or 0.0, probe, **kw)
     if compile_wanted(cfg.compile, plan["epochs"] * probe.steps_per_epoch):
         # the compiled steps' throughput (and the compile time) from a second, shorter probe
         module = scratch(True)
@@ -697,9 +703,7 @@ def _budget_plan(
                 validation_images=probe.validation_images,
                 seconds=probe.seconds + fast.seconds,
             )
-            plan = plan_epochs(
-                cfg.time_budget or 0.0, probe, val_every=cfg.val_every, tuning_passes=passes
-            )
+            plan = plan_epochs(cfg.time_budget or 0.0, probe, **kw)
         else:  # compiling failed (warned): plan and train eager
             cfg = cfg.model_copy(update={"compile": "off"})
     return cfg.model_copy(update={"epochs": plan["epochs"]}), budget_record(probe, plan)

@@ -1,0 +1,107 @@
+"""Ablation of the augmentation and network options on one dataset, each case one training.
+
+Each case is ``tomoseg train`` with the default configuration plus the case's options, a fixed
+number of epochs and one seed, then ``tomoseg evaluate`` on the test split (the run's tuned
+decision applied); the table gives the test IoU / BF1 of the class of interest, the training
+wall time and the crops per second of the last epoch. Cases run one at a time (``--case``), so
+each can start as soon as it is wanted; ``--table`` prints the table of the cases finished::
+
+    PYTHONPATH=src python bench/augment_ablation.py --data ../shared/data/em-vnc-mito \\
+        --out runs/aug-em --epochs 12 --case default
+    ... --case intensity | spatial | resenc | resenc-ds
+    PYTHONPATH=src python bench/augment_ablation.py --out runs/aug-em --table
+
+Each case runs the ``tomoseg`` command line of the Python running this script, as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: the cases: the options each adds to the default configuration
+CASES: dict[str, list[str]] = {
+    "default": [],
+    "intensity": ["--aug-intensity", "0.15"],
+    "spatial": ["--aug-spatial-prob", "0.2", "--aug-scale", "0.3", "--aug-rotate", "45"],
+    "resenc": ["--model", "unet-resenc"],
+    "resenc-ds": ["--model", "unet-resenc", "--deep-supervision"],
+}
+
+
+def tomoseg(*args: str) -> None:
+    cmd = [sys.executable, "-m", "tomoseg.cli", *args]
+    print("$ tomoseg " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True, env=os.environ)
+
+
+def run_case(data: Path, out: Path, case: str, epochs: int, seed: int) -> dict:
+    d = out / case
+    t0 = time.perf_counter()
+    tomoseg(
+        "train", "--data", str(data), "--out", str(d / "run"), "--epochs", str(epochs),
+        "--seed", str(seed), "--overwrite", "--quiet", *CASES[case],
+    )  # fmt: skip
+    minutes = (time.perf_counter() - t0) / 60
+    tomoseg(
+        "evaluate", str(d / "run"), "--data", str(data), "--out", str(d / "test"), "--overwrite"
+    )
+    m = json.loads((d / "test" / "metrics.json").read_text())
+    coi = m["class_of_interest"]
+    rows = list(csv.DictReader((d / "run" / "metrics.csv").open()))
+    result = {
+        "case": case,
+        "options": " ".join(CASES[case]) or "(none)",
+        "epochs": epochs,
+        "seed": seed,
+        "iou": m["mean"]["iou"][coi],
+        "bf1": m["mean"]["bf1"][coi],
+        "train_minutes": minutes,
+        "crops_per_second": float(rows[-1]["crops_per_second"]),
+        "val_iou_last": float(rows[-1][f"val_iou_{coi}"]),
+    }
+    (d / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(out: Path) -> str:
+    lines = [
+        "| case | options | test IoU | test BF1 | val IoU (last epoch) | training min | crops/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        f = out / case / "result.json"
+        if f.is_file():
+            r = json.loads(f.read_text())
+            lines.append(
+                f"| {case} | `{r['options']}` | {r['iou']:.3f} | {r['bf1']:.3f} | "
+                f"{r['val_iou_last']:.3f} | {r['train_minutes']:.1f} | "
+                f"{r['crops_per_second']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/em-vnc-mito"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--case", choices=sorted(CASES), action="append", default=[])
+    ap.add_argument("--table", action="store_true", help="print the table of finished cases")
+    a = ap.parse_args(argv)
+    for case in a.case:
+        print(json.dumps(run_case(a.data, a.out, case, a.epochs, a.seed)), flush=True)
+    if a.table or not a.case:
+        print(table(a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
