@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,20 @@ from tomoseg.errors import TomosegError
 from tomoseg.utils.format import pydantic_message
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+#: the range of each augmentation strength ``aug_<name>`` (0, off, is always allowed);
+#: ``tomoseg.data.augment.build_augmentation`` says what each does and nnU-Net's value.
+AUG_RANGES: dict[str, tuple[float, float]] = {
+    "scale": (0.0, 0.5),
+    "rotate": (0.0, 180.0),
+    "elastic": (0.0, 16.0),
+    "brightness": (0.0, 0.9),
+    "contrast": (0.0, 0.9),
+    "gamma": (0.0, 1.0),
+    "noise": (0.0, 1.0),
+    "blur": (0.5, 4.0),
+    "lowres": (0.0, 0.9),
+}
 
 
 class TrainConfig(BaseModel):
@@ -103,6 +118,55 @@ class TrainConfig(BaseModel):
         ge=0,
         description="j: the image is scaled by 1 + U(-j, j) and shifted by U(-j, j), each "
         "with probability 0.5; 0 = off",
+    )
+    # nnU-Net's augmentation (data/augment.py; each 0 = off, the default; nnU-Net's value in
+    # brackets): spatial, one resampling with probability aug_spatial_prob
+    aug_spatial_prob: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="probability of the spatial augmentation (aug_scale, aug_rotate, "
+        "aug_elastic; one resampling, the mask nearest-neighbour, what comes in from outside "
+        "the crop unannotated) [nnU-Net 0.2]",
+    )
+    aug_scale: float = Field(
+        default=0.0, description="zoom each crop by 1 + U(-s, s); 0 = off, up to 0.5 [0.3]"
+    )
+    aug_rotate: float = Field(
+        default=0.0, description="rotate by U(-r, r) degrees; 0 = off, up to 180 [180 in 2D]"
+    )
+    aug_elastic: float = Field(
+        default=0.0,
+        description="elastic deformation: control points 32 px apart displaced by up to e px; "
+        "0 = off, up to 16 [off]",
+    )
+    # intensity, on the image only, each with nnU-Net's probability
+    aug_brightness: float = Field(
+        default=0.0, description="multiply by 1 + U(-b, b), p 0.15; 0 = off, up to 0.9 [0.25]"
+    )
+    aug_contrast: float = Field(
+        default=0.0,
+        description="scale about the mean by 1 + U(-c, c), range kept, p 0.15; 0 = off, up to "
+        "0.9 [0.25]",
+    )
+    aug_gamma: float = Field(
+        default=0.0,
+        description="gamma in [1/(1+g), 1+g], mean and std kept, p 0.3 (inverted image p 0.1); "
+        "0 = off, up to 1 [0.5]",
+    )
+    aug_noise: float = Field(
+        default=0.0,
+        description="Gaussian noise of std U(0, n) (normalised intensities, about 0-1), p 0.1; "
+        "0 = off, up to 1 [0.1 of z-scored intensities]",
+    )
+    aug_blur: float = Field(
+        default=0.0,
+        description="Gaussian blur of sigma U(0.5, b) px, p 0.2; 0 = off, or 0.5 to 4 [1]",
+    )
+    aug_lowres: float = Field(
+        default=0.0,
+        description="simulated low resolution: down-sample by U(1 - l, 1) and back, p 0.25; "
+        "0 = off, up to 0.9 [0.5]",
     )
     # optimisation
     epochs: int = Field(default=24, ge=1, description="training epochs")
@@ -210,6 +274,14 @@ class TrainConfig(BaseModel):
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
             raise ValueError(f"ema_decay must be a number in (0, 1), auto or none, got {v!r}")
         return float(v)
+
+    @field_validator(*(f"aug_{name}" for name in AUG_RANGES))
+    @classmethod
+    def _aug_strength(cls, v: float, info: ValidationInfo) -> float:
+        low, high = AUG_RANGES[str(info.field_name)[4:]]
+        if not math.isfinite(v) or not (v == 0 or low <= v <= high):
+            raise ValueError(f"{info.field_name} must be 0 (off) or from {low:g} to {high:g}")
+        return v
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -85,6 +85,12 @@ class RankSplit(Sampler[int]):
         return iter(mine + [-1] * (len(self) - len(mine)))
 
 
+def augmentation_options(cfg: TrainConfig) -> dict[str, float]:
+    """The ``aug_*`` fields of a config as :func:`~tomoseg.data.augment.build_augmentation`'s
+    keyword arguments (``aug_scale`` -> ``scale``)."""
+    return {k[4:]: float(v) for k, v in cfg.model_dump().items() if k.startswith("aug_")}
+
+
 class CropDataset(Dataset):
     """Crops cut on the fly from normalised full images, augmented per (epoch, index)."""
 
@@ -97,7 +103,11 @@ class CropDataset(Dataset):
     ):
         self.images, self.masks, self.boxes, self.seed = images, masks, boxes, cfg.seed
         self.transform = build_augmentation(
-            cfg.rotation, cfg.flip_prob, cfg.rotate_prob, cfg.intensity_jitter
+            cfg.rotation,
+            cfg.flip_prob,
+            cfg.rotate_prob,
+            cfg.intensity_jitter,
+            **augmentation_options(cfg),
         )
 
     def __len__(self) -> int:
