@@ -78,3 +78,45 @@ def test_trains_one_step_and_rebuilds_from_hparams(net):
 def test_registry_entries_name_a_source():
     for name, arch in REGISTRY.items():
         assert arch.name == name and arch.source and arch.default_width >= 1
+
+
+DEEP = sorted(name for name, arch in REGISTRY.items() if arch.deep_supervision)
+
+
+@pytest.mark.parametrize("name", DEEP)
+@pytest.mark.parametrize("hw", [(37, 53), (64, 64)])
+def test_deep_supervision_outputs_in_training_only(name, hw):
+    """With deep supervision, training mode returns [logits, aux at 1/2, aux at 1/4, ...] (each
+    of its share of the input, rounded up), evaluation mode the logits only; the heads are part
+    of the weights, so the network is rebuilt from its hparams with them."""
+    torch.manual_seed(0)
+    net = build_model(name, in_channels=1, num_classes=3, deep_supervision=True, **SMALL)
+    assert net.hparams_dict["deep_supervision"] is True
+    x = torch.rand(2, 1, *hw)
+    outs = net.train()(x)
+    assert isinstance(outs, list) and len(outs) >= 2
+    for i, o in enumerate(outs):
+        assert o.shape == (2, 3, -(-hw[0] // 2**i), -(-hw[1] // 2**i)), (i, o.shape)
+    loss = sum(torch.nn.functional.cross_entropy(o, torch.zeros_like(o[:, 0]).long()) for o in outs)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with torch.no_grad():
+        y = net.eval()(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 3, *hw)
+    copy = build_model(**net.hparams_dict)
+    copy.load_state_dict(net.state_dict())  # strict: the heads are there
+    with torch.no_grad():
+        torch.testing.assert_close(copy.eval()(x), y)
+
+
+def test_deep_supervision_refused_by_a_network_without_it():
+    from tomoseg.errors import TomosegError
+
+    plain = [n for n, a in REGISTRY.items() if not a.deep_supervision]
+    assert plain and DEEP
+    for name in plain:
+        with pytest.raises(
+            TomosegError, match=f"deep_supervision=True needs .*model='{name}' has none"
+        ):
+            build_model(name, deep_supervision=True, **SMALL)
+    assert "deep_supervision" not in build_model(DEEP[0], **SMALL).hparams_dict

@@ -121,7 +121,9 @@ def test_bad_build_arguments_raise(kwargs):
 
 
 def test_unknown_model_message():
-    with pytest.raises(TomosegError, match=r"unknown model 'foo' \(choose segnet or unet\)"):
+    with pytest.raises(
+        TomosegError, match=r"unknown model 'foo' \(choose segnet, unet, unet-resenc\)"
+    ):
         build_model("foo")
 
 

@@ -96,3 +96,23 @@ def test_time_budget_counts_the_raw_validations():
     plain = plan_epochs(10, probe)
     doubled = plan_epochs(10, probe, double_validation_epochs=30)
     assert doubled["epochs"] < plain["epochs"]
+
+
+def test_residual_encoder_with_deep_supervision_trains_and_predicts(tmp_path, run_cli):
+    """unet-resenc with deep supervision trains (auxiliary losses), records the heads in its
+    hparams, and every command loads it (the heads unused at inference)."""
+    from tomoseg.inference.predictor import Predictor
+
+    data = make_dataset(tmp_path / "d", shape=(40, 48))
+    kw = {**TINY_TRAIN, "precision": "32", "model": "unet-resenc", "deep_supervision": True}
+    run = train(data, tmp_path / "run", load_config(None, {**kw, "tune_decision": False}))
+    model = json.loads((run / "run.json").read_text())["model"]
+    assert model["name"] == "unet-resenc" and model["deep_supervision"] is True
+    image = torch.zeros(40, 48, dtype=torch.uint8).numpy()
+    labels = Predictor.from_run(run, device="cpu").predict(image)
+    assert labels.shape == (40, 48)
+    code, _, err = run_cli(
+        "train", "--data", data, "--out", tmp_path / "r", "--deep-supervision", "--model", "unet"
+    )
+    assert code != 0 and err.count("\n") == 1, err
+    assert "--deep-supervision needs" in err and "--model unet has none" in err, err

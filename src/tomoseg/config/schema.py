@@ -48,10 +48,16 @@ class TrainConfig(BaseModel):
     # network
     model: str = Field(
         default="unet",
-        description="a network of tomoseg.models.registry (segnet, unet); checked by train",
+        description="a network of tomoseg.models.registry (segnet, unet, unet-resenc: "
+        "nnU-Net ResEnc's residual encoder); checked by train",
     )
     width: int | None = Field(default=32, ge=1, description="channels of the first level")
     depth: int = Field(default=5, ge=2, le=7, description="U-Net levels (SegNet: fixed 5)")
+    deep_supervision: bool = Field(
+        default=False,
+        description="deep supervision (unet-resenc): the loss also scores auxiliary outputs at "
+        "1/2, 1/4, ... of the crop, weights halving per scale (nnU-Net's); off at inference",
+    )
     encoder_weights: Path | None = Field(
         default=None,
         description="SegNet: start the encoder from a VGG16-BN (or SegNet) state dict file",

@@ -51,8 +51,10 @@ class PadToStride(nn.Module):
         self.arch = arch
         self.hparams_dict = dict(hparams)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits (B, K, H, W) for an input (B, C, H, W) of any H, W >= 1."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Return logits (B, K, H, W) for an input (B, C, H, W) of any H, W >= 1; a network
+        with deep supervision in training mode returns ``[logits, aux at 1/2, aux at 1/4,
+        ...]``, each cropped to its share of (H, W) (rounded up)."""
         if x.ndim != 4:
             raise TomosegError(f"expected an input of shape (B, C, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
@@ -61,4 +63,7 @@ class PadToStride(nn.Module):
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         out = self.net(x)
+        if isinstance(out, (list, tuple)):
+            fh, fw = x.shape[-2:]
+            return [o[..., : -(-h * o.shape[-2] // fh), : -(-w * o.shape[-1] // fw)] for o in out]
         return out[..., :h, :w]

@@ -53,6 +53,7 @@ class NetworkRecord(BaseModel):
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     width: int | None = Field(default=None, ge=1, le=MAX_WIDTH)
     depth: int | None = Field(default=None, ge=2, le=MAX_DEPTH)
+    deep_supervision: bool = False  # auxiliary heads in the weights (unet-resenc)
 
     @field_validator("name")
     @classmethod

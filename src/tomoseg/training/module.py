@@ -63,6 +63,18 @@ def compile_wanted(setting: str, steps: int) -> bool:
 # ----------------------------------------------------------------------------- model
 
 
+class _TargetAsFloat(nn.Module):
+    """A loss of (logits, int64 ids (B, H, W)) called with float ids (B, 1, H, W), as MONAI's
+    ``DeepSupervisionLoss`` passes its down-sampled targets."""
+
+    def __init__(self, loss) -> None:
+        super().__init__()
+        self.fn = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(logits, target[:, 0].round().long())
+
+
 class SegModule(L.LightningModule):
     """Network + weighted loss + per-epoch metrics (train: pooled over crops; val: per image).
 
@@ -83,7 +95,12 @@ class SegModule(L.LightningModule):
         # 1 input channel, or 2k + 1 with 2.5D context; the depth as the registry resolves it
         self.net = build_model(
             **network_hparams(
-                self.cfg.model, in_channels(self.cfg.context), k, self.cfg.width, self.cfg.depth
+                self.cfg.model,
+                in_channels(self.cfg.context),
+                k,
+                self.cfg.width,
+                self.cfg.depth,
+                self.cfg.deep_supervision,
             )
         )
         if self.cfg.encoder_weights is not None:
@@ -166,10 +183,24 @@ class SegModule(L.LightningModule):
         state.pop("raw_net", None)
         return state
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, K, H, W) against class ids (B, H, W): the (class-weighted)
         cross-entropy, plus the batch soft Dice of the foreground classes with ``loss: dice_ce``;
-        pixels equal to :data:`IGNORE_INDEX` count in neither."""
+        pixels equal to :data:`IGNORE_INDEX` count in neither.
+
+        Deep supervision (a list ``[logits, aux at 1/2, aux at 1/4, ...]``): the weighted sum of
+        the loss of each output against the target down-sampled to its size (nearest
+        neighbour), weights 1, 1/2, 1/4, ... normalised to sum 1 (nnU-Net's; MONAI's
+        ``DeepSupervisionLoss``)."""
+        if isinstance(logits, (list, tuple)):
+            from monai.losses import DeepSupervisionLoss
+
+            w = [0.5**i for i in range(len(logits))]
+            ds = DeepSupervisionLoss(_TargetAsFloat(self._loss), weights=[v / sum(w) for v in w])
+            return ds(list(logits), target[:, None].float())
+        return self._loss(logits, target)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         ce = self.loss_fn(logits, target)
         if self.dice_fn is None:
@@ -186,8 +217,9 @@ class SegModule(L.LightningModule):
         x, y = batch
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.train_forward(x)
-        loss = self.loss(logits, y)
+        out = self.train_forward(x)
+        loss = self.loss(out, y)
+        logits = out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: main
         with torch.no_grad():
             pred = (logits.detach() + self.logit_bias[None, :, None, None]).argmax(1)
             self.train_scores.update(y, pred, float(loss.detach()))

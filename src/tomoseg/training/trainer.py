@@ -517,7 +517,12 @@ def train(
             "tomoseg_version": __version__,
             # 2k + 1 input channels with 2.5D context; a fixed-depth network's depth (registry)
             "model": network_hparams(
-                cfg.model, in_channels(cfg.context), len(classes), cfg.width, cfg.depth
+                cfg.model,
+                in_channels(cfg.context),
+                len(classes),
+                cfg.width,
+                cfg.depth,
+                cfg.deep_supervision,
             ),
             "classes": classes,
             "class_of_interest": coi,
