@@ -120,3 +120,14 @@ def test_deep_supervision_refused_by_a_network_without_it():
         ):
             build_model(name, deep_supervision=True, **SMALL)
     assert "deep_supervision" not in build_model(DEEP[0], **SMALL).hparams_dict
+
+
+def test_trains_one_step_in_channels_last_and_bf16(net):
+    """The training steps run channels-last under bf16 autocast (the default on CPUs with
+    native bf16): forward and backward complete with finite gradients."""
+    m = build_model(**net.hparams_dict).train().to(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    torch.nn.functional.cross_entropy(out.float(), torch.zeros(2, 64, 64).long()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

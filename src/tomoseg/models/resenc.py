@@ -2,8 +2,9 @@
 MICCAI 2024), built from MONAI's nnU-Net blocks (``monai.networks.blocks.dynunet_block``).
 
 Encoder: ``depth`` stages of residual blocks (``UnetResBlock``: two 3x3 convolutions with a
-shortcut, a strided one opening every stage after the first), nnU-Net ResEnc's blocks per
-stage :data:`BLOCKS` (1, 3, 4, 6, 6, ...); channels ``w, 2w, ..., 2**(depth-1) w``. Decoder: per
+shortcut, a strided one opening every stage after the first, its shortcut a 2x2 average pool
+and a 1x1 convolution as in nnU-Net's ``BasicBlockD``), nnU-Net ResEnc's blocks per stage
+:data:`BLOCKS` (1, 3, 4, 6, 6, ...); channels ``w, 2w, ..., 2**(depth-1) w``. Decoder: per
 stage a transposed convolution, the skip connection and two plain convolutions
 (``UnetUpBlock``); a 1x1 convolution gives the K logits. BatchNorm (as tomoseg's other
 networks; nnU-Net uses instance normalisation) and leaky ReLU. Total stride ``2**(depth-1)``.
@@ -23,6 +24,18 @@ from torch import nn
 BLOCKS = (1, 3, 4, 6, 6, 6, 6)
 NORM = "BATCH"
 ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
+
+
+def _res_block(c_in: int, c_out: int, stride: int) -> UnetResBlock:
+    """MONAI's residual block; a strided one's shortcut is nnU-Net's (``BasicBlockD``): 2x2
+    average pooling, then a 1x1 convolution (MONAI's strided 1x1 convolution in its place also
+    crashes PyTorch 2.13's channels-last backward on the CPU)."""
+    block = UnetResBlock(2, c_in, c_out, 3, stride, NORM, ACT)
+    if stride > 1:
+        block.conv3 = nn.Sequential(
+            nn.AvgPool2d(stride, stride), nn.Conv2d(c_in, c_out, 1, bias=False)
+        )
+    return block
 
 
 class ResEncUNet(nn.Module):
@@ -49,7 +62,7 @@ class ResEncUNet(nn.Module):
         stages = []
         for i in range(depth):
             c_in = in_channels if i == 0 else ch[i - 1]
-            blocks = [UnetResBlock(2, c_in, ch[i], 3, 1 if i == 0 else 2, NORM, ACT)]
+            blocks = [_res_block(c_in, ch[i], 1 if i == 0 else 2)]
             blocks += [UnetResBlock(2, ch[i], ch[i], 3, 1, NORM, ACT) for _ in range(BLOCKS[i] - 1)]
             stages.append(nn.Sequential(*blocks))
         self.encoder = nn.ModuleList(stages)
