@@ -59,6 +59,8 @@ CASES: dict[str, list[str]] = {
         "--aug-elastic",
         "4",
     ],
+    # weight averaging forced on (a run this short leaves it off): raw vs averaged curves
+    "ema": ["--ema-decay", "0.99"],
     "resenc": ["--model", "unet-resenc"],
     "resenc-ds": ["--model", "unet-resenc", "--deep-supervision"],
     # the residual encoder at half the width: about the U-Net's cost per step on the CPU
