@@ -668,7 +668,7 @@ def _budget_plan(
     uninterrupted run)."""
     from tomoseg.inference.tta import parse_tta
     from tomoseg.training.averaging import warmup_updates
-    from tomoseg.training.budget import budget_record, plan_epochs, probe_throughput
+    from tomoseg.training.budget import Probe, budget_record, plan_epochs, probe_throughput
 
     record = read_run_record(run, missing_ok=True) if resume else None
     if record is not None:
@@ -692,11 +692,19 @@ def _budget_plan(
     bf16 = precision == "bf16-mixed"
     probe = probe_throughput(scratch(False), dm, device, bf16)
     passes = (len(parse_tta(cfg.tta)) + 1.0) if cfg.tune_decision else 0.0
-    # while a weight average warms up, validation also scores the raw weights (averaging.py)
-    decay = ema_decay_for(cfg.ema_decay, 10**9)
-    doubled = 0 if decay is None else math.ceil(warmup_updates(decay) / probe.steps_per_epoch)
-    kw = {"val_every": cfg.val_every, "tuning_passes": passes, "double_validation_epochs": doubled}
-    plan = plan_epochs(cfg.time_budget or 0.0, probe, **kw)
+    kw = {"val_every": cfg.val_every, "tuning_passes": passes}
+
+    def planned(probe: Probe) -> dict:
+        plan = plan_epochs(cfg.time_budget or 0.0, probe, **kw)
+        # while a weight average warms up, validation also scores the raw weights
+        # (averaging.py): a run long enough to average plans for those passes
+        decay = ema_decay_for(cfg.ema_decay, plan["epochs"] * probe.steps_per_epoch)
+        if decay is None:
+            return plan
+        doubled = math.ceil(warmup_updates(decay) / probe.steps_per_epoch)
+        return plan_epochs(cfg.time_budget or 0.0, probe, double_validation_epochs=doubled, **kw)
+
+    plan = planned(probe)
     if compile_wanted(cfg.compile, plan["epochs"] * probe.steps_per_epoch):
         # the compiled steps' throughput (and the compile time) from a second, shorter probe
         module = scratch(True)
@@ -708,7 +716,7 @@ def _budget_plan(
                 validation_images=probe.validation_images,
                 seconds=probe.seconds + fast.seconds,
             )
-            plan = plan_epochs(cfg.time_budget or 0.0, probe, **kw)
+            plan = planned(probe)
         else:  # compiling failed (warned): plan and train eager
             cfg = cfg.model_copy(update={"compile": "off"})
     return cfg.model_copy(update={"epochs": plan["epochs"]}), budget_record(probe, plan)
