@@ -793,7 +793,7 @@ class Predictor:
         self, src: Any, planes: tuple[str, ...], voxel: Sequence[float] | None
     ) -> np.ndarray:
         """:meth:`predict_volume` along several planes, in memory."""
-        from tomoseg.inference.stack_planes import average_planes, plane_probabilities
+        from tomoseg.inference.planes import average_planes, plane_probabilities
         from tomoseg.utils.planes import check_context, check_isotropic
 
         check_context(planes, self.context)
