@@ -152,8 +152,19 @@ CASES: dict[str, Case] = {
     ),
     "segment-stack-planes": Case(  # killed after the input copy, and while averaging
         "segment-stack",
-        lambda i, o: ["segment-stack", i["run"], i["stack"], "--out", o, "--device", "cpu",
-                      "--planes", "xy,xz,yz", "--voxel-size", "1,1,1"],
+        lambda i, o: [
+            "segment-stack",
+            i["run"],
+            i["stack"],
+            "--out",
+            o,
+            "--device",
+            "cpu",
+            "--planes",
+            "xy,xz,yz",
+            "--voxel-size",
+            "1,1,1",
+        ],
         (("message", 0), ("advance", 8)),
         compare=lambda a, b: assert_same_outputs(a, b, drop=("computed", "skipped")),
     ),  # fmt: skip
