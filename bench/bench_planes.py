@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--crop-size", type=int, default=64)
+    ap.add_argument("--width", type=int, default=16, help="channels of the first level")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -106,7 +107,7 @@ def main() -> None:
     vessels = _vessels(n, n, a.seed, test)
     train = {
         "crop_size": a.crop_size, "crops": a.crops, "epochs": a.epochs, "batch_size": 8,
-        "width": 16, "depth": 4, "seed": a.seed, "compile": "off", "device": "cpu",
+        "width": a.width, "depth": 4, "seed": a.seed, "compile": "off", "device": "cpu",
     }  # fmt: skip
     rows = []
     for tplanes in ("xy", "xy,xz,yz"):
@@ -132,7 +133,8 @@ def main() -> None:
     base = rows[0]
     assert not any(np.isnan(r["iou"]) for r in rows)
     print(f"\nphantom {n}^3 (seed {a.seed}), test slab z {test[0]}-{test[-1]}, "
-          f"{a.crops} crops x {a.epochs} epochs of {a.crop_size}, torch threads {a.threads}")  # fmt: skip
+          f"{a.crops} crops x {a.epochs} epochs of {a.crop_size}, width {a.width}, "
+          f"torch threads {a.threads}")  # fmt: skip
     print("| train planes | segment planes | soma IoU 3D | soma BF1 3D | vessel->soma "
           "| train CPU s | segment CPU s (x xy) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -282,7 +282,8 @@ def segment_stack(
             (:mod:`tomoseg.inference.stack_planes`: chunked, bounded memory, resumable);
             needs (nearly) cubic voxels (:data:`~tomoseg.utils.planes.MAX_ANISOTROPY`, from
             ``voxel_size`` or the input's metadata; unknown: a warning, treated as cubes), a
-            run without 2.5D context, ``backend="local"``, no ``part`` nor ``uncertainty``.
+            run without 2.5D context, ``backend="local"``, no ``part`` nor ``uncertainty``;
+            the passes run in this process (``io_workers`` and ``executor`` are not used).
             Recorded in ``stack.json`` (a resume with other planes is another job).
         progress: receives a :class:`~tomoseg.utils.progress.ProgressEvent` per finished slice
             (``done`` counts the slices finished before a resume too), in the calling thread.

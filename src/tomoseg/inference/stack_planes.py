@@ -1,7 +1,7 @@
 """``segment_stack(planes=("xy", "xz", "yz"))``: segment a (nearly) isotropic volume along its
 orthogonal planes and average the class probabilities of the passes (the "2.5D orthogonal"
-scheme of volume-segmantics, CTSegNet and the top vessel-segmentation entries of the HiP-CT
-challenge), chunked, in bounded memory and resumable.
+scheme of volume-segmantics, CTSegNet and top entries of synchrotron-CT vessel segmentation
+challenges), chunked, in bounded memory and resumable.
 
 Steps, each resumable from markers in the job folder's ``planes/`` (a temporary folder, removed
 when the job completes):
@@ -23,11 +23,13 @@ when the job completes):
    progress markers, as every executor writes them (:func:`average_planes` is the rule,
    also used in memory by :meth:`~tomoseg.inference.predictor.Predictor.predict_volume`).
 
-Memory: one slab, about ``(1 + 2 K) * 4 * CHUNK * A * B`` bytes for the largest plane
-(A, B) (K classes); the full 1800 x 1920 x 2300 volume with K = 2 needs about 2.7 GB. Disk:
-the input copy (4 bytes per voxel) and 2 K bytes per voxel and plane, while the job runs.
+Memory: a slab of :data:`CHUNK` planes of the input (float32) and of their probabilities
+(float16), about ``(4 + 2 K) * CHUNK * A * B`` bytes for the largest plane (A, B) and K classes:
+1.1 GB for 1920 x 2300 slices and two classes (the average step reads blocks of CHUNK^3).
+Disk, while the job runs: the input copy (4 bytes per voxel) and ``2 K`` bytes per voxel and
+plane.
 
-The passes run in this process with the job's model (the reader/writer threads' executor);
+The passes run in this process with the job's model, whatever ``io_workers`` or ``executor``;
 ``planes`` is refused with ``part`` or ``backend="ray"``, with a 2.5D run and with
 ``uncertainty``. Planes other than ``xy`` need (nearly) cubic voxels
 (:func:`tomoseg.utils.planes.check_isotropic`).
@@ -152,7 +154,8 @@ class PlanesRun:
             with writing(f"plane {plane} slab {s}", job.out):
                 store[(slice(None), *_index(axis, r))] = prob
                 (marks / f"{s:06d}").touch()
-            progress.message(f"plane {plane}: {s + 1}/{len(slabs)} slabs")
+            if (s + 1) % max(1, len(slabs) // 10) == 0 or s + 1 == len(slabs):  # ~10 lines
+                progress.message(f"plane {plane}: {s + 1}/{len(slabs)} slabs")
 
     def _average(self, job: StackJob, work: Path, progress: JobProgress) -> int:
         src = job.src
@@ -165,7 +168,10 @@ class PlanesRun:
             if not mine:
                 continue
             progress.check()
-            labels = average_planes([np.asarray(s[:, r.start : r.stop]) for s in stores])
+            labels = np.empty((len(r), *src.shape), np.uint8)
+            for y in _slabs(src.shape[0]):  # a block of rows at a time: bounded memory
+                part = (slice(None), slice(r.start, r.stop), slice(y.start, y.stop))
+                labels[:, y.start : y.stop] = average_planes([np.asarray(s[part]) for s in stores])
             for i in mine:
                 bad, found = _input_note(work / _INPUT / f"{i:06d}")
                 write_slice(writer, i, labels[i - r.start], bad, found)
