@@ -91,12 +91,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--crop-size", type=int, default=64)
     ap.add_argument("--width", type=int, default=16, help="channels of the first level")
+    ap.add_argument(
+        "--train-planes", action="append", help="the arms to train (default: xy and xy,xz,yz)"
+    )
+    ap.add_argument("--phantom", type=Path, help="an existing phantom (default: OUT/phantom)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out: Path = a.out
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "phantom"
+    data = a.phantom or out / "phantom"
     n = a.size
     if not (data / "dataset.json").is_file():
         generate_phantom(data, shape=(n, n), slices=n, seed=a.seed, overwrite=True)
@@ -110,7 +114,7 @@ def main() -> None:
         "width": a.width, "depth": 4, "seed": a.seed, "compile": "off", "device": "cpu",
     }  # fmt: skip
     rows = []
-    for tplanes in ("xy", "xy,xz,yz"):
+    for tplanes in a.train_planes or ("xy", "xy,xz,yz"):
         run_dir = out / f"run_{tplanes.replace(',', '_')}"
         t0 = time.process_time()
         tomoseg.train(data, run_dir, overwrite=True, planes=tplanes, **train)
@@ -130,15 +134,15 @@ def main() -> None:
                  "train_s": t_train, "segment_s": t_seg}
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]
     assert not any(np.isnan(r["iou"]) for r in rows)
     print(f"\nphantom {n}^3 (seed {a.seed}), test slab z {test[0]}-{test[-1]}, "
           f"{a.crops} crops x {a.epochs} epochs of {a.crop_size}, width {a.width}, "
           f"torch threads {a.threads}")  # fmt: skip
     print("| train planes | segment planes | soma IoU 3D | soma BF1 3D | vessel->soma "
-          "| train CPU s | segment CPU s (x xy) |")  # fmt: skip
+          "| train CPU s | segment CPU s (x xy of the same run) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        base = next(b for b in rows if b["train"] == r["train"] and b["infer"] == "xy")
         print(
             f"| {r['train']} | {r['infer']} | {r['iou']:.3f} | {r['bf1']:.3f} | "
             f"{100 * r['vessel_as_soma']:.2f} % | {r['train_s']:.0f} | "

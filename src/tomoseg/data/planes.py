@@ -43,7 +43,7 @@ def _groups(loaded: LoadedSamples) -> dict[str, list[tuple[Sample, bool]]]:
     held_out = loaded.validation.get("source") == "held out of train"
     for s, trains in [(s, True) for s in loaded.train] + [(s, False) for s in loaded.val]:
         if s.volume is not None and s.z is not None:
-            groups.setdefault(str(s.volume), []).append((s.z, s, trains))
+            groups.setdefault(str(s.volume.resolve()), []).append((s.z, s, trains))
         elif consecutive and (trains or held_out) and "[rows" not in s.id:
             groups.setdefault(_SPLIT, []).append((natural_key(s.id), s, trains))
     return {
