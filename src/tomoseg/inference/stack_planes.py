@@ -101,6 +101,7 @@ class PlanesRun:
         self._copy_input(job, predictor, work, progress)
         for plane in self.planes:
             self._pass(job, predictor, work, plane, progress)
+        progress.restart_rate()  # the slices come fast now: the passes took the time
         return self._average(job, work, progress)
 
     # ------------------------------------------------------------------ steps
