@@ -150,6 +150,24 @@ CASES: dict[str, Case] = {
         # the summary counts the slices of the last call: computed now or found done
         compare=lambda a, b: assert_same_outputs(a, b, drop=("computed", "skipped")),
     ),
+    "segment-stack-planes": Case(  # killed after the input copy, and while averaging
+        "segment-stack",
+        lambda i, o: [
+            "segment-stack",
+            i["run"],
+            i["stack"],
+            "--out",
+            o,
+            "--device",
+            "cpu",
+            "--planes",
+            "xy,xz,yz",
+            "--voxel-size",
+            "1,1,1",
+        ],
+        (("message", 0), ("advance", 8)),
+        compare=lambda a, b: assert_same_outputs(a, b, drop=("computed", "skipped")),
+    ),  # fmt: skip
     "train": Case(
         "train",
         _train_args,

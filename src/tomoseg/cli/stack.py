@@ -85,6 +85,14 @@ Uncertainty = Annotated[
     ),
 ]
 
+Planes = Annotated[
+    str,
+    typer.Option(
+        help="xy (the slices), or xy,xz,yz: also segment the xz and yz planes and label each "
+        "voxel by the mean of the class probabilities (voxels within a ratio of 1.2 of cubes).",
+    ),
+]
+
 
 def segment_stack(
     run: RunFolder,
@@ -115,6 +123,7 @@ def segment_stack(
     no_postprocess: NoPostprocess = False,
     weights: Weights = None,
     uncertainty: Uncertainty = False,
+    planes: Planes = "xy",
     overwrite: Overwrite = False,
     allow_incomplete: AllowIncomplete = False,
 ) -> None:
@@ -147,7 +156,7 @@ def _run_stack(o: dict[str, Any]) -> dict[str, Any]:
             missing=o["missing"], part=o["part"], verify=o["verify"], backend=o["backend"],
             io_workers=o["io_workers"], address=o["address"], actors=o["actors"],
             cpus_per_actor=o["cpus_per_actor"], uncertainty=o["uncertainty"],
-            progress=show, cancel=cancel,
+            planes=o["planes"], progress=show, cancel=cancel,
         )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from pydantic import (
 
 from tomoseg.errors import TomosegError
 from tomoseg.utils.format import pydantic_message
+from tomoseg.utils.planes import parse_planes
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -87,6 +88,12 @@ class TrainConfig(BaseModel):
         description="2.5D context: the network also sees the K slices above and below each "
         "slice as input channels (2K+1); for datasets that declare consecutive sections "
         "(dataset.json 'consecutive': true) and for stacks; 0 = single slices",
+    )
+    planes: str = Field(
+        default="xy",
+        description="planes the training crops come from: xy (the slices), or xy,xz,yz: also "
+        "the xz and yz planes of labelled volumes (voxels within a ratio of 1.2 of cubes); "
+        "validation stays on xy",
     )
     # training set: N random SxS crops (crop_size 0 = whole images)
     crop_size: int = Field(default=256, description="crop side S in px; 0 = whole images")
@@ -255,6 +262,11 @@ class TrainConfig(BaseModel):
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("planes", mode="before")
+    @classmethod
+    def _planes(cls, v: Any) -> str:
+        return ",".join(parse_planes(v))
 
     @field_validator("compile", mode="before")
     @classmethod

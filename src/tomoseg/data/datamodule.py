@@ -16,6 +16,7 @@ from tomoseg.data.augment import augment, build_augmentation
 from tomoseg.data.crops import CropBox, extract_crop, sample_crops
 from tomoseg.data.intensity import IntensityRange, intensity_range
 from tomoseg.data.normalization import Normalization, fit_normalization, normalize
+from tomoseg.data.planes import plane_samples
 from tomoseg.data.sources import (
     IGNORE_INDEX,
     DataSource,
@@ -24,6 +25,7 @@ from tomoseg.data.sources import (
 )
 from tomoseg.data.statistics import class_counts, class_weights
 from tomoseg.io.datasets import DatasetSpec
+from tomoseg.utils.planes import parse_planes
 
 # ----------------------------------------------------------------------------- data
 
@@ -170,6 +172,8 @@ class PreparedData:
         val_images, val_masks, val_ids: the same for validation.
         validation: where validation comes from (``run.json``'s ``validation``).
         annotated: annotated fraction of the training pixels.
+        planes: the planes the crops come from, the volumes rebuilt and the training samples
+            per plane (``run.json``'s ``planes``; :func:`tomoseg.data.planes.plane_samples`).
     """
 
     spec: DatasetSpec
@@ -186,6 +190,7 @@ class PreparedData:
     val_ids: list[str] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
     annotated: float = 1.0
+    planes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_ignored(self) -> bool:
@@ -240,14 +245,16 @@ def prepare_training_data(
     )
     spec, ignore = loaded.spec, loaded.ignore_label
     k = len(spec.classes)
-    masks = [training_mask(s, ignore) for s in loaded.train]
+    # xz / yz planes of the labelled volumes: more training samples (masks already int16)
+    extra, planes = plane_samples(loaded, parse_planes(cfg.planes), cfg.crop_size, cfg.context)
+    masks = [training_mask(s, ignore) for s in loaded.train] + [s.mask for s in extra]
     counts = class_counts(masks, k)
     if weights is None:
         weights = class_weights(counts, cfg.class_weights, spec.classes)
     if norm is None:
         norm = fit_normalization([_finite(s.image) for s in loaded.train], seed=cfg.seed)
     intensity = intensity_range((s.image for s in loaded.train), norm)
-    shapes = [s.image.shape for s in loaded.train]
+    shapes = [s.image.shape for s in loaded.train + extra]
     size = cfg.crop_size or max(max(s) for s in shapes)
     annotated = [m != IGNORE_INDEX for m in masks]
     partial = not all(a.all() for a in annotated)
@@ -267,6 +274,7 @@ def prepare_training_data(
         [_normalized(s.image, norm) for s in loaded.val],
         cfg.context,
     )
+    train_images += [_normalized(s.image, norm) for s in extra]  # no context with planes
     return PreparedData(
         spec=spec,
         ignore_label=ignore,
@@ -282,6 +290,7 @@ def prepare_training_data(
         val_ids=[s.id for s in loaded.val],
         validation=loaded.validation,
         annotated=float(sum(int(a.sum()) for a in annotated) / max(n_px, 1)),
+        planes=planes,
     )
 
 

@@ -24,11 +24,14 @@ from tomoseg.io.labels import ClassIds, label_stats, resolve_labels
 
 @dataclass
 class Sample:
-    """One full-size image with its mask."""
+    """One full-size image with its mask; a slice of a volume pair also names its image volume
+    (``volume``) and its index ``z`` there (what orthogonal planes are rebuilt from)."""
 
     id: str
     image: np.ndarray
     mask: np.ndarray
+    volume: Path | None = None
+    z: int | None = None
 
 
 def load_labelled(
@@ -65,7 +68,7 @@ def load_labelled(
         for it in items:
             image, mask = reader.pair(it)
             _same_shape(it, image, mask)
-            raw.append(Sample(it.id, image, mask))
+            raw.append(Sample(it.id, image, mask, *_origin(it)))
     if not raw:
         return raw, ClassIds(n_classes or 2, ignore_label=ignore_label)
     folder = f"masks folder {pairs[0].mask.parent}"
@@ -77,7 +80,7 @@ def load_labelled(
         where={"masks": folder},
     )
     samples = [
-        Sample(s.id, s.image, ids.apply("masks", s.mask, it.where))
+        Sample(s.id, s.image, ids.apply("masks", s.mask, it.where), s.volume, s.z)
         for s, it in zip(raw, items, strict=True)
     ]
     return samples, ids
@@ -116,9 +119,14 @@ def iter_labelled(
             for it in items:
                 image, mask = reader.pair(it)
                 _same_shape(it, image, mask)
-                yield Sample(it.id, image, ids.apply("masks", mask, it.where))
+                yield Sample(it.id, image, ids.apply("masks", mask, it.where), *_origin(it))
 
     return ids, samples()
+
+
+def _origin(it: Item) -> tuple[Path | None, int | None]:
+    """The image volume and slice index of an item (None, None for a 2D pair)."""
+    return (None, None) if it.z is None else (Path(it.pair.image), it.z)
 
 
 def _same_shape(it: Item, image: np.ndarray, mask: np.ndarray) -> None:

@@ -724,9 +724,14 @@ class Predictor:
         dataset: str | None = None,
         transpose: bool = False,
         missing: str = "warn",
+        planes: str | Sequence[str] = "xy",
+        voxel_size: Sequence[float] | str | None = None,
     ) -> np.ndarray:
         """Class ids of every slice of a (Z, H, W) volume of consecutive sections, one slice at
-        a time (each with its 2.5D context when the run has one, edges replicated).
+        a time (each with its 2.5D context when the run has one, edges replicated); with
+        ``planes`` other than ``xy``, the argmax of the mean of the class probabilities of the
+        passes along each plane, in memory (the rule of ``segment_stack(planes=...)``,
+        :func:`~tomoseg.inference.stack_planes.average_planes`: the same labels).
 
         Args:
             volume: a (Z, H, W) array (numpy, or dask and other lazy arrays: read one slice
@@ -734,6 +739,12 @@ class Predictor:
                 folder of slices, a multi-page TIFF, a Zarr, an HDF5, MRC or N5 file).
             channel, time, dataset, transpose, missing: how a file input is read, as for
                 :func:`tomoseg.io.sources.open_source`.
+            planes: ``xy`` or ``xy,xz,yz`` (also ``xy,xz``, ``xy,yz``); planes other than
+                ``xy`` hold the whole volume and (K, Z, H, W) float16 probabilities per plane
+                in memory, and need (nearly) cubic voxels
+                (:func:`~tomoseg.utils.planes.check_isotropic`).
+            voxel_size: (z, y, x) voxel size for that check (default: the input's metadata;
+                unknown: a warning, treated as cubes).
 
         Slices out of the run's intensity range follow the ``intensity`` setting; with
         ``warn``, the volume gives one warning (naming its first such slice).
@@ -742,9 +753,15 @@ class Predictor:
             (Z, H, W) uint8 class ids.
 
         Raises:
-            TomosegError: not a 3D numeric array or stack (as :meth:`predict` otherwise).
+            TomosegError: not a 3D numeric array or stack (as :meth:`predict` otherwise); bad
+                ``planes``, anisotropic voxels with planes other than ``xy``, planes with a 2.5D
+                run.
         """
-        from tomoseg.io.sources import is_array, open_source
+        from tomoseg.io.sources import is_array, open_source, parse_voxel_size
+        from tomoseg.utils.planes import parse_planes
+
+        chosen = parse_planes(planes)
+        voxel = parse_voxel_size(voxel_size)
 
         if not is_array(volume) and not isinstance(volume, (str, os.PathLike)):
             volume = np.asarray(volume)
@@ -760,6 +777,8 @@ class Predictor:
             transpose=transpose,
             missing=missing,
         )
+        if chosen != ("xy",):
+            return self._predict_planes(src, chosen, voxel or src.voxel_size)
         out = np.zeros((src.n, *src.shape), np.uint8)
         tally = IntensityTally(self._settings.intensity)
         with src.reader() as read:
@@ -769,6 +788,23 @@ class Predictor:
                 name = f"slice {src.ids[z]} of {src.where}"
                 out[z] = self.segment(image, names=[name], tally=tally)[0]
         return out
+
+    def _predict_planes(
+        self, src: Any, planes: tuple[str, ...], voxel: Sequence[float] | None
+    ) -> np.ndarray:
+        """:meth:`predict_volume` along several planes, in memory."""
+        from tomoseg.inference.planes import average_planes, plane_probabilities
+        from tomoseg.utils.planes import check_context, check_isotropic
+
+        check_context(planes, self.context)
+        check_isotropic(planes, voxel, src.unit, src.where)
+        volume = np.empty((src.n, *src.shape), np.float32)
+        tally = IntensityTally(self._settings.intensity)
+        with src.reader() as read:
+            for z in range(src.n):
+                name = f"slice {src.ids[z]} of {src.where}"
+                volume[z] = self._checked(as_image(read(z)), name, tally)
+        return average_planes([plane_probabilities(self, volume, p) for p in planes])
 
 
 def as_predictor(

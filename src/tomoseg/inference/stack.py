@@ -59,9 +59,11 @@ from tomoseg.inference.stack_job import (
     parse_part,
     part_range,
 )
+from tomoseg.inference.stack_planes import PlanesRun, remove_planes
 from tomoseg.inference.stack_sinks import Sink, VolumeMeta, get_sink
 from tomoseg.io.jobs import file_sha256
-from tomoseg.io.sources import open_source, parse_voxel_size, resolve_voxel_size
+from tomoseg.io.sources import SliceSource, open_source, parse_voxel_size, resolve_voxel_size
+from tomoseg.utils.planes import check_context, check_isotropic, parse_planes
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
 __all__ = ["BACKENDS", "missing_slices", "parse_part", "part_range", "segment_stack"]
@@ -155,6 +157,30 @@ def _inference(predictor: Predictor) -> dict[str, Any]:
     return rec
 
 
+def _check_planes(planes: Any, backend: str, part: Any, uncertainty: bool) -> tuple[str, ...]:
+    """The job's planes (:func:`~tomoseg.utils.planes.parse_planes`), refused with what the
+    plane passes do not support."""
+    chosen = parse_planes(planes)
+    if chosen != ("xy",) and (backend != "local" or part is not None or uncertainty):
+        raise TomosegError(
+            f"planes={','.join(chosen)} runs its passes in this process: use it with "
+            "backend='local', without part or uncertainty"
+        )
+    return chosen
+
+
+def _planes_fit(
+    chosen: tuple[str, ...],
+    predictor: Predictor,
+    src: SliceSource,
+    voxel: Sequence[float] | None,
+    unit: str | None,
+) -> None:
+    """Refuse planes other than xy for a 2.5D run or anisotropic voxels."""
+    check_context(chosen, predictor.context)
+    check_isotropic(chosen, voxel, unit, src.where)
+
+
 def segment_stack(
     run: Predictor | str | os.PathLike[str],
     input: str | os.PathLike[str] | Any,
@@ -182,6 +208,7 @@ def segment_stack(
     num_cpus: int | None = None,
     executor: Executor | None = None,
     uncertainty: bool = False,
+    planes: str | Sequence[str] = "xy",
     progress: ProgressCallback | JobProgress | None = None,
     cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
@@ -249,6 +276,15 @@ def segment_stack(
             OME-Zarr, 0-1) and each slice's mean as ``stack.json``'s ``uncertainty.scores``
             (what ``tomoseg suggest`` ranks); with the reader and writer threads only
             (``backend="local"``, ``io_workers=0``), not with ``part``.
+        planes: ``xy`` (default: the z-slices), or ``xy,xz,yz`` (also ``xy,xz`` / ``xy,yz``):
+            segment the volume along these orthogonal planes as well and label each voxel by
+            the mean of the passes' class probabilities
+            (:mod:`tomoseg.inference.stack_planes`: chunked, bounded memory, resumable);
+            needs (nearly) cubic voxels (:data:`~tomoseg.utils.planes.MAX_ANISOTROPY`, from
+            ``voxel_size`` or the input's metadata; unknown: a warning, treated as cubes), a
+            run without 2.5D context, ``backend="local"``, no ``part`` nor ``uncertainty``;
+            the passes run in this process (``io_workers`` and ``executor`` are not used).
+            Recorded in ``stack.json`` (a resume with other planes is another job).
         progress: receives a :class:`~tomoseg.utils.progress.ProgressEvent` per finished slice
             (``done`` counts the slices finished before a resume too), in the calling thread.
         cancel: a :class:`threading.Event` (anything with ``is_set()``): when set, the job
@@ -257,7 +293,8 @@ def segment_stack(
 
     Returns:
         ``out``, ``volume``, ``format``, ``slices``, ``computed`` (this call), ``skipped`` (finished
-        earlier), ``seconds``, ``slices_per_second``, ``voxel_size``, ``unit``, ``nonfinite``
+        earlier), ``seconds``, ``slices_per_second``, ``voxel_size``, ``unit``, ``planes``,
+        ``nonfinite``
         (``pixels`` and ``slices`` in all, ``per_slice``: slice id -> count of non-finite pixels,
         slices without any left out), ``intensity`` (``rule``, ``checked``, ``trained_dtypes``,
         ``range``, ``slices``: how many are out of the run's intensity range, ``per_slice``:
@@ -287,6 +324,7 @@ def segment_stack(
             "uncertainty=True is written by the reader and writer threads: use it with "
             "backend='local' and io_workers=0, without part or verify"
         )
+    chosen = _check_planes(planes, backend, part, uncertainty)
     voxel = parse_voxel_size(voxel_size)
     src = open_source(
         input,
@@ -300,10 +338,13 @@ def segment_stack(
     if backend == "ray" and executor is None and not verify:
         executor, settings = _ray(run, settings, address, actors, cpus_per_actor, num_cpus)
     predictor = as_predictor(run, settings)
+    _planes_fit(chosen, predictor, src, voxel or src.voxel_size, unit or src.unit)
     voxel, unit = resolve_voxel_size(voxel, unit, src.voxel_size, src.unit)
     info = _record(predictor, src.describe(), sink, voxel, unit)
     if uncertainty:  # a resume with and without it are different jobs
         info["inference"]["uncertainty"] = "entropy"
+    if chosen != ("xy",):  # likewise (absent for xy: earlier outputs resume)
+        info["inference"]["planes"] = list(chosen)
     meta = VolumeMeta(
         f"{src.name} segmented", voxel, unit, predictor.classes, predictor.class_of_interest
     )
@@ -327,8 +368,13 @@ def segment_stack(
     if job.todo:
         if uncertainty and executor is None:
             io_workers = 0  # the threads write the second volume
+        if chosen != ("xy",):
+            executor = PlanesRun(chosen)
         executor = executor or local_executor(io_workers, predictor.device.type != "cpu")
         computed = executor.run(job, predictor, prog)
     summary = job.finish(computed)
+    summary["planes"] = list(chosen)
+    if chosen != ("xy",) and not job.shared:
+        remove_planes(job.out)  # the job is complete: its passes' stores are not needed
     prog.end(f"{summary['slices']} slices ({computed} computed) -> {summary['volume']}")
     return summary

@@ -11,6 +11,8 @@ Files of the output folder ``out`` (kept byte-compatible, so old outputs resume)
   format, voxel size and inference settings; a second call of the same job resumes, another job
   is refused unless ``overwrite``;
 * the volume (:mod:`tomoseg.inference.stack_sinks`): ``labels.zarr`` or ``labels/``;
+* ``planes/``: with planes other than ``xy``, the passes' temporary stores and markers
+  (:mod:`tomoseg.inference.stack_planes`), removed when the job completes;
 * ``progress/<index>``: a marker per finished slice, created only after the slice's data is
   written (empty, or holding the slice's count of non-finite pixels and, when it is out of the
   run's intensity range, its dtype and fraction of pixels outside:
@@ -40,7 +42,7 @@ from tomoseg.inference.stack_uncertainty import (
 )
 from tomoseg.io.jobs import job_difference
 from tomoseg.io.sources import SliceSource
-from tomoseg.io.volumes import STACK_FILE, TIFF_DIR, ZARR_NAME, read_stack_info
+from tomoseg.io.volumes import PLANES_DIR, STACK_FILE, TIFF_DIR, ZARR_NAME, read_stack_info
 from tomoseg.io.writers import (
     prepare_output_dir,
     remove_stale_temporaries,
@@ -140,7 +142,7 @@ def _publish_once(path: Path, obj: Any) -> bool:
 
 
 def _remove_outputs(out: Path) -> None:
-    for name in (ZARR_NAME, TIFF_DIR, PROGRESS_DIR, UNCERTAINTY_NAME, SCORES_DIR):
+    for name in (ZARR_NAME, TIFF_DIR, PROGRESS_DIR, UNCERTAINTY_NAME, SCORES_DIR, PLANES_DIR):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -278,8 +280,9 @@ class StackJob:
             resume = False  # the uncertainty volume is gone: start over
             _remove_outputs(out)
         if not resume:
-            if self.marks.is_dir():
-                shutil.rmtree(self.marks)
+            for stale in (self.marks, out / PLANES_DIR):  # a new job keeps no earlier step
+                if stale.is_dir():
+                    shutil.rmtree(stale)
             write_json(out / STACK_FILE, info)
             self.sink.create(out, self.src, self.meta)
             if self.uncertainty:

@@ -22,6 +22,7 @@ from tomoseg.utils.files import confined, validated
 STACK_FILE = "stack.json"
 ZARR_NAME = "labels.zarr"
 TIFF_DIR = "labels"
+PLANES_DIR = "planes"  #: temporary stores of a job with planes other than xy, while it runs
 
 
 class StackInput(BaseModel):

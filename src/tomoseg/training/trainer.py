@@ -536,6 +536,7 @@ def train(
             "ignore_label": prep.ignore_label,
             "annotated_fraction": prep.annotated,
             "validation": prep.validation,
+            "planes": prep.planes,
             "precision": precision,
             "complete": False,  # until the run is finished (is_complete, check_complete)
             "epochs_done": _epochs_done(run) if resume else 0,

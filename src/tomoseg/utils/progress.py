@@ -98,14 +98,20 @@ class JobProgress:
         self.job, self.unit, self.total, self.hint = job, unit, total, hint
         self.callback, self.cancel = callback, cancel
         self.done = self._start_done = int(done)
-        self._t0 = time.perf_counter()
+        self._t0 = self._rate_t0 = time.perf_counter()
+
+    def restart_rate(self) -> None:
+        """Estimate the time left from the units finished from now on (after a long step that
+        finished no unit, whose time would make the first units look slow)."""
+        self._rate_t0, self._start_done = time.perf_counter(), self.done
 
     def _emit(self, kind: str, message: str = "", metrics: Mapping[str, Any] | None = None):
-        elapsed = time.perf_counter() - self._t0
+        now = time.perf_counter()
+        elapsed = now - self._t0
         eta = None
         here = self.done - self._start_done
         if self.total is not None and here > 0:
-            eta = max(0.0, elapsed / here * (self.total - self.done))
+            eta = max(0.0, (now - self._rate_t0) / here * (self.total - self.done))
         event = ProgressEvent(
             self.job, kind, self.unit, self.done, self.total, elapsed, eta, message, metrics or {}
         )
