@@ -84,6 +84,9 @@ MaskSuffix = Annotated[
     str | None,
     typer.Option(help="Ending of every mask name (cellpose: _masks, also _mask, _label)."),
 ]
+Classes = Annotated[
+    str | None, typer.Option(help="Class names for --images/--masks, e.g. 'bg,cell'.")
+]
 Instances = Annotated[
     str | None,
     typer.Option(

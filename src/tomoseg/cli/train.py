@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import (
+    Classes,
     Config,
     DataOrImages,
     Images,
@@ -63,12 +64,7 @@ RUN_OPTIONS: dict[str, Any] = {
     "image_suffix": (ImageSuffix, None),
     "mask_suffix": (MaskSuffix, None),
     "instances": (Instances, None),
-    "classes": (
-        Annotated[
-            str | None, typer.Option(help="Class names for --images/--masks, e.g. 'bg,cell'.")
-        ],
-        None,
-    ),
+    "classes": (Classes, None),
     "config": (Config, None),
     "resume": (
         Annotated[

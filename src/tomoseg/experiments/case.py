@@ -22,6 +22,7 @@ from pathlib import Path
 from tomoseg.config.schema import load_config
 from tomoseg.errors import TomosegError
 from tomoseg.experiments.cells import Case
+from tomoseg.experiments.sweep_data import SweepData
 from tomoseg.utils.files import loads_json
 from tomoseg.utils.format import first_line
 from tomoseg.utils.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
@@ -50,7 +51,7 @@ def case_config_overrides(case: Case) -> dict[str, int]:
 
 def train_and_evaluate(
     case: Case,
-    data: Path,
+    data: Path | SweepData,
     folder: Path,
     cfg_file: Path,
     *,
@@ -59,11 +60,14 @@ def train_and_evaluate(
     on_step=None,
 ) -> Path:
     """Train the case's network into ``folder/run`` (resuming it where ``checkpoints/last.ckpt``
-    exists, else starting over) and evaluate it on the test split into ``folder/eval``.
+    exists, else starting over) and evaluate it on the test split (or the test images) into
+    ``folder/eval``.
 
     Args:
         case: the case (crop size, crop count, seed).
-        data: the dataset folder (``train``, ``test``; ``val`` optional).
+        data: the dataset folder (``train``, ``test``; ``val`` optional), or a
+            :class:`~tomoseg.experiments.sweep_data.SweepData` (images/masks with test
+            images/masks).
         folder: the case's folder (``<sweep>/cases/<case id>``).
         cfg_file: the sweep's base config (YAML).
         progress: receives the training's progress events (see
@@ -83,12 +87,13 @@ def train_and_evaluate(
     from tomoseg.training.trainer import train
 
     folder = Path(folder)
+    data = SweepData.of(data)
     cfg = load_config(cfg_file, case_config_overrides(case))
     resume = (folder / "run" / "checkpoints" / "last.ckpt").is_file()
     if on_step is not None:
         on_step("train")
     train(
-        data,
+        data.train,
         folder / "run",
         cfg,
         resume=resume,
@@ -100,22 +105,29 @@ def train_and_evaluate(
         raise Cancelled(f"sweep case {case.id} cancelled before its evaluation")
     if on_step is not None:
         on_step("evaluate")
-    evaluate_run(folder / "run", data, folder / "eval", split="test", overwrite=True)
+    test, split = data.scored()
+    evaluate_run(folder / "run", test, folder / "eval", split=split, overwrite=True)
     return folder
 
 
 def case_command(
-    case: Case, data: Path, folder: Path, cfg_file: Path, cancel_file: Path
+    case: Case, data: Path | SweepData, folder: Path, cfg_file: Path, cancel_file: Path
 ) -> list[str]:
-    """The command line of a case's process (:func:`main`)."""
+    """The command line of a case's process (:func:`main`): a dataset folder as ``--data``,
+    images/masks with their test images as ``--source`` (:meth:`SweepData.to_json`)."""
+    data = SweepData.of(data)
+    where = (
+        ["--data", str(data.train.root)]
+        if data.test is None and isinstance(data.train.describe(), str)
+        else ["--source", data.to_json()]
+    )
     return [
         sys.executable,
         "-m",
         "tomoseg.experiments.case",
         "--case",
         json.dumps(asdict(case)),
-        "--data",
-        str(data),
+        *where,
         "--folder",
         str(folder),
         "--config",
@@ -144,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     p = argparse.ArgumentParser(prog="python -m tomoseg.experiments.case")
     p.add_argument("--case", required=True, help="the case as JSON (size, count, repeat, seed)")
-    p.add_argument("--data", required=True, type=Path)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", type=Path, help="the dataset folder")
+    where.add_argument("--source", help="the sweep's data as JSON (images/masks and test)")
     p.add_argument("--folder", required=True, type=Path)
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--cancel-file", required=True, type=Path)
@@ -158,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     try:
+        data = args.data if args.source is None else SweepData.from_json(args.source)
         train_and_evaluate(
             case,
-            args.data,
+            data,
             args.folder,
             args.config,
             progress=report,

@@ -35,12 +35,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tomoseg.config.schema import TrainConfig
 from tomoseg.experiments.cells import FULL, plan_cases, size_label
-from tomoseg.io.datasets import Pair, split_pairs
+from tomoseg.io.datasets import Item, ItemReader, expand_pairs
 
 
 @dataclass
@@ -76,11 +77,28 @@ def _shape(path: Path) -> tuple[int, int]:
         return int(a.shape[0]), int(a.shape[1])
 
 
-def _split(data: Path, split: str) -> list[Pair]:
-    try:
-        return split_pairs(data, split)
-    except Exception:  # noqa: BLE001 - a missing optional split (val)
-        return []
+def _items(data: Any) -> tuple[list[Item], list[Item], list[Item]]:
+    """The train, val and test samples of a sweep's data (val empty when held out of train)."""
+    from tomoseg.experiments.sweep_data import SweepData
+
+    data = SweepData.of(data)
+    if data.test is None:
+        root = Path(data.train.root)  # type: ignore[arg-type]
+        val = data.train.pairs("val") if (root / "val").is_dir() else []
+        parts = data.train.pairs("train"), val, data.train.pairs("test")
+    else:
+        parts = data.train.pairs(), [], data.test.pairs()
+    return tuple(expand_pairs(p) for p in parts)  # type: ignore[return-value]
+
+
+def _item_shape(item: Item) -> tuple[int, int]:
+    """(H, W) of a sample: its file's header, or its volume's slice shape."""
+    if item.z is None:
+        return _shape(item.pair.image)
+    from tomoseg.io.sources import open_source
+
+    h, w = open_source(item.pair.image).shape
+    return int(h), int(w)
 
 
 def _time(fn, repeats: int = 2) -> float:
@@ -95,12 +113,13 @@ def _time(fn, repeats: int = 2) -> float:
 
 
 def estimate_sweep(
-    data: Path, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
+    data: Any, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
 ) -> SweepEstimate:
     """Estimate a sweep's time from a few timed steps (see the module's docstring).
 
     Args:
-        data: the dataset folder (``train``, ``test``; ``val`` optional).
+        data: the dataset folder (``train``, ``test``; ``val`` optional), or a
+            :class:`~tomoseg.experiments.sweep_data.SweepData`.
         cfg: the sweep's base config (network, batch size, epochs, precision, device, ...).
         sizes, counts, repeats: the grid.
 
@@ -117,25 +136,23 @@ def estimate_sweep(
     from tomoseg.models.registry import build_model, network_hparams
     from tomoseg.runtime.device import resolve_device, resolve_precision
 
-    data = Path(data)
-    train_pairs, test_pairs = split_pairs(data, "train"), split_pairs(data, "test")
-    val_pairs = _split(data, "val")
-    shapes = [_shape(p.image) for p in train_pairs]
+    train_pairs, val_pairs, test_pairs = _items(data)
+    shapes = [_item_shape(p) for p in train_pairs]
     pixels = {"train": float(sum(h * w for h, w in shapes))}
     mean_hw = (float(np.mean([h for h, _ in shapes])), float(np.mean([w for _, w in shapes])))
     if val_pairs:
-        pixels["val"] = float(sum(h * w for h, w in (_shape(p.image) for p in val_pairs)))
+        pixels["val"] = float(sum(h * w for h, w in (_item_shape(p) for p in val_pairs)))
     else:  # val_fraction of train held out
         n_val = max(1, round(cfg.val_fraction * len(train_pairs)))
         pixels["val"] = pixels["train"] / len(train_pairs) * n_val
         pixels["train"] -= pixels["val"]
-    pixels["test"] = float(sum(h * w for h, w in (_shape(p.image) for p in test_pairs)))
+    pixels["test"] = float(sum(h * w for h, w in (_item_shape(p) for p in test_pairs)))
 
     # reading: one training image (and its mask), timed
-    from tomoseg.io.datasets import read_pair
-
     t0 = time.perf_counter()
-    read_pair(train_pairs[0])
+    with ItemReader() as reader:
+        reader.image(train_pairs[0])
+        reader.mask(train_pairs[0])
     read_per_px = (time.perf_counter() - t0) / max(shapes[0][0] * shapes[0][1], 1)
 
     device = resolve_device(cfg.device)

@@ -41,7 +41,7 @@ def experiment_name(cases: list[Case]) -> str:
 
 def _trial(
     config: dict,
-    data: str,
+    data: Any,
     out: str,
     cfg_file: str,
     threads: int,
@@ -57,7 +57,7 @@ def _trial(
     if rec is None or (retry_failed and rec.get("status") == "failed"):
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        rec = run_case(case, Path(data), Path(out), Path(cfg_file), env)
+        rec = run_case(case, data, Path(out), Path(cfg_file), env)
     # a cancelled case (None) is not recorded; the sweep's rerun starts a new experiment
     tune.report({"status": "cancelled" if rec is None else rec["status"], "case": case.id})
 
@@ -76,7 +76,9 @@ class SweepTrials:
 
     Attributes:
         cases: every case of the grid (finished ones only report their record).
-        data, out, cfg_file: the dataset, the sweep folder and its resolved config file.
+        data, out, cfg_file: the dataset folder (or
+            :class:`~tomoseg.experiments.sweep_data.SweepData`), the sweep folder and its
+            resolved config file.
         retry_failed: run failed cases again.
         on_done: called in the driver with each finished or failed case's record.
         run_case, load_record: :func:`tomoseg.experiments.sweep.run_case` (what a trial runs,
@@ -85,7 +87,7 @@ class SweepTrials:
     """
 
     cases: list[Case]
-    data: Path
+    data: Any
     out: Path
     cfg_file: Path
     retry_failed: bool
@@ -155,7 +157,7 @@ def _fit(trials: SweepTrials, cpus: int, gpus: float, cancel: CancelToken | None
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
-            data=str(Path(trials.data).resolve()),
+            data=trials.data,
             out=str(out.resolve()),
             cfg_file=str(trials.cfg_file.resolve()),
             threads=max(int(cpus), 1),

@@ -30,7 +30,8 @@ from tomoseg.experiments.cells import (
     size_label,
 )
 from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep
-from tomoseg.io.datasets import load_dataset, split_pairs
+from tomoseg.experiments.sweep_data import SweepData
+from tomoseg.io.datasets import DatasetSpec, load_dataset
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.utils.files import load_json, loads_json
@@ -101,7 +102,7 @@ def _trained(run: Path) -> bool:
 
 def run_case(
     case: Case,
-    data: Path,
+    data: Path | SweepData,
     out: Path,
     cfg_file: Path,
     env: dict[str, str],
@@ -253,26 +254,69 @@ def clamp_jobs(jobs: int, warn: Callable[[str], None]) -> int:
 # ----------------------------------------------------------------------------- the sweep
 
 
+def check_sweep_data(data: SweepData, cfg: TrainConfig) -> DatasetSpec:
+    """The classes of a sweep's data, with what every case's training and evaluation would
+    refuse refused once, before any case runs.
+
+    A dataset folder: its ``dataset.json`` and the truths of its ``test`` split. Images/masks:
+    the training labels read as ``train`` reads them
+    (:func:`~tomoseg.data.sources.load_training_samples`: pairing, ignore label, instance
+    labels, bit depths; the classes inferred from the masks or given) and the test truths as
+    ``evaluate`` reads them (:func:`~tomoseg.inference.evaluate.check_truth`). Without a ``val``
+    split each case holds out the config's ``val_fraction`` of the training images (its
+    ``run.json`` says which), as ``train`` does.
+
+    Raises:
+        TomosegError: what ``train`` or ``evaluate`` would raise for the data.
+    """
+    from tomoseg.data.sources import load_training_samples
+    from tomoseg.inference.evaluate import check_truth
+
+    if data.test is None:
+        spec = load_dataset(data.train.root)  # type: ignore[arg-type]
+        ignore = spec.ignore_label
+    else:
+        loaded = load_training_samples(
+            data.train, ignore_label=cfg.ignore_label, val_fraction=cfg.val_fraction,
+            seed=cfg.seed, need_val=False,
+        )  # fmt: skip
+        spec, ignore = loaded.spec, loaded.ignore_label
+    test, split = data.scored()
+    check_truth(test, split, len(spec.classes), ignore)
+    return spec
+
+
 def prepare_sweep(
-    out: Path, data: Path, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
+    out: Path,
+    data: Path | SweepData,
+    cfg: TrainConfig,
+    sizes: list[int],
+    counts: list[int],
+    repeats: int,
 ) -> Path:
-    """Create or reopen a sweep folder; refuse one made with another base config or dataset.
+    """Create or reopen a sweep folder; refuse one made with another base config or data.
+
+    Args:
+        data: a dataset folder, or a :class:`~tomoseg.experiments.sweep_data.SweepData`
+            (checked by :func:`check_sweep_data`).
 
     Returns:
         The path of the case config file (the base config, written once).
     """
-    spec = load_dataset(data)
-    split_pairs(data, "test")  # a sweep evaluates every case on the test split
-    # no val split: each case holds out the base config's val_fraction of train (run.json)
+    data = SweepData.of(data)
+    spec = check_sweep_data(data, cfg)
     base = base_config_dict(cfg)
     sweep_file = out / SWEEP_FILE
     old = check_same_job(  # the one "same job" check (train, sweep, segment-stack)
         out,
         SWEEP_FILE,
-        {"base config": base, "dataset": str(Path(data).resolve())},
+        {"base config": base, "dataset": data.identity()},
         what="a sweep",
         remedy="use another out folder",
-        extract=lambda r: {"base config": r.get("base_config"), "dataset": r.get("data")},
+        extract=lambda r: {
+            "base config": r.get("base_config"),
+            "dataset": r.get("source") or r.get("data"),
+        },
     )
     if old is not None:
         grid = old["grid"]
@@ -283,7 +327,8 @@ def prepare_sweep(
         grid = {"sizes": sizes, "counts": counts, "repeats": repeats}
     out.mkdir(parents=True, exist_ok=True)
     record = {
-        "data": str(Path(data).resolve()),
+        "data": data.label,
+        **({} if data.test is None else {"source": data.identity()}),
         "classes": spec.classes,
         "class_of_interest": spec.class_of_interest,
         "base_config": base,
@@ -312,7 +357,7 @@ def new_sweep_folder(out: Path) -> Path:
 
 
 def run_sweep(
-    data: Path,
+    data: Path | SweepData,
     out: Path,
     cfg: TrainConfig,
     sizes: list[int],
@@ -334,6 +379,10 @@ def run_sweep(
     (:func:`run_case`); a finished case keeps only the weights it delivers (:func:`prune_case`).
 
     Args:
+        data: a dataset folder (each case scored on its ``test`` split), or a
+            :class:`~tomoseg.experiments.sweep_data.SweepData` (images/masks and the test
+            images/masks each case is scored on: ``SweepData.of(source, test_images,
+            test_masks)``).
         backend: ``local`` (``jobs`` case processes at once here) or ``ray`` (each case a
             Ray Tune trial with ``cpus_per_case`` / ``gpus_per_case``, on the cluster at
             ``address`` or a Ray started here; see :mod:`tomoseg.experiments.ray_backend`).
@@ -350,12 +399,14 @@ def run_sweep(
         The case records of the whole grid (finished and failed).
 
     Raises:
-        TomosegError: bad options, another sweep in ``out``, no test split.
+        TomosegError: bad options, another sweep in ``out``, no test split or test images,
+            data that ``train`` or ``evaluate`` would refuse (:func:`check_sweep_data`).
         Cancelled: ``cancel`` was set.
     """
     if backend not in ("local", "ray"):
         raise TomosegError(f"backend must be local or ray, got {backend!r}")
     job = job_progress("sweep", "case", None, progress, cancel)
+    data = SweepData.of(data).resolved()
     if backend == "ray":
         from tomoseg.runtime.ray_session import require_ray
 
@@ -420,7 +471,7 @@ def run_sweep(
 
 def _run_local(
     todo: list[Case],
-    data: Path,
+    data: SweepData,
     out: Path,
     cfg_file: Path,
     jobs: int,
@@ -572,7 +623,7 @@ def write_outputs(out: Path, cases: list[Case]) -> list[dict]:
 
 
 def estimate_seconds(
-    data: Path, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
+    data: Path | SweepData, cfg: TrainConfig, sizes: list[int], counts: list[int], repeats: int
 ) -> SweepEstimate:
     """The sweep's time estimate, in seconds, from a few timed steps (no training; see
     :mod:`tomoseg.experiments.estimate` for the model and :attr:`SweepEstimate.basis` for

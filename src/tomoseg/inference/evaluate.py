@@ -65,6 +65,29 @@ def _truth_ids(
     )  # fmt: skip
 
 
+def check_truth(
+    source: DataSource, split: str, n_classes: int, ignore_label: int | None
+) -> list[Item]:
+    """Check, before any network runs, what :func:`evaluate_run` would refuse in the truths it
+    scores: the pairing of images with masks (a dataset's ``split``; all of an images/masks
+    source) and the label rule over every mask (:func:`~tomoseg.io.labels.resolve_labels`
+    against ``n_classes``).
+
+    Returns:
+        The items that would be scored.
+
+    Raises:
+        TomosegError: as :func:`evaluate_run` for its truths (missing or unpaired files, ids
+            out of the classes, instance labels).
+    """
+    if source.root is not None:
+        refs, masks = expand_pairs(source.pairs(split)), str(source.root / split / "masks")
+    else:
+        refs, masks = expand_pairs(source.pairs()), str(source.masks)
+    _truth_ids(refs, n_classes, ignore_label, source.instances, masks)
+    return refs
+
+
 def evaluate_run(
     run: Predictor | str | os.PathLike[str],
     data: str | os.PathLike[str] | DataSource,
