@@ -191,6 +191,16 @@ def test_scores(run: Path, data: Path, out: Path) -> dict[str, float]:
     return {"test_iou": float(summary.mean_iou[k]), "test_bf1": float(summary.mean_bf1[k])}
 
 
+def cached(path: Path, make: Any) -> Any:
+    """The JSON in ``path``, or ``make()`` written there (so that a rerun, or several
+    processes each doing some seeds, only compute what is missing)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    write_json(path, value)
+    return value
+
+
 def active(a: argparse.Namespace) -> None:
     src = a.data_root / a.al_data
     root = a.out / "active"
@@ -199,31 +209,37 @@ def active(a: argparse.Namespace) -> None:
     pool = [sid for sid in ids if sid not in base_ids]
     base_data = subset(src, root / "data_base", base_ids)
     base, secs = train_once(base_data, root / "base", **_settings(a), epochs=a.epochs, seed=0)
-    rows: list[dict[str, Any]] = [
-        {
-            "strategy": "base",
-            "slices": base_ids,
-            "seed": 0,
-            "train_seconds": secs,
+    rows: list[dict[str, Any]] = []
+    if a.picks is None:  # with --picks: a worker that only fine-tunes its seeds
+        rows.append(cached(root / "row_base.json", lambda: {
+            "strategy": "base", "slices": base_ids, "seed": 0, "train_seconds": secs,
             **test_scores(base.path, base_data, root / "eval_base"),
-        }  # fmt: skip
-    ]
-    print(json.dumps(rows[-1]), flush=True)
-    stack = np.stack([read_image(f) for sid, f, _m in pairs(src, "train") if sid in pool])
-    ranked = suggest(base.path, stack, n=a.k, settings=InferenceSettings(device="cpu"))
-    picked = [pool[s["index"]] for s in ranked["slices"]]
+        }))  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
+    def ranking() -> dict[str, Any]:
+        stack = np.stack([read_image(f) for sid, f, _m in pairs(src, "train") if sid in pool])
+        return suggest(base.path, stack, n=a.k, settings=InferenceSettings(device="cpu"))
+
+    ranked = {"slices": None} if a.picks else cached(root / "suggest.json", ranking)
+    picked = a.picks.split(",") if a.picks else [pool[s["index"]] for s in ranked["slices"]]
     for seed in [int(s) for s in a.seeds.split(",")]:
         drawn = [pool[i] for i in np.random.default_rng(seed).choice(len(pool), a.k, False)]
         for strategy, new in (("suggest", picked), ("random", drawn)):
             name = f"{strategy}_s{seed}"
-            data = subset(src, root / f"data_{name}", base_ids + new)
-            run, secs = train_once(
-                data, root / name, **_settings(a), epochs=a.ft_epochs, seed=seed, init=base.path
-            )
-            rows.append({"strategy": strategy, "slices": new, "seed": seed,
-                         "train_seconds": secs,
-                         **test_scores(run.path, data, root / f"eval_{name}")})  # fmt: skip
+
+            def fine_tune(name=name, new=new, seed=seed, strategy=strategy) -> dict[str, Any]:
+                data = subset(src, root / f"data_{name}", base_ids + new)
+                run, secs = train_once(data, root / name, **_settings(a), epochs=a.ft_epochs,
+                                       seed=seed, init=base.path)  # fmt: skip
+                return {"strategy": strategy, "slices": new, "seed": seed,
+                        "train_seconds": secs,
+                        **test_scores(run.path, data, root / f"eval_{name}")}  # fmt: skip
+
+            rows.append(cached(root / f"row_{name}.json", fine_tune))
             print(json.dumps(rows[-1]), flush=True)
+    if a.picks:
+        return
     result = {
         "dataset": a.al_data,
         "settings": {**_settings(a), "base_epochs": a.epochs, "fine_tune_epochs": a.ft_epochs},
@@ -257,6 +273,9 @@ def main() -> None:
     ap.add_argument("--base", default="00,07", help="training slice ids of the base run")
     ap.add_argument("--k", type=int, default=2, help="slices added")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument(
+        "--picks", default=None, help="worker: fine-tune only, on these suggested slice ids"
+    )
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--width", type=int, default=8)
