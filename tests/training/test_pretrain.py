@@ -100,6 +100,9 @@ def test_too_few_pixels_and_an_occupied_output_are_one_line(pre, tmp_path, run_c
         "holds 8192 pixels" in line and "needs at least 65536" in line and "--crop-size 64" in line
     )
     assert not (tmp_path / "p").exists()
+    # refused input with --overwrite: the earlier results stay
+    one_error(run_cli, "pretrain", "--images", few, "--out", pre, "--crop-size", "64", "--overwrite")  # fmt: skip
+    assert (pre / "last.safetensors").is_file() and (pre / "run.json").is_file()
     line = one_error(run_cli, "pretrain", "--images", few, "--out", pre, "--crop-size", "32")
     assert "already holds" in line and "--overwrite" in line and "--resume" in line
 

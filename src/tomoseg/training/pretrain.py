@@ -390,9 +390,9 @@ def _held(out: Path) -> str | None:
     return next((n for n in RESULTS if (out / n).exists()), None)
 
 
-def _open_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: bool) -> dict | None:
+def _check_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: bool) -> dict | None:
     """Refuse to clobber a folder; on resume, check that it holds this pretraining and return
-    its record; on overwrite, remove what an earlier run or pretraining left."""
+    its record."""
     if resume:
         record = read_run_record(out, missing_ok=True)
         if record is None or not record.get("pretrained"):
@@ -410,14 +410,18 @@ def _open_folder(out: Path, cfg: PretrainConfig, resume: bool, overwrite: bool) 
             f"out: {out} already holds a run ({held}); use resume=True to continue a "
             "pretraining or overwrite=True to replace it"
         )
-    if overwrite:
-        for name in _REPLACED:
-            p = out / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
     return None
+
+
+def _clear(out: Path) -> None:
+    """Remove what an earlier run or pretraining left in ``out`` (``overwrite``, once the new
+    input has been read: a refused input never costs the earlier results)."""
+    for name in _REPLACED:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _source(images: Any, record: dict | None) -> SliceSource:
@@ -540,11 +544,13 @@ def pretrain(
     with run_folder_lock(out, rank0):
         if rank0:
             remove_interrupted_writes(out)
-            record = _open_folder(out, cfg, resume, overwrite)
+            record = _check_folder(out, cfg, resume, overwrite)
         else:
             record = read_run_record(out, missing_ok=True) if resume else None
         src = _source(images, record)
         data = read_unlabelled(src, cfg)
+        if rank0 and overwrite and not resume:
+            _clear(out)
         hp = network_of(cfg)
         patch = cfg.mask_patch or build_model(**hp).stride
         dm = PretrainDataModule(data, cfg, patch)
