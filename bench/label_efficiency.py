@@ -9,7 +9,8 @@
 2. One pretraining on the unlabelled images of the train and val splits (strict: the test
    images are not seen, even unlabelled; ``--pretrain-test`` adds them), ``OUT/pre``.
 3. For each N and seed: a training from scratch and one with ``--init OUT/pre``, the same
-   network and budget (``--width``, ``--depth``, ``--crop-size``, ``--crops``, ``--epochs``),
+   network and budget (``--width``, ``--depth``, ``--crop-size``, ``--crops``, ``--epochs``;
+   eager steps, as the pretraining's),
    then ``tomoseg evaluate`` on the test split.
 4. A markdown table of test IoU / BF1 of the class of interest, and the share of the gap
    between the fewest and all labelled slices that pretraining recovers.
@@ -129,7 +130,7 @@ def main() -> None:
             own = out / "runs" / f"{name}.log"
             own.parent.mkdir(parents=True, exist_ok=True)
             run(["train", "--data", str(folders[n]), "--out", str(r), *net, *extra,
-                 "--epochs", a.epochs, "--val-every", a.val_every, "--seed", seed,
+                 "--epochs", a.epochs, "--val-every", a.val_every, "--seed", seed, "--compile", "off",
                  "--overwrite", "--quiet"], own)  # fmt: skip
             run(["evaluate", str(r), "--data", str(data), "--out", str(t), "--overwrite"], own)
         return scores(t, coi)
