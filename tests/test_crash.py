@@ -2,11 +2,12 @@
 gives the uninterrupted result, and leaves no temporary file behind.
 
 * **kill -9** (``test_kill_then_same_command_equals_uninterrupted``): for each command
-  (``predict``, ``evaluate``, ``score``, ``objects``, ``paths``, ``tune``, ``segment-stack``, ``train``)
+  (``predict``, ``evaluate``, ``score``, ``objects``, ``paths``, ``tune``, ``segment-stack``,
+  ``train``, ``pretrain``)
   and each of its kill points, a subprocess runs the command as a user does and is killed with
   SIGKILL as soon as it reports the chosen progress event (``crashkit``); the same command is
-  then run again (``train``: with ``--resume``, how a training resumes) and its outputs are
-  compared with an uninterrupted run's: the same files, byte for byte (JSON without timings).
+  then run again (``train``, ``pretrain``: with ``--resume``, how a training resumes) and its
+  outputs are compared with an uninterrupted run's: the same files, byte for byte (JSON without timings).
   Each point costs a subprocess start (torch import) and a run: slow, but for one cheap point
   of ``score`` (no training).
 * **in-process** (fast): a cancel at each step of ``objects`` and ``score``, a full disk in
@@ -99,6 +100,12 @@ def _train_args(i: Inputs, out: Path) -> list[Any]:
     return ["train", "--data", i["data"], "--out", out, "--config", cfg, "--quiet"]
 
 
+def _pretrain_args(i: Inputs, out: Path) -> list[Any]:
+    tiny = ["--width", "4", "--depth", "3", "--crop-size", "32", "--crops", "16"]
+    return ["pretrain", "--images", i["volume"], "--out", out, *tiny, "--batch-size", "4",
+            "--epochs", "4", "--precision", "32", "--quiet"]  # fmt: skip
+
+
 CASES: dict[str, Case] = {
     "predict": Case(
         "predict",
@@ -175,6 +182,13 @@ CASES: dict[str, Case] = {
         rerun=("--resume",),
         compare=_same_training,
     ),  # fmt: skip
+    "pretrain": Case(
+        "pretrain",
+        _pretrain_args,
+        (("advance", 1), ("advance", 2)),
+        rerun=("--resume",),
+        compare=_same_training,
+    ),
 }
 
 POINTS = [

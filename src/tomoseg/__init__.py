@@ -27,6 +27,7 @@ _LAZY = {
     "train": "tomoseg.api",
     "fine_tune": "tomoseg.api",
     "export": "tomoseg.api",
+    "pretrain": "tomoseg.api",
     "segment_stack": "tomoseg.api",
     "score": "tomoseg.api",
     "score_folders": "tomoseg.api",
@@ -55,6 +56,7 @@ __all__ = [
     "fine_tune",
     "measure_objects",
     "measure_paths",
+    "pretrain",
     "score",
     "score_folders",
     "segment_stack",
@@ -62,7 +64,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tomoseg.api import Run, export, fine_tune, score, score_folders, segment_stack, train
+    from tomoseg.api import (
+        Run,
+        export,
+        fine_tune,
+        pretrain,
+        score,
+        score_folders,
+        segment_stack,
+        train,
+    )
     from tomoseg.config.schema import TrainConfig
     from tomoseg.data.context import context_stack
     from tomoseg.evaluation.objects import measure_objects

@@ -150,6 +150,49 @@ def train(
     )
 
 
+def pretrain(
+    images: Any,
+    out: PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **options: Any,
+) -> Run:
+    """Self-supervised pretraining on unlabelled slices (``tomoseg pretrain``): the network a
+    run trains learns to restore randomly masked patches of crops of ``images`` (masked image
+    modelling; ``docs/training.md``). ``train(data, run, init=out)`` then starts from it: its
+    network, weights but the output head, and normalisation.
+
+    Args:
+        images: any stack (a folder of slices, a multi-page TIFF, Zarr, HDF5 ``file.h5:/data``,
+            MRC, N5, a (Z, Y, X) array); None with ``resume``: the recorded one.
+        out: the output folder (a run folder without classes, ``pretrained: true``).
+        resume: continue an interrupted pretraining (kill -9 safe).
+        overwrite: replace what ``out`` holds.
+        progress, cancel: as :func:`train`.
+        **options: ``model``, ``width``, ``depth``, ``context``, ``crop_size``, ``crops``,
+            ``epochs`` or ``time_budget`` (minutes), ``mask_ratio``, ``mask_patch``,
+            ``max_slices``, ``lr``, ``seed``, ``device``, ``devices``, ... (see
+            :class:`tomoseg.training.pretrain.PretrainConfig`).
+
+    Returns:
+        The pretraining folder as a :class:`Run`.
+
+    Raises:
+        TomosegError: bad options, an unreadable stack or one with too few pixels (saying how
+            many are needed), ``out`` holding results without ``overwrite``.
+    """
+    from tomoseg.training.pretrain import pretrain as _pretrain
+
+    folder = _pretrain(
+        images, out, resume=resume, overwrite=overwrite, progress=progress, cancel=cancel,
+        spawn=True, **options,
+    )  # fmt: skip
+    return Run(folder)
+
+
 def fine_tune(
     run: PathLike | Run,
     images: Any,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tomoseg.cli import data, export, inference, misc, stack, sweep, train
+from tomoseg.cli import data, export, inference, misc, pretrain, stack, sweep, train
 
 app = typer.Typer(
     add_completion=False,
@@ -19,6 +19,7 @@ app.command()(data.check)
 app.command()(data.phantom)
 app.command()(data.crops)
 app.command()(train.train)
+app.command()(pretrain.pretrain)
 app.command(name="lr-find")(train.lr_find)
 app.command()(inference.predict)
 app.command()(inference.evaluate)

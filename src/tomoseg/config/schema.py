@@ -66,7 +66,9 @@ class TrainConfig(BaseModel):
     init: Path | None = Field(
         default=None,
         description="fine-tune: start from this run's weights, keeping its network, classes and "
-        "normalisation (its config.yaml is the base config); the run records it as its parent",
+        "normalisation (its config.yaml is the base config); the run records it as its parent. "
+        "A pretraining folder (tomoseg pretrain): its network, weights but the output head, and "
+        "normalisation; the classes are the data's",
     )
     # data
     ignore_label: int | None = Field(

@@ -22,6 +22,7 @@ from tomoseg.runtime.run_record import (
     RUN_FILE,  # noqa: F401 - the run record's owner names it
     WeightsRecord,
     check_complete,
+    read_run_record,
 )
 from tomoseg.utils.files import loads_json, validated
 from tomoseg.utils.format import pydantic_message
@@ -119,6 +120,13 @@ def delivered_weights(run: Path) -> str:
     return "best"
 
 
+def _pretrained_message(folder: Path) -> str:
+    return (
+        f"{folder} holds pretrained weights without classes (tomoseg pretrain): train a run "
+        f"from them on labelled data first (init={str(folder)!r})"
+    )
+
+
 def load_run(
     run: Path,
     weights: str | None = None,
@@ -150,7 +158,10 @@ def load_run(
     if is_package(run):
         fields = load_package(run, device)
         return LoadedRun(config=run_config(fields["meta"]), **fields)
-    check_complete(run.parent if run.suffix == ".safetensors" else run, allow_incomplete)
+    folder = run.parent if run.suffix == ".safetensors" else run
+    if (read_run_record(folder, missing_ok=True) or {}).get("pretrained"):
+        raise TomosegError(_pretrained_message(folder))
+    check_complete(folder, allow_incomplete)
     if run.suffix != ".safetensors" and weights is None:
         weights = delivered_weights(run)
     wfile = run if run.suffix == ".safetensors" else run / f"{weights}.safetensors"
@@ -162,6 +173,8 @@ def load_run(
         raise TomosegError(f"corrupted checkpoint {wfile}: {str(exc).splitlines()[0]}") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise TomosegError(f"{wfile} is not a tomoseg checkpoint (no tomoseg metadata)")
+    if meta.get("pretrained"):
+        raise TomosegError(_pretrained_message(wfile.parent))
     # every number that decides an allocation is checked before the weights are read
     validated(WeightsRecord, meta, f"{wfile} (metadata)")
     try:

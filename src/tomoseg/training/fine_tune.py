@@ -22,6 +22,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError
 from tomoseg.io.writers import write_json, write_mask
+from tomoseg.runtime.checkpoint import LoadedRun
 from tomoseg.training.parent import load_parent
 from tomoseg.utils.progress import CancelToken, ProgressCallback
 
@@ -139,6 +140,11 @@ def fine_tune(
     overrides = {**options, "init": Path(run), "time_budget": time_budget, "epochs": epochs}
     cfg = load_config(None, overrides)
     parent = load_parent(cfg, out)
+    if not isinstance(parent, LoadedRun):
+        raise TomosegError(
+            f"run={str(run)!r} holds pretrained weights without classes: train a run from them "
+            "on a labelled dataset (tomoseg.train with init) before fine-tuning on arrays"
+        )
     imgs, labs = _stack(images, "images"), _stack(labels, "labels")
     held = [n for n in RUN_RESULTS if (out / n).exists()]
     if held and not (overwrite or resume):  # train's refusal, before the data is written

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from tomoseg._version import __version__
@@ -33,7 +32,14 @@ from tomoseg.runtime.run_record import (
 )
 from tomoseg.training.checkpoint_io import RunCheckpointIO
 from tomoseg.training.module import SegModule, compile_wanted, ema_decay_for
-from tomoseg.training.parent import check_fits, load_parent, parent_record, parent_source
+from tomoseg.training.parent import (
+    check_fits,
+    inherited,
+    load_parent,
+    parent_record,
+    parent_source,
+    start_from,
+)
 from tomoseg.training.recording import (
     EpochProgress,
     RunCSVLogger,
@@ -499,14 +505,11 @@ def train(
             last_ckpt = run / "checkpoints" / "last.ckpt"
             ckpt = last_ckpt if resume and last_ckpt.is_file() else None
         source = data if isinstance(data, DataSource) else DataSource.of(data)
-        inherited: dict[str, Any] = {}
+        from_parent: dict[str, Any] = {}
         if parent is not None:
             source = parent_source(source, parent)
-            inherited = {
-                "norm": parent.normalization,
-                "weights": np.asarray(parent.meta["class_weights"], np.float32),
-            }
-        dm = SegDataModule(source, cfg, **inherited)
+            from_parent = inherited(parent)  # normalisation (and a trained run's class weights)
+        dm = SegDataModule(source, cfg, **from_parent)
         dm.setup("fit")  # what run.json records is known before fitting
         prep = dm.prepared
         assert prep is not None
@@ -578,7 +581,7 @@ def train(
         module.compile_steps = compiled
         # start from the parent's weights (a checkpoint resumed replaces them)
         if parent is not None:
-            module.net.load_state_dict(parent.model.state_dict())
+            start_from(module.net, parent)
         if ckpt is not None:
             done = check_resume_checkpoint(ckpt, module)
             if rank0 and done != meta["epochs_done"]:
