@@ -58,7 +58,7 @@ def overlay(truth: np.ndarray, pred: np.ndarray, cls: int) -> np.ndarray:
     return out
 
 
-def _to_display(img: np.ndarray) -> np.ndarray:
+def to_display(img: np.ndarray) -> np.ndarray:
     """Scale a grayscale image to uint8 by its 0.5-99.5 percentiles for display."""
     a = np.asarray(img, np.float32)
     finite = np.isfinite(a)
@@ -143,7 +143,7 @@ def panel_tiles(
     t_cls, p_cls = truth == cls, pred == cls
     tiles: dict[str, np.ndarray] = {}
     if image is not None:
-        tiles["image"] = reduce_by_area(np.repeat(_to_display(image)[..., None], 3, -1), f)[0]
+        tiles["image"] = reduce_by_area(np.repeat(to_display(image)[..., None], 3, -1), f)[0]
     tiles["truth"] = reduce_by_area(_labels_to_rgb(truth, n_classes), f, t_cls)[0]
     tiles["prediction"] = reduce_by_area(_labels_to_rgb(pred, n_classes), f, p_cls)[0]
     ov, touched = reduce_by_area(overlay(truth, pred, cls), f, t_cls | p_cls)
