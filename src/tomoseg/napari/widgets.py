@@ -181,8 +181,8 @@ def edited_slices(
     out = {}
     for z in range(vol.shape[0]):
         s = vol[z]
-        if original is not None:
-            touched = s != original[z]
+        if original is not None:  # numpy, or lazy (a to-disk segmentation): one slice read
+            touched = s != np.asarray(original[z])
             lab = s if whole else np.where(touched, s, IGNORE)
         else:
             touched = s > 0
