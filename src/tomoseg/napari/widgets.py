@@ -353,8 +353,9 @@ class SegmentWidget(_Widget):
                                   blending="additive", contrast_limits=(0.0, 1.0))  # fmt: skip
         self.job.status.value = (
             f"segmented {summary['slices']} slices ({summary['computed']} now, "
-            f"{summary['skipped']} before) into {out}"
+            f"{summary['skipped']} before) into {out.name}"
         )
+        self.job.status.tooltip = str(out)
 
     def _done(self, image: Image, volume: Any, seg: Segmentation) -> None:
         name, shape = f"{image.name} labels", tuple(volume.shape)
@@ -362,7 +363,7 @@ class SegmentWidget(_Widget):
         old = self.viewer.layers[name] if name in self.viewer.layers else None
         if old is not None and old.data.shape == shape:
             labels = np.array(old.data)
-            original = old.metadata.get("tomoseg_original", np.zeros(shape, np.uint8)).copy()
+            original = np.array(old.metadata.get("tomoseg_original", np.zeros(shape, np.uint8)))
         else:
             labels, original = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
         labels[seg.slices] = seg.labels
