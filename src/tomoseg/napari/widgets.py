@@ -352,8 +352,8 @@ class SegmentWidget(_Widget):
             self.viewer.add_image(unc, name=uname, scale=scale, colormap="magma",
                                   blending="additive", contrast_limits=(0.0, 1.0))  # fmt: skip
         self.job.status.value = (
-            f"segmented {summary['slices']} slices ({summary['computed']} now, "
-            f"{summary['skipped']} before) into {out.name}"
+            f"{summary['slices']} slices ({summary['computed']} now, "
+            f"{summary['skipped']} before) -> {out.name}"
         )
         self.job.status.tooltip = str(out)
 
