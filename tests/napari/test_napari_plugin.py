@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EVENT_DEADLINE, TINY_TRAIN
+from conftest import EVENT_DEADLINE, TINY_TRAIN, wait_for
 from PIL import Image
 
 pytest.importorskip("napari", reason="napari is not installed (pip install 'tomoseg[napari]')")
@@ -131,6 +131,64 @@ def test_cancel_stops_and_a_rerun_completes(viewer, qtbot, tiny):
     _finish(qtbot, w, w.segment)
     p = tomoseg.Predictor.from_run(run)
     np.testing.assert_array_equal(viewer.layers["stack labels"].data[-1], p.predict(big[-1]))
+
+
+def test_whole_volume_to_disk_is_lazy_cancels_and_resumes(
+    viewer, qtbot, tiny, tmp_path, monkeypatch
+):
+    """The big-stack mode: segment_stack into an OME-Zarr folder, shown lazily; Cancel keeps
+    the finished slices, and pressing Segment again computes only the rest."""
+    import dask.array as da
+
+    run, vol, _ = tiny
+    real = W.segment_to_disk
+
+    def held_after_two(*args, progress=None, cancel=None, **kw):
+        def report(event):  # in the worker: after slice 2, wait for the user's Cancel
+            progress(event)
+            if event.kind == "advance" and event.done == 2:
+                wait_for(cancel.is_set, "the Cancel button")
+
+        return real(*args, progress=report, cancel=cancel, **kw)
+
+    monkeypatch.setattr(W, "segment_to_disk", held_after_two)
+    big = vol  # 6 slices
+    out = tmp_path / "seg"
+    w = _segment(viewer, qtbot, run, big, scope=W.SCOPES[2], output=str(out))
+    seen = []
+
+    def cancel_after_two(event):
+        if event.kind == "advance" and event.done >= 2 and not seen:
+            seen.append(event.done)
+            w.job.cancel_button.native.click()
+
+    w.job._bridge.event.connect(cancel_after_two)
+    _finish(qtbot, w, w.segment)
+    w.job._bridge.event.disconnect(cancel_after_two)
+    monkeypatch.setattr(W, "segment_to_disk", real)
+    assert seen and "cancel" in (w.job.last_error or "")
+    assert "stack labels" not in viewer.layers
+    finished = len(list((out / "progress").iterdir()))
+    assert 2 <= finished < len(big)
+    _finish(qtbot, w, w.segment)  # the rerun resumes
+    assert w.job.last_error is None, w.job.last_error
+    assert f"{len(big) - finished} now, {finished} before" in w.job.status.value
+    layer = viewer.layers["stack labels"]
+    assert isinstance(layer.data, da.Array)  # read from the OME-Zarr when shown
+    p = tomoseg.Predictor.from_run(run)
+    np.testing.assert_array_equal(np.asarray(layer.data), np.stack([p.predict(s) for s in big]))
+    unc = viewer.layers["stack uncertainty"].data
+    np.testing.assert_allclose(np.asarray(unc[3]), p.predict_uncertainty(big[3]), atol=1e-6)
+    assert (out / "quicklook.png").is_file()
+    assert w.job.bar.value == w.job.bar.max == len(big)
+
+
+def test_whole_volume_to_disk_default_folder_is_the_jobs_own(tiny):
+    run, vol, _ = tiny
+    a = W.default_stack_folder("stack", run, None, vol)
+    assert a == W.default_stack_folder("stack", run, None, vol.copy())  # the same job
+    assert a != W.default_stack_folder("stack", run, "flips", vol)
+    assert a != W.default_stack_folder("stack", run, None, vol[::-1])
 
 
 def test_errors_are_one_notification_line(viewer, qtbot, tiny, tmp_path):

@@ -55,7 +55,7 @@ def predict(
     allow_incomplete: AllowIncomplete = False,
 ) -> None:
     """Segment full-size images with a trained run (overlapping tiles, bounded memory)."""
-    from tomoseg.inference.predict import predict_paths
+    from tomoseg.inference.predict import QUICKLOOK, predict_paths
 
     settings = inference_settings(
         device=device, weights=weights, runtime=runtime, tta=tta, nonfinite=nonfinite,
@@ -70,6 +70,8 @@ def predict(
             progress=show, cancel=cancel,
         )  # fmt: skip
     render.say(f"{len(paths)} masks written to {out}")
+    if (Path(out) / QUICKLOOK).is_file():
+        render.say(f"quick look: {Path(out) / QUICKLOOK} (a few images with their labels)")
 
 
 def evaluate(

@@ -291,6 +291,8 @@ def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
             f"{off['slices']} of {info['slices']} slices are of another type or mostly outside "
             f"the run's intensity range ({what}); per slice in stack.json"
         )
+    if info.get("quicklook"):
+        lines.append(f"quick look: {info['quicklook']} (a few slices with their labels)")
     return lines + uncertainty_lines(info)
 
 

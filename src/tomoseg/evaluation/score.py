@@ -62,7 +62,7 @@ def score_and_write(
             score_image(truth, pred, len(classes), tolerance, image_id, ignore_label=ignore_label)
         )
         try:  # optional: a failing picture never costs the scores
-            write_overlays(out, image_id, truth, pred, k, len(classes), image)
+            write_overlays(out, image_id, truth, pred, k, classes, image)
         except Exception as exc:
             warnings.warn(
                 f"no overlay or panel for {image_id}: {first_line(exc)}",

@@ -15,9 +15,10 @@ from tomoseg.data.intensity import SAMPLE_PIXELS, IntensityTally
 from tomoseg.data.normalization import count_nonfinite
 from tomoseg.errors import TomosegError
 from tomoseg.inference.predictor import InferenceSettings, Predictor, as_predictor
-from tomoseg.io.images import IMAGE_SUFFIXES, image_rows, list_images, read_image
+from tomoseg.io.images import IMAGE_SUFFIXES, image_rows, list_images, read_image, read_mask
 from tomoseg.io.jobs import file_sha256, finish_job_folder, open_job_folder
 from tomoseg.io.writers import write_image, write_mask, write_mask_rows, writing
+from tomoseg.reporting.quicklook import QUICKLOOK_NAME, quicklook_or_warn, spread
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 
@@ -117,8 +118,10 @@ def predict_paths(
             images out of the run's intensity range give one warning for the job (naming
             the first), by default.
         inputs: image files and folders of images (natural order within a folder).
-        out: the mask folder (``<id>.<format>``; ``probabilities/<id>.tif`` (K, H, W) float32;
-            ``.tomoseg-job.json``, the job's record).
+        out: the mask folder (``<id>.<format>``: uint8 class ids stored as an indexed image,
+            :func:`~tomoseg.io.writers.write_mask`; ``probabilities/<id>.tif`` (K, H, W)
+            float32; ``quicklook/quicklook.png``: up to 4 images with their labels drawn over
+            them; ``.tomoseg-job.json``, the job's record).
         format: ``png`` or ``tif``.
         tiling: overlapping tiles (False: whole images in one pass).
         overwrite: replace masks already in ``out``.
@@ -201,5 +204,26 @@ def predict_paths(
             nonfinite=bad,
         )
     finish_job_folder(out)
+    _quicklook(out, [p for _, p in items], [out / name for name in masks], predictor.classes)
     job.end(f"{len(items)} masks written to {out}")
     return [out / name for name in masks]
+
+
+#: the quick-look of ``predict``: in a folder of its own, the mask folder holding only masks
+QUICKLOOK = f"quicklook/{QUICKLOOK_NAME}"
+_QUICKLOOK_MAX_PIXELS = 64_000_000  # larger images are left out of it (read whole to draw)
+
+
+def _quicklook(out: Path, images: list[Path], masks: list[Path], classes: list[str]) -> None:
+    """``<out>/quicklook/quicklook.png``: up to 4 inputs spread over the list, their masks
+    drawn over them (:mod:`tomoseg.reporting.quicklook`; a failure only warns)."""
+
+    def views() -> list[tuple[str, np.ndarray, np.ndarray]]:
+        got = []
+        for i in spread(len(images), 4):
+            mask = read_mask(masks[i])
+            if mask.size <= _QUICKLOOK_MAX_PIXELS:
+                got.append((images[i].stem, read_image(images[i]), mask))
+        return got
+
+    quicklook_or_warn(out / QUICKLOOK, views, classes, f"{len(images)} images segmented")

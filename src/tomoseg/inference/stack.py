@@ -37,6 +37,9 @@ Outputs (in the folder ``out``):
   After ``kill -9`` (or a cancel) the same call computes the slices without a marker, and the
   result equals an uninterrupted run (each slice owns its own chunks, so a half-written slice
   is simply rewritten). Markers protect against a killed process, not against a power cut.
+* ``quicklook.png``: three slices (a quarter, half and three quarters down the stack) with
+  their labels drawn over them, once the whole stack is segmented (a failure to draw it only
+  warns).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from tomoseg.inference.stack_planes import PlanesRun, remove_planes
 from tomoseg.inference.stack_sinks import Sink, VolumeMeta, get_sink
 from tomoseg.io.jobs import file_sha256
 from tomoseg.io.sources import SliceSource, open_source, parse_voxel_size, resolve_voxel_size
+from tomoseg.reporting.quicklook import QUICKLOOK_NAME, quicklook_or_warn, spread
 from tomoseg.utils.planes import check_context, check_isotropic, parse_planes
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
@@ -145,6 +149,22 @@ def _record(
         "inference": _inference(predictor),
         "complete": False,
     }
+
+
+def _quicklook(src: Any, volume: Path, out: Path, classes: list[str]) -> Path | None:
+    """``<out>/quicklook.png`` (:mod:`tomoseg.reporting.quicklook`) of a finished stack: the
+    input's slices a quarter, half and three quarters down with the labels read back from the
+    output; None (and one warning) when it cannot be drawn."""
+
+    def views() -> list[tuple[str, np.ndarray, np.ndarray]]:
+        labels = open_source(volume)
+        got = []
+        with src.reader() as image, labels.reader() as label:
+            for z in spread(src.n, 3):
+                got.append((f"slice {src.ids[z]}", image(z), label(z)))
+        return got
+
+    return quicklook_or_warn(out / QUICKLOOK_NAME, views, classes, f"{src.name}: {src.n} slices")
 
 
 def _inference(predictor: Predictor) -> dict[str, Any]:
@@ -301,7 +321,9 @@ def segment_stack(
         slice id -> ``dtype``, ``outside``), ``missing_chunks`` (``slices``, ``chunks``,
         ``per_slice``: the input's slices with chunks absent from its store); with ``part`` or
         ``verify``: ``first``, ``last``,
-        ``part``, ``stack_slices``, ``missing``, ``complete`` instead of ``nonfinite``.
+        ``part``, ``stack_slices``, ``missing``, ``complete`` instead of ``nonfinite``;
+        ``quicklook``: the path of ``quicklook.png`` once the stack is complete (absent when it
+        could not be drawn).
 
     Raises:
         TomosegError: bad input (a TIFF cut short, axes out of Z, Y, X order without
@@ -376,5 +398,9 @@ def segment_stack(
     summary["planes"] = list(chosen)
     if chosen != ("xy",) and not job.shared:
         remove_planes(job.out)  # the job is complete: its passes' stores are not needed
+    if not verify and (i_n is None or summary.get("complete")):
+        picture = _quicklook(src, Path(summary["volume"]), Path(out), predictor.classes)
+        if picture is not None:
+            summary["quicklook"] = str(picture)
     prog.end(f"{summary['slices']} slices ({computed} computed) -> {summary['volume']}")
     return summary

@@ -234,11 +234,54 @@ def write_image(path: str | os.PathLike[str], arr: np.ndarray) -> Path:
     return atomic_write(p, lambda t: Image.fromarray(arr).save(t, format=fmt))
 
 
+#: colours of class ids in saved masks: 0 black, 1 white (a binary mask looks like one),
+#: 2.. Matplotlib's "tab10" colours in turn, 255 (the usual ignore label) grey
+_MASK_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+def mask_palette() -> np.ndarray:
+    """The (256, 3) uint8 RGB colours of class ids 0..255 in saved masks: 0 black, 1 white,
+    2.. ten distinct colours in turn, 255 grey."""
+    pal = np.array([_MASK_COLOURS[(i - 2) % len(_MASK_COLOURS)] for i in range(256)], np.uint8)
+    pal[0], pal[1], pal[255] = (0, 0, 0), (255, 255, 255), (128, 128, 128)
+    return pal
+
+
+def _indexed_png(mask: np.ndarray) -> Image.Image:
+    im = Image.fromarray(mask)  # mode "L": its values are the class ids ...
+    im.putpalette(mask_palette().tobytes())  # ... kept as the indices of a palette ("P")
+    return im
+
+
+def _tiff_colormap() -> np.ndarray:
+    """:func:`mask_palette` as a TIFF colour map: (3, 256) uint16."""
+    return mask_palette().T.astype(np.uint16) * 257
+
+
 def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> Path:
-    """Atomically write a class-id mask (uint8 PNG by default, uint16 where ids exceed 255)."""
+    """Atomically write a class-id mask: uint8 where ids fit (uint16 where they exceed 255).
+
+    A uint8 mask is stored as an indexed image (a PNG palette, a TIFF colour map,
+    :func:`mask_palette`): every pixel's stored value is its class id, read back unchanged by
+    tomoseg, Pillow (``np.asarray(Image.open(p))``), tifffile, Fiji and napari's TIFF reader,
+    while viewers that apply the palette show the classes in colour (a 0/1 mask white on
+    black instead of black on black). Readers that convert palettes to RGB (``imageio``,
+    ``skimage.io.imread`` without ``mode``/``pilmode="P"``) give colours instead of ids:
+    read such files with Pillow or tifffile.
+    """
+    p = Path(path)
     m = np.asarray(mask)
-    dtype = np.uint8 if int(m.max(initial=0)) < 256 else np.uint16
-    return write_image(path, m.astype(dtype, copy=False))
+    if int(m.max(initial=0)) >= 256:
+        return write_image(p, m.astype(np.uint16, copy=False))
+    m = np.ascontiguousarray(m.astype(np.uint8, copy=False))
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        return atomic_write(
+            p, lambda t: tifffile.imwrite(t, m, photometric="palette", colormap=_tiff_colormap())
+        )
+    return atomic_write(p, lambda t: _indexed_png(m).save(t, format="PNG"))
 
 
 def write_mask_rows(
@@ -248,7 +291,8 @@ def write_mask_rows(
     rows_per_strip: int = 64,
 ) -> Path:
     """Atomically write a uint8 class-id mask arriving by bands of rows (``(y0, y1, (y1 - y0,
-    W) or (1, y1 - y0, W) array)``, in order, covering ``[0, H)``).
+    W) or (1, y1 - y0, W) array)``, in order, covering ``[0, H)``), indexed as
+    :func:`write_mask` writes it.
 
     A TIFF is written strip by strip as the bands arrive (tifffile, uncompressed strips of
     ``rows_per_strip`` rows): the mask is never held whole. Other formats (PNG: Pillow writes
@@ -260,7 +304,7 @@ def write_mask_rows(
         mask = np.empty((h, w), np.uint8)
         for y0, y1, lab in bands:
             mask[y0:y1] = np.asarray(lab).reshape(y1 - y0, w)
-        return write_image(p, mask)
+        return write_mask(p, mask)
 
     def strips() -> Iterable[bytes]:
         held = np.empty((0, w), np.uint8)
@@ -275,8 +319,14 @@ def write_mask_rows(
     return atomic_write(
         p,
         lambda t: tifffile.imwrite(
-            t, strips(), shape=(h, w), dtype=np.uint8, rowsperstrip=rows_per_strip
-        ),
+            t,
+            strips(),
+            shape=(h, w),
+            dtype=np.uint8,
+            rowsperstrip=rows_per_strip,
+            photometric="palette",
+            colormap=_tiff_colormap(),
+        ),  # fmt: skip
     )
 
 

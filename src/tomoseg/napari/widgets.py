@@ -109,6 +109,62 @@ def segment_volume(
     return Segmentation(run, slices, labels, prob, unc, p.classes, p.class_of_interest)
 
 
+#: the Segment widget's choices of what to segment
+SCOPES = ("shown slice", "whole volume", "whole volume to disk (big stacks)")
+
+
+def default_stack_folder(image_name: str, run: Path, tta: str | None, volume: Any) -> Path:
+    """Where the Segment widget writes a whole volume to disk when no folder is chosen:
+    ``<temporary folder>/tomoseg-napari/<image>-<key>``, the key a hash of the run's weights
+    file (path, size, time), the TTA and the array's fingerprint (shape, dtype, three slices:
+    :func:`~tomoseg.io.sources.array.fingerprint`), so that the same job finds its own
+    output again (a cancelled job resumes) and another never meets it."""
+    import hashlib
+    import re
+    import tempfile
+
+    from tomoseg.io.sources.array import fingerprint
+
+    weights = [run / n for n in ("best.safetensors", "last.safetensors") if (run / n).is_file()]
+    stamp = [(str(w.resolve()), w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+    key = hashlib.sha256(repr((stamp, str(run.resolve()), tta, fingerprint(volume))).encode())
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_name)[:40] or "image"
+    return Path(tempfile.gettempdir()) / "tomoseg-napari" / f"{name}-{key.hexdigest()[:12]}"
+
+
+def segment_to_disk(
+    run: Path,
+    volume: Any,
+    out: Path,
+    *,
+    tta: str | None = None,
+    uncertainty: bool = False,
+    overwrite: bool = False,
+    progress: Any = None,
+    cancel: Any = None,
+) -> dict[str, Any]:
+    """Segment every slice of a (Z, Y, X) array (numpy, or dask: read one slice at a time)
+    into an OME-Zarr label volume in ``out`` with :func:`tomoseg.segment_stack` (and its
+    uncertainty, when asked): memory stays bounded by a few slices, a cancelled job keeps its
+    finished slices and the same call resumes it.
+
+    Returns:
+        :func:`~tomoseg.segment_stack`'s summary.
+
+    Raises:
+        TomosegError: as :func:`~tomoseg.segment_stack` (an output of another job without
+            ``overwrite``); Cancelled: ``cancel`` set (between slices).
+    """
+    from tomoseg.inference.predictor import Predictor
+    from tomoseg.inference.stack import segment_stack
+
+    predictor = Predictor.from_run(run, tta=tta)
+    return segment_stack(
+        predictor, volume, out, uncertainty=uncertainty, overwrite=overwrite,
+        progress=progress, cancel=cancel,
+    )  # fmt: skip
+
+
 def edited_slices(
     labels: np.ndarray, original: np.ndarray | None, *, whole: bool = True
 ) -> dict[int, np.ndarray]:
@@ -125,8 +181,8 @@ def edited_slices(
     out = {}
     for z in range(vol.shape[0]):
         s = vol[z]
-        if original is not None:
-            touched = s != original[z]
+        if original is not None:  # numpy, or lazy (a to-disk segmentation): one slice read
+            touched = s != np.asarray(original[z])
             lab = s if whole else np.where(touched, s, IGNORE)
         else:
             touched = s > 0
@@ -175,7 +231,10 @@ class _Widget(Container):
 
 
 class SegmentWidget(_Widget):
-    """Segment the current image layer with a run: the slice shown or the whole volume.
+    """Segment the current image layer with a run: the slice shown or the whole volume (in
+    memory), or the whole volume to disk (:func:`segment_to_disk`: an OME-Zarr label volume
+    in the ``output`` folder, by default a folder of its own in the temporary folder, shown
+    lazily; a cancelled job resumes when run again; for stacks too big for memory).
 
     The labels go to a Labels layer ``<image> labels`` (at the image's scale) that remembers
     the segmentation it shows, so edits made on it are the corrections the fine-tune widget
@@ -186,8 +245,10 @@ class SegmentWidget(_Widget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         self.run = FileEdit(mode="d", label="run")
         self.image = ComboBox(label="image", choices=_layers(napari_viewer, Image))
-        self.scope = ComboBox(label="segment", choices=["shown slice", "whole volume"])
+        self.scope = ComboBox(label="segment", choices=list(SCOPES))
         self.scope.value = "whole volume"
+        self.output = FileEdit(mode="d", label="output (to disk)", value="")
+        self.overwrite = CheckBox(text="overwrite the output", value=False)
         self.tta = ComboBox(label="TTA", choices=["run's", "none", "flips", "all"])
         self.probability = CheckBox(text="probability layer", value=False)
         self.uncertainty = CheckBox(text="uncertainty layer", value=True)
@@ -198,6 +259,8 @@ class SegmentWidget(_Widget):
                 self.run,
                 self.image,
                 self.scope,
+                self.output,
+                self.overwrite,
                 self.tta,
                 self.probability,
                 self.uncertainty,
@@ -219,9 +282,11 @@ class SegmentWidget(_Widget):
             self.job.fail(exc)
             return None
         run = Path(self.run.value)
+        tta = None if self.tta.value == "run's" else self.tta.value
+        if self.scope.value == SCOPES[2]:
+            return self._segment_to_disk(layer, volume, run, tta)
         whole = self.scope.value == "whole volume"
         slices = list(range(volume.shape[0])) if whole else [self._current_z(volume)]
-        tta = None if self.tta.value == "run's" else self.tta.value
 
         def work(progress: Any, cancel: Any) -> Segmentation:
             return segment_volume(
@@ -237,13 +302,68 @@ class SegmentWidget(_Widget):
 
         return self.job.start(work, lambda result: self._done(layer, volume, result))
 
+    def _segment_to_disk(self, layer: Image, volume: Any, run: Path, tta: str | None) -> Any:
+        """The whole volume through :func:`segment_to_disk` into the chosen folder (default
+        :func:`default_stack_folder`), shown lazily when done."""
+        chosen = str(self.output.value) not in ("", ".")
+        try:
+            out = (
+                Path(self.output.value)
+                if chosen
+                else default_stack_folder(layer.name, run, tta, volume)
+            )
+        except OSError as exc:
+            self.job.fail(exc)
+            return None
+        unc, overwrite = bool(self.uncertainty.value), bool(self.overwrite.value)
+
+        def work(progress: Any, cancel: Any) -> dict[str, Any]:
+            return segment_to_disk(
+                run, volume, out, tta=tta, uncertainty=unc, overwrite=overwrite,
+                progress=progress, cancel=cancel,
+            )  # fmt: skip
+
+        return self.job.start(work, lambda summary: self._done_on_disk(layer, run, summary))
+
+    def _done_on_disk(self, image: Image, run: Path, summary: dict[str, Any]) -> None:
+        """Show the OME-Zarr labels (and uncertainty) of a finished ``segment_stack`` lazily
+        (dask: a slice is read when shown), at the image's scale."""
+        import dask.array as da
+        import zarr
+
+        from tomoseg.inference.stack_uncertainty import UNCERTAINTY_NAME
+
+        out = Path(summary["out"])
+        scale = tuple(image.scale[-3:]) if image.ndim == 3 else (1.0, *image.scale[-2:])
+        labels = da.from_zarr(zarr.open_array(str(Path(summary["volume"]) / "0"), mode="r"))
+        name = f"{image.name} labels"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_labels(labels, name=name, scale=scale)
+        layer.metadata.update(
+            tomoseg_original=labels, tomoseg_run=str(run), tomoseg_image=image.name,
+            tomoseg_stack=str(out),
+        )  # fmt: skip
+        if summary.get("uncertainty"):
+            unc = da.from_zarr(zarr.open_array(str(out / UNCERTAINTY_NAME / "0"), mode="r"))
+            uname = f"{image.name} uncertainty"
+            if uname in self.viewer.layers:
+                self.viewer.layers.remove(uname)
+            self.viewer.add_image(unc, name=uname, scale=scale, colormap="magma",
+                                  blending="additive", contrast_limits=(0.0, 1.0))  # fmt: skip
+        self.job.status.value = (
+            f"{summary['slices']} slices ({summary['computed']} now, "
+            f"{summary['skipped']} before) -> {out.name}"
+        )
+        self.job.status.tooltip = str(out)
+
     def _done(self, image: Image, volume: Any, seg: Segmentation) -> None:
         name, shape = f"{image.name} labels", tuple(volume.shape)
         scale = tuple(image.scale[-3:]) if image.ndim == 3 else (1.0, *image.scale[-2:])
         old = self.viewer.layers[name] if name in self.viewer.layers else None
         if old is not None and old.data.shape == shape:
             labels = np.array(old.data)
-            original = old.metadata.get("tomoseg_original", np.zeros(shape, np.uint8)).copy()
+            original = np.array(old.metadata.get("tomoseg_original", np.zeros(shape, np.uint8)))
         else:
             labels, original = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
         labels[seg.slices] = seg.labels

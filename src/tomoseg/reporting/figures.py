@@ -24,43 +24,75 @@ def _pyplot():
     return plt
 
 
+def best_epoch(history: Sequence[Mapping[str, Any]], key: str) -> int | None:
+    """The epoch of the highest ``key`` (the first of equal ones, NaN and missing values
+    skipped), as Lightning's ``ModelCheckpoint(mode="max")`` chooses ``best.safetensors``;
+    None when no epoch has a value."""
+    best: tuple[float, int] | None = None
+    for r in history:
+        v = r.get(key)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if not math.isnan(v) and (best is None or v > best[0]):
+            best = (v, int(r["epoch"]))
+    return None if best is None else best[1]
+
+
 def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, coi: str) -> None:
-    """Draw loss, accuracy, IoU of the class of interest, BF1 and seconds per epoch against the
-    epoch (train and val) into ``path`` (PNG). Where a run averages its weights, validation
-    scores the averaged weights (``val``, the delivered ones) and, while the average warms up,
-    the raw ones too (``val_raw_iou_<coi>``, ``val_raw_bf1_<coi>``: a third line, "val, raw
-    weights").
+    """Write :func:`curves_figure` to ``path`` (PNG), atomically."""
+    fig = curves_figure(history, coi)
+    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
+    _pyplot().close(fig)
+
+
+def curves_figure(history: Sequence[Mapping[str, Any]], coi: str) -> Any:
+    """Loss, accuracy, IoU of the class of interest, BF1 and seconds per epoch against the
+    epoch (train and val), one panel each, as a matplotlib figure (close it after use). Where a
+    run averages its weights, validation scores the averaged weights (``val``, the delivered
+    ones) and, while the average warms up, the raw ones too (``val_raw_iou_<coi>``,
+    ``val_raw_bf1_<coi>``: a third line, "val, raw weights").
+
+    The scores (accuracy, IoU, BF1: fractions) are drawn on a fixed 0-1 axis, so that runs
+    compare at a glance and a flat curve is not magnified; the best epoch (highest validation
+    IoU of the class of interest, the one ``best.safetensors`` holds) is marked in every panel.
 
     Args:
         history: one row per epoch (``metrics.csv``'s columns: ``epoch``, ``train_loss``,
             ``val_loss``, ``train_iou_<coi>``, ...); missing keys are left out of the panels.
-        path: the PNG file to write.
         coi: name of the class of interest.
     """
     plt = _pyplot()
     ep = [r["epoch"] for r in history]
-    panels = [
-        ("loss", "train_loss", "val_loss"),
-        ("global accuracy", "train_accuracy", "val_accuracy"),
-        (f"IoU {coi}", f"train_iou_{coi}", f"val_iou_{coi}", f"val_raw_iou_{coi}"),
-        (f"BF1 {coi} (val, full images)", None, f"val_bf1_{coi}", f"val_raw_bf1_{coi}"),
-        ("seconds per epoch", "seconds", None),
+    panels = [  # title, a score in [0, 1], train key, val key, raw-weights val key
+        ("loss", False, "train_loss", "val_loss"),
+        ("global accuracy", True, "train_accuracy", "val_accuracy"),
+        (f"IoU {coi}", True, f"train_iou_{coi}", f"val_iou_{coi}", f"val_raw_iou_{coi}"),
+        (f"BF1 {coi} (val, full images)", True, None, f"val_bf1_{coi}", f"val_raw_bf1_{coi}"),
+        ("seconds per epoch", False, "seconds", None),
     ]
+    best = best_epoch(history, f"val_iou_{coi}")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, tr, va, *raw) in zip(axes, panels, strict=True):
+    for ax, (title, score, tr, va, *raw) in zip(axes, panels, strict=True):
         averaged = bool(raw) and any(raw[0] in r for r in history)
         lines = [(tr, "train"), (va, "val, averaged weights" if averaged else "val")]
         for key, label in lines + [(k, "val, raw weights") for k in raw]:
             if key and any(key in r for r in history):
                 ax.plot(ep, [r.get(key, np.nan) for r in history], marker="o", ms=3, label=label)
+        if best is not None:
+            ax.axvline(best, color="0.4", ls="--", lw=1, label=f"best (epoch {best})")
+        if score:
+            ax.set_ylim(0, 1)
+        elif ax.lines:
+            ax.set_ylim(bottom=0)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
-    plt.close(fig)
+    return fig
 
 
 def plot_heatmap(
