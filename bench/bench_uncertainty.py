@@ -88,8 +88,44 @@ def pairs(data: Path, split: str) -> list[tuple[str, Path, Path]]:
     return [(k, images[k], masks[k]) for k in sorted(images)]
 
 
-def slice_rows(run: Path, data: Path, dataset: str) -> list[dict[str, Any]]:
-    """One row per val/test slice: uncertainty scores and errors."""
+TILE = 128
+
+
+def pixel_auroc(unc: np.ndarray, wrong: np.ndarray) -> float:
+    """Area under the ROC curve of the per-pixel uncertainty as a detector of wrong pixels
+    (Mann-Whitney U / (n_wrong * n_right), ties counted half; NaN where all pixels are right or
+    all wrong): 0.5 = no better than chance, 1 = every wrong pixel more uncertain than every
+    right one."""
+    from scipy.stats import rankdata
+
+    u, w = unc.ravel(), wrong.ravel()
+    n1 = int(w.sum())
+    n0 = w.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(u)[w].sum()
+    return float((r - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def tile_pairs(unc: np.ndarray, wrong: np.ndarray) -> list[tuple[float, float]]:
+    """(mean uncertainty, fraction of wrong pixels) of each whole TILE x TILE tile."""
+    h, w = unc.shape
+    return [
+        (
+            float(unc[y : y + TILE, x : x + TILE].mean()),
+            float(wrong[y : y + TILE, x : x + TILE].mean()),
+        )
+        for y in range(0, h - TILE + 1, TILE)
+        for x in range(0, w - TILE + 1, TILE)
+    ]
+
+
+def slice_rows(
+    run: Path, data: Path, dataset: str, tiles: list[tuple[float, float]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per val/test slice: uncertainty scores and errors (and, appended to ``tiles``,
+    the (uncertainty, error) of each 128 px tile)."""
+    tiles = [] if tiles is None else tiles
     p = tomoseg.Predictor.from_run(run, device="cpu")
     rec = json.loads((run / "run.json").read_text())
     classes, coi = rec["classes"], rec["class_of_interest"]
@@ -101,6 +137,7 @@ def slice_rows(run: Path, data: Path, dataset: str) -> list[dict[str, Any]]:
             truth = read_mask(fmask)
             labels, prob = p.segment(image, probabilities=True, names=[sid])
             assert prob is not None
+            unc = uncertainty_of(prob, "entropy")
             s = score_image(truth, labels, len(classes), image_id=sid, classes_for_bf1=[k])
             rows.append(
                 {
@@ -114,8 +151,11 @@ def slice_rows(run: Path, data: Path, dataset: str) -> list[dict[str, Any]]:
                     "error_mean_iou": float(1 - np.nanmean(s.iou)),
                     "truth_fraction": float((truth == k).mean()),
                     "pred_fraction": float((labels == k).mean()),
+                    "pixel_auroc": pixel_auroc(unc, labels != truth),
+                    "error_pixels": float((labels != truth).mean()),
                 }
             )
+            tiles += tile_pairs(unc, labels != truth)
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -135,7 +175,8 @@ def correlation(a: argparse.Namespace) -> None:
     for name in a.datasets.split(","):
         data = a.data_root / name
         run, secs = train_once(data, a.out / "runs" / name, **_settings(a), epochs=a.epochs, seed=0)
-        rows = slice_rows(run.path, data, name)
+        tiles: list[tuple[float, float]] = []
+        rows = slice_rows(run.path, data, name, tiles)
         all_rows += rows
         err = [r["error"] for r in rows]
         results[name] = {
@@ -147,6 +188,8 @@ def correlation(a: argparse.Namespace) -> None:
                 [r["entropy"] for r in rows], [r["error_mean_iou"] for r in rows]
             ),
             "mean_error": float(np.nanmean(err)),
+            "pixel_auroc_mean": float(np.nanmean([r["pixel_auroc"] for r in rows])),
+            "tile_entropy_vs_error": spearman([t[0] for t in tiles], [t[1] for t in tiles]),
         }
     write_json(a.out / "correlation.json", results)
     with open(a.out / "correlation.csv", "w", newline="") as f:
@@ -162,6 +205,14 @@ def correlation(a: argparse.Namespace) -> None:
         print(f"| {name} | {r['class_of_interest']} | {e['n']} | {r['mean_error']:.3f} "
               f"| {e['rho']:+.2f} | {e['p']:.3f} | {m['rho']:+.2f} | {m['p']:.3f} "
               f"| {mi['rho']:+.2f} | {mi['p']:.3f} |")  # fmt: skip
+    print("\n| dataset | pixel AUROC, entropy -> wrong pixel (mean over slices) "
+          f"| {TILE} px tiles | Spearman rho tile entropy vs tile error | p |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for name in a.datasets.split(","):
+        r = results[name]
+        t = r["tile_entropy_vs_error"]
+        print(f"| {name} | {r['pixel_auroc_mean']:.3f} | {t['n']} | {t['rho']:+.2f} "
+              f"| {t['p']:.2g} |")  # fmt: skip
 
 
 def subset(src: Path, dst: Path, ids: list[str]) -> Path:
