@@ -8,6 +8,7 @@ import signal
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 import tifffile
 import zarr
 from conftest import make_dataset
@@ -81,6 +82,7 @@ def test_ctrl_c_stops_train_and_resume_finishes_it(tmp_path, run_cli, monkeypatc
     assert "epoch 3:" in out and "epoch 1:" not in out
 
 
+@pytest.mark.slow  # about 15 s: a real terminal and a sweep case process
 def test_ctrl_c_in_a_terminal_cancels_a_sweep_without_failing_its_case(tmp_path):
     """Ctrl-C reaches every process of the terminal's foreground group, the case processes
     too: the running case stops unrecorded (its rerun resumes it), never recorded as failed."""

@@ -285,6 +285,7 @@ def test_read_image_agrees_with_folder_order(tmp_path):
     assert np.array_equal(read_image(s.files[0]), read_image(src / "z1.png"))
 
 
+@pytest.mark.slow  # about 11 s; the default suite resumes segment-stack after a cancel
 def test_sigkill_then_same_command_resumes_identically(tmp_path, runs):
     """A real ``kill -9`` of ``tomoseg segment-stack`` mid-stack, then the same command again."""
     import os

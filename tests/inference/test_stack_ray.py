@@ -143,6 +143,7 @@ def test_bad_slice_is_one_error_and_earlier_ones_stay(tmp_path, run_dir, ray_up,
     assert 3 in missing_slices(out, 4)
 
 
+@pytest.mark.slow  # about 15 s with Ray's start and stop
 def test_nan_pixels_and_hyperstack_channel_as_the_local_run(ray_up, run_dir, tmp_path):
     """The Ray path reads by the same rules: NaN pixels counted and labelled background, a
     channel of a ZCYX hyperstack chosen."""

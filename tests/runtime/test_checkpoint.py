@@ -98,7 +98,9 @@ def test_run_written_before_the_setting_delivers_best(tiny, tmp_path):
 
 
 def _labels(path: Path) -> list[np.ndarray]:
-    return [read_mask(f) for f in sorted(path.iterdir()) if not f.name.startswith(".")]
+    return [
+        read_mask(f) for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")
+    ]
 
 
 @pytest.mark.parametrize("path", ["predict", "evaluate", "segment-stack", "api", "api-stack"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,6 +121,10 @@ def test_package_passes_bioimageio_test_and_runs_back_to_the_same_labels(
 
     summary = bioimageio.core.test_model(package)  # the consumers' own test, every weights format
     assert summary.status == "passed", summary.format()
+    # and their command, as a colleague runs it (a separate process: no tomoseg code loaded)
+    cli = Path(sys.executable).with_name("bioimageio")
+    done = subprocess.run([str(cli), "test", str(package)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     with zipfile.ZipFile(package) as z:
         rdf = yaml.safe_load(z.read("rdf.yaml"))

@@ -64,9 +64,17 @@ def bioimageio_spec() -> Any:
             "pip install 'tomoseg[export]'"
         ) from None
     if not _PATCHED:
-        _fix_serializers()
+        if _pydantic_at_least(2, 14):  # the extra pins pydantic<2.14; other installs may not
+            _fix_serializers()
         _PATCHED = True
     return spec
+
+
+def _pydantic_at_least(major: int, minor: int) -> bool:
+    import pydantic
+
+    got = tuple(int(p) for p in pydantic.VERSION.split(".")[:2] if p.isdigit())
+    return got >= (major, minor)
 
 
 def _fix_serializers() -> None:
