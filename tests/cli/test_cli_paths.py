@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-
-from tests.conftest import one_error
+from conftest import one_error
 
 pytest.importorskip("kimimaro")
 
