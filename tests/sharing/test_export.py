@@ -315,3 +315,25 @@ def test_a_2_5d_run_exports_its_context_channels(tmp_path):
     volume = np.stack([read_image(f) for f in sorted((data / "test" / "images").iterdir())])
     want = tomoseg.Predictor.from_run(run).predict_volume(volume)
     np.testing.assert_array_equal(tomoseg.Predictor.from_run(package).predict_volume(volume), want)
+
+
+@pytest.mark.slow
+def test_the_demo_run_exports_passes_bioimageio_test_and_segments_alike(run_cli, tmp_path):
+    """What a colleague gets from the README's demo: ``tomoseg export`` of the demo's run passes
+    the ``bioimageio test`` command, and ``segment-stack`` runs the package to the run's labels."""
+    from tomoseg.experiments.demo import run_demo
+
+    run_demo(tmp_path / "demo", epochs=1)
+    run = tmp_path / "demo" / "run"
+    package = tmp_path / "demo.zip"
+    code, out, err = run_cli("export", run, "--out", package)
+    assert code == 0, err
+    assert "wrote" in out and package.is_file()
+    cli = Path(sys.executable).with_name("bioimageio")
+    done = subprocess.run([str(cli), "test", str(package)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    images = tmp_path / "demo" / "phantom" / "test" / "images"
+    want = _stack_labels(run_cli, run, images, tmp_path / "from_run")
+    got = _stack_labels(run_cli, package, images, tmp_path / "from_package")
+    assert want.any()
+    np.testing.assert_array_equal(got, want)
