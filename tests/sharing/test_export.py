@@ -74,6 +74,11 @@ def test_export_refuses_bad_input_with_one_line(run_cli, tmp_path, monkeypatch):
     assert out.read_bytes() == b"earlier"  # never destroyed
     msg = one_error(run_cli, "export", tmp_path, "--out", tmp_path / "m.onnx", "--format", "tf")
     assert "--format tf" in msg
+    # the file ending says what a file holds: a package named .onnx, ONNX named .zip, refused
+    msg = one_error(run_cli, "export", tmp_path, "--out", tmp_path / "x.onnx")
+    assert "x.onnx" in msg and "*.zip" in msg and "--format" in msg
+    msg = one_error(run_cli, "export", tmp_path, "--out", tmp_path / "x.zip", "--format", "onnx")
+    assert "*.onnx" in msg and not (tmp_path / "x.zip").exists()
     msg = one_error(run_cli, "export", tmp_path, "--out", tmp_path / "n.zip", "--license", "nope")
     assert "fails validation" in msg and "--license nope" in msg
     import importlib.util
@@ -118,6 +123,16 @@ def test_package_passes_bioimageio_test_and_runs_back_to_the_same_labels(
     result = tomoseg.export(run, package, authors=["A. Scientist"], tags=["xct"])
     assert set(result["max_abs_diff"]) == {"torchscript", "onnx"}
     assert all(d <= TOLERANCE for d in result["max_abs_diff"].values())
+
+    # another run's test report is refused, and nothing is written
+    other = tmp_path / "other-report"
+    other.mkdir()
+    (other / "metrics.json").write_text(
+        json.dumps({"classes": ["background", "fg", "vessel"], "mean": {}, "per_image": []})
+    )
+    with pytest.raises(tomoseg.TomosegError, match="give the report of this run"):
+        tomoseg.export(run, tmp_path / "e.zip", evaluation=other)
+    assert not (tmp_path / "e.zip").exists()
 
     summary = bioimageio.core.test_model(package)  # the consumers' own test, every weights format
     assert summary.status == "passed", summary.format()
@@ -337,3 +352,40 @@ def test_the_demo_run_exports_passes_bioimageio_test_and_segments_alike(run_cli,
     got = _stack_labels(run_cli, package, images, tmp_path / "from_package")
     assert want.any()
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_file_that_is_not_a_package_is_one_line(run_cli, tmp_path):
+    """A zip of random bytes, a zip without rdf.yaml, given where a run or package goes."""
+    import zipfile
+
+    stack = tmp_path / "stack.tif"
+    import tifffile
+
+    tifffile.imwrite(stack, np.zeros((2, 16, 16), np.uint8))
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(np.random.default_rng(0).bytes(300))
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("a.txt", "hello")
+    for bad in (junk, other):
+        msg = one_error(run_cli, "segment-stack", bad, stack, "--out", tmp_path / "s")
+        assert bad.name in msg and "not a bioimage.io package" in msg
+        msg = one_error(run_cli, "predict", bad, stack, "--out", tmp_path / "p")
+        assert "not a bioimage.io package" in msg
+
+
+@pytest.mark.slow
+def test_a_deep_supervision_run_exports_without_its_auxiliary_heads(run_cli, small_run, tmp_path):
+    from conftest import TINY_TRAIN
+
+    import tomoseg
+
+    data, _ = small_run
+    run = tomoseg.train(
+        data, tmp_path / "run", model="unet-resenc", deep_supervision=True, **TINY_TRAIN
+    )
+    out = tmp_path / "net.pt"
+    code, _, err = run_cli("export", run.path, "--out", out, "--format", "torchscript")
+    assert code == 0, err
+    net = torch.jit.load(str(out))
+    assert not any("aux" in k for k in net.state_dict())

@@ -173,7 +173,8 @@ def _open(volume: Any, voxel_size: Any, units: str) -> _Input:
             "(or measure in voxels with units=voxel)"
         )
     known = found is not None and units != "voxel"
-    unit = (info.get("unit") or src.unit) if known else "voxel"
+    # a size given without a unit is in micrometres, as everywhere (io.sources.resolve_voxel_size)
+    unit = (info.get("unit") or src.unit or ("micrometer" if given else None)) if known else "voxel"
     return _Input(src, classes, tuple(found) if known else (1.0, 1.0, 1.0), known, unit)  # type: ignore[arg-type]
 
 

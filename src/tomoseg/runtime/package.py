@@ -19,6 +19,7 @@ import io
 import math
 import tempfile
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,16 @@ def read_package(path: Path) -> Any:
     spec = bioimageio_spec()
     if not path.exists():
         raise TomosegError(f"no bioimage.io package at {path}")
-    descr = spec.load_description(str(path), perform_io_checks=False)
+    if path.is_file() and path.suffix.lower() == ".zip" and not zipfile.is_zipfile(path):
+        raise TomosegError(
+            f"{path} is not a bioimage.io package (not a zip file) nor a tomoseg run"
+        )
+    try:
+        descr = spec.load_description(str(path), perform_io_checks=False)
+    except (ValueError, OSError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        raise TomosegError(
+            f"{path} is not a bioimage.io package nor a tomoseg run ({_short(exc, 120)})"
+        ) from None
     if getattr(descr, "type", None) != "model" or not hasattr(descr, "inputs"):
         summary = getattr(descr, "validation_summary", descr)
         raise TomosegError(

@@ -112,14 +112,31 @@ def _validation_lines(prep: Prepared) -> list[str]:
     return lines
 
 
-def _test_lines(evaluation: Path | None) -> list[str]:
-    """Test scores from a ``tomoseg evaluate`` report (its ``metrics.json``)."""
+def _test_lines(evaluation: Path | None, meta: dict[str, Any] | None = None) -> list[str]:
+    """Test scores from a ``tomoseg evaluate`` report (its ``metrics.json``) of this run.
+
+    Raises:
+        TomosegError: no report there; a report of other classes, or of other weights (another
+            epoch), than the run's.
+    """
     if evaluation is None:
         return ["No test scores were given (`tomoseg export --evaluation REPORT`)."]
     f = evaluation / "metrics.json" if evaluation.is_dir() else evaluation
     if not f.is_file():
         raise TomosegError(f"evaluation={evaluation}: no metrics.json there")
     m = load_json(f)
+    if meta is not None and isinstance(m, dict):
+        if m.get("classes") != meta.get("classes"):
+            raise TomosegError(
+                f"evaluation={evaluation}: a report of classes {m.get('classes')}, the run's are "
+                f"{meta.get('classes')}: give the report of this run"
+            )
+        epoch = (m.get("inference") or {}).get("epoch")
+        if epoch is not None and meta.get("epoch") is not None and epoch != meta["epoch"]:
+            raise TomosegError(
+                f"evaluation={evaluation}: a report of the weights of epoch {epoch}; the "
+                f"exported weights are of epoch {meta['epoch']}: give the report of these weights"
+            )
     mean = m.get("mean", {}) if isinstance(m, dict) else {}
     lines = [f"Test scores (`tomoseg evaluate`, {len(m.get('per_image', []))} images):", ""]
     lines += ["| metric | " + " | ".join(map(str, m.get("classes", []))) + " |"]
@@ -192,7 +209,7 @@ def _readme(prep: Prepared, name: str, evaluation: Path | None, diffs: dict[str,
     else:
         lines += ["The run has no tuned decision: the argmax of the probabilities is tomoseg's."]
     lines += ["", "## Scores", ""]
-    lines += _validation_lines(prep) + [""] + _test_lines(evaluation)
+    lines += _validation_lines(prep) + [""] + _test_lines(evaluation, prep.meta)
     lines += [
         "",
         "## Training",

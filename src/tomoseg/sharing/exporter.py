@@ -64,6 +64,26 @@ def _decision(prep: Prepared) -> dict[str, Any] | None:
     return load_json(f) if f.is_file() else None
 
 
+#: the file endings each format is written under (a package named ``x.onnx``, or ONNX bytes
+#: named ``x.zip``, would be taken for what it is not by every tool, tomoseg included)
+SUFFIXES = {
+    "bioimageio": (".zip",),
+    "onnx": (".onnx",),
+    "torchscript": (".pt", ".pth", ".torchscript"),
+}
+
+
+def _check_suffix(out: Path, format: str) -> None:
+    ends = SUFFIXES[format]
+    suffix = out.suffix.lower()
+    if suffix not in ends:
+        fits = [f for f, e in SUFFIXES.items() if suffix in e]
+        hint = f"format={fits[0]} writes a {suffix} file" if fits else "rename it"
+        raise TomosegError(
+            f"out={out.name}: a {format} file is named *{' or *'.join(ends)}; {hint}"
+        )
+
+
 def export_run(
     run: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -106,6 +126,7 @@ def export_run(
     if format not in FORMATS:
         raise TomosegError(f"format={format!r}: choose {', '.join(FORMATS)}")
     out = Path(out)
+    _check_suffix(out, format)
     _check_out(out, overwrite)
     if format == "bioimageio":
         for module in ("bioimageio.spec", "onnx"):

@@ -132,7 +132,12 @@ def prepare(
         hp["name"], hp["in_channels"], hp["num_classes"], hp["width"], hp["depth"],
         bias=None if bias is None else [float(b) for b in bias], pad=False,
     )  # fmt: skip
-    net.model.load_state_dict(loaded.model.state_dict())
+    # a deep-supervision run's weights also hold its auxiliary heads, used in training only: the
+    # shared network is the inference one (every one of its weights must come from the run)
+    wanted = net.model.state_dict()
+    net.model.load_state_dict(
+        {k: v for k, v in loaded.model.state_dict().items() if k in wanted}, strict=True
+    )
     net.eval()
     stride = int(loaded.model.stride)
     image, where = _training_image(
