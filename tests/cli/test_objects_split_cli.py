@@ -66,3 +66,17 @@ def test_phantom_touching_option(tmp_path, run_cli):
     assert code == 0 and "'touching_somas':" in out
     code, _, err = run_cli("phantom", "--out", tmp_path / "q", "--touching", "1.5")
     assert code == 1 and err.startswith("error:") and "touching" in err
+
+
+def test_a_unit_for_a_stack_without_a_voxel_size_is_refused(tmp_path, run_cli, small_run):
+    """segment-stack of slices without a voxel size records (1, 1, 1) and no unit: `objects
+    --unit` then has no size to put that unit on (it must not call voxels nanometres)."""
+    from conftest import one_error
+
+    data, run = small_run
+    code, _, err = run_cli("segment-stack", run, data / "test" / "images", "--out", tmp_path / "s")
+    assert code == 0, err
+    msg = one_error(
+        run_cli, "objects", tmp_path / "s", "--out", tmp_path / "o", "--unit", "nanometer"
+    )
+    assert "--voxel-size" in msg and not (tmp_path / "o" / "summary.json").exists()

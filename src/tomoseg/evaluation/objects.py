@@ -180,8 +180,10 @@ def _open_volume(volume: Any, voxel_size: Any, unit: str | None = None) -> _Volu
             "volume of at least 2 slices"
         )
     recorded, recorded_unit = src.voxel_size, src.unit
-    if info and info.get("voxel_size"):
+    if info and info.get("voxel_size") and info.get("unit"):
         recorded, recorded_unit = parse_voxel_size(info["voxel_size"]), info.get("unit")
+    elif info:  # a job on an input without a voxel size records (1, 1, 1) and no unit: unknown
+        recorded, recorded_unit = None, None
     voxel, unit = resolve_voxel_size(parse_voxel_size(voxel_size), unit, recorded, recorded_unit)
     return _Volume(src, classes, coi, voxel, unit)
 
