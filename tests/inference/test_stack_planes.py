@@ -129,6 +129,6 @@ def test_anisotropic_voxels_are_refused_by_the_cli(small_run, run_cli, tmp_path)
 
 def test_unknown_voxel_size_warns_and_proceeds(small_run, tmp_path):
     p = Predictor.from_run(small_run[1])
-    with pytest.warns(UserWarning, match="declares no voxel size"):
+    with pytest.warns(UserWarning, match="no voxel size is recorded"):
         got = p.predict_volume(_volume((4, 40, 48)), planes="xy,xz")
     assert got.shape == (4, 40, 48)

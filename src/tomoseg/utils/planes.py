@@ -82,8 +82,9 @@ def check_isotropic(
         return
     if voxel_size is None:
         warnings.warn(
-            f"{where} declares no voxel size: {name} {','.join(planes)} treats its voxels as "
-            "cubes (give the voxel size if they are not)",
+            f"{where}: no voxel size is recorded, so {name} {','.join(planes)} treats the "
+            "voxels as cubes; if they are not, record the size in the file (ImageJ spacing, "
+            "OME-Zarr scale, MRC header) or use planes=xy",
             TomosegWarning,
             stacklevel=3,
         )
