@@ -319,7 +319,7 @@ def paths_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
     if summary.get("soma_class") is not None:
         lines.append(
             f"{summary['soma_contacts']} path ends reach {summary['somas_reached']} "
-            f"{summary['soma_class']} objects ({out}/somas/)"
+            f"objects of class {summary['soma_class']} ({out}/somas/)"
         )
     return lines
 
