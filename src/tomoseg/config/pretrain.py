@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tomoseg.config.schema import check_devices
 from tomoseg.errors import TomosegError
 from tomoseg.utils.format import pydantic_message
 
@@ -73,11 +74,7 @@ class PretrainConfig(BaseModel):
     @field_validator("devices", mode="before")
     @classmethod
     def _positive_devices(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"devices must be an integer >= 1 or 'auto', got {v!r}")
-        return v
+        return check_devices(v)
 
 
 def pretrain_config(base: dict[str, Any] | None = None, **options: Any) -> PretrainConfig:

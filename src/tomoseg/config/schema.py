@@ -37,6 +37,20 @@ AUG_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+def check_devices(v: Any) -> Any:
+    """``devices``: an integer >= 1 (a string of digits too, as a YAML or CLI value) or
+    ``auto``; the validator of every config that starts Lightning processes.
+
+    Raises:
+        ValueError: anything else (pydantic reports it as a validation error).
+    """
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ValueError(f"devices must be an integer >= 1 or 'auto', got {v!r}")
+    return v
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run (saved as ``config.yaml`` in the run folder).
 
@@ -306,11 +320,7 @@ class TrainConfig(BaseModel):
     @field_validator("devices", mode="before")
     @classmethod
     def _positive_devices(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"devices must be an integer >= 1 or 'auto', got {v!r}")
-        return v
+        return check_devices(v)
 
     @field_validator("crop_size", "tile_size")
     @classmethod
