@@ -14,7 +14,7 @@ import typer
 from tomoseg.cli import render
 from tomoseg.cli.cancel import cancel_on_interrupt
 from tomoseg.cli.options import Overwrite, Quiet
-from tomoseg.cli.train import STOPPING, config_parameter
+from tomoseg.cli.train import STOPPING, config_parameter, interrupted
 from tomoseg.utils.progress import Cancelled
 
 #: ``pretrain``'s options beyond the config's fields
@@ -80,29 +80,12 @@ def pretrain(**options: Any) -> None:
                 overwrite=options["overwrite"], progress=show, cancel=cancel, **given,
             )  # fmt: skip
         except (Cancelled, KeyboardInterrupt) as exc:
-            interrupted(out, getattr(exc, "signum", None) or cancel.signum)
+            interrupted(
+                out, getattr(exc, "signum", None) or cancel.signum, "pretraining",
+                f"tomoseg pretrain --resume --out {shlex.quote(str(out))}",
+            )  # fmt: skip
     if is_rank_zero():
         render.say(f"pretrained weights written to {out}; train from them with --init {out}")
-
-
-def interrupted(out: Path, signum: int | None) -> None:
-    """One ``error:`` line on how far an interrupted pretraining got and how to resume it;
-    exit with 128 + the signal's number."""
-    from tomoseg.errors import TomosegError
-    from tomoseg.runtime.run_record import progress_text, read_run_record
-
-    try:
-        record = read_run_record(out, missing_ok=True)
-    except TomosegError:
-        record = None
-    if record is None:
-        render.error_line("interrupted before pretraining started; nothing was written")
-    else:
-        render.error_line(
-            f"interrupted after {progress_text(record)}; resume with tomoseg pretrain "
-            f"--resume --out {shlex.quote(str(out))}"
-        )
-    raise typer.Exit(128 + int(signum or signal.SIGINT))
 
 
 pretrain.__signature__ = pretrain_signature()  # type: ignore[attr-defined]

@@ -205,8 +205,11 @@ def training_data(options: dict[str, Any], resume: bool) -> Any:
     )  # fmt: skip
 
 
-def interrupted(out: Path, signum: int | None) -> None:
-    """Say how far an interrupted training got and how to resume it, in one ``error:`` line,
+def interrupted(
+    out: Path, signum: int | None, what: str = "training", resume: str | None = None
+) -> None:
+    """Say how far an interrupted ``what`` (a training, a pretraining) got and how to resume it
+    (``resume``: the command; default ``tomoseg train --resume OUT``), in one ``error:`` line,
     and exit with 128 + the signal's number (130: Ctrl-C, 143: SIGTERM)."""
     from tomoseg.runtime.run_record import progress_text, read_run_record
 
@@ -215,12 +218,10 @@ def interrupted(out: Path, signum: int | None) -> None:
     except TomosegError:
         record = None
     if record is None:  # stopped before the run folder was written: nothing to resume
-        render.error_line("interrupted before training started; nothing was written")
+        render.error_line(f"interrupted before {what} started; nothing was written")
     else:
-        render.error_line(
-            f"interrupted after {progress_text(record)}; "
-            f"resume with tomoseg train --resume {shlex.quote(str(out))}"
-        )
+        resume = resume or f"tomoseg train --resume {shlex.quote(str(out))}"
+        render.error_line(f"interrupted after {progress_text(record)}; resume with {resume}")
     raise typer.Exit(128 + int(signum or signal.SIGINT))
 
 
