@@ -1,7 +1,8 @@
 """Label efficiency with and without self-supervised pretraining (``tomoseg pretrain``).
 
     PYTHONPATH=src python bench/label_efficiency.py OUT [--data ../shared/data/em-vnc-mito]
-        [--labelled 2,all] [--seeds 0] [--epochs 10] [--pretrain-epochs 12] [--reuse]
+        [--labelled 2,all] [--seeds 0] [--epochs 10 | --budget MIN]
+        [--pretrain-epochs 12 | --pretrain-budget MIN] [--pretrain-test] [--jobs K] [--reuse]
 
 1. Datasets with N labelled training slices: ``OUT/data/nN`` (symlinks to N training images
    and masks, evenly spaced from the first of the training split, and to the val and test splits; nothing is
@@ -9,11 +10,12 @@
 2. One pretraining on the unlabelled images of the train and val splits (strict: the test
    images are not seen, even unlabelled; ``--pretrain-test`` adds them), ``OUT/pre``.
 3. For each N and seed: a training from scratch and one with ``--init OUT/pre``, the same
-   network and budget (``--width``, ``--depth``, ``--crop-size``, ``--crops``, ``--epochs``;
-   eager steps, as the pretraining's),
+   network and budget (``--width``, ``--depth``, ``--crop-size``, ``--crops``, ``--epochs`` or
+   ``--budget`` minutes, a time budget as ``train --time-budget``; eager steps, as the
+   pretraining's),
    then ``tomoseg evaluate`` on the test split.
-4. A markdown table of test IoU / BF1 of the class of interest, and the share of the gap
-   between the fewest and all labelled slices that pretraining recovers.
+4. A markdown table of test IoU / BF1 of the class of interest, and for each N the share of
+   the gap between N and all labelled slices that pretraining recovers.
 
 Every step runs the ``tomoseg`` command line (one process each, ``OMP_NUM_THREADS`` as the
 environment sets it; ``--jobs`` trainings at once); ``--reuse`` keeps the runs and evaluations already finished in OUT.
@@ -83,6 +85,14 @@ def scores(test: Path, coi: str) -> tuple[float, float]:
     return float(mean["iou"][coi]), float(mean["bf1"][coi])
 
 
+def epoch_minutes(run: Path) -> float:
+    """Minutes the run's epochs took (the ``seconds`` column of its ``metrics.csv``)."""
+    import csv
+
+    with open(run / "metrics.csv", newline="") as f:
+        return sum(float(r["seconds"] or 0) for r in csv.DictReader(f)) / 60
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
@@ -96,6 +106,8 @@ def main() -> None:
     ap.add_argument("--epochs", default="10")
     ap.add_argument("--val-every", default="5")
     ap.add_argument("--pretrain-epochs", default="12")
+    ap.add_argument("--budget", help="minutes per training (--time-budget; replaces --epochs)")
+    ap.add_argument("--pretrain-budget", help="minutes of pretraining (replaces its epochs)")
     ap.add_argument("--pretrain-test", action="store_true", help="also pretrain on test images")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="trainings run at once")
@@ -108,11 +120,15 @@ def main() -> None:
     net = ["--width", a.width, "--depth", a.depth, "--crop-size", a.crop_size]
     net += ["--crops", a.crops]
     pre = out / "pre"
+    pre_schedule = ["--epochs", a.pretrain_epochs]
+    if a.pretrain_budget:
+        pre_schedule = ["--time-budget", a.pretrain_budget]
+    schedule = ["--time-budget", a.budget] if a.budget else ["--epochs", a.epochs]
     if not (a.reuse and (pre / "last.safetensors").is_file()):
         splits = ("train", "val", "test") if a.pretrain_test else ("train", "val")
         images = unlabelled(data, out, splits)
         run(["pretrain", "--images", str(images), "--out", str(pre), *net,
-             "--epochs", a.pretrain_epochs, "--overwrite", "--quiet"], log)  # fmt: skip
+             *pre_schedule, "--overwrite", "--quiet"], log)  # fmt: skip
     tasks = [
         (n, seed, init)
         for n in a.labelled.split(",")
@@ -130,11 +146,13 @@ def main() -> None:
             own = out / "runs" / f"{name}.log"
             own.parent.mkdir(parents=True, exist_ok=True)
             run(["train", "--data", str(folders[n]), "--out", str(r), *net, *extra,
-                 "--epochs", a.epochs, "--val-every", a.val_every, "--seed", seed, "--compile", "off",
+                 *schedule, "--val-every", a.val_every, "--seed", seed, "--compile", "off",
                  "--overwrite", "--quiet"], own)  # fmt: skip
             run(["evaluate", str(r), "--data", str(data), "--out", str(t), "--overwrite"], own)
+        minutes.append(epoch_minutes(r))
         return scores(t, coi)
 
+    minutes: list[float] = []
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(a.jobs) as pool:
@@ -143,13 +161,20 @@ def main() -> None:
     for (n, _, init), score in zip(tasks, done, strict=True):
         results.setdefault((n, init), []).append(score)
     print(table(results, a, coi))
+    print(
+        f"\ntraining epochs: {np.mean(minutes):.1f} min per run on average "
+        f"({min(minutes):.1f}-{max(minutes):.1f}), {a.jobs} at once"
+    )
 
 
 def table(results: dict, a: argparse.Namespace, coi: str) -> str:
     lines = [
         f"{a.data.name}, test split, {coi}; U-Net width {a.width} depth {a.depth}, "
-        f"{a.crops} crops of {a.crop_size} px x {a.epochs} epochs; pretraining "
-        f"{a.pretrain_epochs} epochs; seeds {a.seeds}; OMP_NUM_THREADS="
+        f"{a.crops} crops of {a.crop_size} px x "
+        + (f"a {a.budget}-min time budget" if a.budget else f"{a.epochs} epochs")
+        + "; pretraining "
+        + (f"{a.pretrain_budget} min" if a.pretrain_budget else f"{a.pretrain_epochs} epochs")
+        + f"{' (test images too)' if a.pretrain_test else ''}; seeds {a.seeds}; OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "",
         "| labelled slices | init | IoU / BF1 per seed | mean IoU | mean BF1 |",
@@ -164,15 +189,15 @@ def table(results: dict, a: argparse.Namespace, coi: str) -> str:
         lines.append(f"| {n} | {init} | {each} | {iou.mean():.3f}{sd} | {bf1.mean():.3f} |")
     ns = [n for n in a.labelled.split(",") if n != "all"]
     if ns and ("all", "scratch") in mean:
-        few = ns[0]
-        gap = mean[("all", "scratch")] - mean[(few, "scratch")]
-        gain = mean[(few, "pretrained")] - mean[(few, "scratch")]
-        share = f"{gain / gap:.0%}" if gap > 0 else "n/a (no gap)"
-        lines += [
-            "",
-            f"gap all - {few} labelled (scratch): {gap:+.3f} IoU; pretraining with {few}: "
-            f"{gain:+.3f} IoU; share of the gap recovered: {share}",
-        ]
+        lines.append("")
+        for few in ns:
+            gap = mean[("all", "scratch")] - mean[(few, "scratch")]
+            gain = mean[(few, "pretrained")] - mean[(few, "scratch")]
+            share = f"{gain / gap:.0%}" if gap > 0 else "n/a (no gap)"
+            lines.append(
+                f"- {few} labelled: gap to all (scratch) {gap:+.3f} IoU; pretraining "
+                f"{gain:+.3f} IoU; share of the gap recovered: {share}"
+            )
     return "\n".join(lines)
 
 

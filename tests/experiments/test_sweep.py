@@ -291,3 +291,23 @@ def test_prune_case_keeps_only_the_delivered_weights(tmp_path, weights):
         ["metrics.csv", "run.json", f"{weights}.safetensors"]
     )
     assert sw.prune_case(tmp_path / "case") == []  # idempotent
+
+
+def test_cases_train_a_fixed_number_of_epochs_not_train_s_time_budget(tmp_path, sweep_data):
+    from types import SimpleNamespace
+
+    from tomoseg.cli.sweep import SWEEP_EPOCHS, _grid
+
+    data, cfg_file = sweep_data
+    o = SimpleNamespace(
+        demo=False, data=data, images=None, masks=None, test_images=None, test_masks=None,
+        classes=None, image_suffix=None, mask_suffix=None, instances="error", out=tmp_path / "o",
+        sizes="16", counts="8", epochs=None, max_minutes=None, ignore_label=None,
+        val_fraction=None, config=None,
+    )  # fmt: skip
+    cfg = _grid(o)[-1]
+    assert (cfg.epochs, cfg.time_budget) == (SWEEP_EPOCHS, None)
+    o.epochs = 3
+    assert (_grid(o)[-1].epochs, _grid(o)[-1].time_budget) == (3, None)
+    o.epochs, o.config = None, cfg_file  # the file's epochs
+    assert _grid(o)[-1].epochs == BASE["epochs"]

@@ -35,7 +35,12 @@ SweepData = Annotated[
 Sizes = Annotated[str, typer.Option(help="Crop sizes, 'full' = whole images.")]
 Counts = Annotated[str, typer.Option(help="Crop counts.")]
 Repeats = Annotated[int, typer.Option(help="Seeds per cell (mean ± std).")]
-Epochs = Annotated[int | None, typer.Option(help="Epochs per case.")]
+#: epochs of each case where neither ``--epochs`` nor ``--config`` says
+SWEEP_EPOCHS = 24
+Epochs = Annotated[
+    int | None,
+    typer.Option(help=f"Epochs per case (default {SWEEP_EPOCHS}, or the --config file's)."),
+]
 MaxMinutes = Annotated[float | None, typer.Option(help="Wall-time limit per case.")]
 Jobs = Annotated[int, typer.Option(help="Cases run at once (cores or GPUs split).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and a time estimate.")]
@@ -165,7 +170,10 @@ def _grid(o: SimpleNamespace) -> tuple[Any, Path, list[int], list[int], Any]:
         raise TomosegError("give --data DIR (or --images and --masks) and --out DIR (or --demo)")
     else:
         data = _sweep_data(o)
-    overrides = {**config_over, "epochs": o.epochs, "max_minutes": o.max_minutes,
+    epochs = o.epochs
+    if epochs is None and o.config is None and "epochs" not in config_over:
+        epochs = SWEEP_EPOCHS  # a fixed schedule per case, not train's default time budget
+    overrides = {**config_over, "epochs": epochs, "max_minutes": o.max_minutes,
                  "ignore_label": o.ignore_label, "val_fraction": o.val_fraction}  # fmt: skip
     cfg = load_config(path=o.config, overrides=overrides)
     return data, out, parse_sizes(sizes), parse_counts(counts), cfg

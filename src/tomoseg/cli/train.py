@@ -108,7 +108,10 @@ def config_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
     default = field.get_default(call_default_factory=True)
     if isinstance(default, Path):
         default = str(default)
-    annotation = Annotated[kind | None, typer.Option(*decls, help=option_help(field))]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    shown = extra.get("shown_default")  # a default another field sets (epochs: the budget)
+    option = typer.Option(*decls, help=option_help(field), show_default=shown or True)
+    annotation = Annotated[kind | None, option]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=annotation)  # fmt: skip
 

@@ -14,6 +14,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from tomoseg.errors import TomosegError
@@ -21,6 +22,11 @@ from tomoseg.utils.format import pydantic_message
 from tomoseg.utils.planes import parse_planes
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+#: minutes of the default schedule: a run given neither epochs nor a time budget plans its
+#: epochs to fill this (on the development machine's 2-core CPU: 52-61 epochs of the default
+#: network on the real datasets, validation at a plateau; ``docs/training.md``)
+DEFAULT_TIME_BUDGET = 20.0
 
 #: the range of each augmentation strength ``aug_<name>`` (0, off, is always allowed);
 #: ``tomoseg.data.augment.build_augmentation`` says what each does and nnU-Net's value.
@@ -198,7 +204,12 @@ class TrainConfig(BaseModel):
         "0 = off, up to 0.9 [0.5]",
     )
     # optimisation
-    epochs: int = Field(default=24, ge=1, description="training epochs")
+    epochs: int = Field(
+        default=24,
+        ge=1,
+        description="training epochs (given, they replace the default time budget)",
+        json_schema_extra={"shown_default": "planned by the time budget"},
+    )
     batch_size: int = Field(default=16, ge=1, description="crops per training step")
     optimizer: Literal["adam", "sgd"] = Field(default="adam", description="adam or sgd")
     lr: float = Field(default=2e-3, gt=0, description="learning rate")
@@ -210,10 +221,11 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="random seed")
     max_minutes: float | None = Field(default=None, gt=0, description="stop after this wall time")
     time_budget: float | None = Field(
-        default=None,
+        default=DEFAULT_TIME_BUDGET,
         gt=0,
         description="minutes for the whole run: a throughput probe sets the epochs so that the "
-        "cosine schedule, validation included, ends within it (replaces epochs)",
+        "cosine schedule, validation included, ends within it (the default; epochs given "
+        "replace it)",
     )
     ema_decay: float | Literal["auto"] | None = Field(
         default="auto",
@@ -283,6 +295,14 @@ class TrainConfig(BaseModel):
     @classmethod
     def _planes(cls, v: Any) -> str:
         return ",".join(parse_planes(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_the_default_budget(cls, data: Any) -> Any:
+        # epochs given without a time budget: the run trains for them (no default budget)
+        if isinstance(data, dict) and data.get("epochs") is not None and "time_budget" not in data:
+            return {**data, "time_budget": None}
+        return data
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -380,6 +400,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise TomosegError(
             "give epochs or time_budget, not both (the time budget chooses the epochs)"
         )
+    if given.get("epochs") is not None:  # epochs given replace a budget of the file or parent
+        data.pop("time_budget", None)
+    elif given.get("time_budget") is not None:
+        data.pop("epochs", None)
     data.update(given)
     try:
         return TrainConfig.model_validate(data)

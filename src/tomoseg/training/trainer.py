@@ -18,7 +18,7 @@ from tomoseg.config.schema import TrainConfig, config_to_yaml
 from tomoseg.data.context import in_channels
 from tomoseg.data.datamodule import SegDataModule
 from tomoseg.data.sources import DataSource
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.locks import FolderLock
 from tomoseg.io.writers import remove_stale_temporaries, write_text
@@ -623,6 +623,8 @@ def train(
                 ],
             )
             fit(trainer, module, dm, ckpt, job)
+        if rank0:
+            _report_convergence(run, coi, job)
         if rank0 and cfg.tune_decision and (run / f"{cfg.weights}.safetensors").is_file():
             job.check()  # training is complete; a resumed run only tunes
             _tune(run, source, cfg, device, job)  # rank 0 alone: it writes decision.json
@@ -630,6 +632,24 @@ def train(
             update_run_record(run, complete=True)
             job.end(f"run written to {run}")
         return run
+
+
+def _report_convergence(run: Path, coi: str, job: JobProgress) -> None:
+    """Check that the validation IoU of ``coi`` reached a plateau (``convergence.py``): one
+    line where it did, a :class:`TomosegWarning` where it still rose; recorded in ``run.json``
+    as ``convergence``."""
+    from tomoseg.training.convergence import convergence
+
+    check = convergence(run / "metrics.csv", coi)
+    if check is None:
+        return
+    update_run_record(run, convergence=check.record())
+    if check.converged:
+        job.message(check.text())
+    else:
+        import warnings
+
+        warnings.warn(check.text(), TomosegWarning, stacklevel=2)
 
 
 def _tune(
