@@ -57,6 +57,10 @@ def test_the_default_is_a_time_budget_that_epochs_replace():
     seed = load_config("seed")
     assert (seed.epochs, seed.time_budget) == (30, None)
     assert load_config("seed", {"time_budget": 3}).time_budget == 3
+    # several processes (DDP): the default epochs, the budget's probe times one process
+    assert load_config(None, {"devices": 2}).time_budget is None
+    assert load_config("default", {"num_nodes": 2}).time_budget is None
+    assert load_config(None, {"devices": 1}).time_budget == DEFAULT_TIME_BUDGET
     # a run's recorded config (both: the planned epochs of its budget) reads back unchanged
     recorded = load_config(None, {"time_budget": 3}).model_copy(update={"epochs": 41})
     again = TrainConfig.model_validate(recorded.model_dump(mode="json"))

@@ -208,7 +208,7 @@ class TrainConfig(BaseModel):
         default=24,
         ge=1,
         description="training epochs (given, they replace the default time budget)",
-        json_schema_extra={"shown_default": "planned by the time budget"},
+        json_schema_extra={"shown_default": "planned by the time budget; 24 with several devices"},
     )
     batch_size: int = Field(default=16, ge=1, description="crops per training step")
     optimizer: Literal["adam", "sgd"] = Field(default="adam", description="adam or sgd")
@@ -224,8 +224,8 @@ class TrainConfig(BaseModel):
         default=DEFAULT_TIME_BUDGET,
         gt=0,
         description="minutes for the whole run: a throughput probe sets the epochs so that the "
-        "cosine schedule, validation included, ends within it (the default; epochs given "
-        "replace it)",
+        "cosine schedule, validation included, ends within it (the default of one-process "
+        "runs; epochs given replace it)",
     )
     ema_decay: float | Literal["auto"] | None = Field(
         default="auto",
@@ -299,8 +299,13 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _epochs_replace_the_default_budget(cls, data: Any) -> Any:
-        # epochs given without a time budget: the run trains for them (no default budget)
-        if isinstance(data, dict) and data.get("epochs") is not None and "time_budget" not in data:
+        # epochs given without a time budget: the run trains for them (no default budget);
+        # a run of several processes (DDP) trains the default epochs: the budget's probe
+        # times one process
+        if not isinstance(data, dict) or "time_budget" in data:
+            return data
+        several = data.get("devices", 1) not in (1, "1") or data.get("num_nodes", 1) not in (1, "1")
+        if data.get("epochs") is not None or several:
             return {**data, "time_budget": None}
         return data
 
@@ -400,7 +405,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise TomosegError(
             "give epochs or time_budget, not both (the time budget chooses the epochs)"
         )
-    if given.get("epochs") is not None:  # epochs given replace a budget of the file or parent
+    several = {"devices", "num_nodes"} & set(given) and "time_budget" not in given
+    if given.get("epochs") is not None or several:  # replace a budget of the file or parent
         data.pop("time_budget", None)
     elif given.get("time_budget") is not None:
         data.pop("epochs", None)
