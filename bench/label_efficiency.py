@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--pretrain-budget", help="minutes of pretraining (replaces its epochs)")
     ap.add_argument("--pretrain-test", action="store_true", help="also pretrain on test images")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs in OUT")
+    ap.add_argument("--pretrain-only", action="store_true", help="pretrain, then stop")
     ap.add_argument("--jobs", type=int, default=1, help="trainings run at once")
     a = ap.parse_args()
     out, data = a.out.resolve(), a.data.resolve()
@@ -129,6 +130,8 @@ def main() -> None:
         images = unlabelled(data, out, splits)
         run(["pretrain", "--images", str(images), "--out", str(pre), *net,
              *pre_schedule, "--overwrite", "--quiet"], log)  # fmt: skip
+    if a.pretrain_only:
+        return
     tasks = [
         (n, seed, init)
         for n in a.labelled.split(",")
