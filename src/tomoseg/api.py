@@ -107,7 +107,8 @@ def train(
         **options: any :class:`tomoseg.config.TrainConfig` field (``model``, ``crop_size``,
             ``crops``, ``epochs``, ``lr``, ``seed``, ``device``, ``ignore_label``,
             ``val_fraction``, ``devices``, ``num_nodes``, ``strategy``, ...), overriding
-            ``config``. ``devices=2`` (with ``strategy="ddp"`` or ``"auto"``) trains in two
+            ``config``. Without ``epochs`` or ``time_budget`` (minutes) a one-process run
+            plans its epochs to fill the default 20-minute budget. ``devices=2`` (with ``strategy="ddp"`` or ``"auto"``) trains in two
             processes started with Lightning's ``ddp_spawn``: the calling script is not rerun,
             but, as always with Python's spawn start method, its top-level code must sit under
             ``if __name__ == "__main__":``. Under ``torchrun`` or ``srun`` (every process
