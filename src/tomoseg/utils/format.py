@@ -54,10 +54,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: what pydantic puts before the message of an error raised in a validator
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def pydantic_error_text(err: Any) -> str:
+    """The message of one pydantic error (an item of ``ValidationError.errors()``), without
+    the ``Value error, `` that pydantic puts before a validator's own message."""
+    msg = str(err["msg"])
+    for prefix in _PYDANTIC_PREFIXES:
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
 def pydantic_message(exc: ValidationError) -> str:
     """Shorten a pydantic error to one line: ``field: message; field: message``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "value"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {pydantic_error_text(err)}")
     return "; ".join(parts)
