@@ -851,7 +851,7 @@ def analyze_objects(
         raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
     if match not in ("iou", "coverage"):
         raise TomosegError(f"match must be iou or coverage, got {match!r}")
-    check_split_params(split_h, split_min_distance)
+    check_split_params(split_h, split_min_distance, split)
     vol = _open_volume(volume, voxel_size, unit)
     value, name = _class_value(vol, class_name)
     if _in_voxels(vol):
@@ -1198,7 +1198,7 @@ def measure_objects(
         or min_volume < 0
     ):
         raise TomosegError(f"min_volume={min_volume!r}: must be an integer >= 0")
-    check_split_params(split_h, split_min_distance)
+    check_split_params(split_h, split_min_distance, split)
     objects = label_objects(arr, connectivity, int(min_volume), value=int(class_id))
     if split:
         objects = split_labels(
