@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.config.schema import TrainConfig
+from tomoseg.data.crops import warn_crop_larger
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.experiments.case import CANCEL_FILE, CANCELLED_EXIT, case_command
 from tomoseg.experiments.cells import (
@@ -29,7 +30,7 @@ from tomoseg.experiments.cells import (
     plan_cases,
     size_label,
 )
-from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep
+from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep, train_shapes
 from tomoseg.experiments.sweep_data import SweepData
 from tomoseg.io.datasets import DatasetSpec, load_dataset
 from tomoseg.io.jobs import check_same_job
@@ -305,6 +306,7 @@ def prepare_sweep(
     """
     data = SweepData.of(data)
     spec = check_sweep_data(data, cfg)
+    warn_crop_larger(sizes, train_shapes(data), name="sizes")
     base = base_config_dict(cfg)
     sweep_file = out / SWEEP_FILE
     old = check_same_job(  # the one "same job" check (train, sweep, segment-stack)
@@ -402,6 +404,10 @@ def run_sweep(
         TomosegError: bad options, another sweep in ``out``, no test split or test images,
             data that ``train`` or ``evaluate`` would refuse (:func:`check_sweep_data`).
         Cancelled: ``cancel`` was set.
+
+    Warns:
+        TomosegWarning: crop sizes larger than the smallest training image side (those cases
+            train on crops cut to the image; :func:`~tomoseg.data.crops.warn_crop_larger`).
     """
     if backend not in ("local", "ray"):
         raise TomosegError(f"backend must be local or ray, got {backend!r}")
