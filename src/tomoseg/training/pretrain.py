@@ -57,6 +57,7 @@ from tomoseg.data.intensity import IntensityRange, intensity_range
 from tomoseg.data.normalization import Normalization, fit_normalization, normalize
 from tomoseg.errors import TomosegError
 from tomoseg.io.jobs import check_same_job
+from tomoseg.io.labels import warn_label_like
 from tomoseg.io.sources import SliceSource, open_source
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.models.registry import build_model, get_architecture, network_hparams
@@ -141,12 +142,37 @@ def check_enough_pixels(src: SliceSource, cfg: PretrainConfig) -> None:
         )
 
 
+def check_mask_patch(cfg: PretrainConfig, patch: int) -> None:
+    """Refuse a masked patch (``patch`` px: ``mask_patch``, or the network's stride where it
+    is 0) not smaller than the crops: each crop would be one patch, masked whole, with nothing
+    left to restore it from.
+
+    Raises:
+        TomosegError: one line naming both sizes.
+    """
+    if patch >= cfg.crop_size:
+        given = (
+            f"mask_patch={cfg.mask_patch}"
+            if cfg.mask_patch
+            else f"mask_patch=0 (the network's stride, {patch} px)"
+        )
+        raise TomosegError(
+            f"{given} is not smaller than crop_size={cfg.crop_size}: each crop would be one "
+            "masked patch with nothing left to restore it from; give a smaller mask patch or "
+            "a larger crop size"
+        )
+
+
 def read_unlabelled(src: SliceSource, cfg: PretrainConfig) -> UnlabelledSlices:
     """Read (at most ``cfg.max_slices``, evenly spaced) slices of ``src`` and normalise them.
 
     Raises:
         TomosegError: too few pixels (:func:`check_enough_pixels`), too little memory, a
             slice that cannot be read.
+
+    Warns:
+        TomosegWarning: slices that look like label images
+            (:func:`~tomoseg.io.labels.warn_label_like`).
     """
     check_enough_pixels(src, cfg)
     h, w = src.shape
@@ -159,6 +185,10 @@ def read_unlabelled(src: SliceSource, cfg: PretrainConfig) -> UnlabelledSlices:
         read_ctx = context_reader(read, src.n, cfg.context)
         raw = [np.asarray(read_ctx(i)) for i in idx]
     centres = [r[r.shape[0] // 2] if r.ndim == 3 else r for r in raw]
+    warn_label_like(
+        centres, f"images: the slices of {src.where}",
+        "pretraining learns from grayscale intensities (give the raw slices)",
+    )  # fmt: skip
 
     def finite(a: np.ndarray) -> np.ndarray:
         return a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a
@@ -529,6 +559,9 @@ def pretrain(
     job = job_progress("pretrain", "epoch", cfg.epochs, progress, cancel)
     job.check()
     get_architecture(cfg.model)
+    hp = network_of(cfg)
+    patch = cfg.mask_patch or build_model(**hp).stride
+    check_mask_patch(cfg, patch)
     if cfg.time_budget is not None and multi_process(cfg):  # type: ignore[arg-type]
         raise TomosegError(
             "time_budget plans the epochs from one process's throughput: with several "
@@ -551,8 +584,6 @@ def pretrain(
         data = read_unlabelled(src, cfg)
         if rank0 and overwrite and not resume:
             _clear(out)
-        hp = network_of(cfg)
-        patch = cfg.mask_patch or build_model(**hp).stride
         dm = PretrainDataModule(data, cfg, patch)
         cfg, budget = _plan(cfg, record, dm, device, precision)
         meta: dict[str, Any] = {
