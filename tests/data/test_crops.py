@@ -271,3 +271,25 @@ def test_crops_command_warns_of_a_crop_larger_than_the_images(tmp_path, run_cli)
     lines = err.strip().splitlines()
     assert code == 0 and len(lines) == 1, err
     assert lines[0].startswith("warning: --size 64 is larger than the smallest side"), err
+
+
+def test_label_images_given_as_images_are_one_warning_in_crops_and_check(tmp_path, run_cli):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", shape=(40, 48))
+    for split in ("train", "val", "test"):  # the masks given as images as well
+        for m in (data / split / "masks").iterdir():
+            (data / split / "images" / m.name).write_bytes(m.read_bytes())
+    code, _, err = run_cli("crops", "--data", data, "--size", "32", "--count", "2", "--out", tmp_path / "c")  # fmt: skip
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"warning: dataset {data}: the training images look like label images (2 distinct values"), err  # fmt: skip
+    code, _, err = run_cli("check", "--data", data)  # the same rule
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"warning: dataset {data}: the images look like label images"), err  # fmt: skip
+    grey = make_dataset(tmp_path / "g")
+    code, _, err = run_cli("crops", "--data", grey, "--size", "32", "--count", "2", "--out", tmp_path / "c2")  # fmt: skip
+    assert code == 0 and not err.strip(), err
+    code, _, err = run_cli("check", "--data", grey)
+    assert code == 0 and not err.strip(), err

@@ -29,6 +29,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, pair_files, split_pairs
 from tomoseg.io.images import natural_key
 from tomoseg.io.labels import check_ignore_label as labels_check_ignore
+from tomoseg.io.labels import warn_label_like
 
 IGNORE_INDEX = -1  #: mask value of unannotated pixels inside training (int16 masks)
 
@@ -300,6 +301,12 @@ def hold_out(
     )
 
 
+#: what a warning about training images that look like label images suggests
+LABEL_LIKE_REMEDY = (
+    "a network learns from grayscale intensities (give the raw images, and their labels as masks)"
+)
+
+
 def load_training_samples(
     source: DataSource,
     *,
@@ -326,6 +333,10 @@ def load_training_samples(
     Raises:
         TomosegError: missing folders or files, bad masks, bad ignore label or fraction, mixed
             bit depths.
+
+    Warns:
+        TomosegWarning: images that look like label images
+            (:func:`~tomoseg.io.labels.warn_label_like`).
     """
     how = {"instances": source.instances}
     if source.root is not None:
@@ -351,6 +362,9 @@ def load_training_samples(
         spec = DatasetSpec(classes=list(source.classes) if source.classes else ids.classes)
         val, where = [], None
     _check_bit_depths(train + val)
+    warn_label_like(
+        [s.image for s in train + val], f"{source.name}: the training images", LABEL_LIKE_REMEDY
+    )
     record: dict[str, Any] = {}
     if need_val:
         if where is not None:
