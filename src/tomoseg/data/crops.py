@@ -35,6 +35,7 @@ import numpy as np
 
 import tomoseg.io as io
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.utils.format import plural
 
 MIN_CROP_SIZE = 16
 CROPS_CSV = "crops.csv"
@@ -243,7 +244,9 @@ def _redraw_unannotated(
 ) -> list[CropBox]:
     """Replace the boxes holding no annotated pixel by fresh uniform draws (seeded by ``rng``)."""
     if len(annotated) != len(shapes):
-        raise TomosegError(f"got {len(annotated)} annotation masks for {len(shapes)} images")
+        raise TomosegError(
+            f"got {plural(len(annotated), 'annotation mask')} for {plural(len(shapes), 'image')}"
+        )
     # integral images: annotated pixels in a box in O(1)
     integ = []
     for i, a in enumerate(annotated):
@@ -285,7 +288,7 @@ def _check_focus(
     if isinstance(focus_class, bool) or not isinstance(focus_class, Integral):
         raise TomosegError(f"focus class must be an integer class id, got {focus_class!r}")
     if len(masks) != len(shapes):
-        raise TomosegError(f"got {len(masks)} masks for {len(shapes)} images")
+        raise TomosegError(f"got {plural(len(masks), 'mask')} for {plural(len(shapes), 'image')}")
     for i, (m, s) in enumerate(zip(masks, shapes, strict=True)):
         if np.shape(m) != tuple(int(v) for v in s):
             raise TomosegError(f"mask {i} has shape {np.shape(m)} but its image is {tuple(s)}")

@@ -83,7 +83,7 @@ from tomoseg.io.sources import (
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
 from tomoseg.io.writers import atomic_write, write_json, write_text, writing
 from tomoseg.reporting.objects import mesh_preview, volume_histogram
-from tomoseg.utils.format import first_line
+from tomoseg.utils.format import first_line, plural
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 __all__ = [
@@ -972,7 +972,10 @@ def analyze_objects(
             atomic_write(path, lambda t, m=m: m.export(t, file_type=mesh_format))
         except Exception as exc:  # marching cubes fails on degenerate shapes
             skipped.append(r["label"])
-            _warn(f"no mesh for object {r['label']} ({r['num_pixels']} voxels): {first_line(exc)}")
+            _warn(
+                f"no mesh for object {r['label']} ({plural(r['num_pixels'], 'voxel')}): "
+                f"{first_line(exc)}"
+            )
             job.advance()
             continue
         area, mvol = float(m.area), abs(float(m.volume))
@@ -992,7 +995,7 @@ def analyze_objects(
         summary["meshes_skipped"] = skipped
     for what, make in (
         ("volume_histogram.png", lambda: volume_histogram(volumes, "voxel" if _in_voxels(vol) else vol.unit, out / "volume_histogram.png", name)),
-        ("preview.png", lambda: mesh_preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")),
+        ("preview.png", lambda: mesh_preview(previews, out / "preview.png", f"{len(previews)} largest {name} {'object' if len(previews) == 1 else 'objects'}")),
     ):  # fmt: skip
         try:
             make()
@@ -1003,7 +1006,7 @@ def analyze_objects(
         write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
         write_json(out / "summary.json", summary)
         finish_job_folder(out)
-    job.end(f"{summary['count']} objects -> {out}")
+    job.end(f"{plural(summary['count'], 'object')} -> {out}")
     return summary
 
 
@@ -1082,7 +1085,8 @@ def _split_pass(
             advance()
     if pieces.skipped:
         _warn(
-            f"{len(pieces.skipped)} objects too large to split (more than {SPLIT_MAX_VOXELS} "
+            f"{plural(len(pieces.skipped), 'object')} too large to split (more than "
+            f"{SPLIT_MAX_VOXELS} "
             "voxels in their bounding box) were left whole"
         )
     info = {

@@ -36,7 +36,7 @@ from tomoseg.io.datasets import DatasetSpec, load_dataset
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.utils.files import load_json, loads_json
-from tomoseg.utils.format import cell, first_line
+from tomoseg.utils.format import cell, first_line, plural
 from tomoseg.utils.progress import (
     Cancelled,
     CancelToken,
@@ -450,7 +450,8 @@ def run_sweep(
 
         at = f"Ray at {address}" if address else "a local Ray"
         job.message(
-            f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
+            f"sweep: {plural(len(cases), 'case')}, {len(cases) - len(todo)} already finished, "
+            f"{len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
         )
         trials = SweepTrials(
             cases, data, out, cfg_file, retry_failed, on_done, run_case, load_record
@@ -464,7 +465,8 @@ def run_sweep(
         )
     else:
         job.message(
-            f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run, {jobs} at a time"
+            f"sweep: {plural(len(cases), 'case')}, {len(cases) - len(todo)} already finished, "
+            f"{len(todo)} to run, {jobs} at a time"
         )
         _run_local(todo, data, out, cfg_file, jobs, job, on_done)
     records = write_outputs(out, cases)

@@ -72,6 +72,7 @@ from tomoseg.runtime.run_record import (
 from tomoseg.training.checkpoint_io import RunCheckpointIO, RunModelCheckpoint
 from tomoseg.training.recording import EpochProgress, RunCSVLogger, RunStatus
 from tomoseg.utils.files import check_memory
+from tomoseg.utils.format import plural
 from tomoseg.utils.progress import Cancelled, CancelToken, ProgressCallback, job_progress
 
 #: a pretraining source must hold at least this many crops' worth of pixels
@@ -136,7 +137,7 @@ def check_enough_pixels(src: SliceSource, cfg: PretrainConfig) -> None:
     need = MIN_CROPS * s * s
     if have < need:
         raise TomosegError(
-            f"images: {src.where} holds {have} pixels ({src.n} slices of {h}x{w}); "
+            f"images: {src.where} holds {have} pixels ({plural(src.n, 'slice')} of {h}x{w}); "
             f"pretraining with crop_size={s} needs at least {need} ({MIN_CROPS} crops of "
             f"{s}x{s} px): give more slices or a smaller crop size"
         )
@@ -179,7 +180,7 @@ def read_unlabelled(src: SliceSource, cfg: PretrainConfig) -> UnlabelledSlices:
     m = min(src.n, cfg.max_slices)
     idx = sorted({int(round(v)) for v in np.linspace(0, src.n - 1, m)})
     c = in_channels(cfg.context)
-    check_memory(4.0 * len(idx) * c * h * w * 1.25, f"{len(idx)} slices of {h}x{w} px")
+    check_memory(4.0 * len(idx) * c * h * w * 1.25, f"{plural(len(idx), 'slice')} of {h}x{w} px")
     raw: list[np.ndarray] = []
     with src.reader() as read:
         read_ctx = context_reader(read, src.n, cfg.context)
@@ -603,7 +604,7 @@ def pretrain(
         if budget is not None:
             meta["time_budget"] = budget
             job.message(
-                f"time budget {cfg.time_budget:g} min: {cfg.epochs} epochs planned "
+                f"time budget {cfg.time_budget:g} min: {plural(cfg.epochs, 'epoch')} planned "
                 f"(~{budget['plan']['planned_minutes']:.1f} min)"
             )
         network = {k: getattr(cfg, k) for k in ("model", "width", "depth", "context")}
@@ -616,7 +617,7 @@ def pretrain(
             write_run_record(out, meta)
             job.message(
                 f"pretraining {hp['name']} width {hp['width']} depth {hp['depth']} on "
-                f"{len(data.indices)} slices of {src.where}: {cfg.mask_ratio:.0%} of "
+                f"{plural(len(data.indices), 'slice')} of {src.where}: {cfg.mask_ratio:.0%} of "
                 f"{patch} px patches masked"
             )
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -24,9 +24,10 @@ def fmt(v: Any, pct: bool = True, digits: int | None = None) -> str:
     return f"{float(v):.{4 if digits is None else digits}f}"
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
+def plural(n: Any, word: str, many: str | None = None) -> str:
     """A count with its noun: ``plural(1, "case")`` -> ``"1 case"``, ``plural(2, "case")`` ->
-    ``"2 cases"``; ``many``: an irregular plural (``plural(3, "branch", "branches")``)."""
+    ``"2 cases"``; ``many``: an irregular plural (``plural(3, "branch", "branches")``). Any
+    other ``n`` (0, a missing count shown as ``?``) takes the plural."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
