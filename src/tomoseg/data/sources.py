@@ -30,6 +30,7 @@ from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, pair_files, spl
 from tomoseg.io.images import natural_key
 from tomoseg.io.labels import check_ignore_label as labels_check_ignore
 from tomoseg.io.labels import warn_label_like
+from tomoseg.utils.format import plural
 
 IGNORE_INDEX = -1  #: mask value of unannotated pixels inside training (int16 masks)
 
@@ -290,7 +291,7 @@ def hold_out(
     n_val = max(1, round(fraction * n))
     if n_val >= n:
         raise TomosegError(
-            f"val_fraction={fraction} of {n} training images leaves no training image"
+            f"val_fraction={fraction} of {plural(n, 'training image')} leaves no training image"
         )
     pick = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     rec["images"] = [train[i].id for i in sorted(pick)]

@@ -1113,8 +1113,8 @@ def _truth_kind(
     if n <= 2 * len(true_sizes):
         return None
     return (
-        f"holds class ids rather than instance labels ({len(true_sizes)} label value(s) for "
-        f"{n} connected objects)"
+        f"holds class ids rather than instance labels ({plural(len(true_sizes), 'label value')} for "
+        f"{plural(n, 'connected object')})"
     )
 
 

@@ -43,6 +43,7 @@ from tomoseg.config.schema import TrainConfig
 from tomoseg.data.crops import warn_crop_larger
 from tomoseg.experiments.cells import FULL, plan_cases, size_label
 from tomoseg.io.datasets import Item, ItemReader, expand_pairs
+from tomoseg.utils.format import plural
 
 
 @dataclass
@@ -299,7 +300,7 @@ def estimate_sweep(
         "pixel ("
         + (f"tiles of {tile} px, overlap included" if max(mean_hw) > tile else "whole images")
         + f") x {tta:g} TTA passes for tuning and evaluation; validation every "
-        f"{cfg.val_every} epoch(s)",
+        f"{plural(cfg.val_every, 'epoch')}",
         f"images: {pixels['train'] / 1e6:.2f} Mpx train, {pixels['val'] / 1e6:.2f} Mpx val, "
         f"{pixels['test'] / 1e6:.2f} Mpx test (from the file headers), read at "
         f"{read_per_px * 1e9:.1f} ns per pixel",

@@ -46,7 +46,7 @@ def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Pat
             f"<h2>Best</h2><p>Best cell by mean test IoU of {html.escape(coi)}: <b>{size_label(best_cell.size)} px x "
             f"{plural(best_cell.count, 'crop')}</b>: IoU {fmt(best_cell.iou_mean)} %"
             + (f" ± {fmt(best_cell.iou_std)}" if not math.isnan(best_cell.iou_std) else "")
-            + f", BF1 {fmt(best_cell.bf1_mean)} % (over {best_cell.n} repeat(s)).</p>"
+            + f", BF1 {fmt(best_cell.bf1_mean)} % (over {plural(best_cell.n, 'repeat')}).</p>"
         )
         same = [c for c, within in verdicts if within]
         if any(c.n > 1 for c in stats):

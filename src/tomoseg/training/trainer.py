@@ -674,7 +674,7 @@ def _tune(
     )
     b, a = report["before"], report["after"]
     job.message(
-        f"decision tuned on {report['images']} validation images: offset "
+        f"decision tuned on {plural(report['images'], 'validation image')}: offset "
         f"{decision.offset:+g}, min object {decision.min_size} px, max hole "
         f"{decision.max_hole} px (IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
         f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f})"
