@@ -140,7 +140,7 @@ def test_zero_focus_equals_plain_uniform():
         ({"focus_fraction": 0.5, "focus_class": 1}, "masks and a focus class"),
         ({"focus_fraction": 0.5, "masks": "ok"}, "masks and a focus class"),
         ({"focus_fraction": 0.5, "masks": "ok", "focus_class": 2}, "no pixel"),
-        ({"focus_fraction": 0.5, "masks": "short", "focus_class": 1}, "masks for"),
+        ({"focus_fraction": 0.5, "masks": "short", "focus_class": 1}, "got 1 mask for 2 images"),
         ({"shapes": []}, "no training images"),
     ],
 )
