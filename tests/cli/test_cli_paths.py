@@ -27,8 +27,8 @@ def test_paths_cli_measures_and_reports(tmp_path, run_cli):
         "--voxel-size", "2,0.5,0.5",
     )  # fmt: skip
     assert code == 0, err
-    assert "1 paths, 1 branches, 0 junctions, 2 end points; total length" in out
-    assert "1 path ends reach 1 objects of class 1" in out
+    assert "\n1 path, 1 branch, 0 junctions, 2 end points; total length" in out
+    assert "1 path end reaches 1 object of class 1" in out
     for name in ("branches.csv", "objects.csv", "paths.graphml", "preview.png", "summary.json"):
         assert (tmp_path / "p" / name).is_file()
     assert len(list((tmp_path / "p" / "swc").glob("*.swc"))) == 1
@@ -68,7 +68,7 @@ def test_paths_cli_class_names_of_an_ome_zarr_volume(tmp_path, run_cli):
         "--soma-class", "soma", "--units", "physical",
     )  # fmt: skip
     assert code == 0 and "warning" not in err, err
-    assert "micrometer" in out and "reach 1 objects of class soma" in out
+    assert "micrometer" in out and "reaches 1 object of class soma" in out
     err = one_error(
         run_cli, "paths", tmp_path / "labels.zarr", "--out", tmp_path / "q", "--class", "nope"
     )

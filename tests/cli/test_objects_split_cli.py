@@ -43,6 +43,8 @@ def test_objects_split_counts_each_body(tmp_path, run_cli, touching):
         (["--unit", "micrometer"], "error: --unit micrometer needs a voxel size"),
         (["--split", "--split-h", "0"], "error: --split-h 0.0: must be a positive number"),
         (["--split", "--split-min-distance", "-2"], "error: --split-min-distance -2.0"),
+        (["--split-h", "0.5"], "error: --split-h 0.5 needs --split"),
+        (["--split-min-distance", "2"], "error: --split-min-distance 2.0 needs --split"),
     ],
 )
 def test_objects_bad_input_is_one_error_line(tmp_path, run_cli, touching, args, match):

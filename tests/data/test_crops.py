@@ -18,8 +18,9 @@ from tomoseg.data.crops import (
     extract_crop,
     sample_crops,
     valid_positions,
+    warn_crop_larger,
 )
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
 
 SHAPES = [(64, 64), (128, 96)]
 
@@ -139,7 +140,7 @@ def test_zero_focus_equals_plain_uniform():
         ({"focus_fraction": 0.5, "focus_class": 1}, "masks and a focus class"),
         ({"focus_fraction": 0.5, "masks": "ok"}, "masks and a focus class"),
         ({"focus_fraction": 0.5, "masks": "ok", "focus_class": 2}, "no pixel"),
-        ({"focus_fraction": 0.5, "masks": "short", "focus_class": 1}, "masks for"),
+        ({"focus_fraction": 0.5, "masks": "short", "focus_class": 1}, "got 1 mask for 2 images"),
         ({"shapes": []}, "no training images"),
     ],
 )
@@ -224,3 +225,71 @@ def test_export_crops_bad_size_raises_before_writing(dataset, tmp_path):
     with pytest.raises(TomosegError, match="crop size"):
         export_crops(root, 8, 6, seed=1, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- crop > image
+
+
+def test_a_crop_larger_than_the_images_is_one_warning():
+    with pytest.warns(TomosegWarning) as caught:
+        warn_crop_larger(200, [(128, 128), (300, 256)])
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(
+        "crop_size=200 is larger than the smallest side of the training images (128 px): "
+        "crops are cut to the image"
+    )
+    with pytest.warns(TomosegWarning, match=r"^sizes=200,400 is larger .* \(128 px\)"):
+        warn_crop_larger([64, 200, 0, 400], [(128, 160)], name="sizes")
+
+
+@pytest.mark.parametrize("sizes", [128, 0, [64, 128, 0]])
+def test_a_crop_within_the_images_is_no_warning(sizes, recwarn):
+    warn_crop_larger(sizes, [(128, 160), (200, 200)])
+    assert not [w for w in recwarn if issubclass(w.category, TomosegWarning)]
+
+
+def test_training_data_warns_of_a_crop_larger_than_the_images(tmp_path):
+    from conftest import make_dataset
+
+    from tomoseg.config import load_config
+    from tomoseg.data.datamodule import prepare_training_data
+
+    data = make_dataset(tmp_path / "d", shape=(40, 48))
+    cfg = load_config(None, {"crop_size": 64, "crops": 4})
+    with pytest.warns(TomosegWarning, match=r"^crop_size=64 is larger .* \(40 px\)"):
+        prep = prepare_training_data(data, cfg)
+    assert {(b.h, b.w) for b in prep.boxes} == {(40, 48)}  # what the warning says
+
+
+def test_crops_command_warns_of_a_crop_larger_than_the_images(tmp_path, run_cli):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", shape=(40, 48))
+    code, _, err = run_cli(
+        "crops", "--data", data, "--size", "64", "--count", "2", "--out", tmp_path / "c"
+    )
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert lines[0].startswith("warning: --size 64 is larger than the smallest side"), err
+
+
+def test_label_images_given_as_images_are_one_warning_in_crops_and_check(tmp_path, run_cli):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", shape=(40, 48))
+    for split in ("train", "val", "test"):  # the masks given as images as well
+        for m in (data / split / "masks").iterdir():
+            (data / split / "images" / m.name).write_bytes(m.read_bytes())
+    code, _, err = run_cli("crops", "--data", data, "--size", "32", "--count", "2", "--out", tmp_path / "c")  # fmt: skip
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"warning: dataset {data}: the training images look like label images (2 distinct values"), err  # fmt: skip
+    code, _, err = run_cli("check", "--data", data)  # the same rule
+    lines = err.strip().splitlines()
+    assert code == 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"warning: dataset {data}: the images look like label images"), err  # fmt: skip
+    grey = make_dataset(tmp_path / "g")
+    code, _, err = run_cli("crops", "--data", grey, "--size", "32", "--count", "2", "--out", tmp_path / "c2")  # fmt: skip
+    assert code == 0 and not err.strip(), err
+    code, _, err = run_cli("check", "--data", grey)
+    assert code == 0 and not err.strip(), err

@@ -147,6 +147,17 @@ def test_bad_input_is_one_line(tmp_path):
             measure_objects(vol, split=True, **bad)
 
 
+@pytest.mark.parametrize("given", [{"split_h": 1.0}, {"split_min_distance": 2.0}])
+def test_split_tuning_without_split_is_refused(tmp_path, given):
+    vol, _ = cluster_volume()
+    name = next(iter(given))
+    with pytest.raises(TomosegError, match=f"^{name}=.* needs split=True"):
+        analyze_objects(vol, tmp_path / "a", meshes=0, **given)
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+    with pytest.raises(TomosegError, match=f"^{name}=.* needs split=True"):
+        measure_objects(vol, **given)
+
+
 def test_phantom_touching_clusters_keep_an_exact_instance_truth(tmp_path):
     info = generate_phantom(tmp_path / "t", (96, 96), 12, seed=1, params={"touching": 1.0})
     truth = tifffile.imread(tmp_path / "t" / "truth3d" / "labels.tif")

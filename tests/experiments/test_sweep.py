@@ -311,3 +311,16 @@ def test_cases_train_a_fixed_number_of_epochs_not_train_s_time_budget(tmp_path, 
     assert (_grid(o)[-1].epochs, _grid(o)[-1].time_budget) == (3, None)
     o.epochs, o.config = None, cfg_file  # the file's epochs
     assert _grid(o)[-1].epochs == BASE["epochs"]
+
+
+def test_sweep_sizes_larger_than_the_images_are_one_warning(tmp_path, sweep_data, recwarn):
+    from tomoseg.errors import TomosegWarning
+
+    data, cfg_file = sweep_data  # 48x56 images
+    cfg = load_config(cfg_file)
+    with pytest.warns(TomosegWarning, match=r"^sizes=64 is larger .* \(48 px\)") as caught:
+        sw.prepare_sweep(tmp_path / "o", data, cfg, [32, 64, cells.FULL], [8], 1)
+    assert sum(issubclass(w.category, TomosegWarning) for w in caught) == 1
+    recwarn.clear()
+    sw.prepare_sweep(tmp_path / "o2", data, cfg, [32, cells.FULL], [8], 1)
+    assert not [w for w in recwarn if issubclass(w.category, TomosegWarning)]

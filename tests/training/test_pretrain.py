@@ -126,3 +126,35 @@ def test_resume_after_a_cancel_equals_the_uninterrupted_pretraining(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [r.split(",")[:3] for r in (out / "metrics.csv").read_text().splitlines()]
     assert rows == [r.split(",")[:3] for r in (whole / "metrics.csv").read_text().splitlines()]
+
+
+def test_a_mask_patch_not_smaller_than_the_crops_is_one_line(tmp_path, run_cli):
+    from conftest import one_error
+
+    few = slices(tmp_path / "s", n=2, shape=(48, 48))
+    args = ["pretrain", "--images", few, "--out", tmp_path / "p", "--crop-size", "32"]
+    line = one_error(run_cli, *args, "--mask-patch", "48", warnings=False)
+    assert line.startswith("error: --mask-patch 48 is not smaller than --crop-size 32"), line
+    assert not (tmp_path / "p").exists()
+    # 0: the network's stride (2**6 = 64 px at depth 7), the same rule, in the library too
+    with pytest.raises(TomosegError, match=r"mask_patch=0 \(the network's stride, 64 px\)"):
+        tomoseg.pretrain(few, tmp_path / "p", crop_size=32, width=4, depth=7)
+    assert not (tmp_path / "p").exists()
+
+
+def test_label_images_given_as_images_are_one_warning(recwarn):
+    from tomoseg.config.pretrain import pretrain_config
+    from tomoseg.errors import TomosegWarning
+    from tomoseg.io.sources import open_source
+    from tomoseg.training.pretrain import read_unlabelled
+
+    cfg = pretrain_config(crop_size=32)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (8, 48, 48)).astype(np.uint16)  # a class-id stack
+    with pytest.warns(TomosegWarning, match=r"look like label images \(3 distinct values"):
+        read_unlabelled(open_source(labels), cfg)
+    recwarn.clear()
+    gray = rng.integers(0, 40, (8, 48, 48)).astype(np.uint8)  # 40 grey values
+    read_unlabelled(open_source(gray), cfg)
+    read_unlabelled(open_source(labels.astype(np.float32)), cfg)  # float: measured intensities
+    assert not [w for w in recwarn if issubclass(w.category, TomosegWarning)]

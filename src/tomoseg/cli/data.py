@@ -19,6 +19,7 @@ from tomoseg.cli.options import (
     Seed,
     data_source,
 )
+from tomoseg.utils.format import plural
 
 
 def check(
@@ -102,7 +103,7 @@ def crops(
         data=source, size=size, count=count, seed=seed, out=out,
         focus_fraction=focus_fraction, overwrite=overwrite,
     )  # fmt: skip
-    render.say(f"{len(paths)} crops written to {out}")
+    render.say(f"{plural(len(paths), 'crop')} written to {out}")
 
 
 def score(

@@ -31,6 +31,7 @@ from tomoseg.cli.options import (
     data_source,
     inference_settings,
 )
+from tomoseg.utils.format import plural
 
 
 def predict(
@@ -69,7 +70,7 @@ def predict(
             probabilities=probabilities, tiling=not no_tiling, overwrite=overwrite,
             progress=show, cancel=cancel,
         )  # fmt: skip
-    render.say(f"{len(paths)} masks written to {out}")
+    render.say(f"{plural(len(paths), 'mask')} written to {out}")
     if (Path(out) / QUICKLOOK).is_file():
         render.say(f"quick look: {Path(out) / QUICKLOOK} (a few images with their labels)")
 

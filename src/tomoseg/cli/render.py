@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from tomoseg.utils.format import plural
 from tomoseg.utils.progress import ProgressEvent
 
 #: Width of the lines written to a file or pipe: wide enough that no summary line wraps.
@@ -251,7 +252,7 @@ def tune_line(run: Any, decision: Any, report: Mapping[str, Any]) -> str:
     return (
         f"decision: offset {decision.offset:+g}, min object {decision.min_size} px, "
         f"max hole {decision.max_hole} px; validation IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
-        f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f} on {report['images']} images "
+        f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f} on {plural(report['images'], 'image')} "
         f"({report['source']}); written to {run}/decision.json"
     )
 
@@ -261,35 +262,37 @@ def stack_lines(info: Mapping[str, Any], verify: bool = False) -> list[str]:
     stack; the non-finite pixels labelled background; the slices out of the run's intensity
     range."""
     if verify:
-        return [f"complete: all {info['stack_slices']} slices finished in {info['volume']}"]
-    rate = info["slices_per_second"] or 0.0
+        return [
+            f"complete: all {plural(info['stack_slices'], 'slice')} finished in {info['volume']}"
+        ]
     where = ""
     if info.get("part"):
         span = f"{info['first']}-{info['last']}" if info["slices"] else "none"
         where = f"part {info['part']} (slices {span} of {info['stack_slices']}): "
     lines = [
-        f"{where}{info['slices']} slices ({info['computed']} computed, {info['skipped']} "
-        f"already done) in {info['seconds']:.1f} s, {rate:.2f} slices/s -> {info['volume']}"
+        f"{where}{plural(info['slices'], 'slice')} ({info['computed']} computed, "
+        f"{info['skipped']} already done) in {info['seconds']:.1f} s, "
+        f"{(info['slices_per_second'] or 0.0):.2f} slices/s -> {info['volume']}"
     ]
     if info.get("part"):
         lines.append(
             "the whole stack is complete"
             if info["complete"]
-            else f"{info['missing']} slices of the stack still missing (other parts)"
+            else f"{plural(info['missing'], 'slice')} of the stack still missing (other parts)"
         )
     bad = info.get("nonfinite") or {}
     if bad.get("pixels"):
         lines.append(
             f"{bad['pixels']} non-finite (NaN or infinite) pixels in {bad['slices']} of "
-            f"{info['slices']} slices labelled background (outside the field of view); "
+            f"{plural(info['slices'], 'slice')} labelled background (outside the field of view); "
             "per slice in stack.json"
         )
     off = info.get("intensity") or {}
     if off.get("slices"):
         what = "rescaled" if off["rule"] == "rescale" else "segmented as they are"
         lines.append(
-            f"{off['slices']} of {info['slices']} slices are of another type or mostly outside "
-            f"the run's intensity range ({what}); per slice in stack.json"
+            f"{off['slices']} of {plural(info['slices'], 'slice')} are of another type or "
+            f"mostly outside the run's intensity range ({what}); per slice in stack.json"
         )
     if info.get("quicklook"):
         lines.append(f"quick look: {info['quicklook']} (a few slices with their labels)")
@@ -310,16 +313,20 @@ def paths_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
     """The result of ``paths``: counts, total length and where the files are."""
     unit = summary.get("unit") or "voxel"
     lines = [
-        f"{summary['objects']} paths, {summary['branches']} branches, {summary['junctions']} "
-        f"junctions, {summary['end_points']} end points; total length "
+        f"{plural(summary['objects'], 'path')}, "
+        f"{plural(summary['branches'], 'branch', 'branches')}, "
+        f"{plural(summary['junctions'], 'junction')}, "
+        f"{plural(summary['end_points'], 'end point')}; total length "
         f"{summary['total_length']:.6g} {unit}",
         f"tables {out}/branches.csv, {out}/objects.csv; graph {out}/paths.graphml; "
         f"SWC {out}/swc/; preview {out}/preview.png",
     ]
     if summary.get("soma_class") is not None:
         lines.append(
-            f"{summary['soma_contacts']} path ends reach {summary['somas_reached']} "
-            f"objects of class {summary['soma_class']} ({out}/somas/)"
+            f"{plural(summary['soma_contacts'], 'path end')} "
+            f"{'reaches' if summary['soma_contacts'] == 1 else 'reach'} "
+            f"{plural(summary['somas_reached'], 'object')} of class {summary['soma_class']} "
+            f"({out}/somas/)"
         )
     return lines
 
@@ -327,16 +334,16 @@ def paths_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
 def objects_lines(summary: Mapping[str, Any], out: Any) -> list[str]:
     """The result of ``objects``: the count and files, and the detection scores vs a truth."""
     lines = [
-        f"{summary['count']} objects; table {out}/objects.csv, summary {out}/summary.json, "
-        f"meshes {out}/meshes/"
+        f"{plural(summary['count'], 'object')}; table {out}/objects.csv, summary "
+        f"{out}/summary.json, meshes {out}/meshes/"
     ]
     sp = summary.get("split")
     if sp:
         units = summary.get("units", "")
         lines.append(
-            f"split: {sp['connected_components']} connected components -> {summary['count']} "
-            f"objects ({sp['objects_split']} split; h {sp['h']:.3g}, min distance "
-            f"{sp['min_distance']:.3g} {units})"
+            f"split: {plural(sp['connected_components'], 'connected component')} -> "
+            f"{plural(summary['count'], 'object')} ({sp['objects_split']} split; h "
+            f"{sp['h']:.3g}, min distance {sp['min_distance']:.3g} {units})"
         )
     det = summary.get("detection")
     if det:
@@ -366,7 +373,7 @@ def show_stack_demo(summary: Mapping[str, Any]) -> None:
     """Print the stack demo's objects against the 3D truth and where its outputs are."""
     det, out = summary["detection"], summary["out"]
     say(
-        f"{summary['count']} objects found, {det['true_objects']} in the truth "
+        f"{plural(summary['count'], 'object')} found, {det['true_objects']} in the truth "
         f"(count error {100 * det['count_relative_error']:+.1f} %), detection precision "
         f"{det['precision']:.2f}, recall {det['recall']:.2f} ({det['match_rule']})"
     )
@@ -387,7 +394,8 @@ def suggest_lines(result: Mapping[str, Any]) -> list[str]:
     ]
     if scores:
         lines.append(
-            f"{len(scores)} slices scored: uncertainty {min(scores):.3f} to {max(scores):.3f}"
+            f"{plural(len(scores), 'slice')} scored: uncertainty {min(scores):.3f} to "
+            f"{max(scores):.3f}"
         )
     return lines
 

@@ -25,6 +25,7 @@ from tomoseg.cli.options import (
     data_source,
 )
 from tomoseg.errors import TomosegError
+from tomoseg.utils.format import plural
 
 SweepData = Annotated[
     Path | None,
@@ -198,8 +199,9 @@ def _dry_run(data, out, cfg, sizes: list[int], counts: list[int], repeats: int, 
 
     cases = plan_cases(sizes, counts, repeats, cfg.seed)
     render.say(
-        f"plan: {len(cases)} cases ({len(sizes)} sizes x {len(counts)} counts x {repeats} "
-        f"repeats), {cfg.epochs} epochs each, into {out}"
+        f"plan: {plural(len(cases), 'case')} ({plural(len(sizes), 'size')} x "
+        f"{plural(len(counts), 'count')} x {plural(repeats, 'repeat')}), "
+        f"{plural(cfg.epochs, 'epoch')} each, into {out}"
     )
     est = estimate_seconds(data, cfg, sizes, counts, repeats)
     for c in cases:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tomoseg.config.schema import check_devices
 from tomoseg.errors import TomosegError
-from tomoseg.utils.format import pydantic_message
+from tomoseg.utils.format import pydantic_error_text, pydantic_message
 
 
 class PretrainConfig(BaseModel):
@@ -97,5 +97,7 @@ def pretrain_config(base: dict[str, Any] | None = None, **options: Any) -> Pretr
         err = exc.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else ""
         if key in given:
-            raise TomosegError(f"invalid option {key}={given[key]!r}: {err['msg']}") from None
+            raise TomosegError(
+                f"invalid option {key}={given[key]!r}: {pydantic_error_text(err)}"
+            ) from None
         raise TomosegError(f"invalid options: {pydantic_message(exc)}") from None

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from tomoseg.errors import TomosegError
-from tomoseg.utils.format import pydantic_message
+from tomoseg.utils.format import pydantic_error_text, pydantic_message
 from tomoseg.utils.planes import parse_planes
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -418,7 +418,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         err = exc.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else ""
         if key in given:  # an option: named as the parameter, ``name=value``
-            raise TomosegError(f"invalid option {key}={err['input']!r}: {err['msg']}") from None
+            raise TomosegError(
+                f"invalid option {key}={err['input']!r}: {pydantic_error_text(err)}"
+            ) from None
         where = f"config {path}" if path else "options"
         raise TomosegError(f"invalid {where}: {_short(exc)}") from None
 

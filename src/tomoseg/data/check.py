@@ -10,10 +10,16 @@ import numpy as np
 
 from tomoseg.data.normalization import count_nonfinite
 from tomoseg.data.samples import Sample, iter_labelled
-from tomoseg.data.sources import annotated_fraction, check_ignore_label, dataset_ignore_label
+from tomoseg.data.sources import (
+    LABEL_LIKE_REMEDY,
+    annotated_fraction,
+    check_ignore_label,
+    dataset_ignore_label,
+)
 from tomoseg.data.statistics import class_counts
 from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import Pair, load_dataset
+from tomoseg.io.labels import LabelLikeTally
 
 
 def check_data(
@@ -50,6 +56,10 @@ def check_data(
     Raises:
         TomosegError: neither ``data`` nor both ``images`` and ``masks``; on the first bad file
             or label rule, naming it.
+
+    Warns:
+        TomosegWarning: images that look like label images, by training's rule
+            (:class:`~tomoseg.io.labels.LabelLikeTally`).
     """
     from tomoseg.data.sources import DataSource
 
@@ -61,13 +71,15 @@ def check_data(
     check_ignore_label(ignore_label, len(classes) if classes else None)
     report: dict[str, Any] = {"title": f"data check: {data or images}", "rows": []}
     report.update(per_image=[], notes=[], inferred=classes is None)
+    label_like = LabelLikeTally()  # the rule training warns by
     for split, pairs in groups.items():
         k = len(classes) if classes else None
         ids, samples = iter_labelled(  # the one label rule, as training reads
             pairs, k, ignore_label=ignore_label, instances=source.instances
         )
         classes = classes or ids.classes
-        report["rows"].append(_split_row(split, samples, classes, ignore_label, report))
+        report["rows"].append(_split_row(split, samples, classes, ignore_label, report, label_like))
+    label_like.warn(f"{source.name}: the images", LABEL_LIKE_REMEDY)
     report["classes"] = list(classes or [])
     if source.instances == "binarize":
         report["notes"].append("instance labels binarised: every object is class 1")
@@ -119,12 +131,14 @@ def _split_row(
     classes: list[str],
     ignore_label: int | None,
     report: dict[str, Any],
+    label_like: LabelLikeTally,
 ) -> dict[str, str]:
-    """One split's row of the summary (its per-image line and notes go into ``report``); the
-    samples are read one at a time."""
+    """One split's row of the summary (its per-image line and notes go into ``report``, its
+    images into ``label_like``); the samples are read one at a time."""
     row = _Row(len(classes))
     for s in samples:
         row.add(s, ignore_label)
+        label_like.add(s.image)
     ann = [a for _, a in row.ann]
     if min(ann) < 1:
         report["per_image"].append(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tomoseg.errors import TomosegError
+from tomoseg.utils.format import plural
 
 
 def in_channels(context: int) -> int:
@@ -37,7 +38,7 @@ def neighbours(n: int, z: int, k: int) -> list[int]:
         TomosegError: ``z`` outside ``0..n-1`` or ``k`` negative.
     """
     if not 0 <= z < n:
-        raise TomosegError(f"slice {z} is not in a stack of {n} slices")
+        raise TomosegError(f"slice {z} is not in a stack of {plural(n, 'slice')}")
     if k < 0:
         raise TomosegError(f"context must be >= 0, got {k}")
     return [min(max(j, 0), n - 1) for j in range(z - k, z + k + 1)]

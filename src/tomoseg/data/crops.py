@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 import tomoseg.io as io
-from tomoseg.errors import TomosegError
+from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.utils.format import plural
 
 MIN_CROP_SIZE = 16
 CROPS_CSV = "crops.csv"
@@ -84,6 +86,32 @@ def _check_shapes(shapes: Sequence[tuple[int, int]]) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 2 or (arr < 1).any():
         raise TomosegError(f"image shapes must be (height, width) pairs >= 1, got {list(shapes)}")
     return arr
+
+
+def warn_crop_larger(
+    sizes: int | Sequence[int], shapes: Sequence[tuple[int, int]], name: str = "crop_size"
+) -> None:
+    """One :class:`~tomoseg.errors.TomosegWarning` when a crop side exceeds the smallest side
+    of the training images: there the crop is cut to the image (``min(S, H)`` x ``min(S, W)``,
+    :func:`crop_extent`), so an image no larger than the crop is trained on whole, as ``full``.
+
+    Args:
+        sizes: the crop side S in px, or several (a sweep's); 0 (whole images) is never warned
+            about.
+        shapes: (H, W) of the training images.
+        name: the parameter the sizes come from, as the message names it.
+    """
+    side = min((min(int(h), int(w)) for h, w in shapes), default=0)
+    big = [int(s) for s in ([sizes] if isinstance(sizes, Integral) else sizes) if s and s > side]
+    if side and big:
+        warnings.warn(
+            f"{name}={','.join(map(str, big))} is larger than the smallest side of the "
+            f"training images ({side} px): crops are cut to the image there (at most {side} "
+            "px on that side; an image no larger than the crop is used whole, as with full "
+            "images)",
+            TomosegWarning,
+            stacklevel=2,
+        )
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -216,7 +244,9 @@ def _redraw_unannotated(
 ) -> list[CropBox]:
     """Replace the boxes holding no annotated pixel by fresh uniform draws (seeded by ``rng``)."""
     if len(annotated) != len(shapes):
-        raise TomosegError(f"got {len(annotated)} annotation masks for {len(shapes)} images")
+        raise TomosegError(
+            f"got {plural(len(annotated), 'annotation mask')} for {plural(len(shapes), 'image')}"
+        )
     # integral images: annotated pixels in a box in O(1)
     integ = []
     for i, a in enumerate(annotated):
@@ -258,7 +288,7 @@ def _check_focus(
     if isinstance(focus_class, bool) or not isinstance(focus_class, Integral):
         raise TomosegError(f"focus class must be an integer class id, got {focus_class!r}")
     if len(masks) != len(shapes):
-        raise TomosegError(f"got {len(masks)} masks for {len(shapes)} images")
+        raise TomosegError(f"got {plural(len(masks), 'mask')} for {plural(len(shapes), 'image')}")
     for i, (m, s) in enumerate(zip(masks, shapes, strict=True)):
         if np.shape(m) != tuple(int(v) for v in s):
             raise TomosegError(f"mask {i} has shape {np.shape(m)} but its image is {tuple(s)}")
@@ -351,6 +381,7 @@ def export_crops(
     spec, samples = loaded.spec, loaded.train
     images = [s.image for s in samples]
     masks = [s.mask for s in samples]
+    warn_crop_larger(size, [im.shape for im in images], name="size")
     boxes = sample_crops(
         [im.shape for im in images],
         size,

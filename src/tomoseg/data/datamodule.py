@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tomoseg.config.schema import TrainConfig
 from tomoseg.data.augment import augment, build_augmentation
-from tomoseg.data.crops import CropBox, extract_crop, sample_crops
+from tomoseg.data.crops import CropBox, extract_crop, sample_crops, warn_crop_larger
 from tomoseg.data.intensity import IntensityRange, intensity_range
 from tomoseg.data.normalization import Normalization, fit_normalization, normalize
 from tomoseg.data.planes import plane_samples
@@ -233,6 +233,10 @@ def prepare_training_data(
     Raises:
         TomosegError: bad data (see :func:`~tomoseg.data.sources.load_training_samples`), a
             class without annotated pixels (weights), no annotated pixel to crop.
+
+    Warns:
+        TomosegWarning: ``crop_size`` larger than the smallest image side (the crops are cut to
+            the image there, :func:`~tomoseg.data.crops.warn_crop_larger`).
     """
     if not isinstance(source, DataSource):
         source = DataSource.of(source)
@@ -255,6 +259,7 @@ def prepare_training_data(
         norm = fit_normalization([_finite(s.image) for s in loaded.train], seed=cfg.seed)
     intensity = intensity_range((s.image for s in loaded.train), norm)
     shapes = [s.image.shape for s in loaded.train + extra]
+    warn_crop_larger(cfg.crop_size, shapes)
     size = cfg.crop_size or max(max(s) for s in shapes)
     annotated = [m != IGNORE_INDEX for m in masks]
     partial = not all(a.all() for a in annotated)

@@ -30,6 +30,7 @@ from tomoseg.data.samples import Sample
 from tomoseg.data.sources import IGNORE_INDEX, LoadedSamples, training_mask
 from tomoseg.errors import TomosegError
 from tomoseg.io.images import natural_key
+from tomoseg.utils.format import plural
 from tomoseg.utils.planes import check_context, check_isotropic
 
 _SPLIT = "consecutive sections"
@@ -114,7 +115,8 @@ def plane_samples(
         )
         if crop_size and image.shape[0] < crop_size:
             raise TomosegError(
-                f"planes={','.join(planes)}: {where} has {image.shape[0]} slices, fewer than "
+                f"planes={','.join(planes)}: {where} has {plural(image.shape[0], 'slice')}, "
+                "fewer than "
                 f"crop_size={crop_size} (the xz and yz planes are that short)"
             )
         record["volumes"][name] = list(image.shape)

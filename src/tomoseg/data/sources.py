@@ -29,6 +29,8 @@ from tomoseg.errors import TomosegError
 from tomoseg.io.datasets import DatasetSpec, Pair, load_dataset, pair_files, split_pairs
 from tomoseg.io.images import natural_key
 from tomoseg.io.labels import check_ignore_label as labels_check_ignore
+from tomoseg.io.labels import warn_label_like
+from tomoseg.utils.format import plural
 
 IGNORE_INDEX = -1  #: mask value of unannotated pixels inside training (int16 masks)
 
@@ -289,7 +291,7 @@ def hold_out(
     n_val = max(1, round(fraction * n))
     if n_val >= n:
         raise TomosegError(
-            f"val_fraction={fraction} of {n} training images leaves no training image"
+            f"val_fraction={fraction} of {plural(n, 'training image')} leaves no training image"
         )
     pick = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     rec["images"] = [train[i].id for i in sorted(pick)]
@@ -298,6 +300,12 @@ def hold_out(
         [s for i, s in enumerate(train) if i in pick],
         rec,
     )
+
+
+#: what a warning about training images that look like label images suggests
+LABEL_LIKE_REMEDY = (
+    "a network learns from grayscale intensities (give the raw images, and their labels as masks)"
+)
 
 
 def load_training_samples(
@@ -326,6 +334,10 @@ def load_training_samples(
     Raises:
         TomosegError: missing folders or files, bad masks, bad ignore label or fraction, mixed
             bit depths.
+
+    Warns:
+        TomosegWarning: images that look like label images
+            (:func:`~tomoseg.io.labels.warn_label_like`).
     """
     how = {"instances": source.instances}
     if source.root is not None:
@@ -351,6 +363,9 @@ def load_training_samples(
         spec = DatasetSpec(classes=list(source.classes) if source.classes else ids.classes)
         val, where = [], None
     _check_bit_depths(train + val)
+    warn_label_like(
+        [s.image for s in train + val], f"{source.name}: the training images", LABEL_LIKE_REMEDY
+    )
     record: dict[str, Any] = {}
     if need_val:
         if where is not None:

@@ -83,7 +83,7 @@ from tomoseg.io.sources import (
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
 from tomoseg.io.writers import atomic_write, write_json, write_text, writing
 from tomoseg.reporting.objects import mesh_preview, volume_histogram
-from tomoseg.utils.format import first_line
+from tomoseg.utils.format import first_line, plural
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 __all__ = [
@@ -851,7 +851,7 @@ def analyze_objects(
         raise TomosegError(f"mesh format must be ply or stl, got {mesh_format!r}")
     if match not in ("iou", "coverage"):
         raise TomosegError(f"match must be iou or coverage, got {match!r}")
-    check_split_params(split_h, split_min_distance)
+    check_split_params(split_h, split_min_distance, split)
     vol = _open_volume(volume, voxel_size, unit)
     value, name = _class_value(vol, class_name)
     if _in_voxels(vol):
@@ -972,7 +972,10 @@ def analyze_objects(
             atomic_write(path, lambda t, m=m: m.export(t, file_type=mesh_format))
         except Exception as exc:  # marching cubes fails on degenerate shapes
             skipped.append(r["label"])
-            _warn(f"no mesh for object {r['label']} ({r['num_pixels']} voxels): {first_line(exc)}")
+            _warn(
+                f"no mesh for object {r['label']} ({plural(r['num_pixels'], 'voxel')}): "
+                f"{first_line(exc)}"
+            )
             job.advance()
             continue
         area, mvol = float(m.area), abs(float(m.volume))
@@ -992,7 +995,7 @@ def analyze_objects(
         summary["meshes_skipped"] = skipped
     for what, make in (
         ("volume_histogram.png", lambda: volume_histogram(volumes, "voxel" if _in_voxels(vol) else vol.unit, out / "volume_histogram.png", name)),
-        ("preview.png", lambda: mesh_preview(previews, out / "preview.png", f"{len(previews)} largest {name} objects")),
+        ("preview.png", lambda: mesh_preview(previews, out / "preview.png", f"{len(previews)} largest {name} {'object' if len(previews) == 1 else 'objects'}")),
     ):  # fmt: skip
         try:
             make()
@@ -1003,7 +1006,7 @@ def analyze_objects(
         write_text(out / "objects.csv", _csv_text(rows))  # now with the mesh measures
         write_json(out / "summary.json", summary)
         finish_job_folder(out)
-    job.end(f"{summary['count']} objects -> {out}")
+    job.end(f"{plural(summary['count'], 'object')} -> {out}")
     return summary
 
 
@@ -1082,7 +1085,8 @@ def _split_pass(
             advance()
     if pieces.skipped:
         _warn(
-            f"{len(pieces.skipped)} objects too large to split (more than {SPLIT_MAX_VOXELS} "
+            f"{plural(len(pieces.skipped), 'object')} too large to split (more than "
+            f"{SPLIT_MAX_VOXELS} "
             "voxels in their bounding box) were left whole"
         )
     info = {
@@ -1109,8 +1113,8 @@ def _truth_kind(
     if n <= 2 * len(true_sizes):
         return None
     return (
-        f"holds class ids rather than instance labels ({len(true_sizes)} label value(s) for "
-        f"{n} connected objects)"
+        f"holds class ids rather than instance labels ({plural(len(true_sizes), 'label value')} for "
+        f"{plural(n, 'connected object')})"
     )
 
 
@@ -1198,7 +1202,7 @@ def measure_objects(
         or min_volume < 0
     ):
         raise TomosegError(f"min_volume={min_volume!r}: must be an integer >= 0")
-    check_split_params(split_h, split_min_distance)
+    check_split_params(split_h, split_min_distance, split)
     objects = label_objects(arr, connectivity, int(min_volume), value=int(class_id))
     if split:
         objects = split_labels(

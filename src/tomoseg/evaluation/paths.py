@@ -58,7 +58,7 @@ from tomoseg.io.jobs import finish_job_folder, open_job_folder
 from tomoseg.io.sources import is_array, open_source, parse_voxel_size, split_dataset
 from tomoseg.io.volumes import STACK_FILE, read_stack_info
 from tomoseg.io.writers import atomic_write, write_json, write_text, writing
-from tomoseg.utils.format import first_line
+from tomoseg.utils.format import first_line, plural
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 __all__ = ["BRANCH_COLUMNS", "OBJECT_COLUMNS", "analyze_paths", "measure_paths"]
@@ -990,7 +990,11 @@ def analyze_paths(
     job.advance(message="tables, graph and SWC")
     try:
         _preview(
-            g, m, out / "preview.png", f"{name}: {len(m.objects)} paths, {len(m.branches)} branches"
+            g,
+            m,
+            out / "preview.png",
+            f"{name}: {plural(len(m.objects), 'path')}, "
+            f"{plural(len(m.branches), 'branch', 'branches')}",
         )
     except Exception as exc:
         _warn(f"preview.png was not written: {first_line(exc)}")
@@ -1001,5 +1005,8 @@ def analyze_paths(
 
         shutil.rmtree(out / "slabs", ignore_errors=True)
         finish_job_folder(out)
-    job.end(f"{summary['objects']} paths, {summary['branches']} branches -> {out}")
+    job.end(
+        f"{plural(summary['objects'], 'path')}, "
+        f"{plural(summary['branches'], 'branch', 'branches')} -> {out}"
+    )
     return summary

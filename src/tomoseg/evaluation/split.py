@@ -65,9 +65,16 @@ def typical_radius(counts: np.ndarray, spacing: Sequence[float]) -> float | None
     return float((3.0 * volume / (4.0 * math.pi)) ** (1 / 3))
 
 
-def check_split_params(split_h: float | None, split_min_distance: float | None) -> None:
+def check_split_params(
+    split_h: float | None, split_min_distance: float | None, split: bool = True
+) -> None:
     """Raise :class:`TomosegError` unless ``split_h`` is None or > 0 and ``split_min_distance``
-    None or >= 0 (finite numbers)."""
+    None or >= 0 (finite numbers), and, when ``split`` is False, both are None (they tune a
+    split that would not run)."""
+    if not split:
+        for name, v in (("split_h", split_h), ("split_min_distance", split_min_distance)):
+            if v is not None:
+                raise TomosegError(f"{name}={v!r} needs split=True (it tunes the split)")
     for name, v, positive in (
         ("split_h", split_h, True),
         ("split_min_distance", split_min_distance, False),

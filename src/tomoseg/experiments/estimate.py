@@ -40,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from tomoseg.config.schema import TrainConfig
+from tomoseg.data.crops import warn_crop_larger
 from tomoseg.experiments.cells import FULL, plan_cases, size_label
 from tomoseg.io.datasets import Item, ItemReader, expand_pairs
+from tomoseg.utils.format import plural
 
 
 @dataclass
@@ -101,6 +103,12 @@ def _item_shape(item: Item) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def train_shapes(data: Any) -> list[tuple[int, int]]:
+    """(H, W) of each training image of a sweep's data (a volume: one per z-slice), from the
+    files' headers where the format allows."""
+    return [_item_shape(p) for p in _items(data)[0]]
+
+
 def _time(fn, repeats: int = 2) -> float:
     """Seconds of one call of ``fn`` (after a warm-up call; the best of ``repeats``)."""
     fn()
@@ -138,6 +146,7 @@ def estimate_sweep(
 
     train_pairs, val_pairs, test_pairs = _items(data)
     shapes = [_item_shape(p) for p in train_pairs]
+    warn_crop_larger(sizes, shapes, name="sizes")
     pixels = {"train": float(sum(h * w for h, w in shapes))}
     mean_hw = (float(np.mean([h for h, _ in shapes])), float(np.mean([w for _, w in shapes])))
     if val_pairs:
@@ -291,7 +300,7 @@ def estimate_sweep(
         "pixel ("
         + (f"tiles of {tile} px, overlap included" if max(mean_hw) > tile else "whole images")
         + f") x {tta:g} TTA passes for tuning and evaluation; validation every "
-        f"{cfg.val_every} epoch(s)",
+        f"{plural(cfg.val_every, 'epoch')}",
         f"images: {pixels['train'] / 1e6:.2f} Mpx train, {pixels['val'] / 1e6:.2f} Mpx val, "
         f"{pixels['test'] / 1e6:.2f} Mpx test (from the file headers), read at "
         f"{read_per_px * 1e9:.1f} ns per pixel",

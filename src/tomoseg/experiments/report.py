@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from tomoseg.io.writers import write_text
-from tomoseg.utils.format import fmt
+from tomoseg.utils.format import fmt, plural
 
 
 def _img(path: Path, width: str = "100%") -> str:
@@ -38,15 +38,15 @@ def write_report(out: Path, meta: dict, records: list[dict], stats: list) -> Pat
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.failed{color:#b00}</style></head><body>",
         f"<h1>Crop sweep on {html.escape(Path(meta['data']).name)}</h1>",
         f"<p>data: {html.escape(meta['data'])}; class of interest: <b>{html.escape(coi)}</b>; "
-        f"{meta['epochs']} epochs per case{limit}; "
-        f"{len(done)} of {len(records)} cases finished, {sum(r['status'] == 'failed' for r in records)} failed.</p>",
+        f"{plural(meta['epochs'], 'epoch')} per case{limit}; "
+        f"{len(done)} of {plural(len(records), 'case')} finished, {sum(r['status'] == 'failed' for r in records)} failed.</p>",
     ]
     if best_cell is not None:
         parts.append(
             f"<h2>Best</h2><p>Best cell by mean test IoU of {html.escape(coi)}: <b>{size_label(best_cell.size)} px x "
-            f"{best_cell.count} crops</b>: IoU {fmt(best_cell.iou_mean)} %"
+            f"{plural(best_cell.count, 'crop')}</b>: IoU {fmt(best_cell.iou_mean)} %"
             + (f" ± {fmt(best_cell.iou_std)}" if not math.isnan(best_cell.iou_std) else "")
-            + f", BF1 {fmt(best_cell.bf1_mean)} % (over {best_cell.n} repeat(s)).</p>"
+            + f", BF1 {fmt(best_cell.bf1_mean)} % (over {plural(best_cell.n, 'repeat')}).</p>"
         )
         same = [c for c, within in verdicts if within]
         if any(c.n > 1 for c in stats):

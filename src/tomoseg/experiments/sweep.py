@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoseg.config.schema import TrainConfig
+from tomoseg.data.crops import warn_crop_larger
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.experiments.case import CANCEL_FILE, CANCELLED_EXIT, case_command
 from tomoseg.experiments.cells import (
@@ -29,13 +30,13 @@ from tomoseg.experiments.cells import (
     plan_cases,
     size_label,
 )
-from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep
+from tomoseg.experiments.estimate import SweepEstimate, estimate_sweep, train_shapes
 from tomoseg.experiments.sweep_data import SweepData
 from tomoseg.io.datasets import DatasetSpec, load_dataset
 from tomoseg.io.jobs import check_same_job
 from tomoseg.io.writers import write_json, write_text
 from tomoseg.utils.files import load_json, loads_json
-from tomoseg.utils.format import cell, first_line
+from tomoseg.utils.format import cell, first_line, plural
 from tomoseg.utils.progress import (
     Cancelled,
     CancelToken,
@@ -305,6 +306,7 @@ def prepare_sweep(
     """
     data = SweepData.of(data)
     spec = check_sweep_data(data, cfg)
+    warn_crop_larger(sizes, train_shapes(data), name="sizes")
     base = base_config_dict(cfg)
     sweep_file = out / SWEEP_FILE
     old = check_same_job(  # the one "same job" check (train, sweep, segment-stack)
@@ -402,6 +404,10 @@ def run_sweep(
         TomosegError: bad options, another sweep in ``out``, no test split or test images,
             data that ``train`` or ``evaluate`` would refuse (:func:`check_sweep_data`).
         Cancelled: ``cancel`` was set.
+
+    Warns:
+        TomosegWarning: crop sizes larger than the smallest training image side (those cases
+            train on crops cut to the image; :func:`~tomoseg.data.crops.warn_crop_larger`).
     """
     if backend not in ("local", "ray"):
         raise TomosegError(f"backend must be local or ray, got {backend!r}")
@@ -444,7 +450,8 @@ def run_sweep(
 
         at = f"Ray at {address}" if address else "a local Ray"
         job.message(
-            f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
+            f"sweep: {plural(len(cases), 'case')}, {len(cases) - len(todo)} already finished, "
+            f"{len(todo)} to run on {at} ({cpus_per_case} CPU, {gpus_per_case:g} GPU per case)"
         )
         trials = SweepTrials(
             cases, data, out, cfg_file, retry_failed, on_done, run_case, load_record
@@ -458,7 +465,8 @@ def run_sweep(
         )
     else:
         job.message(
-            f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already finished, {len(todo)} to run, {jobs} at a time"
+            f"sweep: {plural(len(cases), 'case')}, {len(cases) - len(todo)} already finished, "
+            f"{len(todo)} to run, {jobs} at a time"
         )
         _run_local(todo, data, out, cfg_file, jobs, job, on_done)
     records = write_outputs(out, cases)

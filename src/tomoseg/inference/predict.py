@@ -19,6 +19,7 @@ from tomoseg.io.images import IMAGE_SUFFIXES, image_rows, list_images, read_imag
 from tomoseg.io.jobs import file_sha256, finish_job_folder, open_job_folder
 from tomoseg.io.writers import write_image, write_mask, write_mask_rows, writing
 from tomoseg.reporting.quicklook import QUICKLOOK_NAME, quicklook_or_warn, spread
+from tomoseg.utils.format import plural
 from tomoseg.utils.progress import CancelToken, ProgressCallback, job_progress
 
 
@@ -173,7 +174,8 @@ def predict_paths(
     read = context_reader(lambda i: read_image(items[i][1]), len(items), k)  # 2.5D
     if k:
         job.message(
-            f"the run sees {k} slices above and below: the {len(items)} inputs are taken as "
+            f"the run sees {plural(k, 'slice')} above and below: the "
+            f"{plural(len(items), 'input')} are taken as "
             "consecutive sections in the order given (natural order within a folder)"
         )
     job.start()
@@ -205,7 +207,7 @@ def predict_paths(
         )
     finish_job_folder(out)
     _quicklook(out, [p for _, p in items], [out / name for name in masks], predictor.classes)
-    job.end(f"{len(items)} masks written to {out}")
+    job.end(f"{plural(len(items), 'mask')} written to {out}")
     return [out / name for name in masks]
 
 
@@ -226,4 +228,4 @@ def _quicklook(out: Path, images: list[Path], masks: list[Path], classes: list[s
                 got.append((images[i].stem, read_image(images[i]), mask))
         return got
 
-    quicklook_or_warn(out / QUICKLOOK, views, classes, f"{len(images)} images segmented")
+    quicklook_or_warn(out / QUICKLOOK, views, classes, f"{plural(len(images), 'image')} segmented")

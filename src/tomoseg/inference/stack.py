@@ -67,6 +67,7 @@ from tomoseg.inference.stack_sinks import Sink, VolumeMeta, get_sink
 from tomoseg.io.jobs import file_sha256
 from tomoseg.io.sources import SliceSource, open_source, parse_voxel_size, resolve_voxel_size
 from tomoseg.reporting.quicklook import QUICKLOOK_NAME, quicklook_or_warn, spread
+from tomoseg.utils.format import plural
 from tomoseg.utils.planes import check_context, check_isotropic, parse_planes
 from tomoseg.utils.progress import CancelToken, JobProgress, ProgressCallback, job_progress
 
@@ -166,7 +167,9 @@ def _quicklook(src: Any, volume: Path, out: Path, classes: list[str]) -> Path | 
                 got.append((f"slice {src.ids[z]}", image(z), label(z)))
         return got
 
-    return quicklook_or_warn(out / QUICKLOOK_NAME, views, classes, f"{src.name}: {src.n} slices")
+    return quicklook_or_warn(
+        out / QUICKLOOK_NAME, views, classes, f"{src.name}: {plural(src.n, 'slice')}"
+    )
 
 
 def _inference(predictor: Predictor) -> dict[str, Any]:
@@ -404,5 +407,5 @@ def segment_stack(
         picture = _quicklook(src, Path(summary["volume"]), Path(out), predictor.classes)
         if picture is not None:
             summary["quicklook"] = str(picture)
-    prog.end(f"{summary['slices']} slices ({computed} computed) -> {summary['volume']}")
+    prog.end(f"{plural(summary['slices'], 'slice')} ({computed} computed) -> {summary['volume']}")
     return summary

@@ -49,6 +49,7 @@ from tomoseg.io.writers import (
     temporary_path,
     write_json,
 )
+from tomoseg.utils.format import plural
 
 _NO_EXTRAS: dict[str, Any] = {"tta": ["identity"], "decision": None}
 
@@ -383,7 +384,9 @@ class StackJob:
                 write_json(out / STACK_FILE, {**final, "complete": True, "summary": summary})
         elif self.verify:
             raise TomosegError(
-                f"{len(missing)} of {self.src.n} slices are missing in {out}: "
+                f"{len(missing)} of {plural(self.src.n, 'slice')} "
+                f"{'is' if len(missing) == 1 else 'are'} "
+                f"missing in {out}: "
                 f"{_ranges(missing, self.src.ids)}; rerun the parts that hold them (or once "
                 "without part)"
             )
@@ -407,4 +410,8 @@ class StackJob:
             check.trained.upper,
         )
         self.tally.warned = True
-        warn_intensity(found, f" ({len(off)} of {self.src.n} slices are, see stack.json)")
+        warn_intensity(
+            found,
+            f" ({len(off)} of {plural(self.src.n, 'slice')} {'is' if len(off) == 1 else 'are'}, "
+            "see stack.json)",
+        )

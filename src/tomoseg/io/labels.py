@@ -6,6 +6,9 @@ Masks drawn or exported by other tools do not always hold tomoseg's class ids ``
 * **Ids counted from 1** (ilastik's *Simple Segmentation* export writes 1, 2, ... with no 0):
   against classes counted from 0 (a prediction, a run's or a dataset's ``0..K-1``), every pixel
   would be one class off. Refused, naming the relabelling to do (subtract 1).
+* **Label images given as images** (a mask folder where grayscale slices belong): an integer
+  image with at most :data:`LABEL_LIKE_VALUES` distinct values; a warning
+  (:class:`LabelLikeTally`).
 * **Instance labels** (napari's Labels layer, cellpose masks, a watershed: every object its own
   id, the ids differing from image to image): not classes. Refused, or with
   ``instances="binarize"`` read as 0 (background) / 1 (object).
@@ -22,6 +25,7 @@ id".
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +35,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.io.images import read_mask
+from tomoseg.utils.format import plural
 
 #: what to do with masks that look like instance labels
 INSTANCES = ("error", "binarize")
@@ -38,6 +43,67 @@ INSTANCES = ("error", "binarize")
 MIN_INSTANCE_IDS = 3
 #: with one label array (or the same ids in each), this many one-object ids make instance labels
 MANY_INSTANCE_IDS = 8
+
+
+#: an integer image with at most this many distinct values looks like a label image
+LABEL_LIKE_VALUES = 16
+#: pixels of each image that :class:`LabelLikeTally` looks at (a regular grid)
+LABEL_LIKE_SAMPLE = 1 << 16
+#: images that :func:`warn_label_like` looks at (evenly spaced)
+LABEL_LIKE_IMAGES = 32
+
+
+class LabelLikeTally:
+    """Whether images look like label images rather than grayscale ones, one image at a time:
+    integer (or bool) arrays holding at most :data:`LABEL_LIKE_VALUES` distinct values in all.
+    A grayscale slice holds hundreds; a class mask a few.
+
+    Each image is measured on a regular grid of at most :data:`LABEL_LIKE_SAMPLE` pixels of its
+    last two axes (every ``s``-th row and column); once a floating-point image or more values
+    are seen, later images are not looked at.
+    """
+
+    def __init__(self) -> None:
+        self.values: set[int] = set()
+        self.grayscale = False
+
+    def add(self, image: np.ndarray) -> None:
+        """Count the distinct values of one (..., H, W) array."""
+        if self.grayscale:
+            return
+        a = np.asarray(image)
+        if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+            self.grayscale = True
+            return
+        s = max(1, math.ceil(math.sqrt(a.shape[-2] * a.shape[-1] / LABEL_LIKE_SAMPLE)))
+        self.values.update(int(v) for v in np.unique(a[..., ::s, ::s]))
+        self.grayscale = len(self.values) > LABEL_LIKE_VALUES
+
+    @property
+    def count(self) -> int | None:
+        """The number of distinct values when the images look like label images, else None."""
+        return None if self.grayscale or not self.values else len(self.values)
+
+    def warn(self, where: str, remedy: str) -> None:
+        """One :class:`~tomoseg.errors.TomosegWarning` when the images look like label images:
+        ``<where> look like label images (N distinct values ...), not grayscale; <remedy>``."""
+        n = self.count
+        if n is not None:
+            warnings.warn(
+                f"{where} look like label images ({plural(n, 'distinct value')} in integer "
+                f"pixels), not grayscale; {remedy}",
+                TomosegWarning,
+                stacklevel=3,
+            )
+
+
+def warn_label_like(images: Sequence[np.ndarray], where: str, remedy: str) -> None:
+    """:meth:`LabelLikeTally.warn` of at most :data:`LABEL_LIKE_IMAGES` evenly spaced
+    ``images``."""
+    tally = LabelLikeTally()
+    for im in list(images)[:: max(1, math.ceil(len(images) / LABEL_LIKE_IMAGES))]:
+        tally.add(im)
+    tally.warn(where, remedy)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from tomoseg.errors import TomosegError
+from tomoseg.utils.format import plural
 
 #: the value a fine-tune's and a training's label arrays give unannotated pixels
 IGNORE = 255
@@ -352,7 +353,7 @@ class SegmentWidget(_Widget):
             self.viewer.add_image(unc, name=uname, scale=scale, colormap="magma",
                                   blending="additive", contrast_limits=(0.0, 1.0))  # fmt: skip
         self.job.status.value = (
-            f"{summary['slices']} slices ({summary['computed']} now, "
+            f"{plural(summary['slices'], 'slice')} ({summary['computed']} now, "
             f"{summary['skipped']} before) -> {out.name}"
         )
         self.job.status.tooltip = str(out)
@@ -388,7 +389,7 @@ class SegmentWidget(_Widget):
             full[seg.slices] = maps
             self._show(full, "image", lname, scale=scale, colormap=cmap, blending="additive",
                        contrast_limits=(0.0, 1.0), visible=what == "uncertainty")  # fmt: skip
-        self.job.status.value = f"segmented {len(seg.slices)} slices with {seg.run.name}"
+        self.job.status.value = f"segmented {plural(len(seg.slices), 'slice')} with {seg.run.name}"
 
 
 def _next_folder(run: Path) -> Path:
@@ -610,7 +611,7 @@ class ObjectsWidget(_Widget):
             self.viewer.layers.remove(name)
         if len(centres):
             self.viewer.add_points(centres, name=name, scale=spacing, size=3, face_color="yellow")
-        self.job.status.value = f"{len(centres)} objects of class {self.class_id.value}"
+        self.job.status.value = f"{plural(len(centres), 'object')} of class {self.class_id.value}"
 
     def _centre(self) -> None:
         rows = {i.row() for i in self.table.native.selectedIndexes()}
@@ -670,7 +671,7 @@ class NextSlicesWidget(_Widget):
             (f"{s['rank']}. slice {s['index']} ({s['score']:.3f})", s["index"])
             for s in result["slices"]
         ]
-        self.job.status.value = f"{len(self.slices)} slices ranked: press Go to next"
+        self.job.status.value = f"{plural(len(self.slices), 'slice')} ranked: press Go to next"
 
     def go_next(self) -> None:
         """Show the next ranked slice (wrapping around)."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tomoseg.io.writers import atomic_write
+from tomoseg.utils.format import plural
 
 
 def volume_histogram(volumes: np.ndarray, unit: str | None, path: Path, what: str) -> None:
@@ -35,7 +36,7 @@ def volume_histogram(volumes: np.ndarray, unit: str | None, path: Path, what: st
     else:
         ax.set_xlabel(f"volume ({unit}^3)" if unit else "volume (voxels x voxel size)")
     ax.set_ylabel("objects")
-    ax.set_title(f"{what}: {len(volumes)} objects")
+    ax.set_title(f"{what}: {plural(len(volumes), 'object')}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

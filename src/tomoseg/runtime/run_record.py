@@ -36,6 +36,7 @@ from tomoseg.models.registry import (
     get_architecture,
 )
 from tomoseg.utils.files import load_json, validated
+from tomoseg.utils.format import plural
 
 RUN_FILE = "run.json"
 #: the most epochs a record may name (a time budget's plan, a weights file's epoch)
@@ -223,7 +224,8 @@ def check_complete(run: Path | str, allow_incomplete: bool = False) -> None:
     done = record.get("epochs_done", 0)
     total = (record.get("config") or {}).get("epochs", "?")
     raise TomosegError(
-        f"run {Path(run)} is incomplete ({done} of {total} epochs trained; interrupted, or "
+        f"run {Path(run)} is incomplete ({done} of {plural(total, 'epoch')} trained; "
+        "interrupted, or "
         "still training): finish it (train with resume=True) or use allow_incomplete=True to "
         "use it as it is"
     )

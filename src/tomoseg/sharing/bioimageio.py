@@ -50,6 +50,7 @@ from tomoseg.sharing.prepare import (
     torchscript_diff,
 )
 from tomoseg.utils.files import load_json
+from tomoseg.utils.format import plural
 
 #: where tomoseg is cited from
 TOMOSEG_URL = "https://pypi.org/project/tomoseg/"
@@ -138,7 +139,10 @@ def _test_lines(evaluation: Path | None, meta: dict[str, Any] | None = None) -> 
                 f"exported weights are of epoch {meta['epoch']}: give the report of these weights"
             )
     mean = m.get("mean", {}) if isinstance(m, dict) else {}
-    lines = [f"Test scores (`tomoseg evaluate`, {len(m.get('per_image', []))} images):", ""]
+    lines = [
+        f"Test scores (`tomoseg evaluate`, {plural(len(m.get('per_image', [])), 'image')}):",
+        "",
+    ]
     lines += ["| metric | " + " | ".join(map(str, m.get("classes", []))) + " |"]
     lines += ["|---|" + "---|" * len(m.get("classes", []))]
     for metric, per_class in mean.items():

@@ -24,6 +24,7 @@ from tomoseg.errors import TomosegError
 from tomoseg.io.writers import write_json, write_mask
 from tomoseg.runtime.checkpoint import LoadedRun
 from tomoseg.training.parent import load_parent
+from tomoseg.utils.format import plural
 from tomoseg.utils.progress import CancelToken, ProgressCallback
 
 #: the folder of a fine-tuned run holding the arrays :func:`fine_tune` trained on
@@ -63,8 +64,8 @@ def write_fine_tune_data(
     """
     if len(images) != len(labels) or not images:
         raise TomosegError(
-            f"images and labels: give as many of each, at least one ({len(images)} images, "
-            f"{len(labels)} labels)"
+            f"images and labels: give as many of each, at least one "
+            f"({plural(len(images), 'image')}, {plural(len(labels), 'label image')})"
         )
     k = len(classes)
     for i, (im, lab) in enumerate(zip(images, labels, strict=True)):

@@ -29,6 +29,7 @@ from tomoseg.training.pretrained import (
     load_pretrained,
     start_from_pretrained,
 )
+from tomoseg.utils.format import plural
 
 #: what ``init`` names: a trained run, or a pretraining (``tomoseg pretrain``) without classes
 Parent = LoadedRun | PretrainedWeights
@@ -69,7 +70,8 @@ def parent_source(source: DataSource, parent: Parent) -> DataSource:
 def _network(hp: dict[str, Any]) -> str:
     return (
         f"{hp.get('name')} width {hp.get('width')} depth {hp.get('depth')}, "
-        f"{hp.get('in_channels')} input channels, {hp.get('num_classes')} classes"
+        f"{plural(hp.get('in_channels'), 'input channel')}, "
+        f"{plural(hp.get('num_classes'), 'class', 'classes')}"
     )
 
 

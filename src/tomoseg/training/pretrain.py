@@ -57,6 +57,7 @@ from tomoseg.data.intensity import IntensityRange, intensity_range
 from tomoseg.data.normalization import Normalization, fit_normalization, normalize
 from tomoseg.errors import TomosegError
 from tomoseg.io.jobs import check_same_job
+from tomoseg.io.labels import warn_label_like
 from tomoseg.io.sources import SliceSource, open_source
 from tomoseg.io.writers import atomic_write, write_text
 from tomoseg.models.registry import build_model, get_architecture, network_hparams
@@ -71,6 +72,7 @@ from tomoseg.runtime.run_record import (
 from tomoseg.training.checkpoint_io import RunCheckpointIO, RunModelCheckpoint
 from tomoseg.training.recording import EpochProgress, RunCSVLogger, RunStatus
 from tomoseg.utils.files import check_memory
+from tomoseg.utils.format import plural
 from tomoseg.utils.progress import Cancelled, CancelToken, ProgressCallback, job_progress
 
 #: a pretraining source must hold at least this many crops' worth of pixels
@@ -135,9 +137,30 @@ def check_enough_pixels(src: SliceSource, cfg: PretrainConfig) -> None:
     need = MIN_CROPS * s * s
     if have < need:
         raise TomosegError(
-            f"images: {src.where} holds {have} pixels ({src.n} slices of {h}x{w}); "
+            f"images: {src.where} holds {have} pixels ({plural(src.n, 'slice')} of {h}x{w}); "
             f"pretraining with crop_size={s} needs at least {need} ({MIN_CROPS} crops of "
             f"{s}x{s} px): give more slices or a smaller crop size"
+        )
+
+
+def check_mask_patch(cfg: PretrainConfig, patch: int) -> None:
+    """Refuse a masked patch (``patch`` px: ``mask_patch``, or the network's stride where it
+    is 0) not smaller than the crops: each crop would be one patch, masked whole, with nothing
+    left to restore it from.
+
+    Raises:
+        TomosegError: one line naming both sizes.
+    """
+    if patch >= cfg.crop_size:
+        given = (
+            f"mask_patch={cfg.mask_patch}"
+            if cfg.mask_patch
+            else f"mask_patch=0 (the network's stride, {patch} px)"
+        )
+        raise TomosegError(
+            f"{given} is not smaller than crop_size={cfg.crop_size}: each crop would be one "
+            "masked patch with nothing left to restore it from; give a smaller mask patch or "
+            "a larger crop size"
         )
 
 
@@ -147,18 +170,26 @@ def read_unlabelled(src: SliceSource, cfg: PretrainConfig) -> UnlabelledSlices:
     Raises:
         TomosegError: too few pixels (:func:`check_enough_pixels`), too little memory, a
             slice that cannot be read.
+
+    Warns:
+        TomosegWarning: slices that look like label images
+            (:func:`~tomoseg.io.labels.warn_label_like`).
     """
     check_enough_pixels(src, cfg)
     h, w = src.shape
     m = min(src.n, cfg.max_slices)
     idx = sorted({int(round(v)) for v in np.linspace(0, src.n - 1, m)})
     c = in_channels(cfg.context)
-    check_memory(4.0 * len(idx) * c * h * w * 1.25, f"{len(idx)} slices of {h}x{w} px")
+    check_memory(4.0 * len(idx) * c * h * w * 1.25, f"{plural(len(idx), 'slice')} of {h}x{w} px")
     raw: list[np.ndarray] = []
     with src.reader() as read:
         read_ctx = context_reader(read, src.n, cfg.context)
         raw = [np.asarray(read_ctx(i)) for i in idx]
     centres = [r[r.shape[0] // 2] if r.ndim == 3 else r for r in raw]
+    warn_label_like(
+        centres, f"images: the slices of {src.where}",
+        "pretraining learns from grayscale intensities (give the raw slices)",
+    )  # fmt: skip
 
     def finite(a: np.ndarray) -> np.ndarray:
         return a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a
@@ -529,6 +560,9 @@ def pretrain(
     job = job_progress("pretrain", "epoch", cfg.epochs, progress, cancel)
     job.check()
     get_architecture(cfg.model)
+    hp = network_of(cfg)
+    patch = cfg.mask_patch or build_model(**hp).stride
+    check_mask_patch(cfg, patch)
     if cfg.time_budget is not None and multi_process(cfg):  # type: ignore[arg-type]
         raise TomosegError(
             "time_budget plans the epochs from one process's throughput: with several "
@@ -551,8 +585,6 @@ def pretrain(
         data = read_unlabelled(src, cfg)
         if rank0 and overwrite and not resume:
             _clear(out)
-        hp = network_of(cfg)
-        patch = cfg.mask_patch or build_model(**hp).stride
         dm = PretrainDataModule(data, cfg, patch)
         cfg, budget = _plan(cfg, record, dm, device, precision)
         meta: dict[str, Any] = {
@@ -572,7 +604,7 @@ def pretrain(
         if budget is not None:
             meta["time_budget"] = budget
             job.message(
-                f"time budget {cfg.time_budget:g} min: {cfg.epochs} epochs planned "
+                f"time budget {cfg.time_budget:g} min: {plural(cfg.epochs, 'epoch')} planned "
                 f"(~{budget['plan']['planned_minutes']:.1f} min)"
             )
         network = {k: getattr(cfg, k) for k in ("model", "width", "depth", "context")}
@@ -585,7 +617,7 @@ def pretrain(
             write_run_record(out, meta)
             job.message(
                 f"pretraining {hp['name']} width {hp['width']} depth {hp['depth']} on "
-                f"{len(data.indices)} slices of {src.where}: {cfg.mask_ratio:.0%} of "
+                f"{plural(len(data.indices), 'slice')} of {src.where}: {cfg.mask_ratio:.0%} of "
                 f"{patch} px patches masked"
             )
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -20,6 +20,7 @@ from tomoseg.data.normalization import Normalization
 from tomoseg.errors import TomosegError
 from tomoseg.models.registry import build_model
 from tomoseg.runtime.run_record import RUN_FILE, read_run_record
+from tomoseg.utils.format import plural
 
 
 def head_keys(hparams: dict[str, Any]) -> set[str]:
@@ -82,7 +83,8 @@ def load_pretrained(folder: str | os.PathLike[str]) -> PretrainedWeights:
         done = record.get("epochs_done", 0)
         total = (record.get("config") or {}).get("epochs", "?")
         raise TomosegError(
-            f"init={init!r}: the pretraining is incomplete ({done} of {total} epochs); finish "
+            f"init={init!r}: the pretraining is incomplete ({done} of "
+            f"{plural(total, 'epoch')}); finish "
             "it first (pretrain with resume=True)"
         )
     network = validated(NetworkRecord, record.get("model"), f"{folder}/{RUN_FILE} (model)")
@@ -141,7 +143,7 @@ def check_pretrained_fits(pre: PretrainedWeights, hparams: dict[str, Any], init:
         def text(h: dict) -> str:
             return (
                 f"{h.get('name')} width {h.get('width')} depth {h.get('depth')}, "
-                f"{h.get('in_channels')} input channel{'s' * (h.get('in_channels') != 1)}"
+                f"{plural(h.get('in_channels'), 'input channel')}"
             )
 
         raise TomosegError(

@@ -48,6 +48,7 @@ from tomoseg.training.recording import (
     WeightsExport,
     checkpoint_callbacks,
 )
+from tomoseg.utils.format import plural
 from tomoseg.utils.progress import (
     Cancelled,
     CancelToken,
@@ -117,7 +118,7 @@ def check_devices(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse more devices than this machine has, in one line."""
     have = available_devices(device)
     if isinstance(cfg.devices, int) and cfg.devices > have:
-        what = f"{have} GPU{'s' * (have != 1)}" if device.type == "cuda" else f"{have} CPU cores"
+        what = plural(have, "GPU") if device.type == "cuda" else plural(have, "CPU core")
         raise TomosegError(
             f"devices={cfg.devices} is more than this machine has ({what}); "
             f"use devices={have} or fewer"
@@ -307,7 +308,8 @@ def fit(
     except SIGTERMException:
         total = "" if job.total is None else f"/{job.total}"
         raise Interrupted(
-            f"train interrupted by SIGTERM after {len(module.history)}{total} epochs; "
+            f"train interrupted by SIGTERM after {len(module.history)}{total} "
+            f"{'epoch' if (job.total or len(module.history)) == 1 else 'epochs'}; "
             "train with resume=True continues it",
             signal.SIGTERM,
         ) from None
@@ -672,7 +674,7 @@ def _tune(
     )
     b, a = report["before"], report["after"]
     job.message(
-        f"decision tuned on {report['images']} validation images: offset "
+        f"decision tuned on {plural(report['images'], 'validation image')}: offset "
         f"{decision.offset:+g}, min object {decision.min_size} px, max hole "
         f"{decision.max_hole} px (IoU {b['iou']:.3f} -> {a['iou']:.3f}, "
         f"BF1 {b['bf1']:.3f} -> {a['bf1']:.3f})"
@@ -752,9 +754,9 @@ def _budget_text(cfg: TrainConfig, record: dict) -> str:
     try:
         return (
             f"time budget {cfg.time_budget:g} min: {probe['seconds_per_step']:.3f} s per step, "
-            f"{probe['steps_per_epoch']} steps per epoch, validation "
-            f"{probe['validation_seconds']:.1f} s -> {plan['epochs']} epochs "
+            f"{plural(probe['steps_per_epoch'], 'step')} per epoch, validation "
+            f"{probe['validation_seconds']:.1f} s -> {plural(plan['epochs'], 'epoch')} "
             f"(~{plan['planned_minutes']:.1f} min planned)"
         )
     except (KeyError, TypeError, ValueError):
-        return f"time budget {cfg.time_budget:g} min: {cfg.epochs} epochs planned"
+        return f"time budget {cfg.time_budget:g} min: {plural(cfg.epochs, 'epoch')} planned"

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tomoseg.errors import TomosegError
-from tomoseg.utils.format import first_line
+from tomoseg.utils.format import first_line, pydantic_error_text
 
 #: the largest JSON file read (bytes): records and metadata are kilobytes; a stack's
 #: ``stack.json`` with a million slice ids is about 10 MB
@@ -111,7 +111,7 @@ def validated(model: type[M], data: Any, where: str) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "value"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = pydantic_error_text(err)
         value = "" if loc == "value" else f" (got {_short(err.get('input'))})"
         raise TomosegError(f"malformed {where}: {loc}: {msg}{value}") from None
 

@@ -24,6 +24,13 @@ def fmt(v: Any, pct: bool = True, digits: int | None = None) -> str:
     return f"{float(v):.{4 if digits is None else digits}f}"
 
 
+def plural(n: Any, word: str, many: str | None = None) -> str:
+    """A count with its noun: ``plural(1, "case")`` -> ``"1 case"``, ``plural(2, "case")`` ->
+    ``"2 cases"``; ``many``: an irregular plural (``plural(3, "branch", "branches")``). Any
+    other ``n`` (0, a missing count shown as ``?``) takes the plural."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def cell(v: Any) -> str | Any:
     """A value for a CSV cell: ``""`` for None/NaN, floats as ``repr`` (full precision), else as is."""
     if is_missing(v):
@@ -54,10 +61,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: what pydantic puts before the message of an error raised in a validator
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def pydantic_error_text(err: Any) -> str:
+    """The message of one pydantic error (an item of ``ValidationError.errors()``), without
+    the ``Value error, `` that pydantic puts before a validator's own message."""
+    msg = str(err["msg"])
+    for prefix in _PYDANTIC_PREFIXES:
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
 def pydantic_message(exc: ValidationError) -> str:
     """Shorten a pydantic error to one line: ``field: message; field: message``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "value"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {pydantic_error_text(err)}")
     return "; ".join(parts)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tomoseg.errors import TomosegError, TomosegWarning
+from tomoseg.utils.format import plural
 
 #: the planes, in the order their passes run
 PLANES = ("xy", "xz", "yz")
@@ -108,6 +109,6 @@ def check_context(planes: Sequence[str], context: int, name: str = "planes") -> 
     """
     if tuple(planes) != ("xy",) and context:
         raise TomosegError(
-            f"{name}={','.join(planes)}: the run sees {context} neighbouring slices along z "
+            f"{name}={','.join(planes)}: the run sees {plural(context, 'neighbouring slice')} along z "
             "(2.5D context), which the other planes do not have; use planes=xy"
         )

@@ -17,6 +17,7 @@ import numpy as np
 
 from tomoseg.errors import TomosegError, TomosegWarning
 from tomoseg.utils.files import check_memory
+from tomoseg.utils.format import plural
 
 #: axis letters that count slices: Z, and tifffile's generic page axes (I, Q)
 Z_AXES = "ZQI"
@@ -373,9 +374,9 @@ def plan_axes(
             "transposed to Y, X; slower where chunks are thin along Z)"
         )
     picked: dict[str, int | None] = {}
-    for letter, name, value, plural in (
-        ("C", "channel", channel, "channels"),
-        ("T", "time", time, "time points"),
+    for letter, name, value, noun in (
+        ("C", "channel", channel, "channel"),
+        ("T", "time", time, "time point"),
     ):
         n = sizes.get(letter)
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
@@ -392,7 +393,7 @@ def plan_axes(
             picked[name] = 0
         elif value >= n:
             raise TomosegError(
-                f"{name}={value} is out of range: {where} has {n} {plural} ({desc}); "
+                f"{name}={value} is out of range: {where} has {plural(n, noun)} ({desc}); "
                 f"choose 0..{n - 1}"
             )
         else:
@@ -489,11 +490,9 @@ def check_missing(src: Any, rule: str) -> None:
     holes: dict[str, int] = getattr(src, "missing_chunks", None) or {}
     if rule == "ignore" or not holes:
         return
-    shown = ", ".join(
-        f"{sid} ({n} chunk{'s' if n > 1 else ''})" for sid, n in list(holes.items())[:8]
-    )
+    shown = ", ".join(f"{sid} ({plural(n, 'chunk')})" for sid, n in list(holes.items())[:8])
     more = f" and {len(holes) - 8} more" if len(holes) > 8 else ""
-    what = f"{len(holes)} slice{'s' if len(holes) > 1 else ''} of {src.where}"
+    what = f"{plural(len(holes), 'slice')} of {src.where}"
     what += " lack" if len(holes) > 1 else " lacks"
     if rule == "error":
         raise TomosegError(

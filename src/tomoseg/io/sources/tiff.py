@@ -31,7 +31,7 @@ from tomoseg.io.sources.base import (
     plane,
     slice_ids,
 )
-from tomoseg.utils.format import first_line
+from tomoseg.utils.format import first_line, plural
 
 
 @dataclass
@@ -237,7 +237,7 @@ def check_complete(tf: tifffile.TiffFile, path: Path) -> None:
     said = (
         f"its {by} declares {declared} pages but it holds {found}"
         if declared > found
-        else (f"it holds {found} page{'s' if found != 1 else ''}")
+        else (f"it holds {plural(found, 'page')}")
     )
     if chain is not None:
         where = f"; page {found} should start at byte {chain}"
