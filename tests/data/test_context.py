@@ -128,7 +128,17 @@ def test_context_on_images_not_declared_consecutive_is_one_error(tmp_path, run_c
         train(data, tmp_path / "r", load_config(None, {**TINY, "context": 1}), progress=False)
     assert not (tmp_path / "r" / "run.json").exists()
     code, out, err = run_cli(
-        "train", "--data", data, "--out", tmp_path / "r2", "--context", "1", "--epochs", "1"
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "r2",
+        "--context",
+        "1",
+        "--epochs",
+        "1",
+        "--crop-size",
+        "32",
     )
     assert code != 0 and err.count("\n") == 1 and err.startswith("error: --context 1 needs")
     # a run with context evaluated on a dataset that does not declare it

@@ -112,7 +112,16 @@ def test_residual_encoder_with_deep_supervision_trains_and_predicts(tmp_path, ru
     labels = Predictor.from_run(run, device="cpu").predict(image)
     assert labels.shape == (40, 48)
     code, _, err = run_cli(
-        "train", "--data", data, "--out", tmp_path / "r", "--deep-supervision", "--model", "unet"
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "r",
+        "--deep-supervision",
+        "--model",
+        "unet",
+        "--crop-size",
+        "32",
     )
     assert code != 0 and err.count("\n") == 1, err
     assert "--deep-supervision needs" in err and "--model unet has none" in err, err

@@ -286,7 +286,16 @@ def test_time_budget_plans_the_epochs_and_records_them(tmp_path, run_cli, monkey
         load_config(None, {"epochs": 3, "time_budget": 5})
     monkeypatch.undo()  # the real probe: a budget below one epoch is one error line
     code, _, err = run_cli(
-        "train", "--data", data, "--out", tmp_path / "r2", "--time-budget", "0.001", "--quiet"
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "r2",
+        "--time-budget",
+        "0.001",
+        "--crop-size",
+        "32",
+        "--quiet",
     )
     assert code == 1 and err.count("\n") == 1 and "below one epoch" in err, err
 
