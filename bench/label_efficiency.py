@@ -5,7 +5,8 @@
         [--pretrain-epochs 12 | --pretrain-budget MIN] [--pretrain-test] [--jobs K] [--reuse]
 
 1. Datasets with N labelled training slices: ``OUT/data/nN`` (symlinks to N training images
-   and masks, evenly spaced from the first of the training split, and to the val and test splits; nothing is
+   and masks, evenly spaced from the first of the training slices that hold the class of
+   interest, and to the val and test splits; nothing is
    copied), ``all`` being the dataset itself.
 2. One pretraining on the unlabelled images of the train and val splits (strict: the test
    images are not seen, even unlabelled; ``--pretrain-test`` adds them), ``OUT/pre``.
@@ -45,13 +46,26 @@ def run(args: list[str], log: Path) -> None:
         sys.exit(f"tomoseg {args[0]} failed ({code}); see {log}")
 
 
-def subset(data: Path, n: str, out: Path) -> Path:
-    """A dataset folder of ``n`` labelled training slices (symlinks), or ``data`` for ``all``."""
+def holds_class(mask: Path, class_id: int) -> bool:
+    """Whether a mask holds a pixel of ``class_id``."""
+    from tomoseg.io.images import read_mask
+
+    return bool((read_mask(mask) == class_id).any())
+
+
+def subset(data: Path, n: str, out: Path, class_id: int) -> Path:
+    """A dataset folder of ``n`` labelled training slices (symlinks), or ``data`` for ``all``:
+    evenly spaced among the training slices that hold the class of interest (a user labels
+    slices that show it; every em-vnc-mito slice does, 36 of stem-pt's 40)."""
     if n == "all":
         return data
     folder = out / "data" / f"n{n}"
-    images = sorted((data / "train" / "images").iterdir())
     masks = {p.stem: p for p in (data / "train" / "masks").iterdir()}
+    images = [
+        p
+        for p in sorted((data / "train" / "images").iterdir())
+        if holds_class(masks[p.stem], class_id)
+    ]
     picks = [i * len(images) // int(n) for i in range(int(n))]  # 2 of 14: the 1st and 8th
     for sub in ("images", "masks"):
         (folder / "train" / sub).mkdir(parents=True, exist_ok=True)
@@ -138,7 +152,8 @@ def main() -> None:
         for seed in a.seeds.split(",")
         for init in ("scratch", "pretrained")
     ]
-    folders = {n: subset(data, n, out) for n in a.labelled.split(",")}
+    class_id = spec["classes"].index(coi)
+    folders = {n: subset(data, n, out, class_id) for n in a.labelled.split(",")}
 
     def one(task: tuple[str, str, str]) -> tuple[float, float]:
         n, seed, init = task
