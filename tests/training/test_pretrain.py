@@ -158,3 +158,40 @@ def test_label_images_given_as_images_are_one_warning(recwarn):
     read_unlabelled(open_source(gray), cfg)
     read_unlabelled(open_source(labels.astype(np.float32)), cfg)  # float: measured intensities
     assert not [w for w in recwarn if issubclass(w.category, TomosegWarning)]
+
+
+@pytest.mark.slow
+def test_pretrain_on_two_cpu_processes_writes_one_pretraining_train_init_takes(tmp_path):
+    """``tomoseg pretrain --devices 2 --strategy ddp`` on CPU (gloo), as ``train`` runs DDP:
+    rank 0 alone writes the folder, an epoch's crops are split over the processes (half the
+    optimizer steps of one process), and ``train --init`` starts from the result."""
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
+    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_RESTART_COUNT"):
+        env.pop(k, None)
+    folder = slices(tmp_path / "slices")
+    out = tmp_path / "pre"
+    opts = ["--width", "4", "--depth", "3", "--crop-size", "32", "--crops", "16"]
+    args = [sys.executable, "-m", "tomoseg.cli", "pretrain", "--images", str(folder)]
+    args += ["--out", str(out), *opts, "--batch-size", "4", "--epochs", "2"]
+    args += ["--devices", "2", "--strategy", "ddp", "--device", "cpu", "--quiet"]
+    proc = subprocess.run(
+        args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["complete"] is True and rec["epochs_done"] == 2
+    assert rec["config"]["devices"] == 2 and rec["config"]["strategy"] == "ddp"
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    step = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step == 4  # 2 epochs x 16 crops / (2 processes x 4 per batch); one process: 8
+    # nothing else written beside it (no lightning_logs)
+    assert {p.name for p in tmp_path.iterdir()} == {"slices", "pre"}
+    data = make_dataset(tmp_path / "data")
+    run = tomoseg.train(data, tmp_path / "run", init=out, **{**TINY_TRAIN, "tune_decision": False})
+    assert json.loads((run.path / "run.json").read_text())["parent"]["pretrained"] is True
