@@ -63,15 +63,21 @@ def test_terminal_bar_keeps_summaries_on_their_own_lines():
 
 
 def test_first_ctrl_c_sets_cancel_second_aborts():
-    with cancel_on_interrupt() as cancel:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert cancel.wait(5), "the first Ctrl-C did not set the cancel event"
-        with pytest.raises(Cancelled, match="train cancelled after 0/3 epochs"):
-            _job(ProgressRenderer(Console(file=io.StringIO())), cancel=cancel)
-        with pytest.raises(KeyboardInterrupt):
+    # Python's own handler, as in a terminal (a shell's background job starts with SIGINT
+    # ignored, and pytest keeps that)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with cancel_on_interrupt() as cancel:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # the handler runs (and raises) as soon as the signal arrives
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert cancel.wait(5), "the first Ctrl-C did not set the cancel event"
+            with pytest.raises(Cancelled, match="train cancelled after 0/3 epochs"):
+                _job(ProgressRenderer(Console(file=io.StringIO())), cancel=cancel)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler runs (and raises) as soon as the signal arrives
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_log_of_a_long_job_is_not_a_line_per_unit():
